@@ -1,0 +1,11 @@
+//! The wire contract between `skoala-agent`, `skoala-coordinator` and `skoalactl`:
+//! package `skoala.fleet.v1`, generated from the `.proto` files next to this crate.
+//!
+//! Only additive changes are allowed within `v1`; see `skoala/fleet/v1/agent.proto`.
+
+/// `skoala.fleet.v1`: messages, the `AgentGateway` service and the `FleetAdmin` service.
+pub mod v1 {
+    tonic::include_proto!("skoala.fleet.v1");
+}
+
+pub use v1::*;
