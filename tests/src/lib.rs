@@ -1,1 +1,9 @@
-//! skoala-e2e
+//! Testkit for the cross-process end-to-end tests in `tests/tests/`.
+//!
+//! End-to-end tests run the real binaries (ours, `helm`, `kubectl`) as separate processes, so
+//! this crate holds what they share: where the tools are ([`tools`]), how to get a fresh build
+//! of our own binaries ([`tools::our_bin`]), and how to wait on a condition with a deadline
+//! ([`wait`]) instead of sleeping.
+
+pub mod tools;
+pub mod wait;
