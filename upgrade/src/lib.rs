@@ -1,1 +1,2 @@
 //! skoala-upgrade
+pub mod inventory;
