@@ -1,0 +1,32 @@
+//! Fleet upgrade plans as pure logic: the `UpgradePlan` document, its validation, maintenance
+//! windows, and the release profile. No I/O here: the coordinator orchestrates, `skoalactl`
+//! builds and checks documents, and both share this crate so a plan means the same thing on
+//! both sides.
+//!
+//! ```
+//! use skoala_plan::{UpgradePlan, validate};
+//!
+//! let doc = UpgradePlan::from_yaml(r#"
+//! apiVersion: fleet.skoala.io/v1alpha1
+//! kind: UpgradePlan
+//! metadata: {name: skoala-0-19-2}
+//! spec:
+//!   version: 0.19.2
+//!   window: {schedule: "0 2 * * SAT", duration: 4h, timeZone: Asia/Shanghai}
+//!   strategy: {canary: 1, maxConcurrency: 10%, maxFailures: 2}
+//! "#)?;
+//! let plan = validate(&doc)?;
+//! assert_eq!(plan.max_concurrency.resolve(300), 30);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod clock;
+pub mod document;
+pub mod profile;
+pub mod validate;
+pub mod window;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use document::UpgradePlan;
+pub use validate::{Plan, PlanErrors, validate};
+pub use window::{Interval, StartDecision, Window};
