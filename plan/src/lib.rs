@@ -23,10 +23,14 @@
 pub mod clock;
 pub mod document;
 pub mod profile;
+pub mod rollout;
+pub mod skew;
 pub mod validate;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use document::UpgradePlan;
+pub use rollout::{Action, FleetView, Outcome, Phase, Rollout, Target, TargetState, WorkerView};
+pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};
 pub use window::{Interval, StartDecision, Window};

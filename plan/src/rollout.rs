@@ -1,0 +1,811 @@
+//! The rollout of one plan as a pure state machine: given the plan, the fleet as the coordinator
+//! sees it now, and the results so far, which upgrades start next.
+//!
+//! The coordinator owns all I/O. It calls [`Rollout::step`] whenever anything changes (a result,
+//! an inventory, a connection, the clock), persists the rollout, and only *then* sends the
+//! returned actions, so a crash between the two re-sends rather than forgets (invariant 2). The
+//! operation ids are deterministic, which makes a re-send harmless: the executor recognises an
+//! operation it already finished.
+//!
+//! The order is DESIGN.md's (invariant 5): the control plane first; if it fails, no worker is
+//! touched. Then the canaries, alone; a failed canary pauses the plan. Then the rest, at most
+//! `maxConcurrency` at a time; more than `maxFailures` failures pause the plan. A cluster
+//! starts only when it is connected and its window is open with room for the expected duration
+//! (invariant 4); one that is offline is *offline*, not failed, and with `convergence: auto` it
+//! is upgraded when it comes back, like a cluster that joins later. A plan is `Succeeded` only
+//! when every selected cluster reports the target version, healthy; otherwise `Degraded`, with
+//! the reason per cluster.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::profile::Profile;
+use crate::skew::{ClusterRelease, release_problems};
+use crate::validate::{Approval, Convergence, Plan};
+use crate::window::StartDecision;
+
+/// What a cluster upgrade is aimed at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    ControlPlane,
+    Worker(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::ControlPlane => write!(f, "control-plane"),
+            Target::Worker(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Something the coordinator must do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Upgrade {
+        target: Target,
+        operation_id: String,
+    },
+    Rollback {
+        target: Target,
+        operation_id: String,
+        to_revision: i32,
+    },
+}
+
+/// Where the plan as a whole stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum Phase {
+    /// Upgrading `skoala` in the control plane (or waiting for its window).
+    ControlPlane,
+    /// Waiting for `skoalactl plan approve` before stage `stage` (0 = the canaries).
+    AwaitingApproval {
+        stage: u32,
+    },
+    /// Upgrading working clusters (or waiting for their windows).
+    Workers,
+    /// Stopped starting new upgrades; in-flight ones finish.
+    Paused {
+        reason: String,
+    },
+    /// Every selected cluster is on the target version, healthy.
+    Succeeded,
+    /// Done with what it could do; some clusters are not on the target version. With
+    /// `convergence: auto` the plan keeps upgrading them as they come back.
+    Degraded {
+        reason: String,
+    },
+    /// The control plane could not be upgraded; no worker was touched.
+    Failed {
+        reason: String,
+    },
+    Aborted,
+    /// `plan rollback`: workers first, then the control plane.
+    RollingBack,
+    RolledBack,
+}
+
+/// One cluster's progress within the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum TargetState {
+    Pending,
+    Running {
+        operation_id: String,
+        started: Timestamp,
+    },
+    /// Upgraded by this plan (or found already on the target version).
+    Succeeded {
+        revision_before: Option<i32>,
+    },
+    Failed {
+        message: String,
+    },
+    /// Failed, then rolled back to its previous revision and verified.
+    RolledBack {
+        message: String,
+    },
+    RollingBack {
+        operation_id: String,
+        started: Timestamp,
+    },
+    /// Returned to its previous revision by `plan rollback`.
+    Reverted,
+}
+
+/// Per-target bookkeeping kept with the rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub state: TargetState,
+    /// Upgrade attempts so far (part of the operation id).
+    pub attempts: u32,
+    /// The stage it started in: 0 = canary, k = wave k. `None` before it starts.
+    pub stage: Option<u32>,
+}
+
+impl Progress {
+    fn pending() -> Self {
+        Progress {
+            state: TargetState::Pending,
+            attempts: 0,
+            stage: None,
+        }
+    }
+}
+
+/// The outcome of one operation, as the executor reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded { revision_before: Option<i32> },
+    Failed { message: String },
+    RolledBack { message: String },
+}
+
+/// A working cluster as the coordinator sees it right now.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub release: ClusterRelease,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The fleet as the coordinator sees it right now.
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    pub now: Timestamp,
+    /// Expected duration of one upgrade (from history, else the plan's, else 10 min).
+    pub expected: SignedDuration,
+    pub control_plane: ClusterRelease,
+    pub workers: Vec<WorkerView>,
+}
+
+/// The persisted state of one plan's rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub plan: String,
+    pub phase: Phase,
+    pub control_plane: Progress,
+    /// Working clusters by id, in the order they were enrolled.
+    pub workers: Vec<(String, Progress)>,
+    /// Stages the operator approved.
+    pub approved: Vec<u32>,
+    /// Failures the operator has seen and resumed past; the budget applies to new ones.
+    pub failures_acknowledged: u32,
+    /// Whether clusters are still being enrolled (always with `convergence: auto`).
+    pub enrolled_once: bool,
+    /// For a rollback: also roll back clusters whose window is closed.
+    #[serde(default)]
+    pub rollback_ignores_windows: bool,
+}
+
+impl Rollout {
+    pub fn new(plan: &Plan) -> Self {
+        Rollout {
+            plan: plan.name.clone(),
+            phase: Phase::ControlPlane,
+            control_plane: Progress::pending(),
+            workers: Vec::new(),
+            approved: Vec::new(),
+            failures_acknowledged: 0,
+            enrolled_once: false,
+            rollback_ignores_windows: false,
+        }
+    }
+
+    /// Deterministic, so re-sending after a crash names the same operation.
+    fn operation_id(&self, target: &Target, kind: &str, attempt: u32) -> String {
+        format!("{}/{}/{}-{}", self.plan, target, kind, attempt)
+    }
+
+    fn worker_mut(&mut self, id: &str) -> Option<&mut Progress> {
+        self.workers
+            .iter_mut()
+            .find(|(w, _)| w == id)
+            .map(|(_, p)| p)
+    }
+
+    /// How many worker upgrades failed (including those rolled back).
+    pub fn failures(&self) -> u32 {
+        self.workers
+            .iter()
+            .filter(|(_, p)| {
+                matches!(
+                    p.state,
+                    TargetState::Failed { .. } | TargetState::RolledBack { .. }
+                )
+            })
+            .count() as u32
+    }
+
+    /// Records an operation's outcome. Results for operations that are not running (a
+    /// duplicate delivery, an old attempt) are ignored and `false` is returned.
+    pub fn record(&mut self, target: &Target, operation_id: &str, outcome: Outcome) -> bool {
+        let progress = match target {
+            Target::ControlPlane => &mut self.control_plane,
+            Target::Worker(id) => match self.worker_mut(id) {
+                Some(p) => p,
+                None => return false,
+            },
+        };
+        match &progress.state {
+            TargetState::Running {
+                operation_id: op, ..
+            } if op == operation_id => {
+                progress.state = match outcome {
+                    Outcome::Succeeded { revision_before } => {
+                        TargetState::Succeeded { revision_before }
+                    }
+                    Outcome::Failed { message } => TargetState::Failed { message },
+                    Outcome::RolledBack { message } => TargetState::RolledBack { message },
+                };
+                true
+            }
+            TargetState::RollingBack {
+                operation_id: op, ..
+            } if op == operation_id => {
+                progress.state = match outcome {
+                    Outcome::Succeeded { .. } => TargetState::Reverted,
+                    Outcome::Failed { message } | Outcome::RolledBack { message } => {
+                        TargetState::Failed {
+                            message: format!("rollback failed: {message}"),
+                        }
+                    }
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn approve(&mut self) -> Result<u32, String> {
+        match self.phase {
+            Phase::AwaitingApproval { stage } => {
+                self.approved.push(stage);
+                self.phase = Phase::Workers;
+                Ok(stage)
+            }
+            ref other => Err(format!(
+                "nothing to approve: the plan is {}",
+                phase_name(other)
+            )),
+        }
+    }
+
+    pub fn pause(&mut self, reason: &str) -> Result<(), String> {
+        if self.is_final() {
+            return Err(format!(
+                "cannot pause: the plan is {}",
+                phase_name(&self.phase)
+            ));
+        }
+        self.phase = Phase::Paused {
+            reason: reason.to_string(),
+        };
+        Ok(())
+    }
+
+    /// Resumes a paused plan. Failures so far are acknowledged: the budget counts new ones.
+    pub fn resume(&mut self) -> Result<(), String> {
+        if !matches!(self.phase, Phase::Paused { .. }) {
+            return Err(format!(
+                "cannot resume: the plan is {}, not paused",
+                phase_name(&self.phase)
+            ));
+        }
+        self.failures_acknowledged = self.failures();
+        self.phase = if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
+            Phase::Workers
+        } else {
+            Phase::ControlPlane
+        };
+        Ok(())
+    }
+
+    pub fn abort(&mut self) -> Result<(), String> {
+        if self.is_final() {
+            return Err(format!(
+                "cannot abort: the plan is {}",
+                phase_name(&self.phase)
+            ));
+        }
+        self.phase = Phase::Aborted;
+        Ok(())
+    }
+
+    /// Starts returning every upgraded cluster to its previous revision: workers first, then the
+    /// control plane.
+    pub fn start_rollback(&mut self, ignore_windows: bool) -> Result<(), String> {
+        if matches!(self.phase, Phase::RollingBack | Phase::RolledBack) {
+            return Err("the plan is already rolled back or rolling back".into());
+        }
+        let running = self
+            .workers
+            .iter()
+            .any(|(_, p)| matches!(p.state, TargetState::Running { .. }))
+            || matches!(self.control_plane.state, TargetState::Running { .. });
+        if running {
+            return Err(
+                "upgrades are still running: pause the plan and wait for them to finish".into(),
+            );
+        }
+        self.phase = Phase::RollingBack;
+        self.rollback_ignores_windows = ignore_windows;
+        Ok(())
+    }
+
+    /// No more actions will ever come from this rollout.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Failed { .. } | Phase::Aborted | Phase::RolledBack
+        )
+    }
+
+    /// Decides what starts now. Call after every change; persist; then act.
+    pub fn step(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) -> Vec<Action> {
+        if plan.convergence == Convergence::Auto || !self.enrolled_once {
+            self.enroll(plan, fleet);
+        }
+        match self.phase.clone() {
+            Phase::ControlPlane => self.step_control_plane(plan, profile, fleet),
+            Phase::Workers | Phase::Succeeded | Phase::Degraded { .. } => {
+                self.step_workers(plan, profile, fleet)
+            }
+            Phase::RollingBack => self.step_rollback(plan, fleet),
+            Phase::AwaitingApproval { .. }
+            | Phase::Paused { .. }
+            | Phase::Failed { .. }
+            | Phase::Aborted
+            | Phase::RolledBack => Vec::new(),
+        }
+    }
+
+    /// Adds newly selected clusters (late joiners included) in name order.
+    fn enroll(&mut self, plan: &Plan, fleet: &FleetView) {
+        let mut new: Vec<&WorkerView> = fleet
+            .workers
+            .iter()
+            .filter(|w| plan.selects(&w.release.name, &w.release.cluster_id, &w.labels))
+            .filter(|w| {
+                !self
+                    .workers
+                    .iter()
+                    .any(|(id, _)| id == &w.release.cluster_id)
+            })
+            .collect();
+        new.sort_by(|a, b| a.release.name.cmp(&b.release.name));
+        for w in new {
+            self.workers
+                .push((w.release.cluster_id.clone(), Progress::pending()));
+        }
+        self.enrolled_once = true;
+    }
+
+    fn step_control_plane(
+        &mut self,
+        plan: &Plan,
+        profile: &Profile,
+        fleet: &FleetView,
+    ) -> Vec<Action> {
+        match &self.control_plane.state {
+            TargetState::Pending => {
+                if at_target(
+                    &fleet.control_plane,
+                    plan,
+                    profile.control_plane.image_tag_keys,
+                ) {
+                    self.control_plane.state = TargetState::Succeeded {
+                        revision_before: None,
+                    };
+                    return self.after_control_plane(plan, profile, fleet);
+                }
+                if !fleet.control_plane.connected {
+                    return Vec::new();
+                }
+                let may_start = match &plan.window {
+                    None => true,
+                    Some(w) => matches!(
+                        w.decide(fleet.now, fleet.expected),
+                        StartDecision::Start { .. }
+                    ),
+                };
+                if !may_start {
+                    return Vec::new();
+                }
+                self.control_plane.attempts += 1;
+                let operation_id = self.operation_id(
+                    &Target::ControlPlane,
+                    "upgrade",
+                    self.control_plane.attempts,
+                );
+                self.control_plane.state = TargetState::Running {
+                    operation_id: operation_id.clone(),
+                    started: fleet.now,
+                };
+                self.control_plane.stage = Some(0);
+                vec![Action::Upgrade {
+                    target: Target::ControlPlane,
+                    operation_id,
+                }]
+            }
+            TargetState::Running { .. } => Vec::new(),
+            TargetState::Succeeded { .. } => self.after_control_plane(plan, profile, fleet),
+            TargetState::Failed { message } | TargetState::RolledBack { message } => {
+                self.phase = Phase::Failed {
+                    reason: format!(
+                        "the control plane upgrade failed, no worker was touched: {message}"
+                    ),
+                };
+                Vec::new()
+            }
+            TargetState::RollingBack { .. } | TargetState::Reverted => Vec::new(),
+        }
+    }
+
+    fn after_control_plane(
+        &mut self,
+        plan: &Plan,
+        profile: &Profile,
+        fleet: &FleetView,
+    ) -> Vec<Action> {
+        self.phase = Phase::Workers;
+        self.step_workers(plan, profile, fleet)
+    }
+
+    fn needs_approval(&self, plan: &Plan, stage: u32) -> bool {
+        let required = match plan.require_approval {
+            Approval::None => false,
+            Approval::BeforeWorkers => stage == 0,
+            Approval::BeforeEachWave => true,
+        };
+        required && !self.approved.contains(&stage)
+    }
+
+    fn step_workers(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) -> Vec<Action> {
+        let views: BTreeMap<&str, &WorkerView> = fleet
+            .workers
+            .iter()
+            .map(|w| (w.release.cluster_id.as_str(), w))
+            .collect();
+        let keys = profile.worker.image_tag_keys;
+
+        // Clusters already on the target version need no task (a late joiner on the new
+        // version, or a re-run after a crash that finished the work).
+        for (id, p) in &mut self.workers {
+            if p.state == TargetState::Pending
+                && let Some(v) = views.get(id.as_str())
+                && at_target(&v.release, plan, keys)
+            {
+                p.state = TargetState::Succeeded {
+                    revision_before: None,
+                };
+            }
+        }
+
+        let canary = plan.canary as usize;
+        let failures = self.failures();
+        let canary_failed = self.workers.iter().any(|(_, p)| {
+            p.stage == Some(0)
+                && matches!(
+                    p.state,
+                    TargetState::Failed { .. } | TargetState::RolledBack { .. }
+                )
+        });
+        if failures > self.failures_acknowledged {
+            if canary_failed && self.failures_acknowledged == 0 {
+                self.phase = Phase::Paused {
+                    reason: "a canary cluster failed; no other worker was started".into(),
+                };
+                return Vec::new();
+            }
+            if failures - self.failures_acknowledged > plan.max_failures {
+                self.phase = Phase::Paused {
+                    reason: format!(
+                        "{} clusters failed, more than maxFailures={}",
+                        failures - self.failures_acknowledged,
+                        plan.max_failures
+                    ),
+                };
+                return Vec::new();
+            }
+        }
+
+        let started_canaries = self
+            .workers
+            .iter()
+            .filter(|(_, p)| p.stage == Some(0))
+            .count();
+        // Failed canaries were dealt with above (pause, or acknowledged by a resume).
+        let canaries_done = started_canaries >= canary.min(self.workers.len())
+            && self
+                .workers
+                .iter()
+                .filter(|(_, p)| p.stage == Some(0))
+                .all(|(_, p)| !matches!(p.state, TargetState::Running { .. }));
+        let concurrency = plan.max_concurrency.resolve(self.workers.len());
+        let mut in_flight = self
+            .workers
+            .iter()
+            .filter(|(_, p)| matches!(p.state, TargetState::Running { .. }))
+            .count();
+        let started_after_canary = self
+            .workers
+            .iter()
+            .filter(|(_, p)| p.stage.is_some_and(|s| s > 0))
+            .count();
+
+        let mut actions = Vec::new();
+        let mut canaries_now = 0;
+        let mut next_wave_index = started_after_canary;
+        let plan_name = self.plan.clone();
+        for i in 0..self.workers.len() {
+            if self.workers[i].1.state != TargetState::Pending {
+                continue;
+            }
+            let id = self.workers[i].0.clone();
+            let Some(view) = views.get(id.as_str()) else {
+                continue;
+            };
+            if !view.release.connected {
+                continue;
+            }
+            match plan.window_for(&view.labels) {
+                Ok(None) => {}
+                Ok(Some(w)) => {
+                    if !matches!(
+                        w.decide(fleet.now, fleet.expected),
+                        StartDecision::Start { .. }
+                    ) {
+                        continue;
+                    }
+                }
+                Err(_) => continue,
+            }
+            // Which stage would this start in?
+            let stage = if started_canaries + canaries_now < canary {
+                0
+            } else {
+                if !canaries_done {
+                    break; // the canaries run alone
+                }
+                (next_wave_index / concurrency) as u32 + 1
+            };
+            if stage > 0 && plan.require_approval == Approval::BeforeEachWave {
+                // A wave starts only when the previous one has finished.
+                let prev_running = self.workers.iter().any(|(_, p)| {
+                    p.stage == Some(stage - 1) && matches!(p.state, TargetState::Running { .. })
+                });
+                let first_of_stage = !self.workers.iter().any(|(_, p)| p.stage == Some(stage));
+                if prev_running && first_of_stage {
+                    break;
+                }
+            }
+            if self.needs_approval(plan, stage) {
+                if actions.is_empty() && in_flight == 0 {
+                    self.phase = Phase::AwaitingApproval { stage };
+                }
+                break;
+            }
+            let limit = if stage == 0 { canary } else { concurrency };
+            if in_flight >= limit {
+                break;
+            }
+            let p = &mut self.workers[i].1;
+            p.attempts += 1;
+            p.stage = Some(stage);
+            let target = Target::Worker(id);
+            let operation_id = format!("{plan_name}/{target}/upgrade-{}", p.attempts);
+            p.state = TargetState::Running {
+                operation_id: operation_id.clone(),
+                started: fleet.now,
+            };
+            in_flight += 1;
+            if stage == 0 {
+                canaries_now += 1;
+            } else {
+                next_wave_index += 1;
+            }
+            actions.push(Action::Upgrade {
+                target,
+                operation_id,
+            });
+        }
+        if matches!(self.phase, Phase::AwaitingApproval { .. }) {
+            return actions;
+        }
+        self.settle(plan, keys, &views);
+        actions
+    }
+
+    /// Decides Succeeded / Degraded / Workers once nothing more can start right now.
+    fn settle(&mut self, plan: &Plan, keys: &[&str], views: &BTreeMap<&str, &WorkerView>) {
+        let running = self
+            .workers
+            .iter()
+            .any(|(_, p)| matches!(p.state, TargetState::Running { .. }));
+        if running {
+            self.phase = Phase::Workers;
+            return;
+        }
+        let mut offline = Vec::new();
+        let mut failed = Vec::new();
+        let mut skewed = Vec::new();
+        let mut waiting = 0;
+        for (id, p) in &self.workers {
+            let view = views.get(id.as_str());
+            let name = view.map(|v| v.release.name.as_str()).unwrap_or(id.as_str());
+            let connected = view.is_some_and(|v| v.release.connected);
+            match &p.state {
+                TargetState::Pending if !connected => offline.push(name.to_string()),
+                TargetState::Pending => waiting += 1,
+                TargetState::Failed { .. } | TargetState::RolledBack { .. } => {
+                    failed.push(name.to_string())
+                }
+                // Reported success is not enough: the inventory must show it (invariant 3).
+                TargetState::Succeeded { .. }
+                    if !view.is_some_and(|v| at_target(&v.release, plan, keys)) =>
+                {
+                    skewed.push(name.to_string())
+                }
+                _ => {}
+            }
+        }
+        self.phase = if waiting > 0 {
+            // Connected clusters waiting for their window: the plan goes on in the next one.
+            Phase::Workers
+        } else if offline.is_empty() && failed.is_empty() && skewed.is_empty() {
+            Phase::Succeeded
+        } else {
+            let mut parts = Vec::new();
+            if !skewed.is_empty() {
+                parts.push(format!(
+                    "reported success but skewed: {}",
+                    skewed.join(", ")
+                ));
+            }
+            if !failed.is_empty() {
+                parts.push(format!("failed: {}", failed.join(", ")));
+            }
+            if !offline.is_empty() {
+                let then = if plan.convergence == Convergence::Auto {
+                    " (upgraded in their next window when they return)"
+                } else {
+                    ""
+                };
+                parts.push(format!("offline: {}{then}", offline.join(", ")));
+            }
+            Phase::Degraded {
+                reason: parts.join("; "),
+            }
+        };
+    }
+
+    fn step_rollback(&mut self, plan: &Plan, fleet: &FleetView) -> Vec<Action> {
+        let views: BTreeMap<&str, &WorkerView> = fleet
+            .workers
+            .iter()
+            .map(|w| (w.release.cluster_id.as_str(), w))
+            .collect();
+        let concurrency = plan.max_concurrency.resolve(self.workers.len());
+        let mut in_flight = self
+            .workers
+            .iter()
+            .filter(|(_, p)| matches!(p.state, TargetState::RollingBack { .. }))
+            .count();
+        let mut actions = Vec::new();
+        let plan_name = self.plan.clone();
+        let ignore_windows = self.rollback_ignores_windows;
+        let window_open = |labels: &BTreeMap<String, String>| {
+            ignore_windows
+                || match plan.window_for(labels) {
+                    Ok(None) => true,
+                    Ok(Some(w)) => matches!(
+                        w.decide(fleet.now, fleet.expected),
+                        StartDecision::Start { .. }
+                    ),
+                    Err(_) => false,
+                }
+        };
+        for (id, p) in &mut self.workers {
+            let TargetState::Succeeded {
+                revision_before: Some(rev),
+            } = p.state
+            else {
+                continue;
+            };
+            if in_flight >= concurrency {
+                break;
+            }
+            let Some(view) = views.get(id.as_str()) else {
+                continue;
+            };
+            if !view.release.connected || !window_open(&view.labels) {
+                continue;
+            }
+            let target = Target::Worker(id.clone());
+            let operation_id = format!("{plan_name}/{target}/rollback-{}", p.attempts);
+            p.state = TargetState::RollingBack {
+                operation_id: operation_id.clone(),
+                started: fleet.now,
+            };
+            in_flight += 1;
+            actions.push(Action::Rollback {
+                target,
+                operation_id,
+                to_revision: rev,
+            });
+        }
+        let workers_left = self.workers.iter().any(|(_, p)| {
+            matches!(
+                p.state,
+                TargetState::RollingBack { .. }
+                    | TargetState::Succeeded {
+                        revision_before: Some(_)
+                    }
+            )
+        });
+        if workers_left {
+            return actions;
+        }
+        // Workers are back: now the control plane.
+        match self.control_plane.state {
+            TargetState::Succeeded {
+                revision_before: Some(rev),
+            } => {
+                let cp_window = ignore_windows
+                    || plan.window.as_ref().is_none_or(|w| {
+                        matches!(
+                            w.decide(fleet.now, fleet.expected),
+                            StartDecision::Start { .. }
+                        )
+                    });
+                if fleet.control_plane.connected && cp_window {
+                    let operation_id = format!(
+                        "{plan_name}/{}/rollback-{}",
+                        Target::ControlPlane,
+                        self.control_plane.attempts
+                    );
+                    self.control_plane.state = TargetState::RollingBack {
+                        operation_id: operation_id.clone(),
+                        started: fleet.now,
+                    };
+                    actions.push(Action::Rollback {
+                        target: Target::ControlPlane,
+                        operation_id,
+                        to_revision: rev,
+                    });
+                }
+            }
+            TargetState::RollingBack { .. } => {}
+            _ => self.phase = Phase::RolledBack,
+        }
+        actions
+    }
+}
+
+/// Whether a cluster already runs the plan's version, deployed, with matching tags.
+fn at_target(r: &ClusterRelease, plan: &Plan, keys: &[&str]) -> bool {
+    r.release.as_ref().is_some_and(|rel| {
+        rel.chart_version == plan.version && release_problems(rel, keys).is_empty()
+    })
+}
+
+/// A short human name of a phase, for errors.
+pub fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::ControlPlane => "upgrading the control plane",
+        Phase::AwaitingApproval { .. } => "awaiting approval",
+        Phase::Workers => "upgrading workers",
+        Phase::Paused { .. } => "paused",
+        Phase::Succeeded => "succeeded",
+        Phase::Degraded { .. } => "degraded",
+        Phase::Failed { .. } => "failed",
+        Phase::Aborted => "aborted",
+        Phase::RollingBack => "rolling back",
+        Phase::RolledBack => "rolled back",
+    }
+}

@@ -1,0 +1,448 @@
+//! The rollout state machine driven through whole plans: a simulated fleet applies each action
+//! the way the executor would, and the tests check the order, the budgets, the windows and the
+//! final verdicts DESIGN.md asks for.
+
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
+use skoala_plan::profile::SKOALA;
+use skoala_plan::rollout::phase_name;
+use skoala_plan::{
+    Action, ClusterRelease, FleetView, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
+    UpgradePlan, WorkerView, validate,
+};
+
+const OLD: &str = "0.19.0";
+const NEW: &str = "0.19.2";
+
+fn release(version: &str) -> ReleaseState {
+    ReleaseState {
+        chart_version: version.into(),
+        status: "deployed".into(),
+        image_tags: SKOALA
+            .worker
+            .image_tag_keys
+            .iter()
+            .chain(SKOALA.control_plane.image_tag_keys)
+            .take(5)
+            .map(|k| (k.to_string(), format!("v{version}")))
+            .collect(),
+    }
+}
+
+/// A fleet that upgrades instantly and successfully unless told otherwise.
+struct Sim {
+    fleet: FleetView,
+    fail: Vec<String>,
+    started: Vec<Target>,
+    in_flight: Vec<(Target, String)>,
+}
+
+impl Sim {
+    fn new(workers: usize) -> Self {
+        let cluster = |name: &str| ClusterRelease {
+            cluster_id: format!("uid-{name}"),
+            name: name.into(),
+            connected: true,
+            release: Some(release(OLD)),
+        };
+        Sim {
+            fleet: FleetView {
+                now: "2026-11-25T12:00:00Z".parse().expect("literal"),
+                expected: SignedDuration::from_mins(10),
+                control_plane: cluster("control-plane"),
+                workers: (1..=workers)
+                    .map(|i| WorkerView {
+                        release: cluster(&format!("w{i}")),
+                        labels: BTreeMap::new(),
+                    })
+                    .collect(),
+            },
+            fail: Vec::new(),
+            started: Vec::new(),
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn worker(&mut self, name: &str) -> &mut WorkerView {
+        self.fleet
+            .workers
+            .iter_mut()
+            .find(|w| w.release.name == name)
+            .expect("known worker")
+    }
+
+    fn step(&mut self, r: &mut Rollout, plan: &Plan) -> Vec<Action> {
+        let actions = r.step(plan, &SKOALA, &self.fleet);
+        for a in &actions {
+            if let Action::Upgrade {
+                target,
+                operation_id,
+            } = a
+            {
+                self.started.push(target.clone());
+                self.in_flight.push((target.clone(), operation_id.clone()));
+            }
+        }
+        actions
+    }
+
+    /// Finishes every in-flight upgrade: the cluster's inventory moves to NEW unless it fails.
+    fn finish_all(&mut self, r: &mut Rollout) {
+        for (target, op) in std::mem::take(&mut self.in_flight) {
+            let name = match &target {
+                Target::ControlPlane => "control-plane".to_string(),
+                Target::Worker(id) => id.trim_start_matches("uid-").to_string(),
+            };
+            let outcome = if self.fail.contains(&name) {
+                Outcome::RolledBack {
+                    message: "wait failed: image never became ready".into(),
+                }
+            } else {
+                let rel = if target == Target::ControlPlane {
+                    &mut self.fleet.control_plane.release
+                } else {
+                    &mut self.worker(&name).release.release
+                };
+                *rel = Some(release(NEW));
+                Outcome::Succeeded {
+                    revision_before: Some(1),
+                }
+            };
+            assert!(r.record(&target, &op, outcome), "result for {op} accepted");
+        }
+    }
+
+    /// Steps and finishes until nothing more starts.
+    fn run(&mut self, r: &mut Rollout, plan: &Plan) {
+        for _ in 0..100 {
+            let actions = self.step(r, plan);
+            if actions.is_empty() && self.in_flight.is_empty() {
+                // One more step lets the rollout settle on its verdict.
+                self.step(r, plan);
+                return;
+            }
+            self.finish_all(r);
+        }
+        panic!("rollout did not settle");
+    }
+
+    fn names_started(&self) -> Vec<String> {
+        self.started
+            .iter()
+            .map(|t| match t {
+                Target::ControlPlane => "cp".into(),
+                Target::Worker(id) => id.trim_start_matches("uid-").into(),
+            })
+            .collect()
+    }
+}
+
+fn plan(extra: &str) -> Plan {
+    let yaml = format!(
+        "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: p}}\nspec:\n  version: {NEW}\n{extra}"
+    );
+    validate(&UpgradePlan::from_yaml(&yaml).expect("parses")).expect("valid")
+}
+
+#[test]
+fn control_plane_first_then_one_canary_alone_then_waves() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(5);
+
+    let a = sim.step(&mut r, &plan);
+    assert_eq!(a.len(), 1, "only the control plane starts first: {a:?}");
+    assert!(matches!(
+        &a[0],
+        Action::Upgrade {
+            target: Target::ControlPlane,
+            ..
+        }
+    ));
+    assert!(
+        sim.step(&mut r, &plan).is_empty(),
+        "nothing else while it runs"
+    );
+    sim.finish_all(&mut r);
+
+    let a = sim.step(&mut r, &plan);
+    assert_eq!(a.len(), 1, "the canary runs alone: {a:?}");
+    assert!(
+        sim.step(&mut r, &plan).is_empty(),
+        "nothing else while the canary runs"
+    );
+    sim.finish_all(&mut r);
+
+    let a = sim.step(&mut r, &plan);
+    assert_eq!(a.len(), 2, "then maxConcurrency at a time: {a:?}");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w2", "w3", "w4", "w5"]);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_failed_control_plane_touches_no_worker() {
+    let plan = plan("");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.fail.push("control-plane".into());
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp"]);
+    assert!(
+        matches!(&r.phase, Phase::Failed { reason } if reason.contains("no worker was touched")),
+        "{:?}",
+        r.phase
+    );
+    assert!(r.is_final());
+}
+
+#[test]
+fn a_failed_canary_pauses_the_plan_before_any_other_worker() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 10, maxFailures: 3}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(4);
+    sim.fail.push("w1".into());
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1"]);
+    assert!(
+        matches!(&r.phase, Phase::Paused { reason } if reason.contains("canary")),
+        "{:?}",
+        r.phase
+    );
+
+    // The operator looked, resumes: the failure is acknowledged and the rest proceed.
+    r.resume().expect("paused");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w2", "w3", "w4"]);
+    assert!(
+        matches!(&r.phase, Phase::Degraded { reason } if reason.contains("failed: w1")),
+        "{:?}",
+        r.phase
+    );
+}
+
+#[test]
+fn more_failures_than_the_budget_pause_the_plan() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 1, maxFailures: 1}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(6);
+    sim.fail.extend(["w2".to_string(), "w3".to_string()]);
+    sim.run(&mut r, &plan);
+    assert_eq!(
+        sim.names_started(),
+        ["cp", "w1", "w2", "w3"],
+        "stops after the second failure"
+    );
+    assert!(
+        matches!(&r.phase, Phase::Paused { reason } if reason.contains("maxFailures=1")),
+        "{:?}",
+        r.phase
+    );
+}
+
+#[test]
+fn nothing_starts_outside_the_window_and_the_plan_continues_in_the_next() {
+    // Daily 02:00-03:00 UTC; upgrades are expected to take 10 minutes.
+    let plan = plan(
+        "  window: {schedule: \"0 2 * * *\", duration: 1h}\n  strategy: {canary: 1, maxConcurrency: 1}\n",
+    );
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.fleet.now = "2026-11-25T12:00:00Z".parse().expect("literal");
+    assert!(sim.step(&mut r, &plan).is_empty(), "closed at noon");
+
+    sim.fleet.now = "2026-11-26T02:00:00Z".parse().expect("literal");
+    sim.step(&mut r, &plan);
+    sim.finish_all(&mut r);
+    sim.step(&mut r, &plan); // w1 starts
+    // 02:55: w1 is still running when the window has 5 minutes left.
+    sim.fleet.now = "2026-11-26T02:55:00Z".parse().expect("literal");
+    sim.finish_all(&mut r); // in-flight work finishes
+    assert!(
+        sim.step(&mut r, &plan).is_empty(),
+        "no new start: 10 min do not fit in 5"
+    );
+    assert_eq!(
+        r.phase,
+        Phase::Workers,
+        "waiting for the next window, not degraded"
+    );
+
+    sim.fleet.now = "2026-11-27T02:00:00Z".parse().expect("literal");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w2", "w3"]);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn offline_is_not_failed_and_converges_when_it_returns() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 5}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.worker("w2").release.connected = false;
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w3"]);
+    assert!(
+        matches!(&r.phase, Phase::Degraded { reason } if reason.contains("offline: w2") && !reason.contains("failed")),
+        "{:?}",
+        r.phase
+    );
+    assert_eq!(r.failures(), 0);
+
+    sim.worker("w2").release.connected = true;
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w3", "w2"]);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_cluster_joining_later_on_an_old_version_is_upgraded_too() {
+    let plan = plan("");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(2);
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+
+    let mut late = sim.fleet.workers[0].clone();
+    late.release.cluster_id = "uid-late".into();
+    late.release.name = "late".into();
+    late.release.release = Some(release(OLD));
+    sim.fleet.workers.push(late);
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started().last().map(String::as_str), Some("late"));
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn approval_before_workers_holds_them_until_approved() {
+    let plan = plan("  requireApproval: beforeWorkers\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(2);
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp"]);
+    assert_eq!(r.phase, Phase::AwaitingApproval { stage: 0 });
+    assert!(r.resume().is_err(), "approval is not resume");
+    r.approve().expect("awaiting approval");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w2"]);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn rollback_returns_workers_first_then_the_control_plane() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+
+    r.start_rollback(false).expect("can roll back");
+    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    assert_eq!(a.len(), 2, "workers first, maxConcurrency at a time: {a:?}");
+    assert!(a.iter().all(|a| matches!(
+        a,
+        Action::Rollback {
+            target: Target::Worker(_),
+            to_revision: 1,
+            ..
+        }
+    )));
+    let finish = |r: &mut Rollout, actions: &[Action]| {
+        for a in actions {
+            if let Action::Rollback {
+                target,
+                operation_id,
+                ..
+            } = a
+            {
+                assert!(r.record(
+                    target,
+                    operation_id,
+                    Outcome::Succeeded {
+                        revision_before: None
+                    }
+                ));
+            }
+        }
+    };
+    finish(&mut r, &a);
+    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    assert_eq!(a.len(), 1, "the last worker: {a:?}");
+    finish(&mut r, &a);
+    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Rollback {
+                target: Target::ControlPlane,
+                ..
+            }]
+        ),
+        "{a:?}"
+    );
+    finish(&mut r, &a);
+    r.step(&plan, &SKOALA, &sim.fleet);
+    assert_eq!(r.phase, Phase::RolledBack, "{}", phase_name(&r.phase));
+}
+
+#[test]
+fn results_for_unknown_or_repeated_operations_are_ignored() {
+    let plan = plan("");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(1);
+    let a = sim.step(&mut r, &plan);
+    let Action::Upgrade { operation_id, .. } = &a[0] else {
+        panic!("upgrade expected")
+    };
+    assert_eq!(
+        operation_id, "p/control-plane/upgrade-1",
+        "deterministic ids make re-sends harmless"
+    );
+    assert!(!r.record(
+        &Target::ControlPlane,
+        "p/control-plane/upgrade-0",
+        Outcome::Failed {
+            message: "old".into()
+        }
+    ));
+    let ok = Outcome::Succeeded {
+        revision_before: Some(3),
+    };
+    assert!(r.record(&Target::ControlPlane, operation_id, ok.clone()));
+    assert!(
+        !r.record(&Target::ControlPlane, operation_id, ok),
+        "a duplicate delivery changes nothing"
+    );
+}
+
+#[test]
+fn the_rollout_survives_a_restart_through_its_persisted_form() {
+    let plan = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.step(&mut r, &plan);
+    let saved = serde_json::to_string(&r).expect("serialises");
+    let restored: Rollout = serde_json::from_str(&saved).expect("deserialises");
+    assert_eq!(restored, r);
+    // After a restart the same running operation is still running: re-sent, not re-created.
+    let mut restored = restored;
+    assert!(restored.step(&plan, &SKOALA, &sim.fleet).is_empty());
+}
+
+#[test]
+fn a_reported_success_the_inventory_contradicts_is_degraded_not_succeeded() {
+    let plan = plan("");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(1);
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+    // Someone downgrades w1 by hand afterwards; the plan notices on its next step.
+    sim.worker("w1").release.release = Some(release(OLD));
+    sim.step(&mut r, &plan);
+    assert!(
+        matches!(&r.phase, Phase::Degraded { reason } if reason.contains("skewed: w1")),
+        "{:?}",
+        r.phase
+    );
+}
