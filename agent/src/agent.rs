@@ -1,0 +1,322 @@
+//! The agent's life: find out which cluster this is, make sure it has credentials (stored, or by
+//! registering once), start the inventory watch, then hold a session to the coordinator forever,
+//! reconnecting with exponential backoff and jitter.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use skoala_proto::v1::ClusterIdentity;
+use skoala_upgrade::inventory::{self, InventoryWatch, TrackedRelease};
+use tokio_util::sync::CancellationToken;
+
+use crate::credentials::Credentials;
+use crate::identity_store::IdentityStore;
+use crate::register::{self, RegisterError};
+use crate::session::{self, SessionParams};
+use crate::transport::CoordinatorAddr;
+
+/// The agent's version, reported in Register and Hello.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the agent needs to run (the binary builds it from flags and environment).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinator: CoordinatorAddr,
+    /// The join token; needed only to register (first start, or after the certificate lapsed).
+    pub token: Option<String>,
+    /// `None`: `KUBECONFIG`, then in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    pub cluster_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The agent's own namespace (holds the identity Secret).
+    pub namespace: String,
+    pub secret_name: String,
+    pub heartbeat: Duration,
+    pub tracked: Vec<TrackedRelease>,
+    /// The helm binary to report the version of; `None` skips it.
+    pub helm: Option<PathBuf>,
+    /// Reconnect backoff bounds.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot read the cluster identity (kube-system namespace UID): {0}")]
+    Identity(inventory::InventoryError),
+    #[error("cannot read the Helm release inventory: {0}")]
+    Inventory(inventory::InventoryError),
+    #[error(transparent)]
+    Store(#[from] crate::identity_store::StoreError),
+    #[error(
+        "{problem}; no join token was given, so the agent cannot register: create one with `skoalactl token create` and pass it with --token (SKOALA_TOKEN)"
+    )]
+    NeedToken { problem: String },
+    #[error(
+        "{0}; create a new join token with `skoalactl token create` and restart the agent with it"
+    )]
+    Registration(RegisterError),
+}
+
+/// Runs the agent until `shutdown` is cancelled. Returns an error only for problems a restart
+/// will not fix (no identity, registration refused); network trouble is retried forever.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let (client, context_cluster) = kube_client(config.kubeconfig.as_ref()).await?;
+    let cluster_id = inventory::kube_system_uid(&client)
+        .await
+        .map_err(AgentError::Identity)?;
+    let name = config
+        .cluster_name
+        .clone()
+        .or(context_cluster)
+        .unwrap_or_else(|| format!("cluster-{}", cluster_id.chars().take(8).collect::<String>()));
+    let identity = ClusterIdentity {
+        cluster_id: cluster_id.clone(),
+        name: name.clone(),
+        labels: config.labels.clone().into_iter().collect(),
+    };
+    tracing::info!(cluster_id = %cluster_id, name = %name, "cluster identity");
+
+    let inventory = InventoryWatch::start(client.clone(), config.tracked.clone())
+        .await
+        .map_err(AgentError::Inventory)?;
+    let helm_version = match &config.helm {
+        Some(helm) => helm_version(helm).await,
+        None => String::new(),
+    };
+    let store = IdentityStore::new(client, &config.namespace, &config.secret_name);
+
+    let backoff = ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .without_max_times();
+
+    let Some(creds) = ensure_credentials(&config, &store, &identity, &backoff, &shutdown).await?
+    else {
+        return Ok(()); // shut down while registering
+    };
+    let mut params = SessionParams {
+        identity: identity.clone(),
+        agent_version: AGENT_VERSION.to_string(),
+        helm_version,
+        heartbeat: config.heartbeat,
+        inventory: inventory.subscribe(),
+        credentials: Arc::new(Mutex::new(creds)),
+        store: Some(store.clone()),
+    };
+
+    let mut link = LinkLog::default();
+    let mut delays = backoff.build();
+    loop {
+        // A certificate can lapse while the coordinator is unreachable for long.
+        let current = params
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Err(problem) = current.check(&cluster_id, jiff::Timestamp::now()) {
+            tracing::error!(error = %problem, "the agent's certificate cannot be used");
+            let Some(fresh) =
+                ensure_credentials(&config, &store, &identity, &backoff, &shutdown).await?
+            else {
+                return Ok(());
+            };
+            *params.credentials.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+
+        let mut connected = false;
+        let result = session::run(&config.coordinator, &mut params, &shutdown, &mut || {
+            connected = true;
+            link.connected();
+        })
+        .await;
+        if shutdown.is_cancelled() {
+            tracing::info!("shutting down");
+            return Ok(());
+        }
+        if connected {
+            // A session that got going resets the backoff: the next failure is a new incident.
+            delays = backoff.build();
+        }
+        let delay = delays.next().unwrap_or(config.max_backoff);
+        let cause = match result {
+            Ok(()) => "the session ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        link.failed(&cause, delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Logs the link's state changes, not every attempt: one line when it comes up, one when it
+/// goes down, one when the cause of failing changes.
+#[derive(Default)]
+struct LinkLog {
+    up: bool,
+    last_cause: Option<String>,
+    failures: u64,
+}
+
+impl LinkLog {
+    fn connected(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                failed_attempts = self.failures,
+                "connected to the coordinator"
+            );
+        } else {
+            tracing::info!("connected to the coordinator");
+        }
+        self.up = true;
+        self.last_cause = None;
+        self.failures = 0;
+    }
+
+    fn failed(&mut self, cause: &str, retry_in: Duration) {
+        self.failures += 1;
+        if self.up {
+            tracing::warn!(
+                cause,
+                ?retry_in,
+                "lost the coordinator session; reconnecting"
+            );
+        } else if self.last_cause.as_deref() != Some(cause) {
+            tracing::warn!(
+                cause,
+                ?retry_in,
+                attempts = self.failures,
+                "cannot reach the coordinator; retrying with backoff"
+            );
+        } else {
+            tracing::debug!(
+                cause,
+                ?retry_in,
+                attempts = self.failures,
+                "still cannot reach the coordinator"
+            );
+        }
+        self.up = false;
+        self.last_cause = Some(cause.to_string());
+    }
+}
+
+/// Stored credentials if usable, otherwise registers (retrying while the coordinator is
+/// unreachable) and stores the result. `None` if shut down meanwhile.
+async fn ensure_credentials(
+    config: &AgentConfig,
+    store: &IdentityStore,
+    identity: &ClusterIdentity,
+    backoff: &ExponentialBuilder,
+    shutdown: &CancellationToken,
+) -> Result<Option<Credentials>, AgentError> {
+    let problem = match store.load().await {
+        Ok(Some(creds)) => match creds.check(&identity.cluster_id, jiff::Timestamp::now()) {
+            Ok(()) => {
+                tracing::info!(secret = %store.location(), serial = %creds.serial_hex, not_after = %creds.not_after, "using the stored identity");
+                return Ok(Some(creds));
+            }
+            Err(e) => format!("the identity in Secret {}: {e}", store.location()),
+        },
+        Ok(None) => format!("not registered yet (no Secret {})", store.location()),
+        // Garbage in the Secret is as good as none; a fresh registration replaces it.
+        Err(e @ crate::identity_store::StoreError::Invalid { .. })
+        | Err(e @ crate::identity_store::StoreError::Incomplete { .. }) => e.to_string(),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(token) = config.token.as_deref().filter(|t| !t.is_empty()) else {
+        return Err(AgentError::NeedToken { problem });
+    };
+    tracing::info!(reason = %problem, "registering with the coordinator");
+    let mut delays = backoff.build();
+    let mut last_cause = String::new();
+    loop {
+        match register::register(&config.coordinator, token, identity, AGENT_VERSION).await {
+            Ok(creds) => {
+                store.save(&creds).await?;
+                tracing::info!(secret = %store.location(), serial = %creds.serial_hex, not_after = %creds.not_after, "registered; identity stored");
+                return Ok(Some(creds));
+            }
+            Err(e) if e.is_transient() => {
+                let delay = delays.next().unwrap_or(config.max_backoff);
+                let cause = e.to_string();
+                if cause != last_cause {
+                    tracing::warn!(cause = %cause, retry_in = ?delay, "registration failed; retrying");
+                    last_cause = cause;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+            }
+            Err(e) => return Err(AgentError::Registration(e)),
+        }
+    }
+}
+
+/// A kube client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else in-cluster; and
+/// the current context's cluster name (the default cluster name), when there is a kubeconfig.
+async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, Option<String>), AgentError> {
+    let kc_err = |e: &dyn std::fmt::Display| AgentError::Kubeconfig(e.to_string());
+    let (config, kubeconfig) = match path {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| kc_err(&format!("{}: {e}", path.display())))?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kc.clone(), &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| kc_err(&e))?;
+            (config, Some(kc))
+        }
+        None => {
+            let config = kube::Config::infer().await.map_err(|e| kc_err(&e))?;
+            (config, Kubeconfig::read().ok())
+        }
+    };
+    let cluster = kubeconfig.and_then(|kc| {
+        let current = kc.current_context.clone()?;
+        kc.contexts
+            .into_iter()
+            .find(|c| c.name == current)?
+            .context
+            .map(|c| c.cluster)
+    });
+    Ok((kube::Client::try_from(config)?, cluster))
+}
+
+/// `helm version --short`, or empty if helm cannot be run (reported, not fatal: the agent's
+/// link does not need helm).
+async fn helm_version(helm: &PathBuf) -> String {
+    let run = tokio::process::Command::new(helm)
+        .args(["version", "--short"])
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+        Ok(Ok(out)) => {
+            tracing::warn!(helm = %helm.display(), status = %out.status, "`helm version` failed; reporting no helm version");
+            String::new()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(helm = %helm.display(), error = %e, "cannot run helm; reporting no helm version");
+            String::new()
+        }
+        Err(_) => {
+            tracing::warn!(helm = %helm.display(), "`helm version` hung; reporting no helm version");
+            String::new()
+        }
+    }
+}
