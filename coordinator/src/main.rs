@@ -1,1 +1,148 @@
-fn main() {}
+//! `skoala-coordinator`: `init` creates a fleet's data dir; `serve` runs the coordinator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use skoala_coordinator::context::Settings;
+use skoala_coordinator::data_dir::DataDir;
+use skoala_coordinator::{duration, init, server};
+
+/// The skoala-fleet coordinator: agents dial in over mutual TLS, operators use skoalactl.
+///
+/// First run `init` once to create the fleet CA and the operator credential, then `serve`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data dir: fleet CA, server certificate, and DIR/admin.yaml for skoalactl.
+    ///
+    /// Example: skoala-coordinator init --data-dir /var/lib/skoala --san fleet.example.com
+    ///          --endpoint https://fleet.example.com:7443
+    Init {
+        /// Where the CA, certificates and the store live.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Extra DNS name or IP address agents and operators use to reach the coordinator
+        /// (repeatable; localhost, 127.0.0.1 and ::1 are always included).
+        #[arg(long = "san", value_name = "HOST")]
+        sans: Vec<String>,
+        /// Endpoint written into admin.yaml [default: https://<first --san or localhost>:7443].
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// Replace an existing CA. Every agent certificate it signed stops working.
+        #[arg(long)]
+        overwrite_ca: bool,
+        /// Lifetime of the admin certificate in admin.yaml.
+        #[arg(long, value_parser = duration::parse, default_value = "365d")]
+        admin_ttl: Duration,
+    },
+    /// Serve agents and operators on one TLS port until SIGTERM.
+    ///
+    /// Prints "skoala-coordinator listening on ADDR" once the port is open.
+    Serve {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Address of the TLS port for agents and skoalactl.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// Serve Prometheus metrics (plaintext HTTP) at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+        /// Kubeconfig of the control-plane cluster (in-cluster config when running in a pod).
+        #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Lifetime of agent certificates; agents renew them over their session.
+        #[arg(long, value_parser = duration::parse, default_value = "24h")]
+        cert_ttl: Duration,
+        /// How often to ping each agent.
+        #[arg(long, value_parser = duration::parse, default_value = "15s")]
+        ping_interval: Duration,
+        /// Close a session after this long without any message from its agent.
+        #[arg(long, value_parser = duration::parse, default_value = "60s")]
+        agent_timeout: Duration,
+        /// Largest message accepted from a client, in bytes.
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_message_bytes: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    // kube and tonic both use rustls; pick the provider once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    // Errors are printed with their causes, one line, no backtrace: this is what an operator
+    // reads at 3 a.m.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skoala-coordinator: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            sans,
+            endpoint,
+            overwrite_ca,
+            admin_ttl,
+        } => {
+            let path = init::run(&init::InitOptions {
+                data_dir: DataDir::new(data_dir),
+                sans,
+                endpoint,
+                overwrite_ca,
+                ca_ttl: Duration::from_secs(10 * 365 * 86400),
+                server_ttl: Duration::from_secs(2 * 365 * 86400),
+                admin_ttl,
+            })?;
+            println!("fleet CA created; operator credential: {}", path.display());
+            println!(
+                "next: skoala-coordinator serve --data-dir ... and skoalactl --config {}",
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Serve {
+            data_dir,
+            listen,
+            metrics_listen,
+            kubeconfig,
+            cert_ttl,
+            ping_interval,
+            agent_timeout,
+            max_message_bytes,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(server::run(server::ServeOptions {
+                data_dir: DataDir::new(data_dir),
+                listen,
+                metrics_listen,
+                kubeconfig,
+                settings: Settings {
+                    cert_ttl,
+                    ping_interval,
+                    agent_timeout,
+                    max_message_bytes,
+                },
+            }))
+        }
+    }
+}

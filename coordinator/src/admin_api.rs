@@ -1,0 +1,296 @@
+//! `FleetAdmin`: the operator's API (`skoalactl`). Every call requires the admin certificate;
+//! agent certificates are refused and audited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use skoala_proto::v1::fleet_admin_server::FleetAdmin;
+use skoala_proto::v1::{
+    AuditEvent, Cluster, ClusterIdentity, CreateTokenRequest, CreateTokenResponse, Inventory,
+    ListAuditRequest, ListAuditResponse, ListClustersRequest, ListClustersResponse,
+    ListTokensRequest, ListTokensResponse, RevokeClusterRequest, RevokeClusterResponse,
+    RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+};
+use tonic::{Request, Response, Status};
+
+use crate::context::{Context, now_unix};
+use crate::identity::{remote_of, require_admin};
+use crate::store::{ClusterRecord, Store, StoreError, TokenRecord};
+use crate::tokens;
+
+/// Default join-token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Longest join-token lifetime: a token is a bearer secret, it must not live for ever.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most audit events returned in one call.
+const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// The admin service.
+pub struct Admin<S> {
+    ctx: Arc<Context<S>>,
+}
+
+impl<S> Admin<S> {
+    pub fn new(ctx: Arc<Context<S>>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error in the admin API");
+    Status::unavailable(format!("the coordinator's store is unavailable: {e}"))
+}
+
+fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        created_unix: t.created_unix,
+        expires_unix: t.expires_unix,
+        uses_allowed: t.uses_allowed,
+        uses_left: t.uses_left,
+        revoked: t.revoked,
+        description: t.description.clone(),
+    }
+}
+
+impl<S: Store> Admin<S> {
+    /// The admin check every call starts with. Returns the caller's description for audit.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let peer = remote_of(request);
+        match require_admin(request) {
+            Ok(serial) => Ok(format!("{peer} (admin {serial})")),
+            Err(r) => Err(self.ctx.refuse(r, &peer).await),
+        }
+    }
+
+    /// A registered cluster merged with its live session, if any.
+    fn cluster_view(&self, c: ClusterRecord) -> Cluster {
+        let live = self.ctx.sessions.get(&c.id);
+        let stored_inventory = Inventory::decode(c.state.inventory.as_slice()).unwrap_or_default();
+        let (agent_version, helm_version, inventory) = match &live {
+            Some(l) => (
+                l.agent_version.clone(),
+                l.helm_version.clone(),
+                l.inventory.clone().unwrap_or(stored_inventory),
+            ),
+            None => (
+                c.state.agent_version,
+                c.state.helm_version,
+                stored_inventory,
+            ),
+        };
+        Cluster {
+            identity: Some(ClusterIdentity {
+                cluster_id: c.id,
+                name: c.name,
+                labels: c.labels.into_iter().collect(),
+            }),
+            control_plane: false,
+            connected: live.is_some(),
+            last_heartbeat_unix_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+            agent_version,
+            helm_version,
+            releases: inventory.releases,
+            revoked: c.revoked_unix.is_some(),
+            registered_unix: c.registered_unix,
+            certificate_serial: c.cert_serial,
+            certificate_not_after_unix: c.cert_not_after_unix,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> FleetAdmin for Admin<S> {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let ttl = if req.ttl_seconds <= 0 {
+            DEFAULT_TOKEN_TTL
+        } else {
+            Duration::from_secs(req.ttl_seconds as u64)
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "a join token may live at most {} days",
+                MAX_TOKEN_TTL.as_secs() / 86400
+            )));
+        }
+        let uses = if req.uses == 0 { 1 } else { req.uses };
+        let new = tokens::generate();
+        let now = now_unix();
+        let record = TokenRecord {
+            id: new.id.clone(),
+            secret_sha256: new.secret_sha256,
+            created_unix: now,
+            expires_unix: now + ttl.as_secs() as i64,
+            uses_allowed: uses,
+            uses_left: uses,
+            revoked: false,
+            description: req.description,
+        };
+        self.ctx
+            .store
+            .insert_token(record.clone())
+            .await
+            .map_err(store_status)?;
+        self.ctx
+            .audit(
+                "token.created",
+                "",
+                &who,
+                format!("token {} ({uses} uses, {}s)", record.id, ttl.as_secs()),
+            )
+            .await;
+        Ok(Response::new(CreateTokenResponse {
+            token: new.token,
+            info: Some(token_info(&record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.authorize(&request).await?;
+        let tokens = self.ctx.store.tokens().await.map_err(store_status)?;
+        Ok(Response::new(ListTokensResponse {
+            tokens: tokens.iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let id = request.into_inner().id;
+        // Accept a whole token pasted by mistake, but only ever use (and echo) its public id.
+        let id = id.split_once('.').map(|(i, _)| i.to_string()).unwrap_or(id);
+        if !self
+            .ctx
+            .store
+            .revoke_token(id.clone())
+            .await
+            .map_err(store_status)?
+        {
+            return Err(Status::not_found(format!("no join token with id {id}")));
+        }
+        self.ctx
+            .audit("token.revoked", "", &who, format!("token {id}"))
+            .await;
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<ListClustersRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        self.authorize(&request).await?;
+        let records = self.ctx.store.clusters().await.map_err(store_status)?;
+        let mut clusters: Vec<Cluster> = Vec::with_capacity(records.len() + 1);
+        if let Some(cp) = &self.ctx.control_plane
+            && let Some(c) = cp.view()
+        {
+            clusters.push(c);
+        }
+        clusters.extend(records.into_iter().map(|c| self.cluster_view(c)));
+        Ok(Response::new(ListClustersResponse { clusters }))
+    }
+
+    async fn revoke_cluster(
+        &self,
+        request: Request<RevokeClusterRequest>,
+    ) -> Result<Response<RevokeClusterResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let wanted = request.into_inner().cluster;
+        let records = self.ctx.store.clusters().await.map_err(store_status)?;
+        let by_id: Vec<&ClusterRecord> = records.iter().filter(|c| c.id == wanted).collect();
+        let matches: Vec<&ClusterRecord> = if by_id.is_empty() {
+            records.iter().filter(|c| c.name == wanted).collect()
+        } else {
+            by_id
+        };
+        let cluster = match matches.as_slice() {
+            [] => {
+                return Err(Status::not_found(format!(
+                    "no registered cluster named or with id {wanted:?}"
+                )));
+            }
+            [one] => *one,
+            many => {
+                let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+                return Err(Status::failed_precondition(format!(
+                    "{} clusters are named {wanted:?} ({}); revoke by cluster id",
+                    many.len(),
+                    ids.join(", ")
+                )));
+            }
+        };
+        let id = cluster.id.clone();
+        self.ctx
+            .store
+            .revoke_cluster(id.clone(), now_unix())
+            .await
+            .map_err(store_status)?;
+        let was_connected = self.ctx.sessions.kick(
+            &id,
+            Status::permission_denied(format!(
+                "cluster {id} ({}) has been revoked by an operator",
+                cluster.name
+            )),
+        );
+        self.ctx
+            .audit(
+                "cluster.revoked",
+                &id,
+                &who,
+                format!(
+                    "cluster {} revoked{}",
+                    cluster.name,
+                    if was_connected {
+                        "; live session closed"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .await;
+        Ok(Response::new(RevokeClusterResponse { cluster_id: id }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            MAX_AUDIT_PAGE
+        } else {
+            req.limit.min(MAX_AUDIT_PAGE)
+        };
+        let events = self
+            .ctx
+            .store
+            .audit(req.after_id, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListAuditResponse {
+            events: events
+                .into_iter()
+                .map(|e| AuditEvent {
+                    id: e.id,
+                    at_unix_ms: e.at_unix_ms,
+                    kind: e.kind,
+                    cluster_id: e.cluster_id,
+                    peer: e.peer,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
+    }
+}

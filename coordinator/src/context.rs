@@ -1,0 +1,85 @@
+//! What every handler shares: the store, the CA, the live sessions, metrics and settings, plus
+//! the one way to record a security-relevant event ([`Context::audit`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::control_plane::ControlPlane;
+use crate::identity::Refusal;
+use crate::metrics::Metrics;
+use crate::pki::FleetCa;
+use crate::sessions::Sessions;
+use crate::store::{NewAudit, Store};
+
+/// Tunables of the gateway.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime of agent certificates (issued at registration and renewal).
+    pub cert_ttl: Duration,
+    /// How often the coordinator pings each agent.
+    pub ping_interval: Duration,
+    /// A session with no message from the agent for this long is declared dead and closed.
+    pub agent_timeout: Duration,
+    /// Largest accepted message, in bytes (gRPC decoding limit).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cert_ttl: Duration::from_secs(24 * 3600),
+            ping_interval: Duration::from_secs(15),
+            agent_timeout: Duration::from_secs(60),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Shared state of one coordinator.
+pub struct Context<S> {
+    pub store: S,
+    pub ca: FleetCa,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub control_plane: Option<Arc<ControlPlane>>,
+}
+
+impl<S: Store> Context<S> {
+    /// Writes an audit event and logs it. A store failure is logged, never hidden from the
+    /// operator and never turned into a different answer for the caller.
+    pub async fn audit(&self, kind: &str, cluster_id: &str, peer: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        tracing::warn!(kind, cluster_id, peer, detail = %detail, "audit");
+        let event = NewAudit {
+            kind: kind.to_string(),
+            cluster_id: cluster_id.to_string(),
+            peer: peer.to_string(),
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(event).await {
+            tracing::error!(error = %e, kind, "could not write the audit log");
+        }
+    }
+
+    /// Audits a refusal, counts it, and returns the status for the caller.
+    pub async fn refuse(&self, refusal: Refusal, peer: &str) -> tonic::Status {
+        self.metrics.refusal(refusal.kind);
+        self.audit(refusal.kind, &refusal.cluster_id, peer, refusal.detail)
+            .await;
+        refusal.status
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

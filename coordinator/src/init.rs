@@ -1,0 +1,75 @@
+//! `skoala-coordinator init`: creates a fleet's trust root in a fresh data dir.
+//!
+//! Writes the CA, the coordinator's server certificate and the operator's `admin.yaml`. An
+//! existing CA is never replaced silently: replacing it invalidates every agent's certificate,
+//! so the operator must say `--overwrite-ca`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::admin_config::AdminConfig;
+use crate::data_dir::{DataDir, write_private, write_public};
+use crate::pki::FleetCa;
+
+/// What `init` creates.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub data_dir: DataDir,
+    /// Extra DNS names / IPs for the server certificate (localhost and loopback are always in).
+    pub sans: Vec<String>,
+    /// Endpoint written to admin.yaml; defaults to `https://<first SAN or localhost>:7443`.
+    pub endpoint: Option<String>,
+    pub overwrite_ca: bool,
+    pub ca_ttl: Duration,
+    pub server_ttl: Duration,
+    pub admin_ttl: Duration,
+}
+
+/// The hosts always in the server certificate, so loopback tests and port-forwards work.
+pub const DEFAULT_SANS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// Runs `init`. Returns the path of admin.yaml.
+pub fn run(opts: &InitOptions) -> anyhow::Result<std::path::PathBuf> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("cannot create data dir {}", dir.root().display()))?;
+    if dir.ca_cert().exists() && !opts.overwrite_ca {
+        bail!(
+            "{} already holds a fleet CA; refusing to replace it because every agent certificate \
+             it signed would stop working. Pass --overwrite-ca if that is what you want.",
+            dir.root().display()
+        );
+    }
+    let (ca, ca_key_pem) = FleetCa::generate("skoala-fleet CA", opts.ca_ttl)?;
+    let mut hosts: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+    for san in &opts.sans {
+        if !hosts.contains(san) {
+            hosts.push(san.clone());
+        }
+    }
+    let server = ca.issue_server(&hosts, opts.server_ttl)?;
+    let admin = ca.issue_admin(opts.admin_ttl)?;
+
+    write_private(&dir.ca_key(), ca_key_pem.as_bytes())
+        .with_context(|| format!("writing {}", dir.ca_key().display()))?;
+    write_public(&dir.ca_cert(), ca.cert_pem().as_bytes())
+        .with_context(|| format!("writing {}", dir.ca_cert().display()))?;
+    write_private(&dir.server_key(), server.key_pem.as_bytes())
+        .with_context(|| format!("writing {}", dir.server_key().display()))?;
+    write_public(&dir.server_cert(), server.issued.cert_pem.as_bytes())
+        .with_context(|| format!("writing {}", dir.server_cert().display()))?;
+
+    let endpoint = opts.endpoint.clone().unwrap_or_else(|| {
+        let host = opts.sans.first().map(String::as_str).unwrap_or("localhost");
+        format!("https://{host}:7443")
+    });
+    let config = AdminConfig {
+        endpoint,
+        certificate_authority: ca.cert_pem().to_string(),
+        client_certificate: admin.issued.cert_pem,
+        client_key: admin.key_pem,
+    };
+    config.save(&dir.admin_config())?;
+    Ok(dir.admin_config())
+}

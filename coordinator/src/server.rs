@@ -1,0 +1,134 @@
+//! `skoala-coordinator serve`: loads the data dir, opens the store and serves the gateway and
+//! the admin API on one TLS port (plus `/metrics` on its own plaintext port if asked).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use skoala_proto::v1::agent_gateway_server::AgentGatewayServer;
+use skoala_proto::v1::fleet_admin_server::FleetAdminServer;
+use tokio::net::TcpListener;
+
+use crate::admin_api::Admin;
+use crate::context::{Context, Settings};
+use crate::control_plane;
+use crate::data_dir::DataDir;
+use crate::gateway::Gateway;
+use crate::metrics::{self, Metrics};
+use crate::pki::FleetCa;
+use crate::sessions::Sessions;
+use crate::store::SqliteStore;
+use crate::tls;
+
+/// What `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: DataDir,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub kubeconfig: Option<PathBuf>,
+    pub settings: Settings,
+}
+
+fn read(path: PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (did you run `skoala-coordinator init --data-dir {}`?)",
+            path.display(),
+            path.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// Runs the coordinator until SIGINT/SIGTERM.
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let dir = &opts.data_dir;
+    let ca_pem = read(dir.ca_cert())?;
+    let ca = FleetCa::from_pem(&ca_pem, &read(dir.ca_key())?).context("loading the fleet CA")?;
+    let tls_config =
+        tls::server_config(&ca_pem, &read(dir.server_cert())?, &read(dir.server_key())?)
+            .context("building the TLS configuration")?;
+    let store = SqliteStore::open(&dir.store())
+        .with_context(|| format!("opening the store {}", dir.store().display()))?;
+
+    let sessions = Arc::new(Sessions::default());
+    let metrics = Arc::new(Metrics::default());
+    let control_plane =
+        control_plane::Source::detect(opts.kubeconfig.clone()).map(control_plane::start);
+    let ctx = Arc::new(Context {
+        store,
+        ca,
+        sessions: sessions.clone(),
+        metrics: metrics.clone(),
+        settings: opts.settings.clone(),
+        control_plane,
+    });
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    println!("skoala-coordinator listening on {local}");
+    if let Some(addr) = opts.metrics_listen {
+        let ml = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        println!(
+            "skoala-coordinator metrics on http://{}/metrics",
+            ml.local_addr()?
+        );
+        let (m, s) = (metrics.clone(), sessions.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(ml, m, s).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    tracing::info!(%local, "serving");
+
+    let max = opts.settings.max_message_bytes;
+    let gateway = AgentGatewayServer::new(Gateway::new(ctx.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = FleetAdminServer::new(Admin::new(ctx.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let incoming = tls::incoming(listener, tls_config, ctx.clone());
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(gateway)
+        .add_service(admin)
+        .serve_with_incoming(incoming);
+
+    tokio::select! {
+        r = server => r.context("the gRPC server failed")?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: closing agent sessions");
+            sessions.kick_all(&tonic::Status::unavailable("the coordinator is shutting down"));
+            // Give the closing statuses a moment to reach the agents.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

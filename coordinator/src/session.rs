@@ -1,0 +1,255 @@
+//! One agent's live session: the loop behind `AgentGateway.Session`.
+//!
+//! The loop ends when the agent hangs up, when the operator revokes the cluster (the close
+//! signal from [`crate::sessions`]), when a newer session of the same cluster replaces it, when
+//! a message violates the contract (wrong cluster id, too large), or when the agent goes
+//! silent for longer than `agent_timeout` — pings every `ping_interval` give a live agent
+//! something to answer, and HTTP/2 keepalives catch dead TCP connections underneath.
+
+use std::sync::Arc;
+
+use skoala_proto::v1::{AgentMessage, CoordinatorMessage, Inventory, agent_message::Body};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tonic::{Code, Status, Streaming};
+
+use crate::context::{Context, now_ms, now_unix};
+use crate::gateway::{certificate_issued, encode_inventory, message_kind, ping};
+use crate::store::{CertRecord, ClusterState, Store};
+
+/// The state of one session task.
+pub(crate) struct Session<S> {
+    pub ctx: Arc<Context<S>>,
+    pub cluster_id: String,
+    pub peer: String,
+    pub session: u64,
+    /// What the store holds for this cluster; compared before writing so only changes persist.
+    pub stored: ClusterState,
+    pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+}
+
+/// Why a message ended the session.
+type Fatal = Status;
+
+impl<S: Store> Session<S> {
+    pub async fn run(
+        mut self,
+        mut inbound: Streaming<AgentMessage>,
+        mut closed: oneshot::Receiver<Status>,
+    ) {
+        let settings = self.ctx.settings.clone();
+        let mut pings = interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut deadline = Instant::now() + settings.agent_timeout;
+
+        let outcome: Result<(), Status> = loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => {
+                        deadline = Instant::now() + settings.agent_timeout;
+                        if let Err(fatal) = self.handle(m).await {
+                            break Err(fatal);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break self.inbound_error(status).await,
+                },
+                status = &mut closed => {
+                    // Sender dropped without a status: the coordinator is going away.
+                    break Err(status.unwrap_or_else(|_| Status::unavailable("session closed")));
+                }
+                _ = pings.tick() => {
+                    // try_send: a slow reader must not stall the loop; a missed ping is harmless.
+                    let _ = self.tx.try_send(Ok(ping()));
+                }
+                _ = sleep_until(deadline) => {
+                    tracing::warn!(cluster_id = self.cluster_id, "agent silent; closing its session");
+                    break Err(Status::unavailable(format!(
+                        "no message from the agent for {:?}; session closed",
+                        settings.agent_timeout
+                    )));
+                }
+                _ = self.tx.closed() => break Ok(()),
+            }
+        };
+        if let Err(status) = outcome {
+            let _ = self.tx.send(Err(status)).await;
+        }
+        self.ctx.sessions.remove(&self.cluster_id, self.session);
+        self.ctx.metrics.session_closed();
+        tracing::info!(
+            cluster_id = self.cluster_id,
+            peer = self.peer,
+            "agent session closed"
+        );
+    }
+
+    /// A read error: an oversized message is a contract violation worth an audit entry; anything
+    /// else is the connection going away.
+    async fn inbound_error(&self, status: Status) -> Result<(), Status> {
+        let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
+            && status.message().contains("too large");
+        if too_large {
+            self.ctx.metrics.refusal("session.message_too_large");
+            self.ctx
+                .audit(
+                    "session.message_too_large",
+                    &self.cluster_id,
+                    &self.peer,
+                    status.message().to_string(),
+                )
+                .await;
+            return Err(Status::resource_exhausted(format!(
+                "message refused: {}; session closed",
+                status.message()
+            )));
+        }
+        tracing::debug!(cluster_id = self.cluster_id, %status, "session read ended");
+        Ok(())
+    }
+
+    async fn handle(&mut self, m: AgentMessage) -> Result<(), Fatal> {
+        let ctx = self.ctx.clone();
+        ctx.metrics.message(message_kind(&m));
+        if m.cluster_id != self.cluster_id {
+            return Err(self.identity_mismatch(&m.cluster_id).await);
+        }
+        let now = now_ms();
+        ctx.sessions.update(&self.cluster_id, self.session, |l| {
+            l.last_heartbeat_ms = now
+        });
+        match m.body {
+            Some(Body::Hello(hello)) => {
+                if let Some(id) = &hello.identity
+                    && !id.cluster_id.is_empty()
+                    && id.cluster_id != self.cluster_id
+                {
+                    return Err(self.identity_mismatch(&id.cluster_id).await);
+                }
+                let inventory = hello.inventory.unwrap_or_default();
+                ctx.sessions.update(&self.cluster_id, self.session, |l| {
+                    l.agent_version = hello.agent_version.clone();
+                    l.helm_version = hello.helm_version.clone();
+                    l.inventory = Some(inventory.clone());
+                });
+                let state = ClusterState {
+                    agent_version: hello.agent_version,
+                    helm_version: hello.helm_version,
+                    inventory: encode_inventory(&inventory),
+                };
+                self.persist(state).await;
+            }
+            Some(Body::Inventory(inventory)) => {
+                self.inventory(inventory).await;
+            }
+            Some(Body::Heartbeat(_)) => {}
+            Some(Body::CertificateRenewal(renewal)) => {
+                self.renew(&renewal.csr_pem).await?;
+            }
+            // Tasks, progress, results, backups and chart requests belong to the orchestrator
+            // (a later issue); until then they are counted and ignored.
+            Some(_) | None => {}
+        }
+        Ok(())
+    }
+
+    async fn identity_mismatch(&self, claimed: &str) -> Status {
+        let detail = format!(
+            "message claims cluster {claimed:?} but the client certificate is for cluster {}",
+            self.cluster_id
+        );
+        self.ctx.metrics.refusal("session.identity_mismatch");
+        self.ctx
+            .audit(
+                "session.identity_mismatch",
+                &self.cluster_id,
+                &self.peer,
+                detail.clone(),
+            )
+            .await;
+        Status::permission_denied(format!("{detail}; session closed"))
+    }
+
+    async fn inventory(&mut self, inventory: Inventory) {
+        self.ctx
+            .sessions
+            .update(&self.cluster_id, self.session, |l| {
+                l.inventory = Some(inventory.clone())
+            });
+        let state = ClusterState {
+            inventory: encode_inventory(&inventory),
+            ..self.stored.clone()
+        };
+        self.persist(state).await;
+    }
+
+    /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat).
+    async fn persist(&mut self, state: ClusterState) {
+        if state == self.stored {
+            return;
+        }
+        match self
+            .ctx
+            .store
+            .set_cluster_state(self.cluster_id.clone(), state.clone())
+            .await
+        {
+            Ok(()) => self.stored = state,
+            Err(e) => {
+                tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster state")
+            }
+        }
+    }
+
+    /// Signs a renewal CSR for the session's own identity (never one named in the CSR).
+    async fn renew(&self, csr_pem: &str) -> Result<(), Fatal> {
+        let ctx = &self.ctx;
+        let issued = match ctx
+            .ca
+            .sign_agent_csr(csr_pem, &self.cluster_id, ctx.settings.cert_ttl)
+        {
+            Ok(i) => i,
+            Err(e) => {
+                ctx.audit(
+                    "certificate.renewal_refused",
+                    &self.cluster_id,
+                    &self.peer,
+                    e.to_string(),
+                )
+                .await;
+                return Err(Status::invalid_argument(format!(
+                    "cannot renew the certificate: {e}"
+                )));
+            }
+        };
+        let record = CertRecord {
+            serial_hex: issued.serial_hex.clone(),
+            cluster_id: self.cluster_id.clone(),
+            issued_unix: now_unix(),
+            not_after_unix: issued.not_after_unix,
+        };
+        if let Err(e) = ctx.store.record_certificate(record).await {
+            tracing::error!(error = %e, "could not record a renewed certificate");
+            // Not fatal for the session: the agent keeps its current certificate and retries.
+            return Ok(());
+        }
+        ctx.audit(
+            "certificate.renewed",
+            &self.cluster_id,
+            &self.peer,
+            format!("certificate {}", issued.serial_hex),
+        )
+        .await;
+        let msg = certificate_issued(issued.cert_pem, ctx.ca.cert_pem(), issued.not_after_unix);
+        if self.tx.send(Ok(msg)).await.is_err() {
+            tracing::debug!(
+                cluster_id = self.cluster_id,
+                "agent left before its renewal was sent"
+            );
+        }
+        Ok(())
+    }
+}

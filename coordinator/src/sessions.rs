@@ -1,0 +1,147 @@
+//! The live view of connected agents, in memory only.
+//!
+//! Connected-or-not, last heartbeat and the latest hello are facts that change every few
+//! seconds per agent and are worthless after a restart (agents reconnect and say hello again),
+//! so they never touch the store. Each live session also holds the sender that closes it: a
+//! cluster revoked by the operator is cut off at once, not at its next reconnect.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use skoala_proto::v1::Inventory;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+/// What the coordinator knows about one connected agent.
+#[derive(Debug, Clone, Default)]
+pub struct LiveAgent {
+    pub connected_since_ms: i64,
+    /// Last message of any kind from the agent (a heartbeat, or anything that proves life).
+    pub last_heartbeat_ms: i64,
+    pub agent_version: String,
+    pub helm_version: String,
+    pub inventory: Option<Inventory>,
+    pub remote: String,
+}
+
+struct Entry {
+    session: u64,
+    live: LiveAgent,
+    close: Option<oneshot::Sender<Status>>,
+}
+
+/// All live sessions, keyed by cluster id.
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, Entry>>,
+    next: AtomicU64,
+}
+
+/// A handle for one session: its id and the receiver that fires when it must close.
+pub struct Opened {
+    pub session: u64,
+    pub closed: oneshot::Receiver<Status>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // The map holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new session for `cluster_id`. An older session of the same cluster (the
+    /// agent reconnected before the coordinator noticed the old connection died) is closed.
+    pub fn open(&self, cluster_id: &str, live: LiveAgent) -> Opened {
+        let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        let old = self.lock().insert(
+            cluster_id.to_string(),
+            Entry {
+                session,
+                live,
+                close: Some(tx),
+            },
+        );
+        if let Some(mut old) = old
+            && let Some(close) = old.close.take()
+        {
+            let _ = close.send(Status::aborted(
+                "replaced by a newer session of the same cluster",
+            ));
+        }
+        Opened {
+            session,
+            closed: rx,
+        }
+    }
+
+    /// Removes the session, unless a newer one replaced it already.
+    pub fn remove(&self, cluster_id: &str, session: u64) {
+        let mut map = self.lock();
+        if map.get(cluster_id).is_some_and(|e| e.session == session) {
+            map.remove(cluster_id);
+        }
+    }
+
+    /// Updates the live data of a session (no-op if it was replaced).
+    pub fn update(&self, cluster_id: &str, session: u64, f: impl FnOnce(&mut LiveAgent)) {
+        if let Some(e) = self.lock().get_mut(cluster_id)
+            && e.session == session
+        {
+            f(&mut e.live);
+        }
+    }
+
+    /// Closes the live session of `cluster_id` with `status`. Returns whether there was one.
+    pub fn kick(&self, cluster_id: &str, status: Status) -> bool {
+        let entry = self.lock().remove(cluster_id);
+        match entry {
+            Some(mut e) => {
+                if let Some(close) = e.close.take() {
+                    let _ = close.send(status);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every session (shutdown).
+    pub fn kick_all(&self, status: &Status) {
+        let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        for mut e in all {
+            if let Some(close) = e.close.take() {
+                let _ = close.send(status.clone());
+            }
+        }
+    }
+
+    /// The live data of one cluster, if connected.
+    pub fn get(&self, cluster_id: &str) -> Option<LiveAgent> {
+        self.lock().get(cluster_id).map(|e| e.live.clone())
+    }
+
+    /// How many agents are connected.
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_session_replaces_and_closes_the_older() {
+        let s = Sessions::default();
+        let mut first = s.open("c1", LiveAgent::default());
+        let second = s.open("c1", LiveAgent::default());
+        assert!(first.closed.try_recv().is_ok(), "old session told to close");
+        s.remove("c1", first.session);
+        assert_eq!(s.connected(), 1, "removing the old one keeps the new one");
+        assert!(s.kick("c1", Status::permission_denied("revoked")));
+        assert_eq!(s.connected(), 0);
+        drop(second);
+    }
+}

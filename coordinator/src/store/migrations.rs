@@ -1,0 +1,86 @@
+//! Versioned schema migrations for the SQLite store.
+//!
+//! The schema version lives in SQLite's `user_version` pragma. Migration `i` (0-based) takes the
+//! schema from version `i` to `i + 1`; each runs in its own transaction with the version bump, so
+//! a crash mid-migration leaves the previous version intact. Never edit a released migration:
+//! append a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// The migrations, in order. Index + 1 is the schema version after applying it.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: tokens, clusters, certificates, revocations, audit.
+    r#"
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        created_unix  INTEGER NOT NULL,
+        expires_unix  INTEGER NOT NULL,
+        uses_allowed  INTEGER NOT NULL,
+        uses_left     INTEGER NOT NULL,
+        revoked       INTEGER NOT NULL DEFAULT 0,
+        description   TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE clusters (
+        id                  TEXT PRIMARY KEY,
+        name                TEXT NOT NULL,
+        labels_json         TEXT NOT NULL DEFAULT '{}',
+        registered_unix     INTEGER NOT NULL,
+        revoked_unix        INTEGER,
+        agent_version       TEXT NOT NULL DEFAULT '',
+        helm_version        TEXT NOT NULL DEFAULT '',
+        inventory           BLOB NOT NULL DEFAULT x'',
+        cert_serial         TEXT NOT NULL DEFAULT '',
+        cert_not_after_unix INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX clusters_by_name ON clusters(name);
+    CREATE TABLE certificates (
+        serial_hex     TEXT PRIMARY KEY,
+        cluster_id     TEXT NOT NULL REFERENCES clusters(id),
+        issued_unix    INTEGER NOT NULL,
+        not_after_unix INTEGER NOT NULL
+    );
+    CREATE INDEX certificates_by_cluster ON certificates(cluster_id);
+    CREATE TABLE revocations (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject_kind TEXT NOT NULL,
+        subject_id   TEXT NOT NULL,
+        revoked_unix INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_unix_ms INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        cluster_id TEXT NOT NULL DEFAULT '',
+        peer       TEXT NOT NULL DEFAULT '',
+        detail     TEXT NOT NULL DEFAULT ''
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Brings `conn` to the latest schema. Refuses a store written by a newer coordinator rather
+/// than guessing at its meaning.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > latest() {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: latest(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}

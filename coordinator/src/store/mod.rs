@@ -1,0 +1,209 @@
+//! The coordinator's durable state behind a small trait.
+//!
+//! Only state *transitions* are written: a token created, redeemed or revoked; a cluster
+//! registered, its inventory or versions changed, revoked; a certificate issued; an audit event.
+//! Heartbeats and "connected" stay in memory ([`crate::sessions`]) — writing them would turn
+//! thousands of agents into a constant write load for facts that are stale a minute later.
+//!
+//! The single-coordinator backend is SQLite ([`sqlite::SqliteStore`]); the HA backend
+//! (Kubernetes custom resources) implements the same trait. Every write the trait acknowledges
+//! is durable: a coordinator killed right after a call returned still has it on restart.
+
+pub mod migrations;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage backend itself (not business refusals).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store's worker thread failed: {0}")]
+    Worker(String),
+    #[error("the store holds data this coordinator cannot read: {0}")]
+    Corrupt(String),
+    #[error(
+        "the store's schema version {found} is newer than this coordinator supports ({supported}); upgrade the coordinator"
+    )]
+    TooNew { found: i64, supported: i64 },
+}
+
+/// A join token, as stored: only the SHA-256 of the secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (the part before the dot in the token), used to list and revoke.
+    pub id: String,
+    pub secret_sha256: String,
+    pub created_unix: i64,
+    pub expires_unix: i64,
+    pub uses_allowed: u32,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub description: String,
+}
+
+/// A registered cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterRecord {
+    /// UID of the cluster's `kube-system` namespace.
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub registered_unix: i64,
+    pub revoked_unix: Option<i64>,
+    /// Last state the agent reported (persisted only when it changes).
+    pub state: ClusterState,
+    /// The newest certificate issued to the cluster's agent.
+    pub cert_serial: String,
+    pub cert_not_after_unix: i64,
+}
+
+/// What an agent reports about its cluster and itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterState {
+    pub agent_version: String,
+    pub helm_version: String,
+    /// The `skoala.fleet.v1.Inventory` message, protobuf-encoded (the store does not need to
+    /// understand it, and protobuf keeps it forward compatible).
+    pub inventory: Vec<u8>,
+}
+
+/// A certificate the CA issued to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub serial_hex: String,
+    pub cluster_id: String,
+    pub issued_unix: i64,
+    pub not_after_unix: i64,
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit {
+    pub kind: String,
+    pub cluster_id: String,
+    pub peer: String,
+    pub detail: String,
+}
+
+/// An audit event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at_unix_ms: i64,
+    pub kind: String,
+    pub cluster_id: String,
+    pub peer: String,
+    pub detail: String,
+}
+
+/// One registration: redeem a token and record the cluster and its first certificate, in one
+/// transaction (a crash never leaves a used token without its cluster, or the reverse).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub token_id: String,
+    pub token_sha256: String,
+    pub now_unix: i64,
+    pub cluster_id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub cert: CertRecord,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the join token is not valid")]
+    UnknownToken,
+    #[error("join token {0} has expired")]
+    Expired(String),
+    #[error("join token {0} has no uses left")]
+    UsedUp(String),
+    #[error("join token {0} has been revoked")]
+    Revoked(String),
+    #[error("cluster {0} has been revoked; it cannot register again")]
+    ClusterRevoked(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    /// Short machine-readable kind for the audit log.
+    pub fn audit_kind(&self) -> &'static str {
+        match self {
+            RegisterError::UnknownToken => "register.unknown_token",
+            RegisterError::Expired(_) => "register.token_expired",
+            RegisterError::UsedUp(_) => "register.token_used_up",
+            RegisterError::Revoked(_) => "register.token_revoked",
+            RegisterError::ClusterRevoked(_) => "register.cluster_revoked",
+            RegisterError::Store(_) => "register.store_error",
+        }
+    }
+}
+
+/// Whether a registration created the cluster or renewed an existing, non-revoked one (an agent
+/// that lost its key and was given a new token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    New,
+    Again,
+}
+
+/// The durable store. Methods are async so a backend talking to a remote API fits; every
+/// returned `Ok` is durable.
+pub trait Store: Send + Sync + 'static {
+    fn insert_token(
+        &self,
+        token: TokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+    /// Returns false when no such token exists.
+    fn revoke_token(&self, id: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn register(
+        &self,
+        registration: Registration,
+    ) -> impl Future<Output = Result<Registered, RegisterError>> + Send;
+
+    fn cluster(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<ClusterRecord>, StoreError>> + Send;
+    fn clusters(&self) -> impl Future<Output = Result<Vec<ClusterRecord>, StoreError>> + Send;
+    /// Persists a changed state (callers compare first; this is not a heartbeat).
+    fn set_cluster_state(
+        &self,
+        id: String,
+        state: ClusterState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Returns false when no such cluster exists; revoking twice keeps the first time.
+    fn revoke_cluster(
+        &self,
+        id: String,
+        now_unix: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn certificate(
+        &self,
+        serial_hex: String,
+    ) -> impl Future<Output = Result<Option<CertRecord>, StoreError>> + Send;
+    fn record_certificate(
+        &self,
+        cert: CertRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends an audit event; returns its id.
+    fn append_audit(&self, event: NewAudit)
+    -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Events with `id > after_id`, oldest first, at most `limit`.
+    fn audit(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+}

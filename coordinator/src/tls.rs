@@ -1,0 +1,176 @@
+//! The coordinator's one TLS port, accepted by hand so every refused connection is audited.
+//!
+//! tonic's built-in TLS hides handshake failures; here the accept loop sees them and writes
+//! an audit entry for plaintext clients, certificates from another CA, expired certificates and
+//! other handshake errors. Client certificates are optional at this layer (Register has none);
+//! the handlers enforce them per RPC. The resulting `TlsStream<TcpStream>` is what tonic's
+//! `peer_certs()` reads, so the handlers see the verified chain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::context::Context;
+use crate::store::Store;
+
+/// A client that has not finished its handshake in this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Errors building the TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot parse {what}: {source}")]
+    Pem {
+        what: &'static str,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// The server configuration: our certificate, client certificates optional but verified
+/// against the fleet CA when presented, HTTP/2 only.
+pub fn server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|source| TlsConfigError::Pem {
+            what: "the CA certificate",
+            source,
+        })?;
+        roots.add(cert)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsConfigError::Pem {
+            what: "the server certificate",
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
+        TlsConfigError::Pem {
+            what: "the server key",
+            source,
+        }
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts connections on `listener` forever, handshaking each in its own task; yields the
+/// established TLS streams for tonic's `serve_with_incoming`.
+pub fn incoming<S: Store>(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    ctx: Arc<Context<S>>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, remote))
+                    .await
+                {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(refused)) => {
+                        ctx.metrics.refusal(refused.kind);
+                        ctx.audit(refused.kind, "", &remote.to_string(), refused.detail)
+                            .await;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A connection refused before any RPC.
+struct Refused {
+    kind: &'static str,
+    detail: String,
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+) -> Result<TlsStream<TcpStream>, Refused> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await.map_err(|e| Refused {
+        kind: "tls.handshake_failed",
+        detail: format!("reading from {remote}: {e}"),
+    })?;
+    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        // Say it in words for curl and browsers; a gRPC client reports a protocol error.
+        let _ = tcp
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n\
+                  skoala-coordinator speaks TLS only on this port: use https:// and the fleet CA\n",
+            )
+            .await;
+        let _ = tcp.shutdown().await;
+        return Err(Refused {
+            kind: "tls.plaintext",
+            detail: "plaintext connection refused: this port requires TLS".into(),
+        });
+    }
+    acceptor.accept(tcp).await.map_err(|e| {
+        let rustls_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(why)) => Refused {
+                kind: "tls.bad_client_certificate",
+                detail: format!("client certificate refused: {why:?}"),
+            },
+            _ => Refused {
+                kind: "tls.handshake_failed",
+                detail: format!("TLS handshake failed: {e}"),
+            },
+        }
+    })
+}
