@@ -102,6 +102,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // kube and tonic both use rustls: pick the crypto provider once, explicitly, so a second
+    // provider compiled into the workspace can never make TLS setup ambiguous at runtime.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // One thread: the agent is idle nearly always, and memory at rest matters on thousands of
     // clusters.
     let runtime = match tokio::runtime::Builder::new_current_thread()

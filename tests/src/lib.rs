@@ -7,3 +7,4 @@
 
 pub mod tools;
 pub mod wait;
+pub mod connect_proxy;
