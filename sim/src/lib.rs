@@ -1,4 +1,67 @@
-//! skoala-sim: emulated Kubernetes API servers for tests and the demo, a Helm chart repository
-//! server, and (later) the fleet load generator.
+//! skoala-sim: emulated Kubernetes API servers that the real `helm` (3 and 4), `kubectl` and
+//! kube-rs use unmodified, plus a Helm chart repository server.
+//!
+//! # Library API
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), skoala_sim::SimError> {
+//! // Start one emulated cluster in-process; dropping the handle stops it.
+//! let cluster = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("work-1")).await?;
+//! cluster.kubeconfig_path(); // kubeconfig file (server URL, CA data, bearer token), temp dir owned by the handle
+//! cluster.kubeconfig_yaml(); // the same as a string
+//! cluster.addr();            // SocketAddr
+//! cluster.kube_system_uid(); // the cluster identity
+//! let client = cluster.client().await?; // a kube::Client
+//! // Fault injection: fail the next N matching requests, add latency, stop/resume answering.
+//! cluster.faults().fail_next(Some("PATCH"), "/secrets", 500, 1);
+//! cluster.faults().stop();
+//! cluster.faults().resume();
+//! // A fleet:
+//! let fleet = skoala_sim::start_clusters(3, "work").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`ClusterConfig`] options: name, listen address (default `127.0.0.1:0`), `insecure_http`,
+//! the readiness delay of workloads (default 200 ms) and the never-ready image pattern (default
+//! `:broken`). The binary `skoala-sim cluster` runs the same thing as a process and exposes the
+//! fault injector at `/_sim/faults` (see [`faults::FaultCommand`]).
+//!
+//! # Layout
+//!
+//! - [`cluster`]: start/stop, kubeconfig, bootstrap objects;
+//! - [`server`]: HTTPS, bearer-token auth, fault verdicts, the admin endpoint;
+//! - [`api`]: routing, discovery, OpenAPI, the generic verbs, patches, watches, protobuf bodies;
+//! - [`registry`]: which types are served (built-ins + CRDs);
+//! - [`store`]: objects, resourceVersions, the watch event log;
+//! - [`controllers`]: Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/Pods status;
+//! - [`faults`]: fault injection;
+//! - [`chart_repo`]: the Helm chart repository server.
 
+pub mod api;
 pub mod chart_repo;
+pub mod cluster;
+pub mod controllers;
+pub mod faults;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod util;
+
+pub use cluster::{Cluster, ClusterConfig, start_clusters};
+pub use faults::{FaultCommand, Faults};
+
+/// Why a cluster could not start (or a client could not be built).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("binding {0}: {1}")]
+    Bind(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("I/O: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("bootstrapping the cluster: {0}")]
+    Bootstrap(String),
+    #[error("building a kube client: {0}")]
+    Kube(String),
+}

@@ -1,0 +1,534 @@
+//! What the API server does to an object on its way into the store: decoding the body,
+//! identity and namespace checks, defaulting, validation, `generation`, status rules.
+//!
+//! Defaults matter more than they look: Helm 3's readiness checks dereference fields such as
+//! `spec.replicas`, `spec.strategy.rollingUpdate.maxUnavailable` and `spec.backoffLimit`
+//! without nil checks, because a real API server always sets them.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::{ApiState, Req, Target, protobuf, schema};
+use crate::registry::ResourceType;
+use crate::store::meta_mut;
+use crate::util;
+
+/// Decodes a create/update body (JSON, YAML or protobuf).
+pub fn decode_body(req: &Req) -> ApiResult<Value> {
+    let ct = req.content_type.split(';').next().unwrap_or("").trim();
+    let v = match ct {
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(&req.body)?,
+        "application/yaml" => serde_yaml::from_slice::<Value>(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?,
+        "application/json" | "" => serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the request body must be an object"));
+    }
+    Ok(v)
+}
+
+/// The object as it leaves the server for a request at `rt`'s version.
+pub fn output(rt: &ResourceType, mut obj: Value) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(rt.api_version()));
+        m.insert("kind".into(), json!(rt.kind));
+    }
+    obj
+}
+
+/// Types whose objects carry `metadata.generation` (those with a spec, and custom resources).
+fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
+    rt.crd.is_some() || obj.get("spec").is_some()
+}
+
+/// Everything that is not metadata or status: a change here bumps `generation`.
+fn spec_part(obj: &Value) -> Value {
+    match obj.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => Value::Null,
+    }
+}
+
+/// Checks and fills identity fields of an incoming object.
+fn identity(target: &Target, obj: &mut Value, create: bool) -> ApiResult<()> {
+    let rt = &target.rt;
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(rt.api_version()));
+        m.insert("kind".into(), json!(rt.kind));
+    }
+    let meta = meta_mut(obj);
+    // Namespace: the URL's wins; a different one in the body is an error.
+    if rt.namespaced {
+        let url_ns = target.namespace.clone().unwrap_or_default();
+        match meta.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() && ns != url_ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {
+                meta.insert("namespace".into(), json!(url_ns));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    // Name: from the URL, the body, or generateName.
+    let body_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let name = match (&target.name, body_name) {
+        (Some(url), Some(body)) if *url != body => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body}) does not match the name on the URL ({url})"
+            )));
+        }
+        (Some(url), _) => url.clone(),
+        (None, Some(body)) => body,
+        (None, None) => match meta.get("generateName").and_then(Value::as_str) {
+            Some(prefix) if create && !prefix.is_empty() => {
+                format!("{prefix}{}", util::random_suffix(5))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &rt.group,
+                    &rt.kind,
+                    "",
+                    "metadata.name: Required value: name or generateName is required",
+                ));
+            }
+        },
+    };
+    if name.len() > 253 || name.contains('/') {
+        return Err(ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            &name,
+            format!("metadata.name: Invalid value: {name:?}"),
+        ));
+    }
+    meta.insert("name".into(), json!(name));
+    // Server-owned fields a client cannot set.
+    meta.remove("selfLink");
+    if create {
+        meta.remove("deletionTimestamp");
+        meta.remove("resourceVersion");
+        meta.remove("uid");
+    }
+    Ok(())
+}
+
+/// A namespaced object can only be written into an existing namespace. Call this *outside*
+/// a store write (it reads the store).
+pub fn check_namespace(state: &ApiState, target: &Target) -> ApiResult<()> {
+    if target.rt.namespaced {
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        if state.store.get("", "namespaces", "", ns).is_none() {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+    }
+    Ok(())
+}
+
+pub fn name_of(obj: &Value) -> String {
+    obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Prepares a new object for the store.
+pub fn prepare_create(
+    target: &Target,
+    mut obj: Value,
+    field_validation: Option<&str>,
+) -> ApiResult<Value> {
+    identity(target, &mut obj, true)?;
+    validate_custom(target, &mut obj, field_validation)?;
+    defaults(&target.rt, &mut obj, None);
+    if has_generation(&target.rt, &obj) {
+        meta_mut(&mut obj).insert("generation".into(), json!(1));
+    }
+    validate(&target.rt, &obj, None)?;
+    Ok(obj)
+}
+
+/// Prepares an update of `old` to `new` on the main resource (not `/status`).
+pub fn prepare_update(
+    target: &Target,
+    old: &Value,
+    mut new: Value,
+    field_validation: Option<&str>,
+) -> ApiResult<Value> {
+    identity(target, &mut new, false)?;
+    check_resource_version(&target.rt, old, &new)?;
+    validate_custom(target, &mut new, field_validation)?;
+    // With a status subresource, writes to the main resource cannot change status.
+    if target.rt.status {
+        let obj = new.as_object_mut().expect("identity() made it an object");
+        match old.get("status") {
+            Some(s) => obj.insert("status".into(), s.clone()),
+            None => obj.remove("status"),
+        };
+    }
+    // metadata fields only the server sets.
+    for k in ["deletionTimestamp", "generation", "managedFields"] {
+        let meta = meta_mut(&mut new);
+        match old["metadata"].get(k) {
+            Some(v) => meta.insert(k.into(), v.clone()),
+            None => meta.remove(k),
+        };
+    }
+    defaults(&target.rt, &mut new, Some(old));
+    if has_generation(&target.rt, &new) {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        let g = if spec_part(old) != spec_part(&new) {
+            g + 1
+        } else {
+            g
+        };
+        meta_mut(&mut new).insert("generation".into(), json!(g));
+    }
+    validate(&target.rt, &new, Some(old))?;
+    Ok(new)
+}
+
+/// Prepares a `/status` write: only `status` is taken from `new`.
+pub fn prepare_status_update(target: &Target, old: &Value, new: &Value) -> ApiResult<Value> {
+    check_resource_version(&target.rt, old, new)?;
+    let mut out = old.clone();
+    if let Some(m) = out.as_object_mut() {
+        match new.get("status") {
+            Some(s) => m.insert("status".into(), s.clone()),
+            None => m.remove("status"),
+        };
+    }
+    Ok(out)
+}
+
+/// Optimistic concurrency: a write that names a resourceVersion must name the current one.
+fn check_resource_version(rt: &ResourceType, old: &Value, new: &Value) -> ApiResult<()> {
+    let want = new["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    if !want.is_empty() && want != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+        return Err(ApiError::conflict(&rt.group, &rt.plural, &name_of(old)));
+    }
+    Ok(())
+}
+
+fn validate_custom(
+    target: &Target,
+    obj: &mut Value,
+    field_validation: Option<&str>,
+) -> ApiResult<()> {
+    let Some(crd) = &target.rt.crd else {
+        return Ok(());
+    };
+    let strict = field_validation == Some("Strict");
+    schema::validate_and_prune(&crd.schema, obj, strict)
+        .map_err(|why| ApiError::invalid(&target.rt.group, &target.rt.kind, &name_of(obj), why))
+}
+
+fn set_default(m: &mut Map<String, Value>, key: &str, v: Value) {
+    if m.get(key).is_none_or(Value::is_null) {
+        m.insert(key.into(), v);
+    }
+}
+
+fn obj_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    let m = v.as_object_mut().expect("callers pass objects");
+    let e = m.entry(key).or_insert_with(|| json!({}));
+    if !e.is_object() {
+        *e = json!({});
+    }
+    e.as_object_mut().expect("object")
+}
+
+/// Per-kind defaults of a real API server (the ones clients rely on).
+fn defaults(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
+    let name = name_of(obj);
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("apps", "Deployment") => {
+            let spec = obj_at(obj, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
+            if let Some(s) = spec.get_mut("strategy").and_then(Value::as_object_mut)
+                && s.get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("RollingUpdate")
+                    == "RollingUpdate"
+            {
+                s.insert("type".into(), json!("RollingUpdate"));
+                let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "maxUnavailable", json!("25%"));
+                    set_default(ru, "maxSurge", json!("25%"));
+                }
+            }
+        }
+        ("apps", "StatefulSet") => {
+            let spec = obj_at(obj, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+            if let Some(s) = spec
+                .get_mut("updateStrategy")
+                .and_then(Value::as_object_mut)
+                && s.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+            {
+                let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "partition", json!(0));
+                }
+            }
+        }
+        ("apps", "DaemonSet") => {
+            let spec = obj_at(obj, "spec");
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+            if let Some(s) = spec
+                .get_mut("updateStrategy")
+                .and_then(Value::as_object_mut)
+                && s.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+            {
+                let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    set_default(ru, "maxUnavailable", json!(1));
+                    set_default(ru, "maxSurge", json!(0));
+                }
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            set_default(obj_at(obj, "spec"), "replicas", json!(1));
+        }
+        ("batch", "Job") => {
+            let spec = obj_at(obj, "spec");
+            set_default(spec, "backoffLimit", json!(6));
+            set_default(spec, "completions", json!(1));
+            set_default(spec, "parallelism", json!(1));
+            set_default(spec, "completionMode", json!("NonIndexed"));
+            set_default(spec, "suspend", json!(false));
+        }
+        ("", "Service") => {
+            let old_ip = old.and_then(|o| o["spec"]["clusterIP"].as_str().map(String::from));
+            let spec = obj_at(obj, "spec");
+            set_default(spec, "type", json!("ClusterIP"));
+            set_default(spec, "sessionAffinity", json!("None"));
+            let external_name = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
+            if !external_name {
+                let ip = spec
+                    .get("clusterIP")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .or(old_ip)
+                    .unwrap_or_else(|| {
+                        let b = util::random_bytes(2);
+                        format!("10.96.{}.{}", b[0], b[1].max(2))
+                    });
+                spec.insert("clusterIP".into(), json!(ip));
+                spec.insert("clusterIPs".into(), json!([ip]));
+                set_default(spec, "ipFamilies", json!(["IPv4"]));
+                set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+            }
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    set_default(p, "protocol", json!("TCP"));
+                    if let Some(port) = p.get("port").cloned() {
+                        set_default(p, "targetPort", port);
+                    }
+                }
+            }
+            let lb = spec.get("type").and_then(Value::as_str) == Some("LoadBalancer");
+            if lb && obj["status"]["loadBalancer"]["ingress"].is_null() {
+                obj_at(obj, "status").insert(
+                    "loadBalancer".into(),
+                    json!({"ingress": [{"ip": "127.0.0.1"}]}),
+                );
+            }
+        }
+        ("", "Namespace") => {
+            let meta = meta_mut(obj);
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+            set_default(obj_at(obj, "spec"), "finalizers", json!(["kubernetes"]));
+            let status = obj_at(obj, "status");
+            set_default(status, "phase", json!("Active"));
+        }
+        ("", "Secret") => {
+            let m = obj.as_object_mut().expect("object");
+            set_default(m, "type", json!("Opaque"));
+            if let Some(Value::Object(sd)) = m.remove("stringData") {
+                use base64::Engine;
+                let data = m.entry("data").or_insert_with(|| json!({}));
+                if let Some(d) = data.as_object_mut() {
+                    for (k, v) in sd {
+                        let s = v.as_str().unwrap_or_default();
+                        d.insert(
+                            k,
+                            json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                        );
+                    }
+                }
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            set_default(obj_at(obj, "status"), "phase", json!("Bound"));
+        }
+        ("", "Pod") => {
+            set_default(obj_at(obj, "status"), "phase", json!("Pending"));
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            let names = obj["spec"]["names"].clone();
+            let mut accepted = names.clone();
+            if let Some(a) = accepted.as_object_mut() {
+                let kind = a
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_lowercase();
+                set_default(a, "singular", json!(kind));
+                set_default(
+                    a,
+                    "listKind",
+                    json!(format!(
+                        "{}List",
+                        names["kind"].as_str().unwrap_or_default()
+                    )),
+                );
+            }
+            let stored: Vec<Value> = obj["spec"]["versions"]
+                .as_array()
+                .map(|vs| {
+                    vs.iter()
+                        .filter(|v| v["storage"].as_bool() == Some(true))
+                        .map(|v| v["name"].clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let now = util::now();
+            let status = obj_at(obj, "status");
+            status.insert("acceptedNames".into(), accepted);
+            status.insert("storedVersions".into(), json!(stored));
+            status.insert(
+                "conditions".into(),
+                json!([
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                     "message": "no conflicts found", "lastTransitionTime": now},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                     "message": "the initial names have been accepted", "lastTransitionTime": now}
+                ]),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Type-specific validation, including immutable fields on update.
+fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+    let name = name_of(obj);
+    let immutable = |field: &str, why: &str| {
+        ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            &name,
+            format!("{field}: Invalid value: {why}: field is immutable"),
+        )
+    };
+    match (rt.group.as_str(), rt.kind.as_str(), old) {
+        ("batch", "Job", Some(old)) => {
+            if old["spec"]["template"] != obj["spec"]["template"] {
+                return Err(immutable("spec.template", "core.PodTemplateSpec{...}"));
+            }
+            if !old["spec"]["selector"].is_null()
+                && old["spec"]["selector"] != obj["spec"]["selector"]
+            {
+                return Err(immutable("spec.selector", "v1.LabelSelector{...}"));
+            }
+        }
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet", Some(old))
+            if old["spec"]["selector"] != obj["spec"]["selector"] =>
+        {
+            return Err(immutable("spec.selector", "v1.LabelSelector{...}"));
+        }
+        ("", "Secret" | "ConfigMap", Some(old))
+            if old["immutable"].as_bool() == Some(true)
+                && (old["data"] != obj["data"] || old["binaryData"] != obj["binaryData"]) =>
+        {
+            return Err(ApiError::invalid(
+                &rt.group,
+                &rt.kind,
+                &name,
+                "data: Forbidden: field is immutable when `immutable` is set",
+            ));
+        }
+        _ => {}
+    }
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
+            let sel = crate::api::selector::LabelSelector::from_json(&obj["spec"]["selector"]);
+            if obj["spec"]["selector"].is_null() {
+                return Err(ApiError::invalid(
+                    &rt.group,
+                    &rt.kind,
+                    &name,
+                    "spec.selector: Required value",
+                ));
+            }
+            if !sel.matches_labels(&obj["spec"]["template"]["metadata"]["labels"]) {
+                return Err(ApiError::invalid(
+                    &rt.group,
+                    &rt.kind,
+                    &name,
+                    "spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`",
+                ));
+            }
+            check_containers(rt, &name, &obj["spec"]["template"]["spec"])?;
+        }
+        ("", "Pod") => check_containers(rt, &name, &obj["spec"])?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_containers(rt: &ResourceType, name: &str, pod_spec: &Value) -> ApiResult<()> {
+    let containers = pod_spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if containers.is_empty() {
+        return Err(ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            name,
+            "spec.template.spec.containers: Required value",
+        ));
+    }
+    for (i, c) in containers.iter().enumerate() {
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(
+                &rt.group,
+                &rt.kind,
+                name,
+                format!("spec.template.spec.containers[{i}].image: Required value"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Watch streams: newline-delimited `{"type": ..., "object": ...}` events over a chunked
+//! response.
+//!
+//! A watch starts in one of three ways, as on a real server:
+//! - no `resourceVersion` (or `"0"`): synthetic `ADDED` events for everything that exists, then
+//!   changes;
+//! - `sendInitialEvents=true` (client-go's streaming list): the same, followed by a `BOOKMARK`
+//!   annotated `k8s.io/initial-events-end`, which informers wait for;
+//! - `resourceVersion=N`: every change after `N` (from the store's event log), then new ones.
+//!
+//! A watch ends after `timeoutSeconds`, when it falls too far behind (the client re-lists), or
+//! when the fault injector cuts connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::handlers::selectors;
+use crate::api::selector::{FieldSelector, LabelSelector};
+use crate::api::{ApiState, Body, Req, Target, object};
+use crate::registry::ResourceType;
+use crate::store::{Event, EventType};
+
+/// Default watch duration when the client gives no `timeoutSeconds` (a real server picks
+/// 30–60 minutes).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Filter {
+    rt: ResourceType,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn wants(&self, e: &Event) -> bool {
+        e.group == self.rt.group
+            && e.plural == self.rt.plural
+            && self.namespace.as_ref().is_none_or(|ns| *ns == e.namespace)
+            && self.labels.matches(&e.object)
+            && self.fields.matches(&e.object)
+    }
+
+    fn wants_object(&self, o: &Value) -> bool {
+        self.labels.matches(o) && self.fields.matches(o)
+    }
+}
+
+fn line(kind: &str, obj: Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
+pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Response<Body>> {
+    let (labels, fields) = selectors(req)?;
+    let filter = Filter {
+        rt: target.rt.clone(),
+        namespace: target.namespace.clone(),
+        labels,
+        fields,
+    };
+    let send_initial = req.flag("sendInitialEvents");
+    let rv = req.q("resourceVersion").filter(|rv| *rv != "0");
+    let timeout = req
+        .q("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
+
+    let mut first: Vec<Bytes> = vec![];
+    let rx = match rv {
+        Some(rv) if !send_initial => {
+            let rv: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            let (past, rx) = state.store.subscribe_since(rv)?;
+            for e in past.iter().filter(|e| filter.wants(e)) {
+                first.push(line(
+                    e.kind.as_str(),
+                    object::output(&filter.rt, e.object.clone()),
+                ));
+            }
+            rx
+        }
+        _ => {
+            let (items, list_rv, rx) = state.store.list_and_subscribe(
+                &filter.rt.group,
+                &filter.rt.plural,
+                filter.namespace.as_deref(),
+            );
+            for o in items.into_iter().filter(|o| filter.wants_object(o)) {
+                first.push(line("ADDED", object::output(&filter.rt, o)));
+            }
+            if send_initial {
+                first.push(line(
+                    "BOOKMARK",
+                    json!({
+                        "kind": filter.rt.kind,
+                        "apiVersion": filter.rt.api_version(),
+                        "metadata": {
+                            "resourceVersion": list_rv.to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    }),
+                ));
+            }
+            rx
+        }
+    };
+
+    let (tx, out) = mpsc::channel::<Chunk>(64);
+    let cut = req.cut.clone();
+    tokio::spawn(pump(filter, first, rx, tx, timeout, cut));
+    let stream = futures::stream::unfold(out, |mut out| async move {
+        out.recv().await.map(|item| (item, out))
+    });
+    let body = BodyExt::boxed_unsync(StreamBody::new(StreamExt::boxed(stream)));
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Cache-Control", "no-cache, private")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(crate::api::full_body(Bytes::new()))))
+}
+
+async fn pump(
+    filter: Filter,
+    first: Vec<Bytes>,
+    mut rx: broadcast::Receiver<Arc<Event>>,
+    tx: mpsc::Sender<Chunk>,
+    timeout: Duration,
+    cut: tokio_util::sync::CancellationToken,
+) {
+    for b in first {
+        if tx.send(Ok(Frame::data(b))).await.is_err() {
+            return;
+        }
+    }
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = cut.cancelled() => {
+                // Abort the body mid-stream: the client sees the connection drop, as when an
+                // API server goes away.
+                let _ = tx.send(Err(std::io::Error::other("connection cut by fault injection"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+            ev = rx.recv() => match ev {
+                Ok(e) => {
+                    if !filter.wants(&e) {
+                        continue;
+                    }
+                    let kind = match e.kind {
+                        EventType::Added => "ADDED",
+                        EventType::Modified => "MODIFIED",
+                        EventType::Deleted => "DELETED",
+                    };
+                    let b = line(kind, object::output(&filter.rt, e.object.clone()));
+                    if tx.send(Ok(Frame::data(b))).await.is_err() {
+                        return;
+                    }
+                }
+                // Fell behind or the store is gone: end the watch; clients re-list.
+                Err(_) => return,
+            }
+        }
+    }
+}

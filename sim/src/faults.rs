@@ -1,0 +1,275 @@
+//! Fault injection: fail the next N matching requests with a status, add latency, or stop
+//! answering altogether and come back later with the same state.
+//!
+//! Tests hold a [`Faults`] handle (from `Cluster::faults()`); other processes use the admin
+//! endpoint `/_sim/faults` (see [`Faults::apply_command`]), which is never itself affected by
+//! faults so that a stopped cluster can always be resumed.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// A rule failing the next `remaining` requests whose method and path match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailRule {
+    /// HTTP method to match (`None`: any).
+    pub method: Option<String>,
+    /// Substring the request path must contain (`""`: any path).
+    pub path: String,
+    /// HTTP status to answer with (a `Status` body with a matching reason is sent).
+    pub status: u16,
+    pub remaining: u32,
+}
+
+/// Extra latency before matching requests are served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LatencyRule {
+    pub method: Option<String>,
+    pub path: String,
+    pub millis: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FaultsSnapshot {
+    pub fail: Vec<FailRule>,
+    pub latency: Vec<LatencyRule>,
+    pub stopped: bool,
+}
+
+/// A command for the admin endpoint (`POST /_sim/faults`, JSON body), e.g.
+/// `{"action":"fail","method":"PATCH","path":"/secrets","status":500,"count":2}`,
+/// `{"action":"latency","path":"","millis":300}`, `{"action":"stop"}`, `{"action":"resume"}`,
+/// `{"action":"clear"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum FaultCommand {
+    Fail {
+        method: Option<String>,
+        #[serde(default)]
+        path: String,
+        status: u16,
+        #[serde(default = "one")]
+        count: u32,
+    },
+    Latency {
+        method: Option<String>,
+        #[serde(default)]
+        path: String,
+        millis: u64,
+    },
+    Stop,
+    Resume,
+    Clear,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What to do with one request.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Pass,
+    Delay(Duration),
+    Fail(u16),
+    /// Drop the connection without an answer.
+    Drop,
+}
+
+struct State {
+    snapshot: FaultsSnapshot,
+    cut: CancellationToken,
+}
+
+/// Handle to one cluster's fault injector; cheap to clone.
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<State>>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn matches(method: &Option<String>, path: &str, req_method: &str, req_path: &str) -> bool {
+    method
+        .as_deref()
+        .is_none_or(|m| m.eq_ignore_ascii_case(req_method))
+        && req_path.contains(path)
+}
+
+impl Faults {
+    pub fn new() -> Self {
+        Faults {
+            state: Arc::new(Mutex::new(State {
+                snapshot: FaultsSnapshot::default(),
+                cut: CancellationToken::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails the next `count` requests with `method` (any when `None`) whose path contains
+    /// `path`, answering `status`.
+    pub fn fail_next(&self, method: Option<&str>, path: &str, status: u16, count: u32) {
+        self.lock().snapshot.fail.push(FailRule {
+            method: method.map(String::from),
+            path: path.into(),
+            status,
+            remaining: count,
+        });
+    }
+
+    /// Delays every matching request by `delay` until [`Faults::clear`].
+    pub fn add_latency(&self, method: Option<&str>, path: &str, delay: Duration) {
+        self.lock().snapshot.latency.push(LatencyRule {
+            method: method.map(String::from),
+            path: path.into(),
+            millis: delay.as_millis() as u64,
+        });
+    }
+
+    /// Removes all fail and latency rules (does not resume a stopped cluster).
+    pub fn clear(&self) {
+        let mut s = self.lock();
+        s.snapshot.fail.clear();
+        s.snapshot.latency.clear();
+    }
+
+    /// Stops answering: open connections (watches included) are cut and every new request's
+    /// connection is dropped unanswered, until [`Faults::resume`]. State is kept.
+    pub fn stop(&self) {
+        let mut s = self.lock();
+        s.snapshot.stopped = true;
+        s.cut.cancel();
+        s.cut = CancellationToken::new();
+    }
+
+    /// Answers again, with the state the cluster had when it stopped.
+    pub fn resume(&self) {
+        self.lock().snapshot.stopped = false;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.lock().snapshot.stopped
+    }
+
+    pub fn snapshot(&self) -> FaultsSnapshot {
+        self.lock().snapshot.clone()
+    }
+
+    /// Applies an admin-endpoint command.
+    pub fn apply_command(&self, cmd: FaultCommand) {
+        match cmd {
+            FaultCommand::Fail {
+                method,
+                path,
+                status,
+                count,
+            } => self.fail_next(method.as_deref(), &path, status, count),
+            FaultCommand::Latency {
+                method,
+                path,
+                millis,
+            } => self.add_latency(method.as_deref(), &path, Duration::from_millis(millis)),
+            FaultCommand::Stop => self.stop(),
+            FaultCommand::Resume => self.resume(),
+            FaultCommand::Clear => self.clear(),
+        }
+    }
+
+    /// The token cancelled at the next [`Faults::stop`] (long-running responses watch it).
+    pub(crate) fn cut_token(&self) -> CancellationToken {
+        self.lock().cut.clone()
+    }
+
+    /// Decides the fate of one request (and consumes one use of a matching fail rule).
+    pub(crate) fn verdict(&self, method: &str, path: &str) -> Verdict {
+        let mut s = self.lock();
+        if s.snapshot.stopped {
+            return Verdict::Drop;
+        }
+        if let Some(i) = s
+            .snapshot
+            .fail
+            .iter()
+            .position(|r| r.remaining > 0 && matches(&r.method, &r.path, method, path))
+        {
+            let rule = &mut s.snapshot.fail[i];
+            rule.remaining -= 1;
+            let status = rule.status;
+            if rule.remaining == 0 {
+                s.snapshot.fail.remove(i);
+            }
+            return Verdict::Fail(status);
+        }
+        let delay: u64 = s
+            .snapshot
+            .latency
+            .iter()
+            .filter(|r| matches(&r.method, &r.path, method, path))
+            .map(|r| r.millis)
+            .sum();
+        if delay > 0 {
+            Verdict::Delay(Duration::from_millis(delay))
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_rules_are_consumed() {
+        let f = Faults::new();
+        f.fail_next(Some("PATCH"), "/secrets", 500, 2);
+        assert_eq!(f.verdict("GET", "/api/v1/secrets"), Verdict::Pass);
+        assert_eq!(
+            f.verdict("PATCH", "/api/v1/namespaces/a/secrets/x"),
+            Verdict::Fail(500)
+        );
+        assert_eq!(
+            f.verdict("patch", "/api/v1/namespaces/a/secrets/x"),
+            Verdict::Fail(500)
+        );
+        assert_eq!(
+            f.verdict("PATCH", "/api/v1/namespaces/a/secrets/x"),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn stop_cuts_and_resume_restores() {
+        let f = Faults::new();
+        let token = f.cut_token();
+        f.stop();
+        assert!(token.is_cancelled());
+        assert_eq!(f.verdict("GET", "/api"), Verdict::Drop);
+        f.resume();
+        assert_eq!(f.verdict("GET", "/api"), Verdict::Pass);
+        f.add_latency(None, "", Duration::from_millis(5));
+        assert_eq!(
+            f.verdict("GET", "/api"),
+            Verdict::Delay(Duration::from_millis(5))
+        );
+    }
+
+    #[test]
+    fn commands_parse() {
+        let c: FaultCommand =
+            serde_json::from_str(r#"{"action":"fail","path":"/x","status":503}"#).expect("parses");
+        let f = Faults::new();
+        f.apply_command(c);
+        assert_eq!(f.snapshot().fail[0].remaining, 1);
+    }
+}
