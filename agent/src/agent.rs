@@ -143,7 +143,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             tracing::info!("shutting down");
             return Ok(());
         }
-        if connected {
+        let superseded = result.as_ref().is_err_and(|e| e.is_superseded());
+        if connected && !superseded {
             // A session that got going resets the backoff: the next failure is a new incident.
             delays = backoff.build();
         }

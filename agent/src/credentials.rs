@@ -43,6 +43,8 @@ pub struct Credentials {
     pub serial_hex: String,
     pub not_before: jiff::Timestamp,
     pub not_after: jiff::Timestamp,
+    /// When this process got the certificate (read it from the Secret, or received it).
+    obtained: jiff::Timestamp,
 }
 
 impl fmt::Debug for Credentials {
@@ -90,6 +92,7 @@ impl Credentials {
             serial_hex: cert.raw_serial_as_string().replace(':', ""),
             not_before: ts(cert.validity().not_before)?,
             not_after: ts(cert.validity().not_after)?,
+            obtained: jiff::Timestamp::now(),
         })
     }
 
@@ -116,11 +119,14 @@ impl Credentials {
 
     /// When to ask for a new certificate: at two thirds of the lifetime, so a renewal that fails
     /// has a third of the lifetime left to be retried.
+    ///
+    /// The lifetime counts from when we got the certificate, not from `notBefore`: CAs backdate
+    /// `notBefore` against clock skew, and counting from it would make every fresh certificate
+    /// look due for renewal at once (a renewal loop).
     pub fn renew_at(&self) -> jiff::Timestamp {
-        let life = self.not_after.duration_since(self.not_before);
-        self.not_before
-            .checked_add(life * 2 / 3)
-            .unwrap_or(self.not_after)
+        let start = self.not_before.max(self.obtained);
+        let life = self.not_after.duration_since(start);
+        start.checked_add(life * 2 / 3).unwrap_or(self.not_after)
     }
 }
 
@@ -203,12 +209,12 @@ pub(crate) mod tests {
         let later = now + jiff::SignedDuration::from_hours(25);
         let err = creds.check("uid-1", later).expect_err("expired");
         assert!(err.to_string().contains("expired at"), "{err}");
-        // Renewal at 2/3 of the lifetime (the test CA backdates by a minute).
-        let renew = creds.renew_at().duration_since(creds.not_before);
-        assert_eq!(
-            renew,
-            (jiff::SignedDuration::from_hours(24) + jiff::SignedDuration::from_secs(60)) * 2 / 3
-        );
+        // Renewal at 2/3 of the lifetime, counted from receipt: the test CA backdates notBefore
+        // by a minute, which must not pull the renewal forward.
+        let renew = creds.renew_at().duration_since(creds.obtained);
+        let life = creds.not_after.duration_since(creds.obtained);
+        assert_eq!(renew, life * 2 / 3);
+        assert!(creds.renew_at() > now + jiff::SignedDuration::from_hours(15));
         assert!(!format!("{creds:?}").contains("PRIVATE KEY"));
     }
 

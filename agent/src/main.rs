@@ -100,6 +100,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     // kube and tonic both use rustls: pick the crypto provider once, explicitly, so a second
@@ -120,7 +121,6 @@ fn main() -> ExitCode {
     match runtime.block_on(real_main(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("skoala-agent: error: {e:#}");
             ExitCode::FAILURE
         }

@@ -55,6 +55,19 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// The coordinator closed this session because another one for the same cluster opened
+    /// (ABORTED). Two agents for one cluster (a rollout surge, a copied Secret) must not take
+    /// turns replacing each other in a tight loop, so the caller keeps backing off.
+    pub fn is_superseded(&self) -> bool {
+        matches!(
+            self,
+            Self::Broken {
+                code: tonic::Code::Aborted,
+                ..
+            }
+        )
+    }
+
     fn from_status(status: tonic::Status, established: bool) -> Self {
         let (code, message) = (status.code(), status.message().to_string());
         // The h2/transport cause hides in the source chain, e.g. "connection reset".
@@ -251,13 +264,14 @@ async fn renewed(
     *lock(&params.credentials) = creds;
 }
 
-/// The time until `at`, as a tokio deadline (now, if it is past).
+/// `at` as a tokio deadline; at least a second away, so a certificate that is somehow due at
+/// once (issued already expired) cannot make the agent spin on renewals.
 fn until(at: jiff::Timestamp) -> tokio::time::Instant {
     let wait = at
         .duration_since(jiff::Timestamp::now())
         .try_into()
         .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + wait
+    tokio::time::Instant::now() + wait.max(Duration::from_secs(1))
 }
 
 fn lock(cell: &CredentialCell) -> std::sync::MutexGuard<'_, Credentials> {
