@@ -158,19 +158,46 @@ async fn handshake(
             detail: "plaintext connection refused: this port requires TLS".into(),
         });
     }
-    acceptor.accept(tcp).await.map_err(|e| {
-        let rustls_error = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        match rustls_error {
-            Some(rustls::Error::InvalidCertificate(why)) => Refused {
-                kind: "tls.bad_client_certificate",
-                detail: format!("client certificate refused: {why:?}"),
-            },
-            _ => Refused {
-                kind: "tls.handshake_failed",
-                detail: format!("TLS handshake failed: {e}"),
-            },
+    match acceptor.accept(tcp).into_fallible().await {
+        Ok(tls) => Ok(tls),
+        Err((e, mut tcp)) => {
+            linger_for_alert(&mut tcp).await;
+            Err(classify(e))
+        }
+    }
+}
+
+/// After a refused handshake rustls has written its alert (e.g. "unknown CA", "certificate
+/// expired"). With TLS 1.3 the client already sent data it believes is fine; closing with that
+/// data unread would make the kernel answer with a reset that can destroy the alert before the
+/// client reads it, leaving it with a bare "connection closed". So: send FIN after the alert,
+/// then drain what the client still sends, briefly, before closing.
+async fn linger_for_alert(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
         }
     })
+    .await;
+}
+
+fn classify(e: std::io::Error) -> Refused {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(why)) => Refused {
+            kind: "tls.bad_client_certificate",
+            detail: format!("client certificate refused: {why:?}"),
+        },
+        _ => Refused {
+            kind: "tls.handshake_failed",
+            detail: format!("TLS handshake failed: {e}"),
+        },
+    }
 }
