@@ -1,23 +1,22 @@
 //! The coordinator's own cluster (the control plane, release `skoala`), listed by `clusters`
 //! with `control_plane = true`.
 //!
-//! Its identity is the `kube-system` UID, like an agent's. It is re-read periodically so a
-//! control-plane API that was down at start shows up once it answers. The `skoala` release
-//! inventory comes from `skoala-upgrade`'s Helm-release-Secret reader once that lands; until
-//! then the entry carries the identity and reachability only.
+//! Its identity is the `kube-system` UID, like an agent's; its inventory is read natively from
+//! Helm's release Secrets with `skoala-upgrade`'s reader and kept current by its watch, exactly
+//! as an agent does for `skoala-init`. A control-plane API that is down at start is retried
+//! until it answers.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
-use skoala_proto::v1::{Cluster, ClusterIdentity};
+use skoala_proto::v1::{Cluster, ClusterIdentity, Inventory, ReleaseInventory};
+use skoala_upgrade::inventory::{InventoryWatch, ReleaseInfo, TrackedRelease, kube_system_uid};
 
 use crate::context::now_ms;
 
-/// How often the control plane is re-read.
-const REFRESH: Duration = Duration::from_secs(30);
+/// How long to wait before retrying an unreachable control plane.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// Where to find the control-plane API.
 #[derive(Debug, Clone)]
@@ -64,17 +63,29 @@ pub fn start(source: Source) -> Arc<ControlPlane> {
     let bg = cp.clone();
     tokio::spawn(async move {
         loop {
-            match read(&source).await {
-                Ok(view) => *bg.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read the control-plane cluster");
-                    bg.set_connected(false);
-                }
+            if let Err(e) = follow(&source, &bg).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the control-plane cluster; retrying");
+                bg.set_connected(false);
             }
-            tokio::time::sleep(REFRESH).await;
+            tokio::time::sleep(RETRY).await;
         }
     });
     cp
+}
+
+/// Reads the identity, then publishes every inventory change until the watch ends.
+async fn follow(source: &Source, cp: &ControlPlane) -> anyhow::Result<()> {
+    let client = client(source).await?;
+    let uid = kube_system_uid(&client).await?;
+    let watch = InventoryWatch::start(client, vec![TrackedRelease::skoala()]).await?;
+    let mut rx = watch.subscribe();
+    loop {
+        let releases = rx.borrow_and_update().clone();
+        *cp.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view(&uid, &releases));
+        if rx.changed().await.is_err() {
+            anyhow::bail!("the inventory watch ended");
+        }
+    }
 }
 
 async fn client(source: &Source) -> anyhow::Result<kube::Client> {
@@ -90,23 +101,37 @@ async fn client(source: &Source) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-async fn read(source: &Source) -> anyhow::Result<Cluster> {
-    let client = client(source).await?;
-    let ns: Api<Namespace> = Api::all(client);
-    let kube_system = ns.get("kube-system").await?;
-    let uid = kube_system
-        .metadata
-        .uid
-        .ok_or_else(|| anyhow::anyhow!("namespace kube-system has no uid"))?;
-    Ok(Cluster {
+fn view(uid: &str, releases: &[ReleaseInfo]) -> Cluster {
+    Cluster {
         identity: Some(ClusterIdentity {
-            cluster_id: uid,
+            cluster_id: uid.to_string(),
             name: "control-plane".to_string(),
             labels: Default::default(),
         }),
         control_plane: true,
         connected: true,
         last_heartbeat_unix_ms: now_ms(),
+        releases: to_proto(releases).releases,
         ..Default::default()
-    })
+    }
+}
+
+/// The wire form of an inventory (the same mapping the agent uses).
+pub fn to_proto(releases: &[ReleaseInfo]) -> Inventory {
+    Inventory {
+        releases: releases
+            .iter()
+            .map(|r| ReleaseInventory {
+                release: r.release.clone(),
+                namespace: r.namespace.clone(),
+                chart_name: r.chart_name.clone(),
+                chart_version: r.chart_version.clone(),
+                app_version: r.app_version.clone(),
+                revision: r.revision,
+                status: r.status.clone(),
+                image_tags: r.image_tags.clone().into_iter().collect(),
+                updated_unix: r.updated.map(|t| t.as_second()).unwrap_or_default(),
+            })
+            .collect(),
+    }
 }
