@@ -1,2 +1,60 @@
-//! skoala-upgrade
+//! skoala-upgrade: the documented manual upgrade of a skoala Helm release, as a library.
+//!
+//! The five manual steps (back up the values, `helm repo add`, `helm repo update`,
+//! `helm upgrade --install ... --set <tags> -f <backup>`, re-apply the CRDs) become a verified,
+//! resumable, reversible [`Executor::run`]: preflight, chart, backup (a Secret generation in
+//! the cluster), CRDs (server-side apply, before the upgrade by default), upgrade (`--wait`),
+//! verify (deployed, ready, image tags), and rollback on failure. Both daemons use it: the
+//! coordinator for `skoala` in the control plane, each agent for `skoala-init` in its cluster.
+//! [`inventory`] reads releases natively from Helm's release Secrets.
+//!
+//! ```no_run
+//! # async fn example(kubeconfig: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+//! use skoala_upgrade::{ChartSource, Executor, Helm, Operation, Outcome, ProgressEvent, ReleaseSpec};
+//!
+//! let client = kube::Client::try_default().await?;
+//! let helm = Helm::detect("/usr/local/bin/helm", kubeconfig).await?;
+//! let exec = Executor::new(client, helm);
+//!
+//! let source = ChartSource::Repository {
+//!     name: "skoala".into(),
+//!     url: "https://release.daocloud.io/chartrepo/skoala".into(),
+//! };
+//! let spec = ReleaseSpec::skoala_init(source, "0.19.2");
+//! let (progress, mut events) = tokio::sync::mpsc::channel::<ProgressEvent>(64);
+//! tokio::spawn(async move {
+//!     while let Some(event) = events.recv().await {
+//!         println!("{} {:?} {}", event.step, event.phase, event.message);
+//!     }
+//! });
+//! // Re-running the same operation id is safe: it reports the recorded outcome again.
+//! let report = exec.run(&Operation::new("op-42"), &spec, progress).await?;
+//! match report.outcome {
+//!     Outcome::Succeeded => println!("now at {:?}", report.version_after),
+//!     other => println!("{other:?} at {:?}: {}", report.failed_step, report.message),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Secrets: release values only ever reach helm through 0600 files that are removed after
+//! use; every message in events and reports is redacted ([`redact`]); the backup bytes in
+//! [`Backup`] are the one place values appear, for the caller to upload.
+
+pub mod backup;
+pub mod chart;
+pub mod crds;
+mod executor;
+pub mod helm;
 pub mod inventory;
+pub mod rbac;
+pub mod record;
+pub mod redact;
+pub mod report;
+pub mod spec;
+pub mod verify;
+
+pub use executor::{ExecError, Executor, Operation};
+pub use helm::{Helm, HelmError};
+pub use report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
+pub use spec::{ChartSource, CrdPolicy, ReleaseSpec, SpecError};

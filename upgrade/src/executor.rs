@@ -1,0 +1,1095 @@
+//! The executor: the documented manual procedure as a verified, resumable, reversible run.
+//!
+//! One [`Executor::run`] call takes one release through
+//! recover (only if a crashed attempt left it `pending-*`) → preflight → chart → backup →
+//! CRDs → upgrade → verify, and on a failure once the upgrade has started, rollback. Each step
+//! emits a `Started` and a `Finished` [`ProgressEvent`]; the run ends in a [`Report`].
+//!
+//! Safety properties, and where they come from:
+//! - *Nothing changes before preflight and chart pass*: those steps only read (and dry-run).
+//!   The first write is the operation record; the second the backup.
+//! - *No upgrade without a backup*: the upgrade step is only reached with a stored backup,
+//!   which is also the `-f` file of the upgrade.
+//! - *Idempotent*: a run whose operation id is recorded as finished reports the recorded
+//!   outcome again and does nothing. A run that finds its own record `running` (a crash)
+//!   reuses that attempt's backup and, if the release is `pending-*`, rolls it back first.
+//! - *No value in messages*: every message passes through a [`Redactor`] that knows the
+//!   release's values.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, DeleteParams, PropagationPolicy};
+use tokio::sync::mpsc;
+
+use crate::backup;
+use crate::chart::{self, FetchedChart};
+use crate::crds::{self, ChartCrd};
+use crate::helm::{Helm, HelmError, HelmOutput, HelmSession, QUICK, timeout_flag};
+use crate::inventory::{self, ReleaseInfo, TrackedRelease};
+use crate::rbac;
+use crate::record::{OperationRecord, RecordPhase, RecordStore};
+use crate::redact::Redactor;
+use crate::report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
+use crate::spec::{CrdPolicy, ReleaseSpec};
+use crate::verify::{self, Expectation};
+
+/// Lines and bytes of helm's stderr kept in events and reports.
+const TAIL_LINES: usize = 20;
+const TAIL_BYTES: usize = 4096;
+
+/// How long deleted Jobs may take to disappear.
+const JOB_DELETE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One operation: the id the caller (coordinator, agent) gave it. Re-running the same id is
+/// safe; a new id is a new upgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    pub id: String,
+}
+
+impl Operation {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self { id: id.into() }
+    }
+}
+
+/// Errors that leave the executor unable to produce a trustworthy report. Nothing has been
+/// changed in the cluster when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot prepare helm: {0}")]
+    Helm(#[from] HelmError),
+    /// The operation record could not be read or written, so the run could not be made
+    /// idempotent; nothing was changed (the record is the first write).
+    #[error("operation record of release {release}: {message}")]
+    Record { release: String, message: String },
+}
+
+/// Runs upgrades with one helm against one cluster.
+#[derive(Clone)]
+pub struct Executor {
+    client: kube::Client,
+    helm: Helm,
+}
+
+impl Executor {
+    /// `client` and `helm`'s kubeconfig must point at the same cluster.
+    pub fn new(client: kube::Client, helm: Helm) -> Self {
+        Self { client, helm }
+    }
+
+    /// The helm this executor runs.
+    pub fn helm(&self) -> &Helm {
+        &self.helm
+    }
+
+    /// Runs `operation` on `spec`'s release, sending progress to `progress` (a closed channel
+    /// is fine: events are then dropped). See the module docs for the steps.
+    pub async fn run(
+        &self,
+        operation: &Operation,
+        spec: &ReleaseSpec,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> Result<Report, ExecError> {
+        let session = self.helm.session()?;
+        let mut run = Run {
+            client: self.client.clone(),
+            spec,
+            session,
+            progress,
+            redactor: Redactor::default(),
+            records: RecordStore::new(&self.client, &spec.namespace, &spec.release),
+            record: None,
+            report: Report {
+                operation_id: operation.id.clone(),
+                release: spec.release.clone(),
+                namespace: spec.namespace.clone(),
+                outcome: Outcome::Refused,
+                failed_step: None,
+                message: String::new(),
+                rollback_message: None,
+                revision_before: None,
+                revision_after: None,
+                version_before: None,
+                version_after: None,
+                backup: None,
+                already_done: false,
+                recovered: false,
+                helm_version: self.helm.version().to_string(),
+                steps: Vec::new(),
+            },
+            tags_before: BTreeMap::new(),
+        };
+        run.redactor.add_yaml(
+            &serde_yaml::Value::Mapping(spec.extra_values.clone().unwrap_or_default()),
+            &[spec.tag()],
+        );
+        run.go().await?;
+        Ok(run.report)
+    }
+}
+
+/// The state of one run.
+struct Run<'a> {
+    client: kube::Client,
+    spec: &'a ReleaseSpec,
+    session: HelmSession,
+    progress: mpsc::Sender<ProgressEvent>,
+    redactor: Redactor,
+    records: RecordStore,
+    /// The record as this run last wrote it (or found it).
+    record: Option<OperationRecord>,
+    report: Report,
+    /// Image tags before the upgrade (what a rollback must restore).
+    tags_before: BTreeMap<String, String>,
+}
+
+/// How a step ended, for [`Run::finish`].
+struct Done<'h> {
+    outcome: StepOutcome,
+    message: String,
+    helm: Option<&'h HelmOutput>,
+}
+
+impl Done<'_> {
+    fn ok(message: impl Into<String>) -> Self {
+        Done {
+            outcome: StepOutcome::Succeeded,
+            message: message.into(),
+            helm: None,
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        Done {
+            outcome: StepOutcome::Failed,
+            message: message.into(),
+            helm: None,
+        }
+    }
+    fn skipped(message: impl Into<String>) -> Self {
+        Done {
+            outcome: StepOutcome::Skipped,
+            message: message.into(),
+            helm: None,
+        }
+    }
+}
+
+impl<'a> Run<'a> {
+    fn op_id(&self) -> &str {
+        &self.report.operation_id
+    }
+
+    fn tracked(&self) -> TrackedRelease {
+        TrackedRelease {
+            release: self.spec.release.clone(),
+            namespace: self.spec.namespace.clone(),
+            image_tag_keys: self.spec.image_tag_keys.clone(),
+        }
+    }
+
+    async fn emit(&self, event: ProgressEvent) {
+        // A caller that stopped listening does not stop the upgrade.
+        let _ = self.progress.send(event).await;
+    }
+
+    async fn start(&self, step: Step) -> Instant {
+        tracing::info!(operation = self.op_id(), release = %self.spec.release, %step, "step started");
+        self.emit(ProgressEvent {
+            operation_id: self.op_id().to_string(),
+            step,
+            phase: Phase::Started,
+            at: jiff::Timestamp::now(),
+            duration: None,
+            outcome: None,
+            helm_exit_code: None,
+            stderr_tail: None,
+            message: String::new(),
+        })
+        .await;
+        Instant::now()
+    }
+
+    /// Emits the `Finished` event and records the timing; returns the redacted message.
+    async fn finish(&mut self, step: Step, started: Instant, done: Done<'_>) -> String {
+        let duration = started.elapsed();
+        let message = self.redactor.redact(&done.message);
+        let stderr_tail = done
+            .helm
+            .map(|h| self.redactor.tail(&h.stderr, TAIL_LINES, TAIL_BYTES))
+            .filter(|t| !t.is_empty());
+        tracing::info!(
+            operation = self.op_id(), release = %self.spec.release, %step,
+            outcome = ?done.outcome, ?duration, %message, "step finished"
+        );
+        self.report.steps.push(StepTiming {
+            step,
+            outcome: done.outcome,
+            duration,
+        });
+        self.emit(ProgressEvent {
+            operation_id: self.op_id().to_string(),
+            step,
+            phase: Phase::Finished,
+            at: jiff::Timestamp::now(),
+            duration: Some(duration),
+            outcome: Some(done.outcome),
+            helm_exit_code: done.helm.and_then(|h| h.code),
+            stderr_tail: stderr_tail.clone(),
+            message: message.clone(),
+        })
+        .await;
+        match stderr_tail {
+            Some(tail) if done.outcome == StepOutcome::Failed => format!("{message}: {tail}"),
+            _ => message,
+        }
+    }
+
+    /// Ends the run before anything changed.
+    async fn refuse(&mut self, step: Step, started: Instant, done: Done<'_>) {
+        let message = self.finish(step, started, done).await;
+        self.report.outcome = Outcome::Refused;
+        self.report.failed_step = Some(step);
+        self.report.message = message;
+    }
+
+    async fn read_release(&self) -> Result<Option<ReleaseInfo>, String> {
+        inventory::read_release(&self.client, &self.tracked())
+            .await
+            .map_err(|e| format!("reading release {}: {e}", self.spec.release))
+    }
+
+    async fn save_record(&mut self, record: OperationRecord) -> Result<(), ExecError> {
+        self.records
+            .save(&record)
+            .await
+            .map_err(|e| ExecError::Record {
+                release: self.spec.release.clone(),
+                message: self.redactor.redact(&e.to_string()),
+            })?;
+        self.record = Some(record);
+        Ok(())
+    }
+
+    /// Updates the record's phase and message; a failure here is logged, not fatal: the
+    /// cluster state is what it is, and the report says so.
+    async fn close_record(&mut self, phase: RecordPhase) {
+        let Some(mut record) = self.record.clone() else {
+            return;
+        };
+        record.phase = phase;
+        record.message = self.report.message.clone();
+        if let Err(e) = self.records.save(&record).await {
+            tracing::warn!(release = %self.spec.release, error = %self.redactor.redact(&e.to_string()),
+                "could not update the operation record");
+        } else {
+            self.record = Some(record);
+        }
+    }
+
+    async fn go(&mut self) -> Result<(), ExecError> {
+        // --- validation and idempotency ---------------------------------------------------
+        let t = self.start(Step::Preflight).await;
+        if let Err(e) = self.spec.validate() {
+            self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
+                .await;
+            return Ok(());
+        }
+        let found = self.records.load().await.map_err(|e| ExecError::Record {
+            release: self.spec.release.clone(),
+            message: self.redactor.redact(&e.to_string()),
+        })?;
+        let ours = found
+            .as_ref()
+            .filter(|r| r.operation_id == self.report.operation_id)
+            .cloned();
+        if let Some(rec) = &ours
+            && rec.phase != RecordPhase::Running
+        {
+            return self.already_done(rec.clone(), t).await;
+        }
+        self.record = found.clone();
+
+        // --- preflight (and recovery of a crashed attempt) ---------------------------------
+        let mut info = match self.read_release().await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                let msg = format!(
+                    "release {} is not installed in namespace {}",
+                    self.spec.release, self.spec.namespace
+                );
+                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
+                return Ok(());
+            }
+            Err(e) => {
+                self.refuse(Step::Preflight, t, Done::failed(e)).await;
+                return Ok(());
+            }
+        };
+        let crashed = found
+            .as_ref()
+            .is_some_and(|r| r.phase == RecordPhase::Running);
+        if info.status != "deployed" {
+            let recoverable =
+                crashed && (info.status.starts_with("pending-") || info.status == "failed");
+            if !recoverable {
+                let msg = format!(
+                    "release {} revision {} is {}, not deployed: another operation may be in \
+                     progress, or a failed one needs a human (helm history / helm rollback)",
+                    self.spec.release, info.revision, info.status
+                );
+                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
+                return Ok(());
+            }
+            // Close preflight; recovery is its own step, then preflight runs again.
+            self.finish(
+                Step::Preflight,
+                t,
+                Done::failed(format!(
+                    "release {} revision {} is {} after an interrupted operation: recovering",
+                    self.spec.release, info.revision, info.status
+                )),
+            )
+            .await;
+            let record = found.clone().expect("crashed implies a record");
+            if !self.recover(&info, &record).await {
+                return Ok(());
+            }
+            let t2 = self.start(Step::Preflight).await;
+            info = match self.read_release().await {
+                Ok(Some(info)) if info.status == "deployed" => info,
+                Ok(other) => {
+                    let msg = format!(
+                        "after recovery the release is {}",
+                        other.map_or("gone".to_string(), |i| i.status)
+                    );
+                    self.refuse(Step::Preflight, t2, Done::failed(msg)).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.refuse(Step::Preflight, t2, Done::failed(e)).await;
+                    return Ok(());
+                }
+            };
+            return self.after_release_check(info, ours, t2).await;
+        }
+        self.after_release_check(info, ours, t).await
+    }
+
+    /// The operation id is recorded as finished: report that again, change nothing.
+    async fn already_done(&mut self, rec: OperationRecord, t: Instant) -> Result<(), ExecError> {
+        let info = self.read_release().await.ok().flatten();
+        self.report.already_done = true;
+        self.report.revision_before = rec.revision_before;
+        self.report.version_before = rec.version_before.clone();
+        self.report.revision_after = info.as_ref().map(|i| i.revision);
+        self.report.version_after = info.as_ref().map(|i| i.chart_version.clone());
+        if let Some(g) = rec.backup_generation {
+            self.report.backup =
+                backup::list(&self.client, &self.spec.namespace, &self.spec.release)
+                    .await
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|s| s.backup.generation == g))
+                    .map(|s| s.backup);
+        }
+        self.report.outcome = match rec.phase {
+            RecordPhase::Succeeded => Outcome::Succeeded,
+            RecordPhase::Failed => Outcome::Failed,
+            RecordPhase::RolledBack => Outcome::RolledBack,
+            RecordPhase::RollbackFailed | RecordPhase::Running => Outcome::RollbackFailed,
+        };
+        let still_there = info
+            .as_ref()
+            .is_some_and(|i| i.status == "deployed" && i.chart_version == rec.target_version);
+        if rec.phase == RecordPhase::Succeeded && !still_there {
+            // Someone changed the release since; report it, do not silently redo.
+            self.report.outcome = Outcome::Refused;
+            self.report.failed_step = Some(Step::Preflight);
+            self.report.message = format!(
+                "operation {} already succeeded, but the release is no longer deployed at {}: \
+                 start a new operation to upgrade it again",
+                rec.operation_id, rec.target_version
+            );
+        } else {
+            if rec.phase != RecordPhase::Succeeded {
+                self.report.failed_step = Some(Step::Upgrade);
+            }
+            self.report.message = format!(
+                "operation {} already ran ({}): nothing to do. {}",
+                rec.operation_id,
+                rec.phase.as_str(),
+                rec.message
+            );
+        }
+        let msg = self.report.message.clone();
+        self.finish(Step::Preflight, t, Done::skipped(msg)).await;
+        Ok(())
+    }
+
+    /// Rolls a release left `pending-*`/`failed` by a crashed attempt back to the revision
+    /// before it. Returns whether the run may continue.
+    async fn recover(&mut self, info: &ReleaseInfo, record: &OperationRecord) -> bool {
+        let t = self.start(Step::Recover).await;
+        self.report.recovered = true;
+        let target = match record.revision_before {
+            Some(r) => Some(r),
+            None => self.last_deployed_revision(info.revision).await,
+        };
+        let Some(target) = target else {
+            let msg = format!(
+                "release {} is {} and no earlier deployed revision is known: a human must \
+                 roll it back",
+                self.spec.release, info.status
+            );
+            let m = self.finish(Step::Recover, t, Done::failed(msg)).await;
+            self.report.outcome = Outcome::RollbackFailed;
+            self.report.failed_step = Some(Step::Recover);
+            self.report.message = m;
+            return false;
+        };
+        let out = self.helm_rollback(target).await;
+        let (ok, helm_out, msg) = match out {
+            Ok(out) if out.success() => {
+                (true, Some(out), format!("rolled back to revision {target}"))
+            }
+            Ok(out) => (
+                false,
+                Some(out),
+                format!("helm rollback to revision {target} failed"),
+            ),
+            Err(e) => (
+                false,
+                None,
+                format!("helm rollback to revision {target}: {e}"),
+            ),
+        };
+        let done = Done {
+            outcome: if ok {
+                StepOutcome::Succeeded
+            } else {
+                StepOutcome::Failed
+            },
+            message: msg,
+            helm: helm_out.as_ref(),
+        };
+        let m = self.finish(Step::Recover, t, done).await;
+        if !ok {
+            self.report.outcome = Outcome::RollbackFailed;
+            self.report.failed_step = Some(Step::Recover);
+            self.report.message = m;
+            self.close_record(RecordPhase::RollbackFailed).await;
+        }
+        ok
+    }
+
+    /// The newest revision below `latest` that was deployed (now `deployed` or `superseded`).
+    async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
+        let out = self
+            .session
+            .run(
+                &args(&[
+                    "history",
+                    &self.spec.release,
+                    "-n",
+                    &self.spec.namespace,
+                    "-o",
+                    "json",
+                ]),
+                QUICK,
+            )
+            .await
+            .ok()?;
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        entries
+            .iter()
+            .filter_map(|e| {
+                let rev = e.get("revision")?.as_i64()? as i32;
+                let status = e.get("status")?.as_str()?;
+                (rev < latest && (status == "deployed" || status == "superseded")).then_some(rev)
+            })
+            .max()
+    }
+
+    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, HelmError> {
+        let mut a = args(&[
+            "rollback",
+            &self.spec.release,
+            &revision.to_string(),
+            "-n",
+            &self.spec.namespace,
+        ]);
+        a.extend(self.session.helm().wait_flags());
+        a.push(timeout_flag(self.spec.timeout));
+        self.session.run(&a, self.spec.timeout).await
+    }
+
+    async fn after_release_check(
+        &mut self,
+        info: ReleaseInfo,
+        ours: Option<OperationRecord>,
+        t: Instant,
+    ) -> Result<(), ExecError> {
+        // A retried attempt keeps the "before" of its first attempt.
+        let first = ours.as_ref();
+        self.report.revision_before = first
+            .and_then(|r| r.revision_before)
+            .or(Some(info.revision));
+        self.report.version_before = first
+            .and_then(|r| r.version_before.clone())
+            .or(Some(info.chart_version.clone()));
+        self.tags_before = info
+            .image_tags
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+
+        match rbac::missing(
+            &self.client,
+            &self.spec.namespace,
+            self.spec.crd_policy != CrdPolicy::Skip,
+        )
+        .await
+        {
+            Ok(denied) if denied.is_empty() => {}
+            Ok(denied) => {
+                let msg = format!("missing permissions: {}", denied.join(", "));
+                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
+                return Ok(());
+            }
+            Err(e) => {
+                let msg = format!("checking permissions (SelfSubjectAccessReview): {e}");
+                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
+                return Ok(());
+            }
+        }
+        let msg = format!(
+            "helm {}; release {} revision {} deployed at chart version {}",
+            self.session.helm().version(),
+            self.spec.release,
+            info.revision,
+            info.chart_version
+        );
+        self.finish(Step::Preflight, t, Done::ok(msg)).await;
+
+        // --- chart ------------------------------------------------------------------------
+        let t = self.start(Step::Chart).await;
+        let chart = match chart::fetch(&self.session, self.spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                let done = Done {
+                    outcome: StepOutcome::Failed,
+                    message: e.message.clone(),
+                    helm: e.helm.as_ref(),
+                };
+                self.refuse(Step::Chart, t, done).await;
+                return Ok(());
+            }
+        };
+        let crds = match crds::extract(&chart.bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refuse(Step::Chart, t, Done::failed(e.to_string()))
+                    .await;
+                return Ok(());
+            }
+        };
+        if self.spec.crd_policy != CrdPolicy::Skip
+            && let Err(e) = crds::apply(&self.client, &crds, true).await
+        {
+            let msg = format!("the server would not accept the chart's CRDs (dry run): {e}");
+            self.refuse(Step::Chart, t, Done::failed(msg)).await;
+            return Ok(());
+        }
+        let msg = format!(
+            "chart {} {} (sha256 {}), {} CRD(s)",
+            self.spec.chart,
+            self.spec.version,
+            chart.sha256,
+            crds.len()
+        );
+        self.finish(Step::Chart, t, Done::ok(msg)).await;
+
+        // --- the operation record: the first write ---------------------------------------
+        let record = OperationRecord {
+            operation_id: self.report.operation_id.clone(),
+            phase: RecordPhase::Running,
+            target_version: self.spec.version.clone(),
+            attempt: ours.as_ref().map_or(1, |r| r.attempt + 1),
+            revision_before: self.report.revision_before,
+            version_before: self.report.version_before.clone(),
+            backup_generation: ours.as_ref().and_then(|r| r.backup_generation),
+            message: String::new(),
+        };
+        self.save_record(record).await?;
+
+        self.changing(chart, crds).await;
+        Ok(())
+    }
+
+    /// Backup, CRDs, upgrade, verify; rollback on failure. Sets the report's outcome.
+    async fn changing(&mut self, chart: FetchedChart, crds: Vec<ChartCrd>) {
+        // --- backup -------------------------------------------------------------------------
+        let t = self.start(Step::Backup).await;
+        let backup = match self.backup().await {
+            Ok(b) => b,
+            Err(msg) => {
+                let m = self.finish(Step::Backup, t, Done::failed(msg)).await;
+                return self.fail_unchanged(Step::Backup, m).await;
+            }
+        };
+        let msg = format!(
+            "values backup generation {} in Secret {} (sha256 {})",
+            backup.generation, backup.secret, backup.sha256
+        );
+        self.report.backup = Some(backup.clone());
+        if let Some(mut rec) = self.record.clone() {
+            rec.backup_generation = Some(backup.generation);
+            if let Err(e) = self.save_record(rec).await {
+                let m = self
+                    .finish(Step::Backup, t, Done::failed(e.to_string()))
+                    .await;
+                return self.fail_unchanged(Step::Backup, m).await;
+            }
+        }
+        self.finish(Step::Backup, t, Done::ok(msg)).await;
+
+        // --- CRDs before --------------------------------------------------------------------
+        if self.spec.crd_policy == CrdPolicy::Before {
+            let t = self.start(Step::Crds).await;
+            match crds::apply(&self.client, &crds, false).await {
+                Ok(names) => {
+                    let msg = format!("applied {} CRD(s): {}", names.len(), names.join(", "));
+                    self.finish(Step::Crds, t, Done::ok(msg)).await;
+                }
+                Err(e) => {
+                    let m = self
+                        .finish(Step::Crds, t, Done::failed(e.to_string()))
+                        .await;
+                    // CRDs only add: the release itself is untouched.
+                    return self.fail_unchanged(Step::Crds, m).await;
+                }
+            }
+        } else if self.spec.crd_policy == CrdPolicy::Skip {
+            let t = self.start(Step::Crds).await;
+            self.finish(Step::Crds, t, Done::skipped("CRD policy is skip"))
+                .await;
+        }
+
+        // --- upgrade ------------------------------------------------------------------------
+        let t = self.start(Step::Upgrade).await;
+        if let Err(msg) = self.delete_jobs().await {
+            let m = self.finish(Step::Upgrade, t, Done::failed(msg)).await;
+            return self.roll_back(Step::Upgrade, m).await;
+        }
+        let result = self.helm_upgrade(&chart.path, &backup).await;
+        match result {
+            Ok(out) if out.success() => {
+                let done = Done {
+                    outcome: StepOutcome::Succeeded,
+                    message: format!("helm upgrade to {} succeeded", self.spec.version),
+                    helm: None,
+                };
+                self.finish(Step::Upgrade, t, done).await;
+            }
+            Ok(out) => {
+                let done = Done {
+                    outcome: StepOutcome::Failed,
+                    message: format!(
+                        "helm upgrade to {} failed (exit code {:?})",
+                        self.spec.version, out.code
+                    ),
+                    helm: Some(&out),
+                };
+                let m = self.finish(Step::Upgrade, t, done).await;
+                return self.roll_back(Step::Upgrade, m).await;
+            }
+            Err(e) => {
+                let m = self
+                    .finish(Step::Upgrade, t, Done::failed(e.to_string()))
+                    .await;
+                return self.roll_back(Step::Upgrade, m).await;
+            }
+        }
+
+        // --- CRDs after ---------------------------------------------------------------------
+        if self.spec.crd_policy == CrdPolicy::After {
+            let t = self.start(Step::Crds).await;
+            match crds::apply(&self.client, &crds, false).await {
+                Ok(names) => {
+                    let msg = format!("applied {} CRD(s): {}", names.len(), names.join(", "));
+                    self.finish(Step::Crds, t, Done::ok(msg)).await;
+                }
+                Err(e) => {
+                    let m = self
+                        .finish(Step::Crds, t, Done::failed(e.to_string()))
+                        .await;
+                    return self.roll_back(Step::Crds, m).await;
+                }
+            }
+        }
+
+        // --- verify -------------------------------------------------------------------------
+        let t = self.start(Step::Verify).await;
+        let expect = Expectation {
+            release: self.spec.release.clone(),
+            namespace: self.spec.namespace.clone(),
+            chart_version: self.spec.version.clone(),
+            tags: self
+                .spec
+                .image_tag_keys
+                .iter()
+                .map(|k| (k.clone(), self.spec.tag()))
+                .collect(),
+        };
+        if let Err(reason) =
+            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await
+        {
+            let m = self.finish(Step::Verify, t, Done::failed(reason)).await;
+            return self.roll_back(Step::Verify, m).await;
+        }
+        self.finish(
+            Step::Verify,
+            t,
+            Done::ok(format!(
+                "deployed at {}, workloads ready, image tags {}",
+                self.spec.version,
+                self.spec.tag()
+            )),
+        )
+        .await;
+
+        let after = self.read_release().await.ok().flatten();
+        self.report.revision_after = after.as_ref().map(|i| i.revision);
+        self.report.version_after = after.map(|i| i.chart_version);
+        self.report.outcome = Outcome::Succeeded;
+        self.report.failed_step = None;
+        self.report.message = format!(
+            "upgraded {} from {} to {}",
+            self.spec.release,
+            self.report.version_before.clone().unwrap_or_default(),
+            self.spec.version
+        );
+        self.close_record(RecordPhase::Succeeded).await;
+    }
+
+    /// Takes the backup, or finds the one this operation took in an earlier attempt.
+    async fn backup(&mut self) -> Result<Backup, String> {
+        let (ns, release) = (&self.spec.namespace, &self.spec.release);
+        let earlier =
+            backup::find_for_operation(&self.client, ns, release, &self.report.operation_id)
+                .await
+                .map_err(|e| e.to_string())?;
+        let backup = match earlier {
+            Some(b) => b,
+            None => {
+                let out = self
+                    .session
+                    .run(
+                        &args(&["get", "values", release, "-n", ns, "-o", "yaml"]),
+                        QUICK,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !out.success() {
+                    // stderr of `get values` could echo values on a decoding error: only the
+                    // code, and the redacted tail once we know the values (we do not yet).
+                    return Err(format!("helm get values exited with {:?}", out.code));
+                }
+                let version_before = self.report.version_before.clone().unwrap_or_default();
+                backup::store(
+                    &self.client,
+                    ns,
+                    release,
+                    &self.report.operation_id,
+                    &version_before,
+                    &out.stdout,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        };
+        let values: serde_yaml::Value = serde_yaml::from_slice(&backup.values)
+            .map_err(|_| format!("the values backup in {} is not YAML", backup.secret))?;
+        self.redactor.add_yaml(&values, &[self.spec.tag()]);
+        Ok(backup)
+    }
+
+    /// Deletes the spec's Jobs and waits until they are gone (helm must create them anew).
+    async fn delete_jobs(&self) -> Result<(), String> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &self.spec.namespace);
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        for name in &self.spec.delete_jobs {
+            match api.delete(name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => return Err(format!("deleting Job {name}: {e}")),
+            }
+            let deadline = Instant::now() + JOB_DELETE_TIMEOUT;
+            loop {
+                match api.get_opt(name).await {
+                    Ok(None) => break,
+                    Ok(Some(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Ok(Some(_)) => {
+                        return Err(format!(
+                            "Job {name} still exists {JOB_DELETE_TIMEOUT:?} after deletion"
+                        ));
+                    }
+                    Err(e) => return Err(format!("waiting for Job {name} to go: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `helm upgrade --install` with the backup and our overrides as 0600 files, removed after.
+    async fn helm_upgrade(&self, chart: &Path, backup: &Backup) -> Result<HelmOutput, HelmError> {
+        let dir = self.session.work_dir();
+        let backup_file = SecretFile::write(
+            dir.join("backup-values.yaml"),
+            &backup_values(&backup.values),
+        )
+        .map_err(HelmError::Home)?;
+        let overrides = overrides_yaml(self.spec);
+        let overrides_file =
+            SecretFile::write(dir.join("override-values.yaml"), overrides.as_bytes())
+                .map_err(HelmError::Home)?;
+        let mut a = args(&[
+            "upgrade",
+            "--install",
+            "--create-namespace",
+            "-n",
+            &self.spec.namespace,
+            &self.spec.release,
+        ]);
+        a.push(chart.into());
+        // Later files win: our tags and extra values over the backup, like the documented
+        // `--set ... -f backup` (where --set wins).
+        a.push("-f".into());
+        a.push(backup_file.path.clone().into());
+        a.push("-f".into());
+        a.push(overrides_file.path.clone().into());
+        a.extend(self.session.helm().wait_flags());
+        a.push(timeout_flag(self.spec.timeout));
+        let out = self.session.run(&a, self.spec.timeout).await;
+        drop(backup_file);
+        drop(overrides_file);
+        out
+    }
+
+    /// A failure that changed nothing in the release (before the upgrade started).
+    async fn fail_unchanged(&mut self, step: Step, message: String) {
+        self.report.outcome = Outcome::Failed;
+        self.report.failed_step = Some(step);
+        self.report.message = message;
+        self.close_record(RecordPhase::Failed).await;
+    }
+
+    /// The upgrade started and something failed: roll back to the revision before, verify.
+    async fn roll_back(&mut self, failed: Step, message: String) {
+        self.report.failed_step = Some(failed);
+        self.report.message = message;
+        let t = self.start(Step::Rollback).await;
+        let Some(target) = self.report.revision_before else {
+            let m = self
+                .finish(
+                    Step::Rollback,
+                    t,
+                    Done::failed("no revision to roll back to"),
+                )
+                .await;
+            self.report.rollback_message = Some(m);
+            self.report.outcome = Outcome::RollbackFailed;
+            return self.close_record(RecordPhase::RollbackFailed).await;
+        };
+        let out = self.helm_rollback(target).await;
+        let failure = match &out {
+            Ok(o) if o.success() => None,
+            Ok(o) => Some(format!(
+                "helm rollback to revision {target} failed (exit code {:?})",
+                o.code
+            )),
+            Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
+        };
+        if let Some(msg) = failure {
+            let done = Done {
+                outcome: StepOutcome::Failed,
+                message: msg,
+                helm: out.as_ref().ok(),
+            };
+            let m = self.finish(Step::Rollback, t, done).await;
+            self.report.rollback_message = Some(m);
+            self.report.outcome = Outcome::RollbackFailed;
+            return self.close_record(RecordPhase::RollbackFailed).await;
+        }
+        let expect = Expectation {
+            release: self.spec.release.clone(),
+            namespace: self.spec.namespace.clone(),
+            chart_version: self.report.version_before.clone().unwrap_or_default(),
+            tags: self.tags_before.clone(),
+        };
+        let verified =
+            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
+        let after = self.read_release().await.ok().flatten();
+        self.report.revision_after = after.as_ref().map(|i| i.revision);
+        self.report.version_after = after.map(|i| i.chart_version);
+        match verified {
+            Ok(()) => {
+                let m = self
+                    .finish(
+                        Step::Rollback,
+                        t,
+                        Done::ok(format!(
+                            "rolled back to revision {target} (chart {}), verified healthy",
+                            expect.chart_version
+                        )),
+                    )
+                    .await;
+                self.report.rollback_message = Some(m);
+                self.report.outcome = Outcome::RolledBack;
+                self.close_record(RecordPhase::RolledBack).await;
+            }
+            Err(reason) => {
+                let m = self
+                    .finish(
+                        Step::Rollback,
+                        t,
+                        Done::failed(format!("rolled back to revision {target}, but {reason}")),
+                    )
+                    .await;
+                self.report.rollback_message = Some(m);
+                self.report.outcome = Outcome::RollbackFailed;
+                self.close_record(RecordPhase::RollbackFailed).await;
+            }
+        }
+    }
+}
+
+fn args(a: &[&str]) -> Vec<OsString> {
+    a.iter().map(Into::into).collect()
+}
+
+/// The backup as a values file: `helm get values` prints `null` for a release without user
+/// values, which is not a map.
+fn backup_values(values: &[u8]) -> Vec<u8> {
+    match serde_yaml::from_slice::<serde_yaml::Value>(values) {
+        Ok(serde_yaml::Value::Null) => b"{}\n".to_vec(),
+        _ => values.to_vec(),
+    }
+}
+
+/// The values we lay over the backup: the extra values, then the image tags at their keys.
+pub(crate) fn overrides_yaml(spec: &ReleaseSpec) -> String {
+    use serde_yaml::{Mapping, Value};
+    let mut root = spec.extra_values.clone().unwrap_or_default();
+    for key in &spec.image_tag_keys {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut at = &mut root;
+        for part in &parts[..parts.len() - 1] {
+            let entry = at
+                .entry(Value::String((*part).into()))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            if !entry.is_mapping() {
+                *entry = Value::Mapping(Mapping::new());
+            }
+            at = entry.as_mapping_mut().expect("just made a mapping");
+        }
+        at.insert(
+            Value::String(parts[parts.len() - 1].into()),
+            Value::String(spec.tag()),
+        );
+    }
+    serde_yaml::to_string(&Value::Mapping(root)).expect("a mapping of strings serialises")
+}
+
+/// A 0600 file that is removed when dropped.
+struct SecretFile {
+    path: PathBuf,
+}
+
+impl SecretFile {
+    fn write(path: PathBuf, bytes: &[u8]) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let file = SecretFile { path };
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(file)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ChartSource;
+
+    #[test]
+    fn overrides_set_every_tag_over_extra_values() {
+        let mut spec = ReleaseSpec::skoala_init(
+            ChartSource::Repository {
+                name: "skoala".into(),
+                url: "http://127.0.0.1:1".into(),
+            },
+            "0.19.2",
+        );
+        spec.extra_values = Some(
+            serde_yaml::from_str(
+                "skoala-agent:\n  image:\n    tag: old\n  logLevel: debug\nnacos-operator: 3\n",
+            )
+            .expect("yaml"),
+        );
+        let out: serde_yaml::Value = serde_yaml::from_str(&overrides_yaml(&spec)).expect("yaml");
+        assert_eq!(
+            out["skoala-agent"]["image"]["tag"].as_str(),
+            Some("v0.19.2")
+        );
+        assert_eq!(out["skoala-agent"]["logLevel"].as_str(), Some("debug"));
+        assert_eq!(
+            out["nacos-operator"]["image"]["tag"].as_str(),
+            Some("v0.19.2")
+        );
+        assert_eq!(
+            out["sentinel-operator"]["image"]["tag"].as_str(),
+            Some("v0.19.2")
+        );
+    }
+
+    #[test]
+    fn null_backup_becomes_an_empty_map() {
+        assert_eq!(backup_values(b"null\n"), b"{}\n");
+        assert_eq!(backup_values(b"a: 1\n"), b"a: 1\n");
+    }
+
+    #[test]
+    fn secret_files_are_0600_and_removed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.yaml");
+        let f = SecretFile::write(path.clone(), b"password: x\n").expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(f);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,283 @@
+//! Is the release what we wanted? Deployed at the expected chart version, its workloads
+//! rolled out and ready, and the image tags the ones we set.
+//!
+//! The release state is read natively from Helm's release Secrets ([`crate::inventory`]), the
+//! computed values and the manifest from `helm get`, and the workloads from the API. The live
+//! workloads must run the images helm rendered (so nobody changed them behind helm's back) and
+//! every expected tag must appear among them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::api::Api;
+
+use crate::helm::{HelmSession, QUICK};
+use crate::inventory::{self, TrackedRelease};
+
+/// What the release should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    pub release: String,
+    pub namespace: String,
+    pub chart_version: String,
+    /// Dotted value key → expected tag.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A workload from the release manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Container images (init containers included), in order.
+    pub images: Vec<String>,
+}
+
+/// Polls [`check`] until it passes or `timeout` passes; the error is the last reason.
+pub async fn wait_healthy(
+    session: &HelmSession,
+    client: &kube::Client,
+    expect: &Expectation,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check(session, client, expect).await {
+            Ok(()) => return Ok(()),
+            Err(reason) if Instant::now() >= deadline => {
+                return Err(format!("not healthy after {timeout:?}: {reason}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// One verification pass. The error says what is wrong (no values).
+pub async fn check(
+    session: &HelmSession,
+    client: &kube::Client,
+    expect: &Expectation,
+) -> Result<(), String> {
+    let tracked = TrackedRelease {
+        release: expect.release.clone(),
+        namespace: expect.namespace.clone(),
+        image_tag_keys: expect.tags.keys().cloned().collect(),
+    };
+    let info = inventory::read_release(client, &tracked)
+        .await
+        .map_err(|e| format!("reading the release: {e}"))?
+        .ok_or("the release is not installed")?;
+    if info.status != "deployed" {
+        return Err(format!(
+            "revision {} is {}, not deployed",
+            info.revision, info.status
+        ));
+    }
+    if info.chart_version != expect.chart_version {
+        return Err(format!(
+            "chart version is {}, expected {}",
+            info.chart_version, expect.chart_version
+        ));
+    }
+    for (key, want) in &expect.tags {
+        match info.image_tags.get(key) {
+            Some(have) if have == want => {}
+            Some(have) => return Err(format!("value {key} is {have:?}, expected {want:?}")),
+            None => return Err(format!("value {key} is not set")),
+        }
+    }
+
+    let manifest = get_manifest(session, &expect.release, &expect.namespace).await?;
+    let workloads = workloads(&manifest, &expect.namespace);
+    for w in &workloads {
+        check_workload(client, w).await?;
+    }
+    for (key, tag) in &expect.tags {
+        let suffix = format!(":{tag}");
+        if !workloads
+            .iter()
+            .flat_map(|w| &w.images)
+            .any(|i| i.ends_with(&suffix))
+        {
+            return Err(format!(
+                "no workload runs an image tagged {tag} (from {key})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn get_manifest(session: &HelmSession, release: &str, ns: &str) -> Result<String, String> {
+    let out = session
+        .run(
+            &[
+                "get".into(),
+                "manifest".into(),
+                release.into(),
+                "-n".into(),
+                ns.into(),
+            ],
+            QUICK,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        // helm's stderr for `get manifest` is about the release record, not values; still,
+        // only its exit code is reported.
+        return Err(format!("helm get manifest exited with {:?}", out.code));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Deployments, StatefulSets and DaemonSets in a rendered manifest.
+pub fn workloads(manifest: &str, default_ns: &str) -> Vec<Workload> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(manifest) {
+        let Ok(v) = serde_yaml::Value::deserialize(doc) else {
+            continue;
+        };
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if !matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") {
+            continue;
+        }
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or(default_ns);
+        let pod = v
+            .get("spec")
+            .and_then(|s| s.get("template"))
+            .and_then(|t| t.get("spec"));
+        let mut images = Vec::new();
+        for list in ["initContainers", "containers"] {
+            if let Some(cs) = pod.and_then(|p| p.get(list)).and_then(|c| c.as_sequence()) {
+                images.extend(
+                    cs.iter()
+                        .filter_map(|c| c.get("image").and_then(|i| i.as_str()))
+                        .map(String::from),
+                );
+            }
+        }
+        out.push(Workload {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            images,
+        });
+    }
+    out
+}
+
+fn template_images(t: Option<&PodTemplateSpec>) -> Vec<String> {
+    let Some(spec) = t.and_then(|t| t.spec.as_ref()) else {
+        return Vec::new();
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .filter_map(|c| c.image.clone())
+        .collect()
+}
+
+async fn check_workload(client: &kube::Client, w: &Workload) -> Result<(), String> {
+    let what = format!("{} {}/{}", w.kind, w.namespace, w.name);
+    let gone = || format!("{what} does not exist");
+    let api_err = |e: kube::Error| format!("reading {what}: {e}");
+    let (generation, observed, images, ready) = match w.kind.as_str() {
+        "Deployment" => {
+            let d = Api::<Deployment>::namespaced(client.clone(), &w.namespace)
+                .get_opt(&w.name)
+                .await
+                .map_err(api_err)?
+                .ok_or_else(gone)?;
+            let spec = d.spec.as_ref();
+            let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+            let st = d.status.clone().unwrap_or_default();
+            let ready = st.updated_replicas.unwrap_or(0) >= want
+                && st.ready_replicas.unwrap_or(0) >= want
+                && st.available_replicas.unwrap_or(0) >= want
+                && st.replicas.unwrap_or(0) <= want;
+            (
+                d.metadata.generation,
+                st.observed_generation,
+                template_images(spec.map(|s| &s.template)),
+                ready,
+            )
+        }
+        "StatefulSet" => {
+            let s = Api::<StatefulSet>::namespaced(client.clone(), &w.namespace)
+                .get_opt(&w.name)
+                .await
+                .map_err(api_err)?
+                .ok_or_else(gone)?;
+            let spec = s.spec.as_ref();
+            let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+            let st = s.status.clone().unwrap_or_default();
+            let ready =
+                st.ready_replicas.unwrap_or(0) >= want && st.updated_replicas.unwrap_or(0) >= want;
+            (
+                s.metadata.generation,
+                st.observed_generation,
+                template_images(spec.map(|s| &s.template)),
+                ready,
+            )
+        }
+        _ => {
+            let d = Api::<DaemonSet>::namespaced(client.clone(), &w.namespace)
+                .get_opt(&w.name)
+                .await
+                .map_err(api_err)?
+                .ok_or_else(gone)?;
+            let st = d.status.clone().unwrap_or_default();
+            let ready = st.number_ready >= st.desired_number_scheduled
+                && st.updated_number_scheduled.unwrap_or(0) >= st.desired_number_scheduled;
+            (
+                d.metadata.generation,
+                st.observed_generation,
+                template_images(d.spec.as_ref().map(|s| &s.template)),
+                ready,
+            )
+        }
+    };
+    if observed.unwrap_or(0) < generation.unwrap_or(0) {
+        return Err(format!(
+            "{what}: the controller has not observed the latest change yet"
+        ));
+    }
+    if images != w.images {
+        return Err(format!(
+            "{what} runs {images:?}, but the release rendered {:?}",
+            w.images
+        ));
+    }
+    if !ready {
+        return Err(format!("{what} is not ready"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_workloads_and_images() {
+        let manifest = "---\n# Source: x/templates/cm.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: a\nspec:\n  template:\n    spec:\n      initContainers: [{name: i, image: r/init:v1}]\n      containers: [{name: a, image: r/a:v1}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: s, namespace: other}\nspec:\n  template:\n    spec:\n      containers: [{name: s, image: r/s:v1}]\n";
+        let w = workloads(manifest, "ns");
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].images, ["r/init:v1", "r/a:v1"]);
+        assert_eq!(w[0].namespace, "ns");
+        assert_eq!(w[1].namespace, "other");
+        assert_eq!(w[1].kind, "StatefulSet");
+    }
+}
