@@ -190,7 +190,7 @@ async fn serve(
         },
         None => anyhow::bail!("CONNECT target without port"),
     };
-    let mut upstream = match upstream {
+    let upstream = match upstream {
         Ok(s) => s,
         Err(_) => {
             client
@@ -207,16 +207,37 @@ async fn serve(
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await?;
+    // Count bytes as they flow (not when the tunnel ends): a test reads them while the tunnel
+    // is up, and a cut tunnel never "ends" normally.
+    let (mut client_r, mut client_w) = client.into_split();
+    let (mut upstream_r, mut upstream_w) = upstream.into_split();
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Ok((up, down)) = r {
-                stats.bytes_up.fetch_add(up, Ordering::Relaxed);
-                stats.bytes_down.fetch_add(down, Ordering::Relaxed);
-            }
-        }
+        _ = pump(&mut client_r, &mut upstream_w, &stats.bytes_up) => {}
+        _ = pump(&mut upstream_r, &mut client_w, &stats.bytes_down) => {}
         _ = cut.changed() => {}
     }
     Ok(())
+}
+
+/// Copies until EOF or error, adding to `counter` per chunk.
+async fn pump(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    counter: &AtomicU64,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Standard base64 with padding (the testkit avoids a dependency for these few lines).

@@ -7,5 +7,6 @@
 
 pub mod charts;
 pub mod connect_proxy;
+pub mod netns;
 pub mod tools;
 pub mod wait;
