@@ -50,7 +50,7 @@ impl<S: Store> Context<S> {
     /// operator and never turned into a different answer for the caller.
     pub async fn audit(&self, kind: &str, cluster_id: &str, peer: &str, detail: impl Into<String>) {
         let detail = detail.into();
-        tracing::warn!(kind, cluster_id, peer, detail = %detail, "audit");
+        tracing::info!(kind, cluster_id, peer, detail = %detail, "audit");
         let event = NewAudit {
             kind: kind.to_string(),
             cluster_id: cluster_id.to_string(),
@@ -65,6 +65,7 @@ impl<S: Store> Context<S> {
     /// Audits a refusal, counts it, and returns the status for the caller.
     pub async fn refuse(&self, refusal: Refusal, peer: &str) -> tonic::Status {
         self.metrics.refusal(refusal.kind);
+        tracing::warn!(kind = refusal.kind, peer, status = %refusal.status.message(), "refused");
         self.audit(refusal.kind, &refusal.cluster_id, peer, refusal.detail)
             .await;
         refusal.status

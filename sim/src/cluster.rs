@@ -278,7 +278,7 @@ fn bootstrap(state: &ApiState) -> Result<String, SimError> {
             name: None,
             subresource: None,
         };
-        let obj = object::prepare_create(&target, obj, None)
+        let obj = object::prepare_create(&target, obj, &Default::default())
             .map_err(|e| SimError::Bootstrap(e.to_string()))?;
         let name = object::name_of(&obj);
         state

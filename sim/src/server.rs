@@ -125,6 +125,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
     }
     let raw_query = req.uri().query().unwrap_or_default().to_string();
     let query = parse_query(req.uri().query());
+    let query_strict = query.get("fieldValidation").map(String::as_str) == Some("Strict");
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -146,6 +147,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
         content_type: content_type.clone(),
         body,
         cut: ctx.faults.cut_token(),
+        validation: api::FieldValidation {
+            strict: query_strict,
+            warnings: Default::default(),
+        },
     };
     let resp = api::serve(&ctx.state, api_req).await;
     // Paths, queries and content types only: bodies may hold secrets.

@@ -7,6 +7,7 @@
 
 pub mod charts;
 pub mod connect_proxy;
+pub mod fleet;
 pub mod netns;
 pub mod tools;
 pub mod wait;

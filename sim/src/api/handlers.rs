@@ -18,14 +18,14 @@ use crate::util;
 
 pub async fn dispatch(
     state: &Arc<ApiState>,
-    req: Req,
+    req: &Req,
     target: Target,
     legacy_watch: bool,
 ) -> ApiResult<Response<Body>> {
     let rt = &target.rt;
     if rt.create_only {
         return if req.method == Method::POST && target.name.is_none() {
-            review(&req, &target)
+            review(req, &target)
         } else {
             Err(ApiError::method_not_allowed(format!(
                 "{} only supports create",
@@ -35,15 +35,15 @@ pub async fn dispatch(
     }
     match (&req.method, target.name.is_some()) {
         (&Method::GET, false) if legacy_watch || req.flag("watch") => {
-            watch::serve(state.clone(), &req, &target)
+            watch::serve(state.clone(), req, &target)
         }
-        (&Method::GET, false) => list(state, &req, &target),
+        (&Method::GET, false) => list(state, req, &target),
         (&Method::GET, true) => get(state, &target),
-        (&Method::POST, false) => create(state, &req, &target),
-        (&Method::PUT, true) => update(state, &req, &target),
-        (&Method::PATCH, true) => patch_object(state, &req, &target),
-        (&Method::DELETE, true) => delete(state, &req, &target),
-        (&Method::DELETE, false) => delete_collection(state, &req, &target),
+        (&Method::POST, false) => create(state, req, &target),
+        (&Method::PUT, true) => update(state, req, &target),
+        (&Method::PATCH, true) => patch_object(state, req, &target),
+        (&Method::DELETE, true) => delete(state, req, &target),
+        (&Method::DELETE, false) => delete_collection(state, req, &target),
         (m, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({m})"
         ))),
@@ -163,7 +163,7 @@ fn create(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Bo
     let rt = &target.rt;
     object::check_namespace(state, target)?;
     let body = object::decode_body(req)?;
-    let mut obj = object::prepare_create(target, body, req.q("fieldValidation"))?;
+    let mut obj = object::prepare_create(target, body, &req.validation)?;
     record_manager(&mut obj, req, "Update");
     let name = name_of(&obj);
     let dry = dry_run(req);
@@ -208,7 +208,7 @@ fn update(state: &Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Respon
         return write_scale(state, target, &name, replicas);
     }
     let status_only = target.subresource.as_deref() == Some("status");
-    let fv = req.q("fieldValidation");
+    let fv = &req.validation;
     let dry = dry_run(req);
     let mut preview = None;
     let mut deleted = false;
@@ -324,7 +324,7 @@ fn patch_object(state: &Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<
     }
     object::check_namespace(state, target)?;
     let status_only = target.subresource.as_deref() == Some("status");
-    let fv = req.q("fieldValidation");
+    let fv = &req.validation;
     let manager = req.q("fieldManager").unwrap_or_default().to_string();
     let dry = dry_run(req);
     let mut preview = None;

@@ -91,6 +91,23 @@ impl ApiState {
     }
 }
 
+/// The request's `fieldValidation` directive and the warnings the server collects for it
+/// (sent back as `Warning` headers, which client-go prints).
+#[derive(Debug, Default)]
+pub struct FieldValidation {
+    pub strict: bool,
+    pub warnings: Mutex<Vec<String>>,
+}
+
+impl FieldValidation {
+    pub fn warn(&self, w: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w);
+    }
+}
+
 /// One request, body already read.
 pub struct Req {
     pub method: Method,
@@ -100,6 +117,7 @@ pub struct Req {
     pub body: Bytes,
     /// Cancelled when the fault injector cuts connections (ends watch streams).
     pub cut: tokio_util::sync::CancellationToken,
+    pub validation: FieldValidation,
 }
 
 impl Req {
@@ -232,13 +250,28 @@ fn parse_target(state: &ApiState, segs: &[&str]) -> Result<Option<(Target, bool)
 
 /// Serves one authenticated API request.
 pub async fn serve(state: &Arc<ApiState>, req: Req) -> Response<Body> {
-    match route(state, req).await {
+    let req = Arc::new(req);
+    let mut resp = match route(state, &req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    let warnings = std::mem::take(
+        &mut *req
+            .validation
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    for w in warnings {
+        let value = format!("299 - {:?}", w);
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            resp.headers_mut().append("Warning", v);
+        }
     }
+    resp
 }
 
-async fn route(state: &Arc<ApiState>, req: Req) -> Result<Response<Body>, ApiError> {
+async fn route(state: &Arc<ApiState>, req: &Req) -> Result<Response<Body>, ApiError> {
     let path = req.path.trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::{ApiState, Req, Target, protobuf, schema};
+use crate::api::{ApiState, FieldValidation, Req, Target, protobuf, schema};
 use crate::registry::ResourceType;
 use crate::store::meta_mut;
 use crate::util;
@@ -153,10 +153,10 @@ pub fn name_of(obj: &Value) -> String {
 pub fn prepare_create(
     target: &Target,
     mut obj: Value,
-    field_validation: Option<&str>,
+    validation: &FieldValidation,
 ) -> ApiResult<Value> {
     identity(target, &mut obj, true)?;
-    validate_custom(target, &mut obj, field_validation)?;
+    validate_custom(target, &mut obj, validation)?;
     defaults(&target.rt, &mut obj, None);
     if has_generation(&target.rt, &obj) {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
@@ -170,11 +170,11 @@ pub fn prepare_update(
     target: &Target,
     old: &Value,
     mut new: Value,
-    field_validation: Option<&str>,
+    validation: &FieldValidation,
 ) -> ApiResult<Value> {
     identity(target, &mut new, false)?;
     check_resource_version(&target.rt, old, &new)?;
-    validate_custom(target, &mut new, field_validation)?;
+    validate_custom(target, &mut new, validation)?;
     // With a status subresource, writes to the main resource cannot change status.
     if target.rt.status {
         let obj = new.as_object_mut().expect("identity() made it an object");
@@ -230,14 +230,17 @@ fn check_resource_version(rt: &ResourceType, old: &Value, new: &Value) -> ApiRes
 fn validate_custom(
     target: &Target,
     obj: &mut Value,
-    field_validation: Option<&str>,
+    validation: &FieldValidation,
 ) -> ApiResult<()> {
     let Some(crd) = &target.rt.crd else {
         return Ok(());
     };
-    let strict = field_validation == Some("Strict");
-    schema::validate_and_prune(&crd.schema, obj, strict)
-        .map_err(|why| ApiError::invalid(&target.rt.group, &target.rt.kind, &name_of(obj), why))
+    let pruned = schema::validate_and_prune(&crd.schema, obj, validation.strict)
+        .map_err(|why| ApiError::invalid(&target.rt.group, &target.rt.kind, &name_of(obj), why))?;
+    for path in pruned {
+        validation.warn(format!("unknown field \"{path}\""));
+    }
+    Ok(())
 }
 
 fn set_default(m: &mut Map<String, Value>, key: &str, v: Value) {

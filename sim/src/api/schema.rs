@@ -9,14 +9,21 @@
 use serde_json::Value;
 
 /// Validates `obj` against `schema`; prunes unknown fields (or, when `strict`, rejects them).
-pub fn validate_and_prune(schema: &Value, obj: &mut Value, strict: bool) -> Result<(), String> {
+///
+/// Returns the paths of pruned fields (the server reports them as warnings).
+pub fn validate_and_prune(
+    schema: &Value,
+    obj: &mut Value,
+    strict: bool,
+) -> Result<Vec<String>, String> {
     if !schema.is_object() {
-        return Ok(());
+        return Ok(vec![]);
     }
     let mut errors = vec![];
-    walk(schema, obj, "", strict, true, &mut errors);
+    let mut pruned = vec![];
+    walk(schema, obj, "", strict, true, &mut errors, &mut pruned);
     if errors.is_empty() {
-        Ok(())
+        Ok(pruned)
     } else {
         Err(errors.join(", "))
     }
@@ -52,6 +59,7 @@ fn walk(
     strict: bool,
     root: bool,
     errors: &mut Vec<String>,
+    pruned: &mut Vec<String>,
 ) {
     if v.is_null() && schema["nullable"].as_bool() == Some(true) {
         return;
@@ -94,11 +102,19 @@ fn walk(
                 let child_path = join(path, &k);
                 if let Some(sub) = props.and_then(|p| p.get(&k)) {
                     if let Some(child) = map.get_mut(&k) {
-                        walk(sub, child, &child_path, strict, false, errors);
+                        walk(sub, child, &child_path, strict, false, errors, pruned);
                     }
                 } else if additional.is_object() {
                     if let Some(child) = map.get_mut(&k) {
-                        walk(additional, child, &child_path, strict, false, errors);
+                        walk(
+                            additional,
+                            child,
+                            &child_path,
+                            strict,
+                            false,
+                            errors,
+                            pruned,
+                        );
                     }
                 } else if preserve
                     || additional.as_bool() == Some(true)
@@ -111,6 +127,7 @@ fn walk(
                     ));
                 } else {
                     map.remove(&k);
+                    pruned.push(child_path);
                 }
             }
         }
@@ -123,6 +140,7 @@ fn walk(
                     strict,
                     false,
                     errors,
+                    pruned,
                 );
             }
         }

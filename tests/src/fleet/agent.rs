@@ -1,0 +1,177 @@
+//! A `skoala-agent` process for one emulated cluster.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use super::coordinator::Coordinator;
+use super::{die_with_parent, tail};
+use crate::tools::{our_bin, tool};
+
+/// How an agent is started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// Extra environment (e.g. `HTTPS_PROXY`).
+    pub env: Vec<(String, String)>,
+    /// Extra flags.
+    pub args: Vec<String>,
+    /// `--coordinator` instead of the coordinator's own endpoint (e.g. a name only a proxy
+    /// resolves).
+    pub coordinator_url: Option<String>,
+}
+
+impl AgentOptions {
+    /// An agent reporting cluster name `name`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+/// A running (or stopped) agent.
+pub struct Agent {
+    cmd_args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    name: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent for `cluster` against `coordinator`. `token` may be `None` for an agent
+    /// whose identity Secret already exists in the cluster.
+    pub fn start(
+        coordinator: &Coordinator,
+        cluster: &skoala_sim::Cluster,
+        token: Option<&str>,
+        opts: AgentOptions,
+    ) -> anyhow::Result<Agent> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--coordinator".into(),
+            opts.coordinator_url
+                .clone()
+                .unwrap_or_else(|| coordinator.endpoint())
+                .into(),
+            "--ca-file".into(),
+            coordinator.ca_file().into(),
+            "--kubeconfig".into(),
+            cluster.kubeconfig_path().into(),
+            "--cluster-name".into(),
+            opts.name.clone().into(),
+            "--helm".into(),
+            tool("helm").into(),
+            "--heartbeat".into(),
+            "2s".into(),
+            "--max-backoff".into(),
+            "2s".into(),
+        ];
+        if let Some(t) = token {
+            args.push("--token".into());
+            args.push(t.into());
+        }
+        for (k, v) in &opts.labels {
+            args.push("--label".into());
+            args.push(format!("{k}={v}").into());
+        }
+        args.extend(opts.args.iter().map(Into::into));
+        let log = coordinator
+            .scratch()
+            .join(format!("agent-{}.log", opts.name));
+        let mut agent = Agent {
+            cmd_args: args,
+            env: opts.env,
+            log,
+            name: opts.name,
+            child: None,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(our_bin("skoala-agent"));
+        cmd.args(&self.cmd_args)
+            .env_remove("KUBECONFIG")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("SKOALA_TOKEN")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().context("spawning skoala-agent")?);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again with the same flags (the identity Secret in the cluster survives).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process has exited; returns its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The end of the agent's log (all runs).
+    pub fn log(&self) -> String {
+        tail(&self.log, 8 * 1024)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,304 @@
+//! A `skoala-coordinator` process: `init` into a temp data dir, then `serve` on a loopback port
+//! (kept across restarts, so agents find it again).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::ctl::Ctl;
+use super::{die_with_parent, tail};
+use crate::tools::our_bin;
+
+/// How long `serve` may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Flags for `serve`. `None` keeps the coordinator's default.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorOptions {
+    /// `--cert-ttl`, e.g. "10s" to exercise renewal.
+    pub cert_ttl: Option<String>,
+    /// `--ping-interval`.
+    pub ping_interval: Option<String>,
+    /// `--agent-timeout`.
+    pub agent_timeout: Option<String>,
+    /// `--max-message-bytes`.
+    pub max_message_bytes: Option<usize>,
+    /// `--kubeconfig` of the control-plane cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve `/metrics` on a loopback port.
+    pub metrics: bool,
+}
+
+/// A running (or killed) coordinator and its data dir.
+pub struct Coordinator {
+    dir: tempfile::TempDir,
+    opts: CoordinatorOptions,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Coordinator {
+    /// Init + serve with default options and metrics on.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(CoordinatorOptions {
+            metrics: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Init + serve with `opts`.
+    pub async fn start_with(opts: CoordinatorOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("skoala-coordinator-")
+            .tempdir()?;
+        let data = dir.path().join("data");
+        let out = Command::new(our_bin("skoala-coordinator"))
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .context("running skoala-coordinator init")?;
+        if !out.status.success() {
+            bail!(
+                "skoala-coordinator init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut c = Coordinator {
+            dir,
+            opts,
+            addr: "127.0.0.1:0".parse()?,
+            metrics_addr: None,
+            child: None,
+            starts: 0,
+        };
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut cmd = Command::new(our_bin("skoala-coordinator"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(self.addr.to_string());
+        if self.opts.metrics {
+            let m = self
+                .metrics_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "127.0.0.1:0".into());
+            cmd.arg("--metrics-listen").arg(m);
+        }
+        let o = &self.opts;
+        for (flag, value) in [
+            ("--cert-ttl", o.cert_ttl.clone()),
+            ("--ping-interval", o.ping_interval.clone()),
+            ("--agent-timeout", o.agent_timeout.clone()),
+            (
+                "--max-message-bytes",
+                o.max_message_bytes.map(|m| m.to_string()),
+            ),
+        ] {
+            if let Some(v) = value {
+                cmd.arg(flag).arg(v);
+            }
+        }
+        if let Some(k) = &o.kubeconfig {
+            cmd.arg("--kubeconfig").arg(k);
+        } else {
+            cmd.env_remove("KUBECONFIG");
+        }
+        cmd.env_remove("KUBERNETES_SERVICE_HOST")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("spawning skoala-coordinator serve")?;
+        let stdout = child.stdout.take().context("coordinator stdout")?;
+
+        // A thread reads stdout for the whole life of the process (so it never blocks on a full
+        // pipe) and reports the address lines.
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let want_metrics = self.opts.metrics;
+        let found = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + START_TIMEOUT;
+            let (mut addr, mut metrics) = (None, None);
+            while addr.is_none() || (want_metrics && metrics.is_none()) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let Ok(line) = rx.recv_timeout(left) else {
+                    break;
+                };
+                if let Some(a) = line.strip_prefix("skoala-coordinator listening on ") {
+                    addr = a.trim().parse::<SocketAddr>().ok();
+                } else if let Some(m) = line.strip_prefix("skoala-coordinator metrics on http://") {
+                    metrics = m
+                        .trim()
+                        .trim_end_matches("/metrics")
+                        .parse::<SocketAddr>()
+                        .ok();
+                }
+            }
+            (addr, metrics)
+        })
+        .await?;
+        self.child = Some(child);
+        match found {
+            (Some(addr), metrics) => {
+                self.addr = addr;
+                if metrics.is_some() {
+                    self.metrics_addr = metrics;
+                }
+                Ok(())
+            }
+            (None, _) => {
+                self.kill();
+                bail!(
+                    "skoala-coordinator did not print its address within {START_TIMEOUT:?}; log:\n{}",
+                    self.log()
+                )
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs, exactly like a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `serve` again on the same data dir and port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`, if started with metrics.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.metrics_addr.map(|a| format!("http://{a}/metrics"))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The fleet CA certificate (what agents get as `--ca-file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca.pem")
+    }
+
+    /// The admin credential written by `init`.
+    pub fn admin_config(&self) -> PathBuf {
+        self.data_dir().join("admin.yaml")
+    }
+
+    /// A scratch dir that lives as long as the coordinator (agent logs, extra files).
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("coordinator.log")
+    }
+
+    /// The end of the coordinator's log (all runs).
+    pub fn log(&self) -> String {
+        tail(&self.log_path(), 16 * 1024)
+    }
+
+    /// How many times `serve` was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// `skoalactl` with this coordinator's admin credential and endpoint.
+    pub fn ctl(&self) -> Ctl {
+        Ctl::new(self.admin_config(), self.endpoint())
+    }
+
+    /// Waits until `n` clusters are connected; returns `clusters -o json`.
+    pub async fn wait_connected(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let ctl = self.ctl();
+        crate::wait::until(&format!("{n} connected clusters"), timeout, || async {
+            let clusters = ctl.clusters().await.ok()?;
+            let connected = clusters
+                .iter()
+                .filter(|c| c["connected"] == serde_json::Value::Bool(true))
+                .count();
+            (connected >= n).then_some(clusters)
+        })
+        .await
+        .with_context(|| format!("coordinator log:\n{}", self.log()))
+    }
+
+    /// Fetches `/metrics` (plain HTTP/1.1 over loopback, no client library needed).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .metrics_addr
+            .context("started without --metrics-listen")?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    /// The value of an unlabelled metric, e.g. `skoala_agents_connected`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.metrics().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("metric {name} not found in:\n{text}"))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,139 @@
+//! `skoalactl` as a process, with a coordinator's admin credential.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::tools::our_bin;
+
+/// One `skoalactl` call must finish within this (it has its own 10 s connect timeout).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The result of one invocation.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `skoalactl --config ADMIN --endpoint URL ...`.
+#[derive(Debug, Clone)]
+pub struct Ctl {
+    config: PathBuf,
+    endpoint: String,
+}
+
+impl Ctl {
+    pub fn new(config: PathBuf, endpoint: String) -> Self {
+        Self { config, endpoint }
+    }
+
+    /// The same CLI with another admin credential (e.g. a forged one).
+    pub fn with_config(&self, config: PathBuf) -> Self {
+        Self {
+            config,
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// The same CLI against another endpoint.
+    pub fn with_endpoint(&self, endpoint: &str) -> Self {
+        Self {
+            config: self.config.clone(),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// Runs with `args`, whatever the exit status.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<CtlOutput> {
+        let mut cmd = tokio::process::Command::new(our_bin("skoalactl"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .env_remove("SKOALA_CONFIG")
+            .env_remove("SKOALA_ENDPOINT")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(CALL_TIMEOUT, cmd.output())
+            .await
+            .with_context(|| format!("skoalactl {args:?} did not finish in {CALL_TIMEOUT:?}"))?
+            .with_context(|| format!("running skoalactl {args:?}"))?;
+        Ok(CtlOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args).await?;
+        if !out.success {
+            bail!("skoalactl {args:?} failed: {}", out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs with `-o json` appended and parses stdout.
+    pub async fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.ok(&all).await?;
+        serde_json::from_str(&out).with_context(|| format!("skoalactl {all:?} printed: {out}"))
+    }
+
+    /// `token create --uses N --ttl TTL`; returns the token.
+    pub async fn token(&self, uses: u32, ttl: &str) -> anyhow::Result<String> {
+        let out = self
+            .ok(&["token", "create", "--uses", &uses.to_string(), "--ttl", ttl])
+            .await?;
+        Ok(out.trim().to_string())
+    }
+
+    /// `clusters -o json`.
+    pub async fn clusters(&self) -> anyhow::Result<Vec<Value>> {
+        match self.json(&["clusters"]).await? {
+            Value::Array(v) => Ok(v),
+            other => bail!("clusters -o json is not a list: {other}"),
+        }
+    }
+
+    /// `audit -o json`.
+    pub async fn audit(&self) -> anyhow::Result<Vec<Value>> {
+        match self.json(&["audit"]).await? {
+            Value::Array(v) => Ok(v),
+            other => bail!("audit -o json is not a list: {other}"),
+        }
+    }
+
+    /// Audit events of `kind`.
+    pub async fn audit_of(&self, kind: &str) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .audit()
+            .await?
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect())
+    }
+
+    /// Waits until an audit event of `kind` exists whose detail contains `needle`; returns it.
+    pub async fn wait_audit(&self, kind: &str, needle: &str) -> anyhow::Result<Value> {
+        crate::wait::until(
+            &format!("an audit entry {kind} mentioning {needle:?}"),
+            Duration::from_secs(30),
+            || async {
+                self.audit_of(kind).await.ok()?.into_iter().find(|e| {
+                    e["detail"].as_str().is_some_and(|d| d.contains(needle))
+                        || e["clusterId"].as_str().is_some_and(|d| d.contains(needle))
+                })
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,270 @@
+//! Issue 2, "Done when", kube-rs part: server-side apply a CRD, then create/list/watch objects of
+//! that kind; a Lease update with a stale resourceVersion is a 409 `kube::Error::Api`. Plus the
+//! cluster identity, label selectors and namespace deletion that the product relies on.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use skoala_e2e::wait;
+use skoala_sim::{Cluster, ClusterConfig};
+
+fn widget_crd() -> serde_json::Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.skoala.io"},
+        "spec": {
+            "group": "example.skoala.io",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}
+                }}}
+            }]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_applied_server_side_serves_create_list_watch() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterConfig::new("kube-crd")).await?;
+    let client = cluster.client().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ssa = PatchParams::apply("sim-test").force();
+    crds.patch(
+        "widgets.example.skoala.io",
+        &ssa,
+        &Patch::Apply(widget_crd()),
+    )
+    .await
+    .context("server-side apply of the CRD")?;
+    let crd = crds.get("widgets.example.skoala.io").await?;
+    let established = crd
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
+    assert!(established, "the CRD is Established");
+
+    // Discovery knows the new kind.
+    let discovery = kube::Discovery::new(client.clone()).run().await?;
+    let (ar, _caps) = discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(ar, _)| ar.kind == "Widget")
+        .context("Widget is discoverable")?;
+    assert_eq!(ar.plural, "widgets");
+
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let mut events = watcher(widgets.clone(), watcher::Config::default()).boxed();
+    // The watcher's initial list completes (InitDone) before anything exists.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.try_next().await? {
+            if matches!(ev, watcher::Event::InitDone) {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("watch ended before its initial list")
+    })
+    .await
+    .context("watcher init")??;
+
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.skoala.io/v1", "kind": "Widget",
+        "metadata": {"name": "w1"}, "spec": {"size": 3}
+    }))?;
+    widgets
+        .create(&PostParams::default(), &obj)
+        .await
+        .context("create a Widget")?;
+    let list = widgets.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].data["spec"]["size"], 3);
+
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.try_next().await? {
+            if let watcher::Event::Apply(o) = ev
+                && o.metadata.name.as_deref() == Some("w1")
+            {
+                return anyhow::Ok(o);
+            }
+        }
+        anyhow::bail!("watch ended")
+    })
+    .await
+    .context("no watch event for the new Widget")??;
+    assert_eq!(seen.data["spec"]["size"], 3);
+
+    // Deleting the CRD stops serving the kind.
+    crds.delete("widgets.example.skoala.io", &DeleteParams::default())
+        .await?;
+    let err = widgets
+        .list(&ListParams::default())
+        .await
+        .expect_err("kind is gone");
+    match err {
+        kube::Error::Api(ae) => assert_eq!(ae.code, 404),
+        other => panic!("unexpected error: {other}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_lease_update_is_a_409_api_error() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterConfig::new("kube-lease")).await?;
+    let leases: Api<Lease> = Api::namespaced(cluster.client().await?, "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "skoala-coordinator"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))?;
+    let created = leases.create(&PostParams::default(), &lease).await?;
+    let mut first = created.clone();
+    first.spec.as_mut().context("spec")?.holder_identity = Some("b".into());
+    leases
+        .replace("skoala-coordinator", &PostParams::default(), &first)
+        .await?;
+    // `created` still carries the old resourceVersion.
+    let mut stale = created;
+    stale.spec.as_mut().context("spec")?.holder_identity = Some("c".into());
+    let err = leases
+        .replace("skoala-coordinator", &PostParams::default(), &stale)
+        .await
+        .expect_err("a stale update must fail");
+    match err {
+        kube::Error::Api(ae) => {
+            assert_eq!(ae.code, 409);
+            assert_eq!(ae.reason, "Conflict");
+        }
+        other => panic!("expected kube::Error::Api, got {other}"),
+    }
+    let current = leases.get("skoala-coordinator").await?;
+    assert_eq!(
+        current.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_selectors_and_namespace_deletion() -> anyhow::Result<()> {
+    let clusters = skoala_sim::start_clusters(2, "kube-id").await?;
+    let client = clusters[0].client().await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ks = namespaces.get("kube-system").await?;
+    assert_eq!(
+        ks.metadata.uid.as_deref(),
+        Some(clusters[0].kube_system_uid())
+    );
+    assert_ne!(clusters[0].kube_system_uid(), clusters[1].kube_system_uid());
+
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    for (name, tier) in [("a", "web"), ("b", "db"), ("c", "cache")] {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"tier": tier, "owner": "me"}}
+        }))?;
+        cms.create(&PostParams::default(), &cm).await?;
+    }
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        let mut v: Vec<String> = l
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("tier in (web,db)"))
+                .await?
+        ),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("tier notin (web),owner=me"))
+                .await?
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        names(cms.list(&ListParams::default().labels("tier!=db")).await?),
+        ["a", "c"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name=c"))
+                .await?
+        ),
+        ["c"]
+    );
+    let missing = cms.get("zzz").await.expect_err("absent");
+    assert!(
+        matches!(missing, kube::Error::Api(ref ae) if ae.code == 404 && ae.reason == "NotFound")
+    );
+
+    namespaces.delete("team", &DeleteParams::default()).await?;
+    assert!(namespaces.get_opt("team").await?.is_none());
+    let all: Api<ConfigMap> = Api::all(client);
+    let left = all.list(&ListParams::default().labels("owner=me")).await?;
+    assert!(left.items.is_empty(), "namespace deletion cascades");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> {
+    let cluster = Cluster::start(
+        ClusterConfig::new("kube-workloads").readiness_delay(Duration::from_millis(100)),
+    )
+    .await?;
+    let client = cluster.client().await?;
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    for (name, tag) in [("good", "v1"), ("bad", "broken")] {
+        let d = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                             "spec": {"containers": [{"name": "c", "image": format!("example/app:{tag}")}]}}
+            }
+        }))?;
+        deploys.create(&PostParams::default(), &d).await?;
+    }
+    wait::until("good deployment available", Duration::from_secs(10), || {
+        let deploys = deploys.clone();
+        async move {
+            let s = deploys.get("good").await.ok()?.status?;
+            (s.available_replicas == Some(2) && s.observed_generation == Some(1)).then_some(())
+        }
+    })
+    .await?;
+    let bad = deploys.get("bad").await?.status.context("status")?;
+    assert_eq!(bad.available_replicas, None);
+    assert_eq!(bad.updated_replicas, Some(2));
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "default");
+    let bad_pods = pods.list(&ListParams::default().labels("app=bad")).await?;
+    assert_eq!(bad_pods.items.len(), 2);
+    let waiting = bad_pods.items[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.reason.clone());
+    assert_eq!(waiting.as_deref(), Some("ImagePullBackOff"));
+    Ok(())
+}
