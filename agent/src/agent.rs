@@ -3,13 +3,14 @@
 //! reconnecting with exponential backoff and jitter.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use skoala_proto::v1::ClusterIdentity;
+use skoala_upgrade::Helm;
 use skoala_upgrade::inventory::{self, InventoryWatch, TrackedRelease};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::credentials::Credentials;
 use crate::identity_store::IdentityStore;
 use crate::register::{self, RegisterError};
 use crate::session::{self, SessionParams};
+use crate::tasks::{ExecutorParts, TaskRunner};
 use crate::transport::CoordinatorAddr;
 
 /// The agent's version, reported in Register and Hello.
@@ -69,7 +71,8 @@ pub enum AgentError {
 /// Runs the agent until `shutdown` is cancelled. Returns an error only for problems a restart
 /// will not fix (no identity, registration refused); network trouble is retried forever.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let (client, context_cluster) = kube_client(config.kubeconfig.as_ref()).await?;
+    let (kube_config, context_cluster) = kube_config(config.kubeconfig.as_ref()).await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let cluster_id = inventory::kube_system_uid(&client)
         .await
         .map_err(AgentError::Identity)?;
@@ -92,6 +95,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Some(helm) => helm_version(helm).await,
         None => String::new(),
     };
+    let executor = match &config.helm {
+        Some(helm) => executor_parts(&config, helm, kube_config).await,
+        None => Err("this agent runs without helm (no --helm)".to_string()),
+    };
+    if let Err(why) = &executor {
+        tracing::warn!(reason = %why, "tasks will be refused");
+    }
+    let (tasks, outbox) = TaskRunner::new(executor);
     let store = IdentityStore::new(client, &config.namespace, &config.secret_name);
 
     let backoff = ExponentialBuilder::new()
@@ -112,6 +123,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         inventory: inventory.subscribe(),
         credentials: Arc::new(Mutex::new(creds)),
         store: Some(store.clone()),
+        tasks,
+        outbox,
     };
 
     let mut link = LinkLog::default();
@@ -266,9 +279,9 @@ async fn ensure_credentials(
     }
 }
 
-/// A kube client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else in-cluster; and
+/// The kube config from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else in-cluster; and
 /// the current context's cluster name (the default cluster name), when there is a kubeconfig.
-async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, Option<String>), AgentError> {
+async fn kube_config(path: Option<&PathBuf>) -> Result<(kube::Config, Option<String>), AgentError> {
     let kc_err = |e: &dyn std::fmt::Display| AgentError::Kubeconfig(e.to_string());
     let (config, kubeconfig) = match path {
         Some(path) => {
@@ -293,7 +306,80 @@ async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, Option<Str
             .context
             .map(|c| c.cluster)
     });
-    Ok((kube::Client::try_from(config)?, cluster))
+    Ok((config, cluster))
+}
+
+/// The executor's helm and cluster, or why tasks cannot run here.
+async fn executor_parts(
+    config: &AgentConfig,
+    helm: &Path,
+    kube: kube::Config,
+) -> Result<ExecutorParts, String> {
+    let kubeconfig = helm_kubeconfig(config.kubeconfig.as_deref())?;
+    let helm = Helm::detect(helm, kubeconfig)
+        .await
+        .map_err(|e| format!("helm is not usable: {e}"))?;
+    Ok(ExecutorParts { kube, helm })
+}
+
+/// The kubeconfig file helm gets: the agent's own, or — in a pod — one written for the pod's
+/// service account (helm's own in-cluster fallback is not used: the executor always passes
+/// `--kubeconfig`).
+fn helm_kubeconfig(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+    {
+        return Ok(first);
+    }
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    if let (Ok(host), Ok(port)) = (
+        std::env::var("KUBERNETES_SERVICE_HOST"),
+        std::env::var("KUBERNETES_SERVICE_PORT"),
+    ) && Path::new(SA).join("token").is_file()
+    {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        // tokenFile: helm (client-go) re-reads the projected token as it rotates.
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: Config
+clusters:
+- name: in-cluster
+  cluster:
+    server: https://{host}:{port}
+    certificate-authority: {SA}/ca.crt
+users:
+- name: service-account
+  user:
+    tokenFile: {SA}/token
+contexts:
+- name: in-cluster
+  context:
+    cluster: in-cluster
+    user: service-account
+current-context: in-cluster
+"#
+        );
+        let path = std::env::temp_dir().join("skoala-agent-in-cluster.kubeconfig");
+        std::fs::write(&path, yaml).map_err(|e| {
+            format!(
+                "cannot write a kubeconfig for helm at {}: {e}",
+                path.display()
+            )
+        })?;
+        return Ok(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    match home.map(|h| h.join(".kube/config")) {
+        Some(p) if p.is_file() => Ok(p),
+        _ => Err("no kubeconfig for helm (not in a pod, no --kubeconfig, no KUBECONFIG)".into()),
+    }
 }
 
 /// `helm version --short`, or empty if helm cannot be run (reported, not fatal: the agent's

@@ -17,6 +17,7 @@ pub mod identity_store;
 pub mod proxy;
 pub mod register;
 pub mod session;
+pub mod tasks;
 pub mod transport;
 
 pub use agent::{AGENT_VERSION, AgentConfig, AgentError, run};

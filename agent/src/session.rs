@@ -3,7 +3,7 @@
 //! The agent opens the stream (the coordinator never dials agents) and then, until the stream
 //! breaks or the agent shuts down: sends heartbeats, sends its inventory whenever it changes,
 //! answers the coordinator's pings and inventory requests, renews its certificate before it
-//! expires, and answers tasks. Reconnecting is the caller's job ([`crate::agent`]).
+//! expires, hands tasks to [`crate::tasks`] and forwards their progress and results. Reconnecting is the caller's job ([`crate::agent`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,8 +11,7 @@ use std::time::Duration;
 use skoala_proto::v1::agent_gateway_client::AgentGatewayClient;
 use skoala_proto::v1::{
     AgentMessage, CertificateIssued, CertificateRenewal, ClusterIdentity, CoordinatorMessage,
-    Heartbeat, Hello, Inventory, ReleaseInventory, Task, TaskOutcome, TaskResult, agent_message,
-    coordinator_message,
+    Heartbeat, Hello, Inventory, ReleaseInventory, agent_message, coordinator_message,
 };
 use skoala_upgrade::inventory::ReleaseInfo;
 use tokio::sync::{mpsc, watch};
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::credentials::{Credentials, PendingKey};
 use crate::identity_store::IdentityStore;
+use crate::tasks::TaskRunner;
 use crate::transport::{self, CoordinatorAddr, TransportError};
 
 /// If the coordinator does not answer a renewal request within this time, ask again.
@@ -40,6 +40,9 @@ pub struct SessionParams {
     pub credentials: CredentialCell,
     /// Where renewed credentials are persisted; `None` keeps them in memory only (load tests).
     pub store: Option<IdentityStore>,
+    /// Runs tasks; their progress and results arrive through `outbox`.
+    pub tasks: TaskRunner,
+    pub outbox: mpsc::Receiver<agent_message::Body>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,7 @@ pub async fn run(
             _ = heartbeat.tick() => Some(agent_message::Body::Heartbeat(Heartbeat {
                 sent_unix_ms: now_ms(),
             })),
+            Some(body) = params.outbox.recv() => Some(body),
             changed = params.inventory.changed() => match changed {
                 Ok(()) => {
                     let inv = to_proto(&params.inventory.borrow_and_update());
@@ -195,7 +199,7 @@ async fn handle(
         Body::InventoryRequest(_) => Some(agent_message::Body::Inventory(to_proto(
             &params.inventory.borrow(),
         ))),
-        Body::Task(task) => Some(agent_message::Body::TaskResult(refuse(&task))),
+        Body::Task(task) => params.tasks.accept(task),
         Body::Cancel(c) => {
             tracing::info!(operation = %c.operation_id, "cancel for an operation this agent is not running");
             None
@@ -208,18 +212,6 @@ async fn handle(
             tracing::debug!("ignoring a chart chunk: no relayed chart was requested");
             None
         }
-    }
-}
-
-/// Tasks need the executor (`skoala_upgrade`'s upgrade engine), which is not wired into the
-/// agent yet: refuse, before changing anything, so the coordinator never waits in vain.
-fn refuse(task: &Task) -> TaskResult {
-    tracing::warn!(operation = %task.operation_id, "refusing a task: executor not wired yet");
-    TaskResult {
-        operation_id: task.operation_id.clone(),
-        outcome: TaskOutcome::Refused as i32,
-        message: "executor not wired yet".into(),
-        ..TaskResult::default()
     }
 }
 

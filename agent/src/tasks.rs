@@ -1,0 +1,421 @@
+//! Running the coordinator's tasks with the upgrade executor (`skoala_upgrade::Executor`).
+//!
+//! A task arrives on the session; the agent answers at once (`TaskAccepted`, or a `TaskResult`
+//! REFUSED when it cannot even start) and runs the executor in the background. Progress,
+//! the values backup and the result go into an outbox that outlives sessions, so a task keeps
+//! running across a reconnect and its messages leave on whichever session is up.
+//!
+//! Delivery is at least once: the coordinator re-sends a task it has no result for, and a
+//! re-delivered operation id is harmless — while it runs it is ignored here, and afterwards the
+//! executor's operation record makes a re-run report the recorded outcome instead of upgrading
+//! again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skoala_proto::v1::{
+    self as pb, BackupUpload, StepPhase, StepProgress, Task, TaskAccepted, TaskKind, TaskOutcome,
+    TaskResult, agent_message::Body,
+};
+use skoala_upgrade::inventory::{self, TrackedRelease};
+use skoala_upgrade::{
+    ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, Phase, ProgressEvent, ReleaseSpec,
+    StepOutcome,
+};
+use tokio::sync::mpsc;
+
+/// How many messages may wait for a session. Progress is small and tasks are rare; if the
+/// coordinator is away this long, the oldest progress is what matters least.
+const OUTBOX: usize = 256;
+
+/// Default bound for `helm upgrade --wait` when the task gives none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the executor needs: the cluster (as a kube config, see [`TaskRunner::run`]) and helm.
+#[derive(Clone)]
+pub struct ExecutorParts {
+    pub kube: kube::Config,
+    pub helm: Helm,
+}
+
+/// Accepts tasks and runs them; see the module docs.
+#[derive(Clone)]
+pub struct TaskRunner {
+    /// `Err(why)`: this agent cannot run tasks (no helm, ...); every task is refused with it.
+    executor: Result<ExecutorParts, String>,
+    outbox: mpsc::Sender<Body>,
+    running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl TaskRunner {
+    /// A runner and the receiving end of its outbox (for the session to drain).
+    pub fn new(executor: Result<ExecutorParts, String>) -> (Self, mpsc::Receiver<Body>) {
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        (
+            Self {
+                executor,
+                outbox,
+                running: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Handles a task; returns the immediate answer, if any.
+    pub fn accept(&self, task: Task) -> Option<Body> {
+        let id = task.operation_id.clone();
+        if id.is_empty() {
+            return Some(refused(&task, "the task has no operation id"));
+        }
+        if self.lock().contains(&id) {
+            tracing::info!(operation = %id, "task re-delivered while running; ignoring the copy");
+            return None;
+        }
+        let executor = match &self.executor {
+            Ok(parts) => parts.clone(),
+            Err(why) => return Some(refused(&task, why)),
+        };
+        if task.start_deadline_unix > 0
+            && jiff::Timestamp::now().as_second() > task.start_deadline_unix
+        {
+            return Some(refused(
+                &task,
+                "the task's start deadline has passed; not starting it",
+            ));
+        }
+        let spec = match to_spec(&task) {
+            Ok(s) => s,
+            Err(why) => return Some(refused(&task, &why)),
+        };
+        self.lock().insert(id.clone());
+        tracing::info!(operation = %id, release = %spec.release, version = %spec.version, "task accepted");
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("task-{id}"))
+            .spawn(move || {
+                this.run(executor, id.clone(), spec);
+                this.lock().remove(&id);
+            });
+        if let Err(e) = spawned {
+            self.lock().remove(&task.operation_id);
+            return Some(refused(&task, &format!("cannot start a task thread: {e}")));
+        }
+        Some(Body::TaskAccepted(TaskAccepted {
+            operation_id: task.operation_id,
+        }))
+    }
+
+    /// Runs one task on its own thread with its own single-threaded runtime and kube client.
+    ///
+    /// Upgrades are rare and long (minutes of `helm upgrade --wait`); a thread of their own
+    /// keeps them off the session's runtime and does not require the executor's future to be
+    /// `Send`. The kube client is built here so its connections belong to this runtime.
+    fn run(&self, parts: ExecutorParts, id: String, spec: ReleaseSpec) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = self.outbox.blocking_send(Body::TaskResult(TaskResult {
+                    operation_id: id,
+                    outcome: TaskOutcome::Failed as i32,
+                    message: format!("cannot start a runtime for the task: {e}"),
+                    ..TaskResult::default()
+                }));
+                return;
+            }
+        };
+        runtime.block_on(self.execute(parts, id, spec));
+    }
+
+    async fn execute(&self, parts: ExecutorParts, id: String, spec: ReleaseSpec) {
+        let client = match kube::Client::try_from(parts.kube) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self
+                    .outbox
+                    .send(Body::TaskResult(TaskResult {
+                        operation_id: id,
+                        outcome: TaskOutcome::Failed as i32,
+                        message: format!("cannot build a kubernetes client: {e}"),
+                        ..TaskResult::default()
+                    }))
+                    .await;
+                return;
+            }
+        };
+        let executor = Executor::new(client.clone(), parts.helm);
+        let (progress, mut events) = mpsc::channel::<ProgressEvent>(64);
+        let outbox = self.outbox.clone();
+        let forward = async move {
+            while let Some(event) = events.recv().await {
+                // A full outbox (coordinator away for long) drops progress, never results.
+                let _ = outbox.try_send(Body::StepProgress(step_progress(&event)));
+            }
+        };
+        let operation = Operation::new(&id);
+        let (result, ()) = tokio::join!(executor.run(&operation, &spec, progress), forward);
+        let mut result_msg = TaskResult {
+            operation_id: id.clone(),
+            ..TaskResult::default()
+        };
+        match result {
+            Ok(report) => {
+                tracing::info!(operation = %id, outcome = report.outcome.as_str(), "task finished");
+                if let Some(backup) = &report.backup {
+                    let _ = self
+                        .outbox
+                        .send(Body::BackupUpload(BackupUpload {
+                            operation_id: id.clone(),
+                            release: report.release.clone(),
+                            revision: report.revision_before.unwrap_or_default(),
+                            values_yaml: backup.values.clone(),
+                            sha256: backup.sha256.clone(),
+                            generation: i32::try_from(backup.generation).unwrap_or(i32::MAX),
+                        }))
+                        .await;
+                }
+                result_msg.outcome = outcome(report.outcome) as i32;
+                result_msg.failed_step = report
+                    .failed_step
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                result_msg.message = report.message.clone();
+                result_msg.revision_before = report.revision_before.unwrap_or_default();
+                result_msg.rollback_message = report.rollback_message.clone().unwrap_or_default();
+                result_msg.release_after = release_after(&client, &spec).await;
+            }
+            Err(e) => {
+                tracing::error!(operation = %id, error = %e, "task could not run");
+                result_msg.outcome = TaskOutcome::Failed as i32;
+                result_msg.message = e.to_string();
+            }
+        }
+        let _ = self.outbox.send(Body::TaskResult(result_msg)).await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The release as it is now, for the result (the coordinator's view of "one version").
+async fn release_after(client: &kube::Client, spec: &ReleaseSpec) -> Option<pb::ReleaseInventory> {
+    let tracked = TrackedRelease {
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
+        image_tag_keys: spec.image_tag_keys.clone(),
+    };
+    match inventory::read_release(client, &tracked).await {
+        Ok(Some(info)) => crate::session::to_proto(&[info]).releases.pop(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the release after the task");
+            None
+        }
+    }
+}
+
+fn refused(task: &Task, why: &str) -> Body {
+    tracing::warn!(operation = %task.operation_id, reason = why, "refusing a task");
+    Body::TaskResult(TaskResult {
+        operation_id: task.operation_id.clone(),
+        outcome: TaskOutcome::Refused as i32,
+        message: why.to_string(),
+        ..TaskResult::default()
+    })
+}
+
+/// The executor's spec for a task; `Err` says why the task cannot be run by this agent.
+pub fn to_spec(task: &Task) -> Result<ReleaseSpec, String> {
+    match TaskKind::try_from(task.kind) {
+        Ok(TaskKind::Upgrade) => {}
+        Ok(other) => {
+            return Err(format!(
+                "task kind {} is not supported by this agent yet",
+                other.as_str_name()
+            ));
+        }
+        Err(_) => return Err(format!("unknown task kind {}", task.kind)),
+    }
+    let r = task.release.as_ref().ok_or("the task names no release")?;
+    let source = match r.source.as_ref().and_then(|s| s.source.as_ref()) {
+        Some(pb::chart_source::Source::Repository(repo)) => ChartSource::Repository {
+            name: repo.name.clone(),
+            url: repo.url.clone(),
+        },
+        Some(pb::chart_source::Source::Relay(_)) => {
+            return Err("relayed charts are not supported by this agent yet".into());
+        }
+        None => return Err("the task names no chart source".into()),
+    };
+    // skoala-init gets the documented defaults (its tag keys per version, the immutable Jobs);
+    // whatever the task names explicitly wins.
+    let mut spec = if r.release == "skoala-init" && r.namespace == "skoala-system" {
+        ReleaseSpec::skoala_init(source, &r.version)
+    } else {
+        ReleaseSpec::new(&r.release, &r.namespace, source, &r.version)
+    };
+    if !r.chart_name.is_empty() {
+        spec.chart = r.chart_name.clone();
+    }
+    if !r.image_tag_keys.is_empty() {
+        spec.image_tag_keys = r.image_tag_keys.clone();
+    }
+    if !r.delete_jobs.is_empty() {
+        spec.delete_jobs = r.delete_jobs.clone();
+    }
+    spec.extra_values = set_values(&r.set_values)?;
+    spec.crd_policy = match pb::CrdPolicy::try_from(r.crd_policy) {
+        Ok(pb::CrdPolicy::Unspecified | pb::CrdPolicy::BeforeUpgrade) => CrdPolicy::Before,
+        Ok(pb::CrdPolicy::AfterUpgrade) => CrdPolicy::After,
+        Ok(pb::CrdPolicy::Skip) => CrdPolicy::Skip,
+        Err(_) => return Err(format!("unknown CRD policy {}", r.crd_policy)),
+    };
+    spec.timeout = match r.timeout_seconds {
+        s if s > 0 => Duration::from_secs(s as u64),
+        _ => DEFAULT_TIMEOUT,
+    };
+    // Never quote the spec in errors: set_values may hold secrets.
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// `--set`-style dotted keys into a nested YAML mapping (`a.b=c` → `{a: {b: c}}`), as strings.
+fn set_values(values: &HashMap<String, String>) -> Result<Option<serde_yaml::Mapping>, String> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut root = serde_yaml::Mapping::new();
+    let mut keys: Vec<&String> = values.keys().collect();
+    keys.sort();
+    for key in keys {
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("set value key {key:?} has an empty part"));
+        }
+        let mut at = &mut root;
+        for part in &parts[..parts.len() - 1] {
+            let entry = at
+                .entry(serde_yaml::Value::from(*part))
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            at = entry
+                .as_mapping_mut()
+                .ok_or_else(|| format!("set value key {key:?} conflicts with another key"))?;
+        }
+        let leaf = serde_yaml::Value::from(parts[parts.len() - 1]);
+        if at.contains_key(&leaf) {
+            return Err(format!("set value key {key:?} conflicts with another key"));
+        }
+        at.insert(leaf, serde_yaml::Value::String(values[key].clone()));
+    }
+    Ok(Some(root))
+}
+
+fn outcome(o: Outcome) -> TaskOutcome {
+    match o {
+        Outcome::Succeeded => TaskOutcome::Succeeded,
+        Outcome::Failed => TaskOutcome::Failed,
+        Outcome::RolledBack => TaskOutcome::RolledBack,
+        Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
+        Outcome::Refused => TaskOutcome::Refused,
+    }
+}
+
+fn step_progress(e: &ProgressEvent) -> StepProgress {
+    let phase = match (e.phase, e.outcome) {
+        (Phase::Started, _) => StepPhase::Started,
+        (Phase::Finished, Some(StepOutcome::Failed)) => StepPhase::Failed,
+        (Phase::Finished, Some(StepOutcome::Skipped)) => StepPhase::Skipped,
+        (Phase::Finished, _) => StepPhase::Succeeded,
+    };
+    StepProgress {
+        operation_id: e.operation_id.clone(),
+        step: e.step.as_str().to_string(),
+        phase: phase as i32,
+        at_unix_ms: e.at.as_millisecond(),
+        duration_ms: e
+            .duration
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default(),
+        helm_exit_code: e.helm_exit_code.unwrap_or_default(),
+        // Already redacted by the executor.
+        message: e.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(kind: TaskKind, source: Option<pb::chart_source::Source>) -> Task {
+        Task {
+            operation_id: "op-1".into(),
+            kind: kind as i32,
+            release: Some(pb::ReleaseSpec {
+                release: "skoala-init".into(),
+                namespace: "skoala-system".into(),
+                chart_name: "skoala-init".into(),
+                version: "0.19.2".into(),
+                source: Some(pb::ChartSource { source }),
+                set_values: HashMap::from([
+                    ("global.imageRegistry".into(), "registry.local".into()),
+                    ("db.password".into(), "hunter2".into()),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn repo() -> Option<pb::chart_source::Source> {
+        Some(pb::chart_source::Source::Repository(pb::ChartRepository {
+            name: "skoala".into(),
+            url: "https://release.daocloud.io/chartrepo/skoala".into(),
+        }))
+    }
+
+    #[test]
+    fn an_upgrade_task_becomes_the_documented_spec() {
+        let spec = to_spec(&task(TaskKind::Upgrade, repo())).expect("spec");
+        assert_eq!(spec.release, "skoala-init");
+        assert_eq!(spec.version, "0.19.2");
+        assert_eq!(spec.tag(), "v0.19.2");
+        assert_eq!(
+            spec.image_tag_keys.len(),
+            3,
+            "seata-operator only from 0.20"
+        );
+        assert_eq!(spec.delete_jobs.len(), 2, "the documented pre-upgrade step");
+        assert_eq!(spec.crd_policy, CrdPolicy::Before);
+        assert_eq!(spec.timeout, DEFAULT_TIMEOUT);
+        let values = serde_yaml::to_string(&spec.extra_values).expect("yaml");
+        assert!(values.contains("imageRegistry: registry.local"), "{values}");
+        assert!(values.contains("password: hunter2"), "{values}");
+    }
+
+    #[test]
+    fn unsupported_tasks_are_refused_with_a_reason_and_no_values() {
+        let relay = Some(pb::chart_source::Source::Relay(pb::RelayedChart::default()));
+        for (t, want) in [
+            (task(TaskKind::Upgrade, relay), "relayed charts"),
+            (task(TaskKind::Rollback, repo()), "TASK_KIND_ROLLBACK"),
+            (task(TaskKind::Upgrade, None), "no chart source"),
+        ] {
+            let err = to_spec(&t).expect_err("refused");
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_set_values_are_refused() {
+        let values = HashMap::from([
+            ("a.b".to_string(), "1".to_string()),
+            ("a".into(), "2".into()),
+        ]);
+        assert!(set_values(&values).is_err());
+    }
+}
