@@ -40,6 +40,8 @@ pub struct CrdInfo {
     pub name: String,
     /// `openAPIV3Schema` of this version (may be `Null`).
     pub schema: Value,
+    /// `additionalPrinterColumns` of this version (may be `Null`).
+    pub printer_columns: Value,
 }
 
 impl ResourceType {
@@ -552,6 +554,7 @@ fn crd_types(name: &str, crd: &Value) -> Result<Vec<ResourceType>, String> {
             crd: Some(CrdInfo {
                 name: name.into(),
                 schema: v["schema"]["openAPIV3Schema"].clone(),
+                printer_columns: v["additionalPrinterColumns"].clone(),
             }),
             preferred: version == storage,
         });

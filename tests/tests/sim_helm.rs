@@ -160,6 +160,13 @@ async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<
                 .any(|e| e["name"] == "LOG_LEVEL" && e["value"] == "debug"),
             "{label}: the custom value did not survive: {env}"
         );
+        // What an operator sees with plain `kubectl get`: server-side printed columns.
+        let table = kubectl(kc, &["get", "deploy", "-n", NS]).await?;
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            table.contains("READY") && table.contains("skoala-agent") && table.contains("1/1"),
+            "{label}: {table}"
+        );
         let status = helm_json(
             &home,
             &helm,
@@ -476,6 +483,34 @@ async fn kubectl_applies_crds_client_side_and_server_side() -> anyhow::Result<()
             dir.display()
         );
     }
+    // `kubectl create` sends protobuf bodies for built-in kinds.
+    kubectl(kc, &["create", "namespace", "extra"]).await?;
+    kubectl(kc, &["create", "serviceaccount", "robot", "-n", "extra"]).await?;
+    kubectl(
+        kc,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "-n",
+            "extra",
+            "--from-literal=k=v",
+        ],
+    )
+    .await?;
+    kubectl(
+        kc,
+        &[
+            "create",
+            "configmap",
+            "c",
+            "-n",
+            "extra",
+            "--from-literal=k=v",
+        ],
+    )
+    .await?;
     // The type is served: an object using the new field is accepted.
     let cr = cluster_file(
         &cluster,

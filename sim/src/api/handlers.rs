@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::api::error::{ApiError, ApiResult, success_status};
 use crate::api::object::{self, name_of};
 use crate::api::selector::{FieldSelector, LabelSelector};
-use crate::api::{ApiState, Body, Req, Target, json_response, patch, watch};
+use crate::api::{ApiState, Body, Req, Target, json_response, patch, table, watch};
 use crate::store::{Write, meta_mut};
 use crate::util;
 
@@ -38,7 +38,7 @@ pub async fn dispatch(
             watch::serve(state.clone(), req, &target)
         }
         (&Method::GET, false) => list(state, req, &target),
-        (&Method::GET, true) => get(state, &target),
+        (&Method::GET, true) => get(state, req, &target),
         (&Method::POST, false) => create(state, req, &target),
         (&Method::PUT, true) => update(state, req, &target),
         (&Method::PATCH, true) => patch_object(state, req, &target),
@@ -54,7 +54,7 @@ fn ns_key(target: &Target) -> &str {
     target.namespace.as_deref().unwrap_or("")
 }
 
-fn get(state: &ApiState, target: &Target) -> ApiResult<Response<Body>> {
+fn get(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body>> {
     let rt = &target.rt;
     let name = target.name.as_deref().unwrap_or_default();
     let obj = state
@@ -64,7 +64,18 @@ fn get(state: &ApiState, target: &Target) -> ApiResult<Response<Body>> {
     if target.subresource.as_deref() == Some("scale") {
         return Ok(json_response(200, &scale_view(&obj)));
     }
-    Ok(json_response(200, &object::output(rt, obj)))
+    let obj = object::output(rt, obj);
+    if table::wanted(&req.accept) {
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        return Ok(json_response(
+            200,
+            &table::render(rt, &[obj], &rv, req.q("includeObject")),
+        ));
+    }
+    Ok(json_response(200, &obj))
 }
 
 /// The `autoscaling/v1` Scale view of a workload.
@@ -100,6 +111,12 @@ fn list(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body
         .filter(|o| labels.matches(o) && fields.matches(o))
         .map(|o| object::output(rt, o))
         .collect();
+    if table::wanted(&req.accept) {
+        return Ok(json_response(
+            200,
+            &table::render(rt, &items, &rv.to_string(), req.q("includeObject")),
+        ));
+    }
     Ok(json_response(
         200,
         &json!({

@@ -16,6 +16,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod schema;
 pub mod selector;
+pub mod table;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -114,6 +115,8 @@ pub struct Req {
     pub path: String,
     pub query: HashMap<String, String>,
     pub content_type: String,
+    /// The `Accept` header (kubectl asks for server-side printed Tables).
+    pub accept: String,
     pub body: Bytes,
     /// Cancelled when the fault injector cuts connections (ends watch streams).
     pub cut: tokio_util::sync::CancellationToken,

@@ -3,13 +3,15 @@
 //! Helm's release storage (the Secrets and ConfigMaps drivers) builds its clientset with
 //! protobuf as the content type and does not fall back to JSON on 415, so the emulator must read
 //! these bodies: the 4-byte magic `k8s\0`, then a `runtime.Unknown` whose `raw` field is the
-//! encoded object. Secrets and ConfigMaps are decoded with the `k8s-pb` types and turned into
-//! the same JSON a JSON client would have sent; responses are always JSON, which clients accept.
+//! encoded object. Secrets and ConfigMaps (and Namespaces and ServiceAccounts, which
+//! `kubectl create` sends as protobuf) are decoded with the `k8s-pb` types and turned into the
+//! same JSON a JSON client would have sent; responses are always JSON, which clients accept.
+//! Other kinds get 415.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use k8s_pb::api::core::v1::{ConfigMap, Secret};
+use k8s_pb::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_pb::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -35,9 +37,42 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let mut obj = match kind.as_str() {
         "Secret" => secret_json(Secret::decode(raw.as_slice()).map_err(bad)?),
         "ConfigMap" => config_map_json(ConfigMap::decode(raw.as_slice()).map_err(bad)?),
+        "Namespace" => {
+            let ns = Namespace::decode(raw.as_slice()).map_err(bad)?;
+            let mut out = Map::new();
+            out.insert(
+                "metadata".into(),
+                meta_json(ns.metadata.unwrap_or_default()),
+            );
+            let finalizers = ns.spec.map(|s| s.finalizers).unwrap_or_default();
+            if !finalizers.is_empty() {
+                out.insert("spec".into(), json!({ "finalizers": finalizers }));
+            }
+            out
+        }
+        "ServiceAccount" => {
+            let sa = ServiceAccount::decode(raw.as_slice()).map_err(bad)?;
+            let mut out = Map::new();
+            out.insert(
+                "metadata".into(),
+                meta_json(sa.metadata.unwrap_or_default()),
+            );
+            if let Some(a) = sa.automount_service_account_token {
+                out.insert("automountServiceAccountToken".into(), json!(a));
+            }
+            let pull: Vec<Value> = sa
+                .image_pull_secrets
+                .into_iter()
+                .map(|r| json!({ "name": r.name.unwrap_or_default() }))
+                .collect();
+            if !pull.is_empty() {
+                out.insert("imagePullSecrets".into(), json!(pull));
+            }
+            out
+        }
         other => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "application/vnd.kubernetes.protobuf for kind {other:?} (only Secret and ConfigMap are decoded)"
+                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: Secret, ConfigMap, Namespace, ServiceAccount)"
             )));
         }
     };

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::handlers::selectors;
 use crate::api::selector::{FieldSelector, LabelSelector};
-use crate::api::{ApiState, Body, Req, Target, object};
+use crate::api::{ApiState, Body, Req, Target, object, table};
 use crate::registry::ResourceType;
 use crate::store::{Event, EventType};
 
@@ -35,6 +35,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 struct Filter {
     rt: ResourceType,
+    /// Send each object as a one-row Table (`kubectl get -w`); the value is `includeObject`.
+    table: Option<Option<String>>,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -54,6 +56,26 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// One watch line for `obj`, printed as a Table when the client asked for one.
+    fn line(&self, kind: &str, obj: Value) -> Bytes {
+        let obj = object::output(&self.rt, obj);
+        match (&self.table, kind) {
+            (Some(include), "ADDED" | "MODIFIED" | "DELETED") => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                line(
+                    kind,
+                    table::render(&self.rt, &[obj], &rv, include.as_deref()),
+                )
+            }
+            _ => line(kind, obj),
+        }
+    }
+}
+
 fn line(kind: &str, obj: Value) -> Bytes {
     let mut v = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
     v.push(b'\n');
@@ -66,6 +88,7 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
     let (labels, fields) = selectors(req)?;
     let filter = Filter {
         rt: target.rt.clone(),
+        table: table::wanted(&req.accept).then(|| req.q("includeObject").map(String::from)),
         namespace: target.namespace.clone(),
         labels,
         fields,
@@ -100,7 +123,7 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
                 filter.namespace.as_deref(),
             );
             for o in items.into_iter().filter(|o| filter.wants_object(o)) {
-                first.push(line("ADDED", object::output(&filter.rt, o)));
+                first.push(filter.line("ADDED", o));
             }
             if send_initial {
                 first.push(line(
@@ -169,7 +192,7 @@ async fn pump(
                         EventType::Modified => "MODIFIED",
                         EventType::Deleted => "DELETED",
                     };
-                    let b = line(kind, object::output(&filter.rt, e.object.clone()));
+                    let b = filter.line(kind, e.object.clone());
                     if tx.send(Ok(Frame::data(b))).await.is_err() {
                         return;
                     }
