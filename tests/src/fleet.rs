@@ -45,7 +45,19 @@ impl Fleet {
     /// Starts a coordinator and `n` clusters with agents named `work-1..=n`, each labelled
     /// `fleet=test` and `index=<i>`, all registering with one `n`-use token.
     pub async fn start(n: usize) -> anyhow::Result<Fleet> {
-        let coordinator = Coordinator::start().await?;
+        Self::start_with(
+            n,
+            CoordinatorOptions {
+                metrics: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`Fleet::start`], with coordinator flags.
+    pub async fn start_with(n: usize, opts: CoordinatorOptions) -> anyhow::Result<Fleet> {
+        let coordinator = Coordinator::start_with(opts).await?;
         let clusters = skoala_sim::start_clusters(n, "work")
             .await
             .context("starting emulated clusters")?;
