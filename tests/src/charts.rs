@@ -104,3 +104,185 @@ impl HelmHome {
             .with_context(|| format!("running {} {}", helm.display(), args.join(" ")))
     }
 }
+
+/// A password set as a release value in upgrade tests: it must never appear in any event,
+/// report message or log.
+pub const PASSWORD: &str = "s3cr3t-P4ssw0rd-do-not-leak";
+
+/// The values an operator set when installing skoala-init: a customised log level (which
+/// must survive every upgrade) and a password.
+pub fn custom_values() -> String {
+    format!("skoala-agent:\n  logLevel: debug\n  auth:\n    password: {PASSWORD}\n")
+}
+
+/// One emulated cluster, a helm, and an executor for them: what every upgrade test starts from.
+pub struct UpgradeFixture {
+    /// `helm4` or `helm3`.
+    pub label: &'static str,
+    pub helm: PathBuf,
+    pub cluster: skoala_sim::Cluster,
+    pub client: kube::Client,
+    pub executor: skoala_upgrade::Executor,
+    pub home: HelmHome,
+}
+
+impl UpgradeFixture {
+    /// Starts a cluster named after the test and the helm label.
+    pub async fn start(
+        test: &str,
+        label: &'static str,
+        helm: &Path,
+        config: skoala_sim::ClusterConfig,
+    ) -> anyhow::Result<Self> {
+        let _ = test;
+        let cluster = skoala_sim::Cluster::start(config)
+            .await
+            .context("starting the emulated cluster")?;
+        let client = cluster.client().await?;
+        let detected = skoala_upgrade::Helm::detect(helm, cluster.kubeconfig_path()).await?;
+        Ok(Self {
+            label,
+            helm: helm.to_path_buf(),
+            executor: skoala_upgrade::Executor::new(client.clone(), detected),
+            client,
+            cluster,
+            home: HelmHome::new()?,
+        })
+    }
+
+    /// Installs `chart` `version` from `repo` into `skoala-system` the way an operator did,
+    /// with `values` (YAML), and waits for it.
+    pub async fn install(
+        &self,
+        repo: &ChartRepo,
+        chart: &str,
+        version: &str,
+        values: &str,
+    ) -> anyhow::Result<()> {
+        let values_file = self
+            .home
+            .path()
+            .join(format!("{chart}-install-values.yaml"));
+        std::fs::write(&values_file, values)?;
+        let url = repo.url();
+        self.home
+            .run(
+                &self.helm,
+                Some(self.cluster.kubeconfig_path()),
+                &[
+                    "upgrade",
+                    "--install",
+                    "--create-namespace",
+                    "-n",
+                    "skoala-system",
+                    chart,
+                    chart,
+                    "--repo",
+                    &url,
+                    "--version",
+                    version,
+                    "-f",
+                    values_file.to_str().context("utf-8 path")?,
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                ],
+            )
+            .await
+            .with_context(|| format!("{}: installing {chart} {version}", self.label))?;
+        Ok(())
+    }
+
+    /// Runs one operation and collects its progress events.
+    pub async fn run(
+        &self,
+        operation: &str,
+        spec: &skoala_upgrade::ReleaseSpec,
+    ) -> anyhow::Result<(skoala_upgrade::Report, Vec<skoala_upgrade::ProgressEvent>)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let collector = tokio::spawn(async move {
+            let mut events = Vec::new();
+            while let Some(e) = rx.recv().await {
+                events.push(e);
+            }
+            events
+        });
+        let report = self
+            .executor
+            .run(&skoala_upgrade::Operation::new(operation), spec, tx)
+            .await
+            .with_context(|| format!("{}: operation {operation}", self.label))?;
+        let events = collector.await?;
+        Ok((report, events))
+    }
+
+    /// The latest revision of `release` in `skoala-system`, read from Helm's records.
+    pub async fn release(
+        &self,
+        release: &str,
+    ) -> anyhow::Result<skoala_upgrade::inventory::ReleaseInfo> {
+        let tracked = match release {
+            "skoala" => skoala_upgrade::inventory::TrackedRelease::skoala(),
+            _ => skoala_upgrade::inventory::TrackedRelease::skoala_init(),
+        };
+        skoala_upgrade::inventory::read_release(&self.client, &tracked)
+            .await?
+            .with_context(|| format!("release {release} is not installed"))
+    }
+
+    /// The image of a Deployment's first container in `skoala-system`.
+    pub async fn image(&self, deployment: &str) -> anyhow::Result<String> {
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.client.clone(), "skoala-system");
+        let d = api.get(deployment).await?;
+        d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .context("deployment without an image")
+    }
+
+    /// The value of an environment variable of a Deployment's first container.
+    pub async fn env(&self, deployment: &str, name: &str) -> anyhow::Result<Option<String>> {
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.client.clone(), "skoala-system");
+        let d = api.get(deployment).await?;
+        Ok(d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value))
+    }
+}
+
+/// The repository as a chart source for the executor.
+pub fn repo_source(repo: &ChartRepo) -> skoala_upgrade::ChartSource {
+    skoala_upgrade::ChartSource::Repository {
+        name: "skoala".into(),
+        url: repo.url(),
+    }
+}
+
+/// Asserts that nothing in a report or its events contains `secret`.
+pub fn assert_no_leak(
+    secret: &str,
+    report: &skoala_upgrade::Report,
+    events: &[skoala_upgrade::ProgressEvent],
+) {
+    let mut texts = vec![report.message.clone()];
+    texts.extend(report.rollback_message.clone());
+    for e in events {
+        texts.push(e.message.clone());
+        texts.extend(e.stderr_tail.clone());
+    }
+    for t in texts {
+        assert!(!t.contains(secret), "a value leaked into {t:?}");
+    }
+    assert!(
+        !format!("{report:?}").contains(secret),
+        "a value leaked into the report's Debug"
+    );
+}

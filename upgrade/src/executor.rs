@@ -37,7 +37,7 @@ use crate::record::{OperationRecord, RecordPhase, RecordStore};
 use crate::redact::Redactor;
 use crate::report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
 use crate::spec::{CrdPolicy, ReleaseSpec};
-use crate::verify::{self, Expectation};
+use crate::verify::{self, CustomKind, Expectation};
 
 /// Lines and bytes of helm's stderr kept in events and reports.
 const TAIL_LINES: usize = 20;
@@ -125,6 +125,7 @@ impl Executor {
                 steps: Vec::new(),
             },
             tags_before: BTreeMap::new(),
+            custom_kinds: Vec::new(),
         };
         run.redactor.add_yaml(
             &serde_yaml::Value::Mapping(spec.extra_values.clone().unwrap_or_default()),
@@ -148,6 +149,8 @@ struct Run<'a> {
     report: Report,
     /// Image tags before the upgrade (what a rollback must restore).
     tags_before: BTreeMap<String, String>,
+    /// The kinds of the target chart's CRDs (verified for pruned fields).
+    custom_kinds: Vec<CustomKind>,
 }
 
 /// How a step ended, for [`Run::finish`].
@@ -516,7 +519,10 @@ impl<'a> Run<'a> {
             .max()
     }
 
-    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, HelmError> {
+    /// `helm rollback` to `revision`, after deleting the spec's Jobs: a failed upgrade may
+    /// already have recreated them from the new chart, and their pod templates are immutable.
+    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
+        self.delete_jobs().await.map_err(RollbackError::Jobs)?;
         let mut a = args(&[
             "rollback",
             &self.spec.release,
@@ -526,7 +532,7 @@ impl<'a> Run<'a> {
         ]);
         a.extend(self.session.helm().wait_flags());
         a.push(timeout_flag(self.spec.timeout));
-        self.session.run(&a, self.spec.timeout).await
+        Ok(self.session.run(&a, self.spec.timeout).await?)
     }
 
     async fn after_release_check(
@@ -635,6 +641,7 @@ impl<'a> Run<'a> {
 
     /// Backup, CRDs, upgrade, verify; rollback on failure. Sets the report's outcome.
     async fn changing(&mut self, chart: FetchedChart, crds: Vec<ChartCrd>) {
+        self.custom_kinds = CustomKind::of(&crds);
         // --- backup -------------------------------------------------------------------------
         let t = self.start(Step::Backup).await;
         let backup = match self.backup().await {
@@ -747,6 +754,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|k| (k.clone(), self.spec.tag()))
                 .collect(),
+            custom_kinds: CustomKind::of(&crds),
         };
         if let Err(reason) =
             verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await
@@ -938,6 +946,7 @@ impl<'a> Run<'a> {
             namespace: self.spec.namespace.clone(),
             chart_version: self.report.version_before.clone().unwrap_or_default(),
             tags: self.tags_before.clone(),
+            custom_kinds: self.custom_kinds.clone(),
         };
         let verified =
             verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
@@ -974,6 +983,15 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// Why `helm rollback` could not run.
+#[derive(Debug, thiserror::Error)]
+enum RollbackError {
+    #[error("{0}")]
+    Jobs(String),
+    #[error(transparent)]
+    Helm(#[from] HelmError),
 }
 
 fn args(a: &[&str]) -> Vec<OsString> {

@@ -4,7 +4,11 @@
 //! The release state is read natively from Helm's release Secrets ([`crate::inventory`]), the
 //! computed values and the manifest from `helm get`, and the workloads from the API. The live
 //! workloads must run the images helm rendered (so nobody changed them behind helm's back) and
-//! every expected tag must appear among them.
+//! every expected tag must appear among them. Custom resources of the chart's own CRDs must
+//! hold every field the chart rendered: an API server silently *prunes* fields its CRD does
+//! not declare (unless the client asked for strict validation, which helm 4 does and helm 3
+//! does not), so with helm 3 an upgrade that skipped the CRDs "succeeds" with a gutted
+//! resource. This check turns that into a verify failure.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,6 +28,29 @@ pub struct Expectation {
     pub chart_version: String,
     /// Dotted value key → expected tag.
     pub tags: BTreeMap<String, String>,
+    /// Kinds defined by the chart's CRDs, whose objects are checked for pruned fields.
+    pub custom_kinds: Vec<CustomKind>,
+}
+
+/// A kind a chart CRD defines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomKind {
+    pub group: String,
+    pub kind: String,
+    pub plural: String,
+}
+
+impl CustomKind {
+    /// The kinds of `crds`.
+    pub fn of(crds: &[crate::crds::ChartCrd]) -> Vec<CustomKind> {
+        crds.iter()
+            .map(|c| CustomKind {
+                group: c.crd.spec.group.clone(),
+                kind: c.crd.spec.names.kind.clone(),
+                plural: c.crd.spec.names.plural.clone(),
+            })
+            .collect()
+    }
 }
 
 /// A workload from the release manifest.
@@ -36,7 +63,38 @@ pub struct Workload {
     pub images: Vec<String>,
 }
 
-/// Polls [`check`] until it passes or `timeout` passes; the error is the last reason.
+/// Why a release is not (yet) what was expected.
+#[derive(Debug)]
+pub struct Unhealthy {
+    pub reason: String,
+    /// Waiting will not help (wrong version, wrong images, pruned fields): stop polling.
+    pub permanent: bool,
+}
+
+impl From<String> for Unhealthy {
+    fn from(reason: String) -> Self {
+        Unhealthy {
+            reason,
+            permanent: false,
+        }
+    }
+}
+
+impl From<&str> for Unhealthy {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+fn permanent(reason: String) -> Unhealthy {
+    Unhealthy {
+        reason,
+        permanent: true,
+    }
+}
+
+/// Polls [`check`] until it passes, fails permanently, or `timeout` passes; the error is the
+/// last reason.
 pub async fn wait_healthy(
     session: &HelmSession,
     client: &kube::Client,
@@ -47,8 +105,9 @@ pub async fn wait_healthy(
     loop {
         match check(session, client, expect).await {
             Ok(()) => return Ok(()),
-            Err(reason) if Instant::now() >= deadline => {
-                return Err(format!("not healthy after {timeout:?}: {reason}"));
+            Err(u) if u.permanent => return Err(u.reason),
+            Err(u) if Instant::now() >= deadline => {
+                return Err(format!("not healthy after {timeout:?}: {}", u.reason));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -60,7 +119,7 @@ pub async fn check(
     session: &HelmSession,
     client: &kube::Client,
     expect: &Expectation,
-) -> Result<(), String> {
+) -> Result<(), Unhealthy> {
     let tracked = TrackedRelease {
         release: expect.release.clone(),
         namespace: expect.namespace.clone(),
@@ -71,22 +130,31 @@ pub async fn check(
         .map_err(|e| format!("reading the release: {e}"))?
         .ok_or("the release is not installed")?;
     if info.status != "deployed" {
-        return Err(format!(
+        let reason = format!(
             "revision {} is {}, not deployed",
             info.revision, info.status
-        ));
+        );
+        return Err(if info.status.starts_with("pending-") {
+            reason.into()
+        } else {
+            permanent(reason)
+        });
     }
     if info.chart_version != expect.chart_version {
-        return Err(format!(
+        return Err(permanent(format!(
             "chart version is {}, expected {}",
             info.chart_version, expect.chart_version
-        ));
+        )));
     }
     for (key, want) in &expect.tags {
         match info.image_tags.get(key) {
             Some(have) if have == want => {}
-            Some(have) => return Err(format!("value {key} is {have:?}, expected {want:?}")),
-            None => return Err(format!("value {key} is not set")),
+            Some(have) => {
+                return Err(permanent(format!(
+                    "value {key} is {have:?}, expected {want:?}"
+                )));
+            }
+            None => return Err(permanent(format!("value {key} is not set"))),
         }
     }
 
@@ -95,6 +163,7 @@ pub async fn check(
     for w in &workloads {
         check_workload(client, w).await?;
     }
+    check_custom_resources(client, &manifest, expect).await?;
     for (key, tag) in &expect.tags {
         let suffix = format!(":{tag}");
         if !workloads
@@ -102,9 +171,9 @@ pub async fn check(
             .flat_map(|w| &w.images)
             .any(|i| i.ends_with(&suffix))
         {
-            return Err(format!(
+            return Err(permanent(format!(
                 "no workload runs an image tagged {tag} (from {key})"
-            ));
+            )));
         }
     }
     Ok(())
@@ -177,6 +246,82 @@ pub fn workloads(manifest: &str, default_ns: &str) -> Vec<Workload> {
     out
 }
 
+/// Every rendered object of a chart CRD kind must exist with every rendered `spec` field.
+async fn check_custom_resources(
+    client: &kube::Client,
+    manifest: &str,
+    expect: &Expectation,
+) -> Result<(), Unhealthy> {
+    use kube::api::{ApiResource, DynamicObject};
+    use kube::core::GroupVersionKind;
+    use serde::Deserialize as _;
+    if expect.custom_kinds.is_empty() {
+        return Ok(());
+    }
+    for doc in serde_yaml::Deserializer::from_str(manifest) {
+        let Ok(rendered) = serde_json::Value::deserialize(doc) else {
+            continue;
+        };
+        let api_version = rendered["apiVersion"].as_str().unwrap_or_default();
+        let kind = rendered["kind"].as_str().unwrap_or_default();
+        let Some((group, version)) = api_version.split_once('/') else {
+            continue;
+        };
+        let Some(custom) = expect
+            .custom_kinds
+            .iter()
+            .find(|c| c.group == group && c.kind == kind)
+        else {
+            continue;
+        };
+        let name = rendered["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = rendered["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(&expect.namespace);
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &custom.plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        let what = format!("{kind} {ns}/{name}");
+        let live = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading {what}: {e}"))?
+            .ok_or_else(|| format!("{what} does not exist"))?;
+        if let Some(missing) = missing_field(&rendered["spec"], &live.data["spec"], "spec") {
+            return Err(permanent(format!(
+                "{what}: field {missing} was dropped by the API server, so its CRD does not \
+                 declare it (were the chart's CRDs applied?)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first path present in `rendered` but absent from `live` (maps only: lists and
+/// scalars may be defaulted or normalised by the server).
+fn missing_field(
+    rendered: &serde_json::Value,
+    live: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    let serde_json::Value::Object(want) = rendered else {
+        return None;
+    };
+    for (key, sub) in want {
+        let path = format!("{at}.{key}");
+        match live.get(key) {
+            None if !sub.is_null() => return Some(path),
+            None => {}
+            Some(have) => {
+                if let Some(m) = missing_field(sub, have, &path) {
+                    return Some(m);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn template_images(t: Option<&PodTemplateSpec>) -> Vec<String> {
     let Some(spec) = t.and_then(|t| t.spec.as_ref()) else {
         return Vec::new();
@@ -189,7 +334,7 @@ fn template_images(t: Option<&PodTemplateSpec>) -> Vec<String> {
         .collect()
 }
 
-async fn check_workload(client: &kube::Client, w: &Workload) -> Result<(), String> {
+async fn check_workload(client: &kube::Client, w: &Workload) -> Result<(), Unhealthy> {
     let what = format!("{} {}/{}", w.kind, w.namespace, w.name);
     let gone = || format!("{what} does not exist");
     let api_err = |e: kube::Error| format!("reading {what}: {e}");
@@ -250,18 +395,18 @@ async fn check_workload(client: &kube::Client, w: &Workload) -> Result<(), Strin
         }
     };
     if observed.unwrap_or(0) < generation.unwrap_or(0) {
-        return Err(format!(
-            "{what}: the controller has not observed the latest change yet"
-        ));
+        return Err(
+            format!("{what}: the controller has not observed the latest change yet").into(),
+        );
     }
     if images != w.images {
-        return Err(format!(
+        return Err(permanent(format!(
             "{what} runs {images:?}, but the release rendered {:?}",
             w.images
-        ));
+        )));
     }
     if !ready {
-        return Err(format!("{what} is not ready"));
+        return Err(format!("{what} is not ready").into());
     }
     Ok(())
 }
@@ -269,6 +414,18 @@ async fn check_workload(client: &kube::Client, w: &Workload) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_pruned_fields() {
+        let rendered = serde_json::json!({"envoy": {"replicas": 2, "logLevel": "info"}, "x": null});
+        let live = serde_json::json!({"envoy": {"replicas": 2}});
+        assert_eq!(
+            missing_field(&rendered, &live, "spec").as_deref(),
+            Some("spec.envoy.logLevel")
+        );
+        let full = serde_json::json!({"envoy": {"replicas": 2, "logLevel": "info"}});
+        assert_eq!(missing_field(&rendered, &full, "spec"), None);
+    }
 
     #[test]
     fn finds_workloads_and_images() {
