@@ -8,33 +8,43 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use skoala_e2e::fleet::Fleet;
+use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Fleet};
 use skoala_e2e::tools::tool;
 
-/// A minimal `skoala-init` chart: the version and the image-tag values the agent reports.
-fn write_chart(dir: &Path, version: &str) {
+/// A minimal chart named `name` at `version` whose values hold an image tag `v<version>` under
+/// each of `components` (what the inventory reports as `<component>.image.tag`).
+fn write_chart(dir: &Path, name: &str, version: &str, components: &[&str]) {
     std::fs::create_dir_all(dir.join("templates")).expect("chart dir");
     std::fs::write(
         dir.join("Chart.yaml"),
-        format!("apiVersion: v2\nname: skoala-init\nversion: {version}\nappVersion: {version}\n"),
+        format!("apiVersion: v2\nname: {name}\nversion: {version}\nappVersion: {version}\n"),
     )
     .expect("Chart.yaml");
-    std::fs::write(
-        dir.join("values.yaml"),
-        format!(
-            "nacos-operator:\n  image:\n    tag: v{version}\nskoala-agent:\n  image:\n    tag: v{version}\n"
-        ),
-    )
-    .expect("values.yaml");
+    let values: String = components
+        .iter()
+        .map(|c| format!("{c}:\n  image:\n    tag: v{version}\n"))
+        .collect();
+    std::fs::write(dir.join("values.yaml"), values).expect("values.yaml");
     std::fs::write(
         dir.join("templates/configmap.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: skoala-init-version\ndata:\n  nacos: {{ index .Values \"nacos-operator\" \"image\" \"tag\" | quote }}\n",
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-version\ndata:\n  version: {version:?}\n"
+        ),
     )
     .expect("template");
 }
 
+fn write_skoala_init(dir: &Path, version: &str) {
+    write_chart(
+        dir,
+        "skoala-init",
+        version,
+        &["nacos-operator", "skoala-agent"],
+    );
+}
+
 /// `helm upgrade --install` as an operator would type it, against one emulated cluster.
-fn helm_upgrade(kubeconfig: &Path, chart: &Path, set: &[&str]) {
+fn helm_upgrade(kubeconfig: &Path, release: &str, chart: &Path, set: &[&str]) {
     let mut cmd = Command::new(tool("helm"));
     cmd.args([
         "upgrade",
@@ -43,7 +53,7 @@ fn helm_upgrade(kubeconfig: &Path, chart: &Path, set: &[&str]) {
         "-n",
         "skoala-system",
     ])
-    .arg("skoala-init")
+    .arg(release)
     .arg(chart)
     .arg("--kubeconfig")
     .arg(kubeconfig);
@@ -100,10 +110,10 @@ async fn five_agents_join_with_their_identity_and_report_manual_upgrades() {
     // An operator upgrades skoala-init by hand on one cluster, outside of skoala-fleet.
     let charts = tempfile::tempdir().expect("tempdir");
     let (old, new) = (charts.path().join("0.19.0"), charts.path().join("0.19.2"));
-    write_chart(&old, "0.19.0");
-    write_chart(&new, "0.19.2");
+    write_skoala_init(&old, "0.19.0");
+    write_skoala_init(&new, "0.19.2");
     let target = &fleet.clusters[2];
-    helm_upgrade(target.kubeconfig_path(), &old, &[]);
+    helm_upgrade(target.kubeconfig_path(), "skoala-init", &old, &[]);
     let ctl = fleet.coordinator.ctl();
     let seen = |version: &'static str, revision: i64| {
         let ctl = ctl.clone();
@@ -127,6 +137,7 @@ async fn five_agents_join_with_their_identity_and_report_manual_upgrades() {
 
     helm_upgrade(
         target.kubeconfig_path(),
+        "skoala-init",
         &new,
         &["nacos-operator.image.tag=v0.19.2-hotfix"],
     );
@@ -162,4 +173,60 @@ async fn five_agents_join_with_their_identity_and_report_manual_upgrades() {
         metrics.contains("skoala_agent_messages_total{type=\"inventory\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_is_listed_with_its_skoala_release() {
+    let control = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control"))
+        .await
+        .expect("control-plane cluster");
+    let charts = tempfile::tempdir().expect("tempdir");
+    write_chart(charts.path(), "skoala", "0.19.2", &["hive", "sesame"]);
+    helm_upgrade(control.kubeconfig_path(), "skoala", charts.path(), &[]);
+
+    let coord = Coordinator::start_with(CoordinatorOptions {
+        kubeconfig: Some(control.kubeconfig_path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .expect("coordinator");
+    let ctl = coord.ctl();
+    let cp = skoala_e2e::wait::until(
+        "the control plane in clusters",
+        Duration::from_secs(60),
+        || async {
+            let clusters = ctl.clusters().await.ok()?;
+            clusters
+                .into_iter()
+                .find(|c| c["controlPlane"] == true && !c["release"].is_null())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", coord.log()));
+    assert_eq!(cp["id"], control.kube_system_uid());
+    assert_eq!(cp["release"]["release"], "skoala");
+    assert_eq!(cp["release"]["version"], "0.19.2");
+    assert_eq!(cp["release"]["imageTags"]["hive.image.tag"], "v0.19.2");
+
+    // A hand-made upgrade of the control plane is followed too.
+    helm_upgrade(
+        control.kubeconfig_path(),
+        "skoala",
+        charts.path(),
+        &["hive.image.tag=v0.19.3-rc1"],
+    );
+    skoala_e2e::wait::until(
+        "the control plane's upgrade in clusters",
+        Duration::from_secs(60),
+        || async {
+            let clusters = ctl.clusters().await.ok()?;
+            clusters.into_iter().find(|c| {
+                c["controlPlane"] == true
+                    && c["release"]["revision"] == 2
+                    && c["release"]["imageTags"]["hive.image.tag"] == "v0.19.3-rc1"
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", coord.log()));
 }
