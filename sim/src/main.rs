@@ -48,6 +48,25 @@ enum Command {
         #[arg(long, default_value = ":broken")]
         never_ready_image: String,
     },
+    /// Serve many emulated clusters from one process (for demos and fleet benchmarks).
+    ///
+    /// Writes `<dir>/<prefix>-<i>.kubeconfig` for each cluster, prints one line
+    /// `cluster <name> <url> <kubeconfig>` per cluster and then `ready <count>`, and runs until
+    /// SIGTERM/SIGINT.
+    Fleet {
+        /// How many clusters.
+        #[arg(long)]
+        count: usize,
+        /// Cluster name prefix.
+        #[arg(long, default_value = "work")]
+        prefix: String,
+        /// Folder for the kubeconfigs.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Milliseconds after creation until workload pods are ready.
+        #[arg(long, default_value_t = 200)]
+        readiness_delay_ms: u64,
+    },
     /// Serve a Helm chart repository (index.yaml + .tgz) built from chart folders.
     ChartRepo {
         /// Folder holding chart source folders.
@@ -90,6 +109,31 @@ async fn main() -> anyhow::Result<()> {
             println!("listening on {}", cluster.url());
             wait_for_signal().await?;
             drop(cluster);
+        }
+        Command::Fleet {
+            count,
+            prefix,
+            dir,
+            readiness_delay_ms,
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut clusters = Vec::with_capacity(count);
+            for i in 1..=count {
+                let name = format!("{prefix}-{i}");
+                let config = skoala_sim::ClusterConfig::new(&name)
+                    .readiness_delay(Duration::from_millis(readiness_delay_ms));
+                let cluster = skoala_sim::Cluster::start(config)
+                    .await
+                    .with_context(|| format!("starting cluster {name}"))?;
+                let path = dir.join(format!("{name}.kubeconfig"));
+                skoala_sim::cluster::write_private(&path, cluster.kubeconfig_yaml())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("cluster {name} {} {}", cluster.url(), path.display());
+                clusters.push(cluster);
+            }
+            println!("ready {count}");
+            wait_for_signal().await?;
+            drop(clusters);
         }
         Command::ChartRepo { dir, listen } => {
             let repo = skoala_sim::chart_repo::serve(&dir, listen)

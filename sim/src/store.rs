@@ -57,6 +57,9 @@ pub struct Event {
     pub name: String,
     /// The object after the change (for deletes: the last state, with the delete's version).
     pub object: Value,
+    /// For updates: the labels before the change (a label-selector watch turns an update
+    /// that leaves or enters its selection into DELETED or ADDED).
+    pub old_labels: Option<Value>,
     pub rv: u64,
 }
 
@@ -192,6 +195,7 @@ impl Store {
             .get(&gr(group, plural))
             .and_then(|m| m.get(&key));
         let decision = decide(current)?;
+        let old_labels = current.map(|c| c["metadata"]["labels"].clone());
         let (kind, object) = match decision {
             Write::Keep => return Ok(current.cloned()),
             Write::Create(mut obj) => {
@@ -249,6 +253,11 @@ impl Store {
             namespace: namespace.into(),
             name: name.into(),
             object: object.clone(),
+            old_labels: if kind == EventType::Modified {
+                old_labels
+            } else {
+                None
+            },
             rv,
         });
         if inner.log.len() >= LOG_CAPACITY {

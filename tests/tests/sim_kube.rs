@@ -268,3 +268,44 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
     assert_eq!(waiting.as_deref(), Some("ImagePullBackOff"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_selector_watch_sees_objects_enter_and_leave() -> anyhow::Result<()> {
+    use kube::api::{WatchEvent, WatchParams};
+    let cluster = Cluster::start(ClusterConfig::new("kube-watch")).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client().await?, "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "rel", "labels": {"status": "deployed"}}
+    }))?;
+    let created = cms.create(&PostParams::default(), &cm).await?;
+    let rv = created.metadata.resource_version.clone().context("rv")?;
+    let mut stream = cms
+        .watch(
+            &WatchParams::default().labels("status=deployed").timeout(30),
+            &rv,
+        )
+        .await?
+        .boxed();
+    // Helm relabels a superseded release; a watcher on `status=deployed` sees it leave.
+    for status in ["superseded", "deployed"] {
+        let patch = json!({"metadata": {"labels": {"status": status}}});
+        cms.patch("rel", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let mut kinds = vec![];
+    while kinds.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .context("watch event")??
+            .context("watch ended")?;
+        kinds.push(match ev {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => anyhow::bail!("watch error {e:?}"),
+        });
+    }
+    assert_eq!(kinds, ["DELETED", "ADDED"]);
+    Ok(())
+}

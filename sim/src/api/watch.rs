@@ -43,12 +43,30 @@ struct Filter {
 }
 
 impl Filter {
-    fn wants(&self, e: &Event) -> bool {
-        e.group == self.rt.group
-            && e.plural == self.rt.plural
-            && self.namespace.as_ref().is_none_or(|ns| *ns == e.namespace)
-            && self.labels.matches(&e.object)
-            && self.fields.matches(&e.object)
+    /// The event type this watcher sees for `e`, if any. With a label selector, an update that
+    /// moves an object into the selection is ADDED and one that moves it out is DELETED, as
+    /// from a real API server's watch cache.
+    fn event_type(&self, e: &Event) -> Option<&'static str> {
+        if e.group != self.rt.group
+            || e.plural != self.rt.plural
+            || self.namespace.as_ref().is_some_and(|ns| *ns != e.namespace)
+            || !self.fields.matches(&e.object)
+        {
+            return None;
+        }
+        let now = self.labels.matches(&e.object);
+        match (e.kind, &e.old_labels) {
+            (EventType::Modified, Some(old)) => {
+                let before = self.labels.matches_labels(old);
+                match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                }
+            }
+            (kind, _) => now.then_some(kind.as_str()),
+        }
     }
 
     fn wants_object(&self, o: &Value) -> bool {
@@ -108,11 +126,10 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             let (past, rx) = state.store.subscribe_since(rv)?;
-            for e in past.iter().filter(|e| filter.wants(e)) {
-                first.push(line(
-                    e.kind.as_str(),
-                    object::output(&filter.rt, e.object.clone()),
-                ));
+            for e in past.iter() {
+                if let Some(kind) = filter.event_type(e) {
+                    first.push(filter.line(kind, e.object.clone()));
+                }
             }
             rx
         }
@@ -184,13 +201,8 @@ async fn pump(
             _ = tx.closed() => return,
             ev = rx.recv() => match ev {
                 Ok(e) => {
-                    if !filter.wants(&e) {
+                    let Some(kind) = filter.event_type(&e) else {
                         continue;
-                    }
-                    let kind = match e.kind {
-                        EventType::Added => "ADDED",
-                        EventType::Modified => "MODIFIED",
-                        EventType::Deleted => "DELETED",
                     };
                     let b = filter.line(kind, e.object.clone());
                     if tx.send(Ok(Frame::data(b))).await.is_err() {
