@@ -1,0 +1,347 @@
+//! The agent runs a coordinator's upgrade task with the real executor: the real `skoala-agent`
+//! process, the real helm against an emulated cluster, the test chart repository.
+//!
+//! The coordinator has no task dispatch yet (the plan orchestrator comes later), so the far end
+//! of the session is a small stand-in gateway in this test: it signs the agent's CSR with the
+//! coordinator's own CA code (`skoala_coordinator::pki`), speaks the real wire contract over
+//! real mTLS, sends tasks and records every message the agent sends back. Replace it with the
+//! coordinator once it dispatches tasks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skoala_coordinator::pki::FleetCa;
+use skoala_e2e::charts::{HelmHome, start_repo};
+use skoala_e2e::tools::{our_bin, tool};
+use skoala_e2e::wait;
+use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use skoala_proto::v1::{
+    AgentMessage, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
+    RegisterResponse, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
+    agent_message::Body, chart_source, coordinator_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const PASSWORD: &str = "t4sk-values-s3cret";
+
+/// What the stand-in saw and how to talk to the current session.
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<AgentMessage>>,
+    to_agent: Mutex<Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>>,
+}
+
+struct StandIn {
+    ca: Arc<FleetCa>,
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl AgentGateway for StandIn {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.identity.unwrap_or_default().cluster_id;
+        let issued = self
+            .ca
+            .sign_agent_csr(&req.csr_pem, &id, Duration::from_secs(3600))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(RegisterResponse {
+            certificate_pem: issued.cert_pem,
+            ca_bundle_pem: self.ca.cert_pem().to_string(),
+            not_after_unix: issued.not_after_unix,
+        }))
+    }
+
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        *self.shared.to_agent.lock().expect("lock") = Some(tx);
+        let shared = self.shared.clone();
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                shared.received.lock().expect("lock").push(msg);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl Shared {
+    fn bodies(&self) -> Vec<Body> {
+        let received = self.received.lock().expect("lock");
+        received.iter().filter_map(|m| m.body.clone()).collect()
+    }
+
+    fn result_of(&self, op: &str) -> Option<TaskResult> {
+        self.bodies().into_iter().find_map(|b| match b {
+            Body::TaskResult(r) if r.operation_id == op => Some(r),
+            _ => None,
+        })
+    }
+
+    fn results_of(&self, op: &str) -> usize {
+        self.bodies()
+            .iter()
+            .filter(|b| matches!(b, Body::TaskResult(r) if r.operation_id == op))
+            .count()
+    }
+
+    async fn send(&self, task: Task) {
+        let tx = self
+            .to_agent
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("a session is open");
+        tx.send(Ok(CoordinatorMessage {
+            body: Some(coordinator_message::Body::Task(task)),
+        }))
+        .await
+        .expect("send the task");
+    }
+}
+
+fn upgrade_task(op: &str, repo_url: &str, version: &str, deadline: i64) -> Task {
+    Task {
+        operation_id: op.into(),
+        kind: TaskKind::Upgrade as i32,
+        release: Some(ReleaseSpec {
+            release: "skoala-init".into(),
+            namespace: "skoala-system".into(),
+            chart_name: "skoala-init".into(),
+            version: version.into(),
+            source: Some(ChartSource {
+                source: Some(chart_source::Source::Repository(ChartRepository {
+                    name: "skoala".into(),
+                    url: repo_url.into(),
+                })),
+            }),
+            timeout_seconds: 120,
+            ..Default::default()
+        }),
+        start_deadline_unix: deadline,
+        ..Default::default()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_an_upgrade_task_with_the_executor() {
+    // The working cluster, with skoala-init 0.19.0 installed by hand with a secret value.
+    let repo = start_repo().await.expect("chart repository");
+    let url = repo.url();
+    let cluster = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("tasks-1"))
+        .await
+        .expect("emulated cluster");
+    let kc = cluster.kubeconfig_path();
+    let home = HelmHome::new().expect("helm home");
+    let values = home.path().join("custom.yaml");
+    std::fs::write(
+        &values,
+        format!("skoala-agent:\n  logLevel: debug\n  auth:\n    password: {PASSWORD}\n"),
+    )
+    .expect("values");
+    let values = values.to_str().expect("utf-8");
+    home.run(
+        &tool("helm"),
+        Some(kc),
+        &[
+            "install",
+            "skoala-init",
+            "skoala-init",
+            "--repo",
+            &url,
+            "--version",
+            "0.19.0",
+            "-n",
+            "skoala-system",
+            "--create-namespace",
+            "-f",
+            values,
+        ],
+    )
+    .await
+    .expect("helm install");
+
+    // The stand-in gateway on a loopback port, with the coordinator's CA code.
+    let (ca, _ca_key) = FleetCa::generate("test fleet", Duration::from_secs(3600)).expect("CA");
+    let server = ca
+        .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
+        .expect("server cert");
+    let ca_file = home.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("ca file");
+    let shared = Arc::new(Shared::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&server.issued.cert_pem, &server.key_pem))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        .client_auth_optional(true);
+    let service = AgentGatewayServer::new(StandIn {
+        ca: Arc::new(ca),
+        shared: shared.clone(),
+    });
+    let serving = tokio::spawn(
+        Server::builder()
+            .tls_config(tls)
+            .expect("tls")
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    // The real agent.
+    let log = home.path().join("agent.log");
+    let mut agent = tokio::process::Command::new(our_bin("skoala-agent"))
+        .arg("--coordinator")
+        .arg(format!("https://{addr}"))
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(["--token", "stand-in-token", "--heartbeat", "1s"])
+        .arg("--helm")
+        .arg(tool("helm"))
+        .env_remove("KUBECONFIG")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the agent");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait::until("the agent's session", TIMEOUT, || async {
+        shared
+            .to_agent
+            .lock()
+            .expect("lock")
+            .is_some()
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent_log()));
+
+    // 1. An upgrade to 0.19.1.
+    shared
+        .send(upgrade_task("op-1", &url, "0.19.1", now_unix() + 600))
+        .await;
+    let result = wait::until("the task result", TIMEOUT, || async {
+        shared.result_of("op-1")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent_log()));
+    assert_eq!(
+        result.outcome,
+        TaskOutcome::Succeeded as i32,
+        "{result:?}\nagent log:\n{}",
+        agent_log()
+    );
+    let after = result.release_after.clone().expect("release after");
+    assert_eq!(after.chart_version, "0.19.1");
+    assert_eq!(after.status, "deployed");
+    assert_eq!(after.image_tags["skoala-agent.image.tag"], "v0.19.1");
+    assert_eq!(result.revision_before, 1);
+
+    let bodies = shared.bodies();
+    let pos = |f: &dyn Fn(&Body) -> bool| bodies.iter().position(f);
+    let accepted = pos(&|b| matches!(b, Body::TaskAccepted(a) if a.operation_id == "op-1"))
+        .expect("TaskAccepted");
+    let backup = pos(&|b| matches!(b, Body::BackupUpload(u) if u.operation_id == "op-1"))
+        .expect("BackupUpload");
+    let done =
+        pos(&|b| matches!(b, Body::TaskResult(r) if r.operation_id == "op-1")).expect("TaskResult");
+    assert!(
+        accepted < backup && backup < done,
+        "order: accepted, backup, result"
+    );
+    let steps: Vec<(String, i32)> = bodies
+        .iter()
+        .filter_map(|b| match b {
+            Body::StepProgress(p) if p.operation_id == "op-1" => Some((p.step.clone(), p.phase)),
+            _ => None,
+        })
+        .collect();
+    for step in ["preflight", "backup", "upgrade", "verify"] {
+        assert!(
+            steps.contains(&(step.to_string(), StepPhase::Succeeded as i32)),
+            "{step} succeeded: {steps:?}"
+        );
+    }
+    // The backup carries the values (that is its job); nothing else may.
+    if let Body::BackupUpload(u) = &bodies[backup] {
+        assert!(String::from_utf8_lossy(&u.values_yaml).contains(PASSWORD));
+        assert_eq!(u.sha256.len(), 64);
+        assert_eq!(u.release, "skoala-init");
+    }
+    for b in &bodies {
+        if !matches!(b, Body::BackupUpload(_)) {
+            assert!(!format!("{b:?}").contains(PASSWORD), "leaked in {b:?}");
+        }
+    }
+    assert!(!agent_log().contains(PASSWORD), "leaked in the agent log");
+
+    // 2. Re-delivery of the same operation (the coordinator did not get the result): the
+    //    recorded outcome again, no second upgrade.
+    shared
+        .send(upgrade_task("op-1", &url, "0.19.1", now_unix() + 600))
+        .await;
+    wait::until("the re-delivered task's result", TIMEOUT, || async {
+        (shared.results_of("op-1") >= 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent_log()));
+    let again: Vec<TaskResult> = shared
+        .bodies()
+        .into_iter()
+        .filter_map(|b| match b {
+            Body::TaskResult(r) if r.operation_id == "op-1" => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        again[1].outcome,
+        TaskOutcome::Succeeded as i32,
+        "{:?}",
+        again[1]
+    );
+    assert_eq!(
+        again[1].release_after.as_ref().map(|r| r.revision),
+        Some(after.revision),
+        "no new revision on re-delivery"
+    );
+
+    // 3. A task whose start deadline has passed is refused before anything happens.
+    shared
+        .send(upgrade_task("op-late", &url, "0.19.2", now_unix() - 1))
+        .await;
+    let late = wait::until("the late task's refusal", TIMEOUT, || async {
+        shared.result_of("op-late")
+    })
+    .await
+    .expect("refusal");
+    assert_eq!(late.outcome, TaskOutcome::Refused as i32);
+    assert!(late.message.contains("deadline"), "{late:?}");
+
+    let _ = agent.kill().await;
+    serving.abort();
+}
