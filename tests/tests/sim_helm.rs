@@ -483,6 +483,12 @@ async fn kubectl_applies_crds_client_side_and_server_side() -> anyhow::Result<()
             dir.display()
         );
     }
+    let can = kubectl(
+        kc,
+        &["auth", "can-i", "create", "deployments", "-n", "extra"],
+    )
+    .await?;
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "yes");
     // `kubectl create` sends protobuf bodies for built-in kinds.
     kubectl(kc, &["create", "namespace", "extra"]).await?;
     kubectl(kc, &["create", "serviceaccount", "robot", "-n", "extra"]).await?;

@@ -266,6 +266,43 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
         .and_then(|s| s.waiting.as_ref())
         .and_then(|w| w.reason.clone());
     assert_eq!(waiting.as_deref(), Some("ImagePullBackOff"));
+
+    // StatefulSets and DaemonSets report what Helm's readiness checks read.
+    let template = json!({"metadata": {"labels": {"app": "x"}},
+                          "spec": {"containers": [{"name": "c", "image": "example/app:v1"}]}});
+    let sts_api: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(cluster.client().await?, "default");
+    let sts = serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+        "replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "x"}}, "template": template}}))?;
+    sts_api.create(&PostParams::default(), &sts).await?;
+    let ds_api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(cluster.client().await?, "default");
+    let ds = serde_json::from_value(json!({"metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "x"}}, "template": template}}))?;
+    ds_api.create(&PostParams::default(), &ds).await?;
+    wait::until("statefulset ready", Duration::from_secs(10), || {
+        let api = sts_api.clone();
+        async move {
+            let s = api.get("db").await.ok()?.status?;
+            (s.ready_replicas == Some(2)
+                && s.updated_replicas == Some(2)
+                && s.current_revision.is_some()
+                && s.current_revision == s.update_revision)
+                .then_some(())
+        }
+    })
+    .await?;
+    wait::until("daemonset ready", Duration::from_secs(10), || {
+        let api = ds_api.clone();
+        async move {
+            let s = api.get("agent").await.ok()?.status?;
+            (s.number_ready == 1
+                && s.updated_number_scheduled == Some(1)
+                && s.observed_generation == Some(1))
+            .then_some(())
+        }
+    })
+    .await?;
     Ok(())
 }
 
@@ -307,5 +344,85 @@ async fn label_selector_watch_sees_objects_enter_and_leave() -> anyhow::Result<(
         });
     }
     assert_eq!(kinds, ["DELETED", "ADDED"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_errors_and_patch_flavours_as_kube_rs_sees_them() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let cluster = Cluster::start(ClusterConfig::new("kube-errors")).await?;
+    let client = cluster.client().await?;
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let code = |r: Result<Deployment, kube::Error>| match r {
+        Err(kube::Error::Api(ae)) => (ae.code, ae.reason),
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
+                {"name": "b", "image": "b:1"}
+            ]}}
+        }
+    }))?;
+    deploys.create(&PostParams::default(), &d).await?;
+    assert_eq!(
+        code(deploys.create(&PostParams::default(), &d).await),
+        (409, "AlreadyExists".into())
+    );
+    let mut invalid = d.clone();
+    invalid.metadata.name = Some("invalid".into());
+    invalid.spec.as_mut().context("spec")?.selector.match_labels =
+        Some([("app".to_string(), "other".to_string())].into());
+    assert_eq!(
+        code(deploys.create(&PostParams::default(), &invalid).await),
+        (422, "Invalid".into())
+    );
+    let raw = http::Request::patch("/apis/apps/v1/namespaces/default/deployments/web")
+        .header("Content-Type", "text/plain")
+        .body(b"nonsense".to_vec())?;
+    match client.request::<Deployment>(raw).await {
+        Err(kube::Error::Api(ae)) => {
+            assert_eq!((ae.code, ae.reason.as_str()), (415, "UnsupportedMediaType"))
+        }
+        other => panic!("expected 415, got {other:?}"),
+    }
+
+    // Strategic merge: containers merge by name, env by name.
+    let smp = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "2"}]}
+    ]}}}});
+    let after = deploys
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&smp))
+        .await?;
+    let pod = after
+        .spec
+        .context("spec")?
+        .template
+        .spec
+        .context("pod spec")?;
+    assert_eq!(pod.containers.len(), 2);
+    assert_eq!(pod.containers[0].image.as_deref(), Some("a:2"));
+    assert_eq!(pod.containers[0].env.as_ref().map(Vec::len), Some(2));
+    assert_eq!(
+        after.metadata.generation,
+        Some(2),
+        "a spec change bumps generation"
+    );
+    // JSON patch, and a JSON merge patch that only touches metadata (generation stays).
+    let jp = http::Request::patch("/apis/apps/v1/namespaces/default/deployments/web")
+        .header("Content-Type", "application/json-patch+json")
+        .body(serde_json::to_vec(
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]),
+        )?)?;
+    let after: Deployment = client.request(jp).await?;
+    assert_eq!(after.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    let merge = json!({"metadata": {"labels": {"team": "a"}}});
+    let after = deploys
+        .patch("web", &PatchParams::default(), &Patch::Merge(&merge))
+        .await?;
+    assert_eq!(after.metadata.generation, Some(3));
     Ok(())
 }

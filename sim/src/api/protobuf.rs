@@ -3,8 +3,8 @@
 //! Helm's release storage (the Secrets and ConfigMaps drivers) builds its clientset with
 //! protobuf as the content type and does not fall back to JSON on 415, so the emulator must read
 //! these bodies: the 4-byte magic `k8s\0`, then a `runtime.Unknown` whose `raw` field is the
-//! encoded object. Secrets and ConfigMaps (and Namespaces and ServiceAccounts, which
-//! `kubectl create` sends as protobuf) are decoded with the `k8s-pb` types and turned into the
+//! encoded object. Secrets and ConfigMaps (and Namespaces, ServiceAccounts and
+//! SelfSubjectAccessReviews, which `kubectl create` and `kubectl auth can-i` send as protobuf) are decoded with the `k8s-pb` types and turned into the
 //! same JSON a JSON client would have sent; responses are always JSON, which clients accept.
 //! Other kinds get 415.
 
@@ -50,6 +50,39 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             out
         }
+        "SelfSubjectAccessReview" => {
+            let r = k8s_pb::api::authorization::v1::SelfSubjectAccessReview::decode(raw.as_slice())
+                .map_err(bad)?;
+            let spec = r.spec.unwrap_or_default();
+            let mut out = Map::new();
+            out.insert("metadata".into(), meta_json(r.metadata.unwrap_or_default()));
+            let mut spec_json = Map::new();
+            if let Some(a) = spec.resource_attributes {
+                let mut attrs = Map::new();
+                for (k, v) in [
+                    ("namespace", a.namespace),
+                    ("verb", a.verb),
+                    ("group", a.group),
+                    ("version", a.version),
+                    ("resource", a.resource),
+                    ("subresource", a.subresource),
+                    ("name", a.name),
+                ] {
+                    if let Some(v) = v.filter(|v| !v.is_empty()) {
+                        attrs.insert(k.into(), json!(v));
+                    }
+                }
+                spec_json.insert("resourceAttributes".into(), Value::Object(attrs));
+            }
+            if let Some(a) = spec.non_resource_attributes {
+                spec_json.insert(
+                    "nonResourceAttributes".into(),
+                    json!({"path": a.path.unwrap_or_default(), "verb": a.verb.unwrap_or_default()}),
+                );
+            }
+            out.insert("spec".into(), Value::Object(spec_json));
+            out
+        }
         "ServiceAccount" => {
             let sa = ServiceAccount::decode(raw.as_slice()).map_err(bad)?;
             let mut out = Map::new();
@@ -72,7 +105,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         }
         other => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: Secret, ConfigMap, Namespace, ServiceAccount)"
+                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: Secret, ConfigMap, Namespace, ServiceAccount, SelfSubjectAccessReview)"
             )));
         }
     };
