@@ -66,6 +66,10 @@ pub enum AgentError {
         "{0}; create a new join token with `skoalactl token create` and restart the agent with it"
     )]
     Registration(RegisterError),
+    #[error(
+        "registered, but the identity could not be stored ({0}); the join token is spent: fix the problem, create a new token with `skoalactl token create` and restart the agent with it"
+    )]
+    StoreAfterRegister(crate::identity_store::StoreError),
 }
 
 /// Runs the agent until `shutdown` is cancelled. Returns an error only for problems a restart
@@ -252,13 +256,14 @@ async fn ensure_credentials(
     let Some(token) = config.token.as_deref().filter(|t| !t.is_empty()) else {
         return Err(AgentError::NeedToken { problem });
     };
+    store.check_namespace().await?;
     tracing::info!(reason = %problem, "registering with the coordinator");
     let mut delays = backoff.build();
     let mut last_cause = String::new();
     loop {
         match register::register(&config.coordinator, token, identity, AGENT_VERSION).await {
             Ok(creds) => {
-                store.save(&creds).await?;
+                save_after_register(store, &creds, backoff, shutdown).await?;
                 tracing::info!(secret = %store.location(), serial = %creds.serial_hex, not_after = %creds.not_after, "registered; identity stored");
                 return Ok(Some(creds));
             }
@@ -275,6 +280,30 @@ async fn ensure_credentials(
                 }
             }
             Err(e) => return Err(AgentError::Registration(e)),
+        }
+    }
+}
+
+/// Stores freshly issued credentials, retrying a few times: the join token is spent, so losing
+/// them means asking the operator for a new one.
+async fn save_after_register(
+    store: &IdentityStore,
+    creds: &Credentials,
+    backoff: &ExponentialBuilder,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    const ATTEMPTS: usize = 5;
+    let mut delays = backoff.build();
+    let mut attempt = 1;
+    loop {
+        match store.save(creds).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < ATTEMPTS && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, attempt, "cannot store the new identity yet; retrying");
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(AgentError::StoreAfterRegister(e)),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -26,6 +26,10 @@ pub enum StoreError {
         name: String,
         source: kube::Error,
     },
+    #[error(
+        "namespace {namespace} does not exist: create it (the agent keeps its identity Secret there) or pass --namespace"
+    )]
+    NoNamespace { namespace: String },
     #[error("Secret {namespace}/{name} lacks the data key {key}")]
     Incomplete {
         namespace: String,
@@ -67,6 +71,21 @@ impl IdentityStore {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             source,
+        }
+    }
+
+    /// Checks that the Secret's namespace exists, so a registration (which spends the join
+    /// token) is not attempted when its result could not be stored.
+    pub async fn check_namespace(&self) -> Result<(), StoreError> {
+        let namespaces: Api<Namespace> = Api::all(self.api.clone().into_client());
+        match namespaces.get_opt(&self.namespace).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::NoNamespace {
+                namespace: self.namespace.clone(),
+            }),
+            // Allowed to write Secrets but not to read namespaces: let the write decide.
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+            Err(e) => Err(self.kube_err(e)),
         }
     }
 
