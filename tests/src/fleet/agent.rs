@@ -21,6 +21,8 @@ pub struct AgentOptions {
     /// `--coordinator` instead of the coordinator's own endpoint (e.g. a name only a proxy
     /// resolves).
     pub coordinator_url: Option<String>,
+    /// `--max-backoff` [default: 2s, so tests see reconnects quickly].
+    pub max_backoff: Option<String>,
 }
 
 impl AgentOptions {
@@ -83,7 +85,10 @@ impl Agent {
             "--heartbeat".into(),
             "2s".into(),
             "--max-backoff".into(),
-            "2s".into(),
+            opts.max_backoff
+                .clone()
+                .unwrap_or_else(|| "2s".into())
+                .into(),
         ];
         if let Some(t) = token {
             args.push("--token".into());
