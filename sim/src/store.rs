@@ -20,7 +20,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::util;
 
 /// How many past events a watch can resume from.
-const LOG_CAPACITY: usize = 20_000;
+const LOG_CAPACITY: usize = 4_096;
 /// Per-subscriber buffer; a watcher that falls further behind is cut off and re-lists.
 const CHANNEL_CAPACITY: usize = 8_192;
 
@@ -360,6 +360,21 @@ mod tests {
         let (past, _rx) = s.subscribe_since(rv(&a).expect("rv")).expect("since");
         assert_eq!(past.len(), 1);
         assert_eq!(past[0].name, "b");
+    }
+
+    #[test]
+    fn watching_from_a_compacted_version_is_gone() {
+        let s = Store::new();
+        for i in 0..LOG_CAPACITY + 10 {
+            s.write("", "configmaps", "default", &format!("c{i}"), |_| {
+                Ok(Write::Create(cm(&format!("c{i}"))))
+            })
+            .expect("create");
+        }
+        let e = s.subscribe_since(2).expect_err("compacted");
+        assert_eq!(e.code, 410);
+        let (past, _rx) = s.subscribe_since(s.current_rv() - 3).expect("recent");
+        assert_eq!(past.len(), 3);
     }
 
     #[test]

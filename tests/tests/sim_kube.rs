@@ -426,3 +426,18 @@ async fn status_errors_and_patch_flavours_as_kube_rs_sees_them() -> anyhow::Resu
     assert_eq!(after.metadata.generation, Some(3));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_http_cluster_still_requires_the_token() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterConfig::new("kube-http").insecure_http(true)).await?;
+    assert!(cluster.url().starts_with("http://"), "{}", cluster.url());
+    let namespaces: Api<Namespace> = Api::all(cluster.client().await?);
+    assert!(namespaces.get_opt("kube-system").await?.is_some());
+    // Without the bearer token: 401 as a Status.
+    let anonymous = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
+    match Api::<Namespace>::all(anonymous).get("kube-system").await {
+        Err(kube::Error::Api(ae)) => assert_eq!(ae.code, 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    Ok(())
+}
