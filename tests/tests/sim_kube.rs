@@ -441,3 +441,40 @@ async fn insecure_http_cluster_still_requires_the_token() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watch_ends_its_initial_events_with_a_bookmark() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterConfig::new("kube-stream")).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client().await?, "default");
+    make_cm(&cms, "one").await?;
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher(cms.clone(), config).boxed();
+    let mut initial = vec![];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.try_next().await? {
+            match ev {
+                watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap_or_default()),
+                watcher::Event::InitDone => return anyhow::Ok(()),
+                _ => {}
+            }
+        }
+        anyhow::bail!("watch ended before the initial-events-end bookmark")
+    })
+    .await
+    .context("streaming list")??;
+    assert_eq!(initial, ["one"]);
+    make_cm(&cms, "two").await?;
+    let next = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .context("event after the initial list")??;
+    assert!(
+        matches!(next, Some(watcher::Event::Apply(ref o)) if o.metadata.name.as_deref() == Some("two"))
+    );
+    Ok(())
+}
+
+async fn make_cm(api: &Api<ConfigMap>, name: &str) -> anyhow::Result<()> {
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    api.create(&PostParams::default(), &cm).await?;
+    Ok(())
+}
