@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod identity;
 pub mod init;
 pub mod metrics;
+pub mod oversize;
 pub mod pki;
 pub mod server;
 mod session;

@@ -17,6 +17,7 @@ use crate::control_plane;
 use crate::data_dir::DataDir;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
+use crate::oversize::AuditOversizeLayer;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::store::SqliteStore;
@@ -102,6 +103,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(AuditOversizeLayer::new(ctx.clone()))
         .add_service(gateway)
         .add_service(admin)
         .serve_with_incoming(incoming);

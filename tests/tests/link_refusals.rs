@@ -394,6 +394,19 @@ async fn a_message_over_the_size_limit_closes_the_session() {
         .wait_audit("session.message_too_large", "limit")
         .await
         .expect("audit entry");
+
+    // A unary call is refused while decoding, before any handler: still audited.
+    let status = raw::register(&coord, &"x".repeat(128 * 1024), "uid-huge", "huge")
+        .await
+        .err()
+        .expect("oversized Register refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    coord
+        .ctl()
+        .wait_audit("rpc.message_too_large", "AgentGateway/Register")
+        .await
+        .expect("audit entry for the unary call");
 }
 
 /// `Status` keeps its transport cause in `source()`; tests print it for clear failures.
