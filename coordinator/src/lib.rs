@@ -25,5 +25,6 @@ pub mod server;
 mod session;
 pub mod sessions;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;

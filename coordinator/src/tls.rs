@@ -4,7 +4,8 @@
 //! an audit entry for plaintext clients, certificates from another CA, expired certificates and
 //! other handshake errors. Client certificates are optional at this layer (Register has none);
 //! the handlers enforce them per RPC. The resulting `TlsStream<TcpStream>` is what tonic's
-//! `peer_certs()` reads, so the handlers see the verified chain.
+//! `peer_certs()` reads, so the handlers see the verified chain. Floods of refusals are
+//! summarised rather than written one by one ([`crate::throttle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::Context;
 use crate::store::Store;
+use crate::throttle::{Throttle, Verdict};
 
 /// A client that has not finished its handshake in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +93,7 @@ pub fn incoming<S: Store>(
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let throttle = Arc::new(Throttle::default());
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -106,6 +109,7 @@ pub fn incoming<S: Store>(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let ctx = ctx.clone();
+            let throttle = throttle.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, remote))
                     .await
@@ -115,8 +119,19 @@ pub fn incoming<S: Store>(
                     }
                     Ok(Err(refused)) => {
                         ctx.metrics.refusal(refused.kind);
-                        ctx.audit(refused.kind, "", &remote.to_string(), refused.detail)
-                            .await;
+                        let now = std::time::Instant::now();
+                        if let Verdict::Write { suppressed } = throttle.check(refused.kind, now) {
+                            let detail = if suppressed > 0 {
+                                format!(
+                                    "{} ({suppressed} more refusals of this kind were not logged one by one)",
+                                    refused.detail
+                                )
+                            } else {
+                                refused.detail
+                            };
+                            ctx.audit(refused.kind, "", &remote.to_string(), detail)
+                                .await;
+                        }
                     }
                     Err(_) => {
                         tracing::debug!(%remote, "TLS handshake timed out");
