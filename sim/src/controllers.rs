@@ -51,6 +51,7 @@ pub fn spawn(state: Arc<ApiState>, shutdown: CancellationToken) {
     let events = state.store.subscribe();
     let ctl = Controller {
         state,
+        shutdown: shutdown.clone(),
         queue: tx,
         first_seen: HashMap::new(),
         timers: HashSet::new(),
@@ -60,6 +61,8 @@ pub fn spawn(state: Arc<ApiState>, shutdown: CancellationToken) {
 
 struct Controller {
     state: Arc<ApiState>,
+    /// Also ends pending timers, so nothing outlives the cluster.
+    shutdown: CancellationToken,
     queue: mpsc::UnboundedSender<Key>,
     /// When this controller first saw each pod (by uid): readiness counts from here.
     first_seen: HashMap<String, Instant>,
@@ -287,6 +290,7 @@ impl Controller {
         let available = sum("availableReplicas");
         let old_pods = replicas - updated;
         let complete = updated == desired && new_available == desired && old_pods == 0;
+        let exceeded = !complete && self.progress_deadline_passed(k, &d, new_rs);
         let min_available = desired - max_unavailable(&d, desired);
         let mut status = json!({
             "observedGeneration": d["metadata"]["generation"].as_i64().unwrap_or(1),
@@ -302,6 +306,8 @@ impl Controller {
                 },
                 if complete {
                     condition("Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{rs_name}\" has successfully progressed."))
+                } else if exceeded {
+                    condition("Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{rs_name}\" has timed out progressing."))
                 } else {
                     condition("Progressing", "True", "ReplicaSetUpdated", &format!("ReplicaSet \"{rs_name}\" is progressing."))
                 },
@@ -321,6 +327,45 @@ impl Controller {
             }
         }
         self.set_status(k, status);
+    }
+
+    /// Whether the rollout to `new_rs` has taken longer than `spec.progressDeadlineSeconds`
+    /// (then kstatus, and so Helm 4's wait, reports the Deployment as failed). Schedules a
+    /// re-check for when the deadline passes.
+    fn progress_deadline_passed(&mut self, k: &Key, d: &Value, new_rs: Option<&Value>) -> bool {
+        let Some(rs) = new_rs else { return false };
+        let Some(deadline) = d["spec"]["progressDeadlineSeconds"].as_i64() else {
+            return false;
+        };
+        let Some(created) = rs["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            return false;
+        };
+        let elapsed = jiff::Timestamp::now().as_second() - created.as_second();
+        if elapsed > deadline {
+            return true;
+        }
+        let uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
+        if self.timers.insert(format!("deadline/{uid}/{deadline}")) {
+            let wait = std::time::Duration::from_secs((deadline - elapsed + 1).max(1) as u64);
+            self.requeue_after(k, wait);
+        }
+        false
+    }
+
+    /// Reconciles `k` again after `wait` (unless the cluster stops first).
+    fn requeue_after(&self, k: &Key, wait: std::time::Duration) {
+        let tx = self.queue.clone();
+        let k = k.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => { let _ = tx.send(k); }
+                _ = shutdown.cancelled() => {}
+            }
+        });
     }
 
     fn scale_rs(&self, ns: &str, name: &str, replicas: i64) {
@@ -644,13 +689,7 @@ impl Controller {
         let due = now.duration_since(first) >= delay;
         if broken.is_empty() && !due {
             if self.timers.insert(uid.clone()) {
-                let tx = self.queue.clone();
-                let k = k.clone();
-                let wait = delay.saturating_sub(now.duration_since(first));
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = tx.send(k);
-                });
+                self.requeue_after(k, delay.saturating_sub(now.duration_since(first)));
             }
             return;
         }

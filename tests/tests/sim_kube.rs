@@ -267,6 +267,31 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
         .and_then(|w| w.reason.clone());
     assert_eq!(waiting.as_deref(), Some("ImagePullBackOff"));
 
+    // A rollout that cannot finish reports ProgressDeadlineExceeded (kstatus: Failed).
+    let quick = json!({"spec": {"progressDeadlineSeconds": 1}});
+    deploys
+        .patch("bad", &PatchParams::default(), &Patch::Merge(&quick))
+        .await?;
+    wait::until(
+        "progress deadline exceeded",
+        Duration::from_secs(15),
+        || {
+            let deploys = deploys.clone();
+            async move {
+                let conds = deploys.get("bad").await.ok()?.status?.conditions?;
+                conds
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "Progressing"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+
     // StatefulSets and DaemonSets report what Helm's readiness checks read.
     let template = json!({"metadata": {"labels": {"app": "x"}},
                           "spec": {"containers": [{"name": "c", "image": "example/app:v1"}]}});
