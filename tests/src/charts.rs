@@ -193,6 +193,35 @@ impl UpgradeFixture {
         Ok(())
     }
 
+    /// The documented pre-upgrade step for a manual upgrade: delete the immutable
+    /// gateway-api-admission Jobs, and wait until they are gone.
+    pub async fn delete_admission_jobs(&self) -> anyhow::Result<()> {
+        use kube::api::{DeleteParams, PropagationPolicy};
+        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+            kube::Api::namespaced(self.client.clone(), "skoala-system");
+        let background = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        for job in ["gateway-api-admission", "gateway-api-admission-patch"] {
+            match jobs.delete(job, &background).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e).context("deleting a Job"),
+            }
+            crate::wait::until(
+                "a deleted Job to go",
+                std::time::Duration::from_secs(30),
+                || {
+                    let jobs = jobs.clone();
+                    async move { jobs.get_opt(job).await.ok()?.is_none().then_some(()) }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Runs one operation and collects its progress events.
     pub async fn run(
         &self,

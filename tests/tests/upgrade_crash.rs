@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use skoala_e2e::charts::{UpgradeFixture, custom_values, repo_source, start_repo};
 use skoala_e2e::tools::{helm_versions, our_bin};
 use skoala_e2e::wait;
-use skoala_upgrade::{Outcome, Phase, ReleaseSpec, Step, StepOutcome, backup};
+use skoala_upgrade::{Outcome, Phase, ReleaseSpec, Step, StepOutcome, backup, record};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()> {
@@ -104,5 +104,59 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
         assert_eq!(backups.len(), 1, "{label}");
         assert_eq!(report.backup.as_ref(), Some(&backups[0].backup));
     }
+    Ok(())
+}
+
+/// The process died after helm finished but before the record said so: the re-run verifies
+/// the release and reports success without a second upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_helm_finished_is_not_upgraded_twice() -> anyhow::Result<()> {
+    let repo = start_repo().await?;
+    let (label, helm) = helm_versions()[0].clone();
+    let fx = UpgradeFixture::start(
+        "crash-after",
+        label,
+        &helm,
+        skoala_sim::ClusterConfig::new("crash-after"),
+    )
+    .await?;
+    fx.install(&repo, "skoala-init", "0.19.0", &custom_values())
+        .await?;
+    let before = fx.release("skoala-init").await?;
+    // What an interrupted run leaves: its record `running` ...
+    let mut records = record::RecordStore::new(&fx.client, "skoala-system", "skoala-init");
+    records
+        .save(&record::OperationRecord {
+            operation_id: "op-done".into(),
+            phase: record::RecordPhase::Running,
+            target_version: "0.19.2".into(),
+            attempt: 1,
+            revision_before: Some(before.revision),
+            version_before: Some(before.chart_version.clone()),
+            backup_generation: None,
+            message: String::new(),
+        })
+        .await?;
+    // ... and the upgrade it ran, complete.
+    let values = "nacos-operator: {image: {tag: v0.19.2}}\nskoala-agent: {image: {tag: v0.19.2}}\nsentinel-operator: {image: {tag: v0.19.2}}\n";
+    fx.delete_admission_jobs().await?;
+    fx.install(&repo, "skoala-init", "0.19.2", values).await?;
+    let upgraded = fx.release("skoala-init").await?;
+
+    let spec = ReleaseSpec::skoala_init(repo_source(&repo), "0.19.2");
+    let (report, _) = fx.run("op-done", &spec).await?;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:#?}");
+    assert!(
+        report.message.contains("already upgraded"),
+        "{}",
+        report.message
+    );
+    assert_eq!(
+        fx.release("skoala-init").await?.revision,
+        upgraded.revision,
+        "no second upgrade"
+    );
+    let rec = records.load().await?.expect("record");
+    assert_eq!(rec.phase, record::RecordPhase::Succeeded);
     Ok(())
 }

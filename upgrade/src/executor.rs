@@ -382,7 +382,63 @@ impl<'a> Run<'a> {
             };
             return self.after_release_check(info, ours, t2).await;
         }
+        if let Some(rec) = &ours
+            && info.chart_version == self.spec.version
+            && self.interrupted_after_success(rec, &info).await
+        {
+            let msg = self.report.message.clone();
+            self.finish(Step::Preflight, t, Done::ok(msg)).await;
+            return Ok(());
+        }
         self.after_release_check(info, ours, t).await
+    }
+
+    /// The process died after helm succeeded but before the record said so: if the release
+    /// is at the target and verifies healthy, the operation is done (no second upgrade).
+    async fn interrupted_after_success(
+        &mut self,
+        rec: &OperationRecord,
+        info: &ReleaseInfo,
+    ) -> bool {
+        let expect = Expectation {
+            release: self.spec.release.clone(),
+            namespace: self.spec.namespace.clone(),
+            chart_version: self.spec.version.clone(),
+            tags: self
+                .spec
+                .image_tag_keys
+                .iter()
+                .map(|k| (k.clone(), self.spec.tag()))
+                .collect(),
+            custom_kinds: Vec::new(),
+        };
+        if verify::check(&self.session, &self.client, &expect)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.report.revision_before = rec.revision_before;
+        self.report.version_before = rec.version_before.clone();
+        self.report.revision_after = Some(info.revision);
+        self.report.version_after = Some(info.chart_version.clone());
+        if let Some(g) = rec.backup_generation {
+            self.report.backup =
+                backup::list(&self.client, &self.spec.namespace, &self.spec.release)
+                    .await
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|s| s.backup.generation == g))
+                    .map(|s| s.backup);
+        }
+        self.report.outcome = Outcome::Succeeded;
+        self.report.message = format!(
+            "an interrupted attempt of this operation had already upgraded {} to {}; verified \
+             healthy",
+            self.spec.release, self.spec.version
+        );
+        self.record = Some(rec.clone());
+        self.close_record(RecordPhase::Succeeded).await;
+        true
     }
 
     /// The operation id is recorded as finished: report that again, change nothing.
