@@ -106,7 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Err(why) = &executor {
         tracing::warn!(reason = %why, "tasks will be refused");
     }
-    let (tasks, outbox) = TaskRunner::new(executor);
+    let (tasks, outbox) = TaskRunner::new(executor, Some((client.clone(), config.tracked.clone())));
     let store = IdentityStore::new(client, &config.namespace, &config.secret_name);
 
     let backoff = ExponentialBuilder::new()

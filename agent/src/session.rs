@@ -114,7 +114,7 @@ pub async fn run(
         identity: Some(params.identity.clone()),
         inventory: Some(inventory_now),
         cached_chart_digests: Vec::new(),
-        unfinished_operation_ids: Vec::new(),
+        unfinished_operation_ids: params.tasks.unfinished().await,
     };
     // Cannot fail: the receiver is alive and the channel empty.
     let _ = tx.try_send(envelope(agent_message::Body::Hello(hello)));

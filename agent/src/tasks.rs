@@ -19,6 +19,7 @@ use skoala_proto::v1::{
     TaskResult, agent_message::Body,
 };
 use skoala_upgrade::inventory::{self, TrackedRelease};
+use skoala_upgrade::record::{RecordPhase, RecordStore};
 use skoala_upgrade::{
     ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, Phase, ProgressEvent, ReleaseSpec,
     StepOutcome,
@@ -46,20 +47,52 @@ pub struct TaskRunner {
     executor: Result<ExecutorParts, String>,
     outbox: mpsc::Sender<Body>,
     running: Arc<Mutex<BTreeSet<String>>>,
+    /// For reading operation records (see [`TaskRunner::unfinished`]); `None` in load tests.
+    records: Option<(kube::Client, Vec<TrackedRelease>)>,
 }
 
 impl TaskRunner {
-    /// A runner and the receiving end of its outbox (for the session to drain).
-    pub fn new(executor: Result<ExecutorParts, String>) -> (Self, mpsc::Receiver<Body>) {
+    /// A runner and the receiving end of its outbox (for the session to drain). `records`
+    /// names the cluster and the releases whose operation records Hello reports.
+    pub fn new(
+        executor: Result<ExecutorParts, String>,
+        records: Option<(kube::Client, Vec<TrackedRelease>)>,
+    ) -> (Self, mpsc::Receiver<Body>) {
         let (outbox, rx) = mpsc::channel(OUTBOX);
         (
             Self {
                 executor,
                 outbox,
                 running: Arc::default(),
+                records,
             },
             rx,
         )
+    }
+
+    /// Operations recorded in the cluster as still running that this process is not running:
+    /// a previous agent died mid-task. Hello lists them so the coordinator re-sends them, and
+    /// the executor then recovers the release (invariant 2: never left stuck).
+    pub async fn unfinished(&self) -> Vec<String> {
+        let Some((client, tracked)) = &self.records else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for t in tracked {
+            let mut store = RecordStore::new(client, &t.namespace, &t.release);
+            match store.load().await {
+                Ok(Some(r)) if r.phase == RecordPhase::Running => {
+                    if !self.lock().contains(&r.operation_id) {
+                        out.push(r.operation_id);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(release = %t.release, error = %e, "cannot read the operation record");
+                }
+            }
+        }
+        out
     }
 
     /// Handles a task; returns the immediate answer, if any.

@@ -20,6 +20,7 @@ use skoala_proto::v1::{
     RegisterResponse, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, chart_source, coordinator_message,
 };
+use skoala_upgrade::record::{OperationRecord, RecordPhase, RecordStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -143,107 +144,151 @@ fn now_unix() -> i64 {
         .as_secs() as i64
 }
 
+/// A working cluster with skoala-init 0.19.0 (installed by hand, with a secret value), the
+/// chart repository, and the stand-in gateway; the agent is started separately.
+struct Setup {
+    url: String,
+    cluster: skoala_sim::Cluster,
+    /// Holds the CA file and the agent log (deleted on drop).
+    _home: HelmHome,
+    shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
+    ca_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _repo: skoala_e2e::charts::ChartRepo,
+    serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Setup {
+    async fn new(name: &str) -> Setup {
+        let repo = start_repo().await.expect("chart repository");
+        let url = repo.url();
+        let cluster = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new(name))
+            .await
+            .expect("emulated cluster");
+        let home = HelmHome::new().expect("helm home");
+        let values = home.path().join("custom.yaml");
+        std::fs::write(
+            &values,
+            format!("skoala-agent:\n  logLevel: debug\n  auth:\n    password: {PASSWORD}\n"),
+        )
+        .expect("values");
+        let values = values.to_str().expect("utf-8");
+        home.run(
+            &tool("helm"),
+            Some(cluster.kubeconfig_path()),
+            &[
+                "install",
+                "skoala-init",
+                "skoala-init",
+                "--repo",
+                &url,
+                "--version",
+                "0.19.0",
+                "-n",
+                "skoala-system",
+                "--create-namespace",
+                "-f",
+                values,
+            ],
+        )
+        .await
+        .expect("helm install");
+
+        // The stand-in gateway on a loopback port, with the coordinator's CA code.
+        let (ca, _ca_key) = FleetCa::generate("test fleet", Duration::from_secs(3600)).expect("CA");
+        let server = ca
+            .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
+            .expect("server cert");
+        let ca_file = home.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("ca file");
+        let shared = Arc::new(Shared::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&server.issued.cert_pem, &server.key_pem))
+            .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+            .client_auth_optional(true);
+        let service = AgentGatewayServer::new(StandIn {
+            ca: Arc::new(ca),
+            shared: shared.clone(),
+        });
+        let serving = tokio::spawn(
+            Server::builder()
+                .tls_config(tls)
+                .expect("tls")
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let log = home.path().join("agent.log");
+        Setup {
+            url,
+            cluster,
+            _home: home,
+            shared,
+            addr,
+            ca_file,
+            log,
+            _repo: repo,
+            serving,
+        }
+    }
+
+    /// Starts the real agent and waits for its session.
+    async fn start_agent(&self) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let agent = tokio::process::Command::new(our_bin("skoala-agent"))
+            .arg("--coordinator")
+            .arg(format!("https://{}", self.addr))
+            .arg("--ca-file")
+            .arg(&self.ca_file)
+            .arg("--kubeconfig")
+            .arg(self.cluster.kubeconfig_path())
+            .args(["--token", "stand-in-token", "--heartbeat", "1s"])
+            .arg("--helm")
+            .arg(tool("helm"))
+            .env_remove("KUBECONFIG")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the agent");
+        wait::until("the agent's session", TIMEOUT, || async {
+            self.shared
+                .to_agent
+                .lock()
+                .expect("lock")
+                .is_some()
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", self.agent_log()));
+        agent
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_runs_an_upgrade_task_with_the_executor() {
-    // The working cluster, with skoala-init 0.19.0 installed by hand with a secret value.
-    let repo = start_repo().await.expect("chart repository");
-    let url = repo.url();
-    let cluster = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("tasks-1"))
-        .await
-        .expect("emulated cluster");
-    let kc = cluster.kubeconfig_path();
-    let home = HelmHome::new().expect("helm home");
-    let values = home.path().join("custom.yaml");
-    std::fs::write(
-        &values,
-        format!("skoala-agent:\n  logLevel: debug\n  auth:\n    password: {PASSWORD}\n"),
-    )
-    .expect("values");
-    let values = values.to_str().expect("utf-8");
-    home.run(
-        &tool("helm"),
-        Some(kc),
-        &[
-            "install",
-            "skoala-init",
-            "skoala-init",
-            "--repo",
-            &url,
-            "--version",
-            "0.19.0",
-            "-n",
-            "skoala-system",
-            "--create-namespace",
-            "-f",
-            values,
-        ],
-    )
-    .await
-    .expect("helm install");
-
-    // The stand-in gateway on a loopback port, with the coordinator's CA code.
-    let (ca, _ca_key) = FleetCa::generate("test fleet", Duration::from_secs(3600)).expect("CA");
-    let server = ca
-        .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
-        .expect("server cert");
-    let ca_file = home.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).expect("ca file");
-    let shared = Arc::new(Shared::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&server.issued.cert_pem, &server.key_pem))
-        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-        .client_auth_optional(true);
-    let service = AgentGatewayServer::new(StandIn {
-        ca: Arc::new(ca),
-        shared: shared.clone(),
-    });
-    let serving = tokio::spawn(
-        Server::builder()
-            .tls_config(tls)
-            .expect("tls")
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
-    // The real agent.
-    let log = home.path().join("agent.log");
-    let mut agent = tokio::process::Command::new(our_bin("skoala-agent"))
-        .arg("--coordinator")
-        .arg(format!("https://{addr}"))
-        .arg("--ca-file")
-        .arg(&ca_file)
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(["--token", "stand-in-token", "--heartbeat", "1s"])
-        .arg("--helm")
-        .arg(tool("helm"))
-        .env_remove("KUBECONFIG")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("https_proxy")
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the agent");
-    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait::until("the agent's session", TIMEOUT, || async {
-        shared
-            .to_agent
-            .lock()
-            .expect("lock")
-            .is_some()
-            .then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent_log()));
+    let setup = Setup::new("tasks-1").await;
+    let mut agent = setup.start_agent().await;
+    let (shared, url) = (&setup.shared, &setup.url);
+    let agent_log = || setup.agent_log();
 
     // 1. An upgrade to 0.19.1.
     shared
-        .send(upgrade_task("op-1", &url, "0.19.1", now_unix() + 600))
+        .send(upgrade_task("op-1", url, "0.19.1", now_unix() + 600))
         .await;
     let result = wait::until("the task result", TIMEOUT, || async {
         shared.result_of("op-1")
@@ -303,7 +348,7 @@ async fn agent_runs_an_upgrade_task_with_the_executor() {
     // 2. Re-delivery of the same operation (the coordinator did not get the result): the
     //    recorded outcome again, no second upgrade.
     shared
-        .send(upgrade_task("op-1", &url, "0.19.1", now_unix() + 600))
+        .send(upgrade_task("op-1", url, "0.19.1", now_unix() + 600))
         .await;
     wait::until("the re-delivered task's result", TIMEOUT, || async {
         (shared.results_of("op-1") >= 2).then_some(())
@@ -332,7 +377,7 @@ async fn agent_runs_an_upgrade_task_with_the_executor() {
 
     // 3. A task whose start deadline has passed is refused before anything happens.
     shared
-        .send(upgrade_task("op-late", &url, "0.19.2", now_unix() - 1))
+        .send(upgrade_task("op-late", url, "0.19.2", now_unix() - 1))
         .await;
     let late = wait::until("the late task's refusal", TIMEOUT, || async {
         shared.result_of("op-late")
@@ -343,5 +388,69 @@ async fn agent_runs_an_upgrade_task_with_the_executor() {
     assert!(late.message.contains("deadline"), "{late:?}");
 
     let _ = agent.kill().await;
-    serving.abort();
+    setup.serving.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_lists_an_operation_a_dead_agent_left_unfinished() {
+    let setup = Setup::new("tasks-2").await;
+    // What an agent killed mid-upgrade leaves behind: the record of a running operation.
+    let client = setup.cluster.client().await.expect("client");
+    let mut records = RecordStore::new(&client, "skoala-system", "skoala-init");
+    records.load().await.expect("load the record");
+    records
+        .save(&OperationRecord {
+            operation_id: "op-crashed".into(),
+            phase: RecordPhase::Running,
+            target_version: "0.19.1".into(),
+            attempt: 1,
+            revision_before: Some(1),
+            version_before: Some("0.19.0".into()),
+            backup_generation: None,
+            message: String::new(),
+        })
+        .await
+        .expect("write the record");
+
+    let mut agent = setup.start_agent().await;
+    let hello = wait::until("the agent's hello", TIMEOUT, || async {
+        setup.shared.bodies().into_iter().find_map(|b| match b {
+            Body::Hello(h) => Some(h),
+            _ => None,
+        })
+    })
+    .await
+    .expect("hello");
+    assert_eq!(
+        hello.unfinished_operation_ids,
+        vec!["op-crashed".to_string()]
+    );
+
+    // The coordinator re-sends it; the executor finishes the job.
+    setup
+        .shared
+        .send(upgrade_task(
+            "op-crashed",
+            &setup.url,
+            "0.19.1",
+            now_unix() + 600,
+        ))
+        .await;
+    let result = wait::until("the re-sent task's result", TIMEOUT, || async {
+        setup.shared.result_of("op-crashed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", setup.agent_log()));
+    assert_eq!(
+        result.outcome,
+        TaskOutcome::Succeeded as i32,
+        "{result:?}\nagent log:\n{}",
+        setup.agent_log()
+    );
+    assert_eq!(
+        result.release_after.map(|r| r.chart_version).as_deref(),
+        Some("0.19.1")
+    );
+    let _ = agent.kill().await;
+    setup.serving.abort();
 }
