@@ -58,15 +58,30 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Drops the layers' repeated "transport error" prefixes that say nothing.
+fn tidy(detail: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in detail.split(": ") {
+        if part == "transport error" || parts.last() == Some(&part) {
+            continue;
+        }
+        parts.push(part);
+    }
+    parts.join(": ")
+}
+
 /// Classifies a connection failure.
 pub fn explain_transport(endpoint: &str, detail: &str) -> String {
+    let detail = &tidy(detail);
     let lower = detail.to_lowercase();
     if lower.contains("connection refused") {
         format!(
             "cannot reach coordinator at {endpoint}: connection refused (is `skoala-coordinator serve` running there?)"
         )
     } else if lower.contains("received fatal alert") || lower.contains("alert") {
-        format!("coordinator rejected the admin certificate: {detail}")
+        format!(
+            "coordinator rejected the admin certificate: {detail} (is it the admin.yaml of this fleet, and not expired?)"
+        )
     } else if lower.contains("unknownissuer")
         || lower.contains("invalid peer certificate")
         || lower.contains("notvalidforname")

@@ -208,11 +208,27 @@ fn classify(e: std::io::Error) -> Refused {
     match rustls_error {
         Some(rustls::Error::InvalidCertificate(why)) => Refused {
             kind: "tls.bad_client_certificate",
-            detail: format!("client certificate refused: {why:?}"),
+            detail: format!("client certificate refused: {why:?}{}", hint(why)),
         },
         _ => Refused {
             kind: "tls.handshake_failed",
             detail: format!("TLS handshake failed: {e}"),
         },
+    }
+}
+
+/// What a certificate error usually means, for the operator reading the audit log.
+fn hint(why: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as E;
+    match why {
+        E::UnknownIssuer => " (not issued by this fleet's CA)",
+        E::BadSignature => {
+            " (signature does not verify against this fleet's CA: another fleet's certificate?)"
+        }
+        E::Expired | E::ExpiredContext { .. } => {
+            " (expired: the agent missed its renewal, or the clock is wrong)"
+        }
+        E::NotValidYet | E::NotValidYetContext { .. } => " (not valid yet: check the clocks)",
+        _ => "",
     }
 }
