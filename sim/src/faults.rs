@@ -35,13 +35,17 @@ pub struct LatencyRule {
 pub struct FaultsSnapshot {
     pub fail: Vec<FailRule>,
     pub latency: Vec<LatencyRule>,
+    /// Connections are dropped unanswered ([`Faults::stop`]).
     pub stopped: bool,
+    /// Requests are held unanswered ([`Faults::freeze`]).
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// A command for the admin endpoint (`POST /_sim/faults`, JSON body), e.g.
 /// `{"action":"fail","method":"PATCH","path":"/secrets","status":500,"count":2}`,
-/// `{"action":"latency","path":"","millis":300}`, `{"action":"stop"}`, `{"action":"resume"}`,
-/// `{"action":"clear"}`.
+/// `{"action":"latency","path":"","millis":300}`, `{"action":"stop"}`, `{"action":"freeze"}`,
+/// `{"action":"resume"}`, `{"action":"clear"}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum FaultCommand {
@@ -60,6 +64,7 @@ pub enum FaultCommand {
         millis: u64,
     },
     Stop,
+    Freeze,
     Resume,
     Clear,
 }
@@ -76,11 +81,15 @@ pub enum Verdict {
     Fail(u16),
     /// Drop the connection without an answer.
     Drop,
+    /// Hold the request until the cluster is resumed (then serve it).
+    Hold,
 }
 
 struct State {
     snapshot: FaultsSnapshot,
     cut: CancellationToken,
+    /// Cancelled (and replaced) on every resume: held requests wait for it.
+    resumed: CancellationToken,
 }
 
 /// Handle to one cluster's fault injector; cheap to clone.
@@ -108,6 +117,7 @@ impl Faults {
             state: Arc::new(Mutex::new(State {
                 snapshot: FaultsSnapshot::default(),
                 cut: CancellationToken::new(),
+                resumed: CancellationToken::new(),
             })),
         }
     }
@@ -150,11 +160,37 @@ impl Faults {
         s.snapshot.stopped = true;
         s.cut.cancel();
         s.cut = CancellationToken::new();
+        // Requests held by a freeze are dropped too.
+        s.resumed.cancel();
+        s.resumed = CancellationToken::new();
     }
 
-    /// Answers again, with the state the cluster had when it stopped.
+    /// Stops answering without closing anything: requests (new and in flight on open
+    /// connections) are held unanswered until [`Faults::resume`], like an API server that hangs.
+    /// Clients see their own timeouts.
+    pub fn freeze(&self) {
+        self.lock().snapshot.frozen = true;
+    }
+
+    /// Answers again, with the state the cluster had when it stopped; held requests proceed.
     pub fn resume(&self) {
-        self.lock().snapshot.stopped = false;
+        let mut s = self.lock();
+        s.snapshot.stopped = false;
+        s.snapshot.frozen = false;
+        s.resumed.cancel();
+        s.resumed = CancellationToken::new();
+    }
+
+    /// Completes when the cluster is resumed (immediately when it is not frozen).
+    pub(crate) async fn until_resumed(&self) {
+        let token = {
+            let s = self.lock();
+            if !s.snapshot.frozen {
+                return;
+            }
+            s.resumed.clone()
+        };
+        token.cancelled().await;
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -180,6 +216,7 @@ impl Faults {
                 millis,
             } => self.add_latency(method.as_deref(), &path, Duration::from_millis(millis)),
             FaultCommand::Stop => self.stop(),
+            FaultCommand::Freeze => self.freeze(),
             FaultCommand::Resume => self.resume(),
             FaultCommand::Clear => self.clear(),
         }
@@ -195,6 +232,9 @@ impl Faults {
         let mut s = self.lock();
         if s.snapshot.stopped {
             return Verdict::Drop;
+        }
+        if s.snapshot.frozen {
+            return Verdict::Hold;
         }
         if let Some(i) = s
             .snapshot
@@ -257,6 +297,9 @@ mod tests {
         assert_eq!(f.verdict("GET", "/api"), Verdict::Drop);
         f.resume();
         assert_eq!(f.verdict("GET", "/api"), Verdict::Pass);
+        f.freeze();
+        assert_eq!(f.verdict("GET", "/api"), Verdict::Hold);
+        f.resume();
         f.add_latency(None, "", Duration::from_millis(5));
         assert_eq!(
             f.verdict("GET", "/api"),

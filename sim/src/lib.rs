@@ -12,9 +12,13 @@
 //! cluster.addr();            // SocketAddr
 //! cluster.kube_system_uid(); // the cluster identity
 //! let client = cluster.client().await?; // a kube::Client
-//! // Fault injection: fail the next N matching requests, add latency, stop/resume answering.
+//! // Fault injection: fail the next N matching requests, add latency, stop answering
+//! // (drop connections) or freeze (hold requests unanswered), and resume with the same state.
 //! cluster.faults().fail_next(Some("PATCH"), "/secrets", 500, 1);
+//! cluster.faults().add_latency(None, "", std::time::Duration::from_millis(100));
 //! cluster.faults().stop();
+//! cluster.faults().resume();
+//! cluster.faults().freeze();
 //! cluster.faults().resume();
 //! // A fleet:
 //! let fleet = skoala_sim::start_clusters(3, "work").await?;

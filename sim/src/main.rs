@@ -26,8 +26,8 @@ enum Command {
     /// Prints `listening on <url>` on stdout once ready. Fault injection for other processes:
     /// POST a JSON command to `<url>/_sim/faults` with the kubeconfig's bearer token, e.g.
     /// {"action":"fail","method":"PATCH","path":"/secrets","status":500,"count":1},
-    /// {"action":"latency","path":"","millis":200}, {"action":"stop"}, {"action":"resume"},
-    /// {"action":"clear"}.
+    /// {"action":"latency","path":"","millis":200}, {"action":"stop"} (drop connections),
+    /// {"action":"freeze"} (hold requests unanswered), {"action":"resume"}, {"action":"clear"}.
     Cluster {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]

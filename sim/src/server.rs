@@ -119,6 +119,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
         Verdict::Drop => {
             return Err(std::io::Error::other("cluster stopped by fault injection"));
         }
+        Verdict::Hold => {
+            ctx.faults.until_resumed().await;
+            // A stop while frozen drops the held request too.
+            if ctx.faults.is_stopped() {
+                return Err(std::io::Error::other("cluster stopped by fault injection"));
+            }
+        }
     }
     if !public && !authorized(&req, &ctx.token) {
         return Ok(error_response(&ApiError::unauthorized()));

@@ -67,6 +67,20 @@ async fn fail_next_latency_stop_and_resume() -> anyhow::Result<()> {
         Some("v")
     );
     make_cm(&cms, "after").await?;
+
+    // Frozen: requests hang (the client's own timeout fires), then are answered on resume.
+    cluster.faults().freeze();
+    let held = tokio::time::timeout(Duration::from_millis(500), cms.get("after")).await;
+    assert!(held.is_err(), "a frozen cluster does not answer");
+    let pending = tokio::spawn({
+        let cms = cms.clone();
+        async move { cms.get("after").await }
+    });
+    cluster.faults().resume();
+    let answered = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .context("the held request was answered after resume")???;
+    assert_eq!(answered.metadata.name.as_deref(), Some("after"));
     Ok(())
 }
 
