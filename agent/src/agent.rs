@@ -3,7 +3,9 @@
 //! reconnecting with exponential backoff and jitter.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::credentials::Credentials;
 use crate::identity_store::IdentityStore;
+use crate::metrics::{self, Metrics};
 use crate::register::{self, RegisterError};
 use crate::session::{self, SessionParams};
 use crate::tasks::{ExecutorParts, TaskRunner};
@@ -44,10 +47,19 @@ pub struct AgentConfig {
     /// Reconnect backoff bounds.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The counters, readable by the caller too.
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("metrics port {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("kubernetes client: {0}")]
@@ -75,6 +87,19 @@ pub enum AgentError {
 /// Runs the agent until `shutdown` is cancelled. Returns an error only for problems a restart
 /// will not fix (no identity, registration refused); network trouble is retried forever.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if let Some(addr) = config.metrics_listen {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| AgentError::MetricsBind { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        // Scripts and tests read this line to learn the port when listening on :0.
+        println!("skoala-agent metrics on http://{local}/metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            config.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let (kube_config, context_cluster) = kube_config(config.kubeconfig.as_ref()).await?;
     let client = kube::Client::try_from(kube_config.clone())?;
     let cluster_id = inventory::kube_system_uid(&client)
@@ -129,9 +154,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         store: Some(store.clone()),
         tasks,
         outbox,
+        metrics: config.metrics.clone(),
     };
 
-    let mut link = LinkLog::default();
+    let mut link = LinkLog {
+        metrics: config.metrics.clone(),
+        ..LinkLog::default()
+    };
     let mut delays = backoff.build();
     loop {
         // A certificate can lapse while the coordinator is unreachable for long.
@@ -182,6 +211,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 /// goes down, one when the cause of failing changes.
 #[derive(Default)]
 struct LinkLog {
+    metrics: Arc<Metrics>,
     up: bool,
     last_cause: Option<String>,
     failures: u64,
@@ -189,6 +219,8 @@ struct LinkLog {
 
 impl LinkLog {
     fn connected(&mut self) {
+        self.metrics.connected.store(1, Ordering::Relaxed);
+        metrics::inc(&self.metrics.sessions_established);
         if self.failures > 0 {
             tracing::info!(
                 failed_attempts = self.failures,
@@ -203,6 +235,8 @@ impl LinkLog {
     }
 
     fn failed(&mut self, cause: &str, retry_in: Duration) {
+        self.metrics.connected.store(0, Ordering::Relaxed);
+        metrics::inc(&self.metrics.session_failures);
         self.failures += 1;
         if self.up {
             tracing::warn!(

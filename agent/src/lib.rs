@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod credentials;
 pub mod identity_store;
+pub mod metrics;
 pub mod proxy;
 pub mod register;
 pub mod session;

@@ -71,6 +71,10 @@ struct Args {
     #[arg(long, env = "SKOALA_HELM", default_value = "helm")]
     helm: PathBuf,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9091).
+    #[arg(long, env = "SKOALA_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     max_backoff: Duration,
@@ -154,6 +158,8 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         helm: Some(args.helm),
         min_backoff: Duration::from_millis(200),
         max_backoff: args.max_backoff,
+        metrics_listen: args.metrics_listen,
+        metrics: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::credentials::{Credentials, PendingKey};
 use crate::identity_store::IdentityStore;
+use crate::metrics::{self, Metrics};
 use crate::tasks::TaskRunner;
 use crate::transport::{self, CoordinatorAddr, TransportError};
 
@@ -43,6 +44,7 @@ pub struct SessionParams {
     /// Runs tasks; their progress and results arrive through `outbox`.
     pub tasks: TaskRunner,
     pub outbox: mpsc::Receiver<agent_message::Body>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,10 @@ pub async fn run(
     on_connected: &mut (dyn FnMut() + Send),
 ) -> Result<(), SessionError> {
     let creds = lock(&params.credentials).clone();
+    params.metrics.certificate_not_after.store(
+        creds.not_after.as_second(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let channel = transport::connect(addr, &creds.ca_pem, Some(&creds)).await?;
     let mut client = AgentGatewayClient::new(channel);
     let cluster_id = params.identity.cluster_id.clone();
@@ -172,6 +178,9 @@ pub async fn run(
                 }
             }
         };
+        if let Some(body) = &outgoing {
+            count(&params.metrics, body);
+        }
         if let Some(body) = outgoing
             && tx.send(envelope(body)).await.is_err()
         {
@@ -253,7 +262,26 @@ async fn renewed(
     }
     tracing::info!(serial = %creds.serial_hex, not_after = %creds.not_after, "certificate renewed; used from the next connection");
     renewal.as_mut().reset(until(creds.renew_at()));
+    metrics::inc(&params.metrics.certificate_renewals);
+    params.metrics.certificate_not_after.store(
+        creds.not_after.as_second(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     *lock(&params.credentials) = creds;
+}
+
+/// Counts an outgoing message in the metrics.
+fn count(m: &Metrics, body: &agent_message::Body) {
+    use agent_message::Body;
+    match body {
+        Body::Heartbeat(_) => metrics::inc(&m.heartbeats_sent),
+        Body::Inventory(_) => metrics::inc(&m.inventory_updates_sent),
+        Body::TaskAccepted(_) => metrics::inc(&m.tasks_accepted),
+        Body::TaskResult(r) if r.outcome == skoala_proto::v1::TaskOutcome::Refused as i32 => {
+            metrics::inc(&m.tasks_refused)
+        }
+        _ => {}
+    }
 }
 
 /// `at` as a tokio deadline; at least a second away, so a certificate that is somehow due at

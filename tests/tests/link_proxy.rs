@@ -23,6 +23,24 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const USER: &str = "fleet-egress";
 const PASSWORD: &str = "pr0xy-s3cret";
 
+/// Fetches the agent's `/metrics` (address from its log line) with plain HTTP/1.1.
+async fn get_metrics(log: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = log
+        .lines()
+        .find_map(|l| l.strip_prefix("skoala-agent metrics on http://"))?
+        .trim()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .await
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.ok()?;
+    Some(page)
+}
+
 fn cluster<'a>(clusters: &'a [Value], id: &str) -> Option<&'a Value> {
     clusters.iter().find(|c| c["id"] == id)
 }
@@ -110,7 +128,9 @@ async fn agent_joins_and_stays_connected_only_through_the_proxy() {
         &coordinator,
         &sim,
         Some(&token),
-        agent_opts(&[("HTTPS_PROXY", &good_proxy), ("NO_PROXY", "127.0.0.1")]),
+        agent_opts(&[("HTTPS_PROXY", &good_proxy), ("NO_PROXY", "127.0.0.1")])
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0"),
     )
     .expect("agent");
     wait::until("the proxied agent to connect", TIMEOUT, || async {
@@ -150,6 +170,27 @@ async fn agent_joins_and_stays_connected_only_through_the_proxy() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    // The agent's own metrics tell the same story: connected, after a broken session.
+    let metrics = wait::until(
+        "the agent's metrics after the reconnect",
+        TIMEOUT,
+        || async {
+            let page = get_metrics(&agent.log()).await?;
+            let value = |name: &str| -> Option<u64> {
+                page.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            (value("skoala_agent_connected")? == 1
+                && value("skoala_agent_sessions_established_total")? >= 2
+                && value("skoala_agent_session_failures_total")? >= 1)
+                .then_some(page)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    assert!(!metrics.contains(PASSWORD));
+
     let log = agent.log();
     assert!(!log.contains(PASSWORD), "the proxy password leaked:\n{log}");
     assert!(log.contains("using an HTTP CONNECT proxy"), "{log}");
