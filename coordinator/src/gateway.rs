@@ -120,14 +120,19 @@ impl<S: Store> AgentGateway for Gateway<S> {
             Ok(outcome) => {
                 let kind = match outcome {
                     Registered::New => "cluster.registered",
-                    Registered::Again => "cluster.reregistered",
+                    Registered::Again | Registered::SameToken => "cluster.reregistered",
                 };
                 ctx.audit(
                     kind,
                     &cluster_id,
                     &peer,
                     format!(
-                        "name {name}, token {token_id}, certificate {}",
+                        "name {name}, token {token_id}{}, certificate {}",
+                        if outcome == Registered::SameToken {
+                            " (a retry with the cluster's own token; no use spent)"
+                        } else {
+                            ""
+                        },
                         issued.serial_hex
                     ),
                 )

@@ -58,6 +58,10 @@ pub const MIGRATIONS: &[&str] = &[
         detail     TEXT NOT NULL DEFAULT ''
     );
     "#,
+    // 2: which token each cluster joined with, so the same cluster may retry with it.
+    r#"
+    ALTER TABLE clusters ADD COLUMN token_id TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -83,4 +87,38 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = i + 1, "store schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let mut conn = Connection::open(&path).expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO clusters (id, name, registered_unix) VALUES ('c1', 'one', 1)",
+            [],
+        )
+        .expect("v1 row");
+        migrate(&mut conn).expect("migrate");
+        let (name, token): (String, String) = conn
+            .query_row(
+                "SELECT name, token_id FROM clusters WHERE id = 'c1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("row survives");
+        assert_eq!((name.as_str(), token.as_str()), ("one", ""));
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, latest());
+        migrate(&mut conn).expect("migrating twice is a no-op");
+    }
 }

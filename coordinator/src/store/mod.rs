@@ -151,7 +151,10 @@ impl RegisterError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
     New,
+    /// Registered before, now with a different token (a use was spent).
     Again,
+    /// Registered before with this very token (a retry; no use was spent).
+    SameToken,
 }
 
 /// The durable store. Methods are async so a backend talking to a remote API fits; every

@@ -183,59 +183,73 @@ impl Store for SqliteStore {
             if token.expires_unix <= r.now_unix {
                 return Err(RegisterError::Expired(token.id));
             }
-            if token.uses_left == 0 {
-                return Err(RegisterError::UsedUp(token.id));
-            }
-            let existing: Option<Option<i64>> = tx
+            let existing: Option<(Option<i64>, String)> = tx
                 .query_row(
-                    "SELECT revoked_unix FROM clusters WHERE id = ?1",
+                    "SELECT revoked_unix, token_id FROM clusters WHERE id = ?1",
                     params![r.cluster_id],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(StoreError::from)?;
-            let outcome = match existing {
-                Some(Some(_)) => return Err(RegisterError::ClusterRevoked(r.cluster_id)),
-                Some(None) => {
-                    tx.execute(
-                        "UPDATE clusters SET name = ?2, labels_json = ?3, agent_version = ?4, \
-                         cert_serial = ?5, cert_not_after_unix = ?6 WHERE id = ?1",
-                        params![
-                            r.cluster_id,
-                            r.name,
-                            labels_json(&r.labels),
-                            r.agent_version,
-                            r.cert.serial_hex,
-                            r.cert.not_after_unix
-                        ],
-                    )
-                    .map_err(StoreError::from)?;
+            if let Some((Some(_), _)) = existing {
+                return Err(RegisterError::ClusterRevoked(r.cluster_id));
+            }
+            // The same cluster registering again with the token it joined with (its answer
+            // was lost, or it lost its key before saving it): allowed while the token is
+            // valid, without spending another use, so a flaky network cannot strand an agent
+            // with a used-up token.
+            let same_token = existing
+                .as_ref()
+                .is_some_and(|(_, token_id)| *token_id == token.id);
+            if token.uses_left == 0 && !same_token {
+                return Err(RegisterError::UsedUp(token.id));
+            }
+            let outcome = if existing.is_some() {
+                tx.execute(
+                    "UPDATE clusters SET name = ?2, labels_json = ?3, agent_version = ?4, \
+                     cert_serial = ?5, cert_not_after_unix = ?6, token_id = ?7 WHERE id = ?1",
+                    params![
+                        r.cluster_id,
+                        r.name,
+                        labels_json(&r.labels),
+                        r.agent_version,
+                        r.cert.serial_hex,
+                        r.cert.not_after_unix,
+                        token.id
+                    ],
+                )
+                .map_err(StoreError::from)?;
+                if same_token {
+                    Registered::SameToken
+                } else {
                     Registered::Again
                 }
-                None => {
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES (?1,?2,?3,?4,NULL,?5,'',x'',?6,?7)"
-                        ),
-                        params![
-                            r.cluster_id,
-                            r.name,
-                            labels_json(&r.labels),
-                            r.now_unix,
-                            r.agent_version,
-                            r.cert.serial_hex,
-                            r.cert.not_after_unix
-                        ],
-                    )
-                    .map_err(StoreError::from)?;
-                    Registered::New
-                }
+            } else {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO clusters ({CLUSTER_COLUMNS}, token_id) VALUES (?1,?2,?3,?4,NULL,?5,'',x'',?6,?7,?8)"
+                    ),
+                    params![
+                        r.cluster_id,
+                        r.name,
+                        labels_json(&r.labels),
+                        r.now_unix,
+                        r.agent_version,
+                        r.cert.serial_hex,
+                        r.cert.not_after_unix,
+                        token.id
+                    ],
+                )
+                .map_err(StoreError::from)?;
+                Registered::New
             };
-            tx.execute(
-                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
-                params![token.id],
-            )
-            .map_err(StoreError::from)?;
+            if !same_token {
+                tx.execute(
+                    "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+                    params![token.id],
+                )
+                .map_err(StoreError::from)?;
+            }
             tx.execute(
                 "INSERT INTO certificates (serial_hex, cluster_id, issued_unix, not_after_unix) VALUES (?1,?2,?3,?4)",
                 params![r.cert.serial_hex, r.cluster_id, r.cert.issued_unix, r.cert.not_after_unix],
@@ -435,6 +449,31 @@ mod tests {
         assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 0);
         let cert = store.certificate("01".into()).await.expect("cert");
         assert_eq!(cert.map(|c| c.cluster_id), Some("c1".to_string()));
+    }
+
+    #[tokio::test]
+    async fn the_same_cluster_may_retry_with_its_own_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let t = token(1);
+        store.insert_token(t.clone()).await.expect("insert");
+        assert!(matches!(
+            store.register(registration(&t, "c1", "01")).await,
+            Ok(Registered::New)
+        ));
+        // The answer was lost; the agent retries with a new key and the same token.
+        assert!(matches!(
+            store.register(registration(&t, "c1", "02")).await,
+            Ok(Registered::SameToken)
+        ));
+        assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 0);
+        // Another cluster cannot ride on it.
+        assert!(matches!(
+            store.register(registration(&t, "c2", "03")).await,
+            Err(RegisterError::UsedUp(_))
+        ));
+        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
+        assert_eq!(c.cert_serial, "02");
     }
 
     #[tokio::test]
