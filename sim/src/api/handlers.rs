@@ -494,15 +494,16 @@ fn delete(state: &Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Respon
         }
     }
     let out = stored.unwrap_or(Value::Null);
-    if rt.plural == "namespaces" || !deleted {
+    // Like a real server: an object still being finalized comes back as the object; a
+    // built-in object deleted at once as a Success Status; a custom resource as the object.
+    if !deleted || rt.crd.is_some() {
         return Ok(json_response(200, &object::output(rt, out)));
     }
-    let uid = out["metadata"]["uid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let _ = success_status(&rt.group, &rt.plural, &name, &uid);
-    Ok(json_response(200, &object::output(rt, out)))
+    let uid = out["metadata"]["uid"].as_str().unwrap_or_default();
+    Ok(json_response(
+        200,
+        &success_status(&rt.group, &rt.plural, &name, uid),
+    ))
 }
 
 /// Drops server-side bookkeeping for a deleted object.
