@@ -25,6 +25,22 @@ use tokio::process::Command;
 /// wait, not the chart download and API calls before it.
 const OVERRUN: Duration = Duration::from_secs(120);
 
+/// Environment variables helm still sees; everything else is cleared so the caller's
+/// `HELM_*` settings cannot redirect it.
+const PASS_THROUGH: &[&str] = &[
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "TMPDIR",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+];
+
 /// Bound for the quick commands (`version`, `get values`, `repo add`, ...).
 pub const QUICK: Duration = Duration::from_secs(120);
 
@@ -55,6 +71,9 @@ pub struct Helm {
 
 impl Helm {
     /// Finds out which helm `path` is (`helm version --template {{.Version}}`).
+    ///
+    /// `kubeconfig` is the file helm talks to the cluster through; an empty path means none
+    /// (helm then uses `KUBECONFIG` or, in a pod, its service account).
     pub async fn detect(
         path: impl Into<PathBuf>,
         kubeconfig: impl Into<PathBuf>,
@@ -214,21 +233,24 @@ async fn run_raw(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // Proxies for reaching a chart repository are the caller's environment's business.
-    for var in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "NO_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "no_proxy",
-    ] {
+    // Passed through: proxies and CA bundles for reaching a chart repository, and the
+    // in-cluster API location (an agent running in a pod has no kubeconfig file).
+    for var in PASS_THROUGH {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
     }
-    if let Some(kc) = kubeconfig {
-        cmd.arg(OsStr::new("--kubeconfig")).arg(kc);
+    match kubeconfig {
+        Some(kc) if !kc.as_os_str().is_empty() => {
+            cmd.arg(OsStr::new("--kubeconfig")).arg(kc);
+        }
+        // No kubeconfig given: helm finds the cluster as kubectl would (KUBECONFIG, or the
+        // pod's service account).
+        _ => {
+            if let Some(v) = std::env::var_os("KUBECONFIG") {
+                cmd.env("KUBECONFIG", v);
+            }
+        }
     }
     let child = cmd.spawn().map_err(|source| HelmError::Spawn {
         path: path.to_path_buf(),
