@@ -92,3 +92,32 @@ async fn short_lived_certificates_are_renewed_over_the_stream() {
         "renewal never means registering again: {audit:?}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_a_reason_and_exits_cleanly() {
+    let mut coord = Coordinator::start().await.expect("coordinator");
+    let token = coord.ctl().token(1, "1h").await.expect("token");
+    let creds = raw::register(&coord, &token, "uid-bye", "bye")
+        .await
+        .expect("register");
+    let hello = AgentMessage {
+        cluster_id: "uid-bye".into(),
+        body: Some(agent_message::Body::Hello(Hello::default())),
+    };
+    let mut session = RawSession::open(&coord, Some(&creds), hello)
+        .await
+        .expect("connect")
+        .expect("session");
+    coord
+        .wait_connected(1, Duration::from_secs(30))
+        .await
+        .expect("connected");
+    let (status, exit) = tokio::join!(
+        session.closing_status(Duration::from_secs(30)),
+        coord.terminate()
+    );
+    let status = status.expect("the session is closed with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(exit.expect("exited").success(), "{}", coord.log());
+}

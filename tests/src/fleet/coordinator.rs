@@ -192,6 +192,35 @@ impl Coordinator {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit; returns the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("coordinator not running")?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        anyhow::ensure!(
+            rc == 0,
+            "kill -TERM failed: {}",
+            std::io::Error::last_os_error()
+        );
+        let exited = crate::wait::until(
+            "the coordinator to exit after SIGTERM",
+            START_TIMEOUT,
+            || {
+                let status = child.try_wait().ok().flatten();
+                async move { status }
+            },
+        )
+        .await;
+        match exited {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
     /// Starts `serve` again on the same data dir and port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
