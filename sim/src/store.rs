@@ -22,7 +22,7 @@ use crate::util;
 /// How many past events a watch can resume from.
 const LOG_CAPACITY: usize = 4_096;
 /// Per-subscriber buffer; a watcher that falls further behind is cut off and re-lists.
-const CHANNEL_CAPACITY: usize = 8_192;
+const CHANNEL_CAPACITY: usize = 1_024;
 
 /// A live feed of store events.
 pub type Subscription = broadcast::Receiver<Arc<Event>>;
