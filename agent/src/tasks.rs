@@ -33,7 +33,8 @@ const OUTBOX: usize = 256;
 /// Default bound for `helm upgrade --wait` when the task gives none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the executor needs: the cluster (as a kube config, see [`TaskRunner::run`]) and helm.
+/// What the executor needs: the cluster (as a kube config: each task builds its own client on
+/// its own thread) and helm.
 #[derive(Clone)]
 pub struct ExecutorParts {
     pub kube: kube::Config,
