@@ -193,6 +193,21 @@ impl<S: Store> AgentGateway for Gateway<S> {
             },
         );
         ctx.metrics.session_opened();
+        // A revocation stores first, then closes live sessions. Checking again *after* this
+        // session became visible closes the window where a revocation lands between the check
+        // above and `open`: either the revocation's kick finds this session, or this read
+        // finds the revocation.
+        if let Ok(Some(c)) = ctx.store.cluster(cluster_id.clone()).await
+            && c.revoked_unix.is_some()
+        {
+            ctx.sessions.kick(
+                &cluster_id,
+                Status::permission_denied(format!(
+                    "cluster {cluster_id} ({}) has been revoked by an operator",
+                    c.name
+                )),
+            );
+        }
         tracing::info!(cluster_id, peer, "agent session opened");
         let session = crate::session::Session {
             ctx: ctx.clone(),
