@@ -111,12 +111,12 @@ fn identity(target: &Target, obj: &mut Value, create: bool) -> ApiResult<()> {
             }
         },
     };
-    if name.len() > 253 || name.contains('/') {
+    if let Some(why) = invalid_name(rt, &name) {
         return Err(ApiError::invalid(
             &rt.group,
             &rt.kind,
             &name,
-            format!("metadata.name: Invalid value: {name:?}"),
+            format!("metadata.name: Invalid value: {name:?}: {why}"),
         ));
     }
     meta.insert("name".into(), json!(name));
@@ -140,6 +140,55 @@ pub fn check_namespace(state: &ApiState, target: &Target) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Why `name` is not a valid name for `rt`, if it is not: RFC 1123 labels for namespaces and
+/// services, RFC 1123 subdomains for most other types (RBAC names may also hold `:`).
+fn invalid_name(rt: &ResourceType, name: &str) -> Option<String> {
+    let label = matches!(rt.plural.as_str(), "namespaces" | "services");
+    let rbac = rt.group == "rbac.authorization.k8s.io";
+    let max = if label { 63 } else { 253 };
+    if name.len() > max {
+        return Some(format!("must be no more than {max} characters"));
+    }
+    if rbac {
+        return (name.contains('/') || name.contains('%'))
+            .then(|| "may not contain '/' or '%'".to_string());
+    }
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label);
+    let edges_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !name.chars().all(ok_char) || !edges_ok {
+        let what = if label { "label" } else { "subdomain" };
+        return Some(format!(
+            "a lowercase RFC 1123 {what} must consist of lower case alphanumeric characters, '-'{} and must start and end with an alphanumeric character",
+            if label { "" } else { " or '.'" }
+        ));
+    }
+    None
+}
+
+/// Objects in etcd are limited to about 1.5 MiB; Secrets and ConfigMaps to 1 MiB of data.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+fn data_too_long(obj: &Value) -> bool {
+    let size = |v: &Value| {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    // Secret data is base64 in JSON: count decoded bytes.
+    let data = if obj["kind"] == "Secret" {
+        size(&obj["data"]) * 3 / 4
+    } else {
+        size(&obj["data"])
+    };
+    data + size(&obj["binaryData"]) * 3 / 4 > MAX_DATA_BYTES
 }
 
 pub fn name_of(obj: &Value) -> String {
@@ -484,6 +533,14 @@ fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> ApiResult<()
         _ => {}
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Secret" | "ConfigMap") if data_too_long(obj) => {
+            return Err(ApiError::invalid(
+                &rt.group,
+                &rt.kind,
+                &name,
+                format!("data: Too long: must have at most {MAX_DATA_BYTES} bytes"),
+            ));
+        }
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
             let sel = crate::api::selector::LabelSelector::from_json(&obj["spec"]["selector"]);
             if obj["spec"]["selector"].is_null() {
@@ -534,4 +591,37 @@ fn check_containers(rt: &ResourceType, name: &str, pod_spec: &Value) -> ApiResul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[test]
+    fn names_follow_rfc_1123() {
+        let r = Registry::new();
+        let ns = r.lookup("", "v1", "namespaces").expect("ns");
+        let cm = r.lookup("", "v1", "configmaps").expect("cm");
+        let role = r
+            .lookup("rbac.authorization.k8s.io", "v1", "clusterroles")
+            .expect("clusterroles");
+        assert!(invalid_name(&ns, "skoala-system").is_none());
+        assert!(invalid_name(&ns, "a.b").is_some());
+        assert!(invalid_name(&cm, "sh.helm.release.v1.skoala-init.v1").is_none());
+        assert!(invalid_name(&cm, "Upper").is_some());
+        assert!(invalid_name(&cm, "-x").is_some());
+        assert!(invalid_name(&role, "system:controller:x").is_none());
+    }
+
+    #[test]
+    fn secrets_over_one_mebibyte_are_too_long() {
+        let big = "A".repeat(1_500_000);
+        assert!(data_too_long(
+            &json!({"kind": "Secret", "data": {"release": big}})
+        ));
+        assert!(!data_too_long(
+            &json!({"kind": "Secret", "data": {"release": "SGk="}})
+        ));
+    }
 }
