@@ -13,6 +13,9 @@
 //! - *Idempotent*: a run whose operation id is recorded as finished reports the recorded
 //!   outcome again and does nothing. A run that finds its own record `running` (a crash)
 //!   reuses that attempt's backup and, if the release is `pending-*`, rolls it back first.
+//! - *One operation at a time per release*: a Lease ([`crate::lock`]) held by the operation
+//!   id and renewed while it runs; another operation is refused, a dead holder's lease
+//!   expires, so recovery never rolls back a live helm.
 //! - *No value in messages*: every message passes through a [`Redactor`] that knows the
 //!   release's values.
 
@@ -32,6 +35,7 @@ use crate::chart::{self, FetchedChart};
 use crate::crds::{self, ChartCrd};
 use crate::helm::{Helm, HelmError, HelmOutput, HelmSession, QUICK, timeout_flag};
 use crate::inventory::{self, ReleaseInfo, TrackedRelease};
+use crate::lock::ReleaseLock;
 use crate::rbac;
 use crate::record::{OperationRecord, RecordPhase, RecordStore};
 use crate::redact::Redactor;
@@ -126,12 +130,17 @@ impl Executor {
             },
             tags_before: BTreeMap::new(),
             custom_kinds: Vec::new(),
+            lock: None,
         };
         run.redactor.add_yaml(
             &serde_yaml::Value::Mapping(spec.extra_values.clone().unwrap_or_default()),
             &[spec.tag()],
         );
-        run.go().await?;
+        let result = run.go().await;
+        if let Some(lock) = run.lock.take() {
+            lock.release().await;
+        }
+        result?;
         Ok(run.report)
     }
 }
@@ -151,6 +160,8 @@ struct Run<'a> {
     tags_before: BTreeMap<String, String>,
     /// The kinds of the target chart's CRDs (verified for pruned fields).
     custom_kinds: Vec<CustomKind>,
+    /// The release lock, held from after the idempotency check to the end of the run.
+    lock: Option<ReleaseLock>,
 }
 
 /// How a step ended, for [`Run::finish`].
@@ -303,6 +314,36 @@ impl<'a> Run<'a> {
             self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
                 .await;
             return Ok(());
+        }
+        let found = self.records.load().await.map_err(|e| ExecError::Record {
+            release: self.spec.release.clone(),
+            message: self.redactor.redact(&e.to_string()),
+        })?;
+        let ours = found
+            .as_ref()
+            .filter(|r| r.operation_id == self.report.operation_id)
+            .cloned();
+        if let Some(rec) = &ours
+            && rec.phase != RecordPhase::Running
+        {
+            return self.already_done(rec.clone(), t).await;
+        }
+
+        // One operation at a time per release; then re-read the record under the lock.
+        match ReleaseLock::acquire(
+            &self.client,
+            &self.spec.namespace,
+            &self.spec.release,
+            &self.report.operation_id,
+        )
+        .await
+        {
+            Ok(lock) => self.lock = Some(lock),
+            Err(e) => {
+                self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
+                    .await;
+                return Ok(());
+            }
         }
         let found = self.records.load().await.map_err(|e| ExecError::Record {
             release: self.spec.release.clone(),

@@ -47,6 +47,7 @@ pub mod crds;
 mod executor;
 pub mod helm;
 pub mod inventory;
+pub mod lock;
 pub mod rbac;
 pub mod record;
 pub mod redact;

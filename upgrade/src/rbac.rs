@@ -30,6 +30,12 @@ const NAMESPACED: &[(&str, &str, &[&str])] = &[
     ),
     // The immutable Jobs are deleted before the upgrade.
     ("batch", "jobs", &["get", "list", "create", "delete"]),
+    // The release lock.
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "delete"],
+    ),
 ];
 
 /// Cluster-scoped, when CRDs are applied.
