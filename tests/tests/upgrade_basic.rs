@@ -80,6 +80,11 @@ async fn upgrade_0_19_0_to_0_19_2_keeps_custom_values_and_backs_up() -> anyhow::
             events.iter().filter(|e| e.phase == Phase::Started).count(),
             finished.len()
         );
+        let upgrade = events
+            .iter()
+            .find(|e| e.step == Step::Upgrade && e.phase == Phase::Finished)
+            .expect("upgrade finished");
+        assert_eq!(upgrade.helm_exit_code, Some(0), "{label}");
         assert_no_leak(PASSWORD, &report, &events);
         eprintln!("{label} ({}) step durations:", report.helm_version);
         for s in &report.steps {

@@ -798,7 +798,8 @@ impl<'a> Run<'a> {
                 let done = Done {
                     outcome: StepOutcome::Succeeded,
                     message: format!("helm upgrade to {} succeeded", self.spec.version),
-                    helm: None,
+                    // Exit code 0, and helm's warnings (e.g. fields the server pruned).
+                    helm: Some(&out),
                 };
                 self.finish(Step::Upgrade, t, done).await;
             }
