@@ -740,7 +740,49 @@ impl Controller {
         if let Some(ip) = pod["status"]["podIP"].as_str() {
             status["podIP"] = json!(ip);
         }
+        // The kubelet's event for an image that cannot be pulled (once per pod), which is
+        // what `kubectl describe` and `kubectl get events` show an operator.
+        if let Some(b) = broken.first()
+            && pod["status"]["containerStatuses"].is_null()
+        {
+            let image = b["image"].as_str().unwrap_or_default();
+            self.record_event(
+                &pod,
+                "Warning",
+                "Failed",
+                &format!("Failed to pull image \"{image}\": not found (ErrImagePull)"),
+            );
+        }
         self.set_status(k, status);
+    }
+
+    /// Creates a core/v1 Event about `obj`.
+    fn record_event(&self, obj: &Value, ty: &str, reason: &str, message: &str) {
+        let m = &obj["metadata"];
+        let ns = m["namespace"].as_str().unwrap_or("default").to_string();
+        let now = util::now();
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": format!("{}.{}", m["name"].as_str().unwrap_or_default(), util::random_suffix(10)),
+                "namespace": ns,
+            },
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": m["name"],
+                "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"],
+            },
+            "type": ty,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": "sim-node-1"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "kubelet",
+            "reportingInstance": "sim-node-1",
+        });
+        self.create("", "events", &ns, event);
     }
 }
 

@@ -266,6 +266,17 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
         .and_then(|s| s.waiting.as_ref())
         .and_then(|w| w.reason.clone());
     assert_eq!(waiting.as_deref(), Some("ImagePullBackOff"));
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client().await?, "default");
+    let pulled = events.list(&ListParams::default()).await?;
+    assert!(
+        pulled
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Failed")
+                && e.involved_object.name == bad_pods.items[0].metadata.name),
+        "the kubelet's pull failure is an Event"
+    );
 
     // A rollout that cannot finish reports ProgressDeadlineExceeded (kstatus: Failed).
     let quick = json!({"spec": {"progressDeadlineSeconds": 1}});
