@@ -1,7 +1,8 @@
 //! Clear errors, nothing changed or lost, helm 3 and 4: a chart version that does not exist,
 //! an unreachable repository, a relayed `.tgz` with a wrong checksum, and API errors injected
 //! by the emulator at the operation record, the permission check and the backup. The relay
-//! path with the right checksum then upgrades.
+//! path with the right checksum then upgrades. Finally an API error under helm itself, in the
+//! middle of an upgrade, ends in a verified rollback.
 
 use skoala_e2e::charts::{UpgradeFixture, custom_values, repo_source, start_repo};
 use skoala_e2e::tools::helm_versions;
@@ -184,6 +185,40 @@ async fn failures_before_the_upgrade_change_nothing() -> anyhow::Result<()> {
         assert_eq!(
             fx.env("skoala-agent", "LOG_LEVEL").await?.as_deref(),
             Some("debug")
+        );
+
+        // An API error under helm itself, mid-upgrade: rolled back, nothing lost.
+        let at_0_19_2 = fx.release("skoala-init").await?;
+        fx.cluster
+            .faults()
+            .fail_next(Some("PATCH"), "/deployments/skoala-agent", 500, 1);
+        let (r, _) = fx
+            .run(
+                "op-helm-fault",
+                &ReleaseSpec::skoala_init(repo_source(&repo), "0.20.0"),
+            )
+            .await?;
+        assert_eq!(
+            (r.outcome, r.failed_step),
+            (Outcome::RolledBack, Some(Step::Upgrade)),
+            "{label}: {r:#?}"
+        );
+        let now = fx.release("skoala-init").await?;
+        assert_eq!(
+            (now.chart_version.as_str(), now.status.as_str()),
+            ("0.19.2", "deployed"),
+            "{label}"
+        );
+        assert_eq!(now.image_tags, at_0_19_2.image_tags, "{label}");
+        assert_eq!(
+            fx.env("skoala-agent", "LOG_LEVEL").await?.as_deref(),
+            Some("debug")
+        );
+        let backups = backup::list(&fx.client, "skoala-system", "skoala-init").await?;
+        assert_eq!(
+            backups.last().map(|b| &b.backup),
+            r.backup.as_ref(),
+            "{label}: the backup is stored"
         );
     }
     Ok(())
