@@ -9,5 +9,6 @@ pub mod charts;
 pub mod connect_proxy;
 pub mod fleet;
 pub mod netns;
+pub mod sim;
 pub mod tools;
 pub mod wait;
