@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::context::{Context, now_ms, now_unix};
 use crate::identity::{Refusal, remote_of, require_agent};
 use crate::sessions::LiveAgent;
-use crate::store::{CertRecord, ClusterState, RegisterError, Registered, Registration, Store};
+use crate::store::{CertRecord, ClusterRecord, RegisterError, Registered, Registration, Store};
 use crate::tokens;
 
 /// Longest cluster id / name / label accepted (a kube-system UID is 36 characters).
@@ -175,8 +175,8 @@ impl<S: Store> AgentGateway for Gateway<S> {
         let stored = authorize_session(&ctx, &cluster_id, &serial)
             .await
             .map_err(|e| e.into_status())?;
-        let stored = match stored {
-            Ok(state) => state,
+        let record = match stored {
+            Ok(record) => record,
             Err(r) => return Err(ctx.refuse(r, &peer).await),
         };
 
@@ -186,8 +186,8 @@ impl<S: Store> AgentGateway for Gateway<S> {
             LiveAgent {
                 connected_since_ms: now_ms(),
                 last_heartbeat_ms: now_ms(),
-                agent_version: stored.agent_version.clone(),
-                helm_version: stored.helm_version.clone(),
+                agent_version: record.state.agent_version.clone(),
+                helm_version: record.state.helm_version.clone(),
                 inventory: None,
                 remote: peer.clone(),
             },
@@ -214,7 +214,9 @@ impl<S: Store> AgentGateway for Gateway<S> {
             cluster_id,
             peer,
             session: opened.session,
-            stored,
+            stored: record.state,
+            name: record.name,
+            labels: record.labels,
             tx,
         };
         tokio::spawn(session.run(request.into_inner(), opened.closed));
@@ -238,7 +240,7 @@ async fn authorize_session<S: Store>(
     ctx: &Context<S>,
     cluster_id: &str,
     serial: &str,
-) -> Result<Result<ClusterState, Refusal>, StoreDown> {
+) -> Result<Result<ClusterRecord, Refusal>, StoreDown> {
     let refusal = |status, kind, detail: String| Refusal {
         status,
         kind,
@@ -278,7 +280,7 @@ async fn authorize_session<S: Store>(
             "session.cluster_revoked",
             format!("revoked cluster {} tried to connect", c.name),
         ))),
-        Some(c) => Ok(Ok(c.state)),
+        Some(c) => Ok(Ok(c)),
     }
 }
 

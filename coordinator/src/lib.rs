@@ -19,6 +19,7 @@
 //! | `token.created`, `token.revoked` | an operator managed join tokens |
 //! | `cluster.registered`, `cluster.reregistered` | an agent joined (again: new key for a known cluster) |
 //! | `cluster.revoked` | an operator revoked a cluster (its live session is closed) |
+//! | `cluster.relabelled` | an agent reported another name or other labels in its hello |
 //! | `certificate.renewed`, `certificate.renewal_refused` | renewal over the Session stream |
 //! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate` | refused before any RPC (foreign CA, expired, ...); floods are summarised |
 //! | `tls.no_client_certificate` | an RPC other than Register without a client certificate |

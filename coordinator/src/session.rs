@@ -6,6 +6,7 @@
 //! silent for longer than `agent_timeout` — pings every `ping_interval` give a live agent
 //! something to answer, and HTTP/2 keepalives catch dead TCP connections underneath.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use skoala_proto::v1::{AgentMessage, CoordinatorMessage, Inventory, agent_message::Body};
@@ -25,6 +26,8 @@ pub(crate) struct Session<S> {
     pub session: u64,
     /// What the store holds for this cluster; compared before writing so only changes persist.
     pub stored: ClusterState,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 }
 
@@ -129,6 +132,10 @@ impl<S: Store> Session<S> {
                 {
                     return Err(self.identity_mismatch(&id.cluster_id).await);
                 }
+                if let Some(id) = hello.identity {
+                    self.identity(id.name, id.labels.into_iter().collect())
+                        .await;
+                }
                 let inventory = hello.inventory.unwrap_or_default();
                 ctx.sessions.update(&self.cluster_id, self.session, |l| {
                     l.agent_version = hello.agent_version.clone();
@@ -171,6 +178,43 @@ impl<S: Store> Session<S> {
             )
             .await;
         Status::permission_denied(format!("{detail}; session closed"))
+    }
+
+    /// Persists a changed name or labels from a Hello (audited: labels select clusters for
+    /// plans, so a change matters).
+    async fn identity(&mut self, name: String, labels: BTreeMap<String, String>) {
+        let name = if name.is_empty() {
+            self.name.clone()
+        } else {
+            name
+        };
+        if name == self.name && labels == self.labels {
+            return;
+        }
+        let before = format!("{} {:?}", self.name, self.labels);
+        match self
+            .ctx
+            .store
+            .set_cluster_identity(self.cluster_id.clone(), name.clone(), labels.clone())
+            .await
+        {
+            Ok(()) => {
+                let after = format!("{name} {labels:?}");
+                self.name = name;
+                self.labels = labels;
+                self.ctx
+                    .audit(
+                        "cluster.relabelled",
+                        &self.cluster_id,
+                        &self.peer,
+                        format!("name and labels changed from {before} to {after}"),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster identity")
+            }
+        }
     }
 
     async fn inventory(&mut self, inventory: Inventory) {

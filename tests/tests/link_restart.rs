@@ -120,7 +120,9 @@ async fn a_restarted_agent_keeps_its_identity() {
     .await
     .expect("disconnect noticed");
 
-    // The join token (2 uses) is used up: a re-registration could not even succeed.
+    // The join token (2 uses) is used up: a re-registration could not even succeed. The
+    // operator also gave the agent one more label.
+    fleet.agents[0].add_args(&["--label", "tier=gold"]);
     fleet.agents[0].restart().expect("restart agent");
     let after = fleet.wait_connected(2).await.expect("connected again");
     assert_eq!(
@@ -133,6 +135,18 @@ async fn a_restarted_agent_keeps_its_identity() {
         .find(|c| c["name"] == name.as_str())
         .expect("listed");
     assert_eq!(c["id"], id.as_str());
+    let relabelled = skoala_e2e::wait::until("the new label", FLEET_TIMEOUT, || async {
+        let clusters = ctl.clusters().await.ok()?;
+        clusters
+            .into_iter()
+            .find(|c| c["id"] == id.as_str() && c["labels"]["tier"] == "gold")
+    })
+    .await
+    .expect("labels follow the agent's flags");
+    assert_eq!(relabelled["labels"]["fleet"], "test");
+    ctl.wait_audit("cluster.relabelled", "tier")
+        .await
+        .expect("a label change is audited");
 
     let audit = ctl.audit().await.expect("audit");
     assert_eq!(kinds(&audit, "cluster.registered"), 2, "{audit:?}");

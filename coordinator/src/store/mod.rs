@@ -184,6 +184,14 @@ pub trait Store: Send + Sync + 'static {
         id: String,
         state: ClusterState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Persists a changed name or labels (an agent restarted with other `--cluster-name` /
+    /// `--label` flags).
+    fn set_cluster_identity(
+        &self,
+        id: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Returns false when no such cluster exists; revoking twice keeps the first time.
     fn revoke_cluster(
         &self,

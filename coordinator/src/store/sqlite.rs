@@ -295,6 +295,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_cluster_identity(
+        &self,
+        id: String,
+        name: String,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
+                params![id, name, labels_json(&labels)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn revoke_cluster(&self, id: String, now_unix: i64) -> Result<bool, StoreError> {
         self.run(move |c| {
             let tx = c.transaction()?;

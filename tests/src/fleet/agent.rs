@@ -153,6 +153,11 @@ impl Agent {
         self.spawn()
     }
 
+    /// Adds flags for the next (re)start, e.g. another `--label`.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.cmd_args.extend(args.iter().map(Into::into));
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
