@@ -48,7 +48,7 @@ async fn short_lived_certificates_are_renewed_over_the_stream() {
     let mut fleet = Fleet::start_with(
         1,
         CoordinatorOptions {
-            cert_ttl: Some("15s".into()),
+            cert_ttl: Some("30s".into()),
             metrics: true,
             ..Default::default()
         },

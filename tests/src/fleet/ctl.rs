@@ -126,7 +126,7 @@ impl Ctl {
     pub async fn wait_audit(&self, kind: &str, needle: &str) -> anyhow::Result<Value> {
         crate::wait::until(
             &format!("an audit entry {kind} mentioning {needle:?}"),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || async {
                 self.audit_of(kind).await.ok()?.into_iter().find(|e| {
                     e["detail"].as_str().is_some_and(|d| d.contains(needle))
