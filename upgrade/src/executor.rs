@@ -19,11 +19,12 @@
 //! - *No value in messages*: every message passes through a [`Redactor`] that knows the
 //!   release's values.
 
+mod recovery;
+mod values;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
@@ -42,6 +43,8 @@ use crate::redact::Redactor;
 use crate::report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
 use crate::spec::{CrdPolicy, ReleaseSpec};
 use crate::verify::{self, CustomKind, Expectation};
+
+use values::{SecretFile, backup_values, overrides_yaml};
 
 /// Lines and bytes of helm's stderr kept in events and reports.
 const TAIL_LINES: usize = 20;
@@ -307,6 +310,20 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The release's record, and the same if it is this operation's.
+    async fn load_record(
+        &mut self,
+    ) -> Result<(Option<OperationRecord>, Option<OperationRecord>), ExecError> {
+        let found = self.records.load().await.map_err(|e| ExecError::Record {
+            release: self.spec.release.clone(),
+            message: self.redactor.redact(&e.to_string()),
+        })?;
+        let ours = found
+            .clone()
+            .filter(|r| r.operation_id == self.report.operation_id);
+        Ok((found, ours))
+    }
+
     async fn go(&mut self) -> Result<(), ExecError> {
         // --- validation and idempotency ---------------------------------------------------
         let t = self.start(Step::Preflight).await;
@@ -315,14 +332,7 @@ impl<'a> Run<'a> {
                 .await;
             return Ok(());
         }
-        let found = self.records.load().await.map_err(|e| ExecError::Record {
-            release: self.spec.release.clone(),
-            message: self.redactor.redact(&e.to_string()),
-        })?;
-        let ours = found
-            .as_ref()
-            .filter(|r| r.operation_id == self.report.operation_id)
-            .cloned();
+        let (_, ours) = self.load_record().await?;
         if let Some(rec) = &ours
             && rec.phase != RecordPhase::Running
         {
@@ -345,14 +355,7 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
         }
-        let found = self.records.load().await.map_err(|e| ExecError::Record {
-            release: self.spec.release.clone(),
-            message: self.redactor.redact(&e.to_string()),
-        })?;
-        let ours = found
-            .as_ref()
-            .filter(|r| r.operation_id == self.report.operation_id)
-            .cloned();
+        let (found, ours) = self.load_record().await?;
         if let Some(rec) = &ours
             && rec.phase != RecordPhase::Running
         {
@@ -376,13 +379,12 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
         };
-        let crashed = found
-            .as_ref()
-            .is_some_and(|r| r.phase == RecordPhase::Running);
+        // A record still `running` (ours or another operation's) under a lock we now hold
+        // means that operation's process died.
+        let crashed = found.clone().filter(|r| r.phase == RecordPhase::Running);
         if info.status != "deployed" {
-            let recoverable =
-                crashed && (info.status.starts_with("pending-") || info.status == "failed");
-            if !recoverable {
+            let stuck = info.status.starts_with("pending-") || info.status == "failed";
+            let Some(record) = crashed.filter(|_| stuck) else {
                 let msg = format!(
                     "release {} revision {} is {}, not deployed: another operation may be in \
                      progress, or a failed one needs a human (helm history / helm rollback)",
@@ -390,7 +392,7 @@ impl<'a> Run<'a> {
                 );
                 self.refuse(Step::Preflight, t, Done::failed(msg)).await;
                 return Ok(());
-            }
+            };
             // Close preflight; recovery is its own step, then preflight runs again.
             self.finish(
                 Step::Preflight,
@@ -401,7 +403,6 @@ impl<'a> Run<'a> {
                 )),
             )
             .await;
-            let record = found.clone().expect("crashed implies a record");
             if !self.recover(&info, &record).await {
                 return Ok(());
             }
@@ -530,106 +531,6 @@ impl<'a> Run<'a> {
         let msg = self.report.message.clone();
         self.finish(Step::Preflight, t, Done::skipped(msg)).await;
         Ok(())
-    }
-
-    /// Rolls a release left `pending-*`/`failed` by a crashed attempt back to the revision
-    /// before it. Returns whether the run may continue.
-    async fn recover(&mut self, info: &ReleaseInfo, record: &OperationRecord) -> bool {
-        let t = self.start(Step::Recover).await;
-        self.report.recovered = true;
-        let target = match record.revision_before {
-            Some(r) => Some(r),
-            None => self.last_deployed_revision(info.revision).await,
-        };
-        let Some(target) = target else {
-            let msg = format!(
-                "release {} is {} and no earlier deployed revision is known: a human must \
-                 roll it back",
-                self.spec.release, info.status
-            );
-            let m = self.finish(Step::Recover, t, Done::failed(msg)).await;
-            self.report.outcome = Outcome::RollbackFailed;
-            self.report.failed_step = Some(Step::Recover);
-            self.report.message = m;
-            return false;
-        };
-        let out = self.helm_rollback(target).await;
-        let (ok, helm_out, msg) = match out {
-            Ok(out) if out.success() => {
-                (true, Some(out), format!("rolled back to revision {target}"))
-            }
-            Ok(out) => (
-                false,
-                Some(out),
-                format!("helm rollback to revision {target} failed"),
-            ),
-            Err(e) => (
-                false,
-                None,
-                format!("helm rollback to revision {target}: {e}"),
-            ),
-        };
-        let done = Done {
-            outcome: if ok {
-                StepOutcome::Succeeded
-            } else {
-                StepOutcome::Failed
-            },
-            message: msg,
-            helm: helm_out.as_ref(),
-        };
-        let m = self.finish(Step::Recover, t, done).await;
-        if !ok {
-            self.report.outcome = Outcome::RollbackFailed;
-            self.report.failed_step = Some(Step::Recover);
-            self.report.message = m;
-            self.close_record(RecordPhase::RollbackFailed).await;
-        }
-        ok
-    }
-
-    /// The newest revision below `latest` that was deployed (now `deployed` or `superseded`).
-    async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
-        let out = self
-            .session
-            .run(
-                &args(&[
-                    "history",
-                    &self.spec.release,
-                    "-n",
-                    &self.spec.namespace,
-                    "-o",
-                    "json",
-                ]),
-                QUICK,
-            )
-            .await
-            .ok()?;
-        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-        entries
-            .iter()
-            .filter_map(|e| {
-                let rev = e.get("revision")?.as_i64()? as i32;
-                let status = e.get("status")?.as_str()?;
-                (rev < latest && (status == "deployed" || status == "superseded")).then_some(rev)
-            })
-            .max()
-    }
-
-    /// `helm rollback` to `revision`, after deleting the spec's Jobs: a failed upgrade may
-    /// already have recreated them from the new chart, and their pod templates are immutable.
-    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
-        self.delete_jobs().await.map_err(RollbackError::Jobs)?;
-        let mut a = args(&[
-            "rollback",
-            &self.spec.release,
-            &revision.to_string(),
-            "-n",
-            &self.spec.namespace,
-        ]);
-        a.extend(self.session.helm().wait_flags());
-        a.push(timeout_flag(self.spec.timeout));
-        Ok(self.session.run(&a, self.spec.timeout).await?)
     }
 
     async fn after_release_check(
@@ -1001,211 +902,8 @@ impl<'a> Run<'a> {
         self.report.message = message;
         self.close_record(RecordPhase::Failed).await;
     }
-
-    /// The upgrade started and something failed: roll back to the revision before, verify.
-    async fn roll_back(&mut self, failed: Step, message: String) {
-        self.report.failed_step = Some(failed);
-        self.report.message = message;
-        let t = self.start(Step::Rollback).await;
-        let Some(target) = self.report.revision_before else {
-            let m = self
-                .finish(
-                    Step::Rollback,
-                    t,
-                    Done::failed("no revision to roll back to"),
-                )
-                .await;
-            self.report.rollback_message = Some(m);
-            self.report.outcome = Outcome::RollbackFailed;
-            return self.close_record(RecordPhase::RollbackFailed).await;
-        };
-        let out = self.helm_rollback(target).await;
-        let failure = match &out {
-            Ok(o) if o.success() => None,
-            Ok(o) => Some(format!(
-                "helm rollback to revision {target} failed (exit code {:?})",
-                o.code
-            )),
-            Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
-        };
-        if let Some(msg) = failure {
-            let done = Done {
-                outcome: StepOutcome::Failed,
-                message: msg,
-                helm: out.as_ref().ok(),
-            };
-            let m = self.finish(Step::Rollback, t, done).await;
-            self.report.rollback_message = Some(m);
-            self.report.outcome = Outcome::RollbackFailed;
-            return self.close_record(RecordPhase::RollbackFailed).await;
-        }
-        let expect = Expectation {
-            release: self.spec.release.clone(),
-            namespace: self.spec.namespace.clone(),
-            chart_version: self.report.version_before.clone().unwrap_or_default(),
-            tags: self.tags_before.clone(),
-            custom_kinds: self.custom_kinds.clone(),
-        };
-        let verified =
-            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
-        let after = self.read_release().await.ok().flatten();
-        self.report.revision_after = after.as_ref().map(|i| i.revision);
-        self.report.version_after = after.map(|i| i.chart_version);
-        match verified {
-            Ok(()) => {
-                let m = self
-                    .finish(
-                        Step::Rollback,
-                        t,
-                        Done::ok(format!(
-                            "rolled back to revision {target} (chart {}), verified healthy",
-                            expect.chart_version
-                        )),
-                    )
-                    .await;
-                self.report.rollback_message = Some(m);
-                self.report.outcome = Outcome::RolledBack;
-                self.close_record(RecordPhase::RolledBack).await;
-            }
-            Err(reason) => {
-                let m = self
-                    .finish(
-                        Step::Rollback,
-                        t,
-                        Done::failed(format!("rolled back to revision {target}, but {reason}")),
-                    )
-                    .await;
-                self.report.rollback_message = Some(m);
-                self.report.outcome = Outcome::RollbackFailed;
-                self.close_record(RecordPhase::RollbackFailed).await;
-            }
-        }
-    }
-}
-
-/// Why `helm rollback` could not run.
-#[derive(Debug, thiserror::Error)]
-enum RollbackError {
-    #[error("{0}")]
-    Jobs(String),
-    #[error(transparent)]
-    Helm(#[from] HelmError),
 }
 
 fn args(a: &[&str]) -> Vec<OsString> {
     a.iter().map(Into::into).collect()
-}
-
-/// The backup as a values file: `helm get values` prints `null` for a release without user
-/// values, which is not a map.
-fn backup_values(values: &[u8]) -> Vec<u8> {
-    match serde_yaml::from_slice::<serde_yaml::Value>(values) {
-        Ok(serde_yaml::Value::Null) => b"{}\n".to_vec(),
-        _ => values.to_vec(),
-    }
-}
-
-/// The values we lay over the backup: the extra values, then the image tags at their keys.
-pub(crate) fn overrides_yaml(spec: &ReleaseSpec) -> String {
-    use serde_yaml::{Mapping, Value};
-    let mut root = spec.extra_values.clone().unwrap_or_default();
-    for key in &spec.image_tag_keys {
-        let parts: Vec<&str> = key.split('.').collect();
-        let mut at = &mut root;
-        for part in &parts[..parts.len() - 1] {
-            let entry = at
-                .entry(Value::String((*part).into()))
-                .or_insert_with(|| Value::Mapping(Mapping::new()));
-            if !entry.is_mapping() {
-                *entry = Value::Mapping(Mapping::new());
-            }
-            at = entry.as_mapping_mut().expect("just made a mapping");
-        }
-        at.insert(
-            Value::String(parts[parts.len() - 1].into()),
-            Value::String(spec.tag()),
-        );
-    }
-    serde_yaml::to_string(&Value::Mapping(root)).expect("a mapping of strings serialises")
-}
-
-/// A 0600 file that is removed when dropped.
-struct SecretFile {
-    path: PathBuf,
-}
-
-impl SecretFile {
-    fn write(path: PathBuf, bytes: &[u8]) -> std::io::Result<Self> {
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let file = SecretFile { path };
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(file)
-    }
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::ChartSource;
-
-    #[test]
-    fn overrides_set_every_tag_over_extra_values() {
-        let mut spec = ReleaseSpec::skoala_init(
-            ChartSource::Repository {
-                name: "skoala".into(),
-                url: "http://127.0.0.1:1".into(),
-            },
-            "0.19.2",
-        );
-        spec.extra_values = Some(
-            serde_yaml::from_str(
-                "skoala-agent:\n  image:\n    tag: old\n  logLevel: debug\nnacos-operator: 3\n",
-            )
-            .expect("yaml"),
-        );
-        let out: serde_yaml::Value = serde_yaml::from_str(&overrides_yaml(&spec)).expect("yaml");
-        assert_eq!(
-            out["skoala-agent"]["image"]["tag"].as_str(),
-            Some("v0.19.2")
-        );
-        assert_eq!(out["skoala-agent"]["logLevel"].as_str(), Some("debug"));
-        assert_eq!(
-            out["nacos-operator"]["image"]["tag"].as_str(),
-            Some("v0.19.2")
-        );
-        assert_eq!(
-            out["sentinel-operator"]["image"]["tag"].as_str(),
-            Some("v0.19.2")
-        );
-    }
-
-    #[test]
-    fn null_backup_becomes_an_empty_map() {
-        assert_eq!(backup_values(b"null\n"), b"{}\n");
-        assert_eq!(backup_values(b"a: 1\n"), b"a: 1\n");
-    }
-
-    #[test]
-    fn secret_files_are_0600_and_removed() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("v.yaml");
-        let f = SecretFile::write(path.clone(), b"password: x\n").expect("write");
-        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        drop(f);
-        assert!(!path.exists());
-    }
 }

@@ -1,0 +1,204 @@
+//! Putting a release back: recovering one a crashed attempt left `pending-*`, and rolling
+//! back a failed upgrade. Both run `helm rollback --wait` to the revision before the
+//! operation, after deleting the immutable Jobs (a failed upgrade may have recreated them from
+//! the new chart); a rollback is then verified like an upgrade, against the old version and
+//! tags.
+
+use crate::helm::{HelmError, HelmOutput, QUICK, timeout_flag};
+use crate::inventory::ReleaseInfo;
+use crate::record::{OperationRecord, RecordPhase};
+use crate::report::{Outcome, Step, StepOutcome};
+use crate::verify::{self, Expectation};
+
+use super::{Done, Run, args};
+
+impl Run<'_> {
+    /// Rolls a release left `pending-*`/`failed` by a crashed attempt back to the revision
+    /// before it. Returns whether the run may continue.
+    pub(super) async fn recover(&mut self, info: &ReleaseInfo, record: &OperationRecord) -> bool {
+        let t = self.start(Step::Recover).await;
+        self.report.recovered = true;
+        let target = match record.revision_before {
+            Some(r) => Some(r),
+            None => self.last_deployed_revision(info.revision).await,
+        };
+        let Some(target) = target else {
+            let msg = format!(
+                "release {} is {} and no earlier deployed revision is known: a human must \
+                 roll it back",
+                self.spec.release, info.status
+            );
+            let m = self.finish(Step::Recover, t, Done::failed(msg)).await;
+            self.report.outcome = Outcome::RollbackFailed;
+            self.report.failed_step = Some(Step::Recover);
+            self.report.message = m;
+            return false;
+        };
+        let out = self.helm_rollback(target).await;
+        let (ok, helm_out, msg) = match out {
+            Ok(out) if out.success() => {
+                (true, Some(out), format!("rolled back to revision {target}"))
+            }
+            Ok(out) => (
+                false,
+                Some(out),
+                format!("helm rollback to revision {target} failed"),
+            ),
+            Err(e) => (
+                false,
+                None,
+                format!("helm rollback to revision {target}: {e}"),
+            ),
+        };
+        let done = Done {
+            outcome: if ok {
+                StepOutcome::Succeeded
+            } else {
+                StepOutcome::Failed
+            },
+            message: msg,
+            helm: helm_out.as_ref(),
+        };
+        let m = self.finish(Step::Recover, t, done).await;
+        if !ok {
+            self.report.outcome = Outcome::RollbackFailed;
+            self.report.failed_step = Some(Step::Recover);
+            self.report.message = m;
+            self.close_record(RecordPhase::RollbackFailed).await;
+        }
+        ok
+    }
+
+    /// The newest revision below `latest` that was deployed (now `deployed` or `superseded`).
+    async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
+        let out = self
+            .session
+            .run(
+                &args(&[
+                    "history",
+                    &self.spec.release,
+                    "-n",
+                    &self.spec.namespace,
+                    "-o",
+                    "json",
+                ]),
+                QUICK,
+            )
+            .await
+            .ok()?;
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+        entries
+            .iter()
+            .filter_map(|e| {
+                let rev = e.get("revision")?.as_i64()? as i32;
+                let status = e.get("status")?.as_str()?;
+                (rev < latest && (status == "deployed" || status == "superseded")).then_some(rev)
+            })
+            .max()
+    }
+
+    /// `helm rollback` to `revision`, after deleting the spec's Jobs: a failed upgrade may
+    /// already have recreated them from the new chart, and their pod templates are immutable.
+    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
+        self.delete_jobs().await.map_err(RollbackError::Jobs)?;
+        let mut a = args(&[
+            "rollback",
+            &self.spec.release,
+            &revision.to_string(),
+            "-n",
+            &self.spec.namespace,
+        ]);
+        a.extend(self.session.helm().wait_flags());
+        a.push(timeout_flag(self.spec.timeout));
+        Ok(self.session.run(&a, self.spec.timeout).await?)
+    }
+
+    /// The upgrade started and something failed: roll back to the revision before, verify.
+    pub(super) async fn roll_back(&mut self, failed: Step, message: String) {
+        self.report.failed_step = Some(failed);
+        self.report.message = message;
+        let t = self.start(Step::Rollback).await;
+        let Some(target) = self.report.revision_before else {
+            let m = self
+                .finish(
+                    Step::Rollback,
+                    t,
+                    Done::failed("no revision to roll back to"),
+                )
+                .await;
+            self.report.rollback_message = Some(m);
+            self.report.outcome = Outcome::RollbackFailed;
+            return self.close_record(RecordPhase::RollbackFailed).await;
+        };
+        let out = self.helm_rollback(target).await;
+        let failure = match &out {
+            Ok(o) if o.success() => None,
+            Ok(o) => Some(format!(
+                "helm rollback to revision {target} failed (exit code {:?})",
+                o.code
+            )),
+            Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
+        };
+        if let Some(msg) = failure {
+            let done = Done {
+                outcome: StepOutcome::Failed,
+                message: msg,
+                helm: out.as_ref().ok(),
+            };
+            let m = self.finish(Step::Rollback, t, done).await;
+            self.report.rollback_message = Some(m);
+            self.report.outcome = Outcome::RollbackFailed;
+            return self.close_record(RecordPhase::RollbackFailed).await;
+        }
+        let expect = Expectation {
+            release: self.spec.release.clone(),
+            namespace: self.spec.namespace.clone(),
+            chart_version: self.report.version_before.clone().unwrap_or_default(),
+            tags: self.tags_before.clone(),
+            custom_kinds: self.custom_kinds.clone(),
+        };
+        let verified =
+            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
+        let after = self.read_release().await.ok().flatten();
+        self.report.revision_after = after.as_ref().map(|i| i.revision);
+        self.report.version_after = after.map(|i| i.chart_version);
+        match verified {
+            Ok(()) => {
+                let m = self
+                    .finish(
+                        Step::Rollback,
+                        t,
+                        Done::ok(format!(
+                            "rolled back to revision {target} (chart {}), verified healthy",
+                            expect.chart_version
+                        )),
+                    )
+                    .await;
+                self.report.rollback_message = Some(m);
+                self.report.outcome = Outcome::RolledBack;
+                self.close_record(RecordPhase::RolledBack).await;
+            }
+            Err(reason) => {
+                let m = self
+                    .finish(
+                        Step::Rollback,
+                        t,
+                        Done::failed(format!("rolled back to revision {target}, but {reason}")),
+                    )
+                    .await;
+                self.report.rollback_message = Some(m);
+                self.report.outcome = Outcome::RollbackFailed;
+                self.close_record(RecordPhase::RollbackFailed).await;
+            }
+        }
+    }
+}
+
+/// Why `helm rollback` could not run.
+#[derive(Debug, thiserror::Error)]
+enum RollbackError {
+    #[error("{0}")]
+    Jobs(String),
+    #[error(transparent)]
+    Helm(#[from] HelmError),
+}
