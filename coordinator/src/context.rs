@@ -2,7 +2,7 @@
 //! the one way to record a security-relevant event ([`Context::audit`]).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::control_plane::ControlPlane;
 use crate::identity::Refusal;
@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::store::{NewAudit, Store};
+use crate::throttle::{Throttle, Verdict};
 
 /// Tunables of the gateway.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub control_plane: Option<Arc<ControlPlane>>,
+    /// Limits audit entries per refusal kind.
+    pub throttle: Throttle,
 }
 
 impl<S: Store> Context<S> {
@@ -64,11 +67,26 @@ impl<S: Store> Context<S> {
 
     /// Audits a refusal, counts it, and returns the status for the caller.
     pub async fn refuse(&self, refusal: Refusal, peer: &str) -> tonic::Status {
-        self.metrics.refusal(refusal.kind);
-        tracing::warn!(kind = refusal.kind, peer, status = %refusal.status.message(), "refused");
-        self.audit(refusal.kind, &refusal.cluster_id, peer, refusal.detail)
+        self.refused(refusal.kind, &refusal.cluster_id, peer, refusal.detail)
             .await;
         refusal.status
+    }
+
+    /// Counts a refusal and audits it, summarising floods ([`crate::throttle`]): Register and
+    /// the TLS port are open to anyone, and a loop of bad attempts must not fill the disk.
+    pub async fn refused(&self, kind: &str, cluster_id: &str, peer: &str, detail: String) {
+        self.metrics.refusal(kind);
+        tracing::warn!(kind, peer, detail = %detail, "refused");
+        if let Verdict::Write { suppressed } = self.throttle.check(kind, Instant::now()) {
+            let detail = if suppressed > 0 {
+                format!(
+                    "{detail} ({suppressed} more refusals of this kind were not logged one by one)"
+                )
+            } else {
+                detail
+            };
+            self.audit(kind, cluster_id, peer, detail).await;
+        }
     }
 }
 

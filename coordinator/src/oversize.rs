@@ -100,11 +100,10 @@ where
                     .unwrap_or_default()
                     .replace("%20", " ");
                 if message.contains("too large") {
-                    ctx.metrics.refusal("rpc.message_too_large");
                     // Off the response path: the caller gets its answer without waiting on
                     // the store.
                     tokio::spawn(async move {
-                        ctx.audit(
+                        ctx.refused(
                             "rpc.message_too_large",
                             "",
                             &peer,

@@ -96,9 +96,8 @@ impl<S: Store> Session<S> {
         let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
             && status.message().contains("too large");
         if too_large {
-            self.ctx.metrics.refusal("session.message_too_large");
             self.ctx
-                .audit(
+                .refused(
                     "session.message_too_large",
                     &self.cluster_id,
                     &self.peer,
@@ -168,9 +167,8 @@ impl<S: Store> Session<S> {
             "message claims cluster {claimed:?} but the client certificate is for cluster {}",
             self.cluster_id
         );
-        self.ctx.metrics.refusal("session.identity_mismatch");
         self.ctx
-            .audit(
+            .refused(
                 "session.identity_mismatch",
                 &self.cluster_id,
                 &self.peer,

@@ -1,9 +1,10 @@
-//! Keeps connection-level refusals from flooding the audit log.
+//! Keeps refusals from flooding the audit log.
 //!
-//! A port scanner, or a thousand agents retrying with an expired certificate, would otherwise
-//! write an audit row per attempt. Per kind, the first [`PER_WINDOW`] refusals of each
-//! [`WINDOW`] are written in full; the rest are counted and summarised in one entry when the
-//! next one arrives after the window. Metrics still count every refusal.
+//! A port scanner, a token-guessing loop, or a thousand agents retrying with an expired
+//! certificate would otherwise write an audit row per attempt. Per kind, the first
+//! [`PER_WINDOW`] refusals of each [`WINDOW`] are written in full; the rest are counted and
+//! summarised in the next entry of that kind after the window. Metrics still count every
+//! refusal.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

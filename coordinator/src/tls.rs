@@ -24,7 +24,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::Context;
 use crate::store::Store;
-use crate::throttle::{Throttle, Verdict};
 
 /// A client that has not finished its handshake in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,7 +92,6 @@ pub fn incoming<S: Store>(
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let throttle = Arc::new(Throttle::default());
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -109,7 +107,6 @@ pub fn incoming<S: Store>(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let ctx = ctx.clone();
-            let throttle = throttle.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, remote))
                     .await
@@ -118,20 +115,8 @@ pub fn incoming<S: Store>(
                         let _ = tx.send(Ok(tls)).await;
                     }
                     Ok(Err(refused)) => {
-                        ctx.metrics.refusal(refused.kind);
-                        let now = std::time::Instant::now();
-                        if let Verdict::Write { suppressed } = throttle.check(refused.kind, now) {
-                            let detail = if suppressed > 0 {
-                                format!(
-                                    "{} ({suppressed} more refusals of this kind were not logged one by one)",
-                                    refused.detail
-                                )
-                            } else {
-                                refused.detail
-                            };
-                            ctx.audit(refused.kind, "", &remote.to_string(), detail)
-                                .await;
-                        }
+                        ctx.refused(refused.kind, "", &remote.to_string(), refused.detail)
+                            .await;
                     }
                     Err(_) => {
                         tracing::debug!(%remote, "TLS handshake timed out");
