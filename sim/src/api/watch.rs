@@ -32,6 +32,10 @@ use crate::store::{Event, EventType};
 /// Default watch duration when the client gives no `timeoutSeconds` (a real server picks
 /// 30–60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK carrying the newest
+/// resourceVersion it has seen, so that it can resume from there (a real server sends them
+/// about once a minute).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Filter {
     rt: ResourceType,
@@ -120,12 +124,14 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
         .unwrap_or(DEFAULT_TIMEOUT);
 
     let mut first: Vec<Bytes> = vec![];
+    let start_rv;
     let rx = match rv {
         Some(rv) if !send_initial => {
             let rv: u64 = rv
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             let (past, rx) = state.store.subscribe_since(rv)?;
+            start_rv = past.last().map_or(rv, |e| e.rv);
             for e in past.iter() {
                 if let Some(kind) = filter.event_type(e) {
                     first.push(filter.line(kind, e.object.clone()));
@@ -139,6 +145,7 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
                 &filter.rt.plural,
                 filter.namespace.as_deref(),
             );
+            start_rv = list_rv;
             for o in items.into_iter().filter(|o| filter.wants_object(o)) {
                 first.push(filter.line("ADDED", o));
             }
@@ -161,7 +168,19 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
 
     let (tx, out) = mpsc::channel::<Chunk>(64);
     let cut = req.cut.clone();
-    tokio::spawn(pump(filter, first, rx, tx, timeout, cut));
+    let bookmarks = req.flag("allowWatchBookmarks");
+    tokio::spawn(pump(
+        filter,
+        Start {
+            lines: first,
+            rv: start_rv,
+            bookmarks,
+        },
+        rx,
+        tx,
+        timeout,
+        cut,
+    ));
     let stream = futures::stream::unfold(out, |mut out| async move {
         out.recv().await.map(|item| (item, out))
     });
@@ -174,24 +193,48 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
         .unwrap_or_else(|_| Response::new(crate::api::full_body(Bytes::new()))))
 }
 
+/// How a watch begins: the lines to send first, the resourceVersion they bring the client
+/// to, and whether it wants bookmarks.
+struct Start {
+    lines: Vec<Bytes>,
+    rv: u64,
+    bookmarks: bool,
+}
+
 async fn pump(
     filter: Filter,
-    first: Vec<Bytes>,
+    start: Start,
     mut rx: broadcast::Receiver<Arc<Event>>,
     tx: mpsc::Sender<Chunk>,
     timeout: Duration,
     cut: tokio_util::sync::CancellationToken,
 ) {
-    for b in first {
+    for b in start.lines {
         if tx.send(Ok(Frame::data(b))).await.is_err() {
             return;
         }
     }
+    // Every event up to `seen` that matches has been sent.
+    let mut seen = start.rv;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let mut bookmark = tokio::time::interval_at(
+        tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+        BOOKMARK_INTERVAL,
+    );
     loop {
         tokio::select! {
             _ = &mut deadline => return,
+            _ = bookmark.tick(), if start.bookmarks => {
+                let b = line("BOOKMARK", json!({
+                    "kind": filter.rt.kind,
+                    "apiVersion": filter.rt.api_version(),
+                    "metadata": {"resourceVersion": seen.to_string()},
+                }));
+                if tx.send(Ok(Frame::data(b))).await.is_err() {
+                    return;
+                }
+            }
             _ = cut.cancelled() => {
                 // Abort the body mid-stream: the client sees the connection drop, as when an
                 // API server goes away.
@@ -201,6 +244,7 @@ async fn pump(
             _ = tx.closed() => return,
             ev = rx.recv() => match ev {
                 Ok(e) => {
+                    seen = seen.max(e.rv);
                     let Some(kind) = filter.event_type(&e) else {
                         continue;
                     };
@@ -213,5 +257,66 @@ async fn pump(
                 Err(_) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    fn filter() -> Filter {
+        Filter {
+            rt: Registry::new()
+                .lookup("", "v1", "configmaps")
+                .expect("configmaps"),
+            table: None,
+            namespace: Some("default".into()),
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+        }
+    }
+
+    fn event(ns: &str, rv: u64) -> Arc<Event> {
+        Arc::new(Event {
+            kind: EventType::Added,
+            group: String::new(),
+            plural: "configmaps".into(),
+            namespace: ns.into(),
+            name: "c".into(),
+            object: json!({"metadata": {"name": "c", "namespace": ns, "resourceVersion": rv.to_string()}}),
+            old_labels: None,
+            rv,
+        })
+    }
+
+    async fn next_line(out: &mut mpsc::Receiver<Chunk>) -> Value {
+        let frame = out.recv().await.expect("a frame").expect("data");
+        let data = frame.into_data().expect("data frame");
+        serde_json::from_slice(&data).expect("json line")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bookmarks_carry_the_newest_version_seen_even_if_filtered() {
+        let (btx, brx) = broadcast::channel(16);
+        let (tx, mut out) = mpsc::channel(16);
+        let start = Start {
+            lines: vec![],
+            rv: 5,
+            bookmarks: true,
+        };
+        let cut = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(pump(filter(), start, brx, tx, DEFAULT_TIMEOUT, cut.clone()));
+        btx.send(event("default", 7)).expect("send");
+        let added = next_line(&mut out).await;
+        assert_eq!(added["type"], "ADDED");
+        // Another namespace: not sent, but the watcher has now seen version 9.
+        btx.send(event("other", 9)).expect("send");
+        tokio::time::sleep(BOOKMARK_INTERVAL + Duration::from_secs(1)).await;
+        let bookmark = next_line(&mut out).await;
+        assert_eq!(bookmark["type"], "BOOKMARK");
+        assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], "9");
+        cut.cancel();
+        assert!(out.recv().await.expect("the cut").is_err());
     }
 }
