@@ -25,6 +25,7 @@ mod values;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
@@ -83,12 +84,30 @@ pub enum ExecError {
 pub struct Executor {
     client: kube::Client,
     helm: Helm,
+    upload: Option<BackupUpload>,
 }
+
+/// Uploads a freshly stored backup (to the coordinator); an error fails the operation before
+/// the upgrade starts. The error text is shown to operators: it must hold no values.
+pub type BackupUpload =
+    Arc<dyn Fn(Backup) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl Executor {
     /// `client` and `helm`'s kubeconfig must point at the same cluster.
     pub fn new(client: kube::Client, helm: Helm) -> Self {
-        Self { client, helm }
+        Self {
+            client,
+            helm,
+            upload: None,
+        }
+    }
+
+    /// Makes every operation hand its backup to `upload` after storing it in the cluster and
+    /// before any CRD or upgrade step; a failed upload fails the operation (nothing changed
+    /// but the stored backup). This is how "no upgrade without an uploaded backup" holds.
+    pub fn with_backup_upload(mut self, upload: BackupUpload) -> Self {
+        self.upload = Some(upload);
+        self
     }
 
     /// The helm this executor runs.
@@ -134,6 +153,7 @@ impl Executor {
             tags_before: BTreeMap::new(),
             custom_kinds: Vec::new(),
             lock: None,
+            upload: self.upload.clone(),
         };
         run.redactor.add_yaml(
             &serde_yaml::Value::Mapping(spec.extra_values.clone().unwrap_or_default()),
@@ -165,6 +185,7 @@ struct Run<'a> {
     custom_kinds: Vec<CustomKind>,
     /// The release lock, held from after the idempotency check to the end of the run.
     lock: Option<ReleaseLock>,
+    upload: Option<BackupUpload>,
 }
 
 /// How a step ended, for [`Run::finish`].
@@ -228,6 +249,7 @@ impl<'a> Run<'a> {
             helm_exit_code: None,
             stderr_tail: None,
             message: String::new(),
+            backup: None,
         })
         .await;
         Instant::now()
@@ -260,6 +282,11 @@ impl<'a> Run<'a> {
             helm_exit_code: done.helm.and_then(|h| h.code),
             stderr_tail: stderr_tail.clone(),
             message: message.clone(),
+            backup: self
+                .report
+                .backup
+                .clone()
+                .filter(|_| step == Step::Backup && done.outcome == StepOutcome::Succeeded),
         })
         .await;
         match stderr_tail {
@@ -662,6 +689,18 @@ impl<'a> Run<'a> {
                     .await;
                 return self.fail_unchanged(Step::Backup, m).await;
             }
+        }
+        if let Some(upload) = self.upload.clone()
+            && let Err(e) = upload(backup.clone()).await
+        {
+            let m = self
+                .finish(
+                    Step::Backup,
+                    t,
+                    Done::failed(format!("uploading the values backup: {e}")),
+                )
+                .await;
+            return self.fail_unchanged(Step::Backup, m).await;
         }
         self.finish(Step::Backup, t, Done::ok(msg)).await;
 

@@ -55,7 +55,7 @@ pub mod report;
 pub mod spec;
 pub mod verify;
 
-pub use executor::{ExecError, Executor, Operation};
+pub use executor::{BackupUpload, ExecError, Executor, Operation};
 pub use helm::{Helm, HelmError};
 pub use report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
 pub use spec::{ChartSource, CrdPolicy, ReleaseSpec, SpecError};

@@ -83,6 +83,10 @@ pub struct ProgressEvent {
     pub stderr_tail: Option<String>,
     /// What happened, redacted.
     pub message: String,
+    /// The `Finished` event of a successful backup step only: the backup just stored, so a
+    /// caller can upload it before the upgrade starts (see also
+    /// [`crate::Executor::with_backup_upload`], which makes that upload a condition).
+    pub backup: Option<Backup>,
 }
 
 /// How the operation ended.
