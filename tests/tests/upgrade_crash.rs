@@ -103,6 +103,35 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
         let backups = backup::list(&fx.client, "skoala-system", "skoala-init").await?;
         assert_eq!(backups.len(), 1, "{label}");
         assert_eq!(report.backup.as_ref(), Some(&backups[0].backup));
+
+        // The binary, re-run with the same operation id: done already, exit code 0.
+        let out = tokio::process::Command::new(&bin)
+            .arg("--kubeconfig")
+            .arg(fx.cluster.kubeconfig_path())
+            .arg("--helm")
+            .arg(&helm)
+            .args([
+                "--operation-id",
+                "op-crash",
+                "--version",
+                "0.19.2",
+                "--repo-url",
+                &repo.url(),
+            ])
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{label}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("outcome: succeeded"), "{label}: {stdout}");
+        assert_eq!(
+            fx.release("skoala-init").await?.revision,
+            after.revision,
+            "{label}: nothing redone"
+        );
     }
     Ok(())
 }
