@@ -132,7 +132,7 @@ pub async fn list(admin: &mut Admin, format: Format) -> anyhow::Result<()> {
                 },
                 v.id.clone(),
                 state.to_string(),
-                if v.connected { age_ms(hb) } else { "-".into() },
+                age_ms(hb),
                 dash(&v.agent_version),
                 dash(&v.helm_version),
                 v.release

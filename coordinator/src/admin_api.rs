@@ -67,6 +67,7 @@ impl<S: Store> Admin<S> {
     /// A registered cluster merged with its live session, if any.
     fn cluster_view(&self, c: ClusterRecord) -> Cluster {
         let live = self.ctx.sessions.get(&c.id);
+        let id = c.id.clone();
         let stored_inventory = Inventory::decode(c.state.inventory.as_slice()).unwrap_or_default();
         let (agent_version, helm_version, inventory) = match &live {
             Some(l) => (
@@ -88,7 +89,10 @@ impl<S: Store> Admin<S> {
             }),
             control_plane: false,
             connected: live.is_some(),
-            last_heartbeat_unix_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+            last_heartbeat_unix_ms: live
+                .map(|l| l.last_heartbeat_ms)
+                .or_else(|| self.ctx.sessions.last_seen(&id))
+                .unwrap_or(0),
             agent_version,
             helm_version,
             releases: inventory.releases,

@@ -35,6 +35,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Entry>>,
+    /// Last heartbeat of clusters whose session ended, so `clusters` can say since when a
+    /// disconnected cluster has been silent (in memory only, like every heartbeat).
+    last_seen: Mutex<HashMap<String, i64>>,
     next: AtomicU64,
 }
 
@@ -79,9 +82,27 @@ impl Sessions {
     /// Removes the session, unless a newer one replaced it already.
     pub fn remove(&self, cluster_id: &str, session: u64) {
         let mut map = self.lock();
-        if map.get(cluster_id).is_some_and(|e| e.session == session) {
-            map.remove(cluster_id);
+        if map.get(cluster_id).is_some_and(|e| e.session == session)
+            && let Some(e) = map.remove(cluster_id)
+        {
+            self.remember(cluster_id, &e);
         }
+    }
+
+    fn remember(&self, cluster_id: &str, e: &Entry) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster_id.to_string(), e.live.last_heartbeat_ms);
+    }
+
+    /// When a disconnected cluster was last heard from (since this coordinator started).
+    pub fn last_seen(&self, cluster_id: &str) -> Option<i64> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster_id)
+            .copied()
     }
 
     /// Updates the live data of a session (no-op if it was replaced).
@@ -98,6 +119,7 @@ impl Sessions {
         let entry = self.lock().remove(cluster_id);
         match entry {
             Some(mut e) => {
+                self.remember(cluster_id, &e);
                 if let Some(close) = e.close.take() {
                     let _ = close.send(status);
                 }
@@ -142,6 +164,10 @@ mod tests {
         assert_eq!(s.connected(), 1, "removing the old one keeps the new one");
         assert!(s.kick("c1", Status::permission_denied("revoked")));
         assert_eq!(s.connected(), 0);
+        assert!(
+            s.last_seen("c1").is_some(),
+            "a kicked cluster is remembered"
+        );
         drop(second);
     }
 }

@@ -106,19 +106,22 @@ async fn a_restarted_agent_keeps_its_identity() {
     let id = fleet.clusters[0].kube_system_uid().to_string();
 
     fleet.agents[0].kill();
-    skoala_e2e::wait::until(
+    let gone = skoala_e2e::wait::until(
         "the killed agent to show as disconnected",
         FLEET_TIMEOUT,
         || async {
             let clusters = ctl.clusters().await.ok()?;
             clusters
-                .iter()
-                .any(|c| c["id"] == id.as_str() && c["connected"] == false)
-                .then_some(())
+                .into_iter()
+                .find(|c| c["id"] == id.as_str() && c["connected"] == false)
         },
     )
     .await
     .expect("disconnect noticed");
+    assert!(
+        gone["lastHeartbeat"].is_string(),
+        "a disconnected cluster says when it was last heard from: {gone}"
+    );
 
     // The join token (2 uses) is used up: a re-registration could not even succeed. The
     // operator also gave the agent one more label.
