@@ -28,7 +28,8 @@ async fn broken_image_is_rolled_back_and_verified() -> anyhow::Result<()> {
         let mut spec = ReleaseSpec::skoala_init(repo_source(&repo), "0.19.2");
         // The emulator never makes a container with a `broken` image ready.
         spec.image_tag = Some("broken".into());
-        spec.timeout = Duration::from_secs(8);
+        // Bounds both the failing wait and the rollback's wait: roomy enough for a loaded CI box.
+        spec.timeout = Duration::from_secs(15);
         let (report, events) = fx.run("op-broken", &spec).await?;
 
         assert_eq!(report.outcome, Outcome::RolledBack, "{label}: {report:#?}");
