@@ -146,6 +146,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             url: args.coordinator,
             ca_pem,
             proxy,
+            local_addr: None,
         },
         token: args.token,
         kubeconfig: args.kubeconfig,

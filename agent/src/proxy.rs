@@ -309,6 +309,8 @@ impl ProxyConfig {
 pub struct Connector {
     config: Arc<ProxyConfig>,
     timeout: Duration,
+    /// Source address for direct connections (see [`Connector::local_addr`]).
+    local_addr: Option<IpAddr>,
 }
 
 impl Connector {
@@ -317,7 +319,16 @@ impl Connector {
         Self {
             config: Arc::new(config),
             timeout,
+            local_addr: None,
         }
+    }
+
+    /// Dials direct connections from `addr` (any port). The load generator spreads thousands of
+    /// simulated agents over several loopback addresses, because one source address has only
+    /// ~28,000 ephemeral ports towards one destination.
+    pub fn local_addr(mut self, addr: Option<IpAddr>) -> Self {
+        self.local_addr = addr;
+        self
     }
 
     /// Opens a TCP stream to `uri`'s host and port, through the proxy if one applies.
@@ -336,15 +347,12 @@ impl Connector {
         let work = async {
             match proxy {
                 Some(proxy) => tunnel(proxy, &target).await,
-                None => {
-                    let s = TcpStream::connect((bare_host, port))
-                        .await
-                        .map_err(|source| ProxyError::Direct {
-                            target: target.clone(),
-                            source,
-                        })?;
-                    Ok(s)
-                }
+                None => direct(bare_host, port, self.local_addr)
+                    .await
+                    .map_err(|source| ProxyError::Direct {
+                        target: target.clone(),
+                        source,
+                    }),
             }
         };
         let stream = tokio::time::timeout(self.timeout, work)
@@ -373,6 +381,35 @@ impl tower::Service<http::Uri> for Connector {
         let this = self.clone();
         Box::pin(async move { this.connect(&uri).await.map(TokioIo::new) })
     }
+}
+
+/// A plain TCP connection, from `local` if given.
+async fn direct(host: &str, port: u16, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{host} has no address of the local address' family ({local})"),
+        )
+    }))
 }
 
 /// Dials the proxy and asks it for a tunnel to `target` (`host:port`).
@@ -692,5 +729,21 @@ mod tests {
             err.to_string().contains("via proxy http://127.0.0.1:"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn dials_from_the_given_local_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let local: IpAddr = "127.0.0.7".parse().expect("ip");
+        let connector =
+            Connector::new(ProxyConfig::direct(), Duration::from_secs(5)).local_addr(Some(local));
+        let uri: http::Uri = format!("https://127.0.0.1:{port}").parse().expect("uri");
+        let (dialed, accepted) = tokio::join!(connector.connect(&uri), listener.accept());
+        dialed.expect("connect");
+        let (_, peer) = accepted.expect("accept");
+        assert_eq!(peer.ip(), local);
     }
 }

@@ -41,11 +41,19 @@ pub struct ExecutorParts {
     pub helm: Helm,
 }
 
+/// Runs a task in place of the upgrade executor: it gets the task and the outbox, and must put
+/// the task's progress and exactly one `TaskResult` into the outbox. The load generator uses
+/// this for simulated upgrades; the real agent never does.
+pub type CustomRun =
+    Arc<dyn Fn(Task, mpsc::Sender<Body>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Accepts tasks and runs them; see the module docs.
 #[derive(Clone)]
 pub struct TaskRunner {
     /// `Err(why)`: this agent cannot run tasks (no helm, ...); every task is refused with it.
     executor: Result<ExecutorParts, String>,
+    /// Replaces the executor when set (see [`CustomRun`]).
+    custom: Option<CustomRun>,
     outbox: mpsc::Sender<Body>,
     running: Arc<Mutex<BTreeSet<String>>>,
     /// For reading operation records (see [`TaskRunner::unfinished`]); `None` in load tests.
@@ -63,12 +71,21 @@ impl TaskRunner {
         (
             Self {
                 executor,
+                custom: None,
                 outbox,
                 running: Arc::default(),
                 records,
             },
             rx,
         )
+    }
+
+    /// A runner whose tasks are run by `run` instead of the executor, on the caller's tokio
+    /// runtime. Acceptance and re-delivery work as for the executor.
+    pub fn custom(run: CustomRun) -> (Self, mpsc::Receiver<Body>) {
+        let (mut runner, rx) = Self::new(Err("custom runner".into()), None);
+        runner.custom = Some(run);
+        (runner, rx)
     }
 
     /// Operations recorded in the cluster as still running that this process is not running:
@@ -105,6 +122,19 @@ impl TaskRunner {
         if self.lock().contains(&id) {
             tracing::info!(operation = %id, "task re-delivered while running; ignoring the copy");
             return None;
+        }
+        if let Some(run) = &self.custom {
+            self.lock().insert(id.clone());
+            let accepted = Body::TaskAccepted(TaskAccepted {
+                operation_id: id.clone(),
+            });
+            let work = run(task, self.outbox.clone());
+            let this = self.clone();
+            tokio::spawn(async move {
+                work.await;
+                this.lock().remove(&id);
+            });
+            return Some(accepted);
         }
         let executor = match &self.executor {
             Ok(parts) => parts.clone(),

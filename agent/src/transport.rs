@@ -23,6 +23,9 @@ pub struct CoordinatorAddr {
     /// PEM bundle the coordinator's server certificate must chain to (`--ca-file`).
     pub ca_pem: String,
     pub proxy: ProxyConfig,
+    /// Source address for direct connections; `None` lets the kernel choose (the load
+    /// generator sets it to spread connections over loopback addresses).
+    pub local_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +68,9 @@ pub async fn connect(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     endpoint
-        .connect_with_connector(Connector::new(addr.proxy.clone(), CONNECT_TIMEOUT))
+        .connect_with_connector(
+            Connector::new(addr.proxy.clone(), CONNECT_TIMEOUT).local_addr(addr.local_addr),
+        )
         .await
         .map_err(|e| TransportError::Connect {
             url: addr.url.clone(),
