@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod load;
+
 #[derive(Parser)]
 #[command(
     name = "skoala-sim",
@@ -76,6 +78,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// N simulated agents (real mTLS sessions, real protocol) against a coordinator; or, with
+    /// `bare-server`, the bare tonic baseline the benchmarks compare the coordinator with.
+    Load(load::LoadCommand),
 }
 
 #[tokio::main]
@@ -143,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await?;
             drop(repo);
         }
+        Command::Load(cmd) => load::run(cmd).await?,
     }
     Ok(())
 }

@@ -1,0 +1,126 @@
+//! The bare transport: what one mTLS gRPC bidi stream costs with nothing of ours behind it.
+//!
+//! The benchmarks report the coordinator's memory per agent as a ratio to this server's, which
+//! survives a noisy machine better than absolute figures. To make the ratio mean "our cost on
+//! top of the transport", everything below the application is the coordinator's: the same
+//! rustls server configuration ([`skoala_coordinator::tls::server_config`]: fleet CA, optional
+//! client certificates verified when presented, ALPN h2), the same tonic server and HTTP/2
+//! keepalive settings, the same generated `AgentGateway` service. Register signs the agent's
+//! CSR with the fleet CA (so the load generator's agents work unchanged); Session drains the
+//! agent's messages and keeps its half of the stream open without ever sending anything.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use skoala_coordinator::data_dir::DataDir;
+use skoala_coordinator::pki::FleetCa;
+use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use skoala_proto::v1::{AgentMessage, CoordinatorMessage, RegisterRequest, RegisterResponse};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The coordinator's default agent certificate lifetime.
+const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The coordinator's TLS handshake bound.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Bare {
+    ca: FleetCa,
+}
+
+#[tonic::async_trait]
+impl AgentGateway for Bare {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let cluster_id = req.identity.map(|i| i.cluster_id).unwrap_or_default();
+        let issued = self
+            .ca
+            .sign_agent_csr(&req.csr_pem, &cluster_id, CERT_TTL)
+            .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
+        Ok(Response::new(RegisterResponse {
+            certificate_pem: issued.cert_pem,
+            ca_bundle_pem: self.ca.cert_pem().to_string(),
+            not_after_unix: issued.not_after_unix,
+        }))
+    }
+
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        // The same bounded channel as a coordinator session; its sender lives as long as the
+        // agent's half of the stream, so the response stream stays open.
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            drop(tx);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves until SIGTERM/SIGINT.
+pub async fn serve(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let ca_pem = read(dir.ca_cert())?;
+    let ca = FleetCa::from_pem(&ca_pem, &read(dir.ca_key())?).context("loading the fleet CA")?;
+    let config = skoala_coordinator::tls::server_config(
+        &ca_pem,
+        &read(dir.server_cert())?,
+        &read(dir.server_key())?,
+    )
+    .context("building the TLS configuration")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("bare-server listening on {}", listener.local_addr()?);
+
+    // The coordinator's accept loop without the audit: handshake each connection in its own
+    // task, hand the TLS streams to tonic.
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(tls)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                }
+            });
+        }
+    });
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(AgentGatewayServer::new(Bare { ca }))
+        .serve_with_incoming(ReceiverStream::new(rx));
+    tokio::select! {
+        r = server => r.context("the gRPC server failed")?,
+        r = crate::wait_for_signal() => r?,
+    }
+    Ok(())
+}

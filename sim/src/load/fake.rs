@@ -1,0 +1,122 @@
+//! What a simulated agent pretends about its cluster: a synthetic `skoala-init` release, and
+//! upgrades that take a fixed time and always succeed.
+//!
+//! The messages are the real ones (`TaskAccepted` from the runner, then `StepProgress` for the
+//! executor's steps, the values backup, a `TaskResult` with the release as it is afterwards,
+//! and the changed inventory), so the coordinator cannot tell a simulated agent from a real one
+//! except by how fast and how reliably its clusters upgrade.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use sha2::{Digest as _, Sha256};
+use skoala_agent::tasks::CustomRun;
+use skoala_proto::v1::agent_message::Body;
+use skoala_proto::v1::{BackupUpload, StepPhase, StepProgress, TaskOutcome, TaskResult};
+use skoala_upgrade::inventory::ReleaseInfo;
+use tokio::sync::watch;
+
+use super::stats::{self, Stats};
+
+/// The executor's steps, in order, and each one's share of the upgrade time (per mille).
+const STEPS: [(&str, u32); 5] = [
+    ("preflight", 50),
+    ("backup", 50),
+    ("crds", 100),
+    ("upgrade", 600),
+    ("verify", 200),
+];
+
+/// Image-tag keys of `skoala-init` (before 0.20).
+const TAG_KEYS: [&str; 3] = [
+    "nacos-operator.image.tag",
+    "skoala-agent.image.tag",
+    "sentinel-operator.image.tag",
+];
+
+/// A deployed `skoala-init` at `version`, revision `revision`.
+pub fn release(version: &str, revision: i32) -> ReleaseInfo {
+    ReleaseInfo {
+        release: "skoala-init".into(),
+        namespace: "skoala-system".into(),
+        chart_name: "skoala-init".into(),
+        chart_version: version.into(),
+        app_version: version.into(),
+        revision,
+        status: "deployed".into(),
+        image_tags: TAG_KEYS
+            .iter()
+            .map(|k| (k.to_string(), format!("v{version}")))
+            .collect::<BTreeMap<_, _>>(),
+        updated: Some(jiff::Timestamp::now()),
+    }
+}
+
+/// A task runner whose upgrades take `time`, succeed, and move `inventory` to the new version.
+pub fn upgrade(
+    time: Duration,
+    inventory: Arc<watch::Sender<Vec<ReleaseInfo>>>,
+    stats: Arc<Stats>,
+) -> CustomRun {
+    Arc::new(move |task, outbox| {
+        let (inventory, stats) = (inventory.clone(), stats.clone());
+        async move {
+            stats::inc(&stats.tasks_accepted);
+            let id = task.operation_id.clone();
+            let version = task
+                .release
+                .as_ref()
+                .map(|r| r.version.clone())
+                .unwrap_or_default();
+            let before = inventory.borrow().first().cloned();
+            let revision_before = before.as_ref().map(|r| r.revision).unwrap_or(0);
+            let progress = |step: &str, phase: StepPhase, took: Duration| {
+                Body::StepProgress(StepProgress {
+                    operation_id: id.clone(),
+                    step: step.into(),
+                    phase: phase as i32,
+                    at_unix_ms: jiff::Timestamp::now().as_millisecond(),
+                    duration_ms: took.as_millis() as i64,
+                    ..StepProgress::default()
+                })
+            };
+            for (step, share) in STEPS {
+                let took = time * share / 1000;
+                // A full outbox (coordinator away) drops progress, as the real runner does.
+                let _ = outbox.try_send(progress(step, StepPhase::Started, Duration::ZERO));
+                tokio::time::sleep(took).await;
+                let _ = outbox.try_send(progress(step, StepPhase::Succeeded, took));
+                if step == "backup" {
+                    let values = format!("# simulated values of {}\n", task.operation_id);
+                    let _ = outbox
+                        .send(Body::BackupUpload(BackupUpload {
+                            operation_id: id.clone(),
+                            release: "skoala-init".into(),
+                            revision: revision_before,
+                            sha256: hex::encode(Sha256::digest(values.as_bytes())),
+                            values_yaml: values.into_bytes(),
+                            generation: revision_before.max(1),
+                        }))
+                        .await;
+                }
+            }
+            let after = release(&version, revision_before + 1);
+            let result = TaskResult {
+                operation_id: id.clone(),
+                outcome: TaskOutcome::Succeeded as i32,
+                message: "simulated upgrade".into(),
+                revision_before,
+                release_after: skoala_agent::session::to_proto(std::slice::from_ref(&after))
+                    .releases
+                    .pop(),
+                ..TaskResult::default()
+            };
+            inventory.send_replace(vec![after]);
+            let _ = outbox.send(Body::TaskResult(result)).await;
+            stats::inc(&stats.tasks_succeeded);
+        }
+        .boxed()
+    })
+}

@@ -1,0 +1,191 @@
+//! `skoala-sim load`: many simulated agents in one process, for scale benchmarks and the load
+//! smoke test.
+//!
+//! Each simulated agent is a real agent session ([`skoala_agent::session::run`]): its own mTLS
+//! connection, registered with a real join token (one N-use token for all), speaking the real
+//! protocol (Hello, heartbeats, pings, inventory, tasks). What is simulated is the cluster: the
+//! identity is a random UUID instead of a `kube-system` UID, the inventory is a synthetic
+//! `skoala-init` release ([`fake`]), and tasks are "run" by a timer that reports real
+//! `TaskAccepted`/`StepProgress`/`TaskResult` messages instead of running helm
+//! ([`fake::upgrade`]). Counters ([`stats`]) are printed once a second on stdout, one line each,
+//! for benchmark scripts and tests to read.
+//!
+//! `skoala-sim load bare-server` is the baseline the benchmarks compare the coordinator with: a
+//! tonic bidi-stream server with the coordinator's TLS settings that does nothing ([`bare`]).
+
+mod agent;
+mod bare;
+mod fake;
+mod rlimit;
+mod stats;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use skoala_agent::proxy::ProxyConfig;
+use skoala_agent::transport::CoordinatorAddr;
+use skoala_coordinator::duration;
+use tokio_util::sync::CancellationToken;
+
+pub use rlimit::raise_nofile;
+
+/// `skoala-sim load ...`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LoadCommand {
+    #[command(subcommand)]
+    bare: Option<BareCommand>,
+    #[command(flatten)]
+    agents: LoadArgs,
+}
+
+#[derive(Subcommand)]
+enum BareCommand {
+    /// The baseline: a bare tonic bidi-stream server with the coordinator's TLS settings.
+    ///
+    /// Uses a data dir made by `skoala-coordinator init` (same CA, same server certificate).
+    /// Register signs the CSR; Session reads and drops every message and never answers.
+    /// Prints `bare-server listening on ADDR`; runs until SIGTERM/SIGINT.
+    BareServer {
+        /// The data dir of `skoala-coordinator init`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// N simulated agents against one coordinator.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// The coordinator, e.g. https://127.0.0.1:7443.
+    #[arg(long, value_name = "URL", required = true)]
+    coordinator: Option<String>,
+    /// The fleet CA certificate (the coordinator's data dir has it as ca.pem).
+    #[arg(long, value_name = "FILE", required = true)]
+    ca_file: Option<PathBuf>,
+    /// A join token with at least --agents uses (`skoalactl token create --uses N`).
+    #[arg(long, env = "SKOALA_TOKEN", hide_env_values = true, required = true)]
+    token: Option<String>,
+    /// How many agents.
+    #[arg(long, required = true)]
+    agents: Option<usize>,
+    /// Loopback source addresses to spread the connections over, round robin (one address has
+    /// ~28,000 ephemeral ports towards one destination), e.g. 127.0.0.2,127.0.0.3.
+    #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+    source_addrs: Vec<IpAddr>,
+    /// Interval between each agent's heartbeats.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    heartbeat: Duration,
+    /// How long a simulated upgrade takes.
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    upgrade_time: Duration,
+    /// The `skoala-init` chart version every simulated cluster starts with.
+    #[arg(long, default_value = "0.18.0")]
+    initial_version: String,
+    /// Cluster names are PREFIX-1 ... PREFIX-N.
+    #[arg(long, default_value = "load")]
+    name_prefix: String,
+    /// Longest wait between reconnect attempts (the real agent's default).
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    max_backoff: Duration,
+    /// Start at most this many agents per second (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    start_rate: u32,
+    /// Stop after this long (0: run until SIGTERM/SIGINT). Bounds benchmark runs.
+    #[arg(long, default_value = "0s", value_parser = duration::parse)]
+    duration: Duration,
+}
+
+/// Runs the load subcommand until its end (signal or --duration).
+pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
+    let limit = raise_nofile();
+    if let Some(BareCommand::BareServer { data_dir, listen }) = cmd.bare {
+        tracing::info!(?limit, "open-files limit");
+        return bare::serve(&data_dir, listen).await;
+    }
+    let a = cmd.agents;
+    let (Some(url), Some(ca_file), Some(token), Some(count)) =
+        (a.coordinator, a.ca_file, a.token, a.agents)
+    else {
+        anyhow::bail!("--coordinator, --ca-file, --token and --agents are required");
+    };
+    let ca_pem = std::fs::read_to_string(&ca_file)
+        .with_context(|| format!("reading --ca-file {}", ca_file.display()))?;
+    match limit {
+        Ok(n) if (n as usize) < count + 64 => tracing::warn!(
+            limit = n,
+            agents = count,
+            "the open-files limit is lower than the number of agents; some will fail to connect"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let addrs: Vec<CoordinatorAddr> = if a.source_addrs.is_empty() {
+        vec![None]
+    } else {
+        a.source_addrs.iter().copied().map(Some).collect()
+    }
+    .into_iter()
+    .map(|local_addr| CoordinatorAddr {
+        url: url.clone(),
+        ca_pem: ca_pem.clone(),
+        proxy: ProxyConfig::direct(),
+        local_addr,
+    })
+    .collect();
+
+    let stats = Arc::new(stats::Stats::default());
+    let shutdown = CancellationToken::new();
+    let settings = Arc::new(agent::Settings {
+        token,
+        heartbeat: a.heartbeat,
+        upgrade_time: a.upgrade_time,
+        initial_version: a.initial_version,
+        max_backoff: a.max_backoff,
+    });
+    let reporter = tokio::spawn(stats::report(
+        stats.clone(),
+        count,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
+    let mut agents = tokio::task::JoinSet::new();
+    let pace = (a.start_rate > 0).then(|| Duration::from_secs(1) / a.start_rate);
+    for i in 0..count {
+        let sim = agent::SimAgent {
+            name: format!("{}-{}", a.name_prefix, i + 1),
+            addr: addrs[i % addrs.len()].clone(),
+            settings: settings.clone(),
+            stats: stats.clone(),
+        };
+        agents.spawn(sim.run(shutdown.clone()));
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    let bounded = async {
+        if a.duration.is_zero() {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(a.duration).await
+        }
+    };
+    tokio::select! {
+        r = crate::wait_for_signal() => r?,
+        () = bounded => tracing::info!("--duration elapsed"),
+    }
+    shutdown.cancel();
+    // Sessions end at once on cancellation; bound it anyway.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while agents.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = reporter.await;
+    Ok(())
+}
