@@ -234,6 +234,49 @@ impl Controller {
         let new_rs = rss
             .iter()
             .find(|r| r["metadata"]["name"] == rs_name.as_str());
+        let spec_of = |r: &Value| r["spec"]["replicas"].as_i64().unwrap_or(0);
+        let available_of = |r: &Value| r["status"]["availableReplicas"].as_i64().unwrap_or(0);
+        let olds: Vec<&Value> = rss
+            .iter()
+            .filter(|r| r["metadata"]["name"] != rs_name.as_str())
+            .collect();
+        let mut old_specs: Vec<i64> = olds.iter().map(|r| spec_of(r)).collect();
+        let new_spec = new_rs.map(spec_of).unwrap_or(0);
+        let new_available = new_rs.map(available_of).unwrap_or(0);
+        let new_target = if d["spec"]["strategy"]["type"] == "Recreate" {
+            // Recreate: the old pods go first, then the new ones come.
+            old_specs.iter_mut().for_each(|s| *s = 0);
+            let old_pods: i64 = olds
+                .iter()
+                .map(|r| r["status"]["replicas"].as_i64().unwrap_or(0))
+                .sum();
+            if old_pods == 0 { desired } else { new_spec }
+        } else {
+            // RollingUpdate, as the deployment controller does it: drop old pods that are not
+            // available anyway, surge new pods up to maxSurge, then remove old pods only as far
+            // as maxUnavailable allows. A new template that never becomes ready therefore
+            // leaves the old pods serving.
+            let (surge, unavailable) = surge_and_unavailable(&d, desired);
+            for (spec, old) in old_specs.iter_mut().zip(&olds) {
+                *spec = (*spec).min(available_of(old));
+            }
+            let old_total: i64 = old_specs.iter().sum();
+            let target = if new_spec >= desired {
+                desired
+            } else {
+                let room = (desired + surge) - (old_total + new_spec);
+                desired.min(new_spec + room.max(0))
+            };
+            let min_available = desired - unavailable;
+            let new_unavailable = (target - new_available).max(0);
+            let mut budget = (old_total + target - min_available - new_unavailable).max(0);
+            for spec in old_specs.iter_mut() {
+                let cut = (*spec).min(budget);
+                *spec -= cut;
+                budget -= cut;
+            }
+            target
+        };
         match new_rs {
             None => {
                 let mut tmpl = template.clone();
@@ -254,26 +297,28 @@ impl Controller {
                         },
                         "ownerReferences": [owner_ref("apps/v1", "Deployment", &k.name, &uid)],
                     },
-                    "spec": {"replicas": desired, "selector": selector, "template": tmpl},
+                    "spec": {"replicas": new_target, "selector": selector, "template": tmpl},
                     "status": {"replicas": 0, "observedGeneration": 1},
                 });
                 self.create("apps", "replicasets", &k.ns, rs);
             }
-            Some(rs) if rs["spec"]["replicas"].as_i64() != Some(desired) => {
-                self.scale_rs(&k.ns, &rs_name, desired);
+            Some(rs) => {
+                let rs_revision =
+                    rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                        .as_str()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or(0);
+                // A rollback to an older template makes its ReplicaSet the newest revision.
+                let bump = (rs_revision < revision).then_some(revision + 1);
+                if spec_of(rs) != new_target || bump.is_some() {
+                    self.scale_rs(&k.ns, &rs_name, new_target, bump);
+                }
             }
-            Some(_) => {}
         }
-        for old in rss
-            .iter()
-            .filter(|r| r["metadata"]["name"] != rs_name.as_str())
-        {
-            if old["spec"]["replicas"].as_i64() != Some(0) {
-                self.scale_rs(
-                    &k.ns,
-                    old["metadata"]["name"].as_str().unwrap_or_default(),
-                    0,
-                );
+        for (old, spec) in olds.iter().zip(old_specs) {
+            if spec_of(old) != spec {
+                let name = old["metadata"]["name"].as_str().unwrap_or_default();
+                self.scale_rs(&k.ns, name, spec, None);
             }
         }
         // Status from the (possibly just created) ReplicaSets.
@@ -313,8 +358,8 @@ impl Controller {
                 },
             ],
         });
-        if replicas - available > 0 {
-            status["unavailableReplicas"] = json!(replicas - available);
+        if desired - available > 0 {
+            status["unavailableReplicas"] = json!(desired - available);
         }
         for f in [
             "readyReplicas",
@@ -368,7 +413,7 @@ impl Controller {
         });
     }
 
-    fn scale_rs(&self, ns: &str, name: &str, replicas: i64) {
+    fn scale_rs(&self, ns: &str, name: &str, replicas: i64, revision: Option<i64>) {
         let _ = self
             .state
             .store
@@ -378,6 +423,10 @@ impl Controller {
                 };
                 let mut new = cur.clone();
                 new["spec"]["replicas"] = json!(replicas);
+                if let Some(r) = revision {
+                    new["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                        json!(r.to_string());
+                }
                 let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
                 new["metadata"]["generation"] = json!(g + 1);
                 new["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
@@ -856,6 +905,31 @@ fn keep_condition_times(old: &Value, new: &mut Value) {
         if new.get(f).is_some() && old.get(f).is_some() {
             new[f] = old[f].clone();
         }
+    }
+}
+
+/// `(maxSurge, maxUnavailable)` of a RollingUpdate Deployment, resolved against `replicas`
+/// (surge rounds up, unavailability down; both zero would deadlock, so unavailability is 1).
+fn surge_and_unavailable(d: &Value, replicas: i64) -> (i64, i64) {
+    let resolve = |v: &Value, round_up: bool| match v {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(p) => p
+            .trim_end_matches('%')
+            .parse::<i64>()
+            .map(|pct| {
+                let x = pct * replicas;
+                if round_up { (x + 99) / 100 } else { x / 100 }
+            })
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let ru = &d["spec"]["strategy"]["rollingUpdate"];
+    let surge = resolve(&ru["maxSurge"], true);
+    let unavailable = resolve(&ru["maxUnavailable"], false).min(replicas);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
     }
 }
 

@@ -160,6 +160,11 @@ async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<
                 .any(|e| e["name"] == "LOG_LEVEL" && e["value"] == "debug"),
             "{label}: the custom value did not survive: {env}"
         );
+        let logs = kubectl(kc, &["logs", "-n", NS, "deploy/skoala-agent"]).await?;
+        assert!(
+            String::from_utf8_lossy(&logs.stdout).contains("skoala-agent:v0.19.2"),
+            "{label}: kubectl logs reaches the new pod"
+        );
         // What an operator sees with plain `kubectl get`: server-side printed columns.
         let table = kubectl(kc, &["get", "deploy", "-n", NS]).await?;
         let table = String::from_utf8_lossy(&table.stdout);

@@ -278,6 +278,33 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
         "the kubelet's pull failure is an Event"
     );
 
+    // A rolling update to an image that never becomes ready surges one new pod and keeps
+    // the old ones serving (maxUnavailable 25% of 2 is 0), as a real cluster does.
+    let broken = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "example/app:broken"}]}}}});
+    deploys
+        .patch("good", &PatchParams::default(), &Patch::Strategic(&broken))
+        .await?;
+    let stuck = wait::until("surge pod created", Duration::from_secs(10), || {
+        let deploys = deploys.clone();
+        async move {
+            let s = deploys.get("good").await.ok()?.status?;
+            (s.observed_generation == Some(2) && s.updated_replicas == Some(1)).then_some(s)
+        }
+    })
+    .await?;
+    assert_eq!(
+        stuck.available_replicas,
+        Some(2),
+        "old pods keep serving: {stuck:?}"
+    );
+    assert_eq!(stuck.replicas, Some(3));
+    let available = stuck
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    assert!(available, "still Available");
+
     // A rollout that cannot finish reports ProgressDeadlineExceeded (kstatus: Failed).
     let quick = json!({"spec": {"progressDeadlineSeconds": 1}});
     deploys

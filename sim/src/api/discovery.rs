@@ -92,6 +92,15 @@ fn resource_list(group: &str, version: &str, types: &[ResourceType]) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if t.group.is_empty() && t.plural == "pods" {
+            resources.push(json!({
+                "name": "pods/log",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Pod",
+                "verbs": ["get"],
+            }));
+        }
         if t.scale {
             resources.push(json!({
                 "name": format!("{}/scale", t.plural),

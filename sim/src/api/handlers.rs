@@ -64,6 +64,9 @@ fn get(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body>
     if target.subresource.as_deref() == Some("scale") {
         return Ok(json_response(200, &scale_view(&obj)));
     }
+    if target.subresource.as_deref() == Some("log") {
+        return pod_log(&obj, req.q("container"));
+    }
     let obj = object::output(rt, obj);
     if table::wanted(&req.accept) {
         let rv = obj["metadata"]["resourceVersion"]
@@ -76,6 +79,44 @@ fn get(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body>
         ));
     }
     Ok(json_response(200, &obj))
+}
+
+/// `pods/{name}/log`: a line per start for a running container; a waiting container has no
+/// logs yet (400, as from a real kubelet).
+fn pod_log(pod: &Value, container: Option<&str>) -> ApiResult<Response<Body>> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let c = match container {
+        Some(want) => containers.iter().find(|c| c["name"] == want),
+        None if containers.len() == 1 => containers.first(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}"
+            )));
+        }
+    }
+    .ok_or_else(|| ApiError::bad_request(format!("container not found in pod {name}")))?;
+    let cname = c["name"].as_str().unwrap_or_default();
+    let status = pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == cname));
+    if let Some(reason) = status.and_then(|s| s["state"]["waiting"]["reason"].as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "container \"{cname}\" in pod \"{name}\" is waiting to start: {reason}"
+        )));
+    }
+    let text = format!(
+        "skoala-sim: container {cname} ({}) started on sim-node-1\n",
+        c["image"].as_str().unwrap_or_default()
+    );
+    Ok(Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(crate::api::full_body(text))
+        .unwrap_or_else(|_| Response::new(crate::api::full_body(""))))
 }
 
 /// The `autoscaling/v1` Scale view of a workload.

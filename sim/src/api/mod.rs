@@ -236,7 +236,10 @@ fn parse_target(state: &ApiState, segs: &[&str]) -> Result<Option<(Target, bool)
         return Err(not_found());
     }
     if let Some(s) = &sub
-        && !(s == "status" && rt.status || s == "scale" && rt.scale || s == "finalize")
+        && !(s == "status" && rt.status
+            || s == "scale" && rt.scale
+            || s == "finalize"
+            || s == "log" && rt.group.is_empty() && rt.plural == "pods")
     {
         return Err(not_found());
     }
