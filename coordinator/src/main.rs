@@ -130,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             agent_timeout,
             max_message_bytes,
         } => {
+            raise_open_files_limit();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(server::run(server::ServeOptions {
                 data_dir: DataDir::new(data_dir),
@@ -144,5 +145,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             }))
         }
+    }
+}
+
+/// Every connected agent holds a socket; the usual soft limit (1,024) would cap the fleet far
+/// below its target (10,000 agents), so raise the soft limit to the hard one. Best effort: the
+/// coordinator still serves (fewer agents) if it cannot.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && {
+        lim.rlim_cur = lim.rlim_max;
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        rc == 0
+    };
+    if ok {
+        tracing::info!(limit = lim.rlim_cur, "open-files limit");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
     }
 }
