@@ -39,7 +39,19 @@
 //!
 //! Secrets: release values only ever reach helm through 0600 files that are removed after
 //! use; every message in events and reports is redacted ([`redact`]); the backup bytes in
-//! [`Backup`] are the one place values appear, for the caller to upload.
+//! [`Backup`] are the one place values appear, for the caller to upload
+//! ([`Executor::with_backup_upload`] makes that upload a condition of the upgrade).
+//!
+//! What lives in the cluster, all in the release namespace: the backups
+//! (`skoala-fleet-backup-<release>-<generation>` Secrets, [`backup`]), the operation record
+//! (`skoala-fleet-operation-<release>` ConfigMap, [`record`]) and, while an operation runs,
+//! the release lock (`skoala-fleet-<release>` Lease, [`lock`]). The `skoala-upgrade` binary
+//! runs one operation from the command line.
+//!
+//! Modules, one job each: [`spec`] (what to upgrade), [`helm`] (the CLI, isolated homes,
+//! flags per major), [`chart`] (fetch or verify the chart), [`crds`] (extract and apply),
+//! [`backup`], [`record`], [`lock`], [`rbac`] (permission preflight), [`verify`] (health),
+//! [`redact`], [`report`] (events and the report), [`inventory`] (release state).
 
 pub mod backup;
 pub mod chart;
