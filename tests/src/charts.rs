@@ -127,14 +127,13 @@ pub struct UpgradeFixture {
 }
 
 impl UpgradeFixture {
-    /// Starts a cluster named after the test and the helm label.
+    /// Starts the cluster `config` describes, with an executor using `helm` (`label` names it
+    /// in messages).
     pub async fn start(
-        test: &str,
         label: &'static str,
         helm: &Path,
         config: skoala_sim::ClusterConfig,
     ) -> anyhow::Result<Self> {
-        let _ = test;
         let cluster = skoala_sim::Cluster::start(config)
             .await
             .context("starting the emulated cluster")?;

@@ -14,7 +14,6 @@ async fn upgrade_0_19_0_to_0_19_2_keeps_custom_values_and_backs_up() -> anyhow::
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "basic",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("basic-{label}")),
@@ -122,7 +121,6 @@ async fn upgrade_the_control_plane_release() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "skoala",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("skoala-{label}")),
@@ -163,7 +161,6 @@ async fn offline_upgrade_with_a_relayed_chart_and_a_local_registry() -> anyhow::
     let tgz = repo.write_tgz("skoala-init", "0.19.2", dir.path())?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "offline",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("offline-{label}")),

@@ -21,7 +21,7 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
         // Slow readiness keeps helm in its wait long enough to be killed there.
         let config = skoala_sim::ClusterConfig::new(format!("crash-{label}"))
             .readiness_delay(Duration::from_secs(3));
-        let fx = UpgradeFixture::start("crash", label, &helm, config).await?;
+        let fx = UpgradeFixture::start(label, &helm, config).await?;
         fx.install(&repo, "skoala-init", "0.19.0", &custom_values())
             .await?;
         let before = fx.release("skoala-init").await?;
@@ -142,13 +142,8 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
 async fn crash_after_helm_finished_is_not_upgraded_twice() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     let (label, helm) = helm_versions()[0].clone();
-    let fx = UpgradeFixture::start(
-        "crash-after",
-        label,
-        &helm,
-        skoala_sim::ClusterConfig::new("crash-after"),
-    )
-    .await?;
+    let fx =
+        UpgradeFixture::start(label, &helm, skoala_sim::ClusterConfig::new("crash-after")).await?;
     fx.install(&repo, "skoala-init", "0.19.0", &custom_values())
         .await?;
     let before = fx.release("skoala-init").await?;

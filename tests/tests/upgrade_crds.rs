@@ -13,7 +13,6 @@ async fn new_crd_fields_need_the_crd_step() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "crds",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("crds-{label}")),

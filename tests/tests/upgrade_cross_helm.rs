@@ -17,7 +17,6 @@ async fn upgrade_a_release_installed_by_the_other_helm() -> anyhow::Result<()> {
             ("helm4", tool("helm"))
         };
         let installer = UpgradeFixture::start(
-            "cross",
             other_label,
             &other,
             skoala_sim::ClusterConfig::new(format!("cross-{label}")),

@@ -13,7 +13,6 @@ async fn failures_before_the_upgrade_change_nothing() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "errors",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("errors-{label}")),

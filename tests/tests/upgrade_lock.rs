@@ -16,7 +16,6 @@ async fn a_held_release_lock_refuses_other_operations() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "lock",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("lock-{label}")),

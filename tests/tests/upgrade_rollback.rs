@@ -15,7 +15,6 @@ async fn broken_image_is_rolled_back_and_verified() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "rollback",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("rollback-{label}")),

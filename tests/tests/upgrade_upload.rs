@@ -33,7 +33,6 @@ async fn the_backup_is_uploaded_before_the_upgrade() -> anyhow::Result<()> {
     let repo = start_repo().await?;
     for (label, helm) in helm_versions() {
         let fx = UpgradeFixture::start(
-            "upload",
             label,
             &helm,
             skoala_sim::ClusterConfig::new(format!("upload-{label}")),
