@@ -551,16 +551,46 @@ impl Controller {
             util::short_hash(&serde_json::to_vec(&sts["spec"]["template"]).unwrap_or_default())
         );
         let existing = self.owned("", "pods", &k.ns, &uid);
-        for p in &existing {
-            let name = p["metadata"]["name"].as_str().unwrap_or_default();
-            let ordinal = name
-                .rsplit('-')
-                .next()
+        let ordinal = |p: &Value| {
+            p["metadata"]["name"]
+                .as_str()
+                .and_then(|n| n.rsplit('-').next())
                 .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(i64::MAX);
-            let stale = p["metadata"]["labels"]["controller-revision-hash"] != revision.as_str();
-            if ordinal >= want || stale {
-                self.delete("", "pods", &k.ns, name);
+                .unwrap_or(i64::MAX)
+        };
+        // Scale down: ordinals at or above `replicas` go.
+        for p in existing.iter().filter(|p| ordinal(p) >= want) {
+            self.delete(
+                "",
+                "pods",
+                &k.ns,
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+        }
+        // RollingUpdate replaces one stale pod at a time, highest ordinal first (down to the
+        // partition), and only while every pod is ready: a broken template stops the rollout
+        // at its first pod. OnDelete leaves stale pods alone.
+        let strategy = &sts["spec"]["updateStrategy"];
+        if strategy["type"] != "OnDelete" {
+            let partition = strategy["rollingUpdate"]["partition"].as_i64().unwrap_or(0);
+            let current: Vec<&Value> = existing.iter().filter(|p| ordinal(p) < want).collect();
+            let all_ready = current.len() as i64 == want && current.iter().all(|p| pod_ready(p));
+            let stale = current
+                .iter()
+                .filter(|p| {
+                    ordinal(p) >= partition
+                        && p["metadata"]["labels"]["controller-revision-hash"] != revision.as_str()
+                })
+                .max_by_key(|p| ordinal(p));
+            if let Some(p) = stale
+                && all_ready
+            {
+                self.delete(
+                    "",
+                    "pods",
+                    &k.ns,
+                    p["metadata"]["name"].as_str().unwrap_or_default(),
+                );
             }
         }
         for i in 0..want {

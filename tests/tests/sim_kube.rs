@@ -355,6 +355,38 @@ async fn workloads_get_ready_and_broken_images_never_do() -> anyhow::Result<()> 
         }
     })
     .await?;
+    // A rolling update of a StatefulSet replaces the highest ordinal first and stops there
+    // when the new pod never becomes ready.
+    let broken = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "example/app:broken"}]}}}});
+    sts_api
+        .patch("db", &PatchParams::default(), &Patch::Strategic(&broken))
+        .await?;
+    let stuck = wait::until(
+        "statefulset rollout started",
+        Duration::from_secs(10),
+        || {
+            let api = sts_api.clone();
+            async move {
+                let s = api.get("db").await.ok()?.status?;
+                (s.observed_generation == Some(2) && s.updated_replicas == Some(1)).then_some(s)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        stuck.ready_replicas,
+        Some(1),
+        "db-0 keeps serving: {stuck:?}"
+    );
+    assert_ne!(stuck.current_revision, stuck.update_revision);
+    let pods_api: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client().await?, "default");
+    let db1 = pods_api.get("db-1").await?;
+    assert_eq!(
+        db1.spec.map(|s| s.containers[0].image.clone()),
+        Some(Some("example/app:broken".into())),
+        "the highest ordinal is replaced first"
+    );
     wait::until("daemonset ready", Duration::from_secs(10), || {
         let api = ds_api.clone();
         async move {
