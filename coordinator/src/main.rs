@@ -37,8 +37,12 @@ enum Command {
         #[arg(long, value_name = "URL")]
         endpoint: Option<String>,
         /// Replace an existing CA. Every agent certificate it signed stops working.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         overwrite_ca: bool,
+        /// Do nothing when the data dir already holds a CA (for init containers that run on
+        /// every pod start).
+        #[arg(long)]
+        if_missing: bool,
         /// Lifetime of the admin certificate in admin.yaml.
         #[arg(long, value_parser = duration::parse, default_value = "365d")]
         admin_ttl: Duration,
@@ -102,8 +106,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sans,
             endpoint,
             overwrite_ca,
+            if_missing,
             admin_ttl,
         } => {
+            let dir = DataDir::new(data_dir.clone());
+            if if_missing && dir.ca_cert().exists() {
+                println!(
+                    "{} already holds a fleet CA; nothing to do",
+                    dir.root().display()
+                );
+                return Ok(());
+            }
             let path = init::run(&init::InitOptions {
                 data_dir: DataDir::new(data_dir),
                 sans,
