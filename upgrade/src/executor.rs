@@ -20,6 +20,7 @@
 //!   release's values.
 
 mod recovery;
+mod rollback;
 mod values;
 
 use std::collections::BTreeMap;
@@ -123,6 +124,52 @@ impl Executor {
         spec: &ReleaseSpec,
         progress: mpsc::Sender<ProgressEvent>,
     ) -> Result<Report, ExecError> {
+        self.run_mode(operation, spec, Mode::Upgrade, progress)
+            .await
+    }
+
+    /// The checks of [`Executor::run`] and nothing else: the preflight step (spec, release
+    /// deployed, helm, RBAC) and the chart step (fetch or verify the chart, dry-run its CRDs).
+    /// Writes nothing — no operation record, no lock, no backup — so it may run any time, even
+    /// while another operation holds the release. The outcome is `Succeeded` or `Refused`
+    /// (with the failed step and why).
+    pub async fn preflight(
+        &self,
+        operation: &Operation,
+        spec: &ReleaseSpec,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> Result<Report, ExecError> {
+        self.run_mode(operation, spec, Mode::Preflight, progress)
+            .await
+    }
+
+    /// Returns `spec`'s release to `revision` (`None`: the newest earlier revision that was
+    /// deployed) as an operation of its own, with the same guarantees as an upgrade: the
+    /// operation record makes a re-delivery report the recorded outcome, the release lock
+    /// keeps other operations out, and the values are backed up (and uploaded) before
+    /// anything changes. Steps: preflight, backup, rollback (`helm rollback --wait`, after
+    /// deleting `spec.delete_jobs`), verify (deployed at the target revision's chart version
+    /// and image tags, workloads ready). Only the release, namespace, tag keys, Jobs and
+    /// timeout of `spec` are used. `Succeeded` means rolled back and verified;
+    /// `RollbackFailed` needs a human.
+    pub async fn rollback(
+        &self,
+        operation: &Operation,
+        spec: &ReleaseSpec,
+        revision: Option<i32>,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> Result<Report, ExecError> {
+        self.run_mode(operation, spec, Mode::Rollback(revision), progress)
+            .await
+    }
+
+    async fn run_mode(
+        &self,
+        operation: &Operation,
+        spec: &ReleaseSpec,
+        mode: Mode,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> Result<Report, ExecError> {
         let session = self.helm.session()?;
         let mut run = Run {
             client: self.client.clone(),
@@ -154,18 +201,32 @@ impl Executor {
             custom_kinds: Vec::new(),
             lock: None,
             upload: self.upload.clone(),
+            mode,
         };
         run.redactor.add_yaml(
             &serde_yaml::Value::Mapping(spec.extra_values.clone().unwrap_or_default()),
             &[spec.tag()],
         );
-        let result = run.go().await;
+        let result = match mode {
+            Mode::Rollback(revision) => run.go_rollback(revision).await,
+            Mode::Upgrade | Mode::Preflight => run.go().await,
+        };
         if let Some(lock) = run.lock.take() {
             lock.release().await;
         }
         result?;
         Ok(run.report)
     }
+}
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Upgrade,
+    /// Preflight and chart steps only; writes nothing.
+    Preflight,
+    /// Roll back to this revision (`None`: the previous deployed one).
+    Rollback(Option<i32>),
 }
 
 /// The state of one run.
@@ -186,6 +247,7 @@ struct Run<'a> {
     /// The release lock, held from after the idempotency check to the end of the run.
     lock: Option<ReleaseLock>,
     upload: Option<BackupUpload>,
+    mode: Mode,
 }
 
 /// How a step ended, for [`Run::finish`].
@@ -358,6 +420,32 @@ impl<'a> Run<'a> {
             self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
                 .await;
             return Ok(());
+        }
+        if self.mode == Mode::Preflight {
+            // Read-only: no record, no lock; a release that is not deployed is a refusal.
+            return match self.read_release().await {
+                Ok(Some(info)) if info.status == "deployed" => {
+                    self.after_release_check(info, None, t).await
+                }
+                Ok(other) => {
+                    let msg = match other {
+                        Some(i) => format!(
+                            "release {} revision {} is {}, not deployed",
+                            self.spec.release, i.revision, i.status
+                        ),
+                        None => format!(
+                            "release {} is not installed in namespace {}",
+                            self.spec.release, self.spec.namespace
+                        ),
+                    };
+                    self.refuse(Step::Preflight, t, Done::failed(msg)).await;
+                    Ok(())
+                }
+                Err(e) => {
+                    self.refuse(Step::Preflight, t, Done::failed(e)).await;
+                    Ok(())
+                }
+            };
         }
         let (_, ours) = self.load_record().await?;
         if let Some(rec) = &ours
@@ -645,7 +733,12 @@ impl<'a> Run<'a> {
             chart.sha256,
             crds.len()
         );
-        self.finish(Step::Chart, t, Done::ok(msg)).await;
+        self.finish(Step::Chart, t, Done::ok(msg.clone())).await;
+        if self.mode == Mode::Preflight {
+            self.report.outcome = Outcome::Succeeded;
+            self.report.message = format!("preflight passed: {msg}");
+            return Ok(());
+        }
 
         // --- the operation record: the first write ---------------------------------------
         let record = OperationRecord {
@@ -667,42 +760,9 @@ impl<'a> Run<'a> {
     /// Backup, CRDs, upgrade, verify; rollback on failure. Sets the report's outcome.
     async fn changing(&mut self, chart: FetchedChart, crds: Vec<ChartCrd>) {
         self.custom_kinds = CustomKind::of(&crds);
-        // --- backup -------------------------------------------------------------------------
-        let t = self.start(Step::Backup).await;
-        let backup = match self.backup().await {
-            Ok(b) => b,
-            Err(msg) => {
-                let m = self.finish(Step::Backup, t, Done::failed(msg)).await;
-                return self.fail_unchanged(Step::Backup, m).await;
-            }
+        let Some(backup) = self.backup_step().await else {
+            return;
         };
-        let msg = format!(
-            "values backup generation {} in Secret {} (sha256 {})",
-            backup.generation, backup.secret, backup.sha256
-        );
-        self.report.backup = Some(backup.clone());
-        if let Some(mut rec) = self.record.clone() {
-            rec.backup_generation = Some(backup.generation);
-            if let Err(e) = self.save_record(rec).await {
-                let m = self
-                    .finish(Step::Backup, t, Done::failed(e.to_string()))
-                    .await;
-                return self.fail_unchanged(Step::Backup, m).await;
-            }
-        }
-        if let Some(upload) = self.upload.clone()
-            && let Err(e) = upload(backup.clone()).await
-        {
-            let m = self
-                .finish(
-                    Step::Backup,
-                    t,
-                    Done::failed(format!("uploading the values backup: {e}")),
-                )
-                .await;
-            return self.fail_unchanged(Step::Backup, m).await;
-        }
-        self.finish(Step::Backup, t, Done::ok(msg)).await;
 
         // --- CRDs before --------------------------------------------------------------------
         if self.spec.crd_policy == CrdPolicy::Before {
@@ -823,6 +883,51 @@ impl<'a> Run<'a> {
             self.spec.version
         );
         self.close_record(RecordPhase::Succeeded).await;
+    }
+
+    /// Takes (or finds) the backup, records its generation, and uploads it when an upload
+    /// is configured: the `backup` step. `None` when it failed (the run is then closed as
+    /// failed, nothing changed but the backup).
+    async fn backup_step(&mut self) -> Option<Backup> {
+        let t = self.start(Step::Backup).await;
+        let backup = match self.backup().await {
+            Ok(b) => b,
+            Err(msg) => {
+                let m = self.finish(Step::Backup, t, Done::failed(msg)).await;
+                self.fail_unchanged(Step::Backup, m).await;
+                return None;
+            }
+        };
+        let msg = format!(
+            "values backup generation {} in Secret {} (sha256 {})",
+            backup.generation, backup.secret, backup.sha256
+        );
+        self.report.backup = Some(backup.clone());
+        if let Some(mut rec) = self.record.clone() {
+            rec.backup_generation = Some(backup.generation);
+            if let Err(e) = self.save_record(rec).await {
+                let m = self
+                    .finish(Step::Backup, t, Done::failed(e.to_string()))
+                    .await;
+                self.fail_unchanged(Step::Backup, m).await;
+                return None;
+            }
+        }
+        if let Some(upload) = self.upload.clone()
+            && let Err(e) = upload(backup.clone()).await
+        {
+            let m = self
+                .finish(
+                    Step::Backup,
+                    t,
+                    Done::failed(format!("uploading the values backup: {e}")),
+                )
+                .await;
+            self.fail_unchanged(Step::Backup, m).await;
+            return None;
+        }
+        self.finish(Step::Backup, t, Done::ok(msg)).await;
+        Some(backup)
     }
 
     /// Takes the backup, or finds the one this operation took in an earlier attempt.

@@ -331,6 +331,21 @@ fn decode_secret(secret: &Secret, keys: &[String]) -> Result<ReleaseInfo, Invent
     decode_release(&name, &data.0, keys)
 }
 
+/// Reads one revision of a release (Helm's `sh.helm.release.v1.<release>.v<revision>`
+/// Secret); `None` when that revision is not (or no longer) kept.
+pub async fn read_revision(
+    client: &Client,
+    tracked: &TrackedRelease,
+    revision: i32,
+) -> Result<Option<ReleaseInfo>, InventoryError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &tracked.namespace);
+    let name = format!("sh.helm.release.v1.{}.v{revision}", tracked.release);
+    match api.get_opt(&name).await? {
+        Some(secret) => Ok(Some(decode_secret(&secret, &tracked.image_tag_keys)?)),
+        None => Ok(None),
+    }
+}
+
 /// Reads the latest revision of every tracked release that is installed, in `tracked` order.
 pub async fn read_inventory(
     client: &Client,

@@ -137,18 +137,11 @@ impl ReleaseSpec {
 
     /// Checks every field; the error names the field and why, never a value of `extra_values`.
     pub fn validate(&self) -> Result<(), SpecError> {
-        dns_label("release", &self.release, 53)?;
-        dns_label("namespace", &self.namespace, 63)?;
+        self.validate_names()?;
         chart_name(&self.chart)?;
         exact_version(&self.version)?;
         if let Some(tag) = &self.image_tag {
             image_tag(tag)?;
-        }
-        for key in &self.image_tag_keys {
-            value_key(key)?;
-        }
-        for job in &self.delete_jobs {
-            dns_label("delete_jobs", job, 63)?;
         }
         match &self.source {
             ChartSource::Repository { name, url } => {
@@ -167,6 +160,20 @@ impl ReleaseSpec {
                     return Err(SpecError::new("archive sha256", "must be 64 hex digits"));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks what a rollback uses (it ignores the chart, its source and the version): the
+    /// release and namespace names, the tag keys, the Jobs and the timeout.
+    pub fn validate_names(&self) -> Result<(), SpecError> {
+        dns_label("release", &self.release, 53)?;
+        dns_label("namespace", &self.namespace, 63)?;
+        for key in &self.image_tag_keys {
+            value_key(key)?;
+        }
+        for job in &self.delete_jobs {
+            dns_label("delete_jobs", job, 63)?;
         }
         if self.timeout.is_zero() {
             return Err(SpecError::new("timeout", "must be positive"));

@@ -70,7 +70,7 @@ impl Run<'_> {
     }
 
     /// The newest revision below `latest` that was deployed (now `deployed` or `superseded`).
-    async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
+    pub(super) async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
         let out = self
             .session
             .run(
@@ -99,7 +99,7 @@ impl Run<'_> {
 
     /// `helm rollback` to `revision`, after deleting the spec's Jobs: a failed upgrade may
     /// already have recreated them from the new chart, and their pod templates are immutable.
-    async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
+    pub(super) async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
         self.delete_jobs().await.map_err(RollbackError::Jobs)?;
         let mut a = args(&[
             "rollback",
@@ -196,7 +196,7 @@ impl Run<'_> {
 
 /// Why `helm rollback` could not run.
 #[derive(Debug, thiserror::Error)]
-enum RollbackError {
+pub(super) enum RollbackError {
     #[error("{0}")]
     Jobs(String),
     #[error(transparent)]
