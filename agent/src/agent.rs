@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub tracked: Vec<TrackedRelease>,
     /// The helm binary to report the version of; `None` skips it.
     pub helm: Option<PathBuf>,
+    /// Where relayed charts are cached; `None`: `$TMPDIR/skoala-agent-charts`.
+    pub chart_cache: Option<PathBuf>,
     /// Reconnect backoff bounds.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -132,6 +134,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::warn!(reason = %why, "tasks will be refused");
     }
     let (tasks, outbox) = TaskRunner::new(executor, Some((client.clone(), config.tracked.clone())));
+    let tasks = match &config.chart_cache {
+        Some(dir) => tasks.with_chart_cache(dir),
+        None => tasks,
+    };
     let store = IdentityStore::new(client, &config.namespace, &config.secret_name);
 
     let backoff = ExponentialBuilder::new()

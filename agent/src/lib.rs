@@ -8,7 +8,7 @@
 //! identity is the UID of its cluster's `kube-system` namespace; its inventory (the
 //! `skoala-init` release) is read natively from Helm's release Secrets by
 //! `skoala_upgrade::inventory`. Tasks from the coordinator run with the upgrade executor
-//! ([`tasks`]); a few counters are served on `/metrics` ([`metrics`]).
+//! ([`tasks`]), relayed charts come over the session ([`relay`]); a few counters are served on `/metrics` ([`metrics`]).
 //!
 //! The binary (`src/main.rs`) only parses flags; everything else is here so tests and the load
 //! generator can run agents in-process: build an [`AgentConfig`] and call [`run`], or drive a
@@ -20,6 +20,7 @@ pub mod identity_store;
 pub mod metrics;
 pub mod proxy;
 pub mod register;
+pub mod relay;
 pub mod session;
 pub mod tasks;
 pub mod transport;

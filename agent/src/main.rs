@@ -71,6 +71,10 @@ struct Args {
     #[arg(long, env = "SKOALA_HELM", default_value = "helm")]
     helm: PathBuf,
 
+    /// Where charts relayed by the coordinator are cached, by sha256 [default: $TMPDIR/skoala-agent-charts].
+    #[arg(long, env = "SKOALA_CHART_CACHE", value_name = "DIR")]
+    chart_cache: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9091).
     #[arg(long, env = "SKOALA_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -157,6 +161,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         heartbeat: args.heartbeat,
         tracked: vec![release],
         helm: Some(args.helm),
+        chart_cache: args.chart_cache,
         min_backoff: Duration::from_millis(200),
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,

@@ -119,7 +119,7 @@ pub async fn run(
         helm_version: params.helm_version.clone(),
         identity: Some(params.identity.clone()),
         inventory: Some(inventory_now),
-        cached_chart_digests: Vec::new(),
+        cached_chart_digests: params.tasks.cached_charts(),
         unfinished_operation_ids: params.tasks.unfinished().await,
     };
     // Cannot fail: the receiver is alive and the channel empty.
@@ -217,8 +217,12 @@ async fn handle(
             renewed(issued, params, pending, renewal).await;
             None
         }
-        Body::ChartChunk(_) => {
-            tracing::debug!("ignoring a chart chunk: no relayed chart was requested");
+        Body::ChartChunk(chunk) => {
+            params.tasks.chart_chunk(chunk);
+            None
+        }
+        Body::BackupStored(ack) => {
+            params.tasks.backup_stored(ack);
             None
         }
     }

@@ -9,22 +9,39 @@
 //! re-delivered operation id is harmless — while it runs it is ignored here, and afterwards the
 //! executor's operation record makes a re-run report the recorded outcome instead of upgrading
 //! again.
+//!
+//! Kinds: UPGRADE ([`Executor::run`]), ROLLBACK ([`Executor::rollback`], to
+//! `rollback_to_revision` or the previous deployed revision) and PREFLIGHT
+//! ([`Executor::preflight`]: SUCCEEDED or REFUSED with the reason; changes nothing). A relayed
+//! chart is fetched over the session first ([`crate::relay`]).
+//!
+//! The values backup (invariant 1) is uploaded the moment the executor has stored it in the
+//! cluster, and the executor waits for the coordinator's `BackupStored` before any CRD or
+//! `helm upgrade` step: no acknowledgement within [`BACKUP_ACK_TIMEOUT`], or a refusal, fails
+//! the operation with nothing changed but the backup Secret.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skoala_proto::v1::{
-    self as pb, BackupUpload, StepPhase, StepProgress, Task, TaskAccepted, TaskKind, TaskOutcome,
-    TaskResult, agent_message::Body,
+    self as pb, BackupStored, BackupUpload, ChartChunk, StepPhase, StepProgress, Task,
+    TaskAccepted, TaskKind, TaskOutcome, TaskResult, agent_message::Body,
 };
 use skoala_upgrade::inventory::{self, TrackedRelease};
 use skoala_upgrade::record::{RecordPhase, RecordStore};
 use skoala_upgrade::{
-    ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, Phase, ProgressEvent, ReleaseSpec,
-    StepOutcome,
+    Backup, ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, Phase, ProgressEvent,
+    ReleaseSpec, StepOutcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::relay::ChartCache;
+
+/// How long the executor waits for the coordinator to confirm a values backup is stored before
+/// it gives up on the operation (nothing changed but the backup Secret in the cluster).
+pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How many messages may wait for a session. Progress is small and tasks are rare; if the
 /// coordinator is away this long, the oldest progress is what matters least.
@@ -58,6 +75,26 @@ pub struct TaskRunner {
     running: Arc<Mutex<BTreeSet<String>>>,
     /// For reading operation records (see [`TaskRunner::unfinished`]); `None` in load tests.
     records: Option<(kube::Client, Vec<TrackedRelease>)>,
+    /// Relayed charts, by digest.
+    charts: Arc<ChartCache>,
+    /// Backups uploaded and not yet acknowledged: (operation id, generation) → the waiting
+    /// executor.
+    acks: Arc<Mutex<PendingAcks>>,
+}
+
+/// Uploaded backups awaiting `BackupStored`, by (operation id, generation).
+type PendingAcks = HashMap<(String, i32), oneshot::Sender<Result<(), String>>>;
+
+/// What a task asks for, checked: the executor's spec and the kind's extras.
+#[derive(Debug)]
+pub struct Planned {
+    pub kind: TaskKind,
+    pub spec: ReleaseSpec,
+    /// A relayed chart to fetch first: (sha256, size). The spec's source is then an archive
+    /// whose path is filled in once the chart is in the cache.
+    pub relay: Option<(String, u64)>,
+    /// ROLLBACK: the revision to return to (`None`: the previous deployed one).
+    pub rollback_to: Option<i32>,
 }
 
 impl TaskRunner {
@@ -75,9 +112,48 @@ impl TaskRunner {
                 outbox,
                 running: Arc::default(),
                 records,
+                charts: ChartCache::new(ChartCache::default_dir()),
+                acks: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Keeps relayed charts in `dir` instead of [`ChartCache::default_dir`].
+    pub fn with_chart_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.charts = ChartCache::new(dir);
+        self
+    }
+
+    /// Digests of the relayed charts this agent has cached (for Hello).
+    pub fn cached_charts(&self) -> Vec<String> {
+        self.charts.cached()
+    }
+
+    /// A piece of a relayed chart arrived on the session.
+    pub fn chart_chunk(&self, chunk: ChartChunk) {
+        self.charts.chunk(chunk);
+    }
+
+    /// The coordinator says whether it stored an uploaded backup.
+    pub fn backup_stored(&self, ack: BackupStored) {
+        let waiter = self
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ack.operation_id.clone(), ack.generation));
+        match waiter {
+            Some(w) => {
+                let _ = w.send(if ack.error.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("the coordinator did not store it: {}", ack.error))
+                });
+            }
+            None => {
+                tracing::debug!(operation = %ack.operation_id, "backup acknowledgement nobody waits for")
+            }
+        }
     }
 
     /// A runner whose tasks are run by `run` instead of the executor, on the caller's tokio
@@ -148,17 +224,18 @@ impl TaskRunner {
                 "the task's start deadline has passed; not starting it",
             ));
         }
-        let spec = match to_spec(&task) {
-            Ok(s) => s,
+        let planned = match plan(&task) {
+            Ok(p) => p,
             Err(why) => return Some(refused(&task, &why)),
         };
         self.lock().insert(id.clone());
-        tracing::info!(operation = %id, release = %spec.release, version = %spec.version, "task accepted");
+        tracing::info!(operation = %id, kind = planned.kind.as_str_name(), release = %planned.spec.release,
+            version = %planned.spec.version, "task accepted");
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("task-{id}"))
             .spawn(move || {
-                this.run(executor, id.clone(), spec);
+                this.run(executor, id.clone(), planned);
                 this.lock().remove(&id);
             });
         if let Err(e) = spawned {
@@ -175,7 +252,7 @@ impl TaskRunner {
     /// Upgrades are rare and long (minutes of `helm upgrade --wait`); a thread of their own
     /// keeps them off the session's runtime and does not require the executor's future to be
     /// `Send`. The kube client is built here so its connections belong to this runtime.
-    fn run(&self, parts: ExecutorParts, id: String, spec: ReleaseSpec) {
+    fn run(&self, parts: ExecutorParts, id: String, planned: Planned) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -191,10 +268,35 @@ impl TaskRunner {
                 return;
             }
         };
-        runtime.block_on(self.execute(parts, id, spec));
+        runtime.block_on(self.execute(parts, id, planned));
     }
 
-    async fn execute(&self, parts: ExecutorParts, id: String, spec: ReleaseSpec) {
+    async fn execute(&self, parts: ExecutorParts, id: String, planned: Planned) {
+        let Planned {
+            kind,
+            mut spec,
+            relay,
+            rollback_to,
+        } = planned;
+        if let Some((sha256, size)) = relay {
+            match self.charts.get(&sha256, size, &self.outbox).await {
+                Ok(path) => spec.source = ChartSource::Archive { path, sha256 },
+                Err(why) => {
+                    tracing::warn!(operation = %id, reason = %why, "refusing the task: no usable relayed chart");
+                    let _ = self
+                        .outbox
+                        .send(Body::TaskResult(TaskResult {
+                            operation_id: id,
+                            outcome: TaskOutcome::Refused as i32,
+                            failed_step: "chart".into(),
+                            message: why,
+                            ..TaskResult::default()
+                        }))
+                        .await;
+                    return;
+                }
+            }
+        }
         let client = match kube::Client::try_from(parts.kube) {
             Ok(c) => c,
             Err(e) => {
@@ -210,7 +312,8 @@ impl TaskRunner {
                 return;
             }
         };
-        let executor = Executor::new(client.clone(), parts.helm);
+        let executor =
+            Executor::new(client.clone(), parts.helm).with_backup_upload(self.uploader(&id, &spec));
         let (progress, mut events) = mpsc::channel::<ProgressEvent>(64);
         let outbox = self.outbox.clone();
         let forward = async move {
@@ -220,7 +323,18 @@ impl TaskRunner {
             }
         };
         let operation = Operation::new(&id);
-        let (result, ()) = tokio::join!(executor.run(&operation, &spec, progress), forward);
+        let work = async {
+            match kind {
+                TaskKind::Preflight => executor.preflight(&operation, &spec, progress).await,
+                TaskKind::Rollback => {
+                    executor
+                        .rollback(&operation, &spec, rollback_to, progress)
+                        .await
+                }
+                _ => executor.run(&operation, &spec, progress).await,
+            }
+        };
+        let (result, ()) = tokio::join!(work, forward);
         let mut result_msg = TaskResult {
             operation_id: id.clone(),
             ..TaskResult::default()
@@ -228,19 +342,6 @@ impl TaskRunner {
         match result {
             Ok(report) => {
                 tracing::info!(operation = %id, outcome = report.outcome.as_str(), "task finished");
-                if let Some(backup) = &report.backup {
-                    let _ = self
-                        .outbox
-                        .send(Body::BackupUpload(BackupUpload {
-                            operation_id: id.clone(),
-                            release: report.release.clone(),
-                            revision: report.revision_before.unwrap_or_default(),
-                            values_yaml: backup.values.clone(),
-                            sha256: backup.sha256.clone(),
-                            generation: i32::try_from(backup.generation).unwrap_or(i32::MAX),
-                        }))
-                        .await;
-                }
                 result_msg.outcome = outcome(report.outcome) as i32;
                 result_msg.failed_step = report
                     .failed_step
@@ -258,6 +359,46 @@ impl TaskRunner {
             }
         }
         let _ = self.outbox.send(Body::TaskResult(result_msg)).await;
+    }
+
+    /// The executor's backup upload: send the backup, wait for the coordinator to store it.
+    fn uploader(&self, id: &str, spec: &ReleaseSpec) -> skoala_upgrade::BackupUpload {
+        let (outbox, acks) = (self.outbox.clone(), self.acks.clone());
+        let (id, release) = (id.to_string(), spec.release.clone());
+        Arc::new(move |backup: Backup| {
+            let (outbox, acks, id, release) =
+                (outbox.clone(), acks.clone(), id.clone(), release.clone());
+            Box::pin(async move {
+                let generation = i32::try_from(backup.generation).unwrap_or(i32::MAX);
+                let (tx, rx) = oneshot::channel();
+                acks.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((id.clone(), generation), tx);
+                let upload = Body::BackupUpload(BackupUpload {
+                    operation_id: id.clone(),
+                    release,
+                    revision: 0,
+                    values_yaml: backup.values,
+                    sha256: backup.sha256,
+                    generation,
+                });
+                if outbox.send(upload).await.is_err() {
+                    return Err("the agent is shutting down".to_string());
+                }
+                tracing::info!(operation = %id, generation, "values backup sent; waiting for the coordinator to store it");
+                let result = match tokio::time::timeout(BACKUP_ACK_TIMEOUT, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err("the acknowledgement was lost".to_string()),
+                    Err(_) => Err(format!(
+                        "the coordinator did not confirm storing it within {BACKUP_ACK_TIMEOUT:?}"
+                    )),
+                };
+                acks.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(id, generation));
+                result
+            })
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -292,29 +433,44 @@ fn refused(task: &Task, why: &str) -> Body {
     })
 }
 
-/// The executor's spec for a task; `Err` says why the task cannot be run by this agent.
-pub fn to_spec(task: &Task) -> Result<ReleaseSpec, String> {
-    match TaskKind::try_from(task.kind) {
-        Ok(TaskKind::Upgrade) => {}
+/// Checks a task and turns it into the executor's terms; `Err` says why this agent cannot run
+/// it. A rollback needs neither chart source nor version (it returns to a recorded revision).
+pub fn plan(task: &Task) -> Result<Planned, String> {
+    let kind = match TaskKind::try_from(task.kind) {
+        Ok(k @ (TaskKind::Upgrade | TaskKind::Preflight | TaskKind::Rollback)) => k,
         Ok(other) => {
             return Err(format!(
-                "task kind {} is not supported by this agent yet",
+                "task kind {} is not supported by this agent",
                 other.as_str_name()
             ));
         }
         Err(_) => return Err(format!("unknown task kind {}", task.kind)),
-    }
+    };
     let r = task.release.as_ref().ok_or("the task names no release")?;
+    let mut relay = None;
     let source = match r.source.as_ref().and_then(|s| s.source.as_ref()) {
         Some(pb::chart_source::Source::Repository(repo)) => ChartSource::Repository {
             name: repo.name.clone(),
             url: repo.url.clone(),
         },
-        Some(pb::chart_source::Source::Relay(_)) => {
-            return Err("relayed charts are not supported by this agent yet".into());
+        Some(pb::chart_source::Source::Relay(chart)) => {
+            relay = Some((chart.sha256.clone(), chart.size));
+            // The path is known once the chart is in the cache (TaskRunner::execute).
+            ChartSource::Archive {
+                path: PathBuf::new(),
+                sha256: chart.sha256.clone(),
+            }
         }
+        // Never used by a rollback (validate_names ignores it).
+        None if kind == TaskKind::Rollback => ChartSource::Repository {
+            name: "unused".into(),
+            url: "http://unused.invalid".into(),
+        },
         None => return Err("the task names no chart source".into()),
     };
+    if kind == TaskKind::Rollback {
+        relay = None;
+    }
     // skoala-init gets the documented defaults (its tag keys per version, the immutable Jobs);
     // whatever the task names explicitly wins.
     let mut spec = if r.release == "skoala-init" && r.namespace == "skoala-system" {
@@ -343,8 +499,17 @@ pub fn to_spec(task: &Task) -> Result<ReleaseSpec, String> {
         _ => DEFAULT_TIMEOUT,
     };
     // Never quote the spec in errors: set_values may hold secrets.
-    spec.validate().map_err(|e| e.to_string())?;
-    Ok(spec)
+    if kind == TaskKind::Rollback {
+        spec.validate_names().map_err(|e| e.to_string())?;
+    } else {
+        spec.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(Planned {
+        kind,
+        spec,
+        relay,
+        rollback_to: (task.rollback_to_revision > 0).then_some(task.rollback_to_revision),
+    })
 }
 
 /// `--set`-style dotted keys into a nested YAML mapping (`a.b=c` → `{a: {b: c}}`), as strings.
@@ -443,7 +608,7 @@ mod tests {
 
     #[test]
     fn an_upgrade_task_becomes_the_documented_spec() {
-        let spec = to_spec(&task(TaskKind::Upgrade, repo())).expect("spec");
+        let spec = plan(&task(TaskKind::Upgrade, repo())).expect("spec").spec;
         assert_eq!(spec.release, "skoala-init");
         assert_eq!(spec.version, "0.19.2");
         assert_eq!(spec.tag(), "v0.19.2");
@@ -462,16 +627,46 @@ mod tests {
 
     #[test]
     fn unsupported_tasks_are_refused_with_a_reason_and_no_values() {
-        let relay = Some(pb::chart_source::Source::Relay(pb::RelayedChart::default()));
         for (t, want) in [
-            (task(TaskKind::Upgrade, relay), "relayed charts"),
-            (task(TaskKind::Rollback, repo()), "TASK_KIND_ROLLBACK"),
+            (task(TaskKind::Unspecified, repo()), "TASK_KIND_UNSPECIFIED"),
             (task(TaskKind::Upgrade, None), "no chart source"),
+            (task(TaskKind::Preflight, None), "no chart source"),
         ] {
-            let err = to_spec(&t).expect_err("refused");
+            let err = plan(&t).expect_err("refused");
             assert!(err.contains(want), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn relayed_rollback_and_preflight_tasks_are_planned() {
+        let digest = "ab".repeat(32);
+        let relay = Some(pb::chart_source::Source::Relay(pb::RelayedChart {
+            sha256: digest.clone(),
+            size: 1234,
+        }));
+        let p = plan(&task(TaskKind::Upgrade, relay)).expect("relay");
+        assert_eq!(p.relay, Some((digest.clone(), 1234)));
+        assert!(matches!(&p.spec.source, ChartSource::Archive { sha256, .. } if *sha256 == digest));
+
+        let mut rollback = task(TaskKind::Rollback, None);
+        rollback.rollback_to_revision = 3;
+        if let Some(r) = rollback.release.as_mut() {
+            r.version.clear();
+        }
+        let p = plan(&rollback).expect("rollback needs no source or version");
+        assert_eq!(
+            (p.kind, p.rollback_to, p.relay),
+            (TaskKind::Rollback, Some(3), None)
+        );
+        let p = plan(&task(TaskKind::Rollback, repo())).expect("rollback");
+        assert_eq!(
+            p.rollback_to, None,
+            "0 means the previous deployed revision"
+        );
+
+        let p = plan(&task(TaskKind::Preflight, repo())).expect("preflight");
+        assert_eq!(p.kind, TaskKind::Preflight);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use skoala_e2e::tools::{our_bin, tool};
 use skoala_e2e::wait;
 use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use skoala_proto::v1::{
-    AgentMessage, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
+    AgentMessage, BackupStored, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
     RegisterResponse, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, chart_source, coordinator_message,
 };
@@ -67,11 +67,26 @@ impl AgentGateway for StandIn {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        *self.shared.to_agent.lock().expect("lock") = Some(tx);
+        *self.shared.to_agent.lock().expect("lock") = Some(tx.clone());
         let shared = self.shared.clone();
         let mut inbound = request.into_inner();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
+                // The agent waits for the backup to be stored before it upgrades; confirm it
+                // as the coordinator does (the test keeps the upload in `received`).
+                if let Some(Body::BackupUpload(u)) = &msg.body {
+                    let ack = BackupStored {
+                        operation_id: u.operation_id.clone(),
+                        generation: u.generation,
+                        sha256: u.sha256.clone(),
+                        error: String::new(),
+                    };
+                    let _ = tx
+                        .send(Ok(CoordinatorMessage {
+                            body: Some(coordinator_message::Body::BackupStored(ack)),
+                        }))
+                        .await;
+                }
                 shared.received.lock().expect("lock").push(msg);
             }
         });
