@@ -85,10 +85,10 @@ impl Cluster {
             .await
             .map_err(|e| SimError::Bind(config.listen, e))?;
         let addr = listener.local_addr().map_err(SimError::Io)?;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
         };
         let (tls, scheme) = if config.insecure_http {
             (None, "http")
