@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::control_plane::ControlPlane;
+use crate::data_dir::DataDir;
 use crate::identity::Refusal;
 use crate::metrics::Metrics;
 use crate::pki::FleetCa;
@@ -44,6 +45,9 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub control_plane: Option<Arc<ControlPlane>>,
+    /// The data dir: relayed charts ([`crate::relay`]) and uploaded backups
+    /// ([`crate::backups`]) live there.
+    pub data_dir: DataDir,
     /// Limits audit entries per refusal kind.
     pub throttle: Throttle,
 }

@@ -31,6 +31,7 @@
 
 pub mod admin_api;
 pub mod admin_config;
+pub mod backups;
 pub mod context;
 pub mod control_plane;
 pub mod data_dir;
@@ -41,6 +42,7 @@ pub mod init;
 pub mod metrics;
 pub mod oversize;
 pub mod pki;
+pub mod relay;
 pub mod server;
 mod session;
 pub mod sessions;

@@ -67,6 +67,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         settings: opts.settings.clone(),
         control_plane,
+        data_dir: dir.clone(),
         throttle: Default::default(),
     });
 

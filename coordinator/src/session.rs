@@ -155,8 +155,29 @@ impl<S: Store> Session<S> {
             Some(Body::CertificateRenewal(renewal)) => {
                 self.renew(&renewal.csr_pem).await?;
             }
-            // Tasks, progress, results, backups and chart requests belong to the orchestrator
-            // (a later issue); until then they are counted and ignored.
+            // The chart relay and backup storage (crate::relay, crate::backups).
+            // A task each, so streaming a chart or syncing a file never stalls this loop.
+            Some(Body::ChartRequest(req)) => {
+                let (dir, tx) = (ctx.data_dir.clone(), self.tx.clone());
+                tokio::spawn(async move { crate::relay::answer(&dir, &req, &tx).await });
+            }
+            Some(Body::BackupUpload(upload)) => {
+                let (dir, tx, id) = (
+                    ctx.data_dir.clone(),
+                    self.tx.clone(),
+                    self.cluster_id.clone(),
+                );
+                tokio::spawn(async move {
+                    let stored = tokio::task::spawn_blocking(move || {
+                        crate::backups::store(&dir, &id, &upload)
+                    });
+                    if let Ok(ack) = stored.await {
+                        let _ = tx.send(Ok(backup_stored(ack))).await;
+                    }
+                });
+            }
+            // Tasks, progress and results belong to the orchestrator (a later issue); until
+            // then they are counted and ignored.
             Some(_) | None => {}
         }
         Ok(())
@@ -293,5 +314,13 @@ impl<S: Store> Session<S> {
             );
         }
         Ok(())
+    }
+}
+
+fn backup_stored(ack: skoala_proto::v1::BackupStored) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(skoala_proto::v1::coordinator_message::Body::BackupStored(
+            ack,
+        )),
     }
 }

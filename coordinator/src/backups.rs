@@ -1,0 +1,225 @@
+//! Values backups uploaded by agents (DESIGN.md invariant 1): stored in the data dir before the
+//! agent may start `helm upgrade`, never overwritten, readable only by the coordinator.
+//!
+//! ```text
+//! DIR/backups/<cluster id>/<release>/<generation>-<operation id>.yaml   the values (0600)
+//! ```
+//!
+//! Folders are 0700 and files 0600: values hold passwords. A file is created once and never
+//! replaced: the same upload again (a re-delivered operation re-sends its backup) is
+//! acknowledged as stored; different bytes under the same name are refused and the first copy
+//! stays. The agent waits for the acknowledgement ([`BackupStored`]) before it upgrades, so an
+//! unstored backup means no upgrade.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use skoala_proto::v1::{BackupStored, BackupUpload};
+
+use crate::data_dir::DataDir;
+
+/// Largest values file accepted (the Secret it came from is capped at 1 MiB by the API server).
+pub const MAX_VALUES: usize = 1024 * 1024;
+
+/// Where the backup of `upload` for `cluster_id` is stored; `Err` if a name is not safe as a
+/// path component (they come from the agent).
+pub fn path_for(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result<PathBuf, String> {
+    for (what, s) in [
+        ("cluster id", cluster_id),
+        ("release", upload.release.as_str()),
+        ("operation id", upload.operation_id.as_str()),
+    ] {
+        if !safe(s) {
+            return Err(format!(
+                "the backup's {what} is not a safe name (1-128 of [A-Za-z0-9._-], not starting with '.')"
+            ));
+        }
+    }
+    if upload.generation < 1 {
+        return Err(format!(
+            "the backup has generation {}; generations start at 1",
+            upload.generation
+        ));
+    }
+    Ok(dir
+        .root()
+        .join("backups")
+        .join(cluster_id)
+        .join(&upload.release)
+        .join(format!(
+            "{}-{}.yaml",
+            upload.generation, upload.operation_id
+        )))
+}
+
+fn safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Stores `upload` for `cluster_id` and says how it went, as the answer for the agent. Never
+/// overwrites; never logs or returns the values.
+pub fn store(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> BackupStored {
+    let mut ack = BackupStored {
+        operation_id: upload.operation_id.clone(),
+        generation: upload.generation,
+        sha256: upload.sha256.clone(),
+        error: String::new(),
+    };
+    if let Err(e) = store_inner(dir, cluster_id, upload) {
+        tracing::error!(cluster_id, operation = %upload.operation_id, release = %upload.release,
+            generation = upload.generation, error = %e, "backup not stored");
+        ack.error = e;
+    } else {
+        tracing::info!(cluster_id, operation = %upload.operation_id, release = %upload.release,
+            generation = upload.generation, sha256 = %upload.sha256, "backup stored");
+    }
+    ack
+}
+
+fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result<(), String> {
+    if upload.values_yaml.len() > MAX_VALUES {
+        return Err(format!(
+            "the backup is {} bytes; at most {MAX_VALUES} are accepted",
+            upload.values_yaml.len()
+        ));
+    }
+    let actual = hex::encode(Sha256::digest(&upload.values_yaml));
+    if !actual.eq_ignore_ascii_case(&upload.sha256) {
+        return Err(format!(
+            "the backup's sha256 is {actual}, but the upload says {}: damaged on the way",
+            upload.sha256
+        ));
+    }
+    let path = path_for(dir, cluster_id, upload)?;
+    let folder = path.parent().ok_or("backup path has no folder")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+        .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    // Write under a temporary name and link it into place: the final name appears complete or
+    // not at all, and `hard_link` fails rather than replace an existing backup.
+    let tmp = folder.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("backup"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&upload.values_yaml)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            // The new directory entry must survive a crash too.
+            if let Ok(d) = std::fs::File::open(folder) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let existing = std::fs::read(&path)
+                .map_err(|e| format!("cannot read the existing {}: {e}", path.display()))?;
+            if existing == upload.values_yaml {
+                Ok(()) // the same backup again (re-delivery): already stored
+            } else {
+                Err(format!(
+                    "{} already holds a different backup; it is never overwritten",
+                    path.display()
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot write {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn upload(values: &[u8]) -> BackupUpload {
+        BackupUpload {
+            operation_id: "op-1".into(),
+            release: "skoala-init".into(),
+            revision: 3,
+            values_yaml: values.to_vec(),
+            sha256: hex::encode(Sha256::digest(values)),
+            generation: 2,
+        }
+    }
+
+    #[test]
+    fn a_backup_is_stored_private_and_never_overwritten() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path());
+        let first = upload(b"password: s3cret\n");
+        let ack = store(&dir, "cluster-a", &first);
+        assert_eq!(ack.error, "");
+        assert_eq!(
+            (ack.generation, ack.sha256.as_str()),
+            (2, first.sha256.as_str())
+        );
+        let path = path_for(&dir, "cluster-a", &first).expect("path");
+        assert!(path.ends_with("backups/cluster-a/skoala-init/2-op-1.yaml"));
+        assert_eq!(std::fs::read(&path).expect("read"), first.values_yaml);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("folder")), 0o700);
+
+        // The same upload again is fine; different bytes under the same name are refused.
+        assert_eq!(store(&dir, "cluster-a", &first).error, "");
+        let other = upload(b"password: other\n");
+        let ack = store(&dir, "cluster-a", &other);
+        assert!(ack.error.contains("never overwritten"), "{}", ack.error);
+        assert!(!ack.error.contains("other\n"));
+        assert_eq!(std::fs::read(&path).expect("read"), first.values_yaml);
+        let leftovers = std::fs::read_dir(path.parent().expect("folder"))
+            .expect("list")
+            .count();
+        assert_eq!(leftovers, 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn damaged_or_unsafe_uploads_are_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path());
+        let mut damaged = upload(b"a: 1\n");
+        damaged.values_yaml = b"a: 2\n".to_vec();
+        assert!(store(&dir, "c", &damaged).error.contains("damaged"));
+        let mut escape = upload(b"a: 1\n");
+        escape.operation_id = "../../ca-key".into();
+        assert!(store(&dir, "c", &escape).error.contains("operation id"));
+        assert!(
+            store(&dir, "..", &upload(b"a: 1\n"))
+                .error
+                .contains("cluster id")
+        );
+        let mut zero = upload(b"a: 1\n");
+        zero.generation = 0;
+        assert!(store(&dir, "c", &zero).error.contains("generation"));
+        assert!(
+            !tmp.path().join("backups/c").exists()
+                || std::fs::read_dir(tmp.path().join("backups/c"))
+                    .expect("ls")
+                    .count()
+                    == 0
+        );
+    }
+}
