@@ -97,9 +97,9 @@ pub struct LoadArgs {
     /// Start at most this many agents per second (0: all at once).
     #[arg(long, default_value_t = 0)]
     start_rate: u32,
-    /// Stop after this long (0: run until SIGTERM/SIGINT). Bounds benchmark runs.
-    #[arg(long, default_value = "0s", value_parser = duration::parse)]
-    duration: Duration,
+    /// Stop after this long (default: run until SIGTERM/SIGINT). Bounds benchmark runs.
+    #[arg(long, value_parser = duration::parse)]
+    duration: Option<Duration>,
 }
 
 /// Runs the load subcommand until its end (signal or --duration).
@@ -170,10 +170,9 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
         }
     }
     let bounded = async {
-        if a.duration.is_zero() {
-            std::future::pending::<()>().await
-        } else {
-            tokio::time::sleep(a.duration).await
+        match a.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
