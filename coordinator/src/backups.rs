@@ -62,6 +62,41 @@ fn safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The executor's upload hook for the coordinator's own upgrades (the control plane's `skoala`,
+/// run in-process): each backup is stored here, as `cluster_id`'s, before the upgrade starts,
+/// exactly like an agent's upload. Plug it in with
+/// `Executor::new(..).with_backup_upload(backups::local_upload(dir, "control-plane", op, release))`.
+pub fn local_upload(
+    dir: DataDir,
+    cluster_id: impl Into<String>,
+    operation_id: impl Into<String>,
+    release: impl Into<String>,
+) -> skoala_upgrade::BackupUpload {
+    let (cluster_id, operation_id, release) =
+        (cluster_id.into(), operation_id.into(), release.into());
+    std::sync::Arc::new(move |backup: skoala_upgrade::Backup| {
+        let upload = BackupUpload {
+            operation_id: operation_id.clone(),
+            release: release.clone(),
+            revision: 0,
+            values_yaml: backup.values,
+            sha256: backup.sha256,
+            generation: i32::try_from(backup.generation).unwrap_or(i32::MAX),
+        };
+        let (dir, cluster_id) = (dir.clone(), cluster_id.clone());
+        Box::pin(async move {
+            let ack = tokio::task::spawn_blocking(move || store(&dir, &cluster_id, &upload))
+                .await
+                .map_err(|e| format!("storing the backup: {e}"))?;
+            if ack.error.is_empty() {
+                Ok(())
+            } else {
+                Err(ack.error)
+            }
+        })
+    })
+}
+
 /// Stores `upload` for `cluster_id` and says how it went, as the answer for the agent. Never
 /// overwrites; never logs or returns the values.
 pub fn store(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> BackupStored {
@@ -194,6 +229,27 @@ mod tests {
             .expect("list")
             .count();
         assert_eq!(leftovers, 1, "no temporary files left behind");
+    }
+
+    #[tokio::test]
+    async fn the_local_hook_stores_like_an_upload() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path());
+        let hook = local_upload(dir.clone(), "control-plane", "op-9", "skoala");
+        let values = b"hive:\n  password: x\n".to_vec();
+        let backup = skoala_upgrade::Backup {
+            secret: "skoala-fleet-backup-skoala-1".into(),
+            generation: 1,
+            sha256: hex::encode(Sha256::digest(&values)),
+            values: values.clone(),
+        };
+        hook(backup.clone()).await.expect("stored");
+        let path = tmp.path().join("backups/control-plane/skoala/1-op-9.yaml");
+        assert_eq!(std::fs::read(path).expect("read"), values);
+        let mut other = backup;
+        other.values = b"other: 1\n".to_vec();
+        other.sha256 = hex::encode(Sha256::digest(&other.values));
+        assert!(hook(other).await.is_err(), "never overwritten");
     }
 
     #[test]
