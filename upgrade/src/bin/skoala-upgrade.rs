@@ -9,6 +9,10 @@
 //!     --release skoala-init --version 0.19.2 \
 //!     --repo-url https://release.daocloud.io/chartrepo/skoala
 //! ```
+//!
+//! `--preflight` runs the checks only (nothing is written); `--rollback-to REV` (0: the previous
+//! deployed revision) returns the release to an earlier revision as an operation of its own
+//! (backup first, then `helm rollback --wait`, then verify) and needs no chart or version.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use skoala_upgrade::{
 #[command(
     // `--version` is the target chart version, as in helm.
     disable_version_flag = true,
-    about = "Upgrade one skoala Helm release: backup, chart, CRDs, helm upgrade, verify, rollback on failure",
+    about = "Upgrade one skoala Helm release: backup, chart, CRDs, helm upgrade, verify, rollback on failure (or only check it: --preflight; or roll it back: --rollback-to)",
     long_about = None
 )]
 struct Args {
@@ -47,13 +51,13 @@ struct Args {
     #[arg(long)]
     chart: Option<String>,
     /// Target chart version (exact).
-    #[arg(long)]
-    version: String,
+    #[arg(long, required_unless_present = "rollback_to")]
+    version: Option<String>,
     /// Chart repository URL (`helm repo add`).
     #[arg(
         long,
         conflicts_with = "chart_archive",
-        required_unless_present = "chart_archive"
+        required_unless_present_any = ["chart_archive", "rollback_to"]
     )]
     repo_url: Option<String>,
     /// Local repository name.
@@ -80,6 +84,12 @@ struct Args {
     /// Bound on helm's wait, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Only check (preflight and chart steps); change nothing. Exit 0 when the upgrade could run.
+    #[arg(long, conflicts_with = "rollback_to")]
+    preflight: bool,
+    /// Roll the release back to this revision instead of upgrading (0: the previous deployed one).
+    #[arg(long, value_name = "REV")]
+    rollback_to: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,14 +119,20 @@ async fn main() -> anyhow::Result<()> {
             path: path.clone(),
             sha256: args.chart_sha256.clone().unwrap_or_default(),
         },
+        // A rollback needs no chart; the spec's source is not used.
+        (None, None) if args.rollback_to.is_some() => ChartSource::Repository {
+            name: args.repo_name.clone(),
+            url: "http://unused.invalid".into(),
+        },
         (None, None) => anyhow::bail!("give --repo-url or --chart-archive"),
     };
+    let version = args.version.clone().unwrap_or_default();
     let mut spec = match args.release.as_str() {
         "skoala-init" if args.namespace == "skoala-system" => {
-            ReleaseSpec::skoala_init(source, &args.version)
+            ReleaseSpec::skoala_init(source, &version)
         }
-        "skoala" if args.namespace == "skoala-system" => ReleaseSpec::skoala(source, &args.version),
-        _ => ReleaseSpec::new(&args.release, &args.namespace, source, &args.version),
+        "skoala" if args.namespace == "skoala-system" => ReleaseSpec::skoala(source, &version),
+        _ => ReleaseSpec::new(&args.release, &args.namespace, source, &version),
     };
     if let Some(chart) = &args.chart {
         spec.chart = chart.clone();
@@ -163,9 +179,16 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    let report = executor
-        .run(&Operation::new(&args.operation_id), &spec, tx)
-        .await?;
+    let operation = Operation::new(&args.operation_id);
+    let report = match args.rollback_to {
+        Some(rev) => {
+            executor
+                .rollback(&operation, &spec, (rev > 0).then_some(rev), tx)
+                .await?
+        }
+        None if args.preflight => executor.preflight(&operation, &spec, tx).await?,
+        None => executor.run(&operation, &spec, tx).await?,
+    };
     let _ = printer.await;
     println!(
         "outcome: {} ({} {} -> {})",
@@ -192,5 +215,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn a_rollback_needs_no_version_or_chart() {
+        use clap::Parser as _;
+        let base = [
+            "skoala-upgrade",
+            "--kubeconfig",
+            "k",
+            "--operation-id",
+            "op",
+        ];
+        let rb = super::Args::try_parse_from(base.iter().chain(&["--rollback-to", "0"]))
+            .expect("rollback without version or repository");
+        assert_eq!(rb.rollback_to, Some(0));
+        assert!(
+            super::Args::try_parse_from(base).is_err(),
+            "an upgrade needs --version"
+        );
+        let both = base.iter().chain(&["--rollback-to", "2", "--preflight"]);
+        assert!(super::Args::try_parse_from(both).is_err());
     }
 }
