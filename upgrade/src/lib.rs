@@ -6,6 +6,9 @@
 //! the cluster), CRDs (server-side apply, before the upgrade by default), upgrade (`--wait`),
 //! verify (deployed, ready, image tags), and rollback on failure. Both daemons use it: the
 //! coordinator for `skoala` in the control plane, each agent for `skoala-init` in its cluster.
+//! Two more operations share its checks and records: [`Executor::preflight`] (the preflight and
+//! chart steps only; writes nothing) and [`Executor::rollback`] (back to an earlier revision,
+//! with a backup first and verification after, idempotent by operation id).
 //! [`inventory`] reads releases natively from Helm's release Secrets.
 //!
 //! ```no_run
