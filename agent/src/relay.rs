@@ -160,18 +160,25 @@ impl ChartCache {
             tracing::debug!(sha256 = %c.sha256, "ignoring a chunk of a chart nobody waits for");
             return;
         };
+        let have = a.bytes.len() as u64;
+        let end = c.offset + c.data.len() as u64;
+        // A chunk wholly before `have` repeats what we hold: a second answer to a request that
+        // was re-sent after a reconnect. Skip it; the digest check covers the whole anyway.
+        let repeat = c.error.is_empty() && c.offset < have && end <= have && !c.last;
+        if repeat {
+            return;
+        }
         let problem = if !c.error.is_empty() {
             Some(format!(
                 "the coordinator cannot relay the chart: {}",
                 c.error
             ))
-        } else if c.offset != a.bytes.len() as u64 {
+        } else if c.offset > have {
             Some(format!(
-                "relayed chart chunk at offset {} where {} was expected",
-                c.offset,
-                a.bytes.len()
+                "relayed chart chunk at offset {} where {have} was expected",
+                c.offset
             ))
-        } else if a.bytes.len() as u64 + c.data.len() as u64 > a.size {
+        } else if end > a.size {
             Some(format!(
                 "the relayed chart is larger than the announced {} bytes",
                 a.size
@@ -183,7 +190,9 @@ impl ChartCache {
             drop(inflight);
             return self.fail(&c.sha256, why);
         }
-        a.bytes.extend_from_slice(&c.data);
+        let skip = (have - c.offset) as usize;
+        a.bytes
+            .extend_from_slice(c.data.get(skip..).unwrap_or_default());
         if !c.last {
             return;
         }
@@ -224,6 +233,17 @@ impl ChartCache {
             )
         })?;
         Ok(self.path(sha256))
+    }
+
+    /// Asks again for every chart still being received: called when a new session starts,
+    /// since the chunks of the previous one stopped with it. Chunks that repeat what already
+    /// arrived are skipped, so a request answered twice does no harm.
+    pub fn resume(&self, outbox: &mpsc::Sender<Body>) {
+        let digests: Vec<String> = self.lock().keys().cloned().collect();
+        for sha256 in digests {
+            tracing::info!(%sha256, "asking again for a relayed chart after reconnecting");
+            let _ = outbox.try_send(Body::ChartRequest(ChartRequest { sha256 }));
+        }
     }
 
     fn fail(&self, sha256: &str, why: String) {
@@ -322,6 +342,30 @@ mod tests {
             .await
             .expect("cached");
         assert!(rx.try_recv().is_err(), "no ChartRequest for a cached chart");
+    }
+
+    #[tokio::test]
+    async fn a_transfer_resumed_after_a_reconnect_tolerates_repeated_chunks() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = ChartCache::new(tmp.path().join("charts"));
+        let bytes = b"0123456789abcdefghij".to_vec();
+        let sha = sha256_hex(&bytes);
+        let (tx, mut rx) = mpsc::channel(8);
+        let getting = {
+            let (cache, sha, tx) = (cache.clone(), sha.clone(), tx.clone());
+            tokio::spawn(async move { cache.get(&sha, 20, &tx).await })
+        };
+        assert!(matches!(rx.recv().await, Some(Body::ChartRequest(_))));
+        // The first session delivers half, then dies; the new session asks again.
+        cache.chunk(chunk(&sha, 0, &bytes[..10], false));
+        cache.resume(&tx);
+        assert!(matches!(rx.try_recv(), Ok(Body::ChartRequest(r)) if r.sha256 == sha));
+        // Both answers interleave (the old request was still queued): repeats are skipped.
+        cache.chunk(chunk(&sha, 0, &bytes[..10], false));
+        cache.chunk(chunk(&sha, 10, &bytes[10..], true));
+        let path = getting.await.expect("join").expect("assembled");
+        assert_eq!(std::fs::read(path).expect("read"), bytes);
+        cache.chunk(chunk(&sha, 10, &bytes[10..], true)); // late repeat: nobody waits; ignored
     }
 
     #[tokio::test]

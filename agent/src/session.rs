@@ -132,6 +132,7 @@ pub async fn run(
         _ = shutdown.cancelled() => return Ok(()),
     };
     on_connected();
+    params.tasks.resume_transfers();
 
     let mut heartbeat = tokio::time::interval(params.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

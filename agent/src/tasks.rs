@@ -130,6 +130,11 @@ impl TaskRunner {
         self.charts.cached()
     }
 
+    /// A new session is up: ask again for relayed charts whose transfer the last one cut.
+    pub fn resume_transfers(&self) {
+        self.charts.resume(&self.outbox);
+    }
+
     /// A piece of a relayed chart arrived on the session.
     pub fn chart_chunk(&self, chunk: ChartChunk) {
         self.charts.chunk(chunk);
