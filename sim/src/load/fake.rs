@@ -120,3 +120,77 @@ pub fn upgrade(
         .boxed()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skoala_proto::v1::{ReleaseSpec, Task};
+    use tokio::sync::mpsc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_upgrade_reports_like_the_executor_and_moves_the_inventory() {
+        let (inventory, watched) = watch::channel(vec![release("0.18.0", 1)]);
+        let stats = Arc::new(Stats::default());
+        let run = upgrade(Duration::from_secs(2), Arc::new(inventory), stats.clone());
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = Task {
+            operation_id: "op-1".into(),
+            release: Some(ReleaseSpec {
+                version: "0.19.2".into(),
+                ..ReleaseSpec::default()
+            }),
+            ..Task::default()
+        };
+        let started = tokio::time::Instant::now();
+        run(task, tx).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(2),
+            "takes --upgrade-time"
+        );
+
+        let mut seen = Vec::new();
+        while let Ok(body) = rx.try_recv() {
+            seen.push(body);
+        }
+        let steps: Vec<String> = seen
+            .iter()
+            .filter_map(|b| match b {
+                Body::StepProgress(p) if p.phase == StepPhase::Succeeded as i32 => {
+                    Some(p.step.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, ["preflight", "backup", "crds", "upgrade", "verify"]);
+        let backup_at = seen
+            .iter()
+            .position(|b| matches!(b, Body::BackupUpload(_)))
+            .expect("a backup is uploaded");
+        let upgrade_at = seen
+            .iter()
+            .position(|b| matches!(b, Body::StepProgress(p) if p.step == "upgrade"))
+            .expect("upgrade progress");
+        assert!(
+            backup_at < upgrade_at,
+            "the backup goes out before the upgrade starts"
+        );
+        let Some(Body::TaskResult(result)) = seen.last() else {
+            panic!("the last message is the result: {seen:?}");
+        };
+        assert_eq!(result.outcome, TaskOutcome::Succeeded as i32);
+        assert_eq!(result.revision_before, 1);
+        let after = result.release_after.as_ref().expect("release after");
+        assert_eq!(
+            (after.chart_version.as_str(), after.revision),
+            ("0.19.2", 2)
+        );
+        assert_eq!(watched.borrow()[0].chart_version, "0.19.2");
+        assert_eq!(
+            stats
+                .tasks_succeeded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
