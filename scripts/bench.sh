@@ -5,6 +5,7 @@
 #   scripts/bench.sh                 # N = 1000 5000 10000
 #   scripts/bench.sh 1000            # one size
 #   BENCH_IDLE_SECS=10 scripts/bench.sh 200   # shorter idle-CPU window (quick check)
+#   BENCH_STORM_OUTAGE=30 scripts/bench.sh 10000  # coordinator stays down 30 s before restart
 #
 # For each N it prints every figure together with the command that produced it, and appends
 # one Markdown table row per N to $BENCH_RESULTS (default target/bench/results.md):
@@ -12,9 +13,9 @@
 #             skoala_agents_connected gauge reads N (registration with one N-use token included)
 #   memory    coordinator VmRSS after connect minus before, total and per agent
 #   idle CPU  coordinator utime+stime over BENCH_IDLE_SECS at the idle heartbeat rate (10 s)
-#   storm     SIGKILL the coordinator with N connected, restart it at once: time until the
-#             gauge reads N again, failed attempts counted by the load generator, agents that
-#             gave up (must be 0)
+#   storm     SIGKILL the coordinator with N connected, restart it (at once, or after
+#             BENCH_STORM_OUTAGE seconds): time from the restart until the gauge reads N again,
+#             failed attempts counted by the load generator, agents that gave up (must be 0)
 #   bare      the same memory figure for `skoala-sim load bare-server`, and the ratio
 # Every process started here is bounded (watchdog) and killed on exit.
 set -euo pipefail
@@ -25,6 +26,7 @@ if [ $# -gt 0 ]; then SIZES=("$@"); else SIZES=(1000 5000 10000); fi
 IDLE_SECS=${BENCH_IDLE_SECS:-30}
 CONNECT_DEADLINE=${BENCH_CONNECT_DEADLINE:-600}
 STORM_DEADLINE=${BENCH_STORM_DEADLINE:-300}
+STORM_OUTAGE=${BENCH_STORM_OUTAGE:-0}
 SOURCE_ADDRS=${BENCH_SOURCE_ADDRS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 PROCESS_BOUND=${BENCH_PROCESS_BOUND:-1800}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
@@ -157,6 +159,7 @@ for N in "${SIZES[@]}"; do
   F0=$(load_stat "$WORK/load" failed_attempts)
   kill -9 "$COORD"
   wait "$COORD" 2>/dev/null || true
+  sleep "$STORM_OUTAGE"
   T0=$(now)
   serve 2
   if ! wait_value "$N" "$STORM_DEADLINE" gauge; then
@@ -168,7 +171,7 @@ for N in "${SIZES[@]}"; do
   sleep 2
   F1=$(load_stat "$WORK/load" failed_attempts)
   GAVE_UP=$(load_stat "$WORK/load" gave_up)
-  figure "storm: all $N back after SIGKILL+restart in" "${STORM_S} s" "kill -9 <coordinator>; skoala-coordinator serve (same data dir, port); poll the gauge"
+  figure "storm: all $N back after SIGKILL+restart in" "${STORM_S} s" "kill -9 <coordinator>; sleep $STORM_OUTAGE; skoala-coordinator serve (same data dir, port); poll the gauge"
   figure "storm: failed attempts / agents gave up" "$((F1 - F0)) / $GAVE_UP" "failed_attempts, gave_up of skoala-sim load"
   kill "$LOAD" 2>/dev/null || true
   wait "$LOAD" 2>/dev/null || true
