@@ -27,6 +27,10 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Largest chart accepted (the coordinator relays at most this much too).
 pub const MAX_CHART: u64 = 64 * 1024 * 1024;
 
+/// Charts kept in the cache; older ones (by modification time) are removed when a new one is
+/// stored, so an agent that lives through many versions does not fill its volume.
+pub const KEEP: usize = 4;
+
 type Waiter = oneshot::Sender<Result<PathBuf, String>>;
 
 /// One transfer in progress.
@@ -226,7 +230,11 @@ impl ChartCache {
                 "the relayed chart has sha256 {actual}, expected {sha256}: refusing it"
             ));
         }
-        write_atomically(&self.dir, &self.path(sha256), bytes).map_err(|e| {
+        let stored = write_atomically(&self.dir, &self.path(sha256), bytes);
+        if stored.is_ok() {
+            self.prune(sha256);
+        }
+        stored.map_err(|e| {
             format!(
                 "cannot cache the relayed chart in {}: {e}",
                 self.dir.display()
@@ -243,6 +251,26 @@ impl ChartCache {
         for sha256 in digests {
             tracing::info!(%sha256, "asking again for a relayed chart after reconnecting");
             let _ = outbox.try_send(Body::ChartRequest(ChartRequest { sha256 }));
+        }
+    }
+
+    /// Removes all but the [`KEEP`] newest cached charts (never `keep`, just stored).
+    fn prune(&self, keep: &str) {
+        let mut charts: Vec<(std::time::SystemTime, PathBuf)> = self
+            .cached()
+            .into_iter()
+            .filter(|d| d != keep)
+            .filter_map(|d| {
+                let path = self.path(&d);
+                let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+                Some((modified, path))
+            })
+            .collect();
+        charts.sort();
+        let excess = (charts.len() + 1).saturating_sub(KEEP);
+        for (_, path) in charts.into_iter().take(excess) {
+            tracing::info!(path = %path.display(), "removing an old relayed chart from the cache");
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -366,6 +394,29 @@ mod tests {
         let path = getting.await.expect("join").expect("assembled");
         assert_eq!(std::fs::read(path).expect("read"), bytes);
         cache.chunk(chunk(&sha, 10, &bytes[10..], true)); // late repeat: nobody waits; ignored
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_the_newest_charts() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = ChartCache::new(tmp.path().join("charts"));
+        let mut digests = Vec::new();
+        for i in 0..KEEP + 2 {
+            let bytes = format!("chart number {i}").into_bytes();
+            let sha = sha256_hex(&bytes);
+            let n = bytes.len() as u64;
+            fetch(&cache, &sha, n, vec![chunk(&sha, 0, &bytes, true)])
+                .await
+                .expect("fetched");
+            digests.push(sha);
+            assert!(cache.cached().len() <= KEEP);
+        }
+        let cached = cache.cached();
+        assert_eq!(cached.len(), KEEP);
+        assert!(
+            cached.contains(digests.last().expect("last")),
+            "the newest is kept"
+        );
     }
 
     #[tokio::test]
