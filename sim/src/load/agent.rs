@@ -45,11 +45,8 @@ impl SimAgent {
             name: self.name.clone(),
             labels: [("skoala.io/simulated".to_string(), "true".to_string())].into(),
         };
-        let backoff = ExponentialBuilder::new()
-            .with_jitter()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(self.settings.max_backoff)
-            .without_max_times();
+        let backoff =
+            skoala_agent::agent::reconnect_backoff(MIN_BACKOFF, self.settings.max_backoff);
 
         let Some(creds) = self.register(&identity, &backoff, &shutdown).await else {
             return;

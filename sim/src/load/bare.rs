@@ -58,9 +58,9 @@ impl AgentGateway for Bare {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
-        // The same bounded channel as a coordinator session; its sender lives as long as the
-        // agent's half of the stream, so the response stream stays open.
-        let (tx, rx) = mpsc::channel(16);
+        // The same bounded channel as a coordinator session (32); its sender lives as long as
+        // the agent's half of the stream, so the response stream stays open.
+        let (tx, rx) = mpsc::channel(32);
         tokio::spawn(async move {
             while let Ok(Some(_)) = inbound.message().await {}
             drop(tx);
