@@ -5,6 +5,8 @@ mod audit;
 mod clusters;
 mod connect;
 mod output;
+mod plan_doc;
+mod plans;
 mod tokens;
 
 use std::path::PathBuf;
@@ -61,6 +63,88 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+    /// Fleet upgrade plans: create, apply, watch, approve, pause, resume, abort, roll back.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// List every cluster whose skoala-init differs from the control plane's skoala (or is
+    /// failed, pending, or carries the wrong image tags). Exits 1 when there is any skew.
+    Skew {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show the plan event log: plan transitions, step progress, results.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this plan's events.
+        #[arg(long, default_value = "")]
+        plan: String,
+        /// json: one object per line.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Print a shell completion script: skoalactl completion bash > /etc/bash_completion.d/skoalactl
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Apply an UpgradePlan document (YAML). One plan is active at a time.
+    Apply {
+        /// The document; `-` reads stdin.
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+        /// Apply although the fleet is skewed and the plan targets another version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print an UpgradePlan document built from flags (validated), or apply it with --apply.
+    ///
+    /// Example: skoalactl plan create skoala-0-19-2 --version 0.19.2
+    ///   --window 'schedule=0 2 * * SAT,duration=4h,timeZone=Asia/Shanghai'
+    ///   --canary 1 --max-concurrency 10% --max-failures 2
+    #[command(verbatim_doc_comment)]
+    Create {
+        #[command(flatten)]
+        args: plan_doc::CreateArgs,
+        /// Apply the document instead of printing it.
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: apply although the fleet is skewed.
+        #[arg(long)]
+        force: bool,
+        /// Output of the document (yaml or json).
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
+    /// List plans: phase, progress, whether active.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show a plan: phase, reason, and every cluster's state and failure message.
+    Get {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Follow a plan's progress, a line per cluster step, until it settles.
+    Watch { name: String },
+    /// Approve the next stage (requireApproval).
+    Approve { name: String },
+    /// Stop starting upgrades; running ones finish.
+    Pause { name: String },
+    /// Resume a paused plan; failures so far are acknowledged.
+    Resume { name: String },
+    /// Stop the plan for good; running upgrades finish.
+    Abort { name: String },
+    /// Return every upgraded cluster to its previous revision: workers first, then the
+    /// control plane.
+    Rollback { name: String },
 }
 
 #[derive(Subcommand)]
@@ -104,7 +188,7 @@ enum ClusterCommand {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("skoalactl: error: {e:#}");
             ExitCode::FAILURE
@@ -112,14 +196,41 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Commands that need no coordinator.
+    match &cli.command {
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "skoalactl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Plan(PlanCommand::Create {
+            args,
+            apply: false,
+            output,
+            ..
+        }) => {
+            let doc = plan_doc::build(args)?;
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+                _ => print!("{}", doc.to_yaml()),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let Some(config) = cli.config else {
         anyhow::bail!(
             "no admin credential: pass --config DATA_DIR/admin.yaml or set SKOALA_CONFIG"
         );
     };
     let mut admin = connect::connect(&config, cli.endpoint.as_deref()).await?;
-    match cli.command {
+    let done = match cli.command {
         Command::Token(TokenCommand::Create {
             ttl,
             uses,
@@ -133,5 +244,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clusters::revoke(&mut admin, cluster).await
         }
         Command::Audit { output, after } => audit::list(&mut admin, after, output).await,
+        Command::Skew { output } => return plans::skew(&mut admin, output).await,
+        Command::Events {
+            follow,
+            plan,
+            output,
+        } => plans::events(&mut admin, plan, follow, false, output).await,
+        Command::Plan(cmd) => plan(&mut admin, cmd).await,
+        Command::Completion { .. } => Ok(()),
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+async fn plan(admin: &mut connect::Admin, cmd: PlanCommand) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match cmd {
+        PlanCommand::Apply { file, force } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the plan from stdin")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            plans::apply(admin, text, force).await
+        }
+        PlanCommand::Create { args, force, .. } => {
+            let doc = plan_doc::build(&args)?;
+            plans::apply(admin, doc.to_yaml(), force).await
+        }
+        PlanCommand::List { output } => plans::list(admin, output).await,
+        PlanCommand::Get { name, output } => plans::get(admin, name, output).await,
+        PlanCommand::Watch { name } => plans::events(admin, name, true, true, Format::Table).await,
+        PlanCommand::Approve { name } => plans::verb(admin, "approve", name).await,
+        PlanCommand::Pause { name } => plans::verb(admin, "pause", name).await,
+        PlanCommand::Resume { name } => plans::verb(admin, "resume", name).await,
+        PlanCommand::Abort { name } => plans::verb(admin, "abort", name).await,
+        PlanCommand::Rollback { name } => plans::verb(admin, "rollback", name).await,
     }
 }

@@ -7,15 +7,22 @@ use std::time::Duration;
 use prost::Message;
 use skoala_proto::v1::fleet_admin_server::FleetAdmin;
 use skoala_proto::v1::{
+    ApplyPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse, PlanEvent, PlanRef,
+    PlanStatus, SkewReport, WatchEventsRequest,
+};
+use skoala_proto::v1::{
     AuditEvent, Cluster, ClusterIdentity, CreateTokenRequest, CreateTokenResponse, Inventory,
     ListAuditRequest, ListAuditResponse, ListClustersRequest, ListClustersResponse,
     ListTokensRequest, ListTokensResponse, RevokeClusterRequest, RevokeClusterResponse,
     RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::admin_plans;
 use crate::context::{Context, now_unix};
 use crate::identity::{remote_of, require_admin};
+use crate::orchestrator::Verb;
 use crate::store::{ClusterRecord, Store, StoreError, TokenRecord};
 use crate::tokens;
 
@@ -296,5 +303,116 @@ impl<S: Store> FleetAdmin for Admin<S> {
                 })
                 .collect(),
         }))
+    }
+
+    async fn apply_plan(
+        &self,
+        request: Request<ApplyPlanRequest>,
+    ) -> Result<Response<PlanStatus>, Status> {
+        let who = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let ctx = &self.ctx;
+        let status = ctx
+            .orchestrator
+            .apply(ctx, &req.document, req.force)
+            .await?;
+        let forced = if req.force { " (forced)" } else { "" };
+        ctx.audit(
+            "plan.applied",
+            "",
+            &who,
+            format!("plan {} to {}{forced}", status.name, status.version),
+        )
+        .await;
+        Ok(Response::new(status))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<ListPlansRequest>,
+    ) -> Result<Response<ListPlansResponse>, Status> {
+        self.authorize(&request).await?;
+        let plans = self.ctx.orchestrator.list(&self.ctx).await?;
+        Ok(Response::new(ListPlansResponse { plans }))
+    }
+
+    async fn get_plan(&self, request: Request<PlanRef>) -> Result<Response<PlanStatus>, Status> {
+        self.authorize(&request).await?;
+        let name = request.into_inner().name;
+        Ok(Response::new(
+            self.ctx.orchestrator.status(&self.ctx, &name).await?,
+        ))
+    }
+
+    async fn approve_plan(
+        &self,
+        request: Request<PlanRef>,
+    ) -> Result<Response<PlanStatus>, Status> {
+        self.verb(request, Verb::Approve).await
+    }
+
+    async fn pause_plan(&self, request: Request<PlanRef>) -> Result<Response<PlanStatus>, Status> {
+        self.verb(request, Verb::Pause).await
+    }
+
+    async fn resume_plan(&self, request: Request<PlanRef>) -> Result<Response<PlanStatus>, Status> {
+        self.verb(request, Verb::Resume).await
+    }
+
+    async fn abort_plan(&self, request: Request<PlanRef>) -> Result<Response<PlanStatus>, Status> {
+        self.verb(request, Verb::Abort).await
+    }
+
+    async fn rollback_plan(
+        &self,
+        request: Request<PlanRef>,
+    ) -> Result<Response<PlanStatus>, Status> {
+        self.verb(request, Verb::Rollback).await
+    }
+
+    async fn get_skew(
+        &self,
+        request: Request<GetSkewRequest>,
+    ) -> Result<Response<SkewReport>, Status> {
+        self.authorize(&request).await?;
+        Ok(Response::new(admin_plans::skew(&self.ctx).await?))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<PlanEvent, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        Ok(Response::new(admin_plans::watch(
+            self.ctx.clone(),
+            req.plan,
+            req.after_id,
+            req.follow,
+        )))
+    }
+}
+
+impl<S: Store> Admin<S> {
+    /// An operator's verb on a plan, audited.
+    async fn verb(
+        &self,
+        request: Request<PlanRef>,
+        verb: Verb,
+    ) -> Result<Response<PlanStatus>, Status> {
+        let who = self.authorize(&request).await?;
+        let name = request.into_inner().name;
+        let ctx = &self.ctx;
+        let status = ctx.orchestrator.transition(ctx, &name, verb).await?;
+        ctx.audit(
+            &format!("plan.{}", verb.as_str()),
+            "",
+            &who,
+            format!("plan {name} is now {}", status.phase),
+        )
+        .await;
+        Ok(Response::new(status))
     }
 }

@@ -8,6 +8,7 @@ use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::identity::Refusal;
 use crate::metrics::Metrics;
+use crate::orchestrator::Orchestrator;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::store::{NewAudit, Store};
@@ -50,6 +51,8 @@ pub struct Context<S> {
     pub data_dir: DataDir,
     /// Limits audit entries per refusal kind.
     pub throttle: Throttle,
+    /// Fleet upgrade plans ([`crate::orchestrator`]).
+    pub orchestrator: Arc<Orchestrator>,
 }
 
 impl<S: Store> Context<S> {

@@ -190,6 +190,7 @@ impl<S: Store> AgentGateway for Gateway<S> {
                 helm_version: record.state.helm_version.clone(),
                 inventory: None,
                 remote: peer.clone(),
+                to_agent: Some(tx.clone()),
             },
         );
         ctx.metrics.session_opened();

@@ -31,7 +31,9 @@
 
 pub mod admin_api;
 pub mod admin_config;
+mod admin_plans;
 pub mod backups;
+pub mod clock;
 pub mod context;
 pub mod control_plane;
 pub mod data_dir;
@@ -40,6 +42,7 @@ pub mod gateway;
 pub mod identity;
 pub mod init;
 pub mod metrics;
+pub mod orchestrator;
 pub mod oversize;
 pub mod pki;
 pub mod relay;

@@ -74,6 +74,16 @@ enum Command {
         /// Largest message accepted from a client, in bytes.
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_message_bytes: usize,
+        /// The helm binary that upgrades the control plane's `skoala` release.
+        #[arg(long, value_name = "PATH", default_value = "helm")]
+        helm: PathBuf,
+        /// Bound on each `helm upgrade --wait` (and rollback) a plan runs, in every cluster.
+        #[arg(long, value_parser = duration::parse, default_value = "5m")]
+        helm_timeout: Duration,
+        /// FOR TESTS ONLY: read the current time from this file (an RFC 3339 timestamp,
+        /// re-read every second) instead of the system clock, to drive maintenance windows.
+        #[arg(long, value_name = "PATH", hide = true)]
+        clock_file: Option<PathBuf>,
     },
 }
 
@@ -142,6 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ping_interval,
             agent_timeout,
             max_message_bytes,
+            helm,
+            helm_timeout,
+            clock_file,
         } => {
             raise_open_files_limit();
             let rt = tokio::runtime::Runtime::new()?;
@@ -156,6 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     agent_timeout,
                     max_message_bytes,
                 },
+                helm,
+                helm_timeout,
+                clock_file,
             }))
         }
     }

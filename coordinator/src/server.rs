@@ -13,15 +13,17 @@ use tokio::net::TcpListener;
 
 use crate::admin_api::Admin;
 use crate::context::{Context, Settings};
-use crate::control_plane;
 use crate::data_dir::DataDir;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
+use crate::orchestrator::Orchestrator;
+use crate::orchestrator::dispatch::ControlPlaneRunner;
 use crate::oversize::AuditOversizeLayer;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::store::SqliteStore;
 use crate::tls;
+use crate::{clock, control_plane};
 
 /// What `serve` needs.
 #[derive(Debug, Clone)]
@@ -31,6 +33,12 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     pub kubeconfig: Option<PathBuf>,
     pub settings: Settings,
+    /// The helm that upgrades the control plane.
+    pub helm: PathBuf,
+    /// Bound on one `helm upgrade --wait` of a plan (and on its rollback).
+    pub helm_timeout: Duration,
+    /// For tests: read "now" from this file (RFC 3339) instead of the system clock.
+    pub clock_file: Option<PathBuf>,
 }
 
 fn read(path: PathBuf) -> anyhow::Result<String> {
@@ -58,8 +66,24 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let sessions = Arc::new(Sessions::default());
     let metrics = Arc::new(Metrics::default());
-    let control_plane =
-        control_plane::Source::detect(opts.kubeconfig.clone()).map(control_plane::start);
+    let source = control_plane::Source::detect(opts.kubeconfig.clone());
+    // The in-process executor needs a kubeconfig file for helm; in-cluster coordinators get
+    // theirs from the service account through helm's own in-cluster support later.
+    let runner = opts
+        .kubeconfig
+        .clone()
+        .map(|kubeconfig| ControlPlaneRunner {
+            helm: opts.helm.clone(),
+            kubeconfig,
+            helm_timeout: opts.helm_timeout,
+            data_dir: dir.clone(),
+        });
+    let orchestrator = Orchestrator::new(
+        clock::from_flag(opts.clock_file.clone()),
+        runner,
+        opts.helm_timeout,
+    );
+    let control_plane = source.map(control_plane::start);
     let ctx = Arc::new(Context {
         store,
         ca,
@@ -69,7 +93,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         control_plane,
         data_dir: dir.clone(),
         throttle: Default::default(),
+        orchestrator: orchestrator.clone(),
     });
+    tokio::spawn(orchestrator.run(ctx.clone()));
 
     let listener = TcpListener::bind(opts.listen)
         .await

@@ -82,6 +82,7 @@ impl<S: Store> Session<S> {
             let _ = self.tx.send(Err(status)).await;
         }
         self.ctx.sessions.remove(&self.cluster_id, self.session);
+        self.ctx.orchestrator.poke();
         self.ctx.metrics.session_closed();
         tracing::info!(
             cluster_id = self.cluster_id,
@@ -141,6 +142,8 @@ impl<S: Store> Session<S> {
                     l.helm_version = hello.helm_version.clone();
                     l.inventory = Some(inventory.clone());
                 });
+                // A (re)connected agent: re-send its running task, start waiting ones.
+                ctx.orchestrator.poke();
                 let state = ClusterState {
                     agent_version: hello.agent_version,
                     helm_version: hello.helm_version,
@@ -150,6 +153,10 @@ impl<S: Store> Session<S> {
             }
             Some(Body::Inventory(inventory)) => {
                 self.inventory(inventory).await;
+                ctx.orchestrator.poke();
+            }
+            Some(body @ (Body::TaskAccepted(_) | Body::StepProgress(_) | Body::TaskResult(_))) => {
+                ctx.orchestrator.agent_message(&self.cluster_id, body);
             }
             Some(Body::Heartbeat(_)) => {}
             Some(Body::CertificateRenewal(renewal)) => {
@@ -176,9 +183,9 @@ impl<S: Store> Session<S> {
                     }
                 });
             }
-            // Tasks, progress and results belong to the orchestrator (a later issue); until
-            // then they are counted and ignored.
-            Some(_) | None => {}
+            // An empty message (a newer agent's body this build does not know) is counted and
+            // ignored.
+            None => {}
         }
         Ok(())
     }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use skoala_proto::v1::Inventory;
-use tokio::sync::oneshot;
+use skoala_proto::v1::{CoordinatorMessage, Inventory, ReleaseInventory};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 /// What the coordinator knows about one connected agent.
@@ -23,6 +23,15 @@ pub struct LiveAgent {
     pub helm_version: String,
     pub inventory: Option<Inventory>,
     pub remote: String,
+    /// The session's outbound stream: how the orchestrator sends tasks down to the agent.
+    pub to_agent: Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>,
+}
+
+/// Where to send something to a connected agent: the session (so a re-send after a
+/// reconnect can tell sessions apart) and its outbound stream.
+pub struct Outlet {
+    pub session: u64,
+    pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 }
 
 struct Entry {
@@ -142,6 +151,28 @@ impl Sessions {
     /// The live data of one cluster, if connected.
     pub fn get(&self, cluster_id: &str) -> Option<LiveAgent> {
         self.lock().get(cluster_id).map(|e| e.live.clone())
+    }
+
+    /// The current session of `cluster_id` and its outbound stream, if connected.
+    pub fn outlet(&self, cluster_id: &str) -> Option<Outlet> {
+        let map = self.lock();
+        let e = map.get(cluster_id)?;
+        Some(Outlet {
+            session: e.session,
+            tx: e.live.to_agent.clone()?,
+        })
+    }
+
+    /// Replaces one release in the live inventory of `cluster_id` (a task's `release_after`),
+    /// so the orchestrator judges the result on the release as the executor left it rather
+    /// than on an inventory that may lag behind.
+    pub fn set_release(&self, cluster_id: &str, release: ReleaseInventory) {
+        if let Some(e) = self.lock().get_mut(cluster_id) {
+            let inv = e.live.inventory.get_or_insert_with(Inventory::default);
+            inv.releases
+                .retain(|r| !(r.release == release.release && r.namespace == release.namespace));
+            inv.releases.push(release);
+        }
     }
 
     /// How many agents are connected.

@@ -196,9 +196,11 @@ impl Rollout {
         }
     }
 
-    /// Deterministic, so re-sending after a crash names the same operation.
+    /// Deterministic, so re-sending after a crash names the same operation. Dot-separated
+    /// (`<plan>.<target>.<kind>-<attempt>`): plan names and targets hold no dot, and the id
+    /// must be a safe file and object name wherever it is recorded (backups, records).
     fn operation_id(&self, target: &Target, kind: &str, attempt: u32) -> String {
-        format!("{}/{}/{}-{}", self.plan, target, kind, attempt)
+        format!("{}.{}.{}-{}", self.plan, target, kind, attempt)
     }
 
     fn worker_mut(&mut self, id: &str) -> Option<&mut Progress> {
@@ -598,7 +600,7 @@ impl Rollout {
             p.attempts += 1;
             p.stage = Some(stage);
             let target = Target::Worker(id);
-            let operation_id = format!("{plan_name}/{target}/upgrade-{}", p.attempts);
+            let operation_id = format!("{plan_name}.{target}.upgrade-{}", p.attempts);
             p.state = TargetState::Running {
                 operation_id: operation_id.clone(),
                 started: fleet.now,
@@ -727,7 +729,7 @@ impl Rollout {
                 continue;
             }
             let target = Target::Worker(id.clone());
-            let operation_id = format!("{plan_name}/{target}/rollback-{}", p.attempts);
+            let operation_id = format!("{plan_name}.{target}.rollback-{}", p.attempts);
             p.state = TargetState::RollingBack {
                 operation_id: operation_id.clone(),
                 started: fleet.now,
@@ -765,7 +767,7 @@ impl Rollout {
                     });
                 if fleet.control_plane.connected && cp_window {
                     let operation_id = format!(
-                        "{plan_name}/{}/rollback-{}",
+                        "{plan_name}.{}.rollback-{}",
                         Target::ControlPlane,
                         self.control_plane.attempts
                     );

@@ -104,8 +104,10 @@ pub(crate) fn release_problems(r: &ReleaseState, tag_keys: &[&str]) -> Vec<SkewR
     }
     let expected = format!("v{}", r.chart_version);
     for key in tag_keys {
-        // A key the chart does not carry (seata-operator before 0.20) is not skew.
+        // A key the chart does not carry (seata-operator before 0.20) is not skew, nor is an
+        // empty tag: the chart's own default (its appVersion) applies, as on a fresh install.
         if let Some(actual) = r.image_tags.get(*key)
+            && !actual.is_empty()
             && actual != &expected
         {
             out.push(SkewReason::ImageTag {
@@ -276,6 +278,13 @@ mod tests {
             !by_name.contains_key("offline-current"),
             "offline but current is not skew"
         );
+    }
+
+    #[test]
+    fn an_empty_tag_is_the_charts_default_not_skew() {
+        let cp = cluster("cp", true, Some(release("0.19.0", "deployed", "")));
+        let w = [cluster("a", true, Some(release("0.19.0", "deployed", "")))];
+        assert!(report(cp, &w).is_clean());
     }
 
     #[test]

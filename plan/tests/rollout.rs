@@ -396,12 +396,12 @@ fn results_for_unknown_or_repeated_operations_are_ignored() {
         panic!("upgrade expected")
     };
     assert_eq!(
-        operation_id, "p/control-plane/upgrade-1",
+        operation_id, "p.control-plane.upgrade-1",
         "deterministic ids make re-sends harmless"
     );
     assert!(!r.record(
         &Target::ControlPlane,
-        "p/control-plane/upgrade-0",
+        "p.control-plane.upgrade-0",
         Outcome::Failed {
             message: "old".into()
         }

@@ -62,6 +62,31 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE clusters ADD COLUMN token_id TEXT NOT NULL DEFAULT '';
     "#,
+    // 3: upgrade plans (the applied document and the serialized rollout) and their event log.
+    r#"
+    CREATE TABLE plans (
+        name        TEXT PRIMARY KEY,
+        document    TEXT NOT NULL,
+        rollout     TEXT NOT NULL,
+        active      INTEGER NOT NULL DEFAULT 0,
+        created_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE plan_events (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_unix_ms   INTEGER NOT NULL,
+        plan         TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        target       TEXT NOT NULL DEFAULT '',
+        target_name  TEXT NOT NULL DEFAULT '',
+        operation_id TEXT NOT NULL DEFAULT '',
+        step         TEXT NOT NULL DEFAULT '',
+        state        TEXT NOT NULL DEFAULT '',
+        message      TEXT NOT NULL DEFAULT '',
+        duration_ms  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX plan_events_by_plan ON plan_events(plan, id);
+    "#,
 ];
 
 /// The schema version this build writes.

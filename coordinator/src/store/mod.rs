@@ -10,11 +10,13 @@
 //! is durable: a coordinator killed right after a call returned still has it on restart.
 
 pub mod migrations;
+pub mod plans;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
+pub use plans::{PlanEventRecord, PlanRecord};
 pub use sqlite::SqliteStore;
 
 /// Errors of the storage backend itself (not business refusals).
@@ -217,4 +219,33 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+
+    /// Creates or replaces a plan. Saving one as active makes every other plan inactive (one
+    /// active plan at a time), in the same transaction.
+    fn put_plan(&self, plan: PlanRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every plan, oldest first.
+    fn plans(&self) -> impl Future<Output = Result<Vec<PlanRecord>, StoreError>> + Send;
+    /// Saves a plan's rollout and appends `events`, in one transaction: the coordinator acts on
+    /// a step only after this returned (invariant 2). Returns the id of the last event.
+    fn save_rollout(
+        &self,
+        name: String,
+        rollout: String,
+        events: Vec<PlanEventRecord>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Appends events (progress that changes no rollout state). Returns the last id.
+    fn append_plan_events(
+        &self,
+        events: Vec<PlanEventRecord>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Events with `id > after_id` (of `plan`, unless empty), oldest first, at most `limit`.
+    fn plan_events(
+        &self,
+        plan: String,
+        after_id: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<PlanEventRecord>, StoreError>> + Send;
+    /// Mean duration of the successful upgrades recorded so far (the fleet's own history),
+    /// `None` before the first.
+    fn mean_upgrade_ms(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }

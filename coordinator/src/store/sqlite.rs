@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    AuditRecord, CertRecord, ClusterRecord, ClusterState, NewAudit, RegisterError, Registered,
-    Registration, Store, StoreError, TokenRecord, migrations,
+    AuditRecord, CertRecord, ClusterRecord, ClusterState, NewAudit, PlanEventRecord, PlanRecord,
+    RegisterError, Registered, Registration, Store, StoreError, TokenRecord, migrations, plans,
 };
 
 /// The SQLite store.
@@ -401,6 +401,43 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    async fn put_plan(&self, plan: PlanRecord) -> Result<(), StoreError> {
+        self.run(move |c| plans::put_plan(c, &plan)).await
+    }
+
+    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
+        self.run(plans::plans).await
+    }
+
+    async fn save_rollout(
+        &self,
+        name: String,
+        rollout: String,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<i64, StoreError> {
+        self.run(move |c| plans::save_rollout(c, now_ms(), &name, &rollout, &events))
+            .await
+    }
+
+    async fn append_plan_events(&self, events: Vec<PlanEventRecord>) -> Result<i64, StoreError> {
+        self.run(move |c| plans::append_events(c, now_ms(), &events))
+            .await
+    }
+
+    async fn plan_events(
+        &self,
+        plan: String,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PlanEventRecord>, StoreError> {
+        self.run(move |c| plans::events(c, &plan, after_id, limit))
+            .await
+    }
+
+    async fn mean_upgrade_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.run(plans::mean_upgrade_ms).await
     }
 }
 

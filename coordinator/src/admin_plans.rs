@@ -1,0 +1,99 @@
+//! The plan half of `FleetAdmin`: apply, list, get, the operator's verbs, skew and the event
+//! stream. Authorization happens in [`crate::admin_api`] before any of these run; the work is
+//! the orchestrator's ([`crate::orchestrator`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skoala_proto::v1::{PlanEvent, SkewReport, SkewedCluster};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::context::Context;
+use crate::store::{PlanEventRecord, Store};
+
+/// Events read from the store per page of a stream.
+const PAGE: u32 = 500;
+/// How often a following stream looks for new events when nothing woke it (a safety net).
+const POLL: Duration = Duration::from_secs(2);
+
+/// `GetSkew`.
+pub async fn skew<S: Store>(ctx: &Context<S>) -> Result<SkewReport, Status> {
+    let (report, snap) = ctx.orchestrator.skew(ctx).await?;
+    Ok(SkewReport {
+        control_plane_version: report.control_plane_version.unwrap_or_default(),
+        clusters: report
+            .clusters
+            .into_iter()
+            .map(|c| SkewedCluster {
+                connected: snap.connected(&c.cluster_id),
+                cluster_id: c.cluster_id,
+                name: c.name,
+                reasons: c.reasons.iter().map(|r| r.to_string()).collect(),
+            })
+            .collect(),
+    })
+}
+
+fn to_proto(e: PlanEventRecord) -> PlanEvent {
+    PlanEvent {
+        id: e.id,
+        at_unix_ms: e.at_unix_ms,
+        plan: e.plan,
+        kind: e.kind,
+        target: e.target,
+        target_name: e.target_name,
+        operation_id: e.operation_id,
+        step: e.step,
+        state: e.state,
+        message: e.message,
+        duration_ms: e.duration_ms,
+    }
+}
+
+/// `WatchEvents`: every event after `after_id`, then (with `follow`) new ones as they are
+/// recorded, until the client goes away.
+pub fn watch<S: Store>(
+    ctx: Arc<Context<S>>,
+    plan: String,
+    mut after_id: i64,
+    follow: bool,
+) -> ReceiverStream<Result<PlanEvent, Status>> {
+    let (tx, rx) = mpsc::channel(64);
+    let mut wake = ctx.orchestrator.events();
+    tokio::spawn(async move {
+        loop {
+            let page = match ctx.store.plan_events(plan.clone(), after_id, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "the coordinator's store is unavailable: {e}"
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            let full = page.len() as u32 == PAGE;
+            for e in page {
+                after_id = e.id;
+                if tx.send(Ok(to_proto(e))).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            if !follow {
+                return;
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}

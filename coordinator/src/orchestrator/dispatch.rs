@@ -1,0 +1,279 @@
+//! Turning rollout actions into work: a `Task` down an agent's session for a working cluster,
+//! and an in-process `skoala_upgrade::Executor` run for the control plane. Either way the
+//! outcome comes back to the orchestrator as a `TaskResult` (one code path for both).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skoala_plan::Plan;
+use skoala_plan::profile::SKOALA;
+use skoala_plan::validate::ChartSource as PlanSource;
+use skoala_proto::v1::{
+    self as pb, ChartRepository, ChartSource, StepPhase, StepProgress, Task, TaskKind, TaskOutcome,
+    TaskResult, agent_message::Body,
+};
+use skoala_upgrade::{Executor, Helm, Operation, Outcome, Phase, ProgressEvent, StepOutcome};
+use tokio::sync::mpsc;
+
+use super::Input;
+use super::fleet::CONTROL_PLANE;
+use crate::backups;
+use crate::data_dir::DataDir;
+
+/// An agent refuses to *start* a task delivered later than this after it was sent (a stale
+/// re-delivery long after the window closed). Real time: the agent has no driven clock.
+const START_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// The task for a working cluster's `skoala-init`.
+pub fn worker_task(
+    plan: &Plan,
+    operation_id: &str,
+    rollback_to: Option<i32>,
+    helm_timeout: Duration,
+) -> Task {
+    let w = &SKOALA.worker;
+    let source = match plan.chart_source {
+        // Relay plans are refused at apply time until the relay exists.
+        PlanSource::Repo | PlanSource::Relay => {
+            pb::chart_source::Source::Repository(ChartRepository {
+                name: plan.repository_name.clone(),
+                url: plan.repository_url.clone(),
+            })
+        }
+    };
+    Task {
+        operation_id: operation_id.to_string(),
+        kind: if rollback_to.is_some() {
+            TaskKind::Rollback
+        } else {
+            TaskKind::Upgrade
+        } as i32,
+        release: Some(pb::ReleaseSpec {
+            release: w.release.into(),
+            namespace: w.namespace.into(),
+            chart_name: w.chart.into(),
+            version: plan.version.clone(),
+            source: Some(ChartSource {
+                source: Some(source),
+            }),
+            image_tag_keys: w.image_tag_keys.iter().map(|k| k.to_string()).collect(),
+            delete_jobs: w.delete_jobs.iter().map(|k| k.to_string()).collect(),
+            timeout_seconds: i32::try_from(helm_timeout.as_secs()).unwrap_or(i32::MAX),
+            rollback_on_failure: plan.rollback_on_failure,
+            ..Default::default()
+        }),
+        start_deadline_unix: jiff::Timestamp::now().as_second() + START_DEADLINE.as_secs() as i64,
+        rollback_to_revision: rollback_to.unwrap_or_default(),
+    }
+}
+
+/// The executor's spec for the control plane's `skoala`.
+fn control_plane_spec(plan: &Plan, helm_timeout: Duration) -> skoala_upgrade::ReleaseSpec {
+    let cp = &SKOALA.control_plane;
+    let mut spec = skoala_upgrade::ReleaseSpec::new(
+        cp.release,
+        cp.namespace,
+        skoala_upgrade::ChartSource::Repository {
+            name: plan.repository_name.clone(),
+            url: plan.repository_url.clone(),
+        },
+        plan.version.clone(),
+    );
+    spec.chart = cp.chart.to_string();
+    spec.image_tag_keys = cp.image_tag_keys.iter().map(|k| k.to_string()).collect();
+    spec.delete_jobs = cp.delete_jobs.iter().map(|k| k.to_string()).collect();
+    spec.timeout = helm_timeout;
+    spec
+}
+
+/// Where the control plane is and which helm upgrades it.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneRunner {
+    pub helm: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// Bound on one `helm upgrade --wait` (and on its rollback).
+    pub helm_timeout: Duration,
+    /// Where the control plane's values backups are stored, like an agent's uploads.
+    pub data_dir: DataDir,
+}
+
+impl ControlPlaneRunner {
+    /// Runs one control-plane operation on its own thread (the executor's future is not
+    /// `Send`, and a long `helm upgrade --wait` must not occupy the server's runtime). Progress
+    /// and exactly one result go to `inbox`.
+    pub fn spawn(
+        &self,
+        plan: &Plan,
+        operation_id: String,
+        rollback_to: Option<i32>,
+        inbox: mpsc::UnboundedSender<Input>,
+    ) {
+        let spec = control_plane_spec(plan, self.helm_timeout);
+        let this = self.clone();
+        let name = format!("control-plane-{operation_id}");
+        let fail_inbox = inbox.clone();
+        let op = operation_id.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(this.run(&operation_id, &spec, rollback_to, &inbox)),
+                Err(e) => failed(&operation_id, format!("cannot start a runtime: {e}")),
+            };
+            let _ = inbox.send(Input::ControlPlane(Body::TaskResult(result)));
+        });
+        if let Err(e) = spawned {
+            let _ = fail_inbox.send(Input::ControlPlane(Body::TaskResult(failed(
+                &op,
+                format!("cannot start a thread for the control-plane upgrade: {e}"),
+            ))));
+        }
+    }
+
+    async fn run(
+        &self,
+        operation_id: &str,
+        spec: &skoala_upgrade::ReleaseSpec,
+        rollback_to: Option<i32>,
+        inbox: &mpsc::UnboundedSender<Input>,
+    ) -> TaskResult {
+        let client = match client(&self.kubeconfig).await {
+            Ok(c) => c,
+            Err(e) => return failed(operation_id, format!("control-plane cluster: {e:#}")),
+        };
+        let helm = match Helm::detect(&self.helm, &self.kubeconfig).await {
+            Ok(h) => h,
+            Err(e) => return failed(operation_id, format!("helm: {e}")),
+        };
+        // No upgrade without a stored backup: the same rule as for an agent's upload.
+        let executor = Executor::new(client, helm).with_backup_upload(backups::local_upload(
+            self.data_dir.clone(),
+            CONTROL_PLANE,
+            operation_id,
+            &spec.release,
+        ));
+        let (tx, mut rx) = mpsc::channel::<ProgressEvent>(64);
+        let forward = async {
+            while let Some(e) = rx.recv().await {
+                let _ = inbox.send(Input::ControlPlane(Body::StepProgress(step_progress(&e))));
+            }
+        };
+        let op = Operation::new(operation_id);
+        let run = async {
+            match rollback_to {
+                Some(rev) => {
+                    executor
+                        .rollback(&op, spec, (rev > 0).then_some(rev), tx)
+                        .await
+                }
+                None => executor.run(&op, spec, tx).await,
+            }
+        };
+        let (report, ()) = tokio::join!(run, forward);
+        match report {
+            Ok(r) => TaskResult {
+                operation_id: operation_id.to_string(),
+                outcome: match r.outcome {
+                    Outcome::Succeeded => TaskOutcome::Succeeded,
+                    Outcome::Failed => TaskOutcome::Failed,
+                    Outcome::RolledBack => TaskOutcome::RolledBack,
+                    Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
+                    Outcome::Refused => TaskOutcome::Refused,
+                } as i32,
+                failed_step: r
+                    .failed_step
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                message: r.message,
+                revision_before: r.revision_before.unwrap_or_default(),
+                release_after: None,
+                rollback_message: r.rollback_message.unwrap_or_default(),
+            },
+            Err(e) => failed(operation_id, e.to_string()),
+        }
+    }
+}
+
+async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn failed(operation_id: &str, message: String) -> TaskResult {
+    TaskResult {
+        operation_id: operation_id.to_string(),
+        outcome: TaskOutcome::Failed as i32,
+        message,
+        ..Default::default()
+    }
+}
+
+/// The wire form of an executor progress event (as the agent sends it).
+fn step_progress(e: &ProgressEvent) -> StepProgress {
+    let phase = match (e.phase, e.outcome) {
+        (Phase::Started, _) => StepPhase::Started,
+        (Phase::Finished, Some(StepOutcome::Failed)) => StepPhase::Failed,
+        (Phase::Finished, Some(StepOutcome::Skipped)) => StepPhase::Skipped,
+        (Phase::Finished, _) => StepPhase::Succeeded,
+    };
+    StepProgress {
+        operation_id: e.operation_id.clone(),
+        step: e.step.as_str().to_string(),
+        phase: phase as i32,
+        at_unix_ms: e.at.as_millisecond(),
+        duration_ms: e
+            .duration
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default(),
+        helm_exit_code: e.helm_exit_code.unwrap_or_default(),
+        message: e.message.clone(),
+    }
+}
+
+/// `StepPhase` in words for events.
+pub fn step_phase(p: i32) -> &'static str {
+    match StepPhase::try_from(p) {
+        Ok(StepPhase::Started) => "started",
+        Ok(StepPhase::Succeeded) => "succeeded",
+        Ok(StepPhase::Failed) => "failed",
+        Ok(StepPhase::Skipped) => "skipped",
+        _ => "unknown",
+    }
+}
+
+/// The plan's view of a result: `None` for outcomes that are not an end (CANCELLED is not
+/// sent by this coordinator; treat anything unknown as a failure).
+pub fn outcome(r: &TaskResult) -> (skoala_plan::Outcome, &'static str) {
+    let message = describe(r);
+    match TaskOutcome::try_from(r.outcome) {
+        Ok(TaskOutcome::Succeeded) => (
+            skoala_plan::Outcome::Succeeded {
+                revision_before: (r.revision_before > 0).then_some(r.revision_before),
+            },
+            "succeeded",
+        ),
+        Ok(TaskOutcome::RolledBack) => (skoala_plan::Outcome::RolledBack { message }, "rolledBack"),
+        Ok(TaskOutcome::RollbackFailed) => {
+            (skoala_plan::Outcome::Failed { message }, "rollbackFailed")
+        }
+        Ok(TaskOutcome::Refused) => (skoala_plan::Outcome::Failed { message }, "refused"),
+        _ => (skoala_plan::Outcome::Failed { message }, "failed"),
+    }
+}
+
+/// "step upgrade: <helm's redacted message>; rollback: <...>".
+fn describe(r: &TaskResult) -> String {
+    let mut out = String::new();
+    if !r.failed_step.is_empty() {
+        out.push_str(&format!("step {}: ", r.failed_step));
+    }
+    out.push_str(&r.message);
+    if !r.rollback_message.is_empty() {
+        out.push_str(&format!("; rollback: {}", r.rollback_message));
+    }
+    out
+}

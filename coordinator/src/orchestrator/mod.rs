@@ -1,0 +1,679 @@
+//! The fleet upgrade orchestrator: one task that drives the active plan's rollout.
+//!
+//! The rules live in `skoala_plan::Rollout` (a pure state machine); this module owns the I/O
+//! around it. On every relevant change — a task result, step progress, an inventory, an agent
+//! connecting or leaving, a tick of the (possibly driven) clock for windows — it:
+//!
+//! 1. records results into the rollout,
+//! 2. steps the rollout against a fresh [`fleet::Snapshot`],
+//! 3. persists the rollout together with the events of the change (one transaction), and
+//! 4. only then sends the work: every `Running` target not yet delivered on its agent's
+//!    *current* session gets its `Task` (again). A crash between 3 and 4 re-sends rather than
+//!    forgets; a reconnect re-sends too. The operation ids are deterministic and the executor
+//!    is idempotent per id, so a duplicate is harmless (invariant 2).
+//!
+//! The control plane's own `skoala` is upgraded in-process with the executor
+//! ([`dispatch::ControlPlaneRunner`]).
+
+pub mod dispatch;
+pub mod fleet;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use jiff::SignedDuration;
+use skoala_plan::profile::SKOALA;
+use skoala_plan::validate::{ChartSource, DEFAULT_EXPECTED_DURATION};
+use skoala_plan::{Clock, Plan, Rollout, Target, TargetState, UpgradePlan, validate};
+use skoala_proto::v1::{
+    CoordinatorMessage, PlanStatus, TaskResult, agent_message::Body, coordinator_message,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::Status;
+
+use crate::context::{Context, now_ms};
+use crate::store::plans::TASK_RESULT;
+use crate::store::{PlanEventRecord, PlanRecord, Store, StoreError};
+use dispatch::ControlPlaneRunner;
+use fleet::{CONTROL_PLANE, Snapshot};
+
+/// How often the rollout is stepped with no other change (windows open and close).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Something for the orchestrator from an agent session or the control-plane runner.
+pub enum Input {
+    Agent { cluster_id: String, body: Body },
+    ControlPlane(Body),
+}
+
+/// The plan being carried out.
+struct Active {
+    plan: Plan,
+    rollout: Rollout,
+    /// The rollout JSON as last persisted: work is sent only when memory equals the store.
+    saved: String,
+}
+
+#[derive(Default)]
+struct State {
+    active: Option<Active>,
+    /// Operation id → the agent session it was sent on.
+    delivered: HashMap<String, u64>,
+    /// Control-plane operation running in this process.
+    cp_running: Option<String>,
+    /// Operation id → when it was sent (real time, ms), for durations.
+    sent_ms: HashMap<String, i64>,
+    /// Operation id → revision a rollback returns to.
+    rollback_to: HashMap<String, i32>,
+}
+
+/// Shared between the orchestrator task, the sessions and the admin API.
+pub struct Orchestrator {
+    clock: Arc<dyn Clock>,
+    /// Bound on one `helm upgrade --wait` in a working cluster.
+    helm_timeout: Duration,
+    control_plane: Option<ControlPlaneRunner>,
+    state: tokio::sync::Mutex<State>,
+    wake: Notify,
+    inbox: mpsc::UnboundedSender<Input>,
+    inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
+    last_event: watch::Sender<i64>,
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error in the orchestrator");
+    Status::unavailable(format!("the coordinator's store is unavailable: {e}"))
+}
+
+impl Orchestrator {
+    /// `control_plane`: how to upgrade the control plane (`None`: no `--kubeconfig`, plans are
+    /// refused).
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        control_plane: Option<ControlPlaneRunner>,
+        helm_timeout: Duration,
+    ) -> Arc<Self> {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        Arc::new(Orchestrator {
+            clock,
+            helm_timeout,
+            control_plane,
+            state: Default::default(),
+            wake: Notify::new(),
+            inbox,
+            inbox_rx: Mutex::new(Some(rx)),
+            last_event: watch::channel(0).0,
+        })
+    }
+
+    /// Something changed (a connection, an inventory): step soon.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A task message from an agent (accepted, progress, result).
+    pub fn agent_message(&self, cluster_id: &str, body: Body) {
+        let _ = self.inbox.send(Input::Agent {
+            cluster_id: cluster_id.to_string(),
+            body,
+        });
+    }
+
+    /// Fires with the id of the newest event whenever events are recorded.
+    pub fn events(&self) -> watch::Receiver<i64> {
+        self.last_event.subscribe()
+    }
+
+    /// Runs until the process ends: loads the active plan, then steps on every change.
+    pub async fn run<S: Store>(self: Arc<Self>, ctx: Arc<Context<S>>) {
+        let Some(mut rx) = self
+            .inbox_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            tracing::error!("the orchestrator is already running");
+            return;
+        };
+        if let Err(e) = self.load(&ctx).await {
+            tracing::error!(error = %e, "cannot load the active plan; plans are stopped until restart");
+            return;
+        }
+        let mut inputs = Vec::new();
+        loop {
+            tokio::select! {
+                Some(i) = rx.recv() => inputs.push(i),
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            while let Ok(i) = rx.try_recv() {
+                inputs.push(i);
+            }
+            self.tick(&ctx, std::mem::take(&mut inputs)).await;
+        }
+    }
+
+    async fn load<S: Store>(&self, ctx: &Context<S>) -> anyhow::Result<()> {
+        let Some(record) = ctx.store.plans().await?.into_iter().find(|p| p.active) else {
+            return Ok(());
+        };
+        let doc = UpgradePlan::from_yaml(&record.document)?;
+        let plan = validate(&doc)?;
+        let rollout: Rollout = serde_json::from_str(&record.rollout)?;
+        tracing::info!(plan = %plan.name, "resuming the active plan");
+        self.state.lock().await.active = Some(Active {
+            plan,
+            rollout,
+            saved: record.rollout,
+        });
+        Ok(())
+    }
+
+    async fn expected<S: Store>(&self, ctx: &Context<S>, plan: &Plan) -> SignedDuration {
+        match ctx.store.mean_upgrade_ms().await {
+            Ok(Some(ms)) if ms > 0 => SignedDuration::from_millis(ms),
+            _ => plan.expected_duration.unwrap_or(DEFAULT_EXPECTED_DURATION),
+        }
+    }
+
+    async fn snapshot<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        plan: Option<&Plan>,
+    ) -> Result<Snapshot, StoreError> {
+        let expected = match plan {
+            Some(p) => self.expected(ctx, p).await,
+            None => DEFAULT_EXPECTED_DURATION,
+        };
+        fleet::snapshot(ctx, self.clock.now(), expected).await
+    }
+
+    /// One round: record inputs, step, persist, send.
+    async fn tick<S: Store>(&self, ctx: &Context<S>, inputs: Vec<Input>) {
+        let mut st = self.state.lock().await;
+        let mut events = Vec::new();
+        for input in inputs {
+            self.take_input(ctx, &mut st, input, &mut events);
+        }
+        let plan = st.active.as_ref().map(|a| a.plan.clone());
+        let snap = match self.snapshot(ctx, plan.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fleet; not stepping the plan");
+                return;
+            }
+        };
+        for e in &mut events {
+            e.target_name = snap.name_of(&e.target);
+        }
+        let Some(active) = st.active.as_mut() else {
+            self.append(ctx, events).await;
+            return;
+        };
+        let before = active.rollout.clone();
+        for action in active.rollout.step(&active.plan, &SKOALA, &snap.view) {
+            if let skoala_plan::Action::Rollback {
+                operation_id,
+                to_revision,
+                ..
+            } = action
+            {
+                st_rollback(&mut st.rollback_to, operation_id, to_revision);
+            }
+        }
+        let Some(active) = st.active.as_mut() else {
+            return;
+        };
+        events.extend(status::diff(&before, &active.rollout, &snap));
+        if let Err(e) = self.persist(ctx, active, events).await {
+            tracing::error!(error = %e, plan = %active.plan.name, "cannot persist the rollout; sending nothing until it is stored");
+            return;
+        }
+        self.send(ctx, &mut st, &snap).await;
+    }
+
+    /// Saves the rollout (if changed) with `events`, then tells watchers.
+    async fn persist<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        active: &mut Active,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&active.rollout)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the rollout: {e}")))?;
+        if json == active.saved && events.is_empty() {
+            return Ok(());
+        }
+        let last = ctx
+            .store
+            .save_rollout(active.plan.name.clone(), json.clone(), events)
+            .await?;
+        active.saved = json;
+        if last > 0 {
+            self.last_event.send_replace(last);
+        }
+        Ok(())
+    }
+
+    async fn append<S: Store>(&self, ctx: &Context<S>, events: Vec<PlanEventRecord>) {
+        if events.is_empty() {
+            return;
+        }
+        match ctx.store.append_plan_events(events).await {
+            Ok(last) => {
+                self.last_event.send_replace(last);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record plan events"),
+        }
+    }
+
+    /// Records one input into the rollout and the event list.
+    fn take_input<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        st: &mut State,
+        input: Input,
+        events: &mut Vec<PlanEventRecord>,
+    ) {
+        let (target, body) = match input {
+            Input::Agent { cluster_id, body } => (Target::Worker(cluster_id), body),
+            Input::ControlPlane(body) => (Target::ControlPlane, body),
+        };
+        let target_id = match &target {
+            Target::ControlPlane => CONTROL_PLANE.to_string(),
+            Target::Worker(id) => id.clone(),
+        };
+        match body {
+            Body::StepProgress(p) => events.push(PlanEventRecord {
+                plan: plan_of(&p.operation_id),
+                kind: "step".into(),
+                target: target_id,
+                operation_id: p.operation_id,
+                step: p.step,
+                state: dispatch::step_phase(p.phase).into(),
+                message: p.message,
+                duration_ms: p.duration_ms,
+                ..Default::default()
+            }),
+            Body::TaskResult(r) => {
+                if target == Target::ControlPlane {
+                    st.cp_running = None;
+                }
+                if let (Target::Worker(id), Some(release)) = (&target, r.release_after.clone()) {
+                    ctx.sessions.set_release(id, release);
+                }
+                let started = st.sent_ms.remove(&r.operation_id);
+                st.delivered.remove(&r.operation_id);
+                st.rollback_to.remove(&r.operation_id);
+                let (outcome, state) = dispatch::outcome(&r);
+                let recorded = st
+                    .active
+                    .as_mut()
+                    .is_some_and(|a| a.rollout.record(&target, &r.operation_id, outcome));
+                events.push(result_event(&r, target_id, state, started, recorded));
+            }
+            Body::TaskAccepted(a) => {
+                tracing::debug!(operation = %a.operation_id, "task accepted");
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends every running operation that has not reached its agent's current session.
+    async fn send<S: Store>(&self, ctx: &Context<S>, st: &mut State, snap: &Snapshot) {
+        let Some(active) = st.active.as_ref() else {
+            return;
+        };
+        let plan = active.plan.clone();
+        let mut work: Vec<(Target, String, bool)> = Vec::new();
+        let running = |p: &TargetState| match p {
+            TargetState::Running { operation_id, .. } => Some((operation_id.clone(), false)),
+            TargetState::RollingBack { operation_id, .. } => Some((operation_id.clone(), true)),
+            _ => None,
+        };
+        if let Some((op, rb)) = running(&active.rollout.control_plane.state) {
+            work.push((Target::ControlPlane, op, rb));
+        }
+        for (id, p) in &active.rollout.workers {
+            if let Some((op, rb)) = running(&p.state) {
+                work.push((Target::Worker(id.clone()), op, rb));
+            }
+        }
+        let mut sent = Vec::new();
+        for (target, op, is_rollback) in work {
+            let rollback_to = is_rollback.then(|| st.rollback_to.get(&op).copied().unwrap_or(0));
+            match &target {
+                Target::ControlPlane => {
+                    if st.cp_running.as_deref() == Some(op.as_str()) {
+                        continue;
+                    }
+                    let Some(runner) = &self.control_plane else {
+                        continue;
+                    };
+                    runner.spawn(&plan, op.clone(), rollback_to, self.inbox.clone());
+                    st.cp_running = Some(op.clone());
+                    sent.push((CONTROL_PLANE.to_string(), op));
+                }
+                Target::Worker(id) => {
+                    let Some(outlet) = ctx.sessions.outlet(id) else {
+                        continue; // offline: sent when it comes back
+                    };
+                    if st.delivered.get(&op) == Some(&outlet.session) {
+                        continue;
+                    }
+                    let task = dispatch::worker_task(&plan, &op, rollback_to, self.helm_timeout);
+                    let msg = CoordinatorMessage {
+                        body: Some(coordinator_message::Body::Task(task)),
+                    };
+                    if outlet.tx.send(Ok(msg)).await.is_err() {
+                        continue; // the session just ended; the next one gets it
+                    }
+                    st.delivered.insert(op.clone(), outlet.session);
+                    sent.push((id.clone(), op));
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for (target, op) in sent {
+            st.sent_ms.entry(op.clone()).or_insert_with(now_ms);
+            tracing::info!(plan = %plan.name, target = %target, operation = %op, "task sent");
+            events.push(PlanEventRecord {
+                plan: plan.name.clone(),
+                kind: "task.sent".into(),
+                target_name: snap.name_of(&target),
+                target,
+                operation_id: op,
+                ..Default::default()
+            });
+        }
+        self.append(ctx, events).await;
+    }
+
+    // ---- the admin API's side ----
+
+    /// `ApplyPlan`: validates, checks the fleet, and makes the plan the active one.
+    pub async fn apply<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        text: &str,
+        force: bool,
+    ) -> Result<PlanStatus, Status> {
+        let doc = UpgradePlan::from_yaml(text)
+            .map_err(|e| Status::invalid_argument(format!("invalid plan document: {e}")))?;
+        let plan = validate(&doc).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if plan.chart_source == ChartSource::Relay {
+            return Err(Status::unimplemented(
+                "spec.chartSource: relay is not supported by this coordinator yet; use repo",
+            ));
+        }
+        if self.control_plane.is_none() {
+            return Err(Status::failed_precondition(
+                "the coordinator has no control-plane cluster (serve --kubeconfig): a plan upgrades it first",
+            ));
+        }
+        let snap = self.snapshot(ctx, Some(&plan)).await.map_err(internal)?;
+        let selected = snap
+            .view
+            .workers
+            .iter()
+            .filter(|w| plan.selects(&w.release.name, &w.release.cluster_id, &w.labels))
+            .count();
+        if selected == 0 {
+            return Err(Status::invalid_argument(
+                "spec.clusters: the selection matches no registered working cluster",
+            ));
+        }
+        let skew = snap.skew();
+        if !skew.is_clean()
+            && skew.control_plane_version.as_deref() != Some(plan.version.as_str())
+            && !force
+        {
+            let names: Vec<String> = skew.clusters.iter().map(|c| c.name.clone()).collect();
+            return Err(Status::failed_precondition(format!(
+                "the fleet is skewed ({}) and the plan targets {} rather than the control plane's {}: converge first, or apply with --force",
+                names.join(", "),
+                plan.version,
+                skew.control_plane_version.as_deref().unwrap_or("(none)")
+            )));
+        }
+
+        let mut st = self.state.lock().await;
+        if let Some(a) = &st.active
+            && a.plan.name != plan.name
+            && !status::finished(&a.rollout.phase)
+        {
+            let (phase, _) = status::phase(&a.rollout.phase);
+            return Err(Status::failed_precondition(format!(
+                "plan {} is still active ({phase}); one plan at a time: wait for it, or `skoalactl plan abort {}`",
+                a.plan.name, a.plan.name
+            )));
+        }
+        let existing = ctx.store.plans().await.map_err(internal)?;
+        if let Some(old) = existing.iter().find(|p| p.name == plan.name) {
+            let same = UpgradePlan::from_yaml(&old.document).ok().as_ref() == Some(&doc);
+            if !same {
+                return Err(Status::already_exists(format!(
+                    "plan {} exists with a different document; plans are immutable, apply it under a new name",
+                    plan.name
+                )));
+            }
+            let rollout: Rollout = serde_json::from_str(&old.rollout)
+                .map_err(|e| internal(StoreError::Corrupt(e.to_string())))?;
+            return Ok(status::plan_status(old, &plan.version, &rollout, &snap));
+        }
+        let rollout = Rollout::new(&plan);
+        let json = serde_json::to_string(&rollout)
+            .map_err(|e| internal(StoreError::Corrupt(e.to_string())))?;
+        let now = now_ms();
+        let record = PlanRecord {
+            name: plan.name.clone(),
+            document: text.to_string(),
+            rollout: json.clone(),
+            active: true,
+            created_ms: now,
+            updated_ms: now,
+        };
+        ctx.store.put_plan(record.clone()).await.map_err(internal)?;
+        let event = PlanEventRecord {
+            plan: plan.name.clone(),
+            kind: "plan.applied".into(),
+            state: "controlPlane".into(),
+            message: format!(
+                "{} working clusters selected, version {}",
+                selected, plan.version
+            ),
+            ..Default::default()
+        };
+        if let Ok(last) = ctx
+            .store
+            .save_rollout(plan.name.clone(), json.clone(), vec![event])
+            .await
+        {
+            self.last_event.send_replace(last);
+        }
+        tracing::info!(plan = %plan.name, version = %plan.version, selected, "plan applied");
+        let status = status::plan_status(&record, &plan.version, &rollout, &snap);
+        st.active = Some(Active {
+            plan,
+            rollout,
+            saved: json,
+        });
+        drop(st);
+        self.poke();
+        Ok(status)
+    }
+
+    /// Approve, pause, resume, abort or roll back the active plan `name`.
+    pub async fn transition<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        name: &str,
+        verb: Verb,
+    ) -> Result<PlanStatus, Status> {
+        let mut st = self.state.lock().await;
+        let Some(active) = st.active.as_mut().filter(|a| a.plan.name == name) else {
+            return Err(self.not_active(ctx, name).await);
+        };
+        let done = match verb {
+            Verb::Approve => active
+                .rollout
+                .approve()
+                .map(|stage| format!("stage {stage} approved")),
+            Verb::Pause => active
+                .rollout
+                .pause("paused by an operator")
+                .map(|()| "paused by an operator; running upgrades finish".into()),
+            Verb::Resume => active.rollout.resume().map(|()| "resumed".into()),
+            Verb::Abort => active
+                .rollout
+                .abort()
+                .map(|()| "aborted; running upgrades finish, nothing new starts".into()),
+            Verb::Rollback => active
+                .rollout
+                .start_rollback(true)
+                .map(|()| "rolling back: workers first, then the control plane".into()),
+        }
+        .map_err(Status::failed_precondition)?;
+        let (phase, _) = status::phase(&active.rollout.phase);
+        let event = PlanEventRecord {
+            plan: name.to_string(),
+            kind: format!("plan.{}", verb.as_str()),
+            state: phase.into(),
+            message: done,
+            ..Default::default()
+        };
+        self.persist(ctx, active, vec![event])
+            .await
+            .map_err(internal)?;
+        tracing::info!(plan = name, verb = verb.as_str(), "plan transition");
+        drop(st);
+        self.poke();
+        self.status(ctx, name).await
+    }
+
+    async fn not_active<S: Store>(&self, ctx: &Context<S>, name: &str) -> Status {
+        match ctx.store.plans().await {
+            Ok(all) if all.iter().any(|p| p.name == name) => Status::failed_precondition(format!(
+                "plan {name} is not the active plan (a newer plan superseded it)"
+            )),
+            Ok(_) => Status::not_found(format!("no plan named {name:?}")),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// Every plan, oldest first.
+    pub async fn list<S: Store>(&self, ctx: &Context<S>) -> Result<Vec<PlanStatus>, Status> {
+        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
+        let records = ctx.store.plans().await.map_err(internal)?;
+        Ok(records
+            .iter()
+            .filter_map(|r| stored_status(r, &snap))
+            .collect())
+    }
+
+    /// One plan.
+    pub async fn status<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        name: &str,
+    ) -> Result<PlanStatus, Status> {
+        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
+        let records = ctx.store.plans().await.map_err(internal)?;
+        let record = records
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| Status::not_found(format!("no plan named {name:?}")))?;
+        stored_status(record, &snap).ok_or_else(|| {
+            Status::internal(format!(
+                "plan {name} is stored in a form this coordinator cannot read"
+            ))
+        })
+    }
+
+    /// The fleet's skew right now.
+    pub async fn skew<S: Store>(
+        &self,
+        ctx: &Context<S>,
+    ) -> Result<(skoala_plan::SkewReport, Snapshot), Status> {
+        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
+        Ok((snap.skew(), snap))
+    }
+}
+
+fn st_rollback(map: &mut HashMap<String, i32>, op: String, rev: i32) {
+    map.insert(op, rev);
+}
+
+/// A stored plan as the API shows it (the rollout in the store is current: it is saved
+/// before anything is acted on).
+fn stored_status(r: &PlanRecord, snap: &Snapshot) -> Option<PlanStatus> {
+    let version = UpgradePlan::from_yaml(&r.document).ok()?.spec.version;
+    let rollout: Rollout = serde_json::from_str(&r.rollout).ok()?;
+    Some(status::plan_status(r, &version, &rollout, snap))
+}
+
+/// The plan an operation id belongs to (`<plan>.<target>.<kind>-<attempt>`; plan names hold
+/// no dot).
+fn plan_of(operation_id: &str) -> String {
+    operation_id
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn result_event(
+    r: &TaskResult,
+    target: String,
+    state: &str,
+    started_ms: Option<i64>,
+    recorded: bool,
+) -> PlanEventRecord {
+    let mut message = r.message.clone();
+    if !r.rollback_message.is_empty() {
+        message.push_str(&format!("; rollback: {}", r.rollback_message));
+    }
+    if !recorded {
+        message = format!("(ignored: not a running operation of the active plan) {message}");
+    }
+    PlanEventRecord {
+        plan: plan_of(&r.operation_id),
+        kind: TASK_RESULT.into(),
+        target,
+        operation_id: r.operation_id.clone(),
+        step: r.failed_step.clone(),
+        // Only upgrades that ran here count towards the history of durations.
+        state: if recorded {
+            state.into()
+        } else {
+            format!("{state}.ignored")
+        },
+        message,
+        duration_ms: started_ms.map(|s| now_ms() - s).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// An operator's verb on a plan.
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Approve,
+    Pause,
+    Resume,
+    Abort,
+    Rollback,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Approve => "approved",
+            Verb::Pause => "paused",
+            Verb::Resume => "resumed",
+            Verb::Abort => "aborted",
+            Verb::Rollback => "rollback",
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Plan state in words: phases and target states as the API and the event log show them, and
+//! the events one rollout step produced (a diff of the rollout before and after).
+
+use skoala_plan::rollout::Progress;
+use skoala_plan::{Phase, Rollout, TargetState};
+use skoala_proto::v1::{PlanStatus, PlanTarget};
+
+use super::fleet::{CONTROL_PLANE, Snapshot};
+use crate::store::{PlanEventRecord, PlanRecord};
+
+/// A phase's short name and its reason (empty when it has none).
+pub fn phase(p: &Phase) -> (&'static str, String) {
+    match p {
+        Phase::ControlPlane => ("controlPlane", String::new()),
+        Phase::AwaitingApproval { stage } => (
+            "awaitingApproval",
+            if *stage == 0 {
+                "approve the canaries: skoalactl plan approve".into()
+            } else {
+                format!("approve wave {stage}: skoalactl plan approve")
+            },
+        ),
+        Phase::Workers => ("workers", String::new()),
+        Phase::Paused { reason } => ("paused", reason.clone()),
+        Phase::Succeeded => ("succeeded", String::new()),
+        Phase::Degraded { reason } => ("degraded", reason.clone()),
+        Phase::Failed { reason } => ("failed", reason.clone()),
+        Phase::Aborted => ("aborted", String::new()),
+        Phase::RollingBack => ("rollingBack", String::new()),
+        Phase::RolledBack => ("rolledBack", String::new()),
+    }
+}
+
+/// Whether a new plan may supersede a plan in this phase.
+pub fn finished(p: &Phase) -> bool {
+    matches!(
+        p,
+        Phase::Succeeded
+            | Phase::Degraded { .. }
+            | Phase::Failed { .. }
+            | Phase::Aborted
+            | Phase::RolledBack
+    )
+}
+
+/// A target state's short name, operation id and message.
+pub fn target_state(s: &TargetState) -> (&'static str, String, String) {
+    match s {
+        TargetState::Pending => ("pending", String::new(), String::new()),
+        TargetState::Running { operation_id, .. } => {
+            ("running", operation_id.clone(), String::new())
+        }
+        TargetState::Succeeded { .. } => ("succeeded", String::new(), String::new()),
+        TargetState::Failed { message } => ("failed", String::new(), message.clone()),
+        TargetState::RolledBack { message } => ("rolledBack", String::new(), message.clone()),
+        TargetState::RollingBack { operation_id, .. } => {
+            ("rollingBack", operation_id.clone(), String::new())
+        }
+        TargetState::Reverted => ("reverted", String::new(), String::new()),
+    }
+}
+
+fn targets(r: &Rollout) -> Vec<(String, &Progress)> {
+    let mut out = vec![(CONTROL_PLANE.to_string(), &r.control_plane)];
+    out.extend(r.workers.iter().map(|(id, p)| (id.clone(), p)));
+    out
+}
+
+/// The events between two versions of a rollout: a phase change, and each target whose state
+/// changed.
+pub fn diff(before: &Rollout, after: &Rollout, snap: &Snapshot) -> Vec<PlanEventRecord> {
+    let mut out = Vec::new();
+    let plan = after.plan.clone();
+    if before.phase != after.phase {
+        let (name, reason) = phase(&after.phase);
+        out.push(PlanEventRecord {
+            plan: plan.clone(),
+            kind: "plan.phase".into(),
+            state: name.into(),
+            message: reason,
+            ..Default::default()
+        });
+    }
+    let old = targets(before);
+    for (id, p) in targets(after) {
+        let was = old.iter().find(|(o, _)| *o == id).map(|(_, p)| &p.state);
+        if was == Some(&p.state) {
+            continue;
+        }
+        let (state, op, message) = target_state(&p.state);
+        out.push(PlanEventRecord {
+            plan: plan.clone(),
+            kind: "target".into(),
+            target_name: snap.name_of(&id),
+            target: id,
+            operation_id: op,
+            state: state.into(),
+            message,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The API's view of a plan.
+pub fn plan_status(
+    record: &PlanRecord,
+    version: &str,
+    rollout: &Rollout,
+    snap: &Snapshot,
+) -> PlanStatus {
+    let (phase_name, reason) = phase(&rollout.phase);
+    let targets = targets(rollout)
+        .into_iter()
+        .map(|(id, p)| {
+            let (state, op, message) = target_state(&p.state);
+            PlanTarget {
+                name: snap.name_of(&id),
+                connected: snap.connected(&id),
+                target: id,
+                state: state.into(),
+                stage: p.stage.map(|s| s as i32).unwrap_or(-1),
+                operation_id: op,
+                message,
+                attempts: p.attempts,
+            }
+        })
+        .collect();
+    PlanStatus {
+        name: record.name.clone(),
+        version: version.to_string(),
+        phase: phase_name.into(),
+        reason,
+        document: record.document.clone(),
+        targets,
+        created_unix_ms: record.created_ms,
+        updated_unix_ms: record.updated_ms,
+        active: record.active,
+    }
+}

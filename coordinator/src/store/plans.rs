@@ -1,0 +1,253 @@
+//! Upgrade plans and their event log in SQLite.
+//!
+//! A plan row holds the document as the operator applied it and the rollout (the
+//! `skoala_plan::Rollout` state machine) serialized as JSON: the orchestrator owns their
+//! meaning, the store only keeps them durable. Events are append-only and feed `plan watch`,
+//! `events` and the expected-duration history.
+
+use rusqlite::{Connection, Row, params};
+
+use super::StoreError;
+
+/// A plan as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRecord {
+    pub name: String,
+    /// The UpgradePlan document (YAML) as applied.
+    pub document: String,
+    /// The rollout, as JSON.
+    pub rollout: String,
+    pub active: bool,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One event of a plan (`id` and `at_unix_ms` are assigned by the store when appending).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanEventRecord {
+    pub id: i64,
+    pub at_unix_ms: i64,
+    pub plan: String,
+    pub kind: String,
+    pub target: String,
+    pub target_name: String,
+    pub operation_id: String,
+    pub step: String,
+    pub state: String,
+    pub message: String,
+    pub duration_ms: i64,
+}
+
+/// The event kind of a finished task; its `duration_ms` is the upgrade's duration.
+pub const TASK_RESULT: &str = "task.result";
+
+pub(super) fn put_plan(c: &mut Connection, p: &PlanRecord) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    if p.active {
+        tx.execute(
+            "UPDATE plans SET active = 0 WHERE name != ?1",
+            params![p.name],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO plans (name, document, rollout, active, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(name) DO UPDATE SET document = ?2, rollout = ?3, active = ?4, updated_ms = ?6",
+        params![
+            p.name,
+            p.document,
+            p.rollout,
+            p.active,
+            p.created_ms,
+            p.updated_ms
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT name, document, rollout, active, created_ms, updated_ms FROM plans ORDER BY created_ms, name",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(PlanRecord {
+            name: r.get(0)?,
+            document: r.get(1)?,
+            rollout: r.get(2)?,
+            active: r.get(3)?,
+            created_ms: r.get(4)?,
+            updated_ms: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn insert_events(
+    c: &Connection,
+    now_ms: i64,
+    events: &[PlanEventRecord],
+) -> Result<i64, StoreError> {
+    let mut last = 0;
+    for e in events {
+        c.execute(
+            "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
+             step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+            params![
+                now_ms,
+                e.plan,
+                e.kind,
+                e.target,
+                e.target_name,
+                e.operation_id,
+                e.step,
+                e.state,
+                e.message,
+                e.duration_ms
+            ],
+        )?;
+        last = c.last_insert_rowid();
+    }
+    Ok(last)
+}
+
+pub(super) fn save_rollout(
+    c: &mut Connection,
+    now_ms: i64,
+    name: &str,
+    rollout: &str,
+    events: &[PlanEventRecord],
+) -> Result<i64, StoreError> {
+    let tx = c.transaction()?;
+    let n = tx.execute(
+        "UPDATE plans SET rollout = ?2, updated_ms = ?3 WHERE name = ?1",
+        params![name, rollout, now_ms],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Corrupt(format!("no plan named {name:?}")));
+    }
+    let last = insert_events(&tx, now_ms, events)?;
+    tx.commit()?;
+    Ok(last)
+}
+
+pub(super) fn append_events(
+    c: &mut Connection,
+    now_ms: i64,
+    events: &[PlanEventRecord],
+) -> Result<i64, StoreError> {
+    let tx = c.transaction()?;
+    let last = insert_events(&tx, now_ms, events)?;
+    tx.commit()?;
+    Ok(last)
+}
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<PlanEventRecord> {
+    Ok(PlanEventRecord {
+        id: r.get(0)?,
+        at_unix_ms: r.get(1)?,
+        plan: r.get(2)?,
+        kind: r.get(3)?,
+        target: r.get(4)?,
+        target_name: r.get(5)?,
+        operation_id: r.get(6)?,
+        step: r.get(7)?,
+        state: r.get(8)?,
+        message: r.get(9)?,
+        duration_ms: r.get(10)?,
+    })
+}
+
+pub(super) fn events(
+    c: &mut Connection,
+    plan: &str,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<PlanEventRecord>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT id, at_unix_ms, plan, kind, target, target_name, operation_id, step, state,
+         message, duration_ms FROM plan_events
+         WHERE id > ?1 AND (?2 = '' OR plan = ?2) ORDER BY id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![after_id, plan, limit], event_from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(super) fn mean_upgrade_ms(c: &mut Connection) -> Result<Option<i64>, StoreError> {
+    let mean: Option<f64> = c.query_row(
+        "SELECT AVG(duration_ms) FROM plan_events
+         WHERE kind = ?1 AND state = 'succeeded' AND duration_ms > 0",
+        params![TASK_RESULT],
+        |r| r.get(0),
+    )?;
+    Ok(mean.map(|m| m.round() as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SqliteStore, Store};
+    use super::*;
+
+    fn plan(name: &str, active: bool) -> PlanRecord {
+        PlanRecord {
+            name: name.into(),
+            document: "doc".into(),
+            rollout: "{}".into(),
+            active,
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_active_plan_rollouts_and_events_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
+        store.put_plan(plan("a", true)).await.expect("a");
+        store.put_plan(plan("b", true)).await.expect("b");
+        let all = store.plans().await.expect("plans");
+        assert_eq!(
+            all.iter()
+                .map(|p| (p.name.as_str(), p.active))
+                .collect::<Vec<_>>(),
+            vec![("a", false), ("b", true)]
+        );
+        let result = |ms| PlanEventRecord {
+            plan: "b".into(),
+            kind: TASK_RESULT.into(),
+            state: "succeeded".into(),
+            duration_ms: ms,
+            ..Default::default()
+        };
+        let last = store
+            .save_rollout(
+                "b".into(),
+                "{\"x\":1}".into(),
+                vec![result(1000), result(3000)],
+            )
+            .await
+            .expect("save");
+        assert!(last > 0);
+        assert!(
+            store
+                .save_rollout("nope".into(), "{}".into(), vec![])
+                .await
+                .is_err(),
+            "an unknown plan is an error, not a silent no-op"
+        );
+        let events = store.plan_events("b".into(), 0, 10).await.expect("events");
+        assert_eq!(events.len(), 2);
+        assert!(
+            store
+                .plan_events("a".into(), 0, 10)
+                .await
+                .expect("a")
+                .is_empty()
+        );
+        assert_eq!(store.mean_upgrade_ms().await.expect("mean"), Some(2000));
+        drop(store);
+        let again = SqliteStore::open(&dir.path().join("s.db")).expect("reopen");
+        let b = again.plans().await.expect("plans").pop().expect("b");
+        assert_eq!(b.rollout, "{\"x\":1}", "the rollout survives a restart");
+    }
+}
