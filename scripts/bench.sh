@@ -35,9 +35,14 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 mkdir -p "$OUT"
 
 PIDS=()
+WATCHDOGS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+  done
+  # TERM, not KILL: a watchdog's trap must take its sleep down with it.
+  for w in "${WATCHDOGS[@]:-}"; do
+    [ -n "$w" ] && kill "$w" 2>/dev/null || true
   done
 }
 trap cleanup EXIT INT TERM
@@ -57,8 +62,14 @@ spawn() {
   "$@" >"$log.out" 2>"$log.err" &
   local pid=$!
   PIDS+=("$pid")
-  (sleep "$PROCESS_BOUND"; kill -9 "$pid" 2>/dev/null) >/dev/null 2>&1 &
-  PIDS+=("$!")
+  (
+    sleep "$PROCESS_BOUND" &
+    s=$!
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    wait $s
+    kill -9 "$pid" 2>/dev/null
+  ) >/dev/null 2>&1 &
+  WATCHDOGS+=("$!")
   LAST_PID=$pid
 }
 
