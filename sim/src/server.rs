@@ -132,7 +132,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
     }
     let raw_query = req.uri().query().unwrap_or_default().to_string();
     let query = parse_query(req.uri().query());
-    let query_strict = query.get("fieldValidation").map(String::as_str) == Some("Strict");
+    let validation =
+        api::FieldValidation::from_query(query.get("fieldValidation").map(String::as_str));
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -161,10 +162,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
         accept,
         body,
         cut: ctx.faults.cut_token(),
-        validation: api::FieldValidation {
-            strict: query_strict,
-            warnings: Default::default(),
-        },
+        validation,
     };
     let resp = api::serve(&ctx.state, api_req).await;
     // Paths, queries and content types only: bodies may hold secrets.

@@ -7,6 +7,7 @@
 //! Type-specific behaviour is limited to defaulting and validation ([`object`]) and to the
 //! controllers (`crate::controllers`).
 
+pub mod builtin_fields;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
@@ -96,11 +97,30 @@ impl ApiState {
 /// (sent back as `Warning` headers, which client-go prints).
 #[derive(Debug, Default)]
 pub struct FieldValidation {
+    /// `Strict`: unknown fields fail the request.
     pub strict: bool,
+    /// `Ignore`: unknown fields are dropped without a warning (`Warn`, the default, warns).
+    pub ignore: bool,
     pub warnings: Mutex<Vec<String>>,
 }
 
 impl FieldValidation {
+    /// From the request's `fieldValidation` query parameter.
+    pub fn from_query(value: Option<&str>) -> Self {
+        FieldValidation {
+            strict: value == Some("Strict"),
+            ignore: value == Some("Ignore"),
+            warnings: Default::default(),
+        }
+    }
+
+    /// Reports a dropped unknown field, unless the request asked to ignore them.
+    pub fn unknown_field(&self, path: &str) {
+        if !self.ignore {
+            self.warn(format!("unknown field \"{path}\""));
+        }
+    }
+
     pub fn warn(&self, w: String) {
         self.warnings
             .lock()

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::{ApiState, FieldValidation, Req, Target, protobuf, schema};
+use crate::api::{ApiState, FieldValidation, Req, Target, builtin_fields, protobuf, schema};
 use crate::registry::ResourceType;
 use crate::store::meta_mut;
 use crate::util;
@@ -205,7 +205,7 @@ pub fn prepare_create(
     validation: &FieldValidation,
 ) -> ApiResult<Value> {
     identity(target, &mut obj, true)?;
-    validate_custom(target, &mut obj, validation)?;
+    validate_fields(target, &mut obj, None, validation)?;
     defaults(&target.rt, &mut obj, None);
     if has_generation(&target.rt, &obj) {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
@@ -223,7 +223,7 @@ pub fn prepare_update(
 ) -> ApiResult<Value> {
     identity(target, &mut new, false)?;
     check_resource_version(&target.rt, old, &new)?;
-    validate_custom(target, &mut new, validation)?;
+    validate_fields(target, &mut new, Some(old), validation)?;
     // With a status subresource, writes to the main resource cannot change status.
     if target.rt.status {
         let obj = new.as_object_mut().expect("identity() made it an object");
@@ -276,18 +276,55 @@ fn check_resource_version(rt: &ResourceType, old: &Value, new: &Value) -> ApiRes
     Ok(())
 }
 
-fn validate_custom(
+/// Unknown fields: a custom resource's against its CRD schema, a built-in object's against
+/// its type; rejected, or dropped with or without a warning, as `fieldValidation` says.
+fn validate_fields(
     target: &Target,
     obj: &mut Value,
+    old: Option<&Value>,
     validation: &FieldValidation,
 ) -> ApiResult<()> {
-    let Some(crd) = &target.rt.crd else {
+    let rt = &target.rt;
+    if let Some(crd) = &rt.crd {
+        let pruned = schema::validate_and_prune(&crd.schema, obj, validation.strict)
+            .map_err(|why| ApiError::invalid(&rt.group, &rt.kind, &name_of(obj), why))?;
+        for path in pruned {
+            validation.unknown_field(&path);
+        }
+        return Ok(());
+    }
+    let Some(mut unknown) = builtin_fields::unknown_fields(&rt.group, &rt.version, &rt.kind, obj)
+    else {
         return Ok(());
     };
-    let pruned = schema::validate_and_prune(&crd.schema, obj, validation.strict)
-        .map_err(|why| ApiError::invalid(&target.rt.group, &target.rt.kind, &name_of(obj), why))?;
-    for path in pruned {
-        validation.warn(format!("unknown field \"{path}\""));
+    // On an update only what the request adds counts: fields already stored (a status field
+    // the emulator's controllers write that k8s-openapi lacks) are the server's, not the
+    // client's, and a real server never stores unknown fields anyway.
+    if let Some(before) =
+        old.and_then(|o| builtin_fields::unknown_fields(&rt.group, &rt.version, &rt.kind, o))
+    {
+        unknown.retain(|p| !before.contains(p));
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = unknown.iter().map(|p| builtin_fields::display(p)).collect();
+    if validation.strict {
+        // The real server's decoder error (400, not 422: it fails before validation).
+        let list: Vec<String> = paths
+            .iter()
+            .map(|p| format!("unknown field \"{p}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            list.join(", "),
+            kind = rt.kind,
+            version = rt.version,
+        )));
+    }
+    for (p, shown) in unknown.iter().zip(&paths) {
+        builtin_fields::remove(obj, p);
+        validation.unknown_field(shown);
     }
     Ok(())
 }
