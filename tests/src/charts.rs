@@ -90,6 +90,34 @@ impl HelmHome {
         Ok(out)
     }
 
+    /// `helm install <chart> <chart> --repo <repo_url> --version <version> -n skoala-system
+    /// --create-namespace <extra>`: a release installed by hand from the repository, as an
+    /// operator did before skoala-fleet. Fails (with helm's stderr) unless helm exits 0.
+    pub async fn install_from_repo(
+        &self,
+        helm: &Path,
+        kubeconfig: &Path,
+        repo_url: &str,
+        chart: &str,
+        version: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Output> {
+        let mut args = vec![
+            "install",
+            chart,
+            chart,
+            "--repo",
+            repo_url,
+            "--version",
+            version,
+            "-n",
+            "skoala-system",
+            "--create-namespace",
+        ];
+        args.extend(extra);
+        self.run(helm, Some(kubeconfig), &args).await
+    }
+
     /// Runs helm with `args` and returns whatever happened.
     pub async fn try_run(
         &self,
@@ -103,6 +131,15 @@ impl HelmHome {
             .await
             .with_context(|| format!("running {} {}", helm.display(), args.join(" ")))
     }
+}
+
+/// `--set <subchart>.image.tag=v<version>` for the skoala-init subcharts whose image tag
+/// follows the chart version: what the documented manual upgrade passes.
+pub fn image_tag_args(version: &str) -> Vec<String> {
+    ["nacos-operator", "skoala-agent", "sentinel-operator"]
+        .iter()
+        .flat_map(|c| ["--set".to_string(), format!("{c}.image.tag=v{version}")])
+        .collect()
 }
 
 /// A password set as a release value in upgrade tests: it must never appear in any event,
@@ -195,30 +232,7 @@ impl UpgradeFixture {
     /// The documented pre-upgrade step for a manual upgrade: delete the immutable
     /// gateway-api-admission Jobs, and wait until they are gone.
     pub async fn delete_admission_jobs(&self) -> anyhow::Result<()> {
-        use kube::api::{DeleteParams, PropagationPolicy};
-        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
-            kube::Api::namespaced(self.client.clone(), "skoala-system");
-        let background = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..Default::default()
-        };
-        for job in ["gateway-api-admission", "gateway-api-admission-patch"] {
-            match jobs.delete(job, &background).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e).context("deleting a Job"),
-            }
-            crate::wait::until(
-                "a deleted Job to go",
-                std::time::Duration::from_secs(30),
-                || {
-                    let jobs = jobs.clone();
-                    async move { jobs.get_opt(job).await.ok()?.is_none().then_some(()) }
-                },
-            )
-            .await?;
-        }
-        Ok(())
+        crate::sim::delete_admission_jobs(self.cluster.kubeconfig_path()).await
     }
 
     /// Runs one operation and collects its progress events.

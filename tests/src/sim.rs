@@ -32,6 +32,27 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Output>
     Ok(out)
 }
 
+/// The documented pre-upgrade step of a manual skoala-init upgrade: delete the
+/// gateway-api-admission Jobs (their pod templates are immutable and change per version) and
+/// wait until they are gone.
+pub async fn delete_admission_jobs(kubeconfig: &Path) -> anyhow::Result<()> {
+    kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "skoala-system",
+            "delete",
+            "job",
+            "gateway-api-admission",
+            "gateway-api-admission-patch",
+            "--ignore-not-found",
+            "--wait=true",
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Parses a command's stdout as JSON.
 pub fn stdout_json(out: &Output) -> anyhow::Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).with_context(|| {

@@ -189,23 +189,13 @@ impl Setup {
         )
         .expect("values");
         let values = values.to_str().expect("utf-8");
-        home.run(
+        home.install_from_repo(
             &tool("helm"),
-            Some(cluster.kubeconfig_path()),
-            &[
-                "install",
-                "skoala-init",
-                "skoala-init",
-                "--repo",
-                &url,
-                "--version",
-                "0.19.0",
-                "-n",
-                "skoala-system",
-                "--create-namespace",
-                "-f",
-                values,
-            ],
+            cluster.kubeconfig_path(),
+            &url,
+            "skoala-init",
+            "0.19.0",
+            &["-f", values],
         )
         .await
         .expect("helm install");

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use skoala_e2e::charts::{HelmHome, start_repo};
-use skoala_e2e::tools::{helm_versions, tool};
+use skoala_e2e::charts::{HelmHome, image_tag_args, start_repo};
+use skoala_e2e::sim::delete_admission_jobs;
+use skoala_e2e::tools::helm_versions;
 use skoala_e2e::wait;
 use skoala_sim::{Cluster, ClusterConfig};
 use skoala_upgrade::inventory::{self, InventoryWatch, ReleaseInfo, TrackedRelease};
@@ -15,40 +16,6 @@ const PASSWORD: &str = "inv3ntory-s3cret";
 
 /// "Within seconds", with room for a loaded 2-core CI machine.
 const SEEN_WITHIN: Duration = Duration::from_secs(15);
-
-fn tags(version: &str) -> Vec<String> {
-    ["nacos-operator", "skoala-agent", "sentinel-operator"]
-        .iter()
-        .flat_map(|c| ["--set".to_string(), format!("{c}.image.tag=v{version}")])
-        .collect()
-}
-
-/// The documented pre-upgrade step: the admission Jobs' pod templates are immutable.
-async fn delete_admission_jobs(kubeconfig: &std::path::Path) {
-    let out = tokio::process::Command::new(tool("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "-n",
-            "skoala-system",
-            "delete",
-            "job",
-            "gateway-api-admission",
-        ])
-        .args([
-            "gateway-api-admission-patch",
-            "--ignore-not-found",
-            "--wait=true",
-        ])
-        .output()
-        .await
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl delete job: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Waits until the watch publishes an inventory satisfying `ok`; returns it and how long it took.
 async fn seen(
@@ -99,25 +66,10 @@ async fn inventory_follows_what_real_helm_does() {
             .expect("start the watch");
         assert!(watch.current().is_empty(), "{label}: {:?}", watch.current());
 
-        let mut args: Vec<String> = [
-            "install",
-            "skoala-init",
-            "skoala-init",
-            "--repo",
-            &url,
-            "--version",
-            "0.19.0",
-            "-n",
-            "skoala-system",
-            "--create-namespace",
-            "-f",
-            values,
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(tags("0.19.0"));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        home.run(&helm, Some(kc), &args)
+        let tags = image_tag_args("0.19.0");
+        let mut extra = vec!["-f", values];
+        extra.extend(tags.iter().map(String::as_str));
+        home.install_from_repo(&helm, kc, &url, "skoala-init", "0.19.0", &extra)
             .await
             .expect("helm install");
         let (inv, took) = seen(&watch, "the install", |i| {
@@ -182,7 +134,7 @@ async fn inventory_follows_what_real_helm_does() {
         ]
         .map(String::from)
         .to_vec();
-        upgrade.extend(tags("0.19.1"));
+        upgrade.extend(image_tag_args("0.19.1"));
         let upgrade: Vec<&str> = upgrade.iter().map(String::as_str).collect();
         let out = home
             .try_run(&helm, Some(kc), &upgrade)
@@ -201,7 +153,9 @@ async fn inventory_follows_what_real_helm_does() {
         eprintln!("{label}: failed upgrade seen after {took:?}");
 
         // The documented pre-upgrade step, then the same upgrade succeeds.
-        delete_admission_jobs(kc).await;
+        delete_admission_jobs(kc)
+            .await
+            .expect("delete the admission Jobs");
         home.run(&helm, Some(kc), &upgrade)
             .await
             .expect("helm upgrade");
@@ -218,7 +172,9 @@ async fn inventory_follows_what_real_helm_does() {
         eprintln!("{label}: hand-made upgrade seen after {took:?}");
 
         // A rollback is a new revision with the old chart.
-        delete_admission_jobs(kc).await;
+        delete_admission_jobs(kc)
+            .await
+            .expect("delete the admission Jobs");
         home.run(
             &helm,
             Some(kc),

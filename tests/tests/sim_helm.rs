@@ -11,38 +11,14 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::Value;
-use skoala_e2e::charts::{HelmHome, start_repo};
-use skoala_e2e::sim::{deployment_images, kubectl, stdout_json, try_kubectl};
+use skoala_e2e::charts::{HelmHome, image_tag_args, start_repo};
+use skoala_e2e::sim::{
+    delete_admission_jobs, deployment_images, kubectl, stdout_json, try_kubectl,
+};
 use skoala_e2e::tools::helm_versions;
 use skoala_sim::{Cluster, ClusterConfig};
 
 const NS: &str = "skoala-system";
-
-/// The documented pre-upgrade step: the admission Jobs are immutable and change per version.
-async fn delete_admission_jobs(kc: &Path) -> anyhow::Result<()> {
-    kubectl(
-        kc,
-        &[
-            "-n",
-            NS,
-            "delete",
-            "job",
-            "gateway-api-admission",
-            "gateway-api-admission-patch",
-            "--ignore-not-found",
-            "--wait=true",
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-fn tag_args(version: &str) -> Vec<String> {
-    ["nacos-operator", "skoala-agent", "sentinel-operator"]
-        .iter()
-        .flat_map(|c| ["--set".to_string(), format!("{c}.image.tag=v{version}")])
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<()> {
@@ -53,20 +29,13 @@ async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<
         let kc = cluster.kubeconfig_path();
         let home = HelmHome::new()?;
         // The starting point: skoala-init 0.19.0 with a value the operator customised.
-        home.run(
+        home.install_from_repo(
             &helm,
-            Some(kc),
+            kc,
+            &url,
+            "skoala-init",
+            "0.19.0",
             &[
-                "install",
-                "skoala-init",
-                "skoala-init",
-                "--repo",
-                &url,
-                "--version",
-                "0.19.0",
-                "-n",
-                NS,
-                "--create-namespace",
                 "--set",
                 "skoala-agent.logLevel=debug",
                 "--wait",
@@ -109,7 +78,7 @@ async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(tag_args("0.19.2"));
+        args.extend(image_tag_args("0.19.2"));
         args.extend(["-f".to_string(), backup_path]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         home.run(&helm, Some(kc), &args).await.context(label)?;
@@ -397,7 +366,7 @@ async fn upgrade_to_0_20_0_needs_the_crds_first() -> anyhow::Result<()> {
             }
             let mut upgrade = base.to_vec();
             upgrade.extend(["--version=0.20.0", "--reuse-values"]);
-            let tags = tag_args("0.20.0");
+            let tags = image_tag_args("0.20.0");
             upgrade.extend(tags.iter().map(String::as_str));
             let out = home.try_run(&helm, Some(kc), &upgrade).await?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
