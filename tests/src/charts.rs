@@ -55,14 +55,7 @@ impl HelmHome {
     pub fn command(&self, helm: &Path, kubeconfig: Option<&Path>) -> tokio::process::Command {
         let home = self.dir.path();
         let mut cmd = tokio::process::Command::new(helm);
-        cmd.env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .env(
-                "HELM_REPOSITORY_CONFIG",
-                home.join("config/repositories.yaml"),
-            )
-            .env("HELM_REPOSITORY_CACHE", home.join("cache/repository"))
+        skoala_upgrade::helm::isolate_home(&mut cmd, home)
             .env_remove("HELM_DRIVER")
             .env_remove("KUBECONFIG")
             .kill_on_drop(true);

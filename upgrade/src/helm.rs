@@ -207,6 +207,19 @@ impl HelmSession {
     }
 }
 
+/// Points helm's configuration, cache, data and repository files into `home`, so that a run
+/// reads and writes no helm state but its own (not the user's, not another operation's).
+pub fn isolate_home<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
+    cmd.env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env(
+            "HELM_REPOSITORY_CONFIG",
+            home.join("config/repositories.yaml"),
+        )
+        .env("HELM_REPOSITORY_CACHE", home.join("cache/repository"))
+}
+
 async fn run_raw(
     path: &Path,
     home: &Path,
@@ -218,15 +231,8 @@ async fn run_raw(
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env(
-            "HELM_REPOSITORY_CONFIG",
-            home.join("config/repositories.yaml"),
-        )
-        .env("HELM_REPOSITORY_CACHE", home.join("cache/repository"))
+        .env("HOME", home);
+    isolate_home(&mut cmd, home)
         .env("HELM_DRIVER", "secret")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
