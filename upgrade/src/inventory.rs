@@ -25,6 +25,7 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use serde::Deserialize;
+use skoala_plan::profile::{ReleaseProfile, SKOALA};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -78,31 +79,27 @@ pub struct TrackedRelease {
 }
 
 impl TrackedRelease {
+    /// A release of a profile (`skoala_plan::profile`), with all its image tag keys.
+    pub fn from_profile(profile: &ReleaseProfile) -> Self {
+        Self {
+            release: profile.release.into(),
+            namespace: profile.namespace.into(),
+            image_tag_keys: profile
+                .image_tag_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+        }
+    }
+
     /// `skoala-init` in `skoala-system`: what every working cluster's agent reports.
     pub fn skoala_init() -> Self {
-        Self {
-            release: "skoala-init".into(),
-            namespace: "skoala-system".into(),
-            image_tag_keys: [
-                "nacos-operator.image.tag",
-                "skoala-agent.image.tag",
-                "sentinel-operator.image.tag",
-                "seata-operator.image.tag",
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
+        Self::from_profile(&SKOALA.worker)
     }
 
     /// `skoala` in `skoala-system`: the control plane's release, reported by the coordinator.
     pub fn skoala() -> Self {
-        Self {
-            release: "skoala".into(),
-            namespace: "skoala-system".into(),
-            image_tag_keys: ["hive.image.tag", "sesame.image.tag"]
-                .map(String::from)
-                .to_vec(),
-        }
+        Self::from_profile(&SKOALA.control_plane)
     }
 }
 

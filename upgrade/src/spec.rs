@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use skoala_plan::profile::{ReleaseProfile, SKOALA};
+
 /// Where the chart comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChartSource {
@@ -97,35 +99,42 @@ impl ReleaseSpec {
         }
     }
 
-    /// `skoala-init` in `skoala-system`, as DESIGN.md documents it: the image tags of
-    /// nacos-operator, skoala-agent, sentinel-operator (and seata-operator from 0.20), and the
-    /// two immutable gateway-api-admission Jobs deleted first.
-    pub fn skoala_init(source: ChartSource, version: impl Into<String>) -> Self {
-        let version = version.into();
-        let mut keys = vec![
-            "nacos-operator.image.tag",
-            "skoala-agent.image.tag",
-            "sentinel-operator.image.tag",
-        ];
-        if version_at_least(&version, &[0, 20]) {
-            keys.push("seata-operator.image.tag");
-        }
+    /// The spec for one release of a profile (`skoala_plan::profile`, the one description
+    /// of which release lives where and which values carry its version).
+    pub fn from_profile(
+        profile: &ReleaseProfile,
+        source: ChartSource,
+        version: impl Into<String>,
+    ) -> Self {
         Self {
-            image_tag_keys: keys.into_iter().map(String::from).collect(),
-            delete_jobs: vec![
-                "gateway-api-admission".into(),
-                "gateway-api-admission-patch".into(),
-            ],
-            ..Self::new("skoala-init", "skoala-system", source, version)
+            chart: profile.chart.into(),
+            image_tag_keys: profile
+                .image_tag_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            delete_jobs: profile.delete_jobs.iter().map(|j| j.to_string()).collect(),
+            ..Self::new(profile.release, profile.namespace, source, version)
         }
     }
 
-    /// `skoala` in `skoala-system` (the control plane): the image tags of hive and sesame.
-    pub fn skoala(source: ChartSource, version: impl Into<String>) -> Self {
-        Self {
-            image_tag_keys: vec!["hive.image.tag".into(), "sesame.image.tag".into()],
-            ..Self::new("skoala", "skoala-system", source, version)
+    /// `skoala-init` in `skoala-system`, as DESIGN.md documents it ([`SKOALA`]'s worker): the
+    /// image tags of nacos-operator, skoala-agent, sentinel-operator (and seata-operator from
+    /// 0.20), and the two immutable gateway-api-admission Jobs deleted first.
+    pub fn skoala_init(source: ChartSource, version: impl Into<String>) -> Self {
+        let mut spec = Self::from_profile(&SKOALA.worker, source, version);
+        // The documented procedure sets seata-operator's tag only for charts that have it.
+        if !version_at_least(&spec.version, &[0, 20]) {
+            spec.image_tag_keys
+                .retain(|k| !k.starts_with("seata-operator."));
         }
+        spec
+    }
+
+    /// `skoala` in `skoala-system` (the control plane, [`SKOALA`]'s): the image tags of hive
+    /// and sesame.
+    pub fn skoala(source: ChartSource, version: impl Into<String>) -> Self {
+        Self::from_profile(&SKOALA.control_plane, source, version)
     }
 
     /// The image tag the upgrade sets: [`ReleaseSpec::image_tag`] or `v<version>`.
