@@ -10,5 +10,6 @@ pub mod connect_proxy;
 pub mod fleet;
 pub mod netns;
 pub mod sim;
+pub mod stand_in;
 pub mod tools;
 pub mod wait;

@@ -18,16 +18,15 @@ use skoala_coordinator::pki::FleetCa;
 use skoala_coordinator::{backups, relay};
 use skoala_e2e::charts::{PASSWORD, UpgradeFixture, custom_values, start_repo};
 use skoala_e2e::tools::{helm_versions, our_bin, tool};
-use skoala_e2e::wait;
-use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use skoala_e2e::{stand_in, wait};
+use skoala_proto::v1::agent_gateway_server::AgentGateway;
 use skoala_proto::v1::{
     AgentMessage, ChartChunk, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
     RegisterResponse, RelayedChart, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome,
     TaskResult, agent_message::Body, chart_source, coordinator_message,
 };
 use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -57,17 +56,7 @@ impl AgentGateway for StandIn {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let req = request.into_inner();
-        let id = req.identity.unwrap_or_default().cluster_id;
-        let issued = self
-            .ca
-            .sign_agent_csr(&req.csr_pem, &id, Duration::from_secs(3600))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(RegisterResponse {
-            certificate_pem: issued.cert_pem,
-            ca_bundle_pem: self.ca.cert_pem().to_string(),
-            not_after_unix: issued.not_after_unix,
-        }))
+        stand_in::register(&self.ca, request)
     }
 
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
@@ -241,33 +230,16 @@ impl Setup {
         drop(repo);
 
         let dir = tempfile::tempdir().expect("tmp");
-        let (ca, _key) = FleetCa::generate("test fleet", Duration::from_secs(3600)).expect("CA");
-        let server = ca
-            .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
-            .expect("server cert");
         let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).expect("ca file");
         let shared = Arc::new(Shared::default());
         *shared.data_dir.lock().expect("lock") = Some(DataDir::new(dir.path().join("data")));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&server.issued.cert_pem, &server.key_pem))
-            .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-            .client_auth_optional(true);
-        let service = AgentGatewayServer::new(StandIn {
-            ca: Arc::new(ca),
+        let gateway = stand_in::serve(&ca_file, |ca| StandIn {
+            ca,
             shared: shared.clone(),
-        });
-        let serving = tokio::spawn(
-            Server::builder()
-                .tls_config(tls)
-                .expect("tls")
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        })
+        .await
+        .expect("serve the stand-in gateway");
+        let (addr, serving) = (gateway.addr, gateway.task);
 
         let log = dir.path().join("agent.log");
         let log_file = std::fs::File::create(&log).expect("log");
