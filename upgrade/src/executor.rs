@@ -447,36 +447,11 @@ impl<'a> Run<'a> {
                 }
             };
         }
-        let (_, ours) = self.load_record().await?;
-        if let Some(rec) = &ours
-            && rec.phase != RecordPhase::Running
-        {
-            return self.already_done(rec.clone(), t).await;
-        }
-
-        // One operation at a time per release; then re-read the record under the lock.
-        match ReleaseLock::acquire(
-            &self.client,
-            &self.spec.namespace,
-            &self.spec.release,
-            &self.report.operation_id,
-        )
-        .await
-        {
-            Ok(lock) => self.lock = Some(lock),
-            Err(e) => {
-                self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
-                    .await;
-                return Ok(());
-            }
-        }
-        let (found, ours) = self.load_record().await?;
-        if let Some(rec) = &ours
-            && rec.phase != RecordPhase::Running
-        {
-            return self.already_done(rec.clone(), t).await;
-        }
-        self.record = found.clone();
+        let ours = match self.claim_release(t).await? {
+            Claim::Proceed { ours } => ours,
+            Claim::Finished => return Ok(()),
+        };
+        let found = self.record.clone();
 
         // --- preflight (and recovery of a crashed attempt) ---------------------------------
         let mut info = match self.read_release().await {
@@ -596,6 +571,44 @@ impl<'a> Run<'a> {
         self.record = Some(rec.clone());
         self.close_record(RecordPhase::Succeeded).await;
         true
+    }
+
+    /// Idempotency and the release lock, as upgrades and rollbacks both need them: an
+    /// operation whose record is already final reports that outcome again; otherwise the lock
+    /// is taken (or the operation refused: another one holds it) and the release's record is
+    /// re-read under the lock into `self.record`.
+    async fn claim_release(&mut self, t: Instant) -> Result<Claim, ExecError> {
+        let (_, ours) = self.load_record().await?;
+        if let Some(rec) = &ours
+            && rec.phase != RecordPhase::Running
+        {
+            self.already_done(rec.clone(), t).await?;
+            return Ok(Claim::Finished);
+        }
+        match ReleaseLock::acquire(
+            &self.client,
+            &self.spec.namespace,
+            &self.spec.release,
+            &self.report.operation_id,
+        )
+        .await
+        {
+            Ok(lock) => self.lock = Some(lock),
+            Err(e) => {
+                self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
+                    .await;
+                return Ok(Claim::Finished);
+            }
+        }
+        let (found, ours) = self.load_record().await?;
+        if let Some(rec) = &ours
+            && rec.phase != RecordPhase::Running
+        {
+            self.already_done(rec.clone(), t).await?;
+            return Ok(Claim::Finished);
+        }
+        self.record = found;
+        Ok(Claim::Proceed { ours })
     }
 
     /// The operation id is recorded as finished: report that again, change nothing.
@@ -1050,4 +1063,12 @@ impl<'a> Run<'a> {
 
 fn args(a: &[&str]) -> Vec<OsString> {
     a.iter().map(Into::into).collect()
+}
+
+/// What [`Run::claim_release`] left the operation with.
+enum Claim {
+    /// Go on, holding the lock; this operation's own record, if an earlier attempt left one.
+    Proceed { ours: Option<OperationRecord> },
+    /// The operation has its outcome already (reported again, or refused).
+    Finished,
 }

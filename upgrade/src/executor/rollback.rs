@@ -9,12 +9,11 @@
 
 use crate::ExecError;
 use crate::inventory::{self, ReleaseInfo};
-use crate::lock::ReleaseLock;
 use crate::record::{OperationRecord, RecordPhase};
 use crate::report::{Outcome, Step, StepOutcome};
 use crate::verify::{self, Expectation};
 
-use super::{Done, Run};
+use super::{Claim, Done, Run};
 
 impl Run<'_> {
     /// The whole rollback operation; sets the report's outcome.
@@ -26,34 +25,10 @@ impl Run<'_> {
                 .await;
             return Ok(());
         }
-        let (_, ours) = self.load_record().await?;
-        if let Some(rec) = &ours
-            && rec.phase != RecordPhase::Running
-        {
-            return self.already_done(rec.clone(), t).await;
-        }
-        match ReleaseLock::acquire(
-            &self.client,
-            &self.spec.namespace,
-            &self.spec.release,
-            &self.report.operation_id,
-        )
-        .await
-        {
-            Ok(lock) => self.lock = Some(lock),
-            Err(e) => {
-                self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
-                    .await;
-                return Ok(());
-            }
-        }
-        let (found, ours) = self.load_record().await?;
-        if let Some(rec) = &ours
-            && rec.phase != RecordPhase::Running
-        {
-            return self.already_done(rec.clone(), t).await;
-        }
-        self.record = found;
+        let ours = match self.claim_release(t).await? {
+            Claim::Proceed { ours } => ours,
+            Claim::Finished => return Ok(()),
+        };
         let info = match self.read_release().await {
             Ok(Some(info)) => info,
             Ok(None) => {
