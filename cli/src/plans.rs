@@ -286,7 +286,9 @@ fn line(e: &PlanEvent) -> String {
             s
         }
         "target" => format!("{at} {who}: {}", e.state),
-        "plan.phase" => format!("{at} plan {}: {}", e.plan, e.state),
+        "plan.applied" => format!("{at} plan {}: applied", e.plan),
+        // Phase changes and operators' verbs (plan.paused, plan.aborted, ...): the new phase.
+        kind if kind.starts_with("plan.") => format!("{at} plan {}: {}", e.plan, e.state),
         kind => format!("{at} plan {}: {kind} ({})", e.plan, e.state),
     };
     if !e.message.is_empty() && (e.kind != "step" || e.state == "failed") {
@@ -298,7 +300,8 @@ fn line(e: &PlanEvent) -> String {
 /// Phases after which `plan watch` has nothing more to wait for.
 fn settled(e: &PlanEvent, plan: &str) -> bool {
     e.plan == plan
-        && e.kind == "plan.phase"
+        && e.kind.starts_with("plan.")
+        && e.kind != "plan.applied"
         && matches!(
             e.state.as_str(),
             "succeeded" | "degraded" | "failed" | "aborted" | "rolledBack"

@@ -194,6 +194,8 @@ impl Orchestrator {
     async fn tick<S: Store>(&self, ctx: &Context<S>, inputs: Vec<Input>) {
         let mut st = self.state.lock().await;
         let mut events = Vec::new();
+        // Before the results are recorded: their state changes are events too.
+        let before = st.active.as_ref().map(|a| a.rollout.clone());
         for input in inputs {
             self.take_input(ctx, &mut st, input, &mut events);
         }
@@ -212,7 +214,7 @@ impl Orchestrator {
             self.append(ctx, events).await;
             return;
         };
-        let before = active.rollout.clone();
+        let before = before.unwrap_or_else(|| active.rollout.clone());
         for action in active.rollout.step(&active.plan, &SKOALA, &snap.view) {
             if let skoala_plan::Action::Rollback {
                 operation_id,
