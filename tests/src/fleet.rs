@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod coordinator;
 pub mod ctl;
+pub mod plans;
 pub mod raw;
 
 pub use agent::{Agent, AgentOptions};

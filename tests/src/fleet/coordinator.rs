@@ -32,6 +32,12 @@ pub struct CoordinatorOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Serve `/metrics` on a loopback port.
     pub metrics: bool,
+    /// `--helm` (the helm that upgrades the control plane).
+    pub helm: Option<PathBuf>,
+    /// `--helm-timeout` of plan upgrades, e.g. "20s" for a broken-image test.
+    pub helm_timeout: Option<String>,
+    /// `--clock-file`: drive the orchestrator's clock from a file.
+    pub clock_file: Option<PathBuf>,
 }
 
 /// A running (or killed) coordinator and its data dir.
@@ -113,10 +119,17 @@ impl Coordinator {
                 "--max-message-bytes",
                 o.max_message_bytes.map(|m| m.to_string()),
             ),
+            ("--helm-timeout", o.helm_timeout.clone()),
         ] {
             if let Some(v) = value {
                 cmd.arg(flag).arg(v);
             }
+        }
+        if let Some(h) = &o.helm {
+            cmd.arg("--helm").arg(h);
+        }
+        if let Some(c) = &o.clock_file {
+            cmd.arg("--clock-file").arg(c);
         }
         if let Some(k) = &o.kubeconfig {
             cmd.arg("--kubeconfig").arg(k);

@@ -49,6 +49,22 @@ impl Ctl {
     }
 
     /// Runs with `args`, whatever the exit status.
+    /// The command `run` would start, for long-running invocations (`plan watch`,
+    /// `events --follow`) that the caller bounds itself.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(our_bin("skoalactl"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .env_remove("SKOALA_CONFIG")
+            .env_remove("SKOALA_ENDPOINT")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<CtlOutput> {
         let mut cmd = tokio::process::Command::new(our_bin("skoalactl"));
         cmd.arg("--config")

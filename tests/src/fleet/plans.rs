@@ -1,0 +1,327 @@
+//! A fleet ready for upgrade plans: a control-plane cluster with `skoala`, N working clusters
+//! with `skoala-init` (both at one version, installed by helm from the test chart repository
+//! the way an operator did), a coordinator that upgrades the control plane with the real helm,
+//! and an agent per working cluster.
+//!
+//! Faults are cluster properties of the emulator: a cluster built with
+//! [`PlanFleetOptions::broken`] never readies the target version's images (so its upgrade
+//! fails and is rolled back); the clock can be driven through a file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::{Agent, AgentOptions, Coordinator, CoordinatorOptions, Fleet, prepare_cluster};
+use crate::charts::{ChartRepo, HelmHome, start_repo};
+use crate::tools::tool;
+use crate::wait;
+
+/// How a plan fleet is built.
+#[derive(Debug, Clone)]
+pub struct PlanFleetOptions {
+    pub workers: usize,
+    /// Version installed everywhere before the test.
+    pub from: String,
+    /// Image tag the emulator never readies in the *broken* clusters, e.g. `:v0.19.2`.
+    pub broken_tag: String,
+    /// Working clusters (1-based) whose `broken_tag` images never become ready.
+    pub broken: Vec<usize>,
+    /// The control plane never readies `broken_tag` images either.
+    pub broken_control_plane: bool,
+    /// Start the coordinator with a driven clock at this RFC 3339 time.
+    pub clock: Option<String>,
+    /// `--helm-timeout` of plan upgrades.
+    pub helm_timeout: String,
+}
+
+impl Default for PlanFleetOptions {
+    fn default() -> Self {
+        PlanFleetOptions {
+            workers: 3,
+            from: "0.19.0".into(),
+            broken_tag: ":v0.19.2".into(),
+            broken: Vec::new(),
+            broken_control_plane: false,
+            clock: None,
+            helm_timeout: "60s".into(),
+        }
+    }
+}
+
+/// The fleet, the control plane, the chart repository.
+pub struct PlanFleet {
+    pub fleet: Fleet,
+    pub control_plane: skoala_sim::Cluster,
+    pub repo: ChartRepo,
+    pub clock_file: PathBuf,
+    /// Holds the clock file.
+    _scratch: tempfile::TempDir,
+}
+
+/// Installs `chart` `version` into `skoala-system` of the cluster at `kubeconfig`, as an
+/// operator did, and waits for it.
+pub async fn install(
+    repo: &ChartRepo,
+    kubeconfig: &Path,
+    chart: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    let home = HelmHome::new()?;
+    let url = repo.url();
+    home.run(
+        &tool("helm"),
+        Some(kubeconfig),
+        &[
+            "upgrade",
+            "--install",
+            "--create-namespace",
+            "-n",
+            "skoala-system",
+            chart,
+            chart,
+            "--repo",
+            &url,
+            "--version",
+            version,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await
+    .with_context(|| format!("installing {chart} {version}"))?;
+    Ok(())
+}
+
+/// `helm history` of `release` in `skoala-system` as JSON rows.
+pub async fn history(kubeconfig: &Path, release: &str) -> anyhow::Result<Vec<Value>> {
+    let home = HelmHome::new()?;
+    let out = home
+        .run(
+            &tool("helm"),
+            Some(kubeconfig),
+            &[
+                "history",
+                release,
+                "-n",
+                "skoala-system",
+                "-o",
+                "json",
+                "--max",
+                "100",
+            ],
+        )
+        .await?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+impl PlanFleet {
+    pub async fn start(opts: PlanFleetOptions) -> anyhow::Result<PlanFleet> {
+        let repo = start_repo().await?;
+        let scratch = tempfile::Builder::new().prefix("plan-fleet-").tempdir()?;
+        let clock_file = scratch.path().join("now");
+        if let Some(t) = &opts.clock {
+            std::fs::write(&clock_file, t)?;
+        }
+        let config = |name: String, broken: bool| {
+            let c = skoala_sim::ClusterConfig::new(name);
+            if broken {
+                c.never_ready_image(opts.broken_tag.clone())
+            } else {
+                c
+            }
+        };
+        let control_plane =
+            skoala_sim::Cluster::start(config("control-plane".into(), opts.broken_control_plane))
+                .await
+                .context("starting the control-plane cluster")?;
+        let mut clusters = Vec::new();
+        for i in 1..=opts.workers {
+            clusters.push(
+                skoala_sim::Cluster::start(config(format!("work-{i}"), opts.broken.contains(&i)))
+                    .await
+                    .context("starting a working cluster")?,
+            );
+        }
+        // Install everywhere at once: seven `helm --wait`s one after another are slow.
+        let mut installs = vec![install(
+            &repo,
+            control_plane.kubeconfig_path(),
+            "skoala",
+            &opts.from,
+        )];
+        for c in &clusters {
+            installs.push(install(
+                &repo,
+                c.kubeconfig_path(),
+                "skoala-init",
+                &opts.from,
+            ));
+        }
+        futures::future::try_join_all(installs).await?;
+
+        let coordinator = Coordinator::start_with(CoordinatorOptions {
+            metrics: true,
+            kubeconfig: Some(control_plane.kubeconfig_path().to_path_buf()),
+            helm: Some(tool("helm")),
+            helm_timeout: Some(opts.helm_timeout.clone()),
+            clock_file: opts.clock.as_ref().map(|_| clock_file.clone()),
+            ..Default::default()
+        })
+        .await?;
+        let token = coordinator
+            .ctl()
+            .token(opts.workers as u32, "1h")
+            .await
+            .context("creating the fleet's join token")?;
+        let mut agents = Vec::new();
+        for (i, cluster) in clusters.iter().enumerate() {
+            prepare_cluster(cluster).await?;
+            let a = AgentOptions::named(cluster.name())
+                .label("fleet", "test")
+                .label("index", &(i + 1).to_string());
+            agents.push(Agent::start(&coordinator, cluster, Some(&token), a)?);
+        }
+        let pf = PlanFleet {
+            fleet: Fleet {
+                coordinator,
+                clusters,
+                agents,
+            },
+            control_plane,
+            repo,
+            clock_file,
+            _scratch: scratch,
+        };
+        pf.fleet.wait_connected(opts.workers).await?;
+        pf.wait_versions(&opts.from, super::FLEET_TIMEOUT).await?;
+        Ok(pf)
+    }
+
+    pub fn ctl(&self) -> super::Ctl {
+        self.fleet.coordinator.ctl()
+    }
+
+    /// Sets the driven clock (RFC 3339).
+    pub fn set_clock(&self, t: &str) -> anyhow::Result<()> {
+        // Write then rename: the coordinator never reads a half-written time.
+        let tmp = self.clock_file.with_extension("tmp");
+        std::fs::write(&tmp, t)?;
+        std::fs::rename(&tmp, &self.clock_file)?;
+        Ok(())
+    }
+
+    /// A plan document upgrading every cluster to `version` from the test repository.
+    pub fn plan_yaml(&self, name: &str, version: &str, extra_spec: &str) -> String {
+        let mut doc = format!(
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n  chartSource: repo\n  repository:\n    name: skoala\n    url: {}\n",
+            self.repo.url()
+        );
+        for line in extra_spec.lines() {
+            doc.push_str("  ");
+            doc.push_str(line);
+            doc.push('\n');
+        }
+        doc
+    }
+
+    /// `skoalactl plan apply -f` of `yaml`.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<super::ctl::CtlOutput> {
+        let path = self._scratch.path().join(format!(
+            "plan-{}.yaml",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        ));
+        std::fs::write(&path, yaml)?;
+        let p = path.to_str().context("utf-8 path")?.to_string();
+        self.ctl().run(&["plan", "apply", "-f", &p]).await
+    }
+
+    /// `plan get NAME -o json`.
+    pub async fn plan(&self, name: &str) -> anyhow::Result<Value> {
+        self.ctl().json(&["plan", "get", name]).await
+    }
+
+    /// Waits until the plan's phase is one of `phases`; returns the plan.
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phases: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let last = std::sync::Mutex::new(Value::Null);
+        let r = wait::until(&format!("plan {name} in {phases:?}"), timeout, || async {
+            let p = self.plan(name).await.ok()?;
+            *last.lock().ok()? = p.clone();
+            phases.contains(&p["phase"].as_str()?).then_some(p)
+        })
+        .await;
+        match r {
+            Ok(p) => Ok(p),
+            Err(e) => bail!(
+                "{e:#}\nlast plan: {:#}\n{}",
+                last.lock().map(|v| v.clone()).unwrap_or_default(),
+                self.fleet.coordinator.log()
+            ),
+        }
+    }
+
+    /// The engine release of every cluster (`skoalactl clusters -o json`), by name.
+    pub async fn releases(&self) -> anyhow::Result<Vec<(String, Value)>> {
+        let clusters = self.ctl().clusters().await?;
+        Ok(clusters
+            .into_iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_string(),
+                    c["release"].clone(),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until every cluster (control plane included) reports its engine release at
+    /// `version`, deployed.
+    pub async fn wait_versions(&self, version: &str, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.fleet.clusters.len() + 1;
+        let r = wait::until(&format!("every release at {version}"), timeout, || async {
+            let all = self.releases().await.ok()?;
+            let ok = all.iter().filter(|(_, r)| {
+                r["version"].as_str() == Some(version) && r["status"].as_str() == Some("deployed")
+            });
+            (ok.count() == want).then_some(())
+        })
+        .await;
+        if let Err(e) = r {
+            let now = self.releases().await.unwrap_or_default();
+            bail!("{e:#}; releases now: {now:?}");
+        }
+        Ok(())
+    }
+
+    /// The kubeconfig of a cluster by name (`control-plane` or `work-N`).
+    pub fn kubeconfig(&self, name: &str) -> anyhow::Result<&Path> {
+        if name == "control-plane" {
+            return Ok(self.control_plane.kubeconfig_path());
+        }
+        self.fleet
+            .clusters
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.kubeconfig_path())
+            .with_context(|| format!("no cluster {name}"))
+    }
+
+    /// `helm history` of the engine release of cluster `name`.
+    pub async fn history(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+        let release = if name == "control-plane" {
+            "skoala"
+        } else {
+            "skoala-init"
+        };
+        history(self.kubeconfig(name)?, release).await
+    }
+}
