@@ -3,8 +3,11 @@
 //! Starts, on this machine only: an emulated control-plane cluster and five emulated working
 //! clusters, a local chart repository with the test charts, a real coordinator on its embedded
 //! SQLite store (with the control plane's kubeconfig), and one real agent per working cluster.
-//! Installs `skoala` and `skoala-init` 0.19.0 with the real helm, shows the fleet as an operator
-//! sees it, then upgrades it with a plan when the coordinator supports plans.
+//! Installs `skoala` and `skoala-init` 0.19.0 with the real helm and shows the fleet as an
+//! operator sees it. Then applies a plan to 0.19.2 (`chartSource: repo`, an open window, one
+//! canary, waves of two) and follows it live with `skoalactl plan watch`. One working cluster is
+//! kept offline during the plan; it joins afterwards on the old version, `skoalactl skew` flags
+//! it, and the plan converges it. Ends with the fleet table and a clean skew report.
 //!
 //! Every child process dies with this process (Ctrl-C included): nothing is left behind.
 
@@ -13,12 +16,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use skoala_e2e::charts::HelmHome;
+use skoala_e2e::fleet::Ctl;
 use skoala_e2e::fleet::{Agent, AgentOptions, Coordinator, CoordinatorOptions, prepare_cluster};
-use skoala_e2e::tools::{tool, workspace_root};
+use skoala_e2e::tools::{our_bin, tool, workspace_root};
+use skoala_e2e::wait;
 
 const WORKERS: usize = 5;
 const FROM: &str = "0.19.0";
 const TO: &str = "0.19.2";
+const PLAN: &str = "skoala-0-19-2";
+/// The cluster whose agent joins only after the plan has run.
+const LATE: usize = WORKERS - 1;
+/// Upper bound for the plan and for convergence on a loaded 2-core machine.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The plan the demo applies: the DESIGN.md example, with a window that is open now (every
+/// minute for an hour, in Shanghai time) so the demo does not wait for Saturday.
+fn plan_yaml(repo_url: &str) -> String {
+    format!(
+        "apiVersion: fleet.skoala.io/v1alpha1
+kind: UpgradePlan
+metadata: {{name: {PLAN}}}
+spec:
+  version: {TO}
+  repository: {{name: skoala, url: \"{repo_url}\"}}
+  chartSource: repo
+  window: {{schedule: \"* * * * *\", duration: 1h, timeZone: Asia/Shanghai}}
+  strategy: {{canary: 1, maxConcurrency: 2, maxFailures: 0, rollbackOnFailure: true}}
+  clusters: {{matchLabels: {{demo: \"true\"}}}}
+"
+    )
+}
 
 struct Args {
     keep_running: bool,
@@ -119,22 +147,75 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let ctl = coordinator.ctl();
     let token = ctl.token(WORKERS as u32, "1h").await?;
-    let mut agents = Vec::new();
-    for (i, w) in workers.iter().enumerate() {
-        prepare_cluster(w).await?;
+    let options = |i: usize, w: &skoala_sim::Cluster| {
         let env = if i % 2 == 0 { "prod" } else { "staging" };
-        let opts = AgentOptions::named(w.name())
+        AgentOptions::named(w.name())
             .label("env", env)
-            .label("demo", "true");
-        agents.push(Agent::start(&coordinator, w, Some(&token), opts)?);
+            .label("demo", "true")
+    };
+    let mut agents = Vec::new();
+    for (i, w) in workers.iter().enumerate().take(LATE) {
+        prepare_cluster(w).await?;
+        agents.push(Agent::start(&coordinator, w, Some(&token), options(i, w))?);
     }
     coordinator
-        .wait_connected(WORKERS, Duration::from_secs(120))
+        .wait_connected(LATE + 1, Duration::from_secs(120)) // + the control plane
         .await
-        .context("waiting for every agent to connect")?;
-    n.say("every agent dialled out, registered with the join token, and reported its release:");
-    println!();
-    println!("{}", ctl.ok(&["clusters"]).await?);
+        .context("waiting for the agents to connect")?;
+    let late = &workers[LATE];
+    n.say(&format!(
+        "{LATE} agents dialled out, registered with the join token, and reported their release \
+         ({} stays offline for now):",
+        late.name()
+    ));
+    println!("\n{}", ctl.ok(&["clusters"]).await?);
+
+    n.say(&format!(
+        "applying a plan to {TO}: control plane first, one canary, then waves of 2"
+    ));
+    let plan_file = home.path().join("plan.yaml");
+    std::fs::write(&plan_file, plan_yaml(&repo.url()))?;
+    println!("\n{}", plan_yaml(&repo.url()));
+    ctl.ok(&["plan", "apply", "-f", &plan_file.display().to_string()])
+        .await
+        .context("skoalactl plan apply")?;
+    watch_plan(&coordinator, &ctl).await?;
+    println!("\n{}", ctl.ok(&["plan", "get", PLAN]).await?);
+
+    n.say(&format!(
+        "{} comes back online, still on {FROM}",
+        late.name()
+    ));
+    prepare_cluster(late).await?;
+    agents.push(Agent::start(
+        &coordinator,
+        late,
+        Some(&token),
+        options(LATE, late),
+    )?);
+    let skewed = wait::until(
+        "the late cluster to show as skew",
+        Duration::from_secs(120),
+        || async {
+            let out = ctl.run(&["skew"]).await.ok()?;
+            (!out.success && out.stdout.contains(late.name())).then_some(out.stdout)
+        },
+    )
+    .await?;
+    n.say("skoalactl skew flags it (exit 1):");
+    println!("\n{skewed}");
+    n.say("convergence: auto upgrades it in its window, like any cluster that was offline");
+    let clean = wait::until("no skew", PLAN_TIMEOUT, || async {
+        let out = ctl.run(&["skew"]).await.ok()?;
+        out.success.then_some(out.stdout)
+    })
+    .await
+    .context("waiting for the fleet to converge")?;
+
+    n.say("the fleet, one version everywhere:");
+    println!("\n{}", ctl.ok(&["clusters"]).await?);
+    n.say("skoalactl skew (exit 0):");
+    println!("\n{clean}");
 
     if args.keep_running {
         print_exploration(
@@ -150,6 +231,35 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(agents);
     n.say("done");
+    Ok(())
+}
+
+/// Follows the plan with `skoalactl plan watch`, its output going straight to the terminal,
+/// until the plan settles.
+async fn watch_plan(coordinator: &Coordinator, ctl: &Ctl) -> anyhow::Result<()> {
+    let mut watch = tokio::process::Command::new(our_bin("skoalactl"))
+        .arg("--config")
+        .arg(coordinator.admin_config())
+        .arg("--endpoint")
+        .arg(coordinator.endpoint())
+        .args(["plan", "watch", PLAN])
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting skoalactl plan watch")?;
+    let settled = wait::until("the plan to settle", PLAN_TIMEOUT, || async {
+        let plan = ctl.json(&["plan", "get", PLAN]).await.ok()?;
+        let phase = plan["phase"].as_str()?.to_string();
+        ["succeeded", "degraded", "paused", "failed"]
+            .contains(&phase.as_str())
+            .then_some(phase)
+    })
+    .await?;
+    // `plan watch` ends by itself when the plan settles; give it a moment to print its last line.
+    let _ = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
+    anyhow::ensure!(
+        settled == "succeeded",
+        "the plan ended {settled}; see `skoalactl plan get {PLAN}`"
+    );
     Ok(())
 }
 
