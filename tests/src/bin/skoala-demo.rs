@@ -148,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
     let ctl = coordinator.ctl();
     let token = ctl.token(WORKERS as u32, "1h").await?;
     let options = |i: usize, w: &skoala_sim::Cluster| {
-        let env = if i.is_multiple_of(2) { "prod" } else { "staging" };
+        let env = if i.is_multiple_of(2) {
+            "prod"
+        } else {
+            "staging"
+        };
         AgentOptions::named(w.name())
             .label("env", env)
             .label("demo", "true")
