@@ -11,7 +11,7 @@ use std::time::Duration;
 use skoala_proto::v1::agent_gateway_client::AgentGatewayClient;
 use skoala_proto::v1::{
     AgentMessage, CertificateIssued, CertificateRenewal, ClusterIdentity, CoordinatorMessage,
-    Heartbeat, Hello, Inventory, ReleaseInventory, agent_message, coordinator_message,
+    Heartbeat, Hello, agent_message, coordinator_message,
 };
 use skoala_upgrade::inventory::ReleaseInfo;
 use tokio::sync::{mpsc, watch};
@@ -113,7 +113,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     // Read the inventory *and* mark it seen, so only later changes trigger an update.
-    let inventory_now = to_proto(&params.inventory.borrow_and_update());
+    let inventory_now = skoala_upgrade::wire::inventory(&params.inventory.borrow_and_update());
     let hello = Hello {
         agent_version: params.agent_version.clone(),
         helm_version: params.helm_version.clone(),
@@ -155,7 +155,7 @@ pub async fn run(
             Some(body) = params.outbox.recv() => Some(body),
             changed = params.inventory.changed() => match changed {
                 Ok(()) => {
-                    let inv = to_proto(&params.inventory.borrow_and_update());
+                    let inv = skoala_upgrade::wire::inventory(&params.inventory.borrow_and_update());
                     tracing::info!(releases = inv.releases.len(), "inventory changed; reporting it");
                     Some(agent_message::Body::Inventory(inv))
                 }
@@ -206,9 +206,9 @@ async fn handle(
         Body::Ping(_) => Some(agent_message::Body::Heartbeat(Heartbeat {
             sent_unix_ms: now_ms(),
         })),
-        Body::InventoryRequest(_) => Some(agent_message::Body::Inventory(to_proto(
-            &params.inventory.borrow(),
-        ))),
+        Body::InventoryRequest(_) => Some(agent_message::Body::Inventory(
+            skoala_upgrade::wire::inventory(&params.inventory.borrow()),
+        )),
         Body::Task(task) => params.tasks.accept(task),
         Body::Cancel(c) => {
             tracing::info!(operation = %c.operation_id, "cancel for an operation this agent is not running");
@@ -306,24 +306,4 @@ fn lock(cell: &CredentialCell) -> std::sync::MutexGuard<'_, Credentials> {
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
-}
-
-/// The wire form of the inventory.
-pub fn to_proto(releases: &[ReleaseInfo]) -> Inventory {
-    Inventory {
-        releases: releases
-            .iter()
-            .map(|r| ReleaseInventory {
-                release: r.release.clone(),
-                namespace: r.namespace.clone(),
-                chart_name: r.chart_name.clone(),
-                chart_version: r.chart_version.clone(),
-                app_version: r.app_version.clone(),
-                revision: r.revision,
-                status: r.status.clone(),
-                image_tags: r.image_tags.clone().into_iter().collect(),
-                updated_unix: r.updated.map(|t| t.as_second()).unwrap_or_default(),
-            })
-            .collect(),
-    }
 }

@@ -26,14 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skoala_proto::v1::{
-    self as pb, BackupStored, BackupUpload, ChartChunk, StepPhase, StepProgress, Task,
-    TaskAccepted, TaskKind, TaskOutcome, TaskResult, agent_message::Body,
+    self as pb, BackupStored, BackupUpload, ChartChunk, Task, TaskAccepted, TaskKind, TaskOutcome,
+    TaskResult, agent_message::Body,
 };
 use skoala_upgrade::inventory::{self, TrackedRelease};
 use skoala_upgrade::record::{RecordPhase, RecordStore};
 use skoala_upgrade::{
-    Backup, ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, Phase, ProgressEvent,
-    ReleaseSpec, StepOutcome,
+    Backup, ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, ProgressEvent, ReleaseSpec,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -324,7 +323,9 @@ impl TaskRunner {
         let forward = async move {
             while let Some(event) = events.recv().await {
                 // A full outbox (coordinator away for long) drops progress, never results.
-                let _ = outbox.try_send(Body::StepProgress(step_progress(&event)));
+                let _ = outbox.try_send(Body::StepProgress(skoala_upgrade::wire::step_progress(
+                    &event,
+                )));
             }
         };
         let operation = Operation::new(&id);
@@ -419,7 +420,7 @@ async fn release_after(client: &kube::Client, spec: &ReleaseSpec) -> Option<pb::
         image_tag_keys: spec.image_tag_keys.clone(),
     };
     match inventory::read_release(client, &tracked).await {
-        Ok(Some(info)) => crate::session::to_proto(&[info]).releases.pop(),
+        Ok(Some(info)) => skoala_upgrade::wire::inventory(&[info]).releases.pop(),
         Ok(None) => None,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the release after the task");
@@ -555,28 +556,6 @@ fn outcome(o: Outcome) -> TaskOutcome {
         Outcome::RolledBack => TaskOutcome::RolledBack,
         Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
         Outcome::Refused => TaskOutcome::Refused,
-    }
-}
-
-fn step_progress(e: &ProgressEvent) -> StepProgress {
-    let phase = match (e.phase, e.outcome) {
-        (Phase::Started, _) => StepPhase::Started,
-        (Phase::Finished, Some(StepOutcome::Failed)) => StepPhase::Failed,
-        (Phase::Finished, Some(StepOutcome::Skipped)) => StepPhase::Skipped,
-        (Phase::Finished, _) => StepPhase::Succeeded,
-    };
-    StepProgress {
-        operation_id: e.operation_id.clone(),
-        step: e.step.as_str().to_string(),
-        phase: phase as i32,
-        at_unix_ms: e.at.as_millisecond(),
-        duration_ms: e
-            .duration
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or_default(),
-        helm_exit_code: e.helm_exit_code.unwrap_or_default(),
-        // Already redacted by the executor.
-        message: e.message.clone(),
     }
 }
 

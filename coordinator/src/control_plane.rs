@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skoala_proto::v1::{Cluster, ClusterIdentity, Inventory, ReleaseInventory};
+use skoala_proto::v1::{Cluster, ClusterIdentity};
 use skoala_upgrade::inventory::{InventoryWatch, ReleaseInfo, TrackedRelease, kube_system_uid};
 
 use crate::context::now_ms;
@@ -111,27 +111,7 @@ fn view(uid: &str, releases: &[ReleaseInfo]) -> Cluster {
         control_plane: true,
         connected: true,
         last_heartbeat_unix_ms: now_ms(),
-        releases: to_proto(releases).releases,
+        releases: skoala_upgrade::wire::inventory(releases).releases,
         ..Default::default()
-    }
-}
-
-/// The wire form of an inventory (the same mapping the agent uses).
-pub fn to_proto(releases: &[ReleaseInfo]) -> Inventory {
-    Inventory {
-        releases: releases
-            .iter()
-            .map(|r| ReleaseInventory {
-                release: r.release.clone(),
-                namespace: r.namespace.clone(),
-                chart_name: r.chart_name.clone(),
-                chart_version: r.chart_version.clone(),
-                app_version: r.app_version.clone(),
-                revision: r.revision,
-                status: r.status.clone(),
-                image_tags: r.image_tags.clone().into_iter().collect(),
-                updated_unix: r.updated.map(|t| t.as_second()).unwrap_or_default(),
-            })
-            .collect(),
     }
 }

@@ -69,6 +69,7 @@ pub mod redact;
 pub mod report;
 pub mod spec;
 pub mod verify;
+pub mod wire;
 
 pub use executor::{BackupUpload, ExecError, Executor, Operation};
 pub use helm::{Helm, HelmError};

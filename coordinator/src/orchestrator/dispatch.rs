@@ -9,10 +9,10 @@ use skoala_plan::Plan;
 use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource as PlanSource;
 use skoala_proto::v1::{
-    self as pb, ChartRepository, ChartSource, StepPhase, StepProgress, Task, TaskKind, TaskOutcome,
-    TaskResult, agent_message::Body,
+    self as pb, ChartRepository, ChartSource, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
+    agent_message::Body,
 };
-use skoala_upgrade::{Executor, Helm, Operation, Outcome, Phase, ProgressEvent, StepOutcome};
+use skoala_upgrade::{Executor, Helm, Operation, Outcome, ProgressEvent};
 use tokio::sync::mpsc;
 
 use super::Input;
@@ -156,7 +156,9 @@ impl ControlPlaneRunner {
         let (tx, mut rx) = mpsc::channel::<ProgressEvent>(64);
         let forward = async {
             while let Some(e) = rx.recv().await {
-                let _ = inbox.send(Input::ControlPlane(Body::StepProgress(step_progress(&e))));
+                let _ = inbox.send(Input::ControlPlane(Body::StepProgress(
+                    skoala_upgrade::wire::step_progress(&e),
+                )));
             }
         };
         let op = Operation::new(operation_id);
@@ -209,28 +211,6 @@ fn failed(operation_id: &str, message: String) -> TaskResult {
         outcome: TaskOutcome::Failed as i32,
         message,
         ..Default::default()
-    }
-}
-
-/// The wire form of an executor progress event (as the agent sends it).
-fn step_progress(e: &ProgressEvent) -> StepProgress {
-    let phase = match (e.phase, e.outcome) {
-        (Phase::Started, _) => StepPhase::Started,
-        (Phase::Finished, Some(StepOutcome::Failed)) => StepPhase::Failed,
-        (Phase::Finished, Some(StepOutcome::Skipped)) => StepPhase::Skipped,
-        (Phase::Finished, _) => StepPhase::Succeeded,
-    };
-    StepProgress {
-        operation_id: e.operation_id.clone(),
-        step: e.step.as_str().to_string(),
-        phase: phase as i32,
-        at_unix_ms: e.at.as_millisecond(),
-        duration_ms: e
-            .duration
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or_default(),
-        helm_exit_code: e.helm_exit_code.unwrap_or_default(),
-        message: e.message.clone(),
     }
 }
 

@@ -108,7 +108,7 @@ pub fn upgrade(
                 outcome: TaskOutcome::Succeeded as i32,
                 message: "simulated upgrade".into(),
                 revision_before,
-                release_after: skoala_agent::session::to_proto(std::slice::from_ref(&after))
+                release_after: skoala_upgrade::wire::inventory(std::slice::from_ref(&after))
                     .releases
                     .pop(),
                 ..TaskResult::default()
