@@ -461,7 +461,8 @@ impl Rollout {
     fn needs_approval(&self, plan: &Plan, stage: u32) -> bool {
         let required = match plan.require_approval {
             Approval::None => false,
-            Approval::BeforeWorkers => stage == 0,
+            // The first worker stage: the canaries, or wave 1 when there are none.
+            Approval::BeforeWorkers => stage == u32::from(plan.canary == 0),
             Approval::BeforeEachWave => true,
         };
         required && !self.approved.contains(&stage)

@@ -330,6 +330,24 @@ fn approval_before_workers_holds_them_until_approved() {
 }
 
 #[test]
+fn approval_before_workers_holds_them_with_no_canary_too() {
+    // With `canary: 0` the first worker stage is wave 1; beforeWorkers must hold it all the
+    // same, or the plan would start every worker without the approval it asked for.
+    let plan =
+        plan("  requireApproval: beforeWorkers\n  strategy: {canary: 0, maxConcurrency: 100%}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp"]);
+    assert_eq!(r.phase, Phase::AwaitingApproval { stage: 1 });
+    r.approve().expect("awaiting approval");
+    let actions = sim.step(&mut r, &plan);
+    assert_eq!(actions.len(), 3, "all three at once after the approval");
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
 fn rollback_returns_workers_first_then_the_control_plane() {
     let plan = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
     let mut r = Rollout::new(&plan);
