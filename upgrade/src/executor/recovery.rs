@@ -113,6 +113,17 @@ impl Run<'_> {
         Ok(self.session.run(&a, self.spec.timeout).await?)
     }
 
+    /// Waits until the rolled-back release matches `expect` and is healthy, and records the
+    /// revision and version it ended on whatever the outcome.
+    pub(super) async fn verify_rolled_back(&mut self, expect: &Expectation) -> Result<(), String> {
+        let verified =
+            verify::wait_healthy(&self.session, &self.client, expect, self.spec.timeout).await;
+        let after = self.read_release().await.ok().flatten();
+        self.report.revision_after = after.as_ref().map(|i| i.revision);
+        self.report.version_after = after.map(|i| i.chart_version);
+        verified
+    }
+
     /// The upgrade started and something failed: roll back to the revision before, verify.
     pub(super) async fn roll_back(&mut self, failed: Step, message: String) {
         self.report.failed_step = Some(failed);
@@ -131,14 +142,7 @@ impl Run<'_> {
             return self.close_record(RecordPhase::RollbackFailed).await;
         };
         let out = self.helm_rollback(target).await;
-        let failure = match &out {
-            Ok(o) if o.success() => None,
-            Ok(o) => Some(format!(
-                "helm rollback to revision {target} failed (exit code {:?})",
-                o.code
-            )),
-            Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
-        };
+        let failure = rollback_failure(target, &out);
         if let Some(msg) = failure {
             let done = Done {
                 outcome: StepOutcome::Failed,
@@ -157,12 +161,7 @@ impl Run<'_> {
             tags: self.tags_before.clone(),
             custom_kinds: self.custom_kinds.clone(),
         };
-        let verified =
-            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
-        let after = self.read_release().await.ok().flatten();
-        self.report.revision_after = after.as_ref().map(|i| i.revision);
-        self.report.version_after = after.map(|i| i.chart_version);
-        match verified {
+        match self.verify_rolled_back(&expect).await {
             Ok(()) => {
                 let m = self
                     .finish(
@@ -191,6 +190,21 @@ impl Run<'_> {
                 self.close_record(RecordPhase::RollbackFailed).await;
             }
         }
+    }
+}
+
+/// What went wrong with a `helm rollback` to `target`, if anything.
+pub(super) fn rollback_failure(
+    target: i32,
+    out: &Result<HelmOutput, RollbackError>,
+) -> Option<String> {
+    match out {
+        Ok(o) if o.success() => None,
+        Ok(o) => Some(format!(
+            "helm rollback to revision {target} failed (exit code {:?})",
+            o.code
+        )),
+        Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
     }
 }
 

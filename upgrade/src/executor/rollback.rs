@@ -11,8 +11,9 @@ use crate::ExecError;
 use crate::inventory::{self, ReleaseInfo};
 use crate::record::{OperationRecord, RecordPhase};
 use crate::report::{Outcome, Step, StepOutcome};
-use crate::verify::{self, Expectation};
+use crate::verify::Expectation;
 
+use super::recovery::rollback_failure;
 use super::{Claim, Done, Run};
 
 impl Run<'_> {
@@ -137,14 +138,7 @@ impl Run<'_> {
     async fn rollback_to(&mut self, target: i32, goal: &ReleaseInfo) {
         let t = self.start(Step::Rollback).await;
         let out = self.helm_rollback(target).await;
-        let failure = match &out {
-            Ok(o) if o.success() => None,
-            Ok(o) => Some(format!(
-                "helm rollback to revision {target} failed (exit code {:?})",
-                o.code
-            )),
-            Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
-        };
+        let failure = rollback_failure(target, &out);
         if let Some(msg) = failure {
             let done = Done {
                 outcome: StepOutcome::Failed,
@@ -174,12 +168,7 @@ impl Run<'_> {
                 .collect(),
             custom_kinds: Vec::new(),
         };
-        let verified =
-            verify::wait_healthy(&self.session, &self.client, &expect, self.spec.timeout).await;
-        let after = self.read_release().await.ok().flatten();
-        self.report.revision_after = after.as_ref().map(|i| i.revision);
-        self.report.version_after = after.map(|i| i.chart_version);
-        match verified {
+        match self.verify_rolled_back(&expect).await {
             Ok(()) => {
                 let msg = format!(
                     "rolled back to revision {target} (chart {}), verified healthy",
