@@ -302,6 +302,7 @@ pub async fn answer(
         if tx.send(msg).await.is_err() {
             return false;
         }
+        crate::metrics::relay_bytes_sent(data.len());
         offset += data.len() as u64;
     }
     tracing::info!(sha256 = %request.sha256, bytes = offset, chunks = n, "chart relayed");

@@ -111,9 +111,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             "skoala-coordinator metrics on http://{}/metrics",
             ml.local_addr()?
         );
-        let (m, s) = (metrics.clone(), sessions.clone());
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(ml, m, s).await {
+            if let Err(e) = metrics::serve(ml, ctx).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });

@@ -287,6 +287,7 @@ impl Orchestrator {
             Target::ControlPlane => CONTROL_PLANE.to_string(),
             Target::Worker(id) => id.clone(),
         };
+        ctx.metrics.executor_input(target == Target::ControlPlane, &body);
         match body {
             Body::StepProgress(p) => events.push(PlanEventRecord {
                 plan: plan_of(&p.operation_id),

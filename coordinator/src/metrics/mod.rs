@@ -1,0 +1,333 @@
+//! The coordinator's Prometheus `/metrics` (`serve --metrics-listen ADDR`, plaintext HTTP).
+//!
+//! Two kinds of metrics, kept apart on purpose:
+//!
+//! - **Events counted as they happen** ([`Metrics`]): sessions, agent messages by type,
+//!   refusals, executor step durations (histogram), task results, relayed chart bytes. The
+//!   rest of the coordinator calls one method per event (e.g. `ctx.metrics.session_opened()`,
+//!   `ctx.metrics.executor_input(..)`), nothing more.
+//! - **State computed at scrape time** ([`fleet`]): clusters by state, skew, versions in use,
+//!   the active plan's progress. These are derived from the same snapshot and stored rollout
+//!   that `skoalactl` shows, so they cannot drift from the truth the way hand-maintained
+//!   gauges would.
+//!
+//! Plus the standard `process_*` families ([`process`]). Every family is written with its
+//! `# HELP`/`# TYPE` header even when it has no samples yet. Label values come only from
+//! fixed vocabularies (no cluster ids anywhere), so the number of series does not grow with
+//! the fleet. `docs/operating.md` ("Metrics and alerts") lists every family and suggests
+//! alerts; `docs/grafana/skoala-fleet.json` is the dashboard.
+
+pub mod counter;
+pub mod fleet;
+pub mod histogram;
+pub mod process;
+pub mod text;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use skoala_plan::{Rollout, UpgradePlan};
+use skoala_proto::v1::{StepPhase, TaskOutcome, agent_message::Body};
+
+use crate::context::Context;
+use crate::orchestrator::{fleet as snapshot, status};
+use crate::store::{Store, StoreError};
+use counter::CounterVec;
+use histogram::{HistogramVec, STEP_BUCKETS};
+use text::{Kind, Writer};
+
+/// The executor's steps (`skoala_upgrade::Step`). A step name outside this list (a newer
+/// agent) is counted as `other`, so an agent cannot grow the number of series.
+const STEPS: &[&str] = &[
+    "recover",
+    "preflight",
+    "chart",
+    "backup",
+    "crds",
+    "upgrade",
+    "verify",
+    "rollback",
+];
+
+/// Chart bytes sent by the relay. Process-wide because `relay::answer` streams from its own
+/// task with only the session's sender in hand; there is one coordinator per process.
+static RELAY_BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `n` chart bytes streamed to an agent by the relay.
+pub fn relay_bytes_sent(n: usize) {
+    RELAY_BYTES_SENT.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Events counted as they happen; shared by the gateway, the sessions and the orchestrator.
+pub struct Metrics {
+    pub sessions_opened: AtomicU64,
+    pub sessions_closed: AtomicU64,
+    messages: CounterVec,
+    refusals: CounterVec,
+    steps: HistogramVec,
+    task_results: CounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sessions_opened: AtomicU64::new(0),
+            sessions_closed: AtomicU64::new(0),
+            messages: CounterVec::new(
+                "skoala_agent_messages_total",
+                "Messages received from agents, by type.",
+                &["type"],
+            ),
+            refusals: CounterVec::new(
+                "skoala_refusals_total",
+                "Refused connections and calls, by audit kind.",
+                &["kind"],
+            ),
+            steps: HistogramVec::new(
+                "skoala_step_duration_seconds",
+                "Executor step durations (preflight, chart, backup, crds, upgrade, verify, ...), from agents' step progress (target=worker) and the coordinator's own control-plane runs (target=controlPlane).",
+                &["step", "target", "outcome"],
+                STEP_BUCKETS,
+            ),
+            task_results: CounterVec::new(
+                "skoala_task_results_total",
+                "Task results received (upgrades and rollbacks), by target and outcome.",
+                &["target", "outcome"],
+            ),
+        }
+    }
+}
+
+fn target_label(control_plane: bool) -> &'static str {
+    if control_plane {
+        "controlPlane"
+    } else {
+        "worker"
+    }
+}
+
+/// A task outcome's label value.
+pub fn outcome_label(outcome: i32) -> &'static str {
+    match TaskOutcome::try_from(outcome) {
+        Ok(TaskOutcome::Succeeded) => "succeeded",
+        Ok(TaskOutcome::Failed) => "failed",
+        Ok(TaskOutcome::RolledBack) => "rolledBack",
+        Ok(TaskOutcome::RollbackFailed) => "rollbackFailed",
+        Ok(TaskOutcome::Refused) => "refused",
+        Ok(TaskOutcome::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+impl Metrics {
+    pub fn session_opened(&self) {
+        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_closed(&self) {
+        self.sessions_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn message(&self, kind: &'static str) {
+        self.messages.inc(&[kind]);
+    }
+
+    pub fn refusal(&self, kind: &str) {
+        self.refusals.inc(&[kind]);
+    }
+
+    /// An executor message as the orchestrator receives it, from an agent or from the
+    /// coordinator's own control-plane run: finished steps feed the duration histogram,
+    /// results the outcome counter. Other messages are ignored.
+    pub fn executor_input(&self, control_plane: bool, body: &Body) {
+        let target = target_label(control_plane);
+        match body {
+            Body::StepProgress(p) => {
+                let outcome = match StepPhase::try_from(p.phase) {
+                    Ok(StepPhase::Succeeded) => "succeeded",
+                    Ok(StepPhase::Failed) => "failed",
+                    // Started has no duration yet; skipped steps took no time.
+                    _ => return,
+                };
+                let step = STEPS
+                    .iter()
+                    .find(|s| **s == p.step)
+                    .copied()
+                    .unwrap_or("other");
+                self.steps.observe(
+                    &[step, target, outcome],
+                    p.duration_ms.max(0) as f64 / 1000.0,
+                );
+            }
+            Body::TaskResult(r) => self.task_results.inc(&[target, outcome_label(r.outcome)]),
+            _ => {}
+        }
+    }
+
+    /// The event counters (everything but the scrape-time gauges).
+    pub fn render_counters(&self, w: &mut Writer, connected: usize) {
+        w.single(
+            "skoala_agents_connected",
+            Kind::Gauge,
+            "Agents with a live session.",
+            connected as f64,
+        );
+        w.single(
+            "skoala_sessions_opened_total",
+            Kind::Counter,
+            "Agent sessions accepted.",
+            self.sessions_opened.load(Ordering::Relaxed) as f64,
+        );
+        w.single(
+            "skoala_sessions_closed_total",
+            Kind::Counter,
+            "Agent sessions ended, for any reason.",
+            self.sessions_closed.load(Ordering::Relaxed) as f64,
+        );
+        self.messages.render(w);
+        self.refusals.render(w);
+        self.steps.render(w);
+        self.task_results.render(w);
+        w.single(
+            "skoala_relay_bytes_sent_total",
+            Kind::Counter,
+            "Chart bytes streamed to agents by the chart relay.",
+            RELAY_BYTES_SENT.load(Ordering::Relaxed) as f64,
+        );
+    }
+}
+
+/// The scrape-time gauges: one fleet snapshot, and the active plans as stored.
+pub async fn fleet_gauges<S: Store>(ctx: &Context<S>) -> Result<fleet::FleetGauges, StoreError> {
+    // The snapshot's clock and expected duration only matter to the rollout's window checks,
+    // which a scrape does not make.
+    let snap = snapshot::snapshot(
+        ctx,
+        jiff::Timestamp::now(),
+        skoala_plan::validate::DEFAULT_EXPECTED_DURATION,
+    )
+    .await?;
+    let mut active = Vec::new();
+    for record in ctx.store.plans().await?.iter().filter(|r| r.active) {
+        let Ok(doc) = UpgradePlan::from_yaml(&record.document) else {
+            continue;
+        };
+        let Ok(rollout) = serde_json::from_str::<Rollout>(&record.rollout) else {
+            continue;
+        };
+        active.push(status::plan_status(
+            record,
+            &doc.spec.version,
+            &rollout,
+            &snap,
+        ));
+    }
+    Ok(fleet::compute(&snap, &active))
+}
+
+/// The whole exposition. A store that cannot be read leaves the fleet gauges out (and says so
+/// in `skoala_fleet_state_readable`) instead of failing the scrape: the counters matter most
+/// exactly when something is wrong.
+pub async fn scrape<S: Store>(ctx: &Context<S>) -> String {
+    let mut w = Writer::default();
+    ctx.metrics
+        .render_counters(&mut w, ctx.sessions.connected());
+    let readable = match fleet_gauges(ctx).await {
+        Ok(g) => {
+            g.render(&mut w);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot read the fleet state");
+            false
+        }
+    };
+    w.single(
+        "skoala_fleet_state_readable",
+        Kind::Gauge,
+        "1 if this scrape could read the fleet state (clusters, plans) from the store; the fleet gauges are missing when 0.",
+        if readable { 1.0 } else { 0.0 },
+    );
+    process::render(&mut w);
+    w.finish()
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Context<S>>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render::<S>))
+        .with_state(ctx);
+    axum::serve(listener, app).await
+}
+
+async fn render<S: Store>(
+    State(ctx): State<Arc<Context<S>>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        scrape(&ctx).await,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use skoala_proto::v1::{StepProgress, TaskResult};
+
+    use super::*;
+
+    fn step(name: &str, phase: StepPhase, ms: i64) -> Body {
+        Body::StepProgress(StepProgress {
+            step: name.into(),
+            phase: phase as i32,
+            duration_ms: ms,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn steps_and_results_are_counted_with_bounded_labels() {
+        let m = Metrics::default();
+        m.executor_input(false, &step("upgrade", StepPhase::Started, 0));
+        m.executor_input(false, &step("upgrade", StepPhase::Succeeded, 2500));
+        m.executor_input(false, &step("upgrade", StepPhase::Succeeded, 40));
+        m.executor_input(true, &step("verify", StepPhase::Failed, 1_000));
+        m.executor_input(false, &step("crds", StepPhase::Skipped, 0));
+        m.executor_input(false, &step("cluster-abc-123", StepPhase::Succeeded, 1));
+        m.executor_input(
+            true,
+            &Body::TaskResult(TaskResult {
+                outcome: TaskOutcome::RolledBack as i32,
+                ..Default::default()
+            }),
+        );
+        relay_bytes_sent(10);
+        let mut w = Writer::default();
+        m.render_counters(&mut w, 3);
+        let text = w.finish();
+        for line in [
+            "skoala_agents_connected 3",
+            "skoala_step_duration_seconds_bucket{step=\"upgrade\",target=\"worker\",outcome=\"succeeded\",le=\"0.05\"} 1",
+            "skoala_step_duration_seconds_bucket{step=\"upgrade\",target=\"worker\",outcome=\"succeeded\",le=\"2.5\"} 2",
+            "skoala_step_duration_seconds_bucket{step=\"upgrade\",target=\"worker\",outcome=\"succeeded\",le=\"+Inf\"} 2",
+            "skoala_step_duration_seconds_sum{step=\"upgrade\",target=\"worker\",outcome=\"succeeded\"} 2.54",
+            "skoala_step_duration_seconds_count{step=\"verify\",target=\"controlPlane\",outcome=\"failed\"} 1",
+            "skoala_step_duration_seconds_count{step=\"other\",target=\"worker\",outcome=\"succeeded\"} 1",
+            "skoala_task_results_total{target=\"controlPlane\",outcome=\"rolledBack\"} 1",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
+        }
+        assert!(!text.contains("step=\"crds\""), "skipped steps: {text}");
+        assert!(!text.contains("cluster-abc"), "{text}");
+        // Other tests in this process may relay too: the counter is process-wide.
+        assert!(text.contains("# TYPE skoala_relay_bytes_sent_total counter\n"));
+    }
+}
