@@ -236,8 +236,7 @@ struct LinkLog {
 
 impl LinkLog {
     fn connected(&mut self) {
-        self.metrics.connected.store(1, Ordering::Relaxed);
-        metrics::inc(&self.metrics.sessions_established);
+        self.metrics.session_up();
         if self.failures > 0 {
             tracing::info!(
                 failed_attempts = self.failures,

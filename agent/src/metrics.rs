@@ -1,14 +1,21 @@
 //! The agent's Prometheus metrics: a handful of counters and gauges, served as plain text on
 //! `GET /metrics` by a tiny HTTP/1.1 responder.
 //!
+//! Off unless `--metrics-listen ADDR` (or `SKOALA_METRICS_LISTEN`) is given: an agent accepts
+//! no inbound connection it was not asked to. The Helm chart turns it on (port 9091) for the
+//! pod network only; `docs/operating.md` lists the families and the alerts to build on them.
+//!
 //! Deliberately no HTTP framework: the endpoint answers one fixed path for a scraper every few
 //! seconds, and the agent's memory at rest matters on thousands of clusters.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use skoala_proto::v1::{Task, TaskKind, TaskOutcome, agent_message};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -26,6 +33,41 @@ pub struct Metrics {
     pub certificate_not_after: AtomicI64,
     pub tasks_accepted: AtomicU64,
     pub tasks_refused: AtomicU64,
+    /// When an inventory last went out (in a hello or an update), Unix seconds.
+    pub inventory_sent_unix: AtomicI64,
+    /// Operation id → task kind, from the task's arrival until its result went out.
+    kinds: Mutex<HashMap<String, &'static str>>,
+    /// (kind, outcome) → results sent.
+    results: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// At most this many operations are remembered between task and result (a coordinator sends
+/// one at a time per release; the bound only guards against a misbehaving one).
+const MAX_KINDS: usize = 64;
+
+fn kind_label(kind: i32) -> &'static str {
+    match TaskKind::try_from(kind) {
+        Ok(TaskKind::Upgrade) => "upgrade",
+        Ok(TaskKind::Rollback) => "rollback",
+        Ok(TaskKind::Preflight) => "preflight",
+        _ => "unknown",
+    }
+}
+
+fn outcome_label(outcome: i32) -> &'static str {
+    match TaskOutcome::try_from(outcome) {
+        Ok(TaskOutcome::Succeeded) => "succeeded",
+        Ok(TaskOutcome::Failed) => "failed",
+        Ok(TaskOutcome::RolledBack) => "rolledBack",
+        Ok(TaskOutcome::RollbackFailed) => "rollbackFailed",
+        Ok(TaskOutcome::Refused) => "refused",
+        Ok(TaskOutcome::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn now_unix() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 /// Increments a counter.
@@ -34,6 +76,54 @@ pub fn inc(counter: &AtomicU64) {
 }
 
 impl Metrics {
+    /// The coordinator accepted a session (whose hello carried the inventory).
+    pub fn session_up(&self) {
+        self.connected.store(1, Ordering::Relaxed);
+        inc(&self.sessions_established);
+        self.inventory_sent_unix
+            .store(now_unix(), Ordering::Relaxed);
+    }
+
+    /// A task arrived: remember its kind until its result goes out.
+    pub fn task_received(&self, task: &Task) {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if kinds.len() < MAX_KINDS || kinds.contains_key(&task.operation_id) {
+            kinds.insert(task.operation_id.clone(), kind_label(task.kind));
+        }
+    }
+
+    /// Counts an outgoing message.
+    pub fn sent(&self, body: &agent_message::Body) {
+        use agent_message::Body;
+        match body {
+            Body::Heartbeat(_) => inc(&self.heartbeats_sent),
+            Body::Inventory(_) => {
+                inc(&self.inventory_updates_sent);
+                self.inventory_sent_unix
+                    .store(now_unix(), Ordering::Relaxed);
+            }
+            Body::TaskAccepted(_) => inc(&self.tasks_accepted),
+            Body::TaskResult(r) => {
+                if r.outcome == TaskOutcome::Refused as i32 {
+                    inc(&self.tasks_refused);
+                }
+                let kind = self
+                    .kinds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&r.operation_id)
+                    .unwrap_or("unknown");
+                *self
+                    .results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((kind, outcome_label(r.outcome)))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
     /// The Prometheus text exposition of all metrics.
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -103,6 +193,35 @@ impl Metrics {
             "Tasks refused before changing anything.",
             get(&self.tasks_refused).to_string(),
         );
+        metric(
+            "skoala_agent_reconnects_total",
+            "counter",
+            "Sessions established after the first one since the agent started.",
+            get(&self.sessions_established)
+                .saturating_sub(1)
+                .to_string(),
+        );
+        metric(
+            "skoala_agent_inventory_sent_timestamp_seconds",
+            "gauge",
+            "When the agent last reported its release inventory (Unix time; 0 = never).",
+            self.inventory_sent_unix.load(Ordering::Relaxed).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP skoala_agent_tasks_total Task results sent, by task kind and outcome.\n# TYPE skoala_agent_tasks_total counter"
+        );
+        for ((kind, outcome), n) in self
+            .results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "skoala_agent_tasks_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
         out
     }
 }
@@ -155,6 +274,49 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tasks_by_kind_and_outcome_reconnects_and_inventory_time() {
+        use skoala_proto::v1::{Inventory, TaskResult};
+        let m = Metrics::default();
+        m.session_up();
+        m.session_up();
+        let task = |op: &str, kind: TaskKind| Task {
+            operation_id: op.into(),
+            kind: kind as i32,
+            ..Default::default()
+        };
+        let result = |op: &str, outcome: TaskOutcome| {
+            agent_message::Body::TaskResult(TaskResult {
+                operation_id: op.into(),
+                outcome: outcome as i32,
+                ..Default::default()
+            })
+        };
+        m.task_received(&task("p.c.upgrade-1", TaskKind::Upgrade));
+        m.task_received(&task("p.c.rollback-1", TaskKind::Rollback));
+        m.sent(&result("p.c.upgrade-1", TaskOutcome::Succeeded));
+        m.sent(&result("p.c.rollback-1", TaskOutcome::Refused));
+        m.sent(&result("never-seen", TaskOutcome::Failed));
+        m.sent(&agent_message::Body::Inventory(Inventory::default()));
+        let page = m.render();
+        for line in [
+            "skoala_agent_tasks_total{kind=\"upgrade\",outcome=\"succeeded\"} 1",
+            "skoala_agent_tasks_total{kind=\"rollback\",outcome=\"refused\"} 1",
+            "skoala_agent_tasks_total{kind=\"unknown\",outcome=\"failed\"} 1",
+            "skoala_agent_reconnects_total 1",
+            "skoala_agent_tasks_refused_total 1",
+            "skoala_agent_inventory_updates_sent_total 1",
+        ] {
+            assert!(page.contains(&format!("\n{line}\n")), "{line} in:\n{page}");
+        }
+        let sent = m.inventory_sent_unix.load(Ordering::Relaxed);
+        assert!((now_unix() - sent).abs() < 5, "{sent}");
+        assert!(
+            m.kinds.lock().expect("lock").is_empty(),
+            "results forget kinds"
+        );
+    }
+
     #[tokio::test]
     async fn serves_the_text_format() {
         let metrics = Arc::new(Metrics::default());
@@ -185,6 +347,7 @@ mod tests {
         );
         assert!(page.contains("skoala_agent_info{version=\""), "{page}");
         assert!(page.contains("# TYPE skoala_agent_session_failures_total counter"));
+        assert!(page.contains("# TYPE skoala_agent_tasks_total counter"));
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));
 
         shutdown.cancel();

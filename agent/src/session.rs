@@ -180,7 +180,7 @@ pub async fn run(
             }
         };
         if let Some(body) = &outgoing {
-            count(&params.metrics, body);
+            params.metrics.sent(body);
         }
         if let Some(body) = outgoing
             && tx.send(envelope(body)).await.is_err()
@@ -209,7 +209,10 @@ async fn handle(
         Body::InventoryRequest(_) => Some(agent_message::Body::Inventory(
             skoala_upgrade::wire::inventory(&params.inventory.borrow()),
         )),
-        Body::Task(task) => params.tasks.accept(task),
+        Body::Task(task) => {
+            params.metrics.task_received(&task);
+            params.tasks.accept(task)
+        }
         Body::Cancel(c) => {
             tracing::info!(operation = %c.operation_id, "cancel for an operation this agent is not running");
             None
@@ -273,20 +276,6 @@ async fn renewed(
         std::sync::atomic::Ordering::Relaxed,
     );
     *lock(&params.credentials) = creds;
-}
-
-/// Counts an outgoing message in the metrics.
-fn count(m: &Metrics, body: &agent_message::Body) {
-    use agent_message::Body;
-    match body {
-        Body::Heartbeat(_) => metrics::inc(&m.heartbeats_sent),
-        Body::Inventory(_) => metrics::inc(&m.inventory_updates_sent),
-        Body::TaskAccepted(_) => metrics::inc(&m.tasks_accepted),
-        Body::TaskResult(r) if r.outcome == skoala_proto::v1::TaskOutcome::Refused as i32 => {
-            metrics::inc(&m.tasks_refused)
-        }
-        _ => {}
-    }
 }
 
 /// `at` as a tokio deadline; at least a second away, so a certificate that is somehow due at
