@@ -113,6 +113,11 @@ pub enum TargetState {
     RollingBack {
         operation_id: String,
         started: Timestamp,
+        /// The revision it returns to, kept here so a coordinator restarted mid-rollback
+        /// re-sends the same rollback (`None` only in rollouts stored before it was recorded:
+        /// the executor then returns to the previous revision).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_revision: Option<i32>,
     },
     /// Returned to its previous revision by `plan rollback`.
     Reverted,
@@ -734,6 +739,7 @@ impl Rollout {
             p.state = TargetState::RollingBack {
                 operation_id: operation_id.clone(),
                 started: fleet.now,
+                to_revision: Some(rev),
             };
             in_flight += 1;
             actions.push(Action::Rollback {
@@ -775,6 +781,7 @@ impl Rollout {
                     self.control_plane.state = TargetState::RollingBack {
                         operation_id: operation_id.clone(),
                         started: fleet.now,
+                        to_revision: Some(rev),
                     };
                     actions.push(Action::Rollback {
                         target: Target::ControlPlane,

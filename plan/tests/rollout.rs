@@ -9,7 +9,7 @@ use skoala_plan::profile::SKOALA;
 use skoala_plan::rollout::phase_name;
 use skoala_plan::{
     Action, ClusterRelease, FleetView, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
-    UpgradePlan, WorkerView, validate,
+    TargetState, UpgradePlan, WorkerView, validate,
 };
 
 const OLD: &str = "0.19.0";
@@ -358,6 +358,19 @@ fn rollback_returns_workers_first_then_the_control_plane() {
     r.start_rollback(false).expect("can roll back");
     let a = r.step(&plan, &SKOALA, &sim.fleet);
     assert_eq!(a.len(), 2, "workers first, maxConcurrency at a time: {a:?}");
+    // The revision each rollback returns to is part of the persisted rollout: a coordinator
+    // restarted mid-rollback reads it back rather than re-sending "the previous revision".
+    let stored: Rollout =
+        serde_json::from_str(&serde_json::to_string(&r).expect("serialize")).expect("read back");
+    let returning: Vec<_> = stored
+        .workers
+        .iter()
+        .filter_map(|(_, p)| match &p.state {
+            TargetState::RollingBack { to_revision, .. } => Some(*to_revision),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returning, vec![Some(1), Some(1)], "{stored:?}");
     assert!(a.iter().all(|a| matches!(
         a,
         Action::Rollback {

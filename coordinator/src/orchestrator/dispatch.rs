@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use skoala_plan::Plan;
 use skoala_plan::profile::SKOALA;
-use skoala_plan::validate::ChartSource as PlanSource;
 use skoala_proto::v1::{
     self as pb, ChartRepository, ChartSource, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body,
@@ -32,15 +31,12 @@ pub fn worker_task(
     helm_timeout: Duration,
 ) -> Task {
     let w = &SKOALA.worker;
-    let source = match plan.chart_source {
-        // Relay plans are refused at apply time until the relay exists.
-        PlanSource::Repo | PlanSource::Relay => {
-            pb::chart_source::Source::Repository(ChartRepository {
-                name: plan.repository_name.clone(),
-                url: plan.repository_url.clone(),
-            })
-        }
-    };
+    // The plan's repository; for a relay plan the caller puts the relayed chart in its place
+    // ([`set_source`] with `super::charts::worker_source`).
+    let source = pb::chart_source::Source::Repository(ChartRepository {
+        name: plan.repository_name.clone(),
+        url: plan.repository_url.clone(),
+    });
     Task {
         operation_id: operation_id.to_string(),
         kind: if rollback_to.is_some() {
@@ -64,6 +60,15 @@ pub fn worker_task(
         }),
         start_deadline_unix: jiff::Timestamp::now().as_second() + START_DEADLINE.as_secs() as i64,
         rollback_to_revision: rollback_to.unwrap_or_default(),
+    }
+}
+
+/// Where `task`'s agent gets the chart: the plan's repository, or the relayed archive by digest.
+pub fn set_source(task: &mut Task, source: pb::chart_source::Source) {
+    if let Some(release) = task.release.as_mut() {
+        release.source = Some(ChartSource {
+            source: Some(source),
+        });
     }
 }
 
@@ -100,15 +105,18 @@ pub struct ControlPlaneRunner {
 impl ControlPlaneRunner {
     /// Runs one control-plane operation on its own thread (the executor's future is not
     /// `Send`, and a long `helm upgrade --wait` must not occupy the server's runtime). Progress
-    /// and exactly one result go to `inbox`.
+    /// and exactly one result go to `inbox`. `source`: the plan's repository, or the relayed
+    /// archive (`super::charts::control_plane_source`).
     pub fn spawn(
         &self,
         plan: &Plan,
+        source: skoala_upgrade::ChartSource,
         operation_id: String,
         rollback_to: Option<i32>,
         inbox: mpsc::UnboundedSender<Input>,
     ) {
-        let spec = control_plane_spec(plan, self.helm_timeout);
+        let mut spec = control_plane_spec(plan, self.helm_timeout);
+        spec.source = source;
         let this = self.clone();
         let name = format!("control-plane-{operation_id}");
         let fail_inbox = inbox.clone();

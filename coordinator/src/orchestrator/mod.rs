@@ -15,6 +15,7 @@
 //! The control plane's own `skoala` is upgraded in-process with the executor
 //! ([`dispatch::ControlPlaneRunner`]).
 
+pub mod charts;
 pub mod dispatch;
 pub mod fleet;
 pub mod status;
@@ -30,10 +31,12 @@ use skoala_plan::{Clock, Plan, Rollout, Target, TargetState, UpgradePlan, valida
 use skoala_proto::v1::{
     CoordinatorMessage, PlanStatus, TaskResult, agent_message::Body, coordinator_message,
 };
+use skoala_upgrade::Helm;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
 use crate::context::{Context, now_ms};
+use crate::data_dir::DataDir;
 use crate::store::plans::TASK_RESULT;
 use crate::store::{PlanEventRecord, PlanRecord, Store, StoreError};
 use dispatch::ControlPlaneRunner;
@@ -44,8 +47,16 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Something for the orchestrator from an agent session or the control-plane runner.
 pub enum Input {
-    Agent { cluster_id: String, body: Body },
+    Agent {
+        cluster_id: String,
+        body: Body,
+    },
     ControlPlane(Body),
+    /// A relay plan's charts are ready (prepared again after a coordinator restart).
+    Charts {
+        plan: String,
+        charts: charts::PlanCharts,
+    },
 }
 
 /// The plan being carried out.
@@ -54,6 +65,9 @@ struct Active {
     rollout: Rollout,
     /// The rollout JSON as last persisted: work is sent only when memory equals the store.
     saved: String,
+    /// A relay plan's charts (`None` for a repo plan, or while they are being prepared after
+    /// a restart: its tasks wait for them).
+    charts: Option<charts::PlanCharts>,
 }
 
 #[derive(Default)]
@@ -65,8 +79,6 @@ struct State {
     cp_running: Option<String>,
     /// Operation id → when it was sent (real time, ms), for durations.
     sent_ms: HashMap<String, i64>,
-    /// Operation id → revision a rollback returns to.
-    rollback_to: HashMap<String, i32>,
 }
 
 /// Shared between the orchestrator task, the sessions and the admin API.
@@ -163,12 +175,71 @@ impl Orchestrator {
         let plan = validate(&doc)?;
         let rollout: Rollout = serde_json::from_str(&record.rollout)?;
         tracing::info!(plan = %plan.name, "resuming the active plan");
+        if plan.chart_source == ChartSource::Relay {
+            self.prepare_charts_later(plan.clone(), ctx.data_dir.clone());
+        }
         self.state.lock().await.active = Some(Active {
             plan,
             rollout,
             saved: record.rollout,
+            charts: None,
         });
         Ok(())
+    }
+
+    /// After a restart: prepares a relay plan's charts again (the data dir's cache answers
+    /// without the network), retrying with a growing pause if even that fails (the cache was
+    /// removed and the repository is gone), and hands them to the loop.
+    fn prepare_charts_later(&self, plan: Plan, dir: DataDir) {
+        let Some(runner) = self.control_plane.clone() else {
+            return;
+        };
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(5);
+            loop {
+                let prepared = match Helm::detect(&runner.helm, &runner.kubeconfig).await {
+                    Ok(helm) => charts::prepare(&helm, &dir, &plan)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("helm: {e}")),
+                };
+                match prepared {
+                    Ok(charts) => {
+                        let _ = inbox.send(Input::Charts {
+                            plan: plan.name.clone(),
+                            charts,
+                        });
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::error!(plan = %plan.name, %error, retry_in = ?pause, "cannot prepare the plan's relayed charts; its upgrades wait for them");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(300));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Checks (repo) or prepares (relay) `plan`'s charts with the coordinator's helm.
+    async fn charts<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        plan: &Plan,
+    ) -> Result<Option<charts::PlanCharts>, Status> {
+        let Some(runner) = &self.control_plane else {
+            return Ok(None);
+        };
+        let helm = Helm::detect(&runner.helm, &runner.kubeconfig)
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "the coordinator cannot run helm ({}) to check the plan's charts: {e}",
+                    runner.helm.display()
+                ))
+            })?;
+        Ok(charts::ready(&helm, &ctx.data_dir, plan).await?)
     }
 
     async fn expected<S: Store>(&self, ctx: &Context<S>, plan: &Plan) -> SignedDuration {
@@ -215,19 +286,9 @@ impl Orchestrator {
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
-        for action in active.rollout.step(&active.plan, &SKOALA, &snap.view) {
-            if let skoala_plan::Action::Rollback {
-                operation_id,
-                to_revision,
-                ..
-            } = action
-            {
-                st_rollback(&mut st.rollback_to, operation_id, to_revision);
-            }
-        }
-        let Some(active) = st.active.as_mut() else {
-            return;
-        };
+        // What runs now, and a rollback's revision, is in the rollout itself: `send` reads it
+        // from there once it is persisted (so it survives a restart), not from the actions.
+        let _ = active.rollout.step(&active.plan, &SKOALA, &snap.view);
         events.extend(status::diff(&before, &active.rollout, &snap));
         if let Err(e) = self.persist(ctx, active, events).await {
             tracing::error!(error = %e, plan = %active.plan.name, "cannot persist the rollout; sending nothing until it is stored");
@@ -282,12 +343,20 @@ impl Orchestrator {
         let (target, body) = match input {
             Input::Agent { cluster_id, body } => (Target::Worker(cluster_id), body),
             Input::ControlPlane(body) => (Target::ControlPlane, body),
+            Input::Charts { plan, charts } => {
+                if let Some(a) = st.active.as_mut().filter(|a| a.plan.name == plan) {
+                    tracing::info!(plan = %plan, charts = %charts.describe(&a.plan.version), "relayed charts ready");
+                    a.charts = Some(charts);
+                }
+                return;
+            }
         };
         let target_id = match &target {
             Target::ControlPlane => CONTROL_PLANE.to_string(),
             Target::Worker(id) => id.clone(),
         };
-        ctx.metrics.executor_input(target == Target::ControlPlane, &body);
+        ctx.metrics
+            .executor_input(target == Target::ControlPlane, &body);
         match body {
             Body::StepProgress(p) => events.push(PlanEventRecord {
                 plan: plan_of(&p.operation_id),
@@ -309,7 +378,6 @@ impl Orchestrator {
                 }
                 let started = st.sent_ms.remove(&r.operation_id);
                 st.delivered.remove(&r.operation_id);
-                st.rollback_to.remove(&r.operation_id);
                 let (outcome, state) = dispatch::outcome(&r);
                 let recorded = st
                     .active
@@ -330,23 +398,9 @@ impl Orchestrator {
             return;
         };
         let plan = active.plan.clone();
-        let mut work: Vec<(Target, String, bool)> = Vec::new();
-        let running = |p: &TargetState| match p {
-            TargetState::Running { operation_id, .. } => Some((operation_id.clone(), false)),
-            TargetState::RollingBack { operation_id, .. } => Some((operation_id.clone(), true)),
-            _ => None,
-        };
-        if let Some((op, rb)) = running(&active.rollout.control_plane.state) {
-            work.push((Target::ControlPlane, op, rb));
-        }
-        for (id, p) in &active.rollout.workers {
-            if let Some((op, rb)) = running(&p.state) {
-                work.push((Target::Worker(id.clone()), op, rb));
-            }
-        }
+        let charts = active.charts.clone();
         let mut sent = Vec::new();
-        for (target, op, is_rollback) in work {
-            let rollback_to = is_rollback.then(|| st.rollback_to.get(&op).copied().unwrap_or(0));
+        for (target, op, rollback_to) in running(&active.rollout) {
             match &target {
                 Target::ControlPlane => {
                     if st.cp_running.as_deref() == Some(op.as_str()) {
@@ -355,7 +409,10 @@ impl Orchestrator {
                     let Some(runner) = &self.control_plane else {
                         continue;
                     };
-                    runner.spawn(&plan, op.clone(), rollback_to, self.inbox.clone());
+                    let Some(source) = charts::control_plane_source(&plan, charts.as_ref()) else {
+                        continue; // a relay plan's charts are being prepared
+                    };
+                    runner.spawn(&plan, source, op.clone(), rollback_to, self.inbox.clone());
                     st.cp_running = Some(op.clone());
                     sent.push((CONTROL_PLANE.to_string(), op));
                 }
@@ -366,7 +423,12 @@ impl Orchestrator {
                     if st.delivered.get(&op) == Some(&outlet.session) {
                         continue;
                     }
-                    let task = dispatch::worker_task(&plan, &op, rollback_to, self.helm_timeout);
+                    let Some(source) = charts::worker_source(&plan, charts.as_ref()) else {
+                        continue; // a relay plan's charts are being prepared
+                    };
+                    let mut task =
+                        dispatch::worker_task(&plan, &op, rollback_to, self.helm_timeout);
+                    dispatch::set_source(&mut task, source);
                     let msg = CoordinatorMessage {
                         body: Some(coordinator_message::Body::Task(task)),
                     };
@@ -406,11 +468,6 @@ impl Orchestrator {
         let doc = UpgradePlan::from_yaml(text)
             .map_err(|e| Status::invalid_argument(format!("invalid plan document: {e}")))?;
         let plan = validate(&doc).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if plan.chart_source == ChartSource::Relay {
-            return Err(Status::unimplemented(
-                "spec.chartSource: relay is not supported by this coordinator yet; use repo",
-            ));
-        }
         if self.control_plane.is_none() {
             return Err(Status::failed_precondition(
                 "the coordinator has no control-plane cluster (serve --kubeconfig): a plan upgrades it first",
@@ -441,6 +498,16 @@ impl Orchestrator {
                 skew.control_plane_version.as_deref().unwrap_or("(none)")
             )));
         }
+
+        // The charts, before anything is stored: an unknown version or an unreachable
+        // repository is refused now, naming the chart, the version and the URL. Re-applying a
+        // stored plan changes nothing, so it is not checked again.
+        let stored = ctx.store.plans().await.map_err(internal)?;
+        let charts = if stored.iter().any(|p| p.name == plan.name) {
+            None
+        } else {
+            self.charts(ctx, &plan).await?
+        };
 
         let mut st = self.state.lock().await;
         if let Some(a) = &st.active
@@ -483,10 +550,17 @@ impl Orchestrator {
             plan: plan.name.clone(),
             kind: "plan.applied".into(),
             state: "controlPlane".into(),
-            message: format!(
-                "{} working clusters selected, version {}",
-                selected, plan.version
-            ),
+            message: match &charts {
+                Some(c) => format!(
+                    "{selected} working clusters selected, version {}; relaying {}",
+                    plan.version,
+                    c.describe(&plan.version)
+                ),
+                None => format!(
+                    "{} working clusters selected, version {}",
+                    selected, plan.version
+                ),
+            },
             ..Default::default()
         };
         if let Ok(last) = ctx
@@ -502,6 +576,7 @@ impl Orchestrator {
             plan,
             rollout,
             saved: json,
+            charts,
         });
         drop(st);
         self.poke();
@@ -605,8 +680,24 @@ impl Orchestrator {
     }
 }
 
-fn st_rollback(map: &mut HashMap<String, i32>, op: String, rev: i32) {
-    map.insert(op, rev);
+/// Every operation the rollout has running, with the revision a rollback returns to (0, "the
+/// previous one", for rollouts stored before the revision was recorded).
+fn running(rollout: &Rollout) -> Vec<(Target, String, Option<i32>)> {
+    let one = |p: &TargetState| match p {
+        TargetState::Running { operation_id, .. } => Some((operation_id.clone(), None)),
+        TargetState::RollingBack {
+            operation_id,
+            to_revision,
+            ..
+        } => Some((operation_id.clone(), Some(to_revision.unwrap_or(0)))),
+        _ => None,
+    };
+    let cp = one(&rollout.control_plane.state).map(|(op, rb)| (Target::ControlPlane, op, rb));
+    let workers = rollout
+        .workers
+        .iter()
+        .filter_map(|(id, p)| one(&p.state).map(|(op, rb)| (Target::Worker(id.clone()), op, rb)));
+    cp.into_iter().chain(workers).collect()
 }
 
 /// A stored plan as the API shows it (the rollout in the store is current: it is saved
@@ -678,5 +769,66 @@ impl Verb {
             Verb::Abort => "aborted",
             Verb::Rollback => "rollback",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(worker: TargetState) -> Rollout {
+        let doc = UpgradePlan::from_yaml(
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: p}\nspec: {version: 0.19.2}\n",
+        )
+        .expect("plan");
+        let mut r = Rollout::new(&validate(&doc).expect("valid"));
+        r.workers.push((
+            "w1".into(),
+            skoala_plan::rollout::Progress {
+                state: worker,
+                attempts: 1,
+                stage: Some(0),
+            },
+        ));
+        r
+    }
+
+    #[test]
+    fn a_rollbacks_revision_is_read_from_the_stored_rollout() {
+        let r = rollout(TargetState::RollingBack {
+            operation_id: "p.w1.rollback-1".into(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+            to_revision: Some(3),
+        });
+        // What a restarted coordinator reads back from the store.
+        let stored: Rollout =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("read back");
+        assert_eq!(
+            running(&stored),
+            vec![(
+                Target::Worker("w1".into()),
+                "p.w1.rollback-1".into(),
+                Some(3)
+            )]
+        );
+        // A rollout stored before the revision was recorded: "the previous revision".
+        let old = serde_json::to_string(&r)
+            .expect("json")
+            .replace(",\"to_revision\":3", "");
+        assert!(!old.contains("to_revision"), "{old}");
+        let old: Rollout = serde_json::from_str(&old).expect("old form");
+        assert_eq!(running(&old)[0].2, Some(0));
+    }
+
+    #[test]
+    fn upgrades_are_running_work_without_a_revision() {
+        let r = rollout(TargetState::Running {
+            operation_id: "p.w1.upgrade-1".into(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+        });
+        assert_eq!(
+            running(&r),
+            vec![(Target::Worker("w1".into()), "p.w1.upgrade-1".into(), None)]
+        );
     }
 }

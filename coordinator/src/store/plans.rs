@@ -176,7 +176,8 @@ pub(super) fn events(
 pub(super) fn mean_upgrade_ms(c: &mut Connection) -> Result<Option<i64>, StoreError> {
     let mean: Option<f64> = c.query_row(
         "SELECT AVG(duration_ms) FROM plan_events
-         WHERE kind = ?1 AND state = 'succeeded' AND duration_ms > 0",
+         WHERE kind = ?1 AND state = 'succeeded' AND duration_ms > 0
+         AND operation_id LIKE '%.upgrade-%'",
         params![TASK_RESULT],
         |r| r.get(0),
     )?;
@@ -212,9 +213,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![("a", false), ("b", true)]
         );
-        let result = |ms| PlanEventRecord {
+        let result = |op: &str, ms| PlanEventRecord {
             plan: "b".into(),
             kind: TASK_RESULT.into(),
+            operation_id: op.into(),
             state: "succeeded".into(),
             duration_ms: ms,
             ..Default::default()
@@ -223,7 +225,13 @@ mod tests {
             .save_rollout(
                 "b".into(),
                 "{\"x\":1}".into(),
-                vec![result(1000), result(3000)],
+                vec![
+                    result("b.w1.upgrade-1", 1000),
+                    result("b.control-plane.upgrade-1", 3000),
+                    // A rollback is not an upgrade: it does not count towards the expected
+                    // duration that windows are planned with.
+                    result("b.w1.rollback-1", 60_000),
+                ],
             )
             .await
             .expect("save");
@@ -236,7 +244,7 @@ mod tests {
             "an unknown plan is an error, not a silent no-op"
         );
         let events = store.plan_events("b".into(), 0, 10).await.expect("events");
-        assert_eq!(events.len(), 2);
+        assert_eq!(events.len(), 3);
         assert!(
             store
                 .plan_events("a".into(), 0, 10)
