@@ -280,9 +280,167 @@ async fn render<S: Store>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
     use skoala_proto::v1::{StepProgress, TaskResult};
 
     use super::*;
+
+    /// Family name → type, from the `# TYPE` lines of an exposition.
+    fn families(text: &str) -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect()
+    }
+
+    /// Every `expr` in a Grafana dashboard, with the dashboard's own variables.
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Metric names a PromQL expression reads: ours all start with `skoala_` or `process_`,
+    /// and no label name, function or keyword does.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let bytes = expr.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let starts_word =
+                i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+            if starts_word
+                && (expr[i..].starts_with("skoala_") || expr[i..].starts_with("process_"))
+            {
+                let end = expr[i..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .map_or(expr.len(), |n| i + n);
+                out.push(expr[i..end].to_string());
+                i = end;
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Whether `name` is a series name a family in `fams` exposes.
+    fn exposed(fams: &BTreeMap<String, String>, name: &str) -> bool {
+        if fams.contains_key(name) {
+            return true;
+        }
+        ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .and_then(|base| fams.get(base))
+                .is_some_and(|k| k == "histogram")
+        })
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_coordinator_exposes() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/grafana/skoala-fleet.json"))
+                .expect("the dashboard is valid JSON");
+        // A full exposition: counters, an empty fleet's gauges, process_*.
+        let mut w = Writer::default();
+        Metrics::default().render_counters(&mut w, 0);
+        let snap = snapshot::Snapshot {
+            view: skoala_plan::FleetView {
+                now: jiff::Timestamp::UNIX_EPOCH,
+                expected: jiff::SignedDuration::from_mins(10),
+                control_plane: skoala_plan::ClusterRelease {
+                    cluster_id: snapshot::CONTROL_PLANE.into(),
+                    name: snapshot::CONTROL_PLANE.into(),
+                    connected: false,
+                    release: None,
+                },
+                workers: Vec::new(),
+            },
+            names: HashMap::new(),
+        };
+        fleet::compute(&snap, &[]).render(&mut w);
+        w.single("skoala_fleet_state_readable", Kind::Gauge, "x", 1.0);
+        process::render(&mut w);
+        let fams = families(&w.finish());
+
+        let mut all = Vec::new();
+        exprs(&dashboard, &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        let mut checked = 0;
+        for e in &all {
+            // Agent panels read the agents' own endpoint: the end-to-end test checks those
+            // against a real agent's scrape.
+            if e.contains("$agent_job") {
+                continue;
+            }
+            let names = metric_names(e);
+            assert!(!names.is_empty(), "no metric in {e:?}");
+            for n in names {
+                assert!(
+                    exposed(&fams, &n),
+                    "{n} (in {e:?}) is not exposed: {fams:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20);
+
+        // Importable: one data source variable, used by every panel and query.
+        let text = serde_json::to_string(&dashboard).expect("json");
+        let vars = dashboard["templating"]["list"].as_array().expect("vars");
+        assert!(
+            vars.iter()
+                .any(|v| v["name"] == "DS_PROMETHEUS" && v["type"] == "datasource")
+        );
+        let mut uids = Vec::new();
+        fn uids_of(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(ds) = m.get("datasource") {
+                        out.push(ds["uid"].as_str().unwrap_or("(none)").to_string());
+                    }
+                    m.values().for_each(|v| uids_of(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| uids_of(v, out)),
+                _ => {}
+            }
+        }
+        uids_of(&dashboard, &mut uids);
+        assert!(!uids.is_empty());
+        assert!(uids.iter().all(|u| u == "${DS_PROMETHEUS}"), "{uids:?}");
+        assert!(!text.contains("\"uid\":\"prometheus\""));
+        // Panel ids are unique (Grafana silently drops duplicates).
+        let ids: Vec<i64> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .map(|p| p["id"].as_i64().expect("id"))
+            .collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn metric_names_in_promql() {
+        assert_eq!(
+            metric_names(
+                "sum by (le) (rate(skoala_step_duration_seconds_bucket{job=~\"$job\"}[5m])) / process_max_fds"
+            ),
+            ["skoala_step_duration_seconds_bucket", "process_max_fds"]
+        );
+        assert!(metric_names("sum(x_skoala_y)").is_empty());
+    }
 
     fn step(name: &str, phase: StepPhase, ms: i64) -> Body {
         Body::StepProgress(StepProgress {
