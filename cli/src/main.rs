@@ -5,7 +5,9 @@ mod audit;
 mod clusters;
 mod connect;
 mod output;
+mod plan_check;
 mod plan_doc;
+mod plan_watch;
 mod plans;
 mod tokens;
 
@@ -132,7 +134,40 @@ enum PlanCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Follow a plan's progress, a line per cluster step, until it settles.
+    /// Run the executor's preflight on every cluster a plan selects and on the control plane.
+    ///
+    /// NAME is a plan the coordinator stores (applied: waiting, running or finished); with
+    /// -f FILE, a plan document that is not applied yet is checked instead (nothing is stored).
+    /// Checks are read-only (release deployed, helm, permissions, the chart version fetched,
+    /// its CRDs dry-run) and never disturb a running plan; a cluster that a running plan is
+    /// upgrading right now shows its release as pending-upgrade.
+    ///
+    /// Prints a table: cluster, role, reachable, current version, result, message. Clusters
+    /// with no agent session are listed as offline and not waited for. Exit 0 when every
+    /// reachable cluster passed (offline clusters do not count), 1 otherwise.
+    ///
+    /// Examples:
+    ///   skoalactl plan check skoala-0-19-2
+    ///   skoalactl plan create next --version 0.19.2 | skoalactl plan check -f -
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// A stored plan (see `plan list`).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        name: Option<String>,
+        /// A plan document to check without applying it; `-` reads stdin.
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// How long to wait for the clusters' answers, e.g. 30s, 5m.
+        #[arg(long, value_parser = duration::parse, default_value = "60s")]
+        timeout: Duration,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Follow a plan's progress until it settles.
+    ///
+    /// On a terminal: a bar per wave (done/total, failed, running) and a line per cluster
+    /// with its latest step, redrawn in place. Otherwise (a pipe, a file, CI): one plain line
+    /// per event, as `events --follow --plan NAME` prints them.
     Watch { name: String },
     /// Approve the next stage (requireApproval).
     Approve { name: String },
@@ -250,23 +285,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plan,
             output,
         } => plans::events(&mut admin, plan, follow, false, output).await,
+        Command::Plan(PlanCommand::Check {
+            name,
+            file,
+            timeout,
+            output,
+        }) => {
+            let subject = match (name, file) {
+                (_, Some(file)) => plan_check::Subject::Document(read_document(&file)?),
+                (Some(name), None) => plan_check::Subject::Name(name),
+                (None, None) => anyhow::bail!("give a plan NAME or -f FILE"),
+            };
+            return plan_check::check(&mut admin, subject, timeout, output).await;
+        }
         Command::Plan(cmd) => plan(&mut admin, cmd).await,
         Command::Completion { .. } => Ok(()),
     };
     done.map(|()| ExitCode::SUCCESS)
 }
 
-async fn plan(admin: &mut connect::Admin, cmd: PlanCommand) -> anyhow::Result<()> {
+/// A plan document from FILE, or stdin for `-`.
+fn read_document(file: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the plan from stdin")
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+async fn plan(admin: &mut connect::Admin, cmd: PlanCommand) -> anyhow::Result<()> {
     match cmd {
         PlanCommand::Apply { file, force } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the plan from stdin")?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
-            plans::apply(admin, text, force).await
+            plans::apply(admin, read_document(&file)?, force).await
         }
         PlanCommand::Create { args, force, .. } => {
             let doc = plan_doc::build(&args)?;
@@ -274,7 +325,16 @@ async fn plan(admin: &mut connect::Admin, cmd: PlanCommand) -> anyhow::Result<()
         }
         PlanCommand::List { output } => plans::list(admin, output).await,
         PlanCommand::Get { name, output } => plans::get(admin, name, output).await,
-        PlanCommand::Watch { name } => plans::events(admin, name, true, true, Format::Table).await,
+        PlanCommand::Watch { name } => {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                plan_watch::watch(admin, name).await
+            } else {
+                plans::events(admin, name, true, true, Format::Table).await
+            }
+        }
+        // Answered in `run` (it has its own exit code).
+        PlanCommand::Check { .. } => Ok(()),
         PlanCommand::Approve { name } => plans::verb(admin, "approve", name).await,
         PlanCommand::Pause { name } => plans::verb(admin, "pause", name).await,
         PlanCommand::Resume { name } => plans::verb(admin, "resume", name).await,

@@ -298,7 +298,7 @@ fn line(e: &PlanEvent) -> String {
 }
 
 /// Phases after which `plan watch` has nothing more to wait for.
-fn settled(e: &PlanEvent, plan: &str) -> bool {
+pub(crate) fn settled(e: &PlanEvent, plan: &str) -> bool {
     e.plan == plan
         && e.kind.starts_with("plan.")
         && e.kind != "plan.applied"

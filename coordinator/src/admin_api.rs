@@ -7,8 +7,8 @@ use std::time::Duration;
 use prost::Message;
 use skoala_proto::v1::fleet_admin_server::FleetAdmin;
 use skoala_proto::v1::{
-    ApplyPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse, PlanEvent, PlanRef,
-    PlanStatus, SkewReport, WatchEventsRequest,
+    ApplyPlanRequest, CheckPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse,
+    PlanEvent, PlanRef, PlanStatus, PreflightResult, SkewReport, WatchEventsRequest,
 };
 use skoala_proto::v1::{
     AuditEvent, Cluster, ClusterIdentity, CreateTokenRequest, CreateTokenResponse, Inventory,
@@ -392,6 +392,17 @@ impl<S: Store> FleetAdmin for Admin<S> {
             req.after_id,
             req.follow,
         )))
+    }
+    type CheckPlanStream = ReceiverStream<Result<PreflightResult, Status>>;
+
+    async fn check_plan(
+        &self,
+        request: Request<CheckPlanRequest>,
+    ) -> Result<Response<Self::CheckPlanStream>, Status> {
+        self.authorize(&request).await?;
+        Ok(Response::new(
+            admin_plans::check(self.ctx.clone(), request.into_inner()).await?,
+        ))
     }
 }
 

@@ -1,16 +1,18 @@
-//! The plan half of `FleetAdmin`: apply, list, get, the operator's verbs, skew and the event
-//! stream. Authorization happens in [`crate::admin_api`] before any of these run; the work is
+//! The plan half of `FleetAdmin`: apply, list, get, the operator's verbs, skew, the event
+//! stream and the fleet-wide preflight check. Authorization happens in [`crate::admin_api`] before any of these run; the work is
 //! the orchestrator's ([`crate::orchestrator`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_proto::v1::{PlanEvent, SkewReport, SkewedCluster};
+use skoala_plan::{UpgradePlan, validate};
+use skoala_proto::v1::{CheckPlanRequest, PlanEvent, PreflightResult, SkewReport, SkewedCluster};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::context::Context;
+use crate::orchestrator::check::{DEFAULT_DEADLINE, MAX_DEADLINE};
 use crate::store::{PlanEventRecord, Store};
 
 /// Events read from the store per page of a stream.
@@ -96,4 +98,50 @@ pub fn watch<S: Store>(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// `CheckPlan`: resolves the plan (stored by name, or a document), then streams the
+/// orchestrator's preflight results. Errors in the request are answered before the stream.
+pub async fn check<S: Store>(
+    ctx: Arc<Context<S>>,
+    req: CheckPlanRequest,
+) -> Result<ReceiverStream<Result<PreflightResult, Status>>, Status> {
+    let text = match (req.name.is_empty(), req.document.is_empty()) {
+        (false, true) => {
+            let plans = ctx.store.plans().await.map_err(|e| {
+                Status::unavailable(format!("the coordinator's store is unavailable: {e}"))
+            })?;
+            plans
+                .into_iter()
+                .find(|p| p.name == req.name)
+                .map(|p| p.document)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no plan named {:?} (to check a document that is not applied, pass it with -f)",
+                        req.name
+                    ))
+                })?
+        }
+        (true, false) => req.document,
+        _ => {
+            return Err(Status::invalid_argument(
+                "give either a plan name or a plan document, not both",
+            ));
+        }
+    };
+    let doc = UpgradePlan::from_yaml(&text)
+        .map_err(|e| Status::invalid_argument(format!("invalid plan document: {e}")))?;
+    let plan = validate(&doc).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let deadline = match req.timeout_seconds {
+        0 => DEFAULT_DEADLINE,
+        s => Duration::from_secs(u64::from(s)).min(MAX_DEADLINE),
+    };
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let fail = tx.clone();
+        if let Err(status) = ctx.orchestrator.check(&ctx, &plan, deadline, tx).await {
+            let _ = fail.send(Err(status)).await;
+        }
+    });
+    Ok(ReceiverStream::new(rx))
 }

@@ -73,7 +73,10 @@ pub fn set_source(task: &mut Task, source: pb::chart_source::Source) {
 }
 
 /// The executor's spec for the control plane's `skoala`.
-fn control_plane_spec(plan: &Plan, helm_timeout: Duration) -> skoala_upgrade::ReleaseSpec {
+pub(super) fn control_plane_spec(
+    plan: &Plan,
+    helm_timeout: Duration,
+) -> skoala_upgrade::ReleaseSpec {
     let cp = &SKOALA.control_plane;
     let mut spec = skoala_upgrade::ReleaseSpec::new(
         cp.release,
@@ -205,7 +208,7 @@ impl ControlPlaneRunner {
     }
 }
 
-async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+pub(super) async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

@@ -16,6 +16,7 @@
 //! ([`dispatch::ControlPlaneRunner`]).
 
 pub mod charts;
+pub mod check;
 pub mod dispatch;
 pub mod fleet;
 pub mod status;
@@ -92,6 +93,8 @@ pub struct Orchestrator {
     inbox: mpsc::UnboundedSender<Input>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
     last_event: watch::Sender<i64>,
+    /// Preflight checks waiting for agents' answers (`skoalactl plan check`).
+    checks: check::Checks,
 }
 
 fn internal(e: StoreError) -> Status {
@@ -117,6 +120,7 @@ impl Orchestrator {
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
             last_event: watch::channel(0).0,
+            checks: Default::default(),
         })
     }
 
@@ -127,6 +131,10 @@ impl Orchestrator {
 
     /// A task message from an agent (accepted, progress, result).
     pub fn agent_message(&self, cluster_id: &str, body: Body) {
+        // A preflight check's answer is the check's, never the rollout's.
+        if self.checks.take(cluster_id, &body) {
+            return;
+        }
         let _ = self.inbox.send(Input::Agent {
             cluster_id: cluster_id.to_string(),
             body,

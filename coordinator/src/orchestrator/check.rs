@@ -1,0 +1,557 @@
+//! `skoalactl plan check`: the executor's preflight on every cluster a plan selects, and on the
+//! control plane, before (or while) the plan runs.
+//!
+//! Preflight is read-only ([`skoala_upgrade::Executor::preflight`]: the release is deployed,
+//! helm works, the RBAC is there, the chart version can be fetched and its CRDs pass a
+//! server-side dry run). Working clusters run it as a `TASK_KIND_PREFLIGHT` task down their
+//! session; the control plane runs it here, on a thread of its own like the control plane's
+//! upgrades ([`super::dispatch::ControlPlaneRunner`]).
+//!
+//! A check must never disturb a running plan:
+//!
+//! - its operation ids are `preflight_<plan>_<nonce>.<target>`: an underscore can never appear
+//!   in a plan name (DNS-1123), so they never equal a rollout's `<plan>.<target>.<kind>-<n>`,
+//!   and the executor's per-operation idempotency never confuses the two;
+//! - its answers are taken out of the agents' message flow by [`Checks::take`] before the
+//!   orchestrator sees them, so they are neither recorded into the rollout nor written to the
+//!   plan's event log (late answers, after the deadline, are dropped the same way);
+//! - it reads the fleet snapshot but never the orchestrator's state lock.
+//!
+//! Offline is not failed: a cluster with no session is reported `offline` at once and not
+//! waited for. A connected cluster that does not answer within the deadline is `noAnswer`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use skoala_plan::Plan;
+use skoala_plan::profile::SKOALA;
+use skoala_plan::validate::ChartSource as PlanSource;
+use skoala_proto::v1::{
+    self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
+    agent_message::Body, coordinator_message,
+};
+use skoala_upgrade::{Executor, Helm, Operation, Outcome, ProgressEvent};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tonic::Status;
+
+use super::dispatch::{self, ControlPlaneRunner};
+use super::fleet::CONTROL_PLANE;
+use super::{Orchestrator, internal};
+use crate::context::{Context, now_ms};
+use crate::store::Store;
+
+/// Operation ids of checks start with this (see the module docs for why it cannot collide).
+const PREFIX: &str = "preflight_";
+
+/// Default time to wait for the clusters' answers.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest deadline a caller may ask for.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// Whether `operation_id` belongs to a check rather than a plan.
+pub fn is_check(operation_id: &str) -> bool {
+    operation_id.starts_with(PREFIX)
+}
+
+/// The checks waiting for agents' answers, by operation id.
+#[derive(Default)]
+pub struct Checks {
+    waiting: Mutex<HashMap<String, oneshot::Sender<TaskResult>>>,
+    seq: AtomicU64,
+}
+
+impl Checks {
+    /// Takes an agent's task message if it belongs to a check: `true` means it was consumed
+    /// (delivered to the waiting check, or dropped because nobody waits any more) and must not
+    /// reach the rollout.
+    pub fn take(&self, cluster_id: &str, body: &Body) -> bool {
+        let op = match body {
+            Body::TaskResult(r) => &r.operation_id,
+            Body::StepProgress(p) => &p.operation_id,
+            Body::TaskAccepted(a) => &a.operation_id,
+            _ => return false,
+        };
+        if !is_check(op) {
+            return false;
+        }
+        if let Body::TaskResult(r) = body {
+            match self.lock().remove(op) {
+                Some(waiter) => {
+                    let _ = waiter.send(r.clone());
+                }
+                None => {
+                    tracing::debug!(cluster = cluster_id, operation = %op, "preflight answer after its deadline; dropped")
+                }
+            }
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<TaskResult>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A fresh operation-id stem for one check of `plan`.
+    fn stem(&self, plan: &str) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{PREFIX}{plan}_{}-{n}", now_ms())
+    }
+
+    fn wait_for(&self, op: &str) -> oneshot::Receiver<TaskResult> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(op.to_string(), tx);
+        rx
+    }
+
+    fn forget(&self, op: &str) {
+        self.lock().remove(op);
+    }
+}
+
+/// How one cluster's preflight ended.
+#[derive(Debug)]
+enum Answer {
+    Passed(String),
+    Failed {
+        step: String,
+        message: String,
+    },
+    /// Asked, no answer before the deadline.
+    Silent,
+}
+
+impl Answer {
+    fn from_result(r: &TaskResult) -> Answer {
+        match TaskOutcome::try_from(r.outcome) {
+            Ok(TaskOutcome::Succeeded) => Answer::Passed(r.message.clone()),
+            _ => Answer::Failed {
+                step: r.failed_step.clone(),
+                message: r.message.clone(),
+            },
+        }
+    }
+}
+
+/// One row before its answer: who, and what we know of them without asking.
+#[derive(Clone)]
+struct Row {
+    target: String,
+    name: String,
+    role: &'static str,
+    reachable: bool,
+    version: String,
+    status: String,
+}
+
+impl Row {
+    fn finish(self, plan: &Plan, answer: Answer, started: Instant) -> PreflightResult {
+        let (result, step, message) = match answer {
+            Answer::Passed(m) => ("passed", String::new(), m),
+            Answer::Failed { step, message } => ("failed", step, message),
+            Answer::Silent => (
+                "noAnswer",
+                String::new(),
+                "connected, but no answer before the deadline (is the agent busy or stuck?)"
+                    .to_string(),
+            ),
+        };
+        self.result(plan, result, step, message, started)
+    }
+
+    fn result(
+        self,
+        plan: &Plan,
+        result: &str,
+        step: String,
+        message: String,
+        started: Instant,
+    ) -> PreflightResult {
+        PreflightResult {
+            target: self.target,
+            name: self.name,
+            role: self.role.to_string(),
+            reachable: self.reachable,
+            current_version: self.version,
+            current_status: self.status,
+            result: result.to_string(),
+            step,
+            message,
+            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            plan: plan.name.clone(),
+            version: plan.version.clone(),
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Runs a fleet-wide preflight of `plan` and sends one result per cluster to `out` as each
+    /// is known: offline clusters first, then answers in the order they arrive.
+    pub async fn check<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        plan: &Plan,
+        deadline: Duration,
+        out: mpsc::Sender<Result<PreflightResult, Status>>,
+    ) -> Result<(), Status> {
+        let started = Instant::now();
+        let snap = self.snapshot(ctx, Some(plan)).await.map_err(internal)?;
+        let stem = self.checks.stem(&plan.name);
+        let mut pending = JoinSet::new();
+
+        // The control plane, in-process.
+        let cp = &snap.view.control_plane;
+        let cp_row = Row {
+            target: CONTROL_PLANE.to_string(),
+            name: CONTROL_PLANE.to_string(),
+            role: "control-plane",
+            reachable: cp.connected,
+            version: cp
+                .release
+                .as_ref()
+                .map(|r| r.chart_version.clone())
+                .unwrap_or_default(),
+            status: cp
+                .release
+                .as_ref()
+                .map(|r| r.status.clone())
+                .unwrap_or_default(),
+        };
+        match &self.control_plane {
+            Some(runner) => {
+                let rx = control_plane_preflight(
+                    runner,
+                    plan,
+                    format!("{stem}.{CONTROL_PLANE}"),
+                    self.helm_timeout,
+                );
+                pending.spawn(answer_within(cp_row, rx, deadline));
+            }
+            None => {
+                let r = cp_row.result(
+                    plan,
+                    "failed",
+                    "preflight".into(),
+                    "the coordinator has no control-plane cluster (serve --kubeconfig): a plan \
+                     upgrades it first"
+                        .into(),
+                    started,
+                );
+                let _ = out.send(Ok(r)).await;
+            }
+        }
+
+        // A relay plan's workers get the chart the coordinator pulls once (as apply does); a
+        // repo plan's fetch it from the repository themselves.
+        let relayed = match plan.chart_source {
+            PlanSource::Repo => None,
+            PlanSource::Relay => Some(self.relay_chart(ctx, plan).await),
+        };
+
+        // Working clusters, by name.
+        let mut workers: Vec<_> = snap
+            .view
+            .workers
+            .iter()
+            .filter(|w| plan.selects(&w.release.name, &w.release.cluster_id, &w.labels))
+            .collect();
+        workers.sort_by(|a, b| a.release.name.cmp(&b.release.name));
+        let mut asked = Vec::new();
+        for w in workers {
+            let id = w.release.cluster_id.clone();
+            let row = Row {
+                target: id.clone(),
+                name: w.release.name.clone(),
+                role: "worker",
+                reachable: w.release.connected,
+                version: w
+                    .release
+                    .release
+                    .as_ref()
+                    .map(|r| r.chart_version.clone())
+                    .unwrap_or_default(),
+                status: w
+                    .release
+                    .release
+                    .as_ref()
+                    .map(|r| r.status.clone())
+                    .unwrap_or_default(),
+            };
+            let outlet = ctx.sessions.outlet(&id).filter(|_| w.release.connected);
+            let Some(outlet) = outlet else {
+                let r = row.result(
+                    plan,
+                    "offline",
+                    String::new(),
+                    "no session: not asked (offline is not failed)".into(),
+                    started,
+                );
+                let _ = out.send(Ok(r)).await;
+                continue;
+            };
+            let relay = match &relayed {
+                None => None,
+                Some(Ok(chart)) => Some(chart.clone()),
+                Some(Err(why)) => {
+                    let r = row.result(plan, "failed", "chart".into(), why.clone(), started);
+                    let _ = out.send(Ok(r)).await;
+                    continue;
+                }
+            };
+            let op = format!("{stem}.{id}");
+            let task = preflight_task(plan, relay, &op, self.helm_timeout, deadline);
+            let rx = self.checks.wait_for(&op);
+            let msg = CoordinatorMessage {
+                body: Some(coordinator_message::Body::Task(task)),
+            };
+            if outlet.tx.send(Ok(msg)).await.is_err() {
+                self.checks.forget(&op);
+                let mut row = row;
+                row.reachable = false;
+                let r = row.result(
+                    plan,
+                    "offline",
+                    String::new(),
+                    "the session ended as the check was sent".into(),
+                    started,
+                );
+                let _ = out.send(Ok(r)).await;
+                continue;
+            }
+            asked.push(op);
+            pending.spawn(answer_within(row, rx, deadline));
+        }
+        tracing::info!(plan = %plan.name, asked = asked.len(), "preflight check sent");
+
+        while let Some(joined) = pending.join_next().await {
+            let Ok((row, answer)) = joined else {
+                continue; // a waiting task cannot panic; nothing to report if it did
+            };
+            if out
+                .send(Ok(row.finish(plan, answer, started)))
+                .await
+                .is_err()
+            {
+                break; // the caller went away
+            }
+        }
+        for op in asked {
+            self.checks.forget(&op);
+        }
+        Ok(())
+    }
+
+    /// The plan's `skoala-init` pulled into (or found in) the relay cache.
+    async fn relay_chart<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        plan: &Plan,
+    ) -> Result<pb::RelayedChart, String> {
+        let runner = self.control_plane.as_ref().ok_or(
+            "the coordinator has no control-plane cluster and no helm to pull the chart with",
+        )?;
+        let helm = Helm::detect(&runner.helm, &runner.kubeconfig)
+            .await
+            .map_err(|e| format!("helm: {e}"))?;
+        let chart = crate::relay::prepare(
+            &plan.repository_url,
+            SKOALA.worker.chart,
+            &plan.version,
+            &helm,
+            &ctx.data_dir,
+        )
+        .await
+        .map_err(|e| format!("the coordinator cannot fetch the chart to relay: {e}"))?;
+        Ok(pb::RelayedChart {
+            sha256: chart.sha256,
+            size: chart.size,
+        })
+    }
+}
+
+/// The worker's task, as the rollout would send it, but of kind PREFLIGHT and with a start
+/// deadline no later than the check's.
+fn preflight_task(
+    plan: &Plan,
+    relay: Option<pb::RelayedChart>,
+    op: &str,
+    helm_timeout: Duration,
+    deadline: Duration,
+) -> pb::Task {
+    let mut task = dispatch::worker_task(plan, op, None, helm_timeout);
+    task.kind = TaskKind::Preflight as i32;
+    task.start_deadline_unix = jiff::Timestamp::now().as_second()
+        + i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX / 2);
+    if let (Some(chart), Some(release)) = (relay, task.release.as_mut()) {
+        release.source = Some(pb::ChartSource {
+            source: Some(pb::chart_source::Source::Relay(chart)),
+        });
+    }
+    task
+}
+
+/// Waits for `rx` until `deadline`.
+async fn answer_within(
+    row: Row,
+    rx: oneshot::Receiver<TaskResult>,
+    deadline: Duration,
+) -> (Row, Answer) {
+    let answer = match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(r)) => Answer::from_result(&r),
+        // The sender was dropped: the check was forgotten (cannot happen before the deadline).
+        Ok(Err(_)) | Err(_) => Answer::Silent,
+    };
+    (row, answer)
+}
+
+/// Runs the executor's preflight against the control plane on a thread of its own (the
+/// executor's future is not `Send`); the answer comes back as a `TaskResult`.
+fn control_plane_preflight(
+    runner: &ControlPlaneRunner,
+    plan: &Plan,
+    op: String,
+    helm_timeout: Duration,
+) -> oneshot::Receiver<TaskResult> {
+    let (tx, rx) = oneshot::channel();
+    let spec = dispatch::control_plane_spec(plan, helm_timeout);
+    let runner = runner.clone();
+    let spawned = std::thread::Builder::new()
+        .name("control-plane-preflight".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(preflight_here(&runner, &op, &spec)),
+                Err(e) => failed(&op, format!("cannot start a runtime: {e}")),
+            };
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread for the control-plane preflight");
+        // `tx` went with the closure that never ran: the receiver sees a dropped sender, which
+        // reads as no answer.
+    }
+    rx
+}
+
+async fn preflight_here(
+    runner: &ControlPlaneRunner,
+    op: &str,
+    spec: &skoala_upgrade::ReleaseSpec,
+) -> TaskResult {
+    let client = match dispatch::client(&runner.kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => return failed(op, format!("control-plane cluster: {e:#}")),
+    };
+    let helm = match Helm::detect(&runner.helm, &runner.kubeconfig).await {
+        Ok(h) => h,
+        Err(e) => return failed(op, format!("helm: {e}")),
+    };
+    let executor = Executor::new(client, helm);
+    // Progress is not shown by a check; drain it so the executor never waits on it.
+    let (tx, mut rx) = mpsc::channel::<ProgressEvent>(64);
+    let drain = async { while rx.recv().await.is_some() {} };
+    let operation = Operation::new(op);
+    let (report, ()) = tokio::join!(executor.preflight(&operation, spec, tx), drain);
+    match report {
+        Ok(r) => TaskResult {
+            operation_id: op.to_string(),
+            outcome: if r.outcome == Outcome::Succeeded {
+                TaskOutcome::Succeeded
+            } else {
+                TaskOutcome::Refused
+            } as i32,
+            failed_step: r
+                .failed_step
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            message: r.message,
+            ..Default::default()
+        },
+        Err(e) => failed(op, e.to_string()),
+    }
+}
+
+fn failed(op: &str, message: String) -> TaskResult {
+    TaskResult {
+        operation_id: op.to_string(),
+        outcome: TaskOutcome::Failed as i32,
+        failed_step: "preflight".into(),
+        message,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skoala_proto::v1::{StepProgress, TaskAccepted};
+
+    #[test]
+    fn check_ids_never_look_like_a_plans_operations() {
+        let checks = Checks::default();
+        let stem = checks.stem("to-0-19-2");
+        assert!(is_check(&format!("{stem}.control-plane")));
+        // What the rollout sends: `<plan>.<target>.<kind>-<n>`; plan names hold no '_'.
+        assert!(!is_check("to-0-19-2.control-plane.upgrade-1"));
+        assert!(!is_check("preflight.abc.upgrade-1"));
+        assert_ne!(
+            stem,
+            checks.stem("to-0-19-2"),
+            "each check gets its own ids"
+        );
+    }
+
+    #[test]
+    fn answers_reach_their_check_and_never_the_rollout() {
+        let checks = Checks::default();
+        let op = format!("{}.c1", checks.stem("p"));
+        let mut rx = checks.wait_for(&op);
+        let accepted = Body::TaskAccepted(TaskAccepted {
+            operation_id: op.clone(),
+        });
+        let progress = Body::StepProgress(StepProgress {
+            operation_id: op.clone(),
+            ..Default::default()
+        });
+        assert!(checks.take("c1", &accepted));
+        assert!(checks.take("c1", &progress));
+        assert!(rx.try_recv().is_err(), "no result yet");
+        let result = Body::TaskResult(TaskResult {
+            operation_id: op.clone(),
+            outcome: TaskOutcome::Succeeded as i32,
+            ..Default::default()
+        });
+        assert!(checks.take("c1", &result));
+        let got = rx.try_recv().expect("the result reached the check");
+        assert!(matches!(Answer::from_result(&got), Answer::Passed(_)));
+        // Late: consumed all the same.
+        assert!(checks.take("c1", &result));
+        // A plan's own result goes on to the orchestrator.
+        let plan_result = Body::TaskResult(TaskResult {
+            operation_id: "p.c1.upgrade-1".into(),
+            ..Default::default()
+        });
+        assert!(!checks.take("c1", &plan_result));
+    }
+
+    #[test]
+    fn a_refusal_names_its_step() {
+        let r = TaskResult {
+            outcome: TaskOutcome::Refused as i32,
+            failed_step: "preflight".into(),
+            message: "release skoala-init revision 2 is failed, not deployed".into(),
+            ..Default::default()
+        };
+        match Answer::from_result(&r) {
+            Answer::Failed { step, message } => {
+                assert_eq!(step, "preflight");
+                assert!(message.contains("failed, not deployed"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
