@@ -4,8 +4,11 @@
 //! clusters, a local chart repository with the test charts, a real coordinator on its embedded
 //! SQLite store (with the control plane's kubeconfig), and one real agent per working cluster.
 //! Installs `skoala` and `skoala-init` 0.19.0 with the real helm and shows the fleet as an
-//! operator sees it. Then applies a plan to 0.19.2 (`chartSource: repo`, an open window, one
-//! canary, waves of two) and follows it live with `skoalactl plan watch`. One working cluster is
+//! operator sees it. Then applies a plan to 0.19.2 (`chartSource: relay`, an open window, one
+//! canary, waves of two): the coordinator pulls each chart once at apply, the chart repository
+//! is then shut down, and the agents get `skoala-init` over their sessions — the working
+//! clusters never need a route to a repository. Follows the plan live with
+//! `skoalactl plan watch`. One working cluster is
 //! kept offline during the plan; it joins afterwards on the old version, `skoalactl skew` flags
 //! it, and the plan converges it. Ends with the fleet table and a clean skew report.
 //!
@@ -40,7 +43,7 @@ metadata: {{name: {PLAN}}}
 spec:
   version: {TO}
   repository: {{name: skoala, url: \"{repo_url}\"}}
-  chartSource: repo
+  chartSource: relay
   window: {{schedule: \"* * * * *\", duration: 1h, timeZone: Asia/Shanghai}}
   strategy: {{canary: 1, maxConcurrency: 2, maxFailures: 0, rollbackOnFailure: true}}
   clusters: {{matchLabels: {{demo: \"true\"}}}}
@@ -142,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let coordinator = Coordinator::start_with(CoordinatorOptions {
         metrics: true,
         kubeconfig: Some(control_plane.kubeconfig_path().to_path_buf()),
+        helm: Some(tool("helm")),
         ..Default::default()
     })
     .await?;
@@ -183,6 +187,11 @@ async fn main() -> anyhow::Result<()> {
     ctl.ok(&["plan", "apply", "-f", &plan_file.display().to_string()])
         .await
         .context("skoalactl plan apply")?;
+    n.say(&format!(
+        "the coordinator pulled skoala and skoala-init {TO} once; stopping the chart repository: \
+         the agents get the chart over their sessions"
+    ));
+    drop(repo);
     watch_plan(&coordinator, &ctl).await?;
     println!("\n{}", ctl.ok(&["plan", "get", PLAN]).await?);
 
