@@ -160,3 +160,33 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     assert!(skew.success, "no skew at the end: {}", skew.stdout);
     Ok(())
 }
+
+/// The night clocks go back in Berlin (2026-10-25, 03:00 CEST → 02:00 CET), a 02:00–04:00
+/// window lasts three hours: it opens at 00:00 UTC and closes at 03:00 UTC. At 02:30 UTC
+/// (03:30 CET, half an hour left) the plan may start; a coordinator that took the summer
+/// offset for the whole night would see 04:30 and wait a week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_across_the_fall_back_night_keeps_its_wall_clock_end() -> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 1,
+        clock: Some("2026-10-25T02:30:00Z".into()),
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "dst",
+        "0.19.2",
+        "window: {days: [Sun], startTime: \"02:00\", endTime: \"04:00\", timeZone: Europe/Berlin}\n\
+         expectedDuration: 10m",
+    );
+    let applied = pf.apply(&yaml).await?;
+    assert!(applied.success, "apply: {}", applied.stderr);
+    let plan = pf.wait_phase("dst", &["succeeded"], PLAN_TIMEOUT).await?;
+    for t in plan["targets"].as_array().expect("targets") {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+    }
+    for name in ["control-plane", "work-1"] {
+        assert_eq!(pf.history(name).await?.len(), 2, "{name}: one upgrade");
+    }
+    Ok(())
+}
