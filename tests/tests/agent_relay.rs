@@ -1,204 +1,30 @@
 //! The chart relay, the backup-before-upgrade handshake, and rollback/preflight tasks: the real
 //! `skoala-agent` process, real helm (both majors) against emulated clusters.
 //!
-//! The coordinator cannot send tasks on its own yet (its orchestrator is being built), so the
-//! far end of the session is a stand-in gateway, as in `agent_tasks.rs` — but it answers chart
-//! requests and stores backups with the coordinator's own code (`skoala_coordinator::relay`,
-//! `skoala_coordinator::backups`), in a data dir of its own. Replace it with the coordinator
-//! once plans dispatch these tasks.
+//! The far end of the session is the testkit's recording stand-in gateway
+//! (`skoala_e2e::stand_in::Recorder`), not the coordinator: these tests inject what a real
+//! coordinator never does on purpose (a corrupted chart, backup acknowledgements held back)
+//! and send tasks one at a time. It answers chart requests and stores backups with the
+//! coordinator's own code (`skoala_coordinator::relay`, `skoala_coordinator::backups`), in a
+//! data dir of its own. The same paths through the real coordinator are covered by the plan
+//! tests (`plan_*.rs`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use skoala_coordinator::data_dir::DataDir;
-use skoala_coordinator::pki::FleetCa;
 use skoala_coordinator::{backups, relay};
 use skoala_e2e::charts::{PASSWORD, UpgradeFixture, custom_values, start_repo};
+use skoala_e2e::stand_in::{self, Recorder, repo_source, task};
 use skoala_e2e::tools::{helm_versions, our_bin, tool};
-use skoala_e2e::{stand_in, wait};
-use skoala_proto::v1::agent_gateway_server::AgentGateway;
-use skoala_proto::v1::{
-    AgentMessage, ChartChunk, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
-    RegisterResponse, RelayedChart, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome,
-    TaskResult, agent_message::Body, chart_source, coordinator_message,
-};
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use skoala_e2e::wait;
+use skoala_proto::v1::agent_message::Body;
+use skoala_proto::v1::{RelayedChart, StepPhase, TaskKind, TaskOutcome, TaskResult, chart_source};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-/// What the stand-in saw, how it behaves, and how to reach the current session.
-#[derive(Default)]
-struct Shared {
-    received: Mutex<Vec<AgentMessage>>,
-    to_agent: Mutex<Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>>,
-    /// The stand-in's data dir (relayed charts, stored backups).
-    data_dir: Mutex<Option<DataDir>>,
-    /// Serve relayed charts with one byte flipped.
-    corrupt: AtomicBool,
-    /// Hold every backup acknowledgement until notified.
-    hold_acks: AtomicBool,
-    release_acks: Notify,
-}
-
-struct StandIn {
-    ca: Arc<FleetCa>,
-    shared: Arc<Shared>,
-}
-
-#[tonic::async_trait]
-impl AgentGateway for StandIn {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
-        stand_in::register(&self.ca, request)
-    }
-
-    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        *self.shared.to_agent.lock().expect("lock") = Some(tx.clone());
-        let shared = self.shared.clone();
-        let mut inbound = request.into_inner();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                let cluster = msg.cluster_id.clone();
-                let body = msg.body.clone();
-                shared.received.lock().expect("lock").push(msg);
-                let dir = shared.data_dir.lock().expect("lock").clone();
-                let Some(dir) = dir else { continue };
-                match body {
-                    Some(Body::ChartRequest(req)) if shared.corrupt.load(Ordering::SeqCst) => {
-                        let mut bytes = relay::load(&dir, &req.sha256).expect("the chart");
-                        let middle = bytes.len() / 2;
-                        bytes[middle] ^= 0x01;
-                        let chunk = ChartChunk {
-                            sha256: req.sha256,
-                            offset: 0,
-                            data: bytes,
-                            last: true,
-                            error: String::new(),
-                        };
-                        let _ = tx
-                            .send(Ok(CoordinatorMessage {
-                                body: Some(coordinator_message::Body::ChartChunk(chunk)),
-                            }))
-                            .await;
-                    }
-                    Some(Body::ChartRequest(req)) => {
-                        let (dir, tx) = (dir.clone(), tx.clone());
-                        tokio::spawn(async move { relay::answer(&dir, &req, &tx).await });
-                    }
-                    Some(Body::BackupUpload(upload)) => {
-                        let ack = backups::store(&dir, &cluster, &upload);
-                        let (tx, shared) = (tx.clone(), shared.clone());
-                        tokio::spawn(async move {
-                            if shared.hold_acks.load(Ordering::SeqCst) {
-                                shared.release_acks.notified().await;
-                            }
-                            let _ = tx
-                                .send(Ok(CoordinatorMessage {
-                                    body: Some(coordinator_message::Body::BackupStored(ack)),
-                                }))
-                                .await;
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-impl Shared {
-    fn bodies(&self) -> Vec<Body> {
-        let received = self.received.lock().expect("lock");
-        received.iter().filter_map(|m| m.body.clone()).collect()
-    }
-
-    fn result_of(&self, op: &str) -> Option<TaskResult> {
-        self.bodies().into_iter().find_map(|b| match b {
-            Body::TaskResult(r) if r.operation_id == op => Some(r),
-            _ => None,
-        })
-    }
-
-    fn results_of(&self, op: &str) -> Vec<TaskResult> {
-        self.bodies()
-            .into_iter()
-            .filter_map(|b| match b {
-                Body::TaskResult(r) if r.operation_id == op => Some(r),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn steps_of(&self, op: &str) -> Vec<(String, i32)> {
-        self.bodies()
-            .into_iter()
-            .filter_map(|b| match b {
-                Body::StepProgress(p) if p.operation_id == op => Some((p.step, p.phase)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    async fn send(&self, task: Task) {
-        let tx = self
-            .to_agent
-            .lock()
-            .expect("lock")
-            .clone()
-            .expect("a session is open");
-        tx.send(Ok(CoordinatorMessage {
-            body: Some(coordinator_message::Body::Task(task)),
-        }))
-        .await
-        .expect("send the task");
-    }
-}
-
-fn task(op: &str, kind: TaskKind, version: &str, source: Option<chart_source::Source>) -> Task {
-    Task {
-        operation_id: op.into(),
-        kind: kind as i32,
-        release: Some(ReleaseSpec {
-            release: "skoala-init".into(),
-            namespace: "skoala-system".into(),
-            chart_name: "skoala-init".into(),
-            version: version.into(),
-            source: Some(ChartSource { source }),
-            timeout_seconds: 120,
-            ..Default::default()
-        }),
-        start_deadline_unix: now_unix() + 600,
-        ..Default::default()
-    }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn repo_source(url: &str) -> Option<chart_source::Source> {
-    Some(chart_source::Source::Repository(ChartRepository {
-        name: "skoala".into(),
-        url: url.into(),
-    }))
-}
 
 fn relay_source(chart: &relay::RelayedChart) -> Option<chart_source::Source> {
     Some(chart_source::Source::Relay(RelayedChart {
@@ -211,7 +37,7 @@ fn relay_source(chart: &relay::RelayedChart) -> Option<chart_source::Source> {
 /// values), the stand-in gateway, and the real agent using `helm`.
 struct Setup {
     fx: UpgradeFixture,
-    shared: Arc<Shared>,
+    shared: Arc<Recorder>,
     dir: tempfile::TempDir,
     agent: tokio::process::Child,
     log: PathBuf,
@@ -231,14 +57,10 @@ impl Setup {
 
         let dir = tempfile::tempdir().expect("tmp");
         let ca_file = dir.path().join("ca.pem");
-        let shared = Arc::new(Shared::default());
-        *shared.data_dir.lock().expect("lock") = Some(DataDir::new(dir.path().join("data")));
-        let gateway = stand_in::serve(&ca_file, |ca| StandIn {
-            ca,
-            shared: shared.clone(),
-        })
-        .await
-        .expect("serve the stand-in gateway");
+        let data_dir = DataDir::new(dir.path().join("data"));
+        let (gateway, shared) = stand_in::serve_recorder(&ca_file, Some(data_dir))
+            .await
+            .expect("serve the stand-in gateway");
         let (addr, serving) = (gateway.addr, gateway.task);
 
         let log = dir.path().join("agent.log");
@@ -272,13 +94,7 @@ impl Setup {
             serving,
         };
         wait::until("the agent's session", TIMEOUT, || async {
-            setup
-                .shared
-                .to_agent
-                .lock()
-                .expect("lock")
-                .is_some()
-                .then_some(())
+            setup.shared.has_session().then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", setup.agent_log()));
@@ -383,14 +199,7 @@ async fn a_relayed_chart_upgrades_a_cluster_with_no_repository_and_the_backup_is
     .await
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", setup.agent_log()));
     // The stored file: one per cluster/operation/generation, 0600, the values as uploaded.
-    let cluster_id = setup
-        .shared
-        .received
-        .lock()
-        .expect("lock")
-        .first()
-        .map(|m| m.cluster_id.clone())
-        .expect("a message");
+    let cluster_id = setup.shared.cluster_id().expect("a message");
     let file = backups::path_for(&setup.data_dir(), &cluster_id, &upload).expect("path");
     let bytes = std::fs::read(&file).expect("the backup is on the coordinator's disk");
     assert!(String::from_utf8_lossy(&bytes).contains(PASSWORD));

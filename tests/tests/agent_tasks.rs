@@ -1,151 +1,33 @@
 //! The agent runs a coordinator's upgrade task with the real executor: the real `skoala-agent`
 //! process, the real helm against an emulated cluster, the test chart repository.
 //!
-//! The coordinator has no task dispatch yet (the plan orchestrator comes later), so the far end
-//! of the session is a small stand-in gateway in this test: it signs the agent's CSR with the
-//! coordinator's own CA code (`skoala_coordinator::pki`), speaks the real wire contract over
-//! real mTLS, sends tasks and records every message the agent sends back. Replace it with the
-//! coordinator once it dispatches tasks.
+//! The far end of the session is the testkit's recording stand-in gateway
+//! (`skoala_e2e::stand_in::Recorder`): it signs the agent's CSR with the coordinator's own CA
+//! code, speaks the real wire contract over real mTLS, and lets the test send one task at a
+//! time — the same task twice, or one past its deadline — and see every message the agent
+//! sends back. Tasks from the real coordinator are covered by the plan tests (`plan_*.rs`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_coordinator::pki::FleetCa;
 use skoala_e2e::charts::{HelmHome, start_repo};
+use skoala_e2e::stand_in::{self, Recorder, now_unix, repo_source, task};
 use skoala_e2e::tools::{our_bin, tool};
-use skoala_e2e::{stand_in, wait};
-use skoala_proto::v1::agent_gateway_server::AgentGateway;
-use skoala_proto::v1::{
-    AgentMessage, BackupStored, ChartRepository, ChartSource, CoordinatorMessage, RegisterRequest,
-    RegisterResponse, ReleaseSpec, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
-    agent_message::Body, chart_source, coordinator_message,
-};
+use skoala_e2e::wait;
+use skoala_proto::v1::agent_message::Body;
+use skoala_proto::v1::{StepPhase, Task, TaskKind, TaskOutcome, TaskResult};
 use skoala_upgrade::record::{OperationRecord, RecordPhase, RecordStore};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const PASSWORD: &str = "t4sk-values-s3cret";
 
-/// What the stand-in saw and how to talk to the current session.
-#[derive(Default)]
-struct Shared {
-    received: Mutex<Vec<AgentMessage>>,
-    to_agent: Mutex<Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>>,
-}
-
-struct StandIn {
-    ca: Arc<FleetCa>,
-    shared: Arc<Shared>,
-}
-
-#[tonic::async_trait]
-impl AgentGateway for StandIn {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
-        stand_in::register(&self.ca, request)
-    }
-
-    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        *self.shared.to_agent.lock().expect("lock") = Some(tx.clone());
-        let shared = self.shared.clone();
-        let mut inbound = request.into_inner();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                // The agent waits for the backup to be stored before it upgrades; confirm it
-                // as the coordinator does (the test keeps the upload in `received`).
-                if let Some(Body::BackupUpload(u)) = &msg.body {
-                    let ack = BackupStored {
-                        operation_id: u.operation_id.clone(),
-                        generation: u.generation,
-                        sha256: u.sha256.clone(),
-                        error: String::new(),
-                    };
-                    let _ = tx
-                        .send(Ok(CoordinatorMessage {
-                            body: Some(coordinator_message::Body::BackupStored(ack)),
-                        }))
-                        .await;
-                }
-                shared.received.lock().expect("lock").push(msg);
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-impl Shared {
-    fn bodies(&self) -> Vec<Body> {
-        let received = self.received.lock().expect("lock");
-        received.iter().filter_map(|m| m.body.clone()).collect()
-    }
-
-    fn result_of(&self, op: &str) -> Option<TaskResult> {
-        self.bodies().into_iter().find_map(|b| match b {
-            Body::TaskResult(r) if r.operation_id == op => Some(r),
-            _ => None,
-        })
-    }
-
-    fn results_of(&self, op: &str) -> usize {
-        self.bodies()
-            .iter()
-            .filter(|b| matches!(b, Body::TaskResult(r) if r.operation_id == op))
-            .count()
-    }
-
-    async fn send(&self, task: Task) {
-        let tx = self
-            .to_agent
-            .lock()
-            .expect("lock")
-            .clone()
-            .expect("a session is open");
-        tx.send(Ok(CoordinatorMessage {
-            body: Some(coordinator_message::Body::Task(task)),
-        }))
-        .await
-        .expect("send the task");
-    }
-}
-
+/// An upgrade of `skoala-init` to `version` from the repository at `repo_url`, to be
+/// started before `deadline` (Unix seconds).
 fn upgrade_task(op: &str, repo_url: &str, version: &str, deadline: i64) -> Task {
     Task {
-        operation_id: op.into(),
-        kind: TaskKind::Upgrade as i32,
-        release: Some(ReleaseSpec {
-            release: "skoala-init".into(),
-            namespace: "skoala-system".into(),
-            chart_name: "skoala-init".into(),
-            version: version.into(),
-            source: Some(ChartSource {
-                source: Some(chart_source::Source::Repository(ChartRepository {
-                    name: "skoala".into(),
-                    url: repo_url.into(),
-                })),
-            }),
-            timeout_seconds: 120,
-            ..Default::default()
-        }),
         start_deadline_unix: deadline,
-        ..Default::default()
+        ..task(op, TaskKind::Upgrade, version, repo_source(repo_url))
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
 }
 
 /// A working cluster with skoala-init 0.19.0 (installed by hand, with a secret value), the
@@ -155,7 +37,7 @@ struct Setup {
     cluster: skoala_sim::Cluster,
     /// Holds the CA file and the agent log (deleted on drop).
     _home: HelmHome,
-    shared: Arc<Shared>,
+    shared: Arc<Recorder>,
     addr: std::net::SocketAddr,
     ca_file: std::path::PathBuf,
     log: std::path::PathBuf,
@@ -191,13 +73,9 @@ impl Setup {
 
         // The stand-in gateway on a loopback port, with the coordinator's CA code.
         let ca_file = home.path().join("ca.pem");
-        let shared = Arc::new(Shared::default());
-        let gateway = stand_in::serve(&ca_file, |ca| StandIn {
-            ca,
-            shared: shared.clone(),
-        })
-        .await
-        .expect("serve the stand-in gateway");
+        let (gateway, shared) = stand_in::serve_recorder(&ca_file, None)
+            .await
+            .expect("serve the stand-in gateway");
         let (addr, serving) = (gateway.addr, gateway.task);
         let log = home.path().join("agent.log");
         Setup {
@@ -239,12 +117,7 @@ impl Setup {
             .spawn()
             .expect("spawn the agent");
         wait::until("the agent's session", TIMEOUT, || async {
-            self.shared
-                .to_agent
-                .lock()
-                .expect("lock")
-                .is_some()
-                .then_some(())
+            self.shared.has_session().then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", self.agent_log()));
@@ -328,7 +201,7 @@ async fn agent_runs_an_upgrade_task_with_the_executor() {
         .send(upgrade_task("op-1", url, "0.19.1", now_unix() + 600))
         .await;
     wait::until("the re-delivered task's result", TIMEOUT, || async {
-        (shared.results_of("op-1") >= 2).then_some(())
+        (shared.results_of("op-1").len() >= 2).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent_log()));

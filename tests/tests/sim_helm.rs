@@ -83,26 +83,7 @@ async fn documented_procedure_runs_verbatim_with_both_helms() -> anyhow::Result<
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         home.run(&helm, Some(kc), &args).await.context(label)?;
         // 5. re-apply the CRDs the chart ships
-        let pulled = home.path().join("pulled");
-        home.run(
-            &helm,
-            None,
-            &[
-                "pull",
-                "skoala/skoala-init",
-                "--version=0.19.2",
-                "--untar",
-                "--untardir",
-                &pulled.display().to_string(),
-            ],
-        )
-        .await?;
-        let crds = pulled.join("skoala-init/charts/contour-provisioner/crds");
-        kubectl(
-            kc,
-            &["apply", "--server-side", "-f", &crds.display().to_string()],
-        )
-        .await?;
+        apply_chart_crds(&home, &helm, kc, "0.19.2").await?;
 
         // The result, as an operator would check it.
         let deploys = stdout_json(&kubectl(kc, &["get", "deploy", "-n", NS, "-o", "json"]).await?)?;
@@ -305,6 +286,37 @@ async fn wait_times_out_for_a_broken_image_and_rollback_recovers() -> anyhow::Re
 }
 
 /// The ContourDeployment object skoala-init 0.20.0 renders.
+/// Step 5 of the procedure: pulls `skoala/skoala-init` at `version` and applies the CRDs it
+/// ships server-side, as the docs tell an operator to.
+async fn apply_chart_crds(
+    home: &HelmHome,
+    helm: &Path,
+    kc: &Path,
+    version: &str,
+) -> anyhow::Result<()> {
+    let pulled = home.path().join("pulled");
+    home.run(
+        helm,
+        None,
+        &[
+            "pull",
+            "skoala/skoala-init",
+            &format!("--version={version}"),
+            "--untar",
+            "--untardir",
+            &pulled.display().to_string(),
+        ],
+    )
+    .await?;
+    let crds = pulled.join("skoala-init/charts/contour-provisioner/crds");
+    kubectl(
+        kc,
+        &["apply", "--server-side", "-f", &crds.display().to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn contour_deployment(kc: &Path) -> anyhow::Result<Value> {
     let out = kubectl(kc, &["get", "contourdeployments", "-n", NS, "-o", "json"]).await?;
     let list = stdout_json(&out)?;
@@ -343,26 +355,7 @@ async fn upgrade_to_0_20_0_needs_the_crds_first() -> anyhow::Result<()> {
             home.run(&helm, Some(kc), &install).await.context(label)?;
             delete_admission_jobs(kc).await?;
             if apply_crds_first {
-                let pulled = home.path().join("pulled");
-                home.run(
-                    &helm,
-                    None,
-                    &[
-                        "pull",
-                        "skoala/skoala-init",
-                        "--version=0.20.0",
-                        "--untar",
-                        "--untardir",
-                        &pulled.display().to_string(),
-                    ],
-                )
-                .await?;
-                let crds = pulled.join("skoala-init/charts/contour-provisioner/crds");
-                kubectl(
-                    kc,
-                    &["apply", "--server-side", "-f", &crds.display().to_string()],
-                )
-                .await?;
+                apply_chart_crds(&home, &helm, kc, "0.20.0").await?;
             }
             let mut upgrade = base.to_vec();
             upgrade.extend(["--version=0.20.0", "--reuse-values"]);
