@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::fake;
+use super::receipts::Receipts;
 use super::stats::{self, Stats};
 
 /// The real agent's first reconnect delay.
@@ -28,6 +29,8 @@ pub struct Settings {
     pub upgrade_time: Duration,
     pub initial_version: String,
     pub max_backoff: Duration,
+    /// Where task arrivals are noted (`--receipts`).
+    pub receipts: Receipts,
 }
 
 pub struct SimAgent {
@@ -59,6 +62,7 @@ impl SimAgent {
             self.settings.upgrade_time,
             Arc::new(inventory),
             self.stats.clone(),
+            self.settings.receipts.clone(),
         ));
         let mut params = SessionParams {
             identity,

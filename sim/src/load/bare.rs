@@ -7,17 +7,24 @@
 //! client certificates verified when presented, ALPN h2), the same tonic server and HTTP/2
 //! keepalive settings, the same generated `AgentGateway` service. Register signs the agent's
 //! CSR with the fleet CA (so the load generator's agents work unchanged); Session drains the
-//! agent's messages and keeps its half of the stream open without ever sending anything.
+//! agent's messages and keeps its half of the stream open without sending anything — except
+//! for the fan-out baseline: on SIGUSR1 one `Task` goes down every open stream at once, sent
+//! one stream after another through the same bounded channels, as the coordinator's
+//! orchestrator sends a plan's tasks (but with no plan, no store and no step behind it).
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use skoala_coordinator::data_dir::DataDir;
 use skoala_coordinator::pki::FleetCa;
 use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
-use skoala_proto::v1::{AgentMessage, CoordinatorMessage, RegisterRequest, RegisterResponse};
+use skoala_proto::v1::{
+    AgentMessage, CoordinatorMessage, RegisterRequest, RegisterResponse, ReleaseSpec, Task,
+    coordinator_message,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,8 +35,13 @@ const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The coordinator's TLS handshake bound.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One open stream's sending half.
+type Outlet = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
 struct Bare {
     ca: FleetCa,
+    /// Every session's sender, for the fan-out; closed ones are dropped at the next fan-out.
+    outlets: Arc<Mutex<Vec<Outlet>>>,
 }
 
 #[tonic::async_trait]
@@ -61,6 +73,10 @@ impl AgentGateway for Bare {
         // The same bounded channel as a coordinator session (32); its sender lives as long as
         // the agent's half of the stream, so the response stream stays open.
         let (tx, rx) = mpsc::channel(32);
+        self.outlets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx.clone());
         tokio::spawn(async move {
             while let Ok(Some(_)) = inbound.message().await {}
             drop(tx);
@@ -90,6 +106,7 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
 
     // The coordinator's accept loop without the audit: handshake each connection in its own
     // task, hand the TLS streams to tonic.
+    let outlets = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -116,11 +133,55 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(AgentGatewayServer::new(Bare { ca }))
+        .add_service(AgentGatewayServer::new(Bare {
+            ca,
+            outlets: outlets.clone(),
+        }))
         .serve_with_incoming(ReceiverStream::new(rx));
     tokio::select! {
         r = server => r.context("the gRPC server failed")?,
         r = crate::wait_for_signal() => r?,
+        r = fan_out_on_signal(outlets) => r?,
+    }
+    Ok(())
+}
+
+/// On every SIGUSR1: one `Task` down every open stream, then a line with the times.
+async fn fan_out_on_signal(outlets: Arc<Mutex<Vec<Outlet>>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    let mut round = 0u64;
+    while usr1.recv().await.is_some() {
+        round += 1;
+        let started = jiff::Timestamp::now().as_microsecond();
+        let open: Vec<Outlet> = {
+            let mut all = outlets.lock().unwrap_or_else(PoisonError::into_inner);
+            all.retain(|tx| !tx.is_closed());
+            all.clone()
+        };
+        let msg = CoordinatorMessage {
+            body: Some(coordinator_message::Body::Task(Task {
+                operation_id: format!("bare-fanout-{round}"),
+                release: Some(ReleaseSpec {
+                    release: "skoala-init".into(),
+                    namespace: "skoala-system".into(),
+                    chart_name: "skoala-init".into(),
+                    version: "0.0.0-bare".into(),
+                    ..ReleaseSpec::default()
+                }),
+                ..Task::default()
+            })),
+        };
+        let mut sent = 0usize;
+        for tx in &open {
+            if tx.send(Ok(msg.clone())).await.is_ok() {
+                sent += 1;
+            }
+        }
+        println!(
+            "bare-server fanout {round} streams={sent} started_unix_us={started} sent_unix_us={}",
+            jiff::Timestamp::now().as_microsecond()
+        );
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use skoala_proto::v1::{BackupUpload, StepPhase, StepProgress, TaskOutcome, TaskR
 use skoala_upgrade::inventory::ReleaseInfo;
 use tokio::sync::watch;
 
+use super::receipts::{self, Receipts};
 use super::stats::{self, Stats};
 
 /// The executor's steps, in order, and each one's share of the upgrade time (per mille).
@@ -55,15 +56,20 @@ pub fn release(version: &str, revision: i32) -> ReleaseInfo {
 }
 
 /// A task runner whose upgrades take `time`, succeed, and move `inventory` to the new version.
+/// Each task's arrival is noted in `receipts` the moment the session hands it over.
 pub fn upgrade(
     time: Duration,
     inventory: Arc<watch::Sender<Vec<ReleaseInfo>>>,
     stats: Arc<Stats>,
+    receipts: Receipts,
 ) -> CustomRun {
     Arc::new(move |task, outbox| {
+        // Here, not in the future below: the runner calls this as the message is handled,
+        // while the future is first polled only after the scheduler gets to it.
+        receipts.record(receipts::now_us(), &task.operation_id);
+        stats::inc(&stats.tasks_accepted);
         let (inventory, stats) = (inventory.clone(), stats.clone());
         async move {
-            stats::inc(&stats.tasks_accepted);
             let id = task.operation_id.clone();
             let version = task
                 .release
@@ -131,7 +137,12 @@ mod tests {
     async fn a_simulated_upgrade_reports_like_the_executor_and_moves_the_inventory() {
         let (inventory, watched) = watch::channel(vec![release("0.18.0", 1)]);
         let stats = Arc::new(Stats::default());
-        let run = upgrade(Duration::from_secs(2), Arc::new(inventory), stats.clone());
+        let run = upgrade(
+            Duration::from_secs(2),
+            Arc::new(inventory),
+            stats.clone(),
+            Receipts::off(),
+        );
         let (tx, mut rx) = mpsc::channel(64);
         let task = Task {
             operation_id: "op-1".into(),

@@ -8,14 +8,17 @@
 //! `skoala-init` release ([`fake`]), and tasks are "run" by a timer that reports real
 //! `TaskAccepted`/`StepProgress`/`TaskResult` messages instead of running helm
 //! ([`fake::upgrade`]). Counters ([`stats`]) are printed once a second on stdout, one line each,
-//! for benchmark scripts and tests to read.
+//! for benchmark scripts and tests to read; with `--receipts FILE` the arrival time of every
+//! task is written down too ([`receipts`]), for the fan-out benchmark's delivery latencies.
 //!
 //! `skoala-sim load bare-server` is the baseline the benchmarks compare the coordinator with: a
-//! tonic bidi-stream server with the coordinator's TLS settings that does nothing ([`bare`]).
+//! tonic bidi-stream server with the coordinator's TLS settings that does nothing ([`bare`]),
+//! except, on SIGUSR1, send one `Task` down every open stream at once (its fan-out).
 
 mod agent;
 mod bare;
 mod fake;
+mod receipts;
 mod rlimit;
 mod stats;
 
@@ -48,8 +51,11 @@ enum BareCommand {
     /// The baseline: a bare tonic bidi-stream server with the coordinator's TLS settings.
     ///
     /// Uses a data dir made by `skoala-coordinator init` (same CA, same server certificate).
-    /// Register signs the CSR; Session reads and drops every message and never answers.
-    /// Prints `bare-server listening on ADDR`; runs until SIGTERM/SIGINT.
+    /// Register signs the CSR; Session reads and drops every message and answers nothing —
+    /// until SIGUSR1, which sends one `Task` (operation id `bare-fanout-K` for the K-th signal)
+    /// down every open stream at once and prints `bare-server fanout K streams=N
+    /// started_unix_us=T0 sent_unix_us=T1` (the fan-out baseline). Prints `bare-server
+    /// listening on ADDR`; runs until SIGTERM/SIGINT.
     BareServer {
         /// The data dir of `skoala-coordinator init`.
         #[arg(long, value_name = "DIR")]
@@ -85,9 +91,14 @@ pub struct LoadArgs {
     /// How long a simulated upgrade takes.
     #[arg(long, default_value = "2s", value_parser = duration::parse)]
     upgrade_time: Duration,
-    /// The `skoala-init` chart version every simulated cluster starts with.
+    /// The `skoala-init` chart version every simulated cluster starts with (a plan upgrades
+    /// it; the test charts have 0.19.0, 0.19.1, 0.19.2 and 0.20.0).
     #[arg(long, default_value = "0.18.0")]
     initial_version: String,
+    /// Write `<unix µs> <operation id>` to FILE for every task an agent receives (fan-out
+    /// delivery latency: receipt time minus the time the task was sent, on one clock).
+    #[arg(long, value_name = "FILE")]
+    receipts: Option<PathBuf>,
     /// Cluster names are PREFIX-1 ... PREFIX-N.
     #[arg(long, default_value = "load")]
     name_prefix: String,
@@ -140,6 +151,13 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
     })
     .collect();
 
+    let (receipts, receipts_writer) = match &a.receipts {
+        Some(path) => {
+            let (r, w) = receipts::Receipts::to_file(path)?;
+            (r, Some(w))
+        }
+        None => (receipts::Receipts::off(), None),
+    };
     let stats = Arc::new(stats::Stats::default());
     let shutdown = CancellationToken::new();
     let settings = Arc::new(agent::Settings {
@@ -148,6 +166,7 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
         upgrade_time: a.upgrade_time,
         initial_version: a.initial_version,
         max_backoff: a.max_backoff,
+        receipts,
     });
     let reporter = tokio::spawn(stats::report(
         stats.clone(),
@@ -186,5 +205,16 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
     })
     .await;
     let _ = reporter.await;
+    // The writer ends once the last sender is gone: the settings' and the agents' copies.
+    drop(settings);
+    drop(agents);
+    // Upgrades still running keep a sender a little longer; wait a bounded while, without a
+    // blocking join (every receipt so far is flushed already).
+    if let Some(w) = receipts_writer {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !w.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     Ok(())
 }
