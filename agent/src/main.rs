@@ -75,7 +75,8 @@ struct Args {
     #[arg(long, env = "SKOALA_CHART_CACHE", value_name = "DIR")]
     chart_cache: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9091).
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9091). Off by default:
+    /// plaintext and unauthenticated, so bind it to the pod network or loopback only.
     #[arg(long, env = "SKOALA_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
 

@@ -56,7 +56,8 @@ enum Command {
         /// Address of the TLS port for agents and skoalactl.
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
-        /// Serve Prometheus metrics (plaintext HTTP) at http://ADDR/metrics.
+        /// Serve Prometheus metrics (plaintext HTTP, no authentication) at http://ADDR/metrics.
+        /// Off by default; docs/operating.md lists the metrics.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
         /// Kubeconfig of the control-plane cluster (in-cluster config when running in a pod).

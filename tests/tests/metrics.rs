@@ -612,6 +612,18 @@ async fn a_plan_shows_in_the_metrics_and_the_dashboard_reads_only_real_metrics()
             );
         }
     }
+
+    // The operator's guide names (and alerts on) only metrics that exist.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operating.md");
+    let guide = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let named = metric_names(&guide);
+    assert!(named.len() > 30, "{named:?}");
+    for n in named {
+        assert!(
+            coordinator_now.exposes(&n) || agent.exposes(&n),
+            "docs/operating.md names {n}, which neither daemon exposes"
+        );
+    }
     Ok(())
 }
 
