@@ -222,6 +222,14 @@ enum ClusterCommand {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` loses its reader early: end quietly on SIGPIPE,
+    // as Unix tools do, instead of panicking inside println! on EPIPE.
+    // SAFETY: signal(2) only sets the disposition of SIGPIPE, for which nothing of ours
+    // installs a handler.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
