@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Plan benchmarks of issue 7 (the sibling of scripts/bench.sh, which measures connect, memory,
+# idle CPU and the reconnect storm): fan-out and the 1,000-cluster rollout. Release builds;
+# loopback only; every process is bounded (watchdog) and killed on exit.
+#
+#   scripts/bench-plan.sh                    # fan-out at N = 1000 5000 10000, then the rollout
+#   scripts/bench-plan.sh 1000               # fan-out at one size, then the rollout
+#   BENCH_ROLLOUT=0 scripts/bench-plan.sh 10000      # fan-out only
+#   BENCH_FANOUT=0 scripts/bench-plan.sh             # rollout only
+#   BENCH_ROLLOUT_N=200 BENCH_ROLLOUT_CONCURRENCY=10 scripts/bench-plan.sh   # a smaller rollout
+#
+# Both need a real control plane: an emulated cluster (`skoala-sim cluster`) with `skoala`
+# installed by the real helm from `skoala-sim chart-repo` serving tests/charts, and a
+# coordinator started with --kubeconfig of that cluster. The working clusters are
+# `skoala-sim load` agents whose synthetic skoala-init starts at 0.19.0.
+#
+#   fan-out   one task to all N at once. The control plane is already on the plan's version
+#             (0.19.1), the plan selects every agent with canary 0, maxConcurrency 100% and
+#             requireApproval: beforeWorkers, so it waits with nothing running; then
+#             `skoalactl plan approve`. Latency of each agent = the time its Task arrived
+#             (`skoala-sim load --receipts`) minus the moment the script invoked `plan approve`;
+#             p50/p99/max over the N. The coordinator's log splits it: approve → first
+#             "task sent" (the orchestrator's step and its SQLite write of N transitions),
+#             first → last "task sent" (the send loop). The bare baseline: the same agents
+#             against `skoala-sim load bare-server`, `kill -USR1` sends one Task down every
+#             stream; latency from the moment of the signal.
+#   rollout   BENCH_ROLLOUT_N agents (1000), everything on 0.19.0, a plan to 0.19.1 with
+#             canary 0, maxConcurrency BENCH_ROLLOUT_CONCURRENCY (50), requireApproval none,
+#             each simulated upgrade taking BENCH_UPGRADE_TIME (2 s). Timed from the plan's
+#             events (one clock): the control plane's own helm upgrade (reported separately),
+#             then the workers from the first worker task sent to the plan's `succeeded`,
+#             against the ideal ceil(N / concurrency) × upgrade time.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+if [ $# -gt 0 ]; then SIZES=("$@"); else SIZES=(1000 5000 10000); fi
+FANOUT=${BENCH_FANOUT:-1}
+ROLLOUT=${BENCH_ROLLOUT:-1}
+ROLLOUT_N=${BENCH_ROLLOUT_N:-1000}
+ROLLOUT_CONCURRENCY=${BENCH_ROLLOUT_CONCURRENCY:-50}
+UPGRADE_TIME=${BENCH_UPGRADE_TIME:-2}
+CONNECT_DEADLINE=${BENCH_CONNECT_DEADLINE:-600}
+PLAN_DEADLINE=${BENCH_PLAN_DEADLINE:-900}
+SOURCE_ADDRS=${BENCH_SOURCE_ADDRS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+PROCESS_BOUND=${BENCH_PROCESS_BOUND:-1800}
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+RESULTS=${BENCH_RESULTS:-$OUT/results-plan.md}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+HELM=${SKOALA_TOOLS_BIN:-$ROOT/.tools/bin}/helm
+FROM=0.19.0
+TO=0.19.1
+mkdir -p "$OUT"
+[ -x "$HELM" ] || { echo "bench-plan: $HELM missing; run scripts/install-tools.sh" >&2; exit 1; }
+
+PIDS=()
+WATCHDOGS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && wait "$p" 2>/dev/null || true
+  done
+  # TERM, not KILL: a watchdog's trap must take its sleep down with it.
+  for w in "${WATCHDOGS[@]:-}"; do
+    [ -n "$w" ] && kill "$w" 2>/dev/null || true
+  done
+  PIDS=()
+  WATCHDOGS=()
+}
+trap cleanup EXIT INT TERM
+
+say() { printf '%s\n' "$*"; }
+# Prints a figure and the command that produced it.
+figure() { printf '  %-52s %s\n      $ %s\n' "$1" "$2" "$3"; }
+now_us() { echo $(($(date +%s%N) / 1000)); }
+
+# Starts a process in the background, logs to $1.out/.err, records its pid (and a watchdog's).
+spawn() {
+  local log=$1
+  shift
+  "$@" >"$log.out" 2>"$log.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  (
+    sleep "$PROCESS_BOUND" &
+    s=$!
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    wait $s
+    kill -9 "$pid" 2>/dev/null
+  ) >/dev/null 2>&1 &
+  WATCHDOGS+=("$!")
+  LAST_PID=$pid
+}
+
+# Waits (bounded) until file $1 has a line starting with $2; prints the rest of the line.
+wait_line() {
+  local file=$1 prefix=$2 deadline=$((SECONDS + 120))
+  while [ $SECONDS -lt $deadline ]; do
+    if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
+      printf '%s\n' "${line#"$prefix"}"
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "timed out waiting for '$prefix' in $file" >&2
+  return 1
+}
+
+# A counter from the load generator's latest status line.
+load_stat() {
+  { tail -n 5 "$1.out" | grep '^load ' | tail -n 1 | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; } || true
+}
+
+# Waits (bounded by $2 s) until the command in $3.. prints $1.
+wait_value() {
+  local want=$1 deadline=$((SECONDS + $2))
+  shift 2
+  while [ $SECONDS -lt $deadline ]; do
+    [ "$("$@" 2>/dev/null || true)" = "$want" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# Latency percentiles of a receipts file against T0 (µs): "p50 p99 max first n" in ms.
+percentiles() {
+  python3 - "$1" "$2" <<'EOF'
+import sys
+t0 = int(sys.argv[2])
+lat = sorted((int(l.split()[0]) - t0) / 1000 for l in open(sys.argv[1]) if l.strip())
+n = len(lat)
+if n == 0:
+    print("nan nan nan nan 0"); sys.exit()
+pick = lambda q: lat[min(n - 1, max(0, -(-q * n // 100) - 1))]
+print(f"{pick(50):.0f} {pick(99):.0f} {lat[-1]:.0f} {lat[0]:.0f} {n}")
+EOF
+}
+
+# The control plane: emulated cluster + chart repository + `skoala` at $1 installed by helm.
+control_plane() {
+  local version=$1
+  spawn "$WORK/repo" "$BIN/skoala-sim" chart-repo --dir "$ROOT/tests/charts"
+  REPO_URL=$(wait_line "$WORK/repo.out" "listening on ")
+  spawn "$WORK/cp" "$BIN/skoala-sim" cluster --name control-plane --kubeconfig-out "$WORK/cp.kubeconfig"
+  wait_line "$WORK/cp.out" "listening on " >/dev/null
+  mkdir -p "$WORK/helm"
+  HELM_CONFIG_HOME=$WORK/helm/config HELM_CACHE_HOME=$WORK/helm/cache HELM_DATA_HOME=$WORK/helm/data \
+    "$HELM" upgrade --install --create-namespace -n skoala-system skoala skoala --repo "$REPO_URL" \
+    --version "$version" --wait --timeout 120s --kubeconfig "$WORK/cp.kubeconfig" >"$WORK/helm-install.log" 2>&1
+}
+
+# A coordinator on a fresh data dir with that control plane, and N agents at $FROM.
+fleet() {
+  local n=$1 upgrade_time=$2
+  PORT=$((20000 + RANDOM % 20000))
+  LISTEN=127.0.0.1:$PORT
+  METRICS=127.0.0.1:$((PORT + 1))
+  "$BIN/skoala-coordinator" init --data-dir "$WORK/data" >/dev/null
+  spawn "$WORK/coordinator" "$BIN/skoala-coordinator" serve --data-dir "$WORK/data" \
+    --listen "$LISTEN" --metrics-listen "$METRICS" --kubeconfig "$WORK/cp.kubeconfig" --helm "$HELM"
+  COORD=$LAST_PID
+  wait_line "$WORK/coordinator.out" "skoala-coordinator metrics on " >/dev/null
+  CTL=("$BIN/skoalactl" --config "$WORK/data/admin.yaml" --endpoint "https://$LISTEN")
+  SKOALA_TOKEN=$("${CTL[@]}" token create --uses "$n" --ttl 2h 2>/dev/null)
+  export SKOALA_TOKEN
+  spawn "$WORK/load" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+    --ca-file "$WORK/data/ca.pem" --agents "$n" --source-addrs "$SOURCE_ADDRS" \
+    --initial-version "$FROM" --upgrade-time "${upgrade_time}s" --receipts "$WORK/receipts" \
+    --duration "${PROCESS_BOUND}s"
+  LOAD=$LAST_PID
+  if ! wait_value "$n" "$CONNECT_DEADLINE" load_stat "$WORK/load" connected; then
+    say "  only $(load_stat "$WORK/load" connected) of $n connected after ${CONNECT_DEADLINE}s; see $WORK"
+    exit 1
+  fi
+}
+
+plan_doc() {
+  local name=$1 version=$2 extra=$3
+  cat <<EOF
+apiVersion: fleet.skoala.io/v1alpha1
+kind: UpgradePlan
+metadata: {name: $name}
+spec:
+  version: $version
+  chartSource: repo
+  repository: {name: skoala, url: $REPO_URL}
+$extra
+EOF
+}
+
+# Applies $1 (a file), retrying while the coordinator has not seen every inventory yet.
+apply() {
+  local deadline=$((SECONDS + 120))
+  until "${CTL[@]}" plan apply -f "$1" >"$WORK/apply.log" 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      say "  plan apply failed: $(cat "$WORK/apply.log")"
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+phase() { "${CTL[@]}" plan get "$1" -o json 2>/dev/null | jq -r .phase; }
+
+say "building release binaries"
+cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "$FANOUT" = 1 ]; then
+  [ -f "$RESULTS" ] || {
+    echo "| N | coordinator p50 / p99 / max (ms) | approve → first sent (ms) | send loop (ms) | bare p50 / p99 / max (ms) | p99 ratio |"
+    echo "|---|---|---|---|---|---|"
+  } >"$RESULTS"
+  for N in "${SIZES[@]}"; do
+    WORK=$(mktemp -d "$OUT/fanout-$N-XXXX")
+    say ""
+    say "== fan-out, N = $N (work dir $WORK)"
+    control_plane "$TO"
+    # Long upgrades: the agents' progress messages must not finish before the last delivery.
+    fleet "$N" 120
+    plan_doc fanout "$TO" "  requireApproval: beforeWorkers
+  strategy: {canary: 0, maxConcurrency: 100%, maxFailures: 0}" >"$WORK/fanout.yaml"
+    apply "$WORK/fanout.yaml"
+    wait_value awaitingApproval 120 phase fanout || { say "  plan never awaited approval: $(phase fanout)"; exit 1; }
+    T0=$(now_us)
+    "${CTL[@]}" plan approve fanout >/dev/null
+    T1=$(now_us)
+    if ! wait_value "$N" 300 lines "$WORK/receipts"; then
+      say "  only $(lines "$WORK/receipts") of $N tasks arrived; see $WORK"
+    fi
+    read -r P50 P99 MAX FIRST GOT < <(percentiles "$WORK/receipts" "$T0")
+    # The coordinator's own log: when it sent the first and the last Task.
+    read -r SENT_FIRST SENT_LAST SENT_N < <(python3 - "$WORK/coordinator.err" "$T0" <<'EOF'
+import sys, re
+from datetime import datetime
+t0 = int(sys.argv[2])
+ts = []
+for line in open(sys.argv[1], errors="replace"):
+    if "task sent" in line and "target=control-plane" not in line:
+        m = re.match(r"(\S+Z)", line)
+        if m:
+            ts.append(int(datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() * 1e6))
+print(f"{(min(ts) - t0) / 1000:.0f} {(max(ts) - min(ts)) / 1000:.0f} {len(ts)}" if ts else "nan nan 0")
+EOF
+    )
+    figure "coordinator fan-out to $GOT of $N: p50 / p99 / max" "$P50 / $P99 / $MAX ms" "T0 = just before \`skoalactl plan approve fanout\` (it returned after $(((T1 - T0) / 1000)) ms); receipt times from skoala-sim load --receipts"
+    figure "  approve → first task sent / first → last sent" "$SENT_FIRST ms / $SENT_LAST ms ($SENT_N sent)" "timestamps of 'task sent' in the coordinator's log"
+    figure "  first task received" "$FIRST ms" "min of the receipts"
+    kill "$LOAD" "$COORD" 2>/dev/null || true
+    wait "$LOAD" "$COORD" 2>/dev/null || true
+
+    # --- the bare baseline: same agents, same TLS, one Task per stream on SIGUSR1 ---
+    spawn "$WORK/bare" "$BIN/skoala-sim" load bare-server --data-dir "$WORK/data" --listen "$LISTEN"
+    BARE=$LAST_PID
+    wait_line "$WORK/bare.out" "bare-server listening on " >/dev/null
+    SKOALA_TOKEN=unused
+    spawn "$WORK/load-bare" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+      --ca-file "$WORK/data/ca.pem" --agents "$N" --source-addrs "$SOURCE_ADDRS" \
+      --initial-version "$FROM" --upgrade-time 120s --receipts "$WORK/receipts-bare" \
+      --duration "${PROCESS_BOUND}s"
+    LOADB=$LAST_PID
+    wait_value "$N" "$CONNECT_DEADLINE" load_stat "$WORK/load-bare" connected ||
+      say "  bare: only $(load_stat "$WORK/load-bare" connected) of $N connected"
+    sleep 2 # the last sessions' registration in the bare server's list
+    T0=$(now_us)
+    kill -USR1 "$BARE"
+    wait_value "$N" 300 lines "$WORK/receipts-bare" || say "  bare: only $(lines "$WORK/receipts-bare") of $N tasks arrived"
+    read -r B50 B99 BMAX BFIRST BGOT < <(percentiles "$WORK/receipts-bare" "$T0")
+    BSEND=$(wait_line "$WORK/bare.out" "bare-server fanout 1 ")
+    figure "bare fan-out to $BGOT of $N: p50 / p99 / max" "$B50 / $B99 / $BMAX ms" "T0 = just before kill -USR1 <skoala-sim load bare-server>; same receipts"
+    figure "  bare server's own stamps" "$BSEND" "its 'bare-server fanout' line"
+    RATIO=$(awk -v a="$P99" -v b="$B99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    figure "coordinator / bare p99" "${RATIO}x (target <= 1.5x; p99 < 1000 ms)" "$P99 / $B99"
+    kill "$LOADB" "$BARE" 2>/dev/null || true
+    wait "$LOADB" "$BARE" 2>/dev/null || true
+    echo "| $N | $P50 / $P99 / $MAX | $SENT_FIRST | $SENT_LAST | $B50 / $B99 / $BMAX | $RATIO |" >>"$RESULTS"
+    cleanup
+  done
+fi
+
+if [ "$ROLLOUT" = 1 ]; then
+  N=$ROLLOUT_N
+  WORK=$(mktemp -d "$OUT/rollout-$N-XXXX")
+  say ""
+  say "== rollout: $N clusters, maxConcurrency $ROLLOUT_CONCURRENCY, ${UPGRADE_TIME} s per upgrade (work dir $WORK)"
+  control_plane "$FROM"
+  fleet "$N" "$UPGRADE_TIME"
+  plan_doc rollout "$TO" "  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
+  T0=$(now_us)
+  apply "$WORK/rollout.yaml"
+  if ! wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
+    say "  the plan did not succeed: $(phase rollout)"
+    "${CTL[@]}" plan get rollout | head -20
+    exit 1
+  fi
+  T1=$(now_us)
+  "${CTL[@]}" events --plan rollout -o json >"$WORK/events.json"
+  read -r CP_MS WORKERS_MS RESULTS_N < <(python3 - "$WORK/events.json" <<'EOF'
+import sys, json
+from datetime import datetime
+at = lambda e: datetime.fromisoformat(e["at"].replace("Z", "+00:00")).timestamp()
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cp = [e for e in ev if e["kind"] == "task.result" and e["target"] == "control-plane"]
+sent = [at(e) for e in ev if e["kind"] == "task.sent" and e["target"] != "control-plane"]
+done = [at(e) for e in ev if e["kind"] == "plan.phase" and e["state"] == "succeeded"]
+results = [e for e in ev if e["kind"] == "task.result" and e["target"] != "control-plane"]
+workers = (done[-1] - min(sent)) * 1000 if sent and done else float("nan")
+print(f"{cp[0]['durationMs'] if cp else 'nan'} {workers:.0f} {len(results)}")
+EOF
+  )
+  IDEAL=$(awk -v n="$N" -v c="$ROLLOUT_CONCURRENCY" -v t="$UPGRADE_TIME" 'BEGIN { printf "%d", (int((n + c - 1) / c)) * t * 1000 }')
+  OVER=$(awk -v w="$WORKERS_MS" -v i="$IDEAL" 'BEGIN { printf "%+.1f", (w - i) / i * 100 }')
+  figure "rollout: apply → succeeded (all)" "$(((T1 - T0) / 1000)) ms" "skoalactl plan apply -f rollout.yaml; poll skoalactl plan get rollout until succeeded"
+  figure "  control-plane upgrade (real helm, subtracted)" "$CP_MS ms" "durationMs of the control plane's task.result (skoalactl events --plan rollout -o json)"
+  figure "  workers: first task sent → succeeded" "$WORKERS_MS ms ($RESULTS_N results)" "'at' of the first worker task.sent and of plan.phase succeeded (same events)"
+  figure "  ideal ceil($N/$ROLLOUT_CONCURRENCY) x ${UPGRADE_TIME} s / over ideal" "$IDEAL ms / ${OVER} % (target <= +5 %)" "workers / ideal - 1"
+  SKEW=$("${CTL[@]}" skew >/dev/null 2>&1 && echo "none" || echo "SKEWED")
+  figure "  skew after the plan" "$SKEW" "skoalactl skew (exit 0 = none)"
+  {
+    echo ""
+    echo "| rollout N | maxConcurrency | upgrade s | control plane (ms) | workers (ms) | ideal (ms) | over ideal | skew |"
+    echo "|---|---|---|---|---|---|---|---|"
+    echo "| $N | $ROLLOUT_CONCURRENCY | $UPGRADE_TIME | $CP_MS | $WORKERS_MS | $IDEAL | $OVER % | $SKEW |"
+  } >>"$RESULTS"
+fi
+say ""
+say "rows appended to $RESULTS"
