@@ -50,11 +50,16 @@ impl WatchState {
                 s
             }
             "task.sent" => "task sent".to_string(),
+            // The state itself is the cluster's line's second column.
             "task.result" => {
-                let mut s = e.state.clone();
+                let mut parts = Vec::new();
                 if !e.step.is_empty() {
-                    s.push_str(&format!(" at step {}", e.step));
+                    parts.push(format!("at step {}", e.step));
                 }
+                if e.duration_ms > 0 {
+                    parts.push(format!("after {:.1}s", e.duration_ms as f64 / 1000.0));
+                }
+                let mut s = parts.join(" ");
                 if !e.message.is_empty() && e.state != "succeeded" {
                     s.push_str(&format!(": {}", e.message));
                 }
@@ -153,12 +158,29 @@ pub fn render(state: &WatchState) -> Vec<String> {
             Some(d) if t.state != "pending" => d.clone(),
             _ => t.message.clone(),
         };
+        let detail = one_line(&detail);
         if !detail.is_empty() {
             line.push_str(&format!(" {detail}"));
         }
         out.push(line.trim_end().to_string());
     }
     out
+}
+
+/// helm's messages span lines; a redrawn picture needs one row per line (the terminal cuts
+/// what is wider than the screen: `plan get` has the whole message).
+fn one_line(s: &str) -> String {
+    const MAX: usize = 400;
+    let joined = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    match joined.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &joined[..cut]),
+        None => joined,
+    }
 }
 
 /// Draws `lines` over the `drawn` lines drawn last time.
@@ -304,7 +326,15 @@ mod tests {
             target: "id-work-3".into(),
             step: "verify".into(),
             state: "rolledBack".into(),
-            message: "deployment nacos-operator not ready".into(),
+            message: "helm upgrade failed:\nnacos-operator not ready\n\ncontext deadline exceeded"
+                .into(),
+            ..Default::default()
+        });
+        s.event(&PlanEvent {
+            kind: "task.result".into(),
+            target: "id-work-2".into(),
+            state: "succeeded".into(),
+            duration_ms: 5200,
             ..Default::default()
         });
         let lines = render(&s);
@@ -321,8 +351,10 @@ mod tests {
         );
         assert_eq!(
             line("work-3"),
-            "  work-3         failed      rolledBack at step verify: deployment nacos-operator not ready"
+            "  work-3         failed      at step verify: helm upgrade failed: | nacos-operator not ready | context deadline exceeded",
+            "one row per cluster, however many lines helm wrote"
         );
+        assert_eq!(line("work-2"), "  work-2         succeeded   after 5.2s");
         assert_eq!(line("work-6"), "  work-6         pending     (offline)");
         assert_eq!(line("work-5"), "  work-5         pending");
     }

@@ -5,6 +5,7 @@
 //! - healthy fleet, a plan that is applied but waiting for its window (driven clock): exit 0,
 //!   every cluster listed as passed with its current version; the plan is not disturbed (same
 //!   phase, nothing sent, nothing in its event log);
+//! - a relay plan document: the agents preflight the chart the coordinator relays;
 //! - one agent stopped, a document that is not applied (`-f`): the cluster is listed offline,
 //!   not failed, and the check still exits 0; nothing is stored;
 //! - a release left `failed` by an operator's manual `helm upgrade`: exit 1, the table names
@@ -102,6 +103,22 @@ async fn plan_check_lists_every_cluster_and_fails_only_on_reachable_failures() -
             "a check is not plan work: {e:#}"
         );
         assert!(!line.contains("preflight_"), "{line}");
+    }
+
+    // --- a relay plan: the coordinator pulls the charts, the agents get them by digest -------
+    let relay = tempfile::NamedTempFile::new()?;
+    let doc = pf
+        .plan_yaml("relayed", "0.19.2", "")
+        .replace("chartSource: repo", "chartSource: relay");
+    std::fs::write(relay.path(), doc)?;
+    let path = relay.path().to_str().expect("utf-8 temp path");
+    let out = ctl
+        .run(&["plan", "check", "-f", path, "-o", "json"])
+        .await?;
+    assert!(out.success, "relay: exit 0\n{}\n{}", out.stdout, out.stderr);
+    let check: Value = serde_json::from_str(&out.stdout)?;
+    for r in rows(&check) {
+        assert_eq!(r["result"], "passed", "{r:#}");
     }
 
     // --- one agent stopped; a document that is not applied ----------------------------------

@@ -26,7 +26,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use skoala_plan::Plan;
-use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource as PlanSource;
 use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
@@ -37,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tonic::Status;
 
+use super::charts;
 use super::dispatch::{self, ControlPlaneRunner};
 use super::fleet::CONTROL_PLANE;
 use super::{Orchestrator, internal};
@@ -201,6 +201,14 @@ impl Orchestrator {
         let stem = self.checks.stem(&plan.name);
         let mut pending = JoinSet::new();
 
+        // Where the charts come from, as for the upgrade itself: a repo plan's clusters fetch
+        // from the repository; a relay plan's charts are pulled once by the coordinator (the
+        // cache answers when apply already did) and named by digest.
+        let charts = match plan.chart_source {
+            PlanSource::Repo => Ok(None),
+            PlanSource::Relay => self.relay_charts(ctx, plan).await.map(Some),
+        };
+
         // The control plane, in-process.
         let cp = &snap.view.control_plane;
         let cp_row = Row {
@@ -221,13 +229,21 @@ impl Orchestrator {
         };
         match &self.control_plane {
             Some(runner) => {
-                let rx = control_plane_preflight(
-                    runner,
-                    plan,
-                    format!("{stem}.{CONTROL_PLANE}"),
-                    self.helm_timeout,
-                );
-                pending.spawn(answer_within(cp_row, rx, deadline));
+                let mut spec = dispatch::control_plane_spec(plan, self.helm_timeout);
+                match &charts {
+                    Ok(c) => {
+                        if let Some(source) = charts::control_plane_source(plan, c.as_ref()) {
+                            spec.source = source;
+                        }
+                        let op = format!("{stem}.{CONTROL_PLANE}");
+                        let rx = control_plane_preflight(runner, spec, op);
+                        pending.spawn(answer_within(cp_row, rx, deadline));
+                    }
+                    Err(why) => {
+                        let r = cp_row.result(plan, "failed", "chart".into(), why.clone(), started);
+                        let _ = out.send(Ok(r)).await;
+                    }
+                }
             }
             None => {
                 let r = cp_row.result(
@@ -242,13 +258,6 @@ impl Orchestrator {
                 let _ = out.send(Ok(r)).await;
             }
         }
-
-        // A relay plan's workers get the chart the coordinator pulls once (as apply does); a
-        // repo plan's fetch it from the repository themselves.
-        let relayed = match plan.chart_source {
-            PlanSource::Repo => None,
-            PlanSource::Relay => Some(self.relay_chart(ctx, plan).await),
-        };
 
         // Working clusters, by name.
         let mut workers: Vec<_> = snap
@@ -291,17 +300,16 @@ impl Orchestrator {
                 let _ = out.send(Ok(r)).await;
                 continue;
             };
-            let relay = match &relayed {
-                None => None,
-                Some(Ok(chart)) => Some(chart.clone()),
-                Some(Err(why)) => {
+            let source = match &charts {
+                Ok(c) => charts::worker_source(plan, c.as_ref()),
+                Err(why) => {
                     let r = row.result(plan, "failed", "chart".into(), why.clone(), started);
                     let _ = out.send(Ok(r)).await;
                     continue;
                 }
             };
             let op = format!("{stem}.{id}");
-            let task = preflight_task(plan, relay, &op, self.helm_timeout, deadline);
+            let task = preflight_task(plan, source, &op, self.helm_timeout, deadline);
             let rx = self.checks.wait_for(&op);
             let msg = CoordinatorMessage {
                 body: Some(coordinator_message::Body::Task(task)),
@@ -343,31 +351,21 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The plan's `skoala-init` pulled into (or found in) the relay cache.
-    async fn relay_chart<S: Store>(
+    /// A relay plan's charts, pulled into (or found in) the relay cache, with apply's bounds.
+    async fn relay_charts<S: Store>(
         &self,
         ctx: &Context<S>,
         plan: &Plan,
-    ) -> Result<pb::RelayedChart, String> {
+    ) -> Result<charts::PlanCharts, String> {
         let runner = self.control_plane.as_ref().ok_or(
-            "the coordinator has no control-plane cluster and no helm to pull the chart with",
+            "the coordinator has no control-plane cluster and no helm to pull the charts with",
         )?;
         let helm = Helm::detect(&runner.helm, &runner.kubeconfig)
             .await
             .map_err(|e| format!("helm: {e}"))?;
-        let chart = crate::relay::prepare(
-            &plan.repository_url,
-            SKOALA.worker.chart,
-            &plan.version,
-            &helm,
-            &ctx.data_dir,
-        )
-        .await
-        .map_err(|e| format!("the coordinator cannot fetch the chart to relay: {e}"))?;
-        Ok(pb::RelayedChart {
-            sha256: chart.sha256,
-            size: chart.size,
-        })
+        charts::prepare(&helm, &ctx.data_dir, plan)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -375,7 +373,7 @@ impl Orchestrator {
 /// deadline no later than the check's.
 fn preflight_task(
     plan: &Plan,
-    relay: Option<pb::RelayedChart>,
+    source: Option<pb::chart_source::Source>,
     op: &str,
     helm_timeout: Duration,
     deadline: Duration,
@@ -384,10 +382,8 @@ fn preflight_task(
     task.kind = TaskKind::Preflight as i32;
     task.start_deadline_unix = jiff::Timestamp::now().as_second()
         + i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX / 2);
-    if let (Some(chart), Some(release)) = (relay, task.release.as_mut()) {
-        release.source = Some(pb::ChartSource {
-            source: Some(pb::chart_source::Source::Relay(chart)),
-        });
+    if let Some(source) = source {
+        dispatch::set_source(&mut task, source);
     }
     task
 }
@@ -410,12 +406,10 @@ async fn answer_within(
 /// executor's future is not `Send`); the answer comes back as a `TaskResult`.
 fn control_plane_preflight(
     runner: &ControlPlaneRunner,
-    plan: &Plan,
+    spec: skoala_upgrade::ReleaseSpec,
     op: String,
-    helm_timeout: Duration,
 ) -> oneshot::Receiver<TaskResult> {
     let (tx, rx) = oneshot::channel();
-    let spec = dispatch::control_plane_spec(plan, helm_timeout);
     let runner = runner.clone();
     let spawned = std::thread::Builder::new()
         .name("control-plane-preflight".into())
