@@ -157,7 +157,8 @@ enum PlanCommand {
         /// A plan document to check without applying it; `-` reads stdin.
         #[arg(short, long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// How long to wait for the clusters' answers, e.g. 30s, 5m.
+        /// How long to wait for the clusters' answers, e.g. 30s, 5m (at most 30m). A
+        /// connected cluster that has not answered by then fails the check.
         #[arg(long, value_parser = duration::parse, default_value = "60s")]
         timeout: Duration,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -168,7 +169,10 @@ enum PlanCommand {
     /// On a terminal: a bar per wave (done/total, failed, running) and a line per cluster
     /// with its latest step, redrawn in place. Otherwise (a pipe, a file, CI): one plain line
     /// per event, as `events --follow --plan NAME` prints them.
-    Watch { name: String },
+    Watch {
+        /// The plan (see `plan list`).
+        name: String,
+    },
     /// Approve the next stage (requireApproval).
     Approve { name: String },
     /// Stop starting upgrades; running ones finish.
