@@ -53,6 +53,7 @@ async fn plan_check_lists_every_cluster_and_fails_only_on_reachable_failures() -
     assert!(applied.success, "apply: {}", applied.stderr);
     let before = pf.plan("check-me").await?;
 
+    let timer = std::time::Instant::now();
     let out = ctl
         .run(&[
             "plan",
@@ -64,6 +65,10 @@ async fn plan_check_lists_every_cluster_and_fails_only_on_reachable_failures() -
             "json",
         ])
         .await?;
+    println!(
+        "plan check, control plane + 3 workers: {:?}",
+        timer.elapsed()
+    );
     assert!(
         out.success,
         "healthy fleet: exit 0\n{}\n{}",
