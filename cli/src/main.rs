@@ -139,8 +139,8 @@ enum PlanCommand {
     /// NAME is a plan the coordinator stores (applied: waiting, running or finished); with
     /// -f FILE, a plan document that is not applied yet is checked instead (nothing is stored).
     /// Checks are read-only (release deployed, helm, permissions, the chart version fetched,
-    /// its CRDs dry-run) and never disturb a running plan; a cluster that a running plan is
-    /// upgrading right now shows its release as pending-upgrade.
+    /// its CRDs dry-run) and never disturb a running plan; clusters the running plan is
+    /// upgrading right now are listed as upgrading, not asked.
     ///
     /// Prints a table: cluster, role, reachable, current version, result, message. Clusters
     /// with no agent session are listed as offline and not waited for. Exit 0 when every

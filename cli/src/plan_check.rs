@@ -1,7 +1,8 @@
 //! `skoalactl plan check`: the executor's preflight on every cluster a plan selects and on the
 //! control plane, as a table. Exit 0 when every reachable cluster passed; offline clusters are
 //! listed but do not fail the check (offline is not failed: the plan upgrades them when they
-//! come back), a reachable cluster that failed or did not answer does.
+//! come back), nor do clusters the running plan is upgrading right now (`upgrading`); a
+//! reachable cluster that failed or did not answer does.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,7 +63,7 @@ fn row(r: PreflightResult) -> CheckRow {
 
 /// Whether this row fails the check: a reachable cluster that did not pass.
 fn blocks(r: &CheckRow) -> bool {
-    r.result != "passed" && r.result != "offline"
+    !matches!(r.result.as_str(), "passed" | "offline" | "upgrading")
 }
 
 /// Builds the view: control plane first, then clusters by name.
@@ -124,6 +125,10 @@ pub fn render(v: &CheckView) -> (Vec<String>, Vec<Vec<String>>, String) {
         count("failed"),
         count("offline")
     );
+    let upgrading = count("upgrading");
+    if upgrading > 0 {
+        summary.push_str(&format!(", {upgrading} being upgraded by the plan"));
+    }
     let silent = count("noAnswer");
     if silent > 0 {
         summary.push_str(&format!(", {silent} did not answer"));
@@ -238,7 +243,8 @@ mod tests {
         bad.step = "preflight".into();
         bad.message = "release skoala-init revision 2 is failed, not deployed".into();
         let silent = r("work-4", "worker", true, "noAnswer");
-        let v = view("p".into(), "0.19.2".into(), vec![bad, silent]);
+        let busy = r("work-5", "worker", true, "upgrading");
+        let v = view("p".into(), "0.19.2".into(), vec![bad, silent, busy]);
         assert!(!v.ready);
         let (_, rows, summary) = render(&v);
         assert_eq!(rows[0][3], "0.19.0 (failed)");
@@ -248,5 +254,9 @@ mod tests {
         );
         assert!(summary.ends_with("NOT ready: work-3, work-4"), "{summary}");
         assert!(summary.contains("1 did not answer"), "{summary}");
+        assert!(
+            summary.contains("1 being upgraded by the plan"),
+            "{summary}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Windows are law (DESIGN.md invariant 4), end to end with a driven clock: the window closes
 //! while the canary's upgrade is in flight; the canary finishes, nothing new starts, and the
-//! plan completes when the clock moves into the next window.
+//! plan completes when the clock moves into the next window. A `plan check` while the canary is
+//! in flight shows it as upgrading and disturbs nothing.
 //!
 //! The canary is held in flight deterministically: its emulated API server is frozen (requests
 //! wait, as with an API server that hangs) before the plan starts, the clock moves past the
@@ -76,6 +77,25 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     .await?;
     assert_eq!(target(&plan, "control-plane")["state"], "succeeded");
     assert_eq!(target(&plan, "work-1")["stage"], 0, "the canary");
+
+    // A preflight check in the middle of the plan: the canary is shown as being upgraded (not
+    // asked, not failed), the others pass, and the plan does not notice (below: every cluster
+    // is upgraded exactly once, by the plan's own operations).
+    let check = ctl.run(&["plan", "check", "window", "-o", "json"]).await?;
+    assert!(
+        check.success,
+        "check mid-plan: exit 0\n{}\n{}",
+        check.stdout, check.stderr
+    );
+    let check: Value = serde_json::from_str(&check.stdout)?;
+    for r in check["clusters"].as_array().expect("clusters") {
+        let want = if r["name"] == "work-1" {
+            "upgrading"
+        } else {
+            "passed"
+        };
+        assert_eq!(r["result"], want, "{r:#}");
+    }
 
     // The window closes while the canary is in flight; then its cluster answers again.
     pf.set_clock(CLOSED)?;

@@ -18,15 +18,17 @@
 //! - it reads the fleet snapshot but never the orchestrator's state lock.
 //!
 //! Offline is not failed: a cluster with no session is reported `offline` at once and not
-//! waited for. A connected cluster that does not answer within the deadline is `noAnswer`.
+//! waited for. A connected cluster that does not answer within the deadline is `noAnswer`. A
+//! cluster the active plan is upgrading (or rolling back) right now is reported `upgrading`
+//! and not asked: its release is `pending-*` by design, which preflight would call a failure.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use skoala_plan::Plan;
 use skoala_plan::validate::ChartSource as PlanSource;
+use skoala_plan::{Plan, Rollout, TargetState};
 use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, coordinator_message,
@@ -199,6 +201,7 @@ impl Orchestrator {
         let started = Instant::now();
         let snap = self.snapshot(ctx, Some(plan)).await.map_err(internal)?;
         let stem = self.checks.stem(&plan.name);
+        let busy = busy(ctx).await;
         let mut pending = JoinSet::new();
 
         // Where the charts come from, as for the upgrade itself: a repo plan's clusters fetch
@@ -228,6 +231,11 @@ impl Orchestrator {
                 .unwrap_or_default(),
         };
         match &self.control_plane {
+            _ if busy.contains_key(CONTROL_PLANE) => {
+                let why = busy[CONTROL_PLANE].clone();
+                let r = cp_row.result(plan, "upgrading", String::new(), why, started);
+                let _ = out.send(Ok(r)).await;
+            }
             Some(runner) => {
                 let mut spec = dispatch::control_plane_spec(plan, self.helm_timeout);
                 match &charts {
@@ -300,6 +308,11 @@ impl Orchestrator {
                 let _ = out.send(Ok(r)).await;
                 continue;
             };
+            if let Some(why) = busy.get(&id) {
+                let r = row.result(plan, "upgrading", String::new(), why.clone(), started);
+                let _ = out.send(Ok(r)).await;
+                continue;
+            }
             let source = match &charts {
                 Ok(c) => charts::worker_source(plan, c.as_ref()),
                 Err(why) => {
@@ -367,6 +380,44 @@ impl Orchestrator {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Targets the active plan is upgrading or rolling back right now, with a sentence for each.
+/// Read from the store (saved before anything is sent), not from the orchestrator's state, so
+/// a check never waits on, or holds up, the rollout.
+async fn busy<S: Store>(ctx: &Context<S>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let active = match ctx.store.plans().await {
+        Ok(plans) => plans.into_iter().find(|p| p.active),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the active plan for a check");
+            None
+        }
+    };
+    let Some(active) = active else {
+        return out;
+    };
+    let Ok(rollout) = serde_json::from_str::<Rollout>(&active.rollout) else {
+        return out;
+    };
+    let targets = std::iter::once((CONTROL_PLANE, &rollout.control_plane))
+        .chain(rollout.workers.iter().map(|(id, p)| (id.as_str(), p)));
+    for (id, progress) in targets {
+        let why = match &progress.state {
+            TargetState::Running { operation_id, .. } => {
+                format!("plan {} is upgrading it now ({operation_id})", active.name)
+            }
+            TargetState::RollingBack { operation_id, .. } => {
+                format!(
+                    "plan {} is rolling it back now ({operation_id})",
+                    active.name
+                )
+            }
+            _ => continue,
+        };
+        out.insert(id.to_string(), why);
+    }
+    out
 }
 
 /// The worker's task, as the rollout would send it, but of kind PREFLIGHT and with a start
