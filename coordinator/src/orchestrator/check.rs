@@ -346,7 +346,15 @@ impl Orchestrator {
         }
         tracing::info!(plan = %plan.name, asked = asked.len(), "preflight check sent");
 
-        while let Some(joined) = pending.join_next().await {
+        loop {
+            let joined = tokio::select! {
+                j = pending.join_next() => j,
+                // The caller went away: stop waiting (dropping the set ends the waits).
+                () = out.closed() => break,
+            };
+            let Some(joined) = joined else {
+                break;
+            };
             let Ok((row, answer)) = joined else {
                 continue; // a waiting task cannot panic; nothing to report if it did
             };
@@ -355,7 +363,7 @@ impl Orchestrator {
                 .await
                 .is_err()
             {
-                break; // the caller went away
+                break;
             }
         }
         for op in asked {
