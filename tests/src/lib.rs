@@ -9,6 +9,7 @@ pub mod charts;
 pub mod connect_proxy;
 pub mod fleet;
 pub mod netns;
+pub mod pty;
 pub mod sim;
 pub mod stand_in;
 pub mod tools;

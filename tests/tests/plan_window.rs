@@ -1,17 +1,20 @@
 //! Windows are law (DESIGN.md invariant 4), end to end with a driven clock: the window closes
 //! while the canary's upgrade is in flight; the canary finishes, nothing new starts, and the
 //! plan completes when the clock moves into the next window. A `plan check` while the canary is
-//! in flight shows it as upgrading and disturbs nothing.
+//! in flight shows it as upgrading and disturbs nothing. An operator's `plan watch` on a
+//! terminal (a real pty) shows the waves filling, the wait between windows, and the end.
 //!
 //! The canary is held in flight deterministically: its emulated API server is frozen (requests
 //! wait, as with an API server that hangs) before the plan starts, the clock moves past the
 //! window's end, and only then is the server resumed. So the result that lets the rollout
 //! consider the next wave is always judged after the close.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::pty::{Pty, strip_ansi};
 use skoala_e2e::wait;
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -68,8 +71,16 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     let applied = pf.apply(&yaml).await?;
     assert!(applied.success, "apply: {}", applied.stderr);
 
-    // The control plane is upgraded inside the window, then the canary starts (and hangs).
+    // An operator follows the plan on a terminal the whole time.
     let ctl = pf.ctl();
+    let mut pty = Pty::open()?;
+    let mut watch = ctl.command(&["plan", "watch", "window"]);
+    watch.stdout(pty.take_slave()?).stderr(Stdio::piped());
+    let watcher = watch.spawn()?;
+    drop(watch); // the parent's copy of the terminal end: the screen ends with the watcher
+    let screen = tokio::spawn(pty.read_to_end());
+
+    // The control plane is upgraded inside the window, then the canary starts (and hangs).
     let plan = wait::until("the canary work-1 running", PLAN_TIMEOUT, || async {
         let p = pf.plan("window").await.ok()?;
         (target(&p, "work-1")["state"] == "running").then_some(p)
@@ -178,6 +189,31 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     }
     let skew = ctl.run(&["skew"]).await?;
     assert!(skew.success, "no skew at the end: {}", skew.stdout);
+
+    // The terminal showed the waves filling, the wait between the windows, and the end.
+    let out = tokio::time::timeout(Duration::from_secs(60), watcher.wait_with_output()).await??;
+    assert!(
+        out.status.success(),
+        "plan watch ends with the plan: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = strip_ansi(&tokio::time::timeout(Duration::from_secs(30), screen).await???);
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.trim_start().starts_with("work-1") && l.contains(" running")),
+        "the canary in flight on the terminal:\n{screen}"
+    );
+    for want in [
+        // Between the windows: the canary done, two clusters waiting.
+        "canary        [########################] 1/1",
+        "not started   2",
+        // The last picture.
+        "plan window → 0.19.2: succeeded",
+        "wave 1        [########################] 2/2",
+    ] {
+        assert!(screen.contains(want), "{want:?} on the terminal:\n{screen}");
+    }
     Ok(())
 }
 
