@@ -111,7 +111,7 @@ async fn helm_ok(session: &HelmSession, args: &[&str], what: &str) -> Result<(),
     match session.run(&args, QUICK).await {
         Ok(out) if out.success() => Ok(()),
         Ok(out) => Err(ChartError {
-            message: format!("{what} failed (exit code {:?})", out.code),
+            message: format!("{what} failed ({})", out.exit()),
             helm: Some(out),
         }),
         Err(e) => Err(ChartError::new(format!("{what}: {e}"))),

@@ -820,8 +820,9 @@ impl<'a> Run<'a> {
                 let done = Done {
                     outcome: StepOutcome::Failed,
                     message: format!(
-                        "helm upgrade to {} failed (exit code {:?})",
-                        self.spec.version, out.code
+                        "helm upgrade to {} failed ({})",
+                        self.spec.version,
+                        out.exit()
                     ),
                     helm: Some(&out),
                 };

@@ -173,6 +173,14 @@ impl HelmOutput {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// How helm ended, for messages: `exit code 1`, or `killed by a signal`.
+    pub fn exit(&self) -> String {
+        match self.code {
+            Some(code) => format!("exit code {code}"),
+            None => "killed by a signal".into(),
+        }
+    }
 }
 
 /// Private helm homes and a work folder for one operation; removed on drop.
@@ -287,6 +295,17 @@ async fn run_raw(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_reads_as_prose() {
+        let out = |code| HelmOutput {
+            code,
+            stdout: Vec::new(),
+            stderr: String::new(),
+        };
+        assert_eq!(out(Some(1)).exit(), "exit code 1");
+        assert_eq!(out(None).exit(), "killed by a signal");
+    }
 
     #[test]
     fn majors() {

@@ -201,8 +201,8 @@ pub(super) fn rollback_failure(
     match out {
         Ok(o) if o.success() => None,
         Ok(o) => Some(format!(
-            "helm rollback to revision {target} failed (exit code {:?})",
-            o.code
+            "helm rollback to revision {target} failed ({})",
+            o.exit()
         )),
         Err(e) => Some(format!("helm rollback to revision {target}: {e}")),
     }
