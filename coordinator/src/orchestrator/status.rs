@@ -81,9 +81,11 @@ pub fn diff(before: &Rollout, after: &Rollout, snap: &Snapshot) -> Vec<PlanEvent
             ..Default::default()
         });
     }
-    let old = targets(before);
+    // By id: a linear search per target made this quadratic, 10^8 string comparisons on
+    // every step of a 10,000-cluster plan (the fan-out benchmark, BENCHMARKS.md).
+    let old: std::collections::HashMap<String, &Progress> = targets(before).into_iter().collect();
     for (id, p) in targets(after) {
-        let was = old.iter().find(|(o, _)| *o == id).map(|(_, p)| &p.state);
+        let was = old.get(&id).map(|p| &p.state);
         if was == Some(&p.state) {
             continue;
         }
@@ -110,13 +112,26 @@ pub fn plan_status(
     snap: &Snapshot,
 ) -> PlanStatus {
     let (phase_name, reason) = phase(&rollout.phase);
+    // Once, not `snap.connected(id)` per target: that searches the fleet, which made every
+    // status of a 10,000-cluster plan (each `plan approve`, `plan get`) 10^8 comparisons.
+    let connected: std::collections::HashSet<&str> = snap
+        .view
+        .workers
+        .iter()
+        .filter(|w| w.release.connected)
+        .map(|w| w.release.cluster_id.as_str())
+        .collect();
     let targets = targets(rollout)
         .into_iter()
         .map(|(id, p)| {
             let (state, op, message) = target_state(&p.state);
             PlanTarget {
                 name: snap.name_of(&id),
-                connected: snap.connected(&id),
+                connected: if id == CONTROL_PLANE {
+                    snap.view.control_plane.connected
+                } else {
+                    connected.contains(id.as_str())
+                },
                 target: id,
                 state: state.into(),
                 stage: p.stage.map(|s| s as i32).unwrap_or(-1),
