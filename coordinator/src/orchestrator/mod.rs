@@ -46,6 +46,12 @@ use fleet::{CONTROL_PLANE, Snapshot};
 /// How often the rollout is stepped with no other change (windows open and close).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long the mean upgrade time from the event history is reused. Computing it scans every
+/// plan event; once per step that held the store for milliseconds per step during a
+/// 1,000-cluster rollout (BENCHMARKS.md), and the history only grows. A mean that is seconds
+/// old is just as good for deciding whether an upgrade fits in a window.
+const EXPECTED_REFRESH: Duration = Duration::from_secs(10);
+
 /// Something for the orchestrator from an agent session or the control-plane runner.
 pub enum Input {
     Agent {
@@ -93,6 +99,8 @@ pub struct Orchestrator {
     inbox: mpsc::UnboundedSender<Input>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
     last_event: watch::Sender<i64>,
+    /// The mean upgrade time (ms) and when it was read from the store.
+    mean_upgrade: Mutex<Option<(std::time::Instant, Option<i64>)>>,
     /// Preflight checks waiting for agents' answers (`skoalactl plan check`).
     checks: check::Checks,
 }
@@ -120,6 +128,7 @@ impl Orchestrator {
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
             last_event: watch::channel(0).0,
+            mean_upgrade: Mutex::new(None),
             checks: Default::default(),
         })
     }
@@ -251,8 +260,27 @@ impl Orchestrator {
     }
 
     async fn expected<S: Store>(&self, ctx: &Context<S>, plan: &Plan) -> SignedDuration {
-        match ctx.store.mean_upgrade_ms().await {
-            Ok(Some(ms)) if ms > 0 => SignedDuration::from_millis(ms),
+        let cached = *self
+            .mean_upgrade
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mean = match cached {
+            Some((at, mean)) if at.elapsed() < EXPECTED_REFRESH => mean,
+            _ => {
+                // A store error is not cached: the next step asks again.
+                let mean = ctx.store.mean_upgrade_ms().await;
+                if let Ok(m) = mean {
+                    *self
+                        .mean_upgrade
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        Some((std::time::Instant::now(), m));
+                }
+                mean.ok().flatten()
+            }
+        };
+        match mean {
+            Some(ms) if ms > 0 => SignedDuration::from_millis(ms),
             _ => plan.expected_duration.unwrap_or(DEFAULT_EXPECTED_DURATION),
         }
     }
