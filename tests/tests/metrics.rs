@@ -584,6 +584,16 @@ async fn a_plan_shows_in_the_metrics_and_the_dashboard_reads_only_real_metrics()
     )
     .await?;
 
+    // An agent gone: its cluster counts as offline (offline alone is not skew).
+    pf.fleet.agents[1].kill();
+    wait_scrape(coordinator, "work-2 offline", TIMEOUT, |s| {
+        s.value("skoala_agents_connected", &[]) == Some(1.0)
+            && s.value("skoala_clusters", &[("state", "offline")]) == Some(1.0)
+            && s.value("skoala_clusters", &[("state", "connected")]) == Some(1.0)
+            && s.value("skoala_skewed_clusters", &[]) == Some(0.0)
+    })
+    .await?;
+
     // The dashboard: valid JSON, and every metric it queries is a family of these scrapes
     // (agent panels against the agent's, the rest against the coordinator's).
     let (_, coordinator_now) = coordinator_scrape(coordinator).await?;
