@@ -361,9 +361,10 @@ async fn a_plan_shows_in_the_metrics_and_the_dashboard_reads_only_real_metrics()
     let before = wait_scrape(coordinator, "the fleet at 0.19.0", TIMEOUT, |s| {
         s.value("skoala_agents_connected", &[]) == Some(2.0)
             && s.value("skoala_clusters", &[("state", "connected")]) == Some(2.0)
+            && s.value("skoala_control_plane_connected", &[]) == Some(1.0)
+            && s.value("skoala_skewed_clusters", &[]) == Some(0.0)
     })
     .await?;
-    assert_eq!(before.value("skoala_skewed_clusters", &[]), Some(0.0));
     assert_eq!(before.sum("skoala_clusters", &[]), 2.0, "one state each");
     assert_eq!(
         before.value(
@@ -377,10 +378,6 @@ async fn a_plan_shows_in_the_metrics_and_the_dashboard_reads_only_real_metrics()
             "skoala_release_versions",
             &[("release", "skoala"), ("version", "0.19.0")]
         ),
-        Some(1.0)
-    );
-    assert_eq!(
-        before.value("skoala_control_plane_connected", &[]),
         Some(1.0)
     );
     assert_eq!(before.value("skoala_fleet_state_readable", &[]), Some(1.0));
@@ -578,7 +575,7 @@ async fn a_plan_shows_in_the_metrics_and_the_dashboard_reads_only_real_metrics()
         || pf.fleet.agents[0].log(),
         "work-1 reconnected",
         |s| {
-            s.value("skoala_agent_reconnects_total", &[]) == Some(1.0)
+            s.value("skoala_agent_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
                 && s.value("skoala_agent_connected", &[]) == Some(1.0)
         },
     )
