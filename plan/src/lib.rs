@@ -26,6 +26,7 @@ pub mod profile;
 pub mod rollout;
 pub mod skew;
 pub mod validate;
+pub mod waiting;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -276,6 +276,45 @@ fn nothing_starts_outside_the_window_and_the_plan_continues_in_the_next() {
 }
 
 #[test]
+fn a_plan_waiting_for_its_window_says_so_and_when_it_opens() {
+    use skoala_plan::waiting::waiting_reason;
+    // Mondays to Fridays 02:00-03:00 in Shanghai (18:00-19:00 UTC the day before).
+    let plan = plan(
+        "  window: {days: [Mon, Tue, Wed, Thu, Fri], startTime: \"02:00\", endTime: \"03:00\", timeZone: Asia/Shanghai}\n  strategy: {canary: 1, maxConcurrency: 1}\n",
+    );
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.fleet.now = "2026-11-25T12:00:00Z".parse().expect("literal"); // Wed 20:00 Shanghai
+    assert!(sim.step(&mut r, &plan).is_empty());
+    assert_eq!(
+        waiting_reason(&r, &plan, &sim.fleet).as_deref(),
+        Some("waiting: the control plane for its window, next open 2026-11-26 02:00 Asia/Shanghai")
+    );
+
+    sim.fleet.now = "2026-11-25T18:00:00Z".parse().expect("literal"); // Thu 02:00
+    sim.step(&mut r, &plan);
+    assert_eq!(
+        waiting_reason(&r, &plan, &sim.fleet),
+        None,
+        "the control plane is upgrading"
+    );
+    sim.finish_all(&mut r);
+    sim.step(&mut r, &plan); // the canary w1 starts
+    sim.finish_all(&mut r);
+    // 02:55 Shanghai: 10 minutes no longer fit; w2 is offline, w3 waits for Friday.
+    sim.fleet.now = "2026-11-25T18:55:00Z".parse().expect("literal");
+    sim.worker("w2").release.connected = false;
+    assert!(sim.step(&mut r, &plan).is_empty());
+    assert_eq!(r.phase, Phase::Workers);
+    let reason = waiting_reason(&r, &plan, &sim.fleet).expect("a reason");
+    assert_eq!(
+        reason,
+        "waiting: 1 cluster for their window, next open 2026-11-27 02:00 Asia/Shanghai; \
+         1 cluster offline (upgraded when their agent is back, in their window)"
+    );
+}
+
+#[test]
 fn offline_is_not_failed_and_converges_when_it_returns() {
     let plan = plan("  strategy: {canary: 1, maxConcurrency: 5}\n");
     let mut r = Rollout::new(&plan);

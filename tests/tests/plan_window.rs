@@ -135,10 +135,20 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
         },
     )
     .await?;
-    let plan = pf.plan("window").await?;
+    // Not stuck, and it says so: what it waits for and when that opens, in the window's zone.
+    let plan = wait::until("the plan to say why it waits", PLAN_TIMEOUT, || async {
+        let p = pf.plan("window").await.ok()?;
+        p["reason"].as_str()?.starts_with("waiting:").then_some(p)
+    })
+    .await?;
     assert_eq!(
         plan["phase"], "workers",
         "waiting for the next window, not finished: {plan:#}"
+    );
+    assert_eq!(
+        plan["reason"],
+        "waiting: 2 clusters for their window, next open 2026-12-05 02:00 Asia/Shanghai",
+        "{plan:#}"
     );
     for name in ["work-2", "work-3"] {
         let t = target(&plan, name);

@@ -2,7 +2,8 @@
 //! the events one rollout step produced (a diff of the rollout before and after).
 
 use skoala_plan::rollout::Progress;
-use skoala_plan::{Phase, Rollout, TargetState};
+use skoala_plan::waiting::waiting_reason;
+use skoala_plan::{Phase, Rollout, TargetState, UpgradePlan, validate};
 use skoala_proto::v1::{PlanStatus, PlanTarget};
 
 use super::fleet::{CONTROL_PLANE, Snapshot};
@@ -29,6 +30,13 @@ pub fn phase(p: &Phase) -> (&'static str, String) {
         Phase::RollingBack => ("rollingBack", String::new()),
         Phase::RolledBack => ("rolledBack", String::new()),
     }
+}
+
+/// Why a plan with nothing in flight waits (its windows, offline agents), from its document:
+/// a phase without a reason of its own otherwise looks stuck.
+fn waiting(record: &PlanRecord, rollout: &Rollout, snap: &Snapshot) -> Option<String> {
+    let plan = validate(&UpgradePlan::from_yaml(&record.document).ok()?).ok()?;
+    waiting_reason(rollout, &plan, &snap.view)
 }
 
 /// Whether a new plan may supersede a plan in this phase.
@@ -111,7 +119,10 @@ pub fn plan_status(
     rollout: &Rollout,
     snap: &Snapshot,
 ) -> PlanStatus {
-    let (phase_name, reason) = phase(&rollout.phase);
+    let (phase_name, mut reason) = phase(&rollout.phase);
+    if reason.is_empty() {
+        reason = waiting(record, rollout, snap).unwrap_or_default();
+    }
     // Once, not `snap.connected(id)` per target: that searches the fleet, which made every
     // status of a 10,000-cluster plan (each `plan approve`, `plan get`) 10^8 comparisons.
     let connected: std::collections::HashSet<&str> = snap
