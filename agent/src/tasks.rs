@@ -32,7 +32,7 @@ use skoala_proto::v1::{
 use skoala_upgrade::inventory::{self, TrackedRelease};
 use skoala_upgrade::record::{RecordPhase, RecordStore};
 use skoala_upgrade::{
-    Backup, ChartSource, CrdPolicy, Executor, Helm, Operation, Outcome, ProgressEvent, ReleaseSpec,
+    Backup, ChartSource, CrdPolicy, Executor, Helm, Operation, ProgressEvent, ReleaseSpec,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -341,29 +341,24 @@ impl TaskRunner {
             }
         };
         let (result, ()) = tokio::join!(work, forward);
-        let mut result_msg = TaskResult {
-            operation_id: id.clone(),
-            ..TaskResult::default()
-        };
-        match result {
+        let result_msg = match result {
             Ok(report) => {
                 tracing::info!(operation = %id, outcome = report.outcome.as_str(), "task finished");
-                result_msg.outcome = outcome(report.outcome) as i32;
-                result_msg.failed_step = report
-                    .failed_step
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default();
-                result_msg.message = report.message.clone();
-                result_msg.revision_before = report.revision_before.unwrap_or_default();
-                result_msg.rollback_message = report.rollback_message.clone().unwrap_or_default();
-                result_msg.release_after = release_after(&client, &spec).await;
+                TaskResult {
+                    release_after: release_after(&client, &spec).await,
+                    ..skoala_upgrade::wire::task_result(&report)
+                }
             }
             Err(e) => {
                 tracing::error!(operation = %id, error = %e, "task could not run");
-                result_msg.outcome = TaskOutcome::Failed as i32;
-                result_msg.message = e.to_string();
+                TaskResult {
+                    operation_id: id.clone(),
+                    outcome: TaskOutcome::Failed as i32,
+                    message: e.to_string(),
+                    ..TaskResult::default()
+                }
             }
-        }
+        };
         let _ = self.outbox.send(Body::TaskResult(result_msg)).await;
     }
 
@@ -547,16 +542,6 @@ fn set_values(values: &HashMap<String, String>) -> Result<Option<serde_yaml::Map
         at.insert(leaf, serde_yaml::Value::String(values[key].clone()));
     }
     Ok(Some(root))
-}
-
-fn outcome(o: Outcome) -> TaskOutcome {
-    match o {
-        Outcome::Succeeded => TaskOutcome::Succeeded,
-        Outcome::Failed => TaskOutcome::Failed,
-        Outcome::RolledBack => TaskOutcome::RolledBack,
-        Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
-        Outcome::Refused => TaskOutcome::Refused,
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,41 @@
-//! The wire form (`skoala.fleet.v1`) of what this crate reports: step progress and release
-//! inventory. Both daemons send them — the agent for `skoala-init`, the coordinator for its own
-//! `skoala` — so the mapping lives here, once.
+//! The wire form (`skoala.fleet.v1`) of what this crate reports: step progress, results and
+//! release inventory. Both daemons send them — the agent for `skoala-init`, the coordinator for
+//! its own `skoala` — so the mapping lives here, once.
 
-use skoala_proto::v1::{Inventory, ReleaseInventory, StepPhase, StepProgress};
+use skoala_proto::v1::{
+    Inventory, ReleaseInventory, StepPhase, StepProgress, TaskOutcome, TaskResult,
+};
 
 use crate::inventory::ReleaseInfo;
-use crate::report::{Phase, ProgressEvent, StepOutcome};
+use crate::report::{Outcome, Phase, ProgressEvent, Report, StepOutcome};
+
+/// An operation's outcome as the wire's `TaskOutcome`.
+pub fn task_outcome(o: Outcome) -> TaskOutcome {
+    match o {
+        Outcome::Succeeded => TaskOutcome::Succeeded,
+        Outcome::Failed => TaskOutcome::Failed,
+        Outcome::RolledBack => TaskOutcome::RolledBack,
+        Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
+        Outcome::Refused => TaskOutcome::Refused,
+    }
+}
+
+/// An executor report as a `TaskResult` (without `release_after`, which the sender reads from
+/// its cluster). The messages are already redacted by the executor.
+pub fn task_result(r: &Report) -> TaskResult {
+    TaskResult {
+        operation_id: r.operation_id.clone(),
+        outcome: task_outcome(r.outcome) as i32,
+        failed_step: r
+            .failed_step
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        message: r.message.clone(),
+        revision_before: r.revision_before.unwrap_or_default(),
+        release_after: None,
+        rollback_message: r.rollback_message.clone().unwrap_or_default(),
+    }
+}
 
 /// An executor progress event as a `StepProgress` message. The message is already redacted by
 /// the executor.

@@ -33,7 +33,7 @@ use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, coordinator_message,
 };
-use skoala_upgrade::{Executor, Helm, Operation, Outcome, ProgressEvent};
+use skoala_upgrade::{Executor, Helm, Operation, ProgressEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tonic::Status;
@@ -510,20 +510,7 @@ async fn preflight_here(
     let operation = Operation::new(op);
     let (report, ()) = tokio::join!(executor.preflight(&operation, spec, tx), drain);
     match report {
-        Ok(r) => TaskResult {
-            operation_id: op.to_string(),
-            outcome: if r.outcome == Outcome::Succeeded {
-                TaskOutcome::Succeeded
-            } else {
-                TaskOutcome::Refused
-            } as i32,
-            failed_step: r
-                .failed_step
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
-            message: r.message,
-            ..Default::default()
-        },
+        Ok(r) => skoala_upgrade::wire::task_result(&r),
         Err(e) => failed(op, e.to_string()),
     }
 }

@@ -11,7 +11,7 @@ use skoala_proto::v1::{
     self as pb, ChartRepository, ChartSource, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body,
 };
-use skoala_upgrade::{Executor, Helm, Operation, Outcome, ProgressEvent};
+use skoala_upgrade::{Executor, Helm, Operation, ProgressEvent};
 use tokio::sync::mpsc;
 
 use super::Input;
@@ -185,24 +185,7 @@ impl ControlPlaneRunner {
         };
         let (report, ()) = tokio::join!(run, forward);
         match report {
-            Ok(r) => TaskResult {
-                operation_id: operation_id.to_string(),
-                outcome: match r.outcome {
-                    Outcome::Succeeded => TaskOutcome::Succeeded,
-                    Outcome::Failed => TaskOutcome::Failed,
-                    Outcome::RolledBack => TaskOutcome::RolledBack,
-                    Outcome::RollbackFailed => TaskOutcome::RollbackFailed,
-                    Outcome::Refused => TaskOutcome::Refused,
-                } as i32,
-                failed_step: r
-                    .failed_step
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                message: r.message,
-                revision_before: r.revision_before.unwrap_or_default(),
-                release_after: None,
-                rollback_message: r.rollback_message.unwrap_or_default(),
-            },
+            Ok(r) => skoala_upgrade::wire::task_result(&r),
             Err(e) => failed(operation_id, e.to_string()),
         }
     }
