@@ -128,17 +128,7 @@ async fn plan_check_lists_every_cluster_and_fails_only_on_reachable_failures() -
 
     // --- one agent stopped; a document that is not applied ----------------------------------
     pf.fleet.agents[1].kill();
-    wait::until(
-        "work-2 shown disconnected",
-        Duration::from_secs(90),
-        || async {
-            let cs = ctl.clusters().await.ok()?;
-            cs.iter()
-                .any(|c| c["name"] == "work-2" && c["connected"] == false)
-                .then_some(())
-        },
-    )
-    .await?;
+    ctl.wait_connected("work-2", false).await?;
     let doc = tempfile::NamedTempFile::new()?;
     std::fs::write(doc.path(), pf.plan_yaml("not-applied", "0.19.2", ""))?;
     let path = doc.path().to_str().expect("utf-8 temp path");

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
-use skoala_e2e::wait;
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -18,17 +17,7 @@ async fn an_offline_cluster_is_degraded_then_upgraded_when_it_returns() -> anyho
     .await?;
     pf.fleet.agents[1].kill();
     let ctl = pf.ctl();
-    wait::until(
-        "work-2 shown disconnected",
-        Duration::from_secs(90),
-        || async {
-            let cs = ctl.clusters().await.ok()?;
-            cs.iter()
-                .any(|c| c["name"] == "work-2" && c["connected"] == false)
-                .then_some(())
-        },
-    )
-    .await?;
+    ctl.wait_connected("work-2", false).await?;
 
     let yaml = pf.plan_yaml(
         "offline",

@@ -120,6 +120,29 @@ impl Ctl {
         }
     }
 
+    /// Waits until `clusters` shows the cluster named `name` as `connected` (or not); returns
+    /// its row. An agent killed without a goodbye shows disconnected only after the
+    /// coordinator's liveness timeout, hence the generous deadline.
+    pub async fn wait_connected(&self, name: &str, connected: bool) -> anyhow::Result<Value> {
+        let state = if connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        crate::wait::until(
+            &format!("{name} shown {state}"),
+            Duration::from_secs(90),
+            || async {
+                self.clusters()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|c| c["name"] == name && c["connected"] == connected)
+            },
+        )
+        .await
+    }
+
     /// `audit -o json`.
     pub async fn audit(&self) -> anyhow::Result<Vec<Value>> {
         match self.json(&["audit"]).await? {
