@@ -18,6 +18,7 @@
 #             failed attempts counted by the load generator, agents that gave up (must be 0)
 #   bare      the same memory figure for `skoala-sim load bare-server`, and the ratio
 # Every process started here is bounded (watchdog) and killed on exit.
+# Fan-out and the 1,000-cluster rollout need plans and a control plane: scripts/bench-plan.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
