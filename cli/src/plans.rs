@@ -68,8 +68,11 @@ fn view(p: PlanStatus) -> PlanView {
     }
 }
 
-fn stage(s: Option<u32>) -> String {
+/// A target's stage in words. The control plane is recorded as stage 0 too, but it is never a
+/// canary: it goes first, alone.
+fn stage(target: &str, s: Option<u32>) -> String {
     match s {
+        _ if target == "control-plane" => "first".into(),
         None => "-".into(),
         Some(0) => "canary".into(),
         Some(n) => format!("wave {n}"),
@@ -90,7 +93,7 @@ fn print_plan(p: PlanView, format: Format) -> anyhow::Result<()> {
         .map(|t| {
             vec![
                 t.name.clone(),
-                stage(t.stage),
+                stage(&t.target, t.stage),
                 t.state.clone(),
                 if t.connected { "yes" } else { "no" }.into(),
                 dash(&t.message),
@@ -229,10 +232,11 @@ pub async fn skew(admin: &mut Admin, format: Format) -> anyhow::Result<ExitCode>
                 dash(&v.control_plane_version)
             );
         } else {
+            let n = v.clusters.len();
             println!(
-                "control plane: {}; {} clusters skewed",
+                "control plane: {}; {n} {} skewed",
                 dash(&v.control_plane_version),
-                v.clusters.len()
+                if n == 1 { "cluster" } else { "clusters" }
             );
             let rows: Vec<Vec<String>> = v
                 .clusters
@@ -355,6 +359,14 @@ pub async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_read_as_the_rollout_runs_them() {
+        assert_eq!(stage("control-plane", Some(0)), "first");
+        assert_eq!(stage("uid-1", Some(0)), "canary");
+        assert_eq!(stage("uid-2", Some(3)), "wave 3");
+        assert_eq!(stage("uid-3", None), "-");
+    }
 
     #[test]
     fn a_failed_step_shows_cluster_step_and_message() {
