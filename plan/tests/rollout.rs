@@ -315,6 +315,47 @@ fn a_plan_waiting_for_its_window_says_so_and_when_it_opens() {
 }
 
 #[test]
+fn a_cluster_label_picks_its_own_named_window() {
+    // The default window is Shanghai's night; w2 is in Berlin and says so with its label.
+    let plan = plan(
+        "  window: {schedule: \"0 2 * * *\", duration: 2h, timeZone: Asia/Shanghai}\n  windows:\n    berlin: {schedule: \"0 2 * * *\", duration: 2h, timeZone: Europe/Berlin}\n  strategy: {canary: 0, maxConcurrency: 5}\n",
+    );
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.worker("w2")
+        .labels
+        .insert("fleet.skoala.io/window".into(), "berlin".into());
+
+    // 02:00 Shanghai = 18:00 UTC: the control plane and w1, w3 — not w2 (19:00 in Berlin).
+    sim.fleet.now = "2026-11-25T18:00:00Z".parse().expect("literal");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w3"]);
+    assert_eq!(r.phase, Phase::Workers, "w2 waits for Berlin's night");
+
+    // 02:00 in Berlin = 01:00 UTC (Shanghai's window is closed by then): w2 alone.
+    sim.fleet.now = "2026-11-26T01:00:00Z".parse().expect("literal");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w3", "w2"]);
+    assert_eq!(r.phase, Phase::Succeeded);
+
+    // A label naming a window the plan lacks never starts, and the status says why.
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(1);
+    sim.worker("w1")
+        .labels
+        .insert("fleet.skoala.io/window".into(), "tokyo".into());
+    sim.fleet.now = "2026-11-25T18:00:00Z".parse().expect("literal");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp"]);
+    let reason = skoala_plan::waiting::waiting_reason(&r, &plan, &sim.fleet).unwrap_or_default();
+    assert!(
+        reason.contains("names a window the plan does not define"),
+        "{reason:?}, phase {:?}",
+        r.phase
+    );
+}
+
+#[test]
 fn offline_is_not_failed_and_converges_when_it_returns() {
     let plan = plan("  strategy: {canary: 1, maxConcurrency: 5}\n");
     let mut r = Rollout::new(&plan);
