@@ -2,7 +2,7 @@
 //! (or, when offline, the last inventory it reported, from the store), and the control plane's
 //! `skoala` from the coordinator's own watch. The same snapshot answers `skoalactl skew`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message;
@@ -38,6 +38,19 @@ impl Snapshot {
             .workers
             .iter()
             .any(|w| w.release.cluster_id == id && w.release.connected)
+    }
+
+    /// The ids of every connected cluster (the control plane's too): one pass, for callers
+    /// that ask about many clusters ([`Snapshot::connected`] scans the fleet per call).
+    pub fn connected_ids(&self) -> HashSet<&str> {
+        let workers = self
+            .view
+            .workers
+            .iter()
+            .filter(|w| w.release.connected)
+            .map(|w| w.release.cluster_id.as_str());
+        let cp = self.view.control_plane.connected.then_some(CONTROL_PLANE);
+        workers.chain(cp).collect()
     }
 
     /// Invariant 3 over this snapshot.
