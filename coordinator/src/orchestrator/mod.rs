@@ -86,6 +86,12 @@ struct State {
     cp_running: Option<String>,
     /// Operation id → when it was sent (real time, ms), for durations.
     sent_ms: HashMap<String, i64>,
+    /// Cluster id → name, from the last full step's snapshot: names the events of a
+    /// progress-only round without reading the fleet again.
+    names: HashMap<String, String>,
+    /// When the rollout was last stepped: progress-only rounds skip the step, but never for
+    /// longer than a [`TICK`] (windows and deadlines are judged on the step).
+    stepped: Option<std::time::Instant>,
 }
 
 /// Shared between the orchestrator task, the sessions and the admin API.
@@ -108,6 +114,20 @@ pub struct Orchestrator {
 fn internal(e: StoreError) -> Status {
     tracing::error!(error = %e, "store error in the orchestrator");
     Status::unavailable(format!("the coordinator's store is unavailable: {e}"))
+}
+
+impl Input {
+    /// Progress only (a step's progress, a task accepted): it changes no rollout state, so a
+    /// round made of these alone records the events and steps nothing.
+    fn is_progress(&self) -> bool {
+        matches!(
+            self,
+            Input::Agent {
+                body: Body::StepProgress(_) | Body::TaskAccepted(_),
+                ..
+            } | Input::ControlPlane(Body::StepProgress(_) | Body::TaskAccepted(_))
+        )
+    }
 }
 
 impl Orchestrator {
@@ -298,9 +318,29 @@ impl Orchestrator {
     }
 
     /// One round: record inputs, step, persist, send.
+    ///
+    /// A round of progress alone (the agents' `TaskAccepted` and `StepProgress`, 20,000 of
+    /// them right after a 10,000-cluster fan-out) only records its events, all of the round's
+    /// in one transaction: re-reading the whole fleet and stepping the rollout for them
+    /// changes nothing and took the CPU the fan-out's deliveries needed (BENCHMARKS.md).
     async fn tick<S: Store>(&self, ctx: &Context<S>, inputs: Vec<Input>) {
         let mut st = self.state.lock().await;
         let mut events = Vec::new();
+        let recently_stepped = st.stepped.is_some_and(|at| at.elapsed() < TICK);
+        if recently_stepped && !inputs.is_empty() && inputs.iter().all(Input::is_progress) {
+            for input in inputs {
+                self.take_input(ctx, &mut st, input, &mut events);
+            }
+            for e in &mut events {
+                e.target_name = st
+                    .names
+                    .get(&e.target)
+                    .cloned()
+                    .unwrap_or_else(|| e.target.clone());
+            }
+            self.append(ctx, events).await;
+            return;
+        }
         // Before the results are recorded: their state changes are events too.
         let before = st.active.as_ref().map(|a| a.rollout.clone());
         for input in inputs {
@@ -317,8 +357,10 @@ impl Orchestrator {
         for e in &mut events {
             e.target_name = snap.name_of(&e.target);
         }
+        st.stepped = Some(std::time::Instant::now());
         let Some(active) = st.active.as_mut() else {
             self.append(ctx, events).await;
+            st.names = snap.names;
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
@@ -331,6 +373,7 @@ impl Orchestrator {
             return;
         }
         self.send(ctx, &mut st, &snap).await;
+        st.names = snap.names;
     }
 
     /// Saves the rollout (if changed) with `events`, then tells watchers.
