@@ -80,7 +80,7 @@ enum Command {
     },
     /// N simulated agents (real mTLS sessions, real protocol) against a coordinator; or, with
     /// `bare-server`, the bare tonic baseline the benchmarks compare the coordinator with.
-    Load(load::LoadCommand),
+    Load(Box<load::LoadCommand>),
 }
 
 #[tokio::main]
@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await?;
             drop(repo);
         }
-        Command::Load(cmd) => load::run(cmd).await?,
+        Command::Load(cmd) => load::run(*cmd).await?,
     }
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub upgrade_time: Duration,
     pub initial_version: String,
+    /// Labels besides `skoala.io/simulated=true`.
+    pub labels: Vec<(String, String)>,
     pub max_backoff: Duration,
     /// Where task arrivals are noted (`--receipts`).
     pub receipts: Receipts,
@@ -46,7 +48,10 @@ impl SimAgent {
         let identity = ClusterIdentity {
             cluster_id: uuid::Uuid::new_v4().to_string(),
             name: self.name.clone(),
-            labels: [("skoala.io/simulated".to_string(), "true".to_string())].into(),
+            labels: [("skoala.io/simulated".to_string(), "true".to_string())]
+                .into_iter()
+                .chain(self.settings.labels.iter().cloned())
+                .collect(),
         };
         let backoff =
             skoala_agent::agent::reconnect_backoff(MIN_BACKOFF, self.settings.max_backoff);

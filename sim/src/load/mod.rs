@@ -99,6 +99,10 @@ pub struct LoadArgs {
     /// delivery latency: receipt time minus the time the task was sent, on one clock).
     #[arg(long, value_name = "FILE")]
     receipts: Option<PathBuf>,
+    /// A label every simulated cluster carries besides `skoala.io/simulated=true`
+    /// (repeatable), e.g. to select some of several generators' agents in a plan.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Cluster names are PREFIX-1 ... PREFIX-N.
     #[arg(long, default_value = "load")]
     name_prefix: String,
@@ -111,6 +115,13 @@ pub struct LoadArgs {
     /// Stop after this long (default: run until SIGTERM/SIGINT). Bounds benchmark runs.
     #[arg(long, value_parser = duration::parse)]
     duration: Option<Duration>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// Runs the load subcommand until its end (signal or --duration).
@@ -165,6 +176,7 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
         heartbeat: a.heartbeat,
         upgrade_time: a.upgrade_time,
         initial_version: a.initial_version,
+        labels: a.labels,
         max_backoff: a.max_backoff,
         receipts,
     });
