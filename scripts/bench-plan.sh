@@ -8,6 +8,8 @@
 #   BENCH_ROLLOUT=0 scripts/bench-plan.sh 10000      # fan-out only
 #   BENCH_FANOUT=0 scripts/bench-plan.sh             # rollout only
 #   BENCH_ROLLOUT_N=200 BENCH_ROLLOUT_CONCURRENCY=10 scripts/bench-plan.sh   # a smaller rollout
+#   BENCH_BIN=/tmp/old scripts/bench-plan.sh 10000   # binaries from that dir, no build (an
+#                                                     # earlier build, for a before/after)
 #
 # Both need a real control plane: an emulated cluster (`skoala-sim cluster`) with `skoala`
 # installed by the real helm from `skoala-sim chart-repo` serving tests/charts, and a
@@ -19,9 +21,9 @@
 #             requireApproval: beforeWorkers, so it waits with nothing running; then
 #             `skoalactl plan approve`. Latency of each agent = the time its Task arrived
 #             (`skoala-sim load --receipts`) minus the moment the script invoked `plan approve`;
-#             p50/p99/max over the N. The coordinator's log splits it: approve → first
-#             "task sent" (the orchestrator's step and its SQLite write of N transitions),
-#             first → last "task sent" (the send loop). The bare baseline: the same agents
+#             p50/p99/max over the N. The coordinator's log splits it: approve → its
+#             "tasks sent" line (the orchestrator's step, its SQLite write of N transitions
+#             and the send loop; the line is written once per send loop, after it). The bare baseline: the same agents
 #             against `skoala-sim load bare-server`, `kill -USR1` sends one Task down every
 #             stream; latency from the moment of the signal.
 #   rollout   BENCH_ROLLOUT_N agents (1000), everything on 0.19.0, a plan to 0.19.1 with
@@ -46,7 +48,7 @@ SOURCE_ADDRS=${BENCH_SOURCE_ADDRS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 PROCESS_BOUND=${BENCH_PROCESS_BOUND:-1800}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 RESULTS=${BENCH_RESULTS:-$OUT/results-plan.md}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 HELM=${SKOALA_TOOLS_BIN:-$ROOT/.tools/bin}/helm
 FROM=0.19.0
 TO=0.19.1
@@ -206,8 +208,12 @@ apply() {
 
 phase() { "${CTL[@]}" plan get "$1" -o json 2>/dev/null | jq -r .phase; }
 
-say "building release binaries"
-cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+if [ -n "${BENCH_BIN:-}" ]; then
+  say "binaries from $BIN (BENCH_BIN; not built)"
+else
+  say "building release binaries"
+  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+fi
 say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "$FANOUT" = 1 ]; then
@@ -233,24 +239,27 @@ if [ "$FANOUT" = 1 ]; then
       say "  only $(lines "$WORK/receipts") of $N tasks arrived; see $WORK"
     fi
     read -r P50 P99 MAX FIRST GOT < <(percentiles "$WORK/receipts" "$T0")
-    # The coordinator's own log: its 'task sent' lines are written right after the send loop,
-    # so the first of them marks the end of handing N tasks to the sessions.
+    # The coordinator's own log: its 'tasks sent' line (one per send loop, `tasks=K`) is
+    # written right after the loop, so the first marks the end of handing tasks to sessions.
     read -r SENT_DONE SENT_LOGGED SENT_N < <(python3 - "$WORK/coordinator.err" "$T0" <<'EOF'
 import sys, re
 from datetime import datetime
 t0 = int(sys.argv[2])
-ts = []
+ts, n = [], 0
 for line in open(sys.argv[1], errors="replace"):
-    if "task sent" in line and "target=control-plane" not in line:
-        m = re.match(r"(\S+Z)", line)
-        if m:
-            ts.append(int(datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() * 1e6))
-print(f"{(min(ts) - t0) / 1000:.0f} {(max(ts) - min(ts)) / 1000:.0f} {len(ts)}" if ts else "nan nan 0")
+    # "tasks sent ... tasks=K" (one per loop); "task sent" (one per task) from older builds.
+    k = re.search(r"\btasks sent\b.*\btasks=(\d+)", line)
+    one = "task sent" in line and "target=control-plane" not in line
+    m = re.match(r"(\S+Z)", line)
+    if m and (k and "first_target=control-plane" not in line or one):
+        ts.append(int(datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() * 1e6))
+        n += int(k.group(1)) if k else 1
+print(f"{(min(ts) - t0) / 1000:.0f} {(max(ts) - min(ts)) / 1000:.0f} {n}" if ts else "nan nan 0")
 EOF
     )
     figure "coordinator fan-out to $GOT of $N: p50 / p99 / max" "$P50 / $P99 / $MAX ms" "T0 = just before \`skoalactl plan approve fanout\` (it returned after $(((T1 - T0) / 1000)) ms); receipt times from skoala-sim load --receipts"
     figure "  first task received (orchestrator work before it)" "$FIRST ms" "min of the receipts - T0"
-    figure "  all $SENT_N tasks handed to the sessions" "$SENT_DONE ms" "first 'task sent' line of the coordinator's log (written after the send loop) - T0"
+    figure "  all $SENT_N tasks handed to the sessions" "$SENT_DONE ms" "first 'tasks sent' line of the coordinator's log (written after the send loop) - T0"
     kill "$LOAD" "$COORD" 2>/dev/null || true
     wait "$LOAD" "$COORD" 2>/dev/null || true
 
