@@ -33,6 +33,7 @@ use skoala_proto::v1::{
     CoordinatorMessage, PlanStatus, TaskResult, agent_message::Body, coordinator_message,
 };
 use skoala_upgrade::Helm;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
@@ -511,8 +512,21 @@ impl Orchestrator {
                     let msg = CoordinatorMessage {
                         body: Some(coordinator_message::Body::Task(task)),
                     };
-                    if outlet.tx.send(Ok(msg)).await.is_err() {
-                        continue; // the session just ended; the next one gets it
+                    // Never await one session: an agent whose 32 slots are full (a slow
+                    // reader) would hold up every task after it in this loop. Its task
+                    // waits for a slot on its own; if that session ends first, the next
+                    // session has another id and gets the task again.
+                    match outlet.tx.try_send(Ok(msg)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(msg)) => {
+                            let tx = outlet.tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(msg).await;
+                            });
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            continue; // the session just ended; the next one gets it
+                        }
                     }
                     st.delivered.insert(op.clone(), outlet.session);
                     sent.push((id.clone(), op));
@@ -903,6 +917,21 @@ mod tests {
         assert!(!old.contains("to_revision"), "{old}");
         let old: Rollout = serde_json::from_str(&old).expect("old form");
         assert_eq!(running(&old)[0].2, Some(0));
+    }
+
+    #[test]
+    fn only_accepted_and_step_progress_skip_the_step() {
+        use skoala_proto::v1::{StepProgress, TaskAccepted};
+        let agent = |body| Input::Agent {
+            cluster_id: "w1".into(),
+            body,
+        };
+        assert!(agent(Body::StepProgress(StepProgress::default())).is_progress());
+        assert!(agent(Body::TaskAccepted(TaskAccepted::default())).is_progress());
+        assert!(Input::ControlPlane(Body::StepProgress(StepProgress::default())).is_progress());
+        // A result changes the rollout: it must step.
+        assert!(!agent(Body::TaskResult(TaskResult::default())).is_progress());
+        assert!(!Input::ControlPlane(Body::TaskResult(TaskResult::default())).is_progress());
     }
 
     #[test]
