@@ -55,76 +55,10 @@ TO=0.19.1
 mkdir -p "$OUT"
 [ -x "$HELM" ] || { echo "bench-plan: $HELM missing; run scripts/install-tools.sh" >&2; exit 1; }
 
-PIDS=()
-WATCHDOGS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && wait "$p" 2>/dev/null || true
-  done
-  # TERM, not KILL: a watchdog's trap must take its sleep down with it.
-  for w in "${WATCHDOGS[@]:-}"; do
-    [ -n "$w" ] && kill "$w" 2>/dev/null || true
-  done
-  PIDS=()
-  WATCHDOGS=()
-}
-trap cleanup EXIT INT TERM
-
-say() { printf '%s\n' "$*"; }
-# Prints a figure and the command that produced it.
-figure() { printf '  %-52s %s\n      $ %s\n' "$1" "$2" "$3"; }
+FIGURE_WIDTH=52
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 now_us() { echo $(($(date +%s%N) / 1000)); }
-
-# Starts a process in the background, logs to $1.out/.err, records its pid (and a watchdog's).
-spawn() {
-  local log=$1
-  shift
-  "$@" >"$log.out" 2>"$log.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  (
-    sleep "$PROCESS_BOUND" &
-    s=$!
-    trap 'kill $s 2>/dev/null; exit 0' TERM
-    wait $s
-    kill -9 "$pid" 2>/dev/null
-  ) >/dev/null 2>&1 &
-  WATCHDOGS+=("$!")
-  LAST_PID=$pid
-}
-
-# Waits (bounded) until file $1 has a line starting with $2; prints the rest of the line.
-wait_line() {
-  local file=$1 prefix=$2 deadline=$((SECONDS + 120))
-  while [ $SECONDS -lt $deadline ]; do
-    if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  say "timed out waiting for '$prefix' in $file" >&2
-  return 1
-}
-
-# A counter from the load generator's latest status line.
-load_stat() {
-  { tail -n 5 "$1.out" | grep '^load ' | tail -n 1 | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; } || true
-}
-
-# Waits (bounded by $2 s) until the command in $3.. prints $1.
-wait_value() {
-  local want=$1 deadline=$((SECONDS + $2))
-  shift 2
-  while [ $SECONDS -lt $deadline ]; do
-    [ "$("$@" 2>/dev/null || true)" = "$want" ] && return 0
-    sleep 0.2
-  done
-  return 1
-}
 
 lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 

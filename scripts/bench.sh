@@ -35,75 +35,14 @@ RESULTS=${BENCH_RESULTS:-$OUT/results.md}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 mkdir -p "$OUT"
 
-PIDS=()
-WATCHDOGS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
-  done
-  # TERM, not KILL: a watchdog's trap must take its sleep down with it.
-  for w in "${WATCHDOGS[@]:-}"; do
-    [ -n "$w" ] && kill "$w" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT INT TERM
-
-say() { printf '%s\n' "$*"; }
-# Prints a figure and the command that produced it.
-figure() { printf '  %-44s %s\n      $ %s\n' "$1" "$2" "$3"; }
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# Starts a process in the background, logs to $2, records its pid (and a watchdog's).
-spawn() {
-  local log=$1
-  shift
-  "$@" >"$log.out" 2>"$log.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  (
-    sleep "$PROCESS_BOUND" &
-    s=$!
-    trap 'kill $s 2>/dev/null; exit 0' TERM
-    wait $s
-    kill -9 "$pid" 2>/dev/null
-  ) >/dev/null 2>&1 &
-  WATCHDOGS+=("$!")
-  LAST_PID=$pid
-}
-
-# Waits (bounded) until file $1 has a line starting with $2; prints the rest of the line.
-wait_line() {
-  local file=$1 prefix=$2 deadline=$((SECONDS + 60))
-  while [ $SECONDS -lt $deadline ]; do
-    if line=$(grep -m1 "^$prefix" "$file" 2>/dev/null); then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  say "timed out waiting for '$prefix' in $file" >&2
-  return 1
-}
-
 gauge() { { curl -s --max-time 5 "http://$METRICS/metrics" | awk '$1 == "skoala_agents_connected" { print $2 }'; } || true; }
-# A counter from the load generator's latest status line.
-load_stat() {
-  { tail -n 5 "$1.out" | grep '^load ' | tail -n 1 | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; } || true
-}
-
-# Waits (bounded) until the command in $2.. prints $1; 1 if the deadline passed.
-wait_value() {
-  local want=$1 deadline=$(($SECONDS + $2))
-  shift 2
-  while [ $SECONDS -lt $deadline ]; do
-    [ "$("$@" 2>/dev/null || true)" = "$want" ] && return 0
-    sleep 0.2
-  done
-  return 1
-}
 
 serve() {
   spawn "$WORK/coordinator.$1" "$BIN/skoala-coordinator" serve --data-dir "$WORK/data" \
