@@ -170,7 +170,11 @@ fn closed(w: &Window, now: Timestamp, expected: SignedDuration) -> Option<Closed
 
 fn local(w: &Window, t: Timestamp) -> String {
     match jiff::tz::TimeZone::get(w.time_zone()) {
-        Ok(tz) => format!("{} {}", t.to_zoned(tz).strftime("%Y-%m-%d %H:%M"), w.time_zone()),
+        Ok(tz) => format!(
+            "{} {}",
+            t.to_zoned(tz).strftime("%Y-%m-%d %H:%M"),
+            w.time_zone()
+        ),
         Err(_) => t.to_string(),
     }
 }
