@@ -64,13 +64,14 @@ load_stat() {
   { tail -n 5 "$1.out" | grep '^load ' | tail -n 1 | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; } || true
 }
 
-# Waits (bounded by $2 s) until the command in $3.. prints $1; 1 if the deadline passed.
+# Waits (bounded by $2 s) until the command in $3.. prints $1, polling every POLL_SECS (0.2 s);
+# 1 if the deadline passed.
 wait_value() {
   local want=$1 deadline=$((SECONDS + $2))
   shift 2
   while [ $SECONDS -lt $deadline ]; do
     [ "$("$@" 2>/dev/null || true)" = "$want" ] && return 0
-    sleep 0.2
+    sleep "${POLL_SECS:-0.2}"
   done
   return 1
 }

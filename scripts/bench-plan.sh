@@ -8,6 +8,8 @@
 #   BENCH_ROLLOUT=0 scripts/bench-plan.sh 10000      # fan-out only
 #   BENCH_FANOUT=0 scripts/bench-plan.sh             # rollout only
 #   BENCH_ROLLOUT_N=200 BENCH_ROLLOUT_CONCURRENCY=10 scripts/bench-plan.sh   # a smaller rollout
+#   BENCH_FANOUT=0 BENCH_ROLLOUT_FLEETS="1000 5000 10000" scripts/bench-plan.sh
+#                                            # the 1,000-cluster plan inside fleets of 1k/5k/10k
 #   BENCH_BIN=/tmp/old scripts/bench-plan.sh 10000   # binaries from that dir, no build (an
 #                                                     # earlier build, for a before/after)
 #
@@ -31,7 +33,11 @@
 #             each simulated upgrade taking BENCH_UPGRADE_TIME (2 s). Timed from the plan's
 #             events (one clock): the control plane's own helm upgrade (reported separately),
 #             then the workers from the first worker task sent to the plan's `succeeded`,
-#             against the ideal ceil(N / concurrency) × upgrade time.
+#             against the ideal ceil(N / concurrency) × upgrade time. With a fleet size F
+#             (BENCH_ROLLOUT_FLEETS, default N) above N, F - N more agents from a second
+#             generator are connected, already on 0.19.1 and not selected (the plan selects
+#             bench=rollout; it is applied with --force, since the fleet is skewed before it):
+#             the same plan, with the orchestrator looking at a fleet of F.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,6 +47,7 @@ FANOUT=${BENCH_FANOUT:-1}
 ROLLOUT=${BENCH_ROLLOUT:-1}
 ROLLOUT_N=${BENCH_ROLLOUT_N:-1000}
 ROLLOUT_CONCURRENCY=${BENCH_ROLLOUT_CONCURRENCY:-50}
+read -r -a ROLLOUT_FLEETS <<<"${BENCH_ROLLOUT_FLEETS:-$ROLLOUT_N}"
 UPGRADE_TIME=${BENCH_UPGRADE_TIME:-2}
 CONNECT_DEADLINE=${BENCH_CONNECT_DEADLINE:-600}
 PLAN_DEADLINE=${BENCH_PLAN_DEADLINE:-900}
@@ -90,8 +97,11 @@ control_plane() {
 }
 
 # A coordinator on a fresh data dir with that control plane, and N agents at $FROM.
+# A coordinator on a fresh data dir with that control plane, and N agents at $FROM; extra
+# arguments go to the load generator; TOKEN_USES (default N) leaves room for more agents.
 fleet() {
   local n=$1 upgrade_time=$2
+  shift 2
   PORT=$((20000 + RANDOM % 20000))
   LISTEN=127.0.0.1:$PORT
   METRICS=127.0.0.1:$((PORT + 1))
@@ -101,12 +111,12 @@ fleet() {
   COORD=$LAST_PID
   wait_line "$WORK/coordinator.out" "skoala-coordinator metrics on " >/dev/null
   CTL=("$BIN/skoalactl" --config "$WORK/data/admin.yaml" --endpoint "https://$LISTEN")
-  SKOALA_TOKEN=$("${CTL[@]}" token create --uses "$n" --ttl 2h 2>/dev/null)
+  SKOALA_TOKEN=$("${CTL[@]}" token create --uses "${TOKEN_USES:-$n}" --ttl 2h 2>/dev/null)
   export SKOALA_TOKEN
   spawn "$WORK/load" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
     --ca-file "$WORK/data/ca.pem" --agents "$n" --source-addrs "$SOURCE_ADDRS" \
     --initial-version "$FROM" --upgrade-time "${upgrade_time}s" --receipts "$WORK/receipts" \
-    --duration "${PROCESS_BOUND}s"
+    --duration "${PROCESS_BOUND}s" "$@"
   LOAD=$LAST_PID
   if ! wait_value "$n" "$CONNECT_DEADLINE" load_stat "$WORK/load" connected; then
     say "  only $(load_stat "$WORK/load" connected) of $n connected after ${CONNECT_DEADLINE}s; see $WORK"
@@ -128,10 +138,11 @@ $extra
 EOF
 }
 
-# Applies $1 (a file), retrying while the coordinator has not seen every inventory yet.
+# Applies $1 (a file; more arguments go to `plan apply`), retrying while the coordinator has
+# not seen every inventory yet.
 apply() {
   local deadline=$((SECONDS + 120))
-  until "${CTL[@]}" plan apply -f "$1" >"$WORK/apply.log" 2>&1; do
+  until "${CTL[@]}" plan apply -f "$@" >"$WORK/apply.log" 2>&1; do
     if [ $SECONDS -ge $deadline ]; then
       say "  plan apply failed: $(cat "$WORK/apply.log")"
       exit 1
@@ -227,16 +238,37 @@ EOF
 fi
 
 if [ "$ROLLOUT" = 1 ]; then
+  [ -f "$RESULTS" ] && grep -q '^| rollout N |' "$RESULTS" || {
+    echo ""
+    echo "| rollout N | connected fleet | maxConcurrency | upgrade s | control plane (ms) | workers (ms) | ideal (ms) | over ideal | skew |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+  } >>"$RESULTS"
+for F in "${ROLLOUT_FLEETS[@]}"; do
   N=$ROLLOUT_N
-  WORK=$(mktemp -d "$OUT/rollout-$N-XXXX")
+  WORK=$(mktemp -d "$OUT/rollout-$N-of-$F-XXXX")
   say ""
-  say "== rollout: $N clusters, maxConcurrency $ROLLOUT_CONCURRENCY, ${UPGRADE_TIME} s per upgrade (work dir $WORK)"
+  say "== rollout: $N clusters of a fleet of $F, maxConcurrency $ROLLOUT_CONCURRENCY, ${UPGRADE_TIME} s per upgrade (work dir $WORK)"
   control_plane "$FROM"
-  fleet "$N" "$UPGRADE_TIME"
-  plan_doc rollout "$TO" "  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
+  TOKEN_USES=$F fleet "$N" "$UPGRADE_TIME" --label bench=rollout
+  FORCE=()
+  if [ "$F" -gt "$N" ]; then
+    spawn "$WORK/load-idle" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+      --ca-file "$WORK/data/ca.pem" --agents $((F - N)) --source-addrs "$SOURCE_ADDRS" \
+      --initial-version "$TO" --label bench=idle --name-prefix idle --duration "${PROCESS_BOUND}s"
+    if ! wait_value $((F - N)) "$CONNECT_DEADLINE" load_stat "$WORK/load-idle" connected; then
+      say "  only $(load_stat "$WORK/load-idle" connected) of $((F - N)) idle agents connected; see $WORK"
+      exit 1
+    fi
+    FORCE=(--force)
+  fi
+  plan_doc rollout "$TO" "  clusters: {matchLabels: {bench: rollout}}
+  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
   T0=$(now_us)
-  apply "$WORK/rollout.yaml"
-  if ! wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
+  apply "$WORK/rollout.yaml" "${FORCE[@]}"
+  # Every `plan get` builds a status over the whole fleet: poll once a second, not five times,
+  # so the benchmark's own polling does not compete with the orchestrator at 10,000. The
+  # figures come from the plan's events, not from when the poll saw `succeeded`.
+  if ! POLL_SECS=1 wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
     say "  the plan did not succeed: $(phase rollout)"
     "${CTL[@]}" plan get rollout | head -20
     exit 1
@@ -264,12 +296,9 @@ EOF
   figure "  ideal ceil($N/$ROLLOUT_CONCURRENCY) x ${UPGRADE_TIME} s / over ideal" "$IDEAL ms / ${OVER} % (target <= +5 %)" "workers / ideal - 1"
   SKEW=$("${CTL[@]}" skew >/dev/null 2>&1 && echo "none" || echo "SKEWED")
   figure "  skew after the plan" "$SKEW" "skoalactl skew (exit 0 = none)"
-  {
-    echo ""
-    echo "| rollout N | maxConcurrency | upgrade s | control plane (ms) | workers (ms) | ideal (ms) | over ideal | skew |"
-    echo "|---|---|---|---|---|---|---|---|"
-    echo "| $N | $ROLLOUT_CONCURRENCY | $UPGRADE_TIME | $CP_MS | $WORKERS_MS | $IDEAL | $OVER % | $SKEW |"
-  } >>"$RESULTS"
+  echo "| $N | $F | $ROLLOUT_CONCURRENCY | $UPGRADE_TIME | $CP_MS | $WORKERS_MS | $IDEAL | $OVER % | $SKEW |" >>"$RESULTS"
+  cleanup
+done
 fi
 say ""
 say "rows appended to $RESULTS"
