@@ -315,6 +315,47 @@ impl PlanFleet {
             .with_context(|| format!("no cluster {name}"))
     }
 
+    /// The end state of a plan that upgraded every cluster once to `version`: `skew` exits 0,
+    /// every release reports `version` with every image tag `v<version>`, and helm's own
+    /// history of each release holds the install and exactly one upgrade, to that chart,
+    /// deployed.
+    pub async fn assert_upgraded_once_to(&self, version: &str) -> anyhow::Result<()> {
+        let skew = self.ctl().run(&["skew"]).await?;
+        anyhow::ensure!(
+            skew.success,
+            "skew after the plan: {}{}",
+            skew.stdout,
+            skew.stderr
+        );
+        self.wait_versions(version, Duration::from_secs(60)).await?;
+        let tag = format!("v{version}");
+        for (name, release) in self.releases().await? {
+            let tags = release["imageTags"].as_object().context("imageTags")?;
+            anyhow::ensure!(!tags.is_empty(), "{name}: no image tags: {release:#}");
+            for (key, t) in tags {
+                anyhow::ensure!(*t == tag.as_str(), "{name}: {key} is {t}, not {tag}");
+            }
+        }
+        let mut names = vec!["control-plane".to_string()];
+        names.extend(self.fleet.clusters.iter().map(|c| c.name().to_string()));
+        for name in names {
+            let h = self.history(&name).await?;
+            anyhow::ensure!(h.len() == 2, "{name}: install + one upgrade, got {h:#?}");
+            let chart = if name == "control-plane" {
+                "skoala"
+            } else {
+                "skoala-init"
+            };
+            anyhow::ensure!(
+                h[1]["chart"] == format!("{chart}-{version}").as_str()
+                    && h[1]["status"] == "deployed",
+                "{name}: the upgrade in helm's history: {:#}",
+                h[1]
+            );
+        }
+        Ok(())
+    }
+
     /// `helm history` of the engine release of cluster `name`.
     pub async fn history(&self, name: &str) -> anyhow::Result<Vec<Value>> {
         let release = if name == "control-plane" {
