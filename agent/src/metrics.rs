@@ -54,18 +54,6 @@ fn kind_label(kind: i32) -> &'static str {
     }
 }
 
-fn outcome_label(outcome: i32) -> &'static str {
-    match TaskOutcome::try_from(outcome) {
-        Ok(TaskOutcome::Succeeded) => "succeeded",
-        Ok(TaskOutcome::Failed) => "failed",
-        Ok(TaskOutcome::RolledBack) => "rolledBack",
-        Ok(TaskOutcome::RollbackFailed) => "rollbackFailed",
-        Ok(TaskOutcome::Refused) => "refused",
-        Ok(TaskOutcome::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
-
 fn now_unix() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -117,7 +105,7 @@ impl Metrics {
                     .results
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .entry((kind, outcome_label(r.outcome)))
+                    .entry((kind, skoala_upgrade::wire::task_outcome_label(r.outcome)))
                     .or_default() += 1;
             }
             _ => {}

@@ -20,6 +20,19 @@ pub fn task_outcome(o: Outcome) -> TaskOutcome {
     }
 }
 
+/// A `TaskResult.outcome` as the camelCase word both daemons' metrics label it with.
+pub fn task_outcome_label(outcome: i32) -> &'static str {
+    match TaskOutcome::try_from(outcome) {
+        Ok(TaskOutcome::Succeeded) => "succeeded",
+        Ok(TaskOutcome::Failed) => "failed",
+        Ok(TaskOutcome::RolledBack) => "rolledBack",
+        Ok(TaskOutcome::RollbackFailed) => "rollbackFailed",
+        Ok(TaskOutcome::Refused) => "refused",
+        Ok(TaskOutcome::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
 /// An executor report as a `TaskResult` (without `release_after`, which the sender reads from
 /// its cluster). The messages are already redacted by the executor.
 pub fn task_result(r: &Report) -> TaskResult {

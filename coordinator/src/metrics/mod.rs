@@ -32,7 +32,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use skoala_plan::{Rollout, UpgradePlan};
-use skoala_proto::v1::{StepPhase, TaskOutcome, agent_message::Body};
+use skoala_proto::v1::{StepPhase, agent_message::Body};
 
 use crate::context::Context;
 use crate::orchestrator::{fleet as snapshot, status};
@@ -131,19 +131,6 @@ fn target_label(control_plane: bool) -> &'static str {
     }
 }
 
-/// A task outcome's label value.
-pub fn outcome_label(outcome: i32) -> &'static str {
-    match TaskOutcome::try_from(outcome) {
-        Ok(TaskOutcome::Succeeded) => "succeeded",
-        Ok(TaskOutcome::Failed) => "failed",
-        Ok(TaskOutcome::RolledBack) => "rolledBack",
-        Ok(TaskOutcome::RollbackFailed) => "rollbackFailed",
-        Ok(TaskOutcome::Refused) => "refused",
-        Ok(TaskOutcome::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
-
 impl Metrics {
     pub fn session_opened(&self) {
         self.sessions_opened.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +171,9 @@ impl Metrics {
                     p.duration_ms.max(0) as f64 / 1000.0,
                 );
             }
-            Body::TaskResult(r) => self.task_results.inc(&[target, outcome_label(r.outcome)]),
+            Body::TaskResult(r) => self
+                .task_results
+                .inc(&[target, skoala_upgrade::wire::task_outcome_label(r.outcome)]),
             _ => {}
         }
     }
@@ -331,7 +320,7 @@ async fn render<S: Store>(
 mod tests {
     use std::collections::{BTreeMap, HashMap};
 
-    use skoala_proto::v1::{StepProgress, TaskResult};
+    use skoala_proto::v1::{StepProgress, TaskOutcome, TaskResult};
 
     use super::*;
 
