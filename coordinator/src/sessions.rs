@@ -36,6 +36,9 @@ pub struct Outlet {
 
 struct Entry {
     session: u64,
+    /// Changes with every write to `live` (and is new for every session): lets the
+    /// orchestrator's fleet view re-read only the clusters that changed since its last round.
+    version: u64,
     live: LiveAgent,
     close: Option<oneshot::Sender<Status>>,
 }
@@ -48,6 +51,8 @@ pub struct Sessions {
     /// disconnected cluster has been silent (in memory only, like every heartbeat).
     last_seen: Mutex<HashMap<String, i64>>,
     next: AtomicU64,
+    /// Source of [`Entry::version`].
+    versions: AtomicU64,
 }
 
 /// A handle for one session: its id and the receiver that fires when it must close.
@@ -62,6 +67,10 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Registers a new session for `cluster_id`. An older session of the same cluster (the
     /// agent reconnected before the coordinator noticed the old connection died) is closed.
     pub fn open(&self, cluster_id: &str, live: LiveAgent) -> Opened {
@@ -71,6 +80,7 @@ impl Sessions {
             cluster_id.to_string(),
             Entry {
                 session,
+                version: self.next_version(),
                 live,
                 close: Some(tx),
             },
@@ -120,6 +130,7 @@ impl Sessions {
             && e.session == session
         {
             f(&mut e.live);
+            e.version = self.next_version();
         }
     }
 
@@ -153,6 +164,22 @@ impl Sessions {
         self.lock().get(cluster_id).map(|e| e.live.clone())
     }
 
+    /// `f` of one cluster's live data and its version, if connected: for callers that need a
+    /// part of it (a whole [`LiveAgent`] is a copy of its inventory, 10,000 of them a
+    /// noticeable cost).
+    pub fn peek<T>(&self, cluster_id: &str, f: impl FnOnce(u64, &LiveAgent) -> T) -> Option<T> {
+        self.lock().get(cluster_id).map(|e| f(e.version, &e.live))
+    }
+
+    /// The version of each cluster's live data (`None`: not connected), under one lock and
+    /// without copying any of it: what a caller compares with the versions it saw before.
+    pub fn versions<'a>(&self, cluster_ids: impl Iterator<Item = &'a str>) -> Vec<Option<u64>> {
+        let map = self.lock();
+        cluster_ids
+            .map(|id| map.get(id).map(|e| e.version))
+            .collect()
+    }
+
     /// The current session of `cluster_id` and its outbound stream, if connected.
     pub fn outlet(&self, cluster_id: &str) -> Option<Outlet> {
         let map = self.lock();
@@ -172,6 +199,7 @@ impl Sessions {
             inv.releases
                 .retain(|r| !(r.release == release.release && r.namespace == release.namespace));
             inv.releases.push(release);
+            e.version = self.next_version();
         }
     }
 

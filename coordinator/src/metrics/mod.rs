@@ -35,7 +35,7 @@ use skoala_plan::{Rollout, UpgradePlan};
 use skoala_proto::v1::{StepPhase, agent_message::Body};
 
 use crate::context::Context;
-use crate::orchestrator::{fleet as snapshot, status};
+use crate::orchestrator::status;
 use crate::store::{Store, StoreError};
 use counter::CounterVec;
 use histogram::{HistogramVec, STEP_BUCKETS};
@@ -213,14 +213,8 @@ impl Metrics {
 
 /// The scrape-time gauges: one fleet snapshot, and the active plans as stored.
 pub async fn fleet_gauges<S: Store>(ctx: &Context<S>) -> Result<fleet::FleetGauges, StoreError> {
-    // The snapshot's clock and expected duration only matter to the rollout's window checks,
-    // which a scrape does not make.
-    let snap = snapshot::snapshot(
-        ctx,
-        jiff::Timestamp::now(),
-        skoala_plan::validate::DEFAULT_EXPECTED_DURATION,
-    )
-    .await?;
+    // The orchestrator's fleet view, refreshed: what `skoalactl` shows.
+    let snap = ctx.orchestrator.snapshot(ctx, None).await?;
     let mut active = Vec::new();
     for record in ctx.store.plans().await?.iter().filter(|r| r.active) {
         let Ok(doc) = UpgradePlan::from_yaml(&record.document) else {
@@ -321,6 +315,8 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use skoala_proto::v1::{StepProgress, TaskOutcome, TaskResult};
+
+    use crate::orchestrator::fleet as snapshot;
 
     use super::*;
 

@@ -42,7 +42,7 @@ use crate::data_dir::DataDir;
 use crate::store::plans::TASK_RESULT;
 use crate::store::{PlanEventRecord, PlanRecord, Store, StoreError};
 use dispatch::ControlPlaneRunner;
-use fleet::{CONTROL_PLANE, Snapshot};
+use fleet::{CONTROL_PLANE, FleetCache, Snapshot};
 
 /// How often the rollout is stepped with no other change (windows open and close).
 const TICK: Duration = Duration::from_secs(1);
@@ -87,9 +87,6 @@ struct State {
     cp_running: Option<String>,
     /// Operation id → when it was sent (real time, ms), for durations.
     sent_ms: HashMap<String, i64>,
-    /// Cluster id → name, from the last full step's snapshot: names the events of a
-    /// progress-only round without reading the fleet again.
-    names: HashMap<String, String>,
     /// When the rollout was last stepped: progress-only rounds skip the step, but never for
     /// longer than a [`TICK`] (windows and deadlines are judged on the step).
     stepped: Option<std::time::Instant>,
@@ -102,6 +99,9 @@ pub struct Orchestrator {
     helm_timeout: Duration,
     control_plane: Option<ControlPlaneRunner>,
     state: tokio::sync::Mutex<State>,
+    /// The fleet as of the last round. Lock order: `state` before `fleet`; callers other than
+    /// the loop take `fleet` alone and copy what they need.
+    fleet: tokio::sync::Mutex<FleetCache>,
     wake: Notify,
     inbox: mpsc::UnboundedSender<Input>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
@@ -145,6 +145,7 @@ impl Orchestrator {
             helm_timeout,
             control_plane,
             state: Default::default(),
+            fleet: Default::default(),
             wake: Notify::new(),
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
@@ -306,16 +307,29 @@ impl Orchestrator {
         }
     }
 
-    async fn snapshot<S: Store>(
+    /// A copy of the fleet as it is now, for callers outside the loop.
+    pub(crate) async fn snapshot<S: Store>(
         &self,
         ctx: &Context<S>,
         plan: Option<&Plan>,
     ) -> Result<Snapshot, StoreError> {
-        let expected = match plan {
+        let expected = self.expected_or_default(ctx, plan).await;
+        let mut fleet = self.fleet.lock().await;
+        Ok(fleet
+            .refresh(ctx, self.clock.now(), expected)
+            .await?
+            .clone())
+    }
+
+    async fn expected_or_default<S: Store>(
+        &self,
+        ctx: &Context<S>,
+        plan: Option<&Plan>,
+    ) -> SignedDuration {
+        match plan {
             Some(p) => self.expected(ctx, p).await,
             None => DEFAULT_EXPECTED_DURATION,
-        };
-        fleet::snapshot(ctx, self.clock.now(), expected).await
+        }
     }
 
     /// One round: record inputs, step, persist, send.
@@ -332,12 +346,15 @@ impl Orchestrator {
             for input in inputs {
                 self.take_input(ctx, &mut st, input, &mut events);
             }
-            for e in &mut events {
-                e.target_name = st
-                    .names
-                    .get(&e.target)
-                    .cloned()
-                    .unwrap_or_else(|| e.target.clone());
+            if let Some(names) = self.fleet.lock().await.names() {
+                for e in &mut events {
+                    if let Some(name) = names.get(&e.target) {
+                        e.target_name = name.clone();
+                    }
+                }
+            }
+            for e in events.iter_mut().filter(|e| e.target_name.is_empty()) {
+                e.target_name = e.target.clone();
             }
             self.append(ctx, events).await;
             return;
@@ -348,7 +365,9 @@ impl Orchestrator {
             self.take_input(ctx, &mut st, input, &mut events);
         }
         let plan = st.active.as_ref().map(|a| a.plan.clone());
-        let snap = match self.snapshot(ctx, plan.as_ref()).await {
+        let expected = self.expected_or_default(ctx, plan.as_ref()).await;
+        let mut fleet = self.fleet.lock().await;
+        let snap = match fleet.refresh(ctx, self.clock.now(), expected).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the fleet; not stepping the plan");
@@ -361,20 +380,18 @@ impl Orchestrator {
         st.stepped = Some(std::time::Instant::now());
         let Some(active) = st.active.as_mut() else {
             self.append(ctx, events).await;
-            st.names = snap.names;
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
         // What runs now, and a rollback's revision, is in the rollout itself: `send` reads it
         // from there once it is persisted (so it survives a restart), not from the actions.
         let _ = active.rollout.step(&active.plan, &SKOALA, &snap.view);
-        events.extend(status::diff(&before, &active.rollout, &snap));
+        events.extend(status::diff(&before, &active.rollout, snap));
         if let Err(e) = self.persist(ctx, active, events).await {
             tracing::error!(error = %e, plan = %active.plan.name, "cannot persist the rollout; sending nothing until it is stored");
             return;
         }
-        self.send(ctx, &mut st, &snap).await;
-        st.names = snap.names;
+        self.send(ctx, &mut st, snap).await;
     }
 
     /// Saves the rollout (if changed) with `events`, then tells watchers.

@@ -6,6 +6,7 @@
 //! write volume is small by design (transitions only).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,9 @@ use super::{
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// [`Store::clusters_version`]: bumped after every write that changes which clusters
+    /// exist or what they are called and labelled.
+    clusters_version: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -33,6 +37,7 @@ impl SqliteStore {
         migrations::migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            clusters_version: Arc::default(),
         })
     }
 
@@ -52,6 +57,12 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| E::from(StoreError::Worker(e.to_string())))?
+    }
+
+    /// After a write to the clusters' identities, whatever its outcome: a needless bump costs
+    /// one full read, a missed one a stale fleet view.
+    fn clusters_changed(&self) {
+        self.clusters_version.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -156,7 +167,7 @@ impl Store for SqliteStore {
     }
 
     async fn register(&self, r: Registration) -> Result<Registered, RegisterError> {
-        self.run(move |c| {
+        let registered = self.run(move |c| {
             // IMMEDIATE: take the write lock before reading uses_left, so two registrations
             // racing for the last use cannot both win.
             let tx = c
@@ -258,7 +269,9 @@ impl Store for SqliteStore {
             tx.commit().map_err(StoreError::from)?;
             Ok(outcome)
         })
-        .await
+        .await;
+        self.clusters_changed();
+        registered
     }
 
     async fn cluster(&self, id: String) -> Result<Option<ClusterRecord>, StoreError> {
@@ -301,18 +314,25 @@ impl Store for SqliteStore {
         name: String,
         labels: std::collections::BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        self.run(move |c| {
-            c.execute(
-                "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
-                params![id, name, labels_json(&labels)],
-            )?;
-            Ok(())
-        })
-        .await
+        let written = self
+            .run(move |c| {
+                c.execute(
+                    "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
+                    params![id, name, labels_json(&labels)],
+                )?;
+                Ok(())
+            })
+            .await;
+        self.clusters_changed();
+        written
+    }
+
+    fn clusters_version(&self) -> u64 {
+        self.clusters_version.load(Ordering::Acquire)
     }
 
     async fn revoke_cluster(&self, id: String, now_unix: i64) -> Result<bool, StoreError> {
-        self.run(move |c| {
+        let revoked = self.run(move |c| {
             let tx = c.transaction()?;
             let exists: bool = tx
                 .query_row("SELECT 1 FROM clusters WHERE id = ?1", params![id], |_| {
@@ -333,7 +353,9 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(exists)
         })
-        .await
+        .await;
+        self.clusters_changed();
+        revoked
     }
 
     async fn certificate(&self, serial_hex: String) -> Result<Option<CertRecord>, StoreError> {
@@ -441,11 +463,12 @@ impl Store for SqliteStore {
     }
 }
 
+/// Records for tests of the store and of what reads it.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn registration(token: &TokenRecord, cluster: &str, serial: &str) -> Registration {
+    pub fn registration(token: &TokenRecord, cluster: &str, serial: &str) -> Registration {
         Registration {
             token_id: token.id.clone(),
             token_sha256: token.secret_sha256.clone(),
@@ -463,7 +486,7 @@ mod tests {
         }
     }
 
-    fn token(uses: u32) -> TokenRecord {
+    pub fn token(uses: u32) -> TokenRecord {
         TokenRecord {
             id: "abcd".into(),
             secret_sha256: "hash".into(),
@@ -475,6 +498,12 @@ mod tests {
             description: String::new(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{registration, token};
+    use super::*;
 
     #[tokio::test]
     async fn tokens_are_used_up_and_survive_reopen() {
