@@ -152,6 +152,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             ca_pem,
             proxy,
             local_addr: None,
+            http2: Default::default(),
         },
         token: args.token,
         kubeconfig: args.kubeconfig,

@@ -10,10 +10,47 @@ use crate::proxy::{Connector, ProxyConfig};
 
 /// Bounds TCP connect + proxy CONNECT + TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// HTTP/2 pings detect a dead path (a proxy or NAT that silently dropped us) even when no
-/// application message is due. Well under typical 60 s idle timeouts of middleboxes.
+
+// The agent's HTTP/2 client settings. Each is backed by a figure in BENCHMARKS.md, section
+// "HTTP/2 settings" (`scripts/bench-h2.sh`); change one only with a new figure.
+
+/// Ping the coordinator after this long without receiving a frame from it. hyper pings only a
+/// *silent* connection: the coordinator's `Ping` messages (every 15 s) keep a healthy one from
+/// ever needing it, so it costs nothing. It is the agent's only way to notice a coordinator
+/// that vanished without a FIN (a stopped process, a dead host, a middlebox that dropped the
+/// flow): the session has no read timeout of its own, and TCP alone would wait for the
+/// kernel's retransmission timeout (~15 min) or, against a stopped process whose kernel still
+/// acknowledges, forever.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a keepalive ping may go unacknowledged before the connection is closed (and the
+/// agent reconnects). A dead coordinator is noticed 20–30 s after its last frame.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Receive window of each stream (coordinator → agent: tasks and relayed charts). Relay
+/// throughput is bounded by window / RTT; hyper's client default of 2 MiB keeps a 4 MiB chart
+/// at two round trips' worth of windows.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Receive window of the connection (hyper's client default).
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// The agent's HTTP/2 client settings; [`Default`] is what the agent uses. The load generator
+/// overrides them for `scripts/bench-h2.sh`'s sweeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Client {
+    /// Keepalive ping interval and acknowledgement timeout; `None`: no keepalive.
+    pub keepalive: Option<(Duration, Duration)>,
+    pub stream_window: u32,
+    pub connection_window: u32,
+}
+
+impl Default for Http2Client {
+    fn default() -> Self {
+        Self {
+            keepalive: Some((KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)),
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+        }
+    }
+}
 
 /// Where the coordinator is and how to reach it.
 #[derive(Debug, Clone)]
@@ -26,6 +63,8 @@ pub struct CoordinatorAddr {
     /// Source address for direct connections; `None` lets the kernel choose (the load
     /// generator sets it to spread connections over loopback addresses).
     pub local_addr: Option<std::net::IpAddr>,
+    /// HTTP/2 settings ([`Http2Client::default`] but in benchmarks).
+    pub http2: Http2Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +98,22 @@ pub async fn connect(
     if let Some(c) = client {
         tls = tls.identity(Identity::from_pem(&c.cert_pem, c.key_pem()));
     }
-    let endpoint = Endpoint::from_shared(addr.url.clone())
+    let h2 = addr.http2;
+    let mut endpoint = Endpoint::from_shared(addr.url.clone())
         .map_err(url_err)?
         .tls_config(tls)
         .map_err(url_err)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window.max(h2.stream_window));
+    if let Some((interval, timeout)) = h2.keepalive {
+        // While idle too (no stream open): a session keeps one open anyway, so this only
+        // keeps the behaviour the same for a channel between two calls.
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+    }
     endpoint
         .connect_with_connector(
             Connector::new(addr.proxy.clone(), CONNECT_TIMEOUT).local_addr(addr.local_addr),

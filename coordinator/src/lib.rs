@@ -39,6 +39,7 @@ pub mod control_plane;
 pub mod data_dir;
 pub mod duration;
 pub mod gateway;
+pub mod http2;
 pub mod identity;
 pub mod init;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use skoala_coordinator::context::Settings;
 use skoala_coordinator::data_dir::DataDir;
+use skoala_coordinator::http2::Http2Args;
 use skoala_coordinator::{duration, init, server};
 
 /// The skoala-fleet coordinator: agents dial in over mutual TLS, operators use skoalactl.
@@ -85,6 +86,8 @@ enum Command {
         /// re-read every second) instead of the system clock, to drive maintenance windows.
         #[arg(long, value_name = "PATH", hide = true)]
         clock_file: Option<PathBuf>,
+        #[command(flatten)]
+        http2: Http2Args,
     },
 }
 
@@ -156,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             helm,
             helm_timeout,
             clock_file,
+            http2,
         } => {
             raise_open_files_limit();
             let rt = tokio::runtime::Runtime::new()?;
@@ -173,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 helm,
                 helm_timeout,
                 clock_file,
+                http2: http2.settings(),
             }))
         }
     }

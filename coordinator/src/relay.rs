@@ -84,7 +84,8 @@ fn charts_dir(dir: &DataDir) -> PathBuf {
     dir.root().join("charts")
 }
 
-fn by_digest(dir: &DataDir, sha256: &str) -> PathBuf {
+/// Where the chart with `sha256` is served from (benchmarks place synthetic charts there).
+pub fn by_digest(dir: &DataDir, sha256: &str) -> PathBuf {
     charts_dir(dir).join("sha256").join(format!("{sha256}.tgz"))
 }
 

@@ -15,6 +15,7 @@ use crate::admin_api::Admin;
 use crate::context::{Context, Settings};
 use crate::data_dir::DataDir;
 use crate::gateway::Gateway;
+use crate::http2::Http2Settings;
 use crate::metrics::{self, Metrics};
 use crate::orchestrator::Orchestrator;
 use crate::orchestrator::dispatch::ControlPlaneRunner;
@@ -39,6 +40,8 @@ pub struct ServeOptions {
     pub helm_timeout: Duration,
     /// For tests: read "now" from this file (RFC 3339) instead of the system clock.
     pub clock_file: Option<PathBuf>,
+    /// The HTTP/2 server's settings ([`Http2Settings::default`] but for benchmark sweeps).
+    pub http2: Http2Settings,
 }
 
 fn read(path: PathBuf) -> anyhow::Result<String> {
@@ -128,9 +131,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let incoming = tls::incoming(listener, tls_config, ctx.clone());
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    let server = opts
+        .http2
+        .server()
         .layer(AuditOversizeLayer::new(ctx.clone()))
         .add_service(gateway)
         .add_service(admin)

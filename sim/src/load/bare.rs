@@ -5,7 +5,7 @@
 //! top of the transport", everything below the application is the coordinator's: the same
 //! rustls server configuration ([`skoala_coordinator::tls::server_config`]: fleet CA, optional
 //! client certificates verified when presented, ALPN h2), the same tonic server and HTTP/2
-//! keepalive settings, the same generated `AgentGateway` service. Register signs the agent's
+//! settings ([`skoala_coordinator::http2`], overridable by the same hidden flags), the same generated `AgentGateway` service. Register signs the agent's
 //! CSR with the fleet CA (so the load generator's agents work unchanged); Session drains the
 //! agent's messages and keeps its half of the stream open without sending anything — except
 //! for the fan-out baseline: on SIGUSR1 one `Task` goes down every open stream at once, sent
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use skoala_coordinator::data_dir::DataDir;
+use skoala_coordinator::http2::Http2Settings;
 use skoala_coordinator::pki::FleetCa;
 use skoala_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use skoala_proto::v1::{
@@ -86,7 +87,11 @@ impl AgentGateway for Bare {
 }
 
 /// Serves until SIGTERM/SIGINT.
-pub async fn serve(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    http2: Http2Settings,
+) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
     let read = |p: std::path::PathBuf| {
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
@@ -130,9 +135,8 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             });
         }
     });
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    let server = http2
+        .server()
         .add_service(AgentGatewayServer::new(Bare {
             ca,
             outlets: outlets.clone(),

@@ -17,10 +17,13 @@
 
 mod agent;
 mod bare;
+mod delay;
 mod fake;
 mod receipts;
+mod relay_fetch;
 mod rlimit;
 mod stats;
+mod streams;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,8 +33,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use skoala_agent::proxy::ProxyConfig;
-use skoala_agent::transport::CoordinatorAddr;
+use skoala_agent::transport::{CoordinatorAddr, Http2Client};
 use skoala_coordinator::duration;
+use skoala_coordinator::http2::Http2Args;
 use tokio_util::sync::CancellationToken;
 
 pub use rlimit::raise_nofile;
@@ -63,6 +67,58 @@ enum BareCommand {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        http2: Http2Args,
+    },
+    /// BENCHMARKS: a TCP forwarder adding DELAY each way (RTT = 2 × DELAY), for HTTP/2 window
+    /// figures on loopback (no netem here). Prints `delay-proxy listening on ADDR`.
+    #[command(hide = true)]
+    DelayProxy {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Where to forward to.
+        #[arg(long, value_name = "ADDR")]
+        to: std::net::SocketAddr,
+        /// One-way delay, e.g. 25ms for a 50 ms round trip.
+        #[arg(long, value_parser = duration::parse)]
+        delay: Duration,
+    },
+    /// BENCHMARKS: one agent fetches relayed charts of the given sizes from the coordinator
+    /// over its real session and prints `relay-fetch bytes=B round=R ms=T` per transfer.
+    #[command(hide = true)]
+    RelayFetch {
+        #[arg(long, value_name = "URL")]
+        coordinator: String,
+        #[arg(long, value_name = "FILE")]
+        ca_file: PathBuf,
+        #[arg(long, env = "SKOALA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The coordinator's data dir: the synthetic charts are placed where it serves them.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Chart sizes in bytes.
+        #[arg(long, value_delimiter = ',', required = true)]
+        sizes: Vec<u64>,
+        /// Transfers per size.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// The agent's HTTP/2 receive window per stream, in bytes (default: the agent's).
+        #[arg(long, value_name = "BYTES")]
+        h2_stream_window: Option<u32>,
+    },
+    /// BENCHMARKS: one connection without a client certificate opens N idle streams
+    /// (`Register` calls whose body never comes) and holds them.
+    #[command(hide = true)]
+    OpenStreams {
+        #[arg(long, value_name = "URL")]
+        coordinator: String,
+        #[arg(long, value_name = "FILE")]
+        ca_file: PathBuf,
+        #[arg(long)]
+        streams: usize,
+        /// How long to hold them.
+        #[arg(long, default_value = "60s", value_parser = duration::parse)]
+        hold: Duration,
     },
 }
 
@@ -115,6 +171,39 @@ pub struct LoadArgs {
     /// Stop after this long (default: run until SIGTERM/SIGINT). Bounds benchmark runs.
     #[arg(long, value_parser = duration::parse)]
     duration: Option<Duration>,
+    /// BENCHMARKS ONLY: `off` turns the agents' HTTP/2 keepalive pings off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], hide = true)]
+    h2_keepalive: String,
+    /// BENCHMARKS ONLY: the agents' HTTP/2 receive window per stream, in bytes.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    h2_stream_window: Option<u32>,
+}
+
+impl LoadArgs {
+    /// The agents' HTTP/2 client settings: the real agent's, but for the hidden sweep flags.
+    fn http2(&self) -> Http2Client {
+        let mut h2 = Http2Client::default();
+        if self.h2_keepalive == "off" {
+            h2.keepalive = None;
+        }
+        if let Some(w) = self.h2_stream_window {
+            h2.stream_window = w;
+        }
+        h2
+    }
+}
+
+/// A direct connection to `url` with the agent's default HTTP/2 settings.
+fn direct(url: String, ca_file: &std::path::Path) -> anyhow::Result<CoordinatorAddr> {
+    let ca_pem = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("reading --ca-file {}", ca_file.display()))?;
+    Ok(CoordinatorAddr {
+        url,
+        ca_pem,
+        proxy: ProxyConfig::direct(),
+        local_addr: None,
+        http2: Http2Client::default(),
+    })
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -127,11 +216,50 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Runs the load subcommand until its end (signal or --duration).
 pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
     let limit = raise_nofile();
-    if let Some(BareCommand::BareServer { data_dir, listen }) = cmd.bare {
-        tracing::info!(?limit, "open-files limit");
-        return bare::serve(&data_dir, listen).await;
+    match cmd.bare {
+        Some(BareCommand::BareServer {
+            data_dir,
+            listen,
+            http2,
+        }) => {
+            tracing::info!(?limit, "open-files limit");
+            return bare::serve(&data_dir, listen, http2.settings()).await;
+        }
+        Some(BareCommand::DelayProxy { listen, to, delay }) => {
+            return delay::serve(listen, to, delay).await;
+        }
+        Some(BareCommand::RelayFetch {
+            coordinator,
+            ca_file,
+            token,
+            data_dir,
+            sizes,
+            rounds,
+            h2_stream_window,
+        }) => {
+            let mut addr = direct(coordinator, &ca_file)?;
+            if let Some(w) = h2_stream_window {
+                addr.http2.stream_window = w;
+            }
+            return relay_fetch::run(relay_fetch::Fetch {
+                addr,
+                token,
+                data_dir: skoala_coordinator::data_dir::DataDir::new(data_dir),
+                sizes,
+                rounds,
+            })
+            .await;
+        }
+        Some(BareCommand::OpenStreams {
+            coordinator,
+            ca_file,
+            streams,
+            hold,
+        }) => return streams::run(direct(coordinator, &ca_file)?, streams, hold).await,
+        None => {}
     }
     let a = cmd.agents;
+    let http2 = a.http2();
     let (Some(url), Some(ca_file), Some(token), Some(count)) =
         (a.coordinator, a.ca_file, a.token, a.agents)
     else {
@@ -159,6 +287,7 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
         ca_pem: ca_pem.clone(),
         proxy: ProxyConfig::direct(),
         local_addr,
+        http2,
     })
     .collect();
 
