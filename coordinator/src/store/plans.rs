@@ -89,23 +89,26 @@ fn insert_events(
     events: &[PlanEventRecord],
 ) -> Result<i64, StoreError> {
     let mut last = 0;
+    // Prepared once per batch, not per row: a fan-out to 10,000 clusters writes 10,000
+    // events in one transaction, and parsing the statement for each row was about half of
+    // it (the round's persist fell from 65 to 34–39 ms, BENCHMARKS.md).
+    let mut insert = c.prepare_cached(
+        "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
+         step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+    )?;
     for e in events {
-        c.execute(
-            "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
-             step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
-            params![
-                now_ms,
-                e.plan,
-                e.kind,
-                e.target,
-                e.target_name,
-                e.operation_id,
-                e.step,
-                e.state,
-                e.message,
-                e.duration_ms
-            ],
-        )?;
+        insert.execute(params![
+            now_ms,
+            e.plan,
+            e.kind,
+            e.target,
+            e.target_name,
+            e.operation_id,
+            e.step,
+            e.state,
+            e.message,
+            e.duration_ms
+        ])?;
         last = c.last_insert_rowid();
     }
     Ok(last)
