@@ -9,6 +9,8 @@
 #   BENCH_FANOUT=0 scripts/bench-plan.sh             # rollout only
 #   BENCH_ROLLOUT_N=200 BENCH_ROLLOUT_CONCURRENCY=10 scripts/bench-plan.sh   # a smaller rollout
 #   BENCH_FANOUT=0 BENCH_ROLLOUT_FLEETS="1000 5000 10000" scripts/bench-plan.sh
+#   BENCH_PERF=1 BENCH_ROLLOUT=0 scripts/bench-plan.sh 10000   # also `perf record` the coordinator
+#                                            # during each fan-out (WORK/perf-fanout.data)
 #                                            # the 1,000-cluster plan inside fleets of 1k/5k/10k
 #   BENCH_BIN=/tmp/old scripts/bench-plan.sh 10000   # binaries from that dir, no build (an
 #                                                     # earlier build, for a before/after)
@@ -163,8 +165,8 @@ say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 104857
 
 if [ "$FANOUT" = 1 ]; then
   [ -f "$RESULTS" ] || {
-    echo "| N | coordinator p50 / p99 / max (ms) | first received (ms) | all handed to sessions (ms) | bare p50 / p99 / max (ms) | p99 ratio |"
-    echo "|---|---|---|---|---|---|"
+    echo "| N | coordinator p50 / p99 / max (ms), from the CLI's start | the same from the approval's record | first received (ms) | all handed to sessions (ms) | bare p50 / p99 / max (ms) | p99 ratio (CLI) | p99 ratio (approval) |"
+    echo "|---|---|---|---|---|---|---|---|"
   } >"$RESULTS"
   for N in "${SIZES[@]}"; do
     WORK=$(mktemp -d "$OUT/fanout-$N-XXXX")
@@ -177,6 +179,12 @@ if [ "$FANOUT" = 1 ]; then
   strategy: {canary: 0, maxConcurrency: 100%, maxFailures: 0}" >"$WORK/fanout.yaml"
     apply "$WORK/fanout.yaml"
     wait_value awaitingApproval 120 phase fanout || { say "  plan never awaited approval: $(phase fanout)"; exit 1; }
+    if [ "${BENCH_PERF:-0}" = 1 ]; then
+      # Started before T0 and given a moment to attach, so the profile covers the whole
+      # fan-out; the figures then carry perf's overhead.
+      perf record -F 999 -g -p "$COORD" -o "$WORK/perf-fanout.data" -- sleep 4 >"$WORK/perf.log" 2>&1 &
+      sleep 1
+    fi
     T0=$(now_us)
     "${CTL[@]}" plan approve fanout >/dev/null
     T1=$(now_us)
@@ -184,6 +192,19 @@ if [ "$FANOUT" = 1 ]; then
       say "  only $(lines "$WORK/receipts") of $N tasks arrived; see $WORK"
     fi
     read -r P50 P99 MAX FIRST GOT < <(percentiles "$WORK/receipts" "$T0")
+    # The coordinator's own T0: when it recorded the approval (the `plan.approved` event), i.e.
+    # after the CLI's start, its mTLS handshake and the RPC. That is the trigger comparable
+    # with the bare server's SIGUSR1; the figure above includes the operator's tool.
+    "${CTL[@]}" events --plan fanout -o json >"$WORK/events.json"
+    T0C=$(python3 - "$WORK/events.json" <<'EOF'
+import sys, json
+from datetime import datetime
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ap = [e["at"] for e in ev if e["kind"] == "plan.approved"]
+print(int(datetime.fromisoformat(ap[0].replace("Z", "+00:00")).timestamp() * 1e6) if ap else 0)
+EOF
+    )
+    read -r C50 C99 CMAX CFIRST _ < <(percentiles "$WORK/receipts" "$T0C")
     # The coordinator's own log: its 'tasks sent' line (one per send loop, `tasks=K`) is
     # written right after the loop, so the first marks the end of handing tasks to sessions.
     read -r SENT_DONE SENT_LOGGED SENT_N < <(python3 - "$WORK/coordinator.err" "$T0" <<'EOF'
@@ -204,6 +225,7 @@ EOF
     )
     figure "coordinator fan-out to $GOT of $N: p50 / p99 / max" "$P50 / $P99 / $MAX ms" "T0 = just before \`skoalactl plan approve fanout\` (it returned after $(((T1 - T0) / 1000)) ms); receipt times from skoala-sim load --receipts"
     figure "  first task received (orchestrator work before it)" "$FIRST ms" "min of the receipts - T0"
+    figure "coordinator fan-out from the approval's record: p50 / p99 / max" "$C50 / $C99 / $CMAX ms (first $CFIRST ms)" "T0 = 'at' of the plan.approved event (skoalactl events --plan fanout -o json), $(((T0C - T0) / 1000)) ms after the CLI started"
     figure "  all $SENT_N tasks handed to the sessions" "$SENT_DONE ms" "first 'tasks sent' line of the coordinator's log (written after the send loop) - T0"
     kill "$LOAD" "$COORD" 2>/dev/null || true
     wait "$LOAD" "$COORD" 2>/dev/null || true
@@ -229,10 +251,12 @@ EOF
     figure "bare fan-out to $BGOT of $N: p50 / p99 / max" "$B50 / $B99 / $BMAX ms" "T0 = just before kill -USR1 <skoala-sim load bare-server>; same receipts"
     figure "  bare server's own stamps" "$BSEND" "its 'bare-server fanout' line"
     RATIO=$(awk -v a="$P99" -v b="$B99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-    figure "coordinator / bare p99" "${RATIO}x (target <= 1.5x; p99 < 1000 ms)" "$P99 / $B99"
+    RATIOC=$(awk -v a="$C99" -v b="$B99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    figure "coordinator / bare p99, from the CLI's start" "${RATIO}x (p99 < 1000 ms)" "$P99 / $B99"
+    figure "coordinator / bare p99, from the approval" "${RATIOC}x (target <= 1.5x)" "$C99 / $B99"
     kill "$LOADB" "$BARE" 2>/dev/null || true
     wait "$LOADB" "$BARE" 2>/dev/null || true
-    echo "| $N | $P50 / $P99 / $MAX | $FIRST | $SENT_DONE | $B50 / $B99 / $BMAX | $RATIO |" >>"$RESULTS"
+    echo "| $N | $P50 / $P99 / $MAX | $C50 / $C99 / $CMAX | $FIRST | $SENT_DONE | $B50 / $B99 / $BMAX | $RATIO | $RATIOC |" >>"$RESULTS"
     cleanup
   done
 fi
