@@ -11,21 +11,23 @@
 #
 # Parts (BENCH_H2_PARTS, default "idle detect window streams"):
 #   idle     coordinator utime+stime over BENCH_IDLE_SECS (30) with BENCH_H2_N (5000) idle
-#            agents (heartbeat 10 s, ping 15 s), for HTTP/2 keepalive server 20 s / 5 s / off
-#            × agents on / off (`serve --http2-keepalive-interval`, `load --h2-keepalive`).
+#            agents (heartbeat 10 s, ping 15 s), for each SERVER/AGENTS pair of
+#            BENCH_IDLE_CONFIGS: the server's keepalive interval (`serve
+#            --http2-keepalive-interval`: a duration or off) and the agents' keepalive (`load
+#            --h2-keepalive on|off`). The default list repeats pairs, interleaved, for a spread.
 #   detect   how long until a peer that went silent without closing (SIGSTOP, so its kernel
 #            still acknowledges TCP) is noticed, with each liveness layer on or off:
 #            agents stopped → the coordinator's skoala_agents_connected gauge reaches 0
-#            (server keepalive 20 s + 20 s, or off: then only the 60 s agent timeout);
+#            (server keepalive 20 s / 60 s + 20 s, or off: then only the 60 s agent timeout);
 #            coordinator stopped → the load generator's connected= reaches 0 (agents'
 #            keepalive 20 s + 10 s, or off: then nothing but BENCH_DETECT_DEADLINE).
 #   window   relay time of a 300 kB and a 4 MiB chart, coordinator → one agent over its real
 #            session (`skoala-sim load relay-fetch`), at RTT 0 / 50 / 200 ms (`skoala-sim load
-#            delay-proxy`) for agent stream windows of 64 KiB, 1 MiB and 2 MiB (the default);
+#            delay-proxy`) for agent stream windows of 64 KiB, 1, 2 (the default) and 4 MiB;
 #            median of BENCH_WINDOW_ROUNDS (3).
 #   streams  coordinator RSS growth with K idle streams (Register calls whose body never
 #            comes, no client certificate) on one connection, with no stream limit and with
-#            the default limit.
+#            the default limit (a fresh data dir, so nothing else moves the RSS).
 # Each figure is printed with the command that produced it and the load average.
 set -euo pipefail
 
@@ -34,6 +36,7 @@ ROOT=$(pwd)
 read -r -a PARTS <<<"${BENCH_H2_PARTS:-idle detect window streams}"
 N=${BENCH_H2_N:-5000}
 DETECT_N=${BENCH_DETECT_N:-200}
+read -r -a IDLE_CONFIGS <<<"${BENCH_IDLE_CONFIGS:-20s/on 60s/on off/on 20s/off 20s/on 60s/on off/on 5s/on}"
 IDLE_SECS=${BENCH_IDLE_SECS:-30}
 CONNECT_DEADLINE=${BENCH_CONNECT_DEADLINE:-600}
 DETECT_DEADLINE=${BENCH_DETECT_DEADLINE:-120}
@@ -65,7 +68,7 @@ PROXY=127.0.0.1:$((PORT + 2))
 serve() {
   local tag=$1
   shift
-  spawn "$WORK/coordinator.$tag" "$BIN/skoala-coordinator" serve --data-dir "$WORK/data" \
+  spawn "$WORK/coordinator.$tag" "$BIN/skoala-coordinator" serve --data-dir "$DATA" \
     --listen "$LISTEN" --metrics-listen "$METRICS" "$@"
   COORD=$LAST_PID
   wait_line "$WORK/coordinator.$tag.out" "skoala-coordinator metrics on " >/dev/null
@@ -76,13 +79,13 @@ stop() {
     wait "$p" 2>/dev/null || true
   done
 }
-token() { "$BIN/skoalactl" --config "$WORK/data/admin.yaml" --endpoint "https://$LISTEN" token create --uses "$1" --ttl 2h 2>/dev/null; }
+token() { "$BIN/skoalactl" --config "$DATA/admin.yaml" --endpoint "https://$LISTEN" token create --uses "$1" --ttl 2h 2>/dev/null; }
 # load TAG COUNT [load flags...]: simulated agents against $LISTEN; sets LOAD.
 load() {
   local tag=$1 count=$2
   shift 2
   SKOALA_TOKEN=$(token "$count") spawn "$WORK/load.$tag" "$BIN/skoala-sim" load \
-    --coordinator "https://$LISTEN" --ca-file "$WORK/data/ca.pem" --agents "$count" \
+    --coordinator "https://$LISTEN" --ca-file "$DATA/ca.pem" --agents "$count" \
     --source-addrs "$SOURCE_ADDRS" --duration "${PROCESS_BOUND}s" "$@"
   LOAD=$LAST_PID
 }
@@ -92,29 +95,33 @@ if [ -z "${BENCH_BIN:-}" ]; then
   cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
 fi
 say "machine: $(nproc) cores, $(uname -sr), open files (hard) $(ulimit -Hn); work dir $WORK"
-"$BIN/skoala-coordinator" init --data-dir "$WORK/data" >/dev/null
+DATA=$WORK/data
+"$BIN/skoala-coordinator" init --data-dir "$DATA" >/dev/null
 
 # --- idle: what keepalive costs while heartbeats flow ---
 if has_part idle; then
   say ""
   say "== idle CPU with $N agents (heartbeat 10 s, ping 15 s), keepalive server × agents"
-  for server_ka in 20s off 5s; do
-    for agents_ka in on off; do
-      serve "idle-$server_ka-$agents_ka" --http2-keepalive-interval "$server_ka"
-      load "idle-$server_ka-$agents_ka" "$N" --h2-keepalive "$agents_ka"
-      if ! wait_value "$N" "$CONNECT_DEADLINE" gauge; then
-        say "  only $(gauge) of $N connected; see $WORK"
-        exit 1
-      fi
-      sleep 5 # the registrations' aftermath settles before the window opens
-      C0=$(cpu_ticks "$COORD")
-      sleep "$IDLE_SECS"
-      C1=$(cpu_ticks "$COORD")
-      CPU=$(awk -v a="$C0" -v b="$C1" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_SECS" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')
-      figure "server keepalive $server_ka, agents' keepalive $agents_ka:" "${CPU} % of one core (load $(loadavg))" \
-        "serve --http2-keepalive-interval $server_ka; load --agents $N --h2-keepalive $agents_ka; utime+stime of /proc/$COORD/stat over ${IDLE_SECS} s"
-      stop "$LOAD" "$COORD"
-    done
+  for i in "${!IDLE_CONFIGS[@]}"; do
+    server_ka=${IDLE_CONFIGS[$i]%/*}
+    agents_ka=${IDLE_CONFIGS[$i]#*/}
+    # A fresh store each time: earlier runs' clusters must not weigh on this one.
+    DATA=$WORK/data-idle-$i
+    "$BIN/skoala-coordinator" init --data-dir "$DATA" >/dev/null
+    serve "idle-$i" --http2-keepalive-interval "$server_ka"
+    load "idle-$i" "$N" --h2-keepalive "$agents_ka"
+    if ! wait_value "$N" "$CONNECT_DEADLINE" gauge; then
+      say "  only $(gauge) of $N connected; see $WORK"
+      exit 1
+    fi
+    sleep 5 # the registrations' aftermath settles before the window opens
+    C0=$(cpu_ticks "$COORD")
+    sleep "$IDLE_SECS"
+    C1=$(cpu_ticks "$COORD")
+    CPU=$(awk -v a="$C0" -v b="$C1" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_SECS" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')
+    figure "server keepalive $server_ka, agents' keepalive $agents_ka:" "${CPU} % of one core (load $(loadavg))" \
+      "serve --http2-keepalive-interval $server_ka; load --agents $N --h2-keepalive $agents_ka; utime+stime of /proc/$COORD/stat over ${IDLE_SECS} s"
+    stop "$LOAD" "$COORD"
   done
 fi
 
@@ -162,11 +169,15 @@ detect_coordinator() {
   stop "$LOAD" "$COORD"
 }
 if has_part detect; then
+  DATA=$WORK/data
   say ""
   say "== a silent peer (SIGSTOP: its kernel still acknowledges TCP), $DETECT_N agents"
   detect_agents ka20 --http2-keepalive-interval 20s
   figure "agents stopped, server keepalive 20 s + 20 s, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
-    "kill -STOP <skoala-sim load>; poll skoala_agents_connected until 0"
+    "serve --http2-keepalive-interval 20s; kill -STOP <skoala-sim load>; poll skoala_agents_connected until 0"
+  detect_agents ka60 --http2-keepalive-interval 60s
+  figure "agents stopped, server keepalive 60 s + 20 s, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
+    "serve --http2-keepalive-interval 60s; kill -STOP <skoala-sim load>; poll the gauge until 0"
   detect_agents kaoff --http2-keepalive-interval off
   figure "agents stopped, server keepalive off, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
     "serve --http2-keepalive-interval off; kill -STOP <skoala-sim load>; poll the gauge until 0"
@@ -180,6 +191,7 @@ fi
 
 # --- window: relay time against the agent's receive window and the round trip ---
 if has_part window; then
+  DATA=$WORK/data
   say ""
   say "== relay time coordinator → agent (median of $WINDOW_ROUNDS), by RTT and agent stream window"
   serve window
@@ -193,10 +205,10 @@ if has_part window; then
       wait_line "$WORK/proxy-$rtt.out" "delay-proxy listening on " >/dev/null
       url=https://$PROXY
     fi
-    for window in 65535 1048576 2097152; do
+    for window in 65535 1048576 2097152 4194304; do
       log="$WORK/fetch-$rtt-$window.out"
       SKOALA_TOKEN=$(token 1) timeout "$PROCESS_BOUND" "$BIN/skoala-sim" load relay-fetch \
-        --coordinator "$url" --ca-file "$WORK/data/ca.pem" --data-dir "$WORK/data" \
+        --coordinator "$url" --ca-file "$DATA/ca.pem" --data-dir "$DATA" \
         --sizes 300000,4194304 --rounds "$WINDOW_ROUNDS" --h2-stream-window "$window" >"$log" 2>"$WORK/fetch-$rtt-$window.err"
       for size in 300000 4194304; do
         med=$(awk -v s="bytes=$size" '$2 == s { sub("ms=", "", $4); print $4 }' "$log" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
@@ -214,13 +226,15 @@ fi
 if has_part streams; then
   say ""
   say "== idle streams on one connection (Register calls whose body never comes)"
+  DATA=$WORK/data-streams
+  "$BIN/skoala-coordinator" init --data-dir "$DATA" >/dev/null
   for limit in off default; do
     for k in 100 1000 5000; do
       if [ "$limit" = off ]; then serve "streams-$limit-$k" --http2-max-concurrent-streams off; else serve "streams-$limit-$k"; fi
-      sleep 1
+      sleep 2 # the server's start settles
       R0=$(rss_kib "$COORD")
       spawn "$WORK/streams-$limit-$k" "$BIN/skoala-sim" load open-streams --coordinator "https://$LISTEN" \
-        --ca-file "$WORK/data/ca.pem" --streams "$k" --hold 60s
+        --ca-file "$DATA/ca.pem" --streams "$k" --hold 60s
       S=$LAST_PID
       wait_line "$WORK/streams-$limit-$k.out" "open-streams requested=" >/dev/null
       sleep 3 # the server takes the streams' HEADERS and starts their handlers

@@ -15,12 +15,17 @@ use std::time::Duration;
 pub struct Http2Settings {
     /// Send an HTTP/2 PING after this long without receiving any frame; `None`: never.
     ///
-    /// hyper pings only a connection that has been *silent* this long, so while an agent's
-    /// heartbeats (every 10 s) flow, no ping is ever sent and the setting costs nothing. Its
-    /// job is the peer that vanished without a FIN (a stopped process, a dead host, a
-    /// middlebox that dropped the flow): it is noticed after `interval + timeout` (≤ 40 s)
-    /// instead of at the agent timeout (60 s), and it is the only liveness check of streams
-    /// that have no application heartbeat (`skoalactl plan watch`).
+    /// For agent sessions this is a backstop, not the detector: an agent silent for the
+    /// agent timeout (60 s) has its session closed by the application anyway, measured at
+    /// 58 s after a SIGSTOP, and 60 s + 20 s comes after that. What the keepalive still
+    /// covers is every stream without an application heartbeat (`skoalactl plan watch`, a
+    /// connection with no stream at all) whose peer vanished without a FIN.
+    ///
+    /// Why not 20 s, which notices a silent agent at 38 s: hyper re-arms the keepalive timer
+    /// every interval on every connection even when no ping is due (heartbeats keep it from
+    /// pinging), and at 10,000 agents that cost the idle coordinator measurably more CPU
+    /// than 60 s (BENCHMARKS.md); the 20 s gained on a dead agent buy nothing, since a plan
+    /// waits minutes for an upgrade anyway.
     pub keepalive_interval: Option<Duration>,
     /// How long to wait for the PING's acknowledgement before closing the connection.
     pub keepalive_timeout: Duration,
@@ -56,7 +61,7 @@ const HYPER_DEFAULT_WINDOW: u32 = 1024 * 1024;
 impl Default for Http2Settings {
     fn default() -> Self {
         Self {
-            keepalive_interval: Some(Duration::from_secs(20)),
+            keepalive_interval: Some(Duration::from_secs(60)),
             keepalive_timeout: Duration::from_secs(20),
             stream_window: HYPER_DEFAULT_WINDOW,
             connection_window: HYPER_DEFAULT_WINDOW,
