@@ -7,7 +7,8 @@
 //! live session state stays in memory ([`sessions`]).
 //!
 //! Map: `init` creates the data dir ([`data_dir`], [`admin_config`]); `server` wires
-//! [`tls`] (accept loop), [`http2`] (the HTTP/2 settings), the services, [`metrics`] and the [`control_plane`] reader.
+//! [`tls`] (accept loop), [`http2`] (the HTTP/2 settings), the services, [`metrics`] and
+//! the [`control_plane`] reader.
 //!
 //! # Audit log
 //!
