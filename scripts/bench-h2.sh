@@ -5,7 +5,7 @@
 # agent's client). Release builds; loopback only; every process is bounded (watchdog) and
 # killed on exit.
 #
-#   scripts/bench-h2.sh                          # every part
+#   scripts/bench-h2.sh                          # every part (about 17 minutes at N = 10000)
 #   BENCH_H2_PARTS="window streams" scripts/bench-h2.sh   # some parts
 #   BENCH_H2_N=10000 scripts/bench-h2.sh         # the idle-CPU part at 10,000 agents
 #
