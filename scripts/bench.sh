@@ -6,6 +6,7 @@
 #   scripts/bench.sh 1000            # one size
 #   BENCH_IDLE_SECS=10 scripts/bench.sh 200   # shorter idle-CPU window (quick check)
 #   BENCH_STORM_OUTAGE=30 scripts/bench.sh 10000  # coordinator stays down 30 s before restart
+#   BENCH_BIN=/tmp/old scripts/bench.sh 10000      # binaries from that dir, no build (a before/after)
 #
 # For each N it prints every figure together with the command that produced it, and appends
 # one Markdown table row per N to $BENCH_RESULTS (default target/bench/results.md):
@@ -32,7 +33,7 @@ SOURCE_ADDRS=${BENCH_SOURCE_ADDRS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 PROCESS_BOUND=${BENCH_PROCESS_BOUND:-1800}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 RESULTS=${BENCH_RESULTS:-$OUT/results.md}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 mkdir -p "$OUT"
 
 # shellcheck source=scripts/bench-lib.sh
@@ -51,8 +52,12 @@ serve() {
   wait_line "$WORK/coordinator.$1.out" "skoala-coordinator metrics on " >/dev/null
 }
 
-say "building release binaries"
-cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+if [ -n "${BENCH_BIN:-}" ]; then
+  say "binaries from $BIN (BENCH_BIN; not built)"
+else
+  say "building release binaries"
+  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+fi
 
 say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr), open files (hard) $(ulimit -Hn)"
 say "cpu: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
