@@ -43,6 +43,7 @@ pub mod gateway;
 pub mod http2;
 pub mod identity;
 pub mod init;
+pub mod malloc;
 pub mod metrics;
 pub mod orchestrator;
 pub mod oversize;

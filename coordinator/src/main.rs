@@ -162,6 +162,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             http2,
         } => {
             raise_open_files_limit();
+            if !skoala_coordinator::malloc::limit_arenas() {
+                tracing::debug!("malloc arenas not limited (not glibc)");
+            }
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(server::run(server::ServeOptions {
                 data_dir: DataDir::new(data_dir),

@@ -223,6 +223,8 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
             http2,
         }) => {
             tracing::info!(?limit, "open-files limit");
+            // The coordinator's process settings too, so the ratio compares code, not malloc.
+            skoala_coordinator::malloc::limit_arenas();
             return bare::serve(&data_dir, listen, http2.settings()).await;
         }
         Some(BareCommand::DelayProxy { listen, to, delay }) => {
