@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
-use skoala_e2e::fleet::{CoordinatorOptions, Fleet};
+use skoala_e2e::fleet::Fleet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,19 +76,12 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Frame
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_the_stream_limit_is_refused_and_agents_do_not_notice() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let fleet = Fleet::start_with(
-        1,
-        CoordinatorOptions {
-            metrics: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("fleet");
+    // Fleet::start serves metrics; wait_connected's error carries every log.
+    let fleet = Fleet::start(1).await.expect("fleet");
     fleet
         .wait_connected(1)
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let sessions = || fleet.coordinator.metric("skoala_sessions_opened_total");
     let opened = sessions().await.expect("sessions opened");
 
