@@ -91,6 +91,9 @@ enum Command {
     },
 }
 
+/// Bound on tokio's blocking pool (see where the runtime is built).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -165,7 +168,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !skoala_coordinator::malloc::limit_arenas() {
                 tracing::debug!("malloc arenas not limited (not glibc)");
             }
-            let rt = tokio::runtime::Runtime::new()?;
+            // SQLite calls run on the blocking pool but take turns on one connection, so
+            // more threads than a few only wait: tokio's default (512) let a burst of 1,000
+            // registrations start hundreds of threads, each with a stack and malloc state
+            // that outlived the burst (BENCHMARKS.md, *Memory and the allocator*).
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(MAX_BLOCKING_THREADS)
+                .build()?;
             rt.block_on(server::run(server::ServeOptions {
                 data_dir: DataDir::new(data_dir),
                 listen,
