@@ -135,10 +135,9 @@ impl FleetCache {
         Ok(self.snapshot.insert(snap))
     }
 
-    /// The names of the last refresh, without refreshing: for a round that only names its
-    /// events.
-    pub fn names(&self) -> Option<&HashMap<String, String>> {
-        self.snapshot.as_ref().map(|s| &s.names)
+    /// The last refresh, without refreshing: for a round that only names its events.
+    pub fn last(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// Every row and live session, from scratch.

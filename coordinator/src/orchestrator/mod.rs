@@ -378,16 +378,14 @@ impl Orchestrator {
             for input in inputs {
                 self.take_input(ctx, &mut st, input, &mut events);
             }
-            if let Some(names) = self.fleet.lock().await.names() {
-                for e in &mut events {
-                    if let Some(name) = names.get(&e.target) {
-                        e.target_name = name.clone();
-                    }
-                }
+            let fleet = self.fleet.lock().await;
+            for e in &mut events {
+                e.target_name = match fleet.last() {
+                    Some(snap) => snap.name_of(&e.target),
+                    None => e.target.clone(),
+                };
             }
-            for e in events.iter_mut().filter(|e| e.target_name.is_empty()) {
-                e.target_name = e.target.clone();
-            }
+            drop(fleet);
             self.append(ctx, events).await;
             return;
         }
