@@ -126,6 +126,19 @@ if has_part idle; then
 fi
 
 # --- detect: what each liveness layer buys ---
+# until_zero READ: polls the count that the function READ prints, every 0.5 s, until it is 0
+# or DETECT_DEADLINE passes; sets DETECTED to when the first and the last peer were noticed.
+until_zero() {
+  local read=$1 t0 n first="" all=">$DETECT_DEADLINE" deadline=$((SECONDS + DETECT_DEADLINE))
+  t0=$(now)
+  while [ $SECONDS -lt $deadline ]; do
+    n=$($read)
+    if [ -z "$first" ] && [ -n "$n" ] && [ "$n" -lt "$DETECT_N" ]; then first=$(elapsed "$t0" "$(now)"); fi
+    if [ "$n" = "0" ]; then all=$(elapsed "$t0" "$(now)"); break; fi
+    sleep 0.5
+  done
+  DETECTED="first after ${first:-never} s, all after $all s"
+}
 # detect_agents TAG [serve flags...]: SIGSTOP the load generator; seconds until the gauge is 0.
 detect_agents() {
   local tag=$1
@@ -135,39 +148,22 @@ detect_agents() {
   wait_value "$DETECT_N" "$CONNECT_DEADLINE" gauge || { say "  not all connected; see $WORK"; exit 1; }
   sleep 2
   kill -STOP "$LOAD"
-  local t0 first="" all=">$DETECT_DEADLINE" deadline=$((SECONDS + DETECT_DEADLINE))
-  t0=$(now)
-  while [ $SECONDS -lt $deadline ]; do
-    local g
-    g=$(gauge)
-    if [ -z "$first" ] && [ -n "$g" ] && [ "$g" -lt "$DETECT_N" ]; then first=$(elapsed "$t0" "$(now)"); fi
-    if [ "$g" = "0" ]; then all=$(elapsed "$t0" "$(now)"); break; fi
-    sleep 0.5
-  done
-  DETECTED="first after ${first:-never} s, all after $all s"
+  until_zero gauge
   stop "$LOAD" "$COORD"
 }
 # detect_coordinator TAG [load flags...]: SIGSTOP the coordinator; seconds until connected=0.
 detect_coordinator() {
-  local tag=$1
+  DETECT_TAG=$1
   shift
-  serve "detect-$tag"
-  load "detect-$tag" "$DETECT_N" "$@"
+  serve "detect-$DETECT_TAG"
+  load "detect-$DETECT_TAG" "$DETECT_N" "$@"
   wait_value "$DETECT_N" "$CONNECT_DEADLINE" gauge || { say "  not all connected; see $WORK"; exit 1; }
   sleep 2
   kill -STOP "$COORD"
-  local t0 first="" all=">$DETECT_DEADLINE" deadline=$((SECONDS + DETECT_DEADLINE))
-  t0=$(now)
-  while [ $SECONDS -lt $deadline ]; do
-    local c
-    c=$(load_stat "$WORK/load.detect-$tag" connected)
-    if [ -z "$first" ] && [ -n "$c" ] && [ "$c" -lt "$DETECT_N" ]; then first=$(elapsed "$t0" "$(now)"); fi
-    if [ "$c" = "0" ]; then all=$(elapsed "$t0" "$(now)"); break; fi
-    sleep 0.5
-  done
-  DETECTED="first after ${first:-never} s, all after $all s"
+  until_zero agents_connected
   stop "$LOAD" "$COORD"
 }
+agents_connected() { load_stat "$WORK/load.detect-$DETECT_TAG" connected; }
 if has_part detect; then
   DATA=$WORK/data
   say ""
