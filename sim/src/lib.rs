@@ -45,6 +45,7 @@ pub mod api;
 pub mod chart_repo;
 pub mod cluster;
 pub mod controllers;
+pub mod error;
 pub mod faults;
 pub mod registry;
 pub mod server;

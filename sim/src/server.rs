@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::error::ApiError;
 use crate::api::{self, ApiState, Body, Req, error_response, json_response, parse_query};
+use crate::error::ApiError;
 use crate::faults::{FaultCommand, Faults, Verdict};
 
 /// Largest request body accepted (Helm release Secrets can be a few MiB).

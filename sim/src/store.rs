@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::api::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::util;
 
 /// How many past events a watch can resume from.

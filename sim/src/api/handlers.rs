@@ -9,10 +9,9 @@ use std::sync::Arc;
 use http::{Method, Response};
 use serde_json::{Value, json};
 
-use crate::api::error::{ApiError, ApiResult, success_status};
 use crate::api::object::{self, name_of};
-use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::{ApiState, Body, Req, Target, json_response, patch, table, watch};
+use crate::error::{ApiError, ApiResult, success_status};
 use crate::store::{Write, meta_mut};
 use crate::util;
 
@@ -134,16 +133,9 @@ fn scale_view(obj: &Value) -> Value {
     })
 }
 
-pub fn selectors(req: &Req) -> ApiResult<(LabelSelector, FieldSelector)> {
-    Ok((
-        LabelSelector::parse(req.q("labelSelector").unwrap_or(""))?,
-        FieldSelector::parse(req.q("fieldSelector").unwrap_or(""))?,
-    ))
-}
-
 fn list(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body>> {
     let rt = &target.rt;
-    let (labels, fields) = selectors(req)?;
+    let (labels, fields) = req.selectors()?;
     let (items, rv) = state
         .store
         .list(&rt.group, &rt.plural, target.namespace.as_deref());
@@ -618,7 +610,7 @@ fn delete_collection(
     target: &Target,
 ) -> ApiResult<Response<Body>> {
     let rt = &target.rt;
-    let (labels, fields) = selectors(req)?;
+    let (labels, fields) = req.selectors()?;
     let (items, _) = state
         .store
         .list(&rt.group, &rt.plural, target.namespace.as_deref());

@@ -9,7 +9,6 @@
 
 pub mod builtin_fields;
 pub mod discovery;
-pub mod error;
 pub mod handlers;
 pub mod object;
 pub mod openapi;
@@ -30,9 +29,10 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+use crate::error::{ApiError, ApiResult};
 use crate::registry::{Registry, ResourceType};
 use crate::store::Store;
-use error::ApiError;
+use selector::{FieldSelector, LabelSelector};
 
 /// Response body: a full JSON document, or a watch stream.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -153,6 +153,14 @@ impl Req {
 
     pub fn flag(&self, key: &str) -> bool {
         matches!(self.q(key), Some("true" | "1"))
+    }
+
+    /// The `labelSelector` and `fieldSelector` of a list or watch.
+    pub fn selectors(&self) -> ApiResult<(LabelSelector, FieldSelector)> {
+        Ok((
+            LabelSelector::parse(self.q("labelSelector").unwrap_or(""))?,
+            FieldSelector::parse(self.q("fieldSelector").unwrap_or(""))?,
+        ))
     }
 }
 

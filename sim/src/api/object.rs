@@ -7,8 +7,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::api::error::{ApiError, ApiResult};
 use crate::api::{ApiState, FieldValidation, Req, Target, builtin_fields, protobuf, schema};
+use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceType;
 use crate::store::meta_mut;
 use crate::util;

@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::error::ApiError;
+use crate::error::ApiError;
 
 /// The merge key of a list field, by field name (and, for `ports`, by element shape).
 pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {

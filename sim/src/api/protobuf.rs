@@ -17,7 +17,7 @@ use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
 use serde_json::{Map, Value, json};
 
-use crate::api::error::ApiError;
+use crate::error::ApiError;
 
 const MAGIC: &[u8] = b"k8s\0";
 

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::api::error::ApiError;
+use crate::error::ApiError;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Req {

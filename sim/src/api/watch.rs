@@ -22,10 +22,9 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::api::error::{ApiError, ApiResult};
-use crate::api::handlers::selectors;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::{ApiState, Body, Req, Target, object, table};
+use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceType;
 use crate::store::{Event, EventType};
 
@@ -107,7 +106,7 @@ fn line(kind: &str, obj: Value) -> Bytes {
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
 
 pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Response<Body>> {
-    let (labels, fields) = selectors(req)?;
+    let (labels, fields) = req.selectors()?;
     let filter = Filter {
         rt: target.rt.clone(),
         table: table::wanted(&req.accept).then(|| req.q("includeObject").map(String::from)),
