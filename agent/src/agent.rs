@@ -16,6 +16,7 @@ use skoala_upgrade::Helm;
 use skoala_upgrade::inventory::{self, InventoryWatch, TrackedRelease};
 use tokio_util::sync::CancellationToken;
 
+use crate::AGENT_VERSION;
 use crate::credentials::Credentials;
 use crate::identity_store::IdentityStore;
 use crate::metrics::{self, Metrics};
@@ -23,9 +24,6 @@ use crate::register::{self, RegisterError};
 use crate::session::{self, SessionParams};
 use crate::tasks::{ExecutorParts, TaskRunner};
 use crate::transport::CoordinatorAddr;
-
-/// The agent's version, reported in Register and Hello.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything the agent needs to run (the binary builds it from flags and environment).
 #[derive(Debug, Clone)]

@@ -25,4 +25,7 @@ pub mod session;
 pub mod tasks;
 pub mod transport;
 
-pub use agent::{AGENT_VERSION, AgentConfig, AgentError, run};
+pub use agent::{AgentConfig, AgentError, run};
+
+/// The agent's version, reported in Register and Hello and on `/metrics`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -117,7 +117,7 @@ impl Metrics {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = format!(
             "# HELP skoala_agent_info The agent's version (always 1).\n# TYPE skoala_agent_info gauge\nskoala_agent_info{{version=\"{}\"}} 1\n",
-            crate::agent::AGENT_VERSION
+            crate::AGENT_VERSION
         );
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
