@@ -20,7 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::admin_plans;
-use crate::context::{Context, now_unix};
+use crate::clock::now_unix;
+use crate::context::Context;
 use crate::identity::{remote_of, require_admin};
 use crate::orchestrator::Verb;
 use crate::store::{ClusterRecord, Store, StoreError, TokenRecord};
@@ -312,10 +313,7 @@ impl<S: Store> FleetAdmin for Admin<S> {
         let who = self.authorize(&request).await?;
         let req = request.into_inner();
         let ctx = &self.ctx;
-        let status = ctx
-            .orchestrator
-            .apply(ctx, &req.document, req.force)
-            .await?;
+        let status = ctx.orchestrator.apply(&req.document, req.force).await?;
         let forced = if req.force { " (forced)" } else { "" };
         ctx.audit(
             "plan.applied",
@@ -332,16 +330,14 @@ impl<S: Store> FleetAdmin for Admin<S> {
         request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
         self.authorize(&request).await?;
-        let plans = self.ctx.orchestrator.list(&self.ctx).await?;
+        let plans = self.ctx.orchestrator.list().await?;
         Ok(Response::new(ListPlansResponse { plans }))
     }
 
     async fn get_plan(&self, request: Request<PlanRef>) -> Result<Response<PlanStatus>, Status> {
         self.authorize(&request).await?;
         let name = request.into_inner().name;
-        Ok(Response::new(
-            self.ctx.orchestrator.status(&self.ctx, &name).await?,
-        ))
+        Ok(Response::new(self.ctx.orchestrator.status(&name).await?))
     }
 
     async fn approve_plan(
@@ -416,7 +412,7 @@ impl<S: Store> Admin<S> {
         let who = self.authorize(&request).await?;
         let name = request.into_inner().name;
         let ctx = &self.ctx;
-        let status = ctx.orchestrator.transition(ctx, &name, verb).await?;
+        let status = ctx.orchestrator.transition(&name, verb).await?;
         ctx.audit(
             &format!("plan.{}", verb.as_str()),
             "",

@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_secs(2);
 
 /// `GetSkew`.
 pub async fn skew<S: Store>(ctx: &Context<S>) -> Result<SkewReport, Status> {
-    let (report, snap) = ctx.orchestrator.skew(ctx).await?;
+    let (report, snap) = ctx.orchestrator.skew().await?;
     // One pass over the fleet, not one per skewed cluster (10,000 × 10,000 when all skew).
     let connected = snap.connected_ids();
     Ok(SkewReport {
@@ -141,7 +141,7 @@ pub async fn check<S: Store>(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let fail = tx.clone();
-        if let Err(status) = ctx.orchestrator.check(&ctx, &plan, deadline, tx).await {
+        if let Err(status) = ctx.orchestrator.check(&plan, deadline, tx).await {
             let _ = fail.send(Err(status)).await;
         }
     });

@@ -1,9 +1,11 @@
-//! The orchestrator's clock: the system clock, or — for tests only — a file holding an RFC 3339
-//! timestamp (`serve --clock-file`), so maintenance windows are tested by rewriting the file
-//! instead of waiting for a real Saturday night.
+//! Time. The orchestrator's clock is the system clock, or — for tests only — a file holding an
+//! RFC 3339 timestamp (`serve --clock-file`), so maintenance windows are tested by rewriting
+//! the file instead of waiting for a real Saturday night. Records (audit, events, heartbeats)
+//! are stamped with real time ([`now_ms`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jiff::Timestamp;
 use skoala_plan::{Clock, SystemClock};
@@ -50,6 +52,19 @@ pub fn from_flag(clock_file: Option<PathBuf>) -> Arc<dyn Clock> {
         Some(p) => Arc::new(FileClock::new(p)),
         None => Arc::new(SystemClock),
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

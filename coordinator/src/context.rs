@@ -2,16 +2,16 @@
 //! the one way to record a security-relevant event ([`Context::audit`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::identity::Refusal;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::orchestrator::Orchestrator;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
-use crate::store::{NewAudit, Store};
+use crate::store::{NewAudit, Store, StoreError};
 use crate::throttle::{Throttle, Verdict};
 
 /// Tunables of the gateway.
@@ -52,7 +52,7 @@ pub struct Context<S> {
     /// Limits audit entries per refusal kind.
     pub throttle: Throttle,
     /// Fleet upgrade plans ([`crate::orchestrator`]).
-    pub orchestrator: Arc<Orchestrator>,
+    pub orchestrator: Arc<Orchestrator<S>>,
 }
 
 impl<S: Store> Context<S> {
@@ -97,15 +97,24 @@ impl<S: Store> Context<S> {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    now_ms() / 1000
-}
+/// `/metrics` reads the counters and the fleet as the orchestrator sees it.
+impl<S: Store> metrics::Source for Context<S> {
+    type Error = StoreError;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn connected(&self) -> usize {
+        self.sessions.connected()
+    }
+
+    async fn fleet(&self) -> Result<metrics::fleet::FleetState, StoreError> {
+        let (snap, active_plans) = self.orchestrator.fleet_and_active_plans().await?;
+        Ok(metrics::fleet::FleetState {
+            skew: snap.skew(),
+            view: snap.view,
+            active_plans,
+        })
+    }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use skoala_proto::v1::{Cluster, ClusterIdentity};
 use skoala_upgrade::inventory::{InventoryWatch, ReleaseInfo, TrackedRelease, kube_system_uid};
 
-use crate::context::now_ms;
+use crate::clock::now_ms;
 
 /// How long to wait before retrying an unreachable control plane.
 const RETRY: Duration = Duration::from_secs(10);

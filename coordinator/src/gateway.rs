@@ -8,17 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prost::Message;
 use skoala_proto::v1::agent_gateway_server::AgentGateway;
-use skoala_proto::v1::{
-    AgentMessage, CertificateIssued, CoordinatorMessage, Ping, RegisterRequest, RegisterResponse,
-    agent_message, coordinator_message,
-};
+use skoala_proto::v1::{AgentMessage, CoordinatorMessage, RegisterRequest, RegisterResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::context::{Context, now_ms, now_unix};
+use crate::clock::{now_ms, now_unix};
+use crate::context::Context;
 use crate::identity::{Refusal, remote_of, require_agent};
 use crate::sessions::LiveAgent;
 use crate::store::{CertRecord, ClusterRecord, RegisterError, Registered, Registration, Store};
@@ -283,48 +280,4 @@ async fn authorize_session<S: Store>(
         ))),
         Some(c) => Ok(Ok(c)),
     }
-}
-
-/// Builds a Ping.
-pub(crate) fn ping() -> CoordinatorMessage {
-    CoordinatorMessage {
-        body: Some(coordinator_message::Body::Ping(Ping {
-            sent_unix_ms: now_ms(),
-        })),
-    }
-}
-
-/// Builds a CertificateIssued.
-pub(crate) fn certificate_issued(cert_pem: String, ca: &str, not_after: i64) -> CoordinatorMessage {
-    CoordinatorMessage {
-        body: Some(coordinator_message::Body::CertificateIssued(
-            CertificateIssued {
-                certificate_pem: cert_pem,
-                ca_bundle_pem: ca.to_string(),
-                not_after_unix: not_after,
-            },
-        )),
-    }
-}
-
-/// The metric label of an agent message.
-pub(crate) fn message_kind(m: &AgentMessage) -> &'static str {
-    use agent_message::Body;
-    match &m.body {
-        None => "empty",
-        Some(Body::Hello(_)) => "hello",
-        Some(Body::Heartbeat(_)) => "heartbeat",
-        Some(Body::Inventory(_)) => "inventory",
-        Some(Body::TaskAccepted(_)) => "task_accepted",
-        Some(Body::StepProgress(_)) => "step_progress",
-        Some(Body::TaskResult(_)) => "task_result",
-        Some(Body::BackupUpload(_)) => "backup_upload",
-        Some(Body::CertificateRenewal(_)) => "certificate_renewal",
-        Some(Body::ChartRequest(_)) => "chart_request",
-    }
-}
-
-/// Encodes an inventory for the store.
-pub(crate) fn encode_inventory(inv: &skoala_proto::v1::Inventory) -> Vec<u8> {
-    inv.encode_to_vec()
 }

@@ -258,11 +258,13 @@ pub fn load(dir: &DataDir, sha256: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Answers a `ChartRequest` on a session: the chart in [`CHUNK`]-sized `ChartChunk`s, or one
-/// `ChartChunk` with `error` set. Returns `false` if the session went away meanwhile.
+/// `ChartChunk` with `error` set. `sent` is told the size of each chunk as it leaves (the
+/// coordinator counts them in its metrics). Returns `false` if the session went away meanwhile.
 pub async fn answer(
     dir: &DataDir,
     request: &ChartRequest,
     tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    mut sent: impl FnMut(usize),
 ) -> bool {
     let chunk = |c: ChartChunk| {
         Ok(CoordinatorMessage {
@@ -303,7 +305,7 @@ pub async fn answer(
         if tx.send(msg).await.is_err() {
             return false;
         }
-        crate::metrics::relay_bytes_sent(data.len());
+        sent(data.len());
         offset += data.len() as u64;
     }
     tracing::info!(sha256 = %request.sha256, bytes = offset, chunks = n, "chart relayed");
@@ -358,7 +360,7 @@ mod tests {
         };
         let sending = tokio::spawn({
             let dir = dir.clone();
-            async move { answer(&dir, &req, &tx).await }
+            async move { answer(&dir, &req, &tx, |_| {}).await }
         });
         let mut got = Vec::new();
         let mut chunks = 0;
@@ -393,7 +395,7 @@ mod tests {
             ("../../etc/passwd".to_string(), "not a lower-case hex"),
         ] {
             let (tx, mut rx) = mpsc::channel(4);
-            assert!(answer(&dir, &ChartRequest { sha256: digest }, &tx).await);
+            assert!(answer(&dir, &ChartRequest { sha256: digest }, &tx, |_| {}).await);
             let Some(Ok(CoordinatorMessage {
                 body: Some(coordinator_message::Body::ChartChunk(c)),
             })) = rx.recv().await

@@ -17,8 +17,8 @@ use crate::data_dir::DataDir;
 use crate::gateway::Gateway;
 use crate::http2::Http2Settings;
 use crate::metrics::{self, Metrics};
-use crate::orchestrator::Orchestrator;
 use crate::orchestrator::dispatch::ControlPlaneRunner;
+use crate::orchestrator::{Orchestrator, Parts};
 use crate::oversize::AuditOversizeLayer;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
@@ -81,12 +81,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             helm_timeout: opts.helm_timeout,
             data_dir: dir.clone(),
         });
-    let orchestrator = Orchestrator::new(
-        clock::from_flag(opts.clock_file.clone()),
-        runner,
-        opts.helm_timeout,
-    );
     let control_plane = source.map(control_plane::start);
+    let orchestrator = Orchestrator::new(Parts {
+        store: store.clone(),
+        sessions: sessions.clone(),
+        control_plane: control_plane.clone(),
+        runner,
+        data_dir: dir.clone(),
+        metrics: metrics.clone(),
+        clock: clock::from_flag(opts.clock_file.clone()),
+        helm_timeout: opts.helm_timeout,
+    });
     let ctx = Arc::new(Context {
         store,
         ca,
@@ -98,7 +103,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         throttle: Default::default(),
         orchestrator: orchestrator.clone(),
     });
-    tokio::spawn(orchestrator.run(ctx.clone()));
+    tokio::spawn(orchestrator.run());
 
     let listener = TcpListener::bind(opts.listen)
         .await

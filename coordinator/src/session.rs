@@ -9,13 +9,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use skoala_proto::v1::{AgentMessage, CoordinatorMessage, Inventory, agent_message::Body};
+use prost::Message;
+use skoala_proto::v1::{
+    AgentMessage, CertificateIssued, CoordinatorMessage, Inventory, Ping, agent_message,
+    agent_message::Body, coordinator_message,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
 
-use crate::context::{Context, now_ms, now_unix};
-use crate::gateway::{certificate_issued, encode_inventory, message_kind, ping};
+use crate::clock::{now_ms, now_unix};
+use crate::context::Context;
+use crate::relay;
 use crate::store::{CertRecord, ClusterState, Store};
 
 /// The state of one session task.
@@ -165,8 +170,11 @@ impl<S: Store> Session<S> {
             // The chart relay and backup storage (crate::relay, crate::backups).
             // A task each, so streaming a chart or syncing a file never stalls this loop.
             Some(Body::ChartRequest(req)) => {
-                let (dir, tx) = (ctx.data_dir.clone(), self.tx.clone());
-                tokio::spawn(async move { crate::relay::answer(&dir, &req, &tx).await });
+                let (dir, tx, metrics) =
+                    (ctx.data_dir.clone(), self.tx.clone(), ctx.metrics.clone());
+                tokio::spawn(async move {
+                    relay::answer(&dir, &req, &tx, |n| metrics.relay_bytes_sent(n)).await
+                });
             }
             Some(Body::BackupUpload(upload)) => {
                 let (dir, tx, id) = (
@@ -330,4 +338,48 @@ fn backup_stored(ack: skoala_proto::v1::BackupStored) -> CoordinatorMessage {
             ack,
         )),
     }
+}
+
+/// Builds a Ping.
+fn ping() -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(coordinator_message::Body::Ping(Ping {
+            sent_unix_ms: now_ms(),
+        })),
+    }
+}
+
+/// Builds a CertificateIssued.
+fn certificate_issued(cert_pem: String, ca: &str, not_after: i64) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(coordinator_message::Body::CertificateIssued(
+            CertificateIssued {
+                certificate_pem: cert_pem,
+                ca_bundle_pem: ca.to_string(),
+                not_after_unix: not_after,
+            },
+        )),
+    }
+}
+
+/// The metric label of an agent message.
+fn message_kind(m: &AgentMessage) -> &'static str {
+    use agent_message::Body;
+    match &m.body {
+        None => "empty",
+        Some(Body::Hello(_)) => "hello",
+        Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::Inventory(_)) => "inventory",
+        Some(Body::TaskAccepted(_)) => "task_accepted",
+        Some(Body::StepProgress(_)) => "step_progress",
+        Some(Body::TaskResult(_)) => "task_result",
+        Some(Body::BackupUpload(_)) => "backup_upload",
+        Some(Body::CertificateRenewal(_)) => "certificate_renewal",
+        Some(Body::ChartRequest(_)) => "chart_request",
+    }
+}
+
+/// Encodes an inventory for the store.
+fn encode_inventory(inv: &skoala_proto::v1::Inventory) -> Vec<u8> {
+    inv.encode_to_vec()
 }

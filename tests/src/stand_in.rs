@@ -189,7 +189,7 @@ impl Recorder {
                     .await;
             });
         } else {
-            tokio::spawn(async move { relay::answer(&dir, &req, &tx).await });
+            tokio::spawn(async move { relay::answer(&dir, &req, &tx, |_| {}).await });
         }
     }
 

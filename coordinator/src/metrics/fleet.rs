@@ -1,17 +1,29 @@
 //! Gauges computed at scrape time from the fleet snapshot and the stored plans: clusters by
 //! state, skew, versions in use, and the active plan's progress.
 //!
-//! Computed, not kept in sync by hand: the orchestrator's [`Snapshot`] (live sessions, else
-//! the stored inventory, plus the control plane's own watch) and the stored rollout are the
-//! truth that `skoalactl status`/`skew`/`plan status` show, so the graphs can never disagree
-//! with the CLI. A scrape every 15 s costs one read of the clusters and plans tables.
+//! Computed, not kept in sync by hand: the orchestrator's fleet view (live sessions, else the
+//! stored inventory, plus the control plane's own watch) and the stored rollout are the truth
+//! that `skoalactl status`/`skew`/`plan status` show, so the graphs can never disagree with the
+//! CLI. They are handed in as a [`FleetState`]. A scrape every 15 s costs one read of the
+//! clusters and plans tables.
 
 use std::collections::{BTreeMap, HashSet};
 
+use skoala_plan::{FleetView, SkewReport};
 use skoala_proto::v1::PlanStatus;
 
 use super::text::{Kind, Writer};
-use crate::orchestrator::fleet::Snapshot;
+
+/// What the gauges are computed from, as `skoalactl` shows it.
+pub struct FleetState {
+    /// The fleet view the rollout steps on.
+    pub view: FleetView,
+    /// Its skew (invariant 3), as `skoalactl skew` reports it.
+    pub skew: SkewReport,
+    /// The statuses of the plans marked active in the store (at most one in practice: one
+    /// plan at a time).
+    pub active_plans: Vec<PlanStatus>,
+}
 
 /// Every working cluster is in exactly one of these (checked in this order): `offline` (no
 /// live session), `upgrading` (the active plan runs an operation on it, or its release is
@@ -89,9 +101,9 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &str) {
     }
 }
 
-/// Computes the gauges. `active_plans` are the statuses of the plans marked active in the
-/// store (at most one in practice: one plan at a time).
-pub fn compute(snap: &Snapshot, active_plans: &[PlanStatus]) -> FleetGauges {
+/// Computes the gauges.
+pub fn compute(state: &FleetState) -> FleetGauges {
+    let active_plans = &state.active_plans;
     let running: HashSet<&str> = active_plans
         .iter()
         .flat_map(|p| p.targets.iter())
@@ -101,7 +113,7 @@ pub fn compute(snap: &Snapshot, active_plans: &[PlanStatus]) -> FleetGauges {
 
     let mut clusters = zeroes(CLUSTER_STATES);
     let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for w in &snap.view.workers {
+    for w in &state.view.workers {
         let r = &w.release;
         let state = match &r.release {
             _ if !r.connected => "offline",
@@ -121,7 +133,7 @@ pub fn compute(snap: &Snapshot, active_plans: &[PlanStatus]) -> FleetGauges {
                 .or_default() += 1;
         }
     }
-    let cp = &snap.view.control_plane;
+    let cp = &state.view.control_plane;
     if let Some(rel) = &cp.release {
         *versions
             .entry((
@@ -134,7 +146,7 @@ pub fn compute(snap: &Snapshot, active_plans: &[PlanStatus]) -> FleetGauges {
             .or_default() += 1;
     }
 
-    let skew = snap.skew();
+    let skew = &state.skew;
     let mut skew_reasons = zeroes(SKEW_REASONS);
     for c in &skew.clusters {
         let mut seen = HashSet::new();
@@ -281,14 +293,12 @@ impl FleetGauges {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use jiff::{SignedDuration, Timestamp};
-    use skoala_plan::{ClusterRelease, FleetView, ReleaseState, WorkerView};
+    use skoala_plan::profile::SKOALA;
+    use skoala_plan::{ClusterRelease, ReleaseState, Target, WorkerView};
     use skoala_proto::v1::PlanTarget;
 
     use super::*;
-    use crate::orchestrator::fleet::CONTROL_PLANE;
 
     fn release(version: &str, status: &str, keys: &[&str]) -> Option<ReleaseState> {
         Some(ReleaseState {
@@ -313,21 +323,31 @@ mod tests {
         }
     }
 
-    fn snapshot(workers: Vec<WorkerView>) -> Snapshot {
-        let cp_keys = skoala_plan::profile::SKOALA.control_plane.image_tag_keys;
-        Snapshot {
+    /// The state a scrape is handed: `workers`, the control plane at 0.19.2, their skew.
+    fn state(workers: Vec<WorkerView>, active_plans: Vec<PlanStatus>) -> FleetState {
+        let cp_keys = SKOALA.control_plane.image_tag_keys;
+        let control_plane = ClusterRelease {
+            cluster_id: Target::ControlPlane.to_string(),
+            name: Target::ControlPlane.to_string(),
+            connected: true,
+            release: release("0.19.2", "deployed", cp_keys),
+        };
+        let releases: Vec<ClusterRelease> = workers.iter().map(|w| w.release.clone()).collect();
+        let skew = skoala_plan::skew(
+            &control_plane,
+            cp_keys,
+            &releases,
+            SKOALA.worker.image_tag_keys,
+        );
+        FleetState {
             view: FleetView {
                 now: Timestamp::UNIX_EPOCH,
                 expected: SignedDuration::from_mins(10),
-                control_plane: ClusterRelease {
-                    cluster_id: CONTROL_PLANE.into(),
-                    name: CONTROL_PLANE.into(),
-                    connected: true,
-                    release: release("0.19.2", "deployed", cp_keys),
-                },
+                control_plane,
                 workers,
             },
-            names: HashMap::new(),
+            skew,
+            active_plans,
         }
     }
 
@@ -343,8 +363,8 @@ mod tests {
 
     #[test]
     fn each_cluster_counts_once_and_skew_is_the_reports() {
-        let keys = skoala_plan::profile::SKOALA.worker.image_tag_keys;
-        let snap = snapshot(vec![
+        let keys = SKOALA.worker.image_tag_keys;
+        let workers = vec![
             worker("ok", true, release("0.19.2", "deployed", keys)),
             worker("old", true, release("0.19.0", "deployed", keys)),
             worker("busy", true, release("0.19.0", "deployed", keys)),
@@ -352,13 +372,13 @@ mod tests {
             worker("broken", true, release("0.19.2", "failed", keys)),
             worker("empty", true, None),
             worker("away", false, release("0.19.0", "deployed", keys)),
-        ]);
+        ];
         let plan = PlanStatus {
             name: "p".into(),
             version: "0.19.2".into(),
             phase: "workers".into(),
             targets: vec![
-                target(CONTROL_PLANE, "succeeded", true),
+                target(&Target::ControlPlane.to_string(), "succeeded", true),
                 target("ok", "succeeded", true),
                 target("busy", "running", true),
                 target("old", "pending", true),
@@ -367,7 +387,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let g = compute(&snap, &[plan]);
+        let g = compute(&state(workers, vec![plan]));
         let want: BTreeMap<&str, u64> = [
             ("connected", 2), // ok, old
             ("upgrading", 2), // busy (plan), pending (helm)
@@ -409,9 +429,9 @@ mod tests {
 
     #[test]
     fn a_clean_fleet_has_no_skew_and_no_plan_series() {
-        let keys = skoala_plan::profile::SKOALA.worker.image_tag_keys;
-        let snap = snapshot(vec![worker("a", true, release("0.19.2", "deployed", keys))]);
-        let g = compute(&snap, &[]);
+        let keys = SKOALA.worker.image_tag_keys;
+        let workers = vec![worker("a", true, release("0.19.2", "deployed", keys))];
+        let g = compute(&state(workers, Vec::new()));
         assert_eq!(g.skewed, 0);
         assert!(g.skew_reasons.values().all(|n| *n == 0));
         let mut w = Writer::default();

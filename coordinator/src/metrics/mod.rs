@@ -8,9 +8,13 @@
 //!   `ctx.metrics.executor_input(..)`), nothing more.
 //! - **State computed at scrape time** ([`fleet`]): clusters by state, skew, versions in use,
 //!   the active plan's progress. These are derived from the same snapshot and stored rollout
-//!   that `skoalactl` shows, so they cannot drift from the truth the way hand-maintained
-//!   gauges would. One computation is reused for 20 times what it cost (1-10 s), so polling
-//!   `/metrics` in a loop cannot load a coordinator with thousands of agents.
+//!   that `skoalactl` shows, handed in by the server through [`Source`], so they cannot drift
+//!   from the truth the way hand-maintained gauges would. One computation is reused for 20
+//!   times what it cost (1-10 s), so polling `/metrics` in a loop cannot load a coordinator
+//!   with thousands of agents.
+//!
+//! This module is a leaf: it is handed what it counts and knows nothing else of the
+//! coordinator.
 //!
 //! Plus the standard `process_*` families ([`process`]). Every family is written with its
 //! `# HELP`/`# TYPE` header even when it has no samples yet. Label values come only from
@@ -24,6 +28,7 @@ pub mod histogram;
 pub mod process;
 pub mod text;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,12 +36,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use skoala_plan::{Rollout, UpgradePlan};
 use skoala_proto::v1::{StepPhase, agent_message::Body};
 
-use crate::context::Context;
-use crate::orchestrator::status;
-use crate::store::{Store, StoreError};
 use counter::CounterVec;
 use histogram::{HistogramVec, STEP_BUCKETS};
 use text::{Kind, Writer};
@@ -53,15 +54,6 @@ const STEPS: &[&str] = &[
     "verify",
     "rollback",
 ];
-
-/// Chart bytes sent by the relay. Process-wide because `relay::answer` streams from its own
-/// task with only the session's sender in hand; there is one coordinator per process.
-static RELAY_BYTES_SENT: AtomicU64 = AtomicU64::new(0);
-
-/// Counts `n` chart bytes streamed to an agent by the relay.
-pub fn relay_bytes_sent(n: usize) {
-    RELAY_BYTES_SENT.fetch_add(n as u64, Ordering::Relaxed);
-}
 
 /// Fleet gauges are reused for at least this long...
 const FLEET_MIN_AGE: Duration = Duration::from_secs(1);
@@ -88,6 +80,8 @@ pub struct Metrics {
     refusals: CounterVec,
     steps: HistogramVec,
     task_results: CounterVec,
+    /// Chart bytes streamed to agents by the relay.
+    relay_bytes_sent: AtomicU64,
     /// Held while computing, so concurrent scrapes share one computation.
     fleet: tokio::sync::Mutex<Option<CachedFleet>>,
 }
@@ -118,6 +112,7 @@ impl Default for Metrics {
                 "Task results received (upgrades and rollbacks), by target and outcome.",
                 &["target", "outcome"],
             ),
+            relay_bytes_sent: AtomicU64::new(0),
             fleet: tokio::sync::Mutex::new(None),
         }
     }
@@ -146,6 +141,11 @@ impl Metrics {
 
     pub fn refusal(&self, kind: &str) {
         self.refusals.inc(&[kind]);
+    }
+
+    /// Counts `n` chart bytes streamed to an agent by the relay.
+    pub fn relay_bytes_sent(&self, n: usize) {
+        self.relay_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// An executor message as the orchestrator receives it, from an agent or from the
@@ -206,31 +206,22 @@ impl Metrics {
             "skoala_relay_bytes_sent_total",
             Kind::Counter,
             "Chart bytes streamed to agents by the chart relay.",
-            RELAY_BYTES_SENT.load(Ordering::Relaxed) as f64,
+            self.relay_bytes_sent.load(Ordering::Relaxed) as f64,
         );
     }
 }
 
-/// The scrape-time gauges: one fleet snapshot, and the active plans as stored.
-pub async fn fleet_gauges<S: Store>(ctx: &Context<S>) -> Result<fleet::FleetGauges, StoreError> {
-    // The orchestrator's fleet view, refreshed: what `skoalactl` shows.
-    let snap = ctx.orchestrator.snapshot(ctx, None).await?;
-    let mut active = Vec::new();
-    for record in ctx.store.plans().await?.iter().filter(|r| r.active) {
-        let Ok(doc) = UpgradePlan::from_yaml(&record.document) else {
-            continue;
-        };
-        let Ok(rollout) = serde_json::from_str::<Rollout>(&record.rollout) else {
-            continue;
-        };
-        active.push(status::plan_status(
-            record,
-            &doc.spec.version,
-            &rollout,
-            &snap,
-        ));
-    }
-    Ok(fleet::compute(&snap, &active))
+/// What a scrape reads besides its own counters, from whoever serves `/metrics`.
+pub trait Source: Send + Sync + 'static {
+    /// Why the fleet state could not be read.
+    type Error: std::fmt::Display;
+
+    /// The event counters.
+    fn metrics(&self) -> &Metrics;
+    /// Agents with a live session now.
+    fn connected(&self) -> usize;
+    /// The fleet and the active plans, as `skoalactl` shows them now.
+    fn fleet(&self) -> impl Future<Output = Result<fleet::FleetState, Self::Error>> + Send;
 }
 
 /// The whole exposition. Counters are always current; the fleet gauges are recomputed once
@@ -238,19 +229,20 @@ pub async fn fleet_gauges<S: Store>(ctx: &Context<S>) -> Result<fleet::FleetGaug
 /// between [`FLEET_MIN_AGE`] and [`FLEET_MAX_AGE`]. A store that cannot be read leaves the
 /// fleet gauges out (and says so in `skoala_fleet_state_readable`) instead of failing the
 /// scrape: the counters matter most exactly when something is wrong.
-pub async fn scrape<S: Store>(ctx: &Context<S>) -> String {
+pub async fn scrape(source: &impl Source) -> String {
+    let metrics = source.metrics();
     let mut w = Writer::default();
-    ctx.metrics
-        .render_counters(&mut w, ctx.sessions.connected());
+    metrics.render_counters(&mut w, source.connected());
     let readable = {
-        let mut cached = ctx.metrics.fleet.lock().await;
+        let mut cached = metrics.fleet.lock().await;
         let fresh = cached.as_ref().is_some_and(|c| {
             c.at.elapsed() < (c.took * FLEET_COST_FACTOR).clamp(FLEET_MIN_AGE, FLEET_MAX_AGE)
         });
         if !fresh {
             let start = Instant::now();
-            match fleet_gauges(ctx).await {
-                Ok(gauges) => {
+            match source.fleet().await {
+                Ok(state) => {
+                    let gauges = fleet::compute(&state);
                     *cached = Some(CachedFleet {
                         at: Instant::now(),
                         took: start.elapsed(),
@@ -288,35 +280,33 @@ pub async fn scrape<S: Store>(ctx: &Context<S>) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve<S: Store>(
+pub async fn serve<T: Source>(
     listener: tokio::net::TcpListener,
-    ctx: Arc<Context<S>>,
+    source: Arc<T>,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(render::<S>))
-        .with_state(ctx);
+        .route("/metrics", get(render::<T>))
+        .with_state(source);
     axum::serve(listener, app).await
 }
 
-async fn render<S: Store>(
-    State(ctx): State<Arc<Context<S>>>,
+async fn render<T: Source>(
+    State(source): State<Arc<T>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        scrape(&ctx).await,
+        scrape(source.as_ref()).await,
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
     use skoala_proto::v1::{StepProgress, TaskOutcome, TaskResult};
-
-    use crate::orchestrator::fleet as snapshot;
 
     use super::*;
 
@@ -389,21 +379,25 @@ mod tests {
         // A full exposition: counters, an empty fleet's gauges, process_*.
         let mut w = Writer::default();
         Metrics::default().render_counters(&mut w, 0);
-        let snap = snapshot::Snapshot {
+        let empty = fleet::FleetState {
             view: skoala_plan::FleetView {
                 now: jiff::Timestamp::UNIX_EPOCH,
                 expected: jiff::SignedDuration::from_mins(10),
                 control_plane: skoala_plan::ClusterRelease {
-                    cluster_id: snapshot::CONTROL_PLANE.into(),
-                    name: snapshot::CONTROL_PLANE.into(),
+                    cluster_id: skoala_plan::Target::ControlPlane.to_string(),
+                    name: skoala_plan::Target::ControlPlane.to_string(),
                     connected: false,
                     release: None,
                 },
                 workers: Vec::new(),
             },
-            names: HashMap::new(),
+            skew: skoala_plan::SkewReport {
+                control_plane_version: None,
+                clusters: Vec::new(),
+            },
+            active_plans: Vec::new(),
         };
-        fleet::compute(&snap, &[]).render(&mut w);
+        fleet::compute(&empty).render(&mut w);
         w.single("skoala_fleet_state_readable", Kind::Gauge, "x", 1.0);
         process::render(&mut w);
         let fams = families(&w.finish());
@@ -501,7 +495,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        relay_bytes_sent(10);
+        m.relay_bytes_sent(10);
         let mut w = Writer::default();
         m.render_counters(&mut w, 3);
         let text = w.finish();
@@ -519,7 +513,9 @@ mod tests {
         }
         assert!(!text.contains("step=\"crds\""), "skipped steps: {text}");
         assert!(!text.contains("cluster-abc"), "{text}");
-        // Other tests in this process may relay too: the counter is process-wide.
-        assert!(text.contains("# TYPE skoala_relay_bytes_sent_total counter\n"));
+        assert!(
+            text.contains("\nskoala_relay_bytes_sent_total 10\n"),
+            "{text}"
+        );
     }
 }

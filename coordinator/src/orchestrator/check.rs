@@ -42,7 +42,7 @@ use super::charts;
 use super::dispatch::{self, ControlPlaneRunner};
 use super::fleet::CONTROL_PLANE;
 use super::{Orchestrator, internal};
-use crate::context::{Context, now_ms};
+use crate::clock::now_ms;
 use crate::store::Store;
 
 /// Operation ids of checks start with this (see the module docs for why it cannot collide).
@@ -188,20 +188,19 @@ impl Row {
     }
 }
 
-impl Orchestrator {
+impl<S: Store> Orchestrator<S> {
     /// Runs a fleet-wide preflight of `plan` and sends one result per cluster to `out` as each
     /// is known: offline clusters first, then answers in the order they arrive.
-    pub async fn check<S: Store>(
+    pub async fn check(
         &self,
-        ctx: &Context<S>,
         plan: &Plan,
         deadline: Duration,
         out: mpsc::Sender<Result<PreflightResult, Status>>,
     ) -> Result<(), Status> {
         let started = Instant::now();
-        let snap = self.snapshot(ctx, Some(plan)).await.map_err(internal)?;
+        let snap = self.snapshot(Some(plan)).await.map_err(internal)?;
         let stem = self.checks.stem(&plan.name);
-        let busy = busy(ctx).await;
+        let busy = busy(&self.store).await;
         let mut pending = JoinSet::new();
 
         // Where the charts come from, as for the upgrade itself: a repo plan's clusters fetch
@@ -209,7 +208,7 @@ impl Orchestrator {
         // cache answers when apply already did) and named by digest.
         let charts = match plan.chart_source {
             PlanSource::Repo => Ok(None),
-            PlanSource::Relay => self.relay_charts(ctx, plan).await.map(Some),
+            PlanSource::Relay => self.relay_charts(plan).await.map(Some),
         };
 
         // The control plane, in-process.
@@ -230,7 +229,7 @@ impl Orchestrator {
                 .map(|r| r.status.clone())
                 .unwrap_or_default(),
         };
-        match &self.control_plane {
+        match &self.runner {
             _ if busy.contains_key(CONTROL_PLANE) => {
                 let why = busy[CONTROL_PLANE].clone();
                 let r = cp_row.result(plan, "upgrading", String::new(), why, started);
@@ -296,7 +295,7 @@ impl Orchestrator {
                     .map(|r| r.status.clone())
                     .unwrap_or_default(),
             };
-            let outlet = ctx.sessions.outlet(&id).filter(|_| w.release.connected);
+            let outlet = self.sessions.outlet(&id).filter(|_| w.release.connected);
             let Some(outlet) = outlet else {
                 let r = row.result(
                     plan,
@@ -373,18 +372,14 @@ impl Orchestrator {
     }
 
     /// A relay plan's charts, pulled into (or found in) the relay cache, with apply's bounds.
-    async fn relay_charts<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        plan: &Plan,
-    ) -> Result<charts::PlanCharts, String> {
-        let runner = self.control_plane.as_ref().ok_or(
+    async fn relay_charts(&self, plan: &Plan) -> Result<charts::PlanCharts, String> {
+        let runner = self.runner.as_ref().ok_or(
             "the coordinator has no control-plane cluster and no helm to pull the charts with",
         )?;
         let helm = Helm::detect(&runner.helm, &runner.kubeconfig)
             .await
             .map_err(|e| format!("helm: {e}"))?;
-        charts::prepare(&helm, &ctx.data_dir, plan)
+        charts::prepare(&helm, &self.data_dir, plan)
             .await
             .map_err(|e| e.to_string())
     }
@@ -393,9 +388,9 @@ impl Orchestrator {
 /// Targets the active plan is upgrading or rolling back right now, with a sentence for each.
 /// Read from the store (saved before anything is sent), not from the orchestrator's state, so
 /// a check never waits on, or holds up, the rollout.
-async fn busy<S: Store>(ctx: &Context<S>) -> HashMap<String, String> {
+async fn busy(store: &impl Store) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let active = match ctx.store.plans().await {
+    let active = match store.plans().await {
         Ok(plans) => plans.into_iter().find(|p| p.active),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the active plan for a check");

@@ -10,7 +10,8 @@ use skoala_plan::profile::{ReleaseProfile, SKOALA};
 use skoala_plan::{ClusterRelease, FleetView, ReleaseState, SkewReport, WorkerView};
 use skoala_proto::v1::{Inventory, ReleaseInventory};
 
-use crate::context::Context;
+use crate::control_plane::ControlPlane;
+use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 
 /// The id the control plane has in plans and events.
@@ -86,6 +87,14 @@ fn release_state(releases: &[ReleaseInventory], profile: &ReleaseProfile) -> Opt
         })
 }
 
+/// Where the fleet view is read from: the store's rows, the live sessions and the control
+/// plane's own watch (`None`: this coordinator has no control-plane cluster).
+pub struct Sources<'a, S> {
+    pub store: &'a S,
+    pub sessions: &'a Sessions,
+    pub control_plane: Option<&'a ControlPlane>,
+}
+
 /// The fleet view the orchestrator keeps between rounds.
 ///
 /// Every round that carries a result needs the fleet as it is now. Building it from scratch
@@ -114,24 +123,24 @@ impl FleetCache {
     /// The fleet at `now`: refreshed as described on [`FleetCache`].
     pub async fn refresh<S: Store>(
         &mut self,
-        ctx: &Context<S>,
+        src: &Sources<'_, S>,
         now: Timestamp,
         expected: SignedDuration,
     ) -> Result<&Snapshot, StoreError> {
-        let rows_version = ctx.store.clusters_version();
+        let rows_version = src.store.clusters_version();
         let mut snap = match self.snapshot.take() {
             Some(mut snap) if rows_version == self.rows_version => {
-                if self.update(ctx, &mut snap).await? {
+                if self.update(src, &mut snap).await? {
                     snap
                 } else {
-                    self.read_all(ctx, rows_version).await?
+                    self.read_all(src, rows_version).await?
                 }
             }
-            _ => self.read_all(ctx, rows_version).await?,
+            _ => self.read_all(src, rows_version).await?,
         };
         snap.view.now = now;
         snap.view.expected = expected;
-        snap.view.control_plane = control_plane(ctx);
+        snap.view.control_plane = control_plane(src);
         Ok(self.snapshot.insert(snap))
     }
 
@@ -143,17 +152,17 @@ impl FleetCache {
     /// Every row and live session, from scratch.
     async fn read_all<S: Store>(
         &mut self,
-        ctx: &Context<S>,
+        src: &Sources<'_, S>,
         rows_version: u64,
     ) -> Result<Snapshot, StoreError> {
         let mut names = HashMap::new();
         let mut workers = Vec::new();
         let mut seen = Vec::new();
-        for c in ctx.store.clusters().await? {
+        for c in src.store.clusters().await? {
             if c.revoked_unix.is_some() {
                 continue;
             }
-            let (version, release) = match live_release(ctx, &c.id) {
+            let (version, release) = match live_release(src, &c.id) {
                 Some((version, Some(release))) => (Some(version), release),
                 live => (live.map(|(v, _)| v), stored_release(&c.state.inventory)),
             };
@@ -176,7 +185,7 @@ impl FleetCache {
             view: FleetView {
                 now: Timestamp::UNIX_EPOCH,
                 expected: SignedDuration::ZERO,
-                control_plane: control_plane(ctx),
+                control_plane: control_plane(src),
                 workers,
             },
             names,
@@ -187,7 +196,7 @@ impl FleetCache {
     /// gone, which only a full read can reflect.
     async fn update<S: Store>(
         &mut self,
-        ctx: &Context<S>,
+        src: &Sources<'_, S>,
         snap: &mut Snapshot,
     ) -> Result<bool, StoreError> {
         let ids = snap
@@ -195,16 +204,16 @@ impl FleetCache {
             .workers
             .iter()
             .map(|w| w.release.cluster_id.as_str());
-        let versions = ctx.sessions.versions(ids);
+        let versions = src.sessions.versions(ids);
         for (i, version) in versions.into_iter().enumerate() {
             if version == self.seen[i] {
                 continue;
             }
             let worker = &mut snap.view.workers[i].release;
-            let (version, release) = match live_release(ctx, &worker.cluster_id) {
+            let (version, release) = match live_release(src, &worker.cluster_id) {
                 Some((version, Some(release))) => (Some(version), release),
                 live => {
-                    let Some(row) = ctx.store.cluster(worker.cluster_id.clone()).await? else {
+                    let Some(row) = src.store.cluster(worker.cluster_id.clone()).await? else {
                         return Ok(false);
                     };
                     (live.map(|(v, _)| v), stored_release(&row.state.inventory))
@@ -219,11 +228,11 @@ impl FleetCache {
 }
 
 /// A connected cluster's live version and, if it reported an inventory, its release.
-fn live_release<S: Store>(
-    ctx: &Context<S>,
+fn live_release<S>(
+    src: &Sources<'_, S>,
     cluster_id: &str,
 ) -> Option<(u64, Option<Option<ReleaseState>>)> {
-    ctx.sessions.peek(cluster_id, |version, live| {
+    src.sessions.peek(cluster_id, |version, live| {
         let release = live
             .inventory
             .as_ref()
@@ -239,8 +248,8 @@ fn stored_release(inventory: &[u8]) -> Option<ReleaseState> {
 }
 
 /// The control plane's `skoala`, from the coordinator's own watch.
-fn control_plane<S: Store>(ctx: &Context<S>) -> ClusterRelease {
-    let cp_view = ctx.control_plane.as_ref().and_then(|cp| cp.view());
+fn control_plane<S>(src: &Sources<'_, S>) -> ClusterRelease {
+    let cp_view = src.control_plane.and_then(|cp| cp.view());
     ClusterRelease {
         cluster_id: CONTROL_PLANE.to_string(),
         name: CONTROL_PLANE.to_string(),
@@ -253,18 +262,10 @@ fn control_plane<S: Store>(ctx: &Context<S>) -> ClusterRelease {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use skoala_plan::SystemClock;
     use skoala_proto::v1::Inventory;
 
     use super::*;
-    use crate::data_dir::DataDir;
-    use crate::metrics::Metrics;
-    use crate::orchestrator::Orchestrator;
-    use crate::pki::FleetCa;
-    use crate::sessions::{LiveAgent, Sessions};
+    use crate::sessions::LiveAgent;
     use crate::store::sqlite::fixtures::{registration, token};
     use crate::store::{ClusterState, SqliteStore};
 
@@ -326,69 +327,63 @@ mod tests {
                 .await
                 .expect("state");
         }
-        let (ca, _) = FleetCa::generate("test", Duration::from_secs(3600)).expect("ca");
-        let ctx = Context {
-            store,
-            ca,
-            sessions: Arc::new(Sessions::default()),
-            metrics: Arc::new(Metrics::default()),
-            settings: Default::default(),
+        let sessions = Sessions::default();
+        let src = Sources {
+            store: &store,
+            sessions: &sessions,
             control_plane: None,
-            data_dir: DataDir::new(dir.path()),
-            throttle: Default::default(),
-            orchestrator: Orchestrator::new(Arc::new(SystemClock), None, Duration::from_secs(1)),
         };
         let now = Timestamp::now();
         let mut kept = FleetCache::default();
         // Compares the kept view with a fresh one and returns the fresh one's workers.
         async fn check(
             kept: &mut FleetCache,
-            ctx: &Context<SqliteStore>,
+            src: &Sources<'_, SqliteStore>,
             now: Timestamp,
             what: &str,
         ) -> Vec<(String, String, bool, Option<String>, String)> {
             let a = workers(
-                kept.refresh(ctx, now, SignedDuration::ZERO)
+                kept.refresh(src, now, SignedDuration::ZERO)
                     .await
                     .expect("kept"),
             );
             let mut fresh = FleetCache::default();
             let b = workers(
                 fresh
-                    .refresh(ctx, now, SignedDuration::ZERO)
+                    .refresh(src, now, SignedDuration::ZERO)
                     .await
                     .expect("fresh"),
             );
             assert_eq!(a, b, "after {what}");
             b
         }
-        let w = check(&mut kept, &ctx, now, "the first read").await;
+        let w = check(&mut kept, &src, now, "the first read").await;
         assert!(
             w.iter().all(|w| !w.2 && w.3.as_deref() == Some("0.19.0")),
             "{w:?}"
         );
 
-        let s1 = ctx.sessions.open("c1", live(Some("0.19.1")));
-        let w = check(&mut kept, &ctx, now, "c1 connecting with an inventory").await;
+        let s1 = src.sessions.open("c1", live(Some("0.19.1")));
+        let w = check(&mut kept, &src, now, "c1 connecting with an inventory").await;
         assert_eq!((w[0].2, w[0].3.as_deref()), (true, Some("0.19.1")));
 
-        let s2 = ctx.sessions.open("c2", live(None));
-        let w = check(&mut kept, &ctx, now, "c2 connecting without one").await;
+        let s2 = src.sessions.open("c2", live(None));
+        let w = check(&mut kept, &src, now, "c2 connecting without one").await;
         assert_eq!((w[1].2, w[1].3.as_deref()), (true, Some("0.19.0")));
 
-        ctx.sessions
+        src.sessions
             .set_release("c1", inventory("0.19.2").releases[0].clone());
-        let w = check(&mut kept, &ctx, now, "a task's release_after").await;
+        let w = check(&mut kept, &src, now, "a task's release_after").await;
         assert_eq!(w[0].3.as_deref(), Some("0.19.2"));
 
-        ctx.sessions.update("c2", s2.session, |l| {
+        src.sessions.update("c2", s2.session, |l| {
             l.inventory = Some(inventory("0.19.1"))
         });
-        let w = check(&mut kept, &ctx, now, "c2 reporting an inventory").await;
+        let w = check(&mut kept, &src, now, "c2 reporting an inventory").await;
         assert_eq!(w[1].3.as_deref(), Some("0.19.1"));
 
-        ctx.sessions.remove("c1", s1.session);
-        let w = check(&mut kept, &ctx, now, "c1 leaving").await;
+        src.sessions.remove("c1", s1.session);
+        let w = check(&mut kept, &src, now, "c1 leaving").await;
         assert_eq!(
             (w[0].2, w[0].3.as_deref()),
             (false, Some("0.19.0")),
@@ -396,21 +391,21 @@ mod tests {
         );
 
         let labels = [("env".to_string(), "staging".to_string())].into();
-        ctx.store
+        src.store
             .set_cluster_identity("c3".into(), "a-renamed".into(), labels)
             .await
             .expect("identity");
-        let w = check(&mut kept, &ctx, now, "c3 renamed and relabelled").await;
+        let w = check(&mut kept, &src, now, "c3 renamed and relabelled").await;
         assert_eq!(
             w[0].1, "a-renamed",
             "the rows' order (by name) is the store's"
         );
 
-        ctx.store
+        src.store
             .revoke_cluster("c2".into(), 2_000)
             .await
             .expect("revoke");
-        let w = check(&mut kept, &ctx, now, "c2 revoked").await;
+        let w = check(&mut kept, &src, now, "c2 revoked").await;
         assert_eq!(w.len(), 2);
     }
 }

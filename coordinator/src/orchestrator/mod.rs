@@ -37,8 +37,11 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
-use crate::context::{Context, now_ms};
+use crate::clock::now_ms;
+use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 use crate::store::plans::TASK_RESULT;
 use crate::store::{PlanEventRecord, PlanRecord, Store, StoreError};
 use dispatch::ControlPlaneRunner;
@@ -92,12 +95,36 @@ struct State {
     stepped: Option<std::time::Instant>,
 }
 
+/// What the orchestrator works with, handed in by `server`.
+pub struct Parts<S> {
+    pub store: S,
+    /// Live sessions: who is connected, their inventories, where tasks go.
+    pub sessions: Arc<Sessions>,
+    /// The control plane's own inventory watch (`None`: no control-plane cluster).
+    pub control_plane: Option<Arc<ControlPlane>>,
+    /// How to upgrade the control plane (`None`: no `--kubeconfig`, plans are refused).
+    pub runner: Option<ControlPlaneRunner>,
+    /// Relayed charts and the control plane's backups live there.
+    pub data_dir: DataDir,
+    /// Executor step durations and task results are counted as they arrive.
+    pub metrics: Arc<Metrics>,
+    /// "Now" for windows and deadlines (a file in tests, `serve --clock-file`).
+    pub clock: Arc<dyn Clock>,
+    /// Bound on one `helm upgrade --wait` in a working cluster.
+    pub helm_timeout: Duration,
+}
+
 /// Shared between the orchestrator task, the sessions and the admin API.
-pub struct Orchestrator {
+pub struct Orchestrator<S> {
+    store: S,
+    sessions: Arc<Sessions>,
+    control_plane: Option<Arc<ControlPlane>>,
+    data_dir: DataDir,
+    metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     /// Bound on one `helm upgrade --wait` in a working cluster.
     helm_timeout: Duration,
-    control_plane: Option<ControlPlaneRunner>,
+    runner: Option<ControlPlaneRunner>,
     state: tokio::sync::Mutex<State>,
     /// The fleet as of the last round. Lock order: `state` before `fleet`; callers other than
     /// the loop take `fleet` alone and copy what they need.
@@ -163,19 +190,18 @@ impl Input {
     }
 }
 
-impl Orchestrator {
-    /// `control_plane`: how to upgrade the control plane (`None`: no `--kubeconfig`, plans are
-    /// refused).
-    pub fn new(
-        clock: Arc<dyn Clock>,
-        control_plane: Option<ControlPlaneRunner>,
-        helm_timeout: Duration,
-    ) -> Arc<Self> {
+impl<S: Store> Orchestrator<S> {
+    pub fn new(parts: Parts<S>) -> Arc<Self> {
         let (inbox, rx) = mpsc::unbounded_channel();
         Arc::new(Orchestrator {
-            clock,
-            helm_timeout,
-            control_plane,
+            store: parts.store,
+            sessions: parts.sessions,
+            control_plane: parts.control_plane,
+            data_dir: parts.data_dir,
+            metrics: parts.metrics,
+            clock: parts.clock,
+            helm_timeout: parts.helm_timeout,
+            runner: parts.runner,
             state: Default::default(),
             fleet: Default::default(),
             wake: Notify::new(),
@@ -185,6 +211,15 @@ impl Orchestrator {
             mean_upgrade: Mutex::new(None),
             checks: Default::default(),
         })
+    }
+
+    /// Where the fleet view is read from.
+    fn sources(&self) -> fleet::Sources<'_, S> {
+        fleet::Sources {
+            store: &self.store,
+            sessions: &self.sessions,
+            control_plane: self.control_plane.as_deref(),
+        }
     }
 
     /// Something changed (a connection, an inventory): step soon.
@@ -210,7 +245,7 @@ impl Orchestrator {
     }
 
     /// Runs until the process ends: loads the active plan, then steps on every change.
-    pub async fn run<S: Store>(self: Arc<Self>, ctx: Arc<Context<S>>) {
+    pub async fn run(self: Arc<Self>) {
         let Some(mut rx) = self
             .inbox_rx
             .lock()
@@ -220,7 +255,7 @@ impl Orchestrator {
             tracing::error!("the orchestrator is already running");
             return;
         };
-        if let Err(e) = self.load(&ctx).await {
+        if let Err(e) = self.load().await {
             tracing::error!(error = %e, "cannot load the active plan; plans are stopped until restart");
             return;
         }
@@ -234,12 +269,12 @@ impl Orchestrator {
             while let Ok(i) = rx.try_recv() {
                 inputs.push(i);
             }
-            self.tick(&ctx, std::mem::take(&mut inputs)).await;
+            self.tick(std::mem::take(&mut inputs)).await;
         }
     }
 
-    async fn load<S: Store>(&self, ctx: &Context<S>) -> anyhow::Result<()> {
-        let Some(record) = ctx.store.plans().await?.into_iter().find(|p| p.active) else {
+    async fn load(&self) -> anyhow::Result<()> {
+        let Some(record) = self.store.plans().await?.into_iter().find(|p| p.active) else {
             return Ok(());
         };
         let doc = UpgradePlan::from_yaml(&record.document)?;
@@ -247,7 +282,7 @@ impl Orchestrator {
         let rollout: Rollout = serde_json::from_str(&record.rollout)?;
         tracing::info!(plan = %plan.name, "resuming the active plan");
         if plan.chart_source == ChartSource::Relay {
-            self.prepare_charts_later(plan.clone(), ctx.data_dir.clone());
+            self.prepare_charts_later(plan.clone(), self.data_dir.clone());
         }
         self.state.lock().await.active = Some(Active {
             plan,
@@ -262,7 +297,7 @@ impl Orchestrator {
     /// without the network), retrying with a growing pause if even that fails (the cache was
     /// removed and the repository is gone), and hands them to the loop.
     fn prepare_charts_later(&self, plan: Plan, dir: DataDir) {
-        let Some(runner) = self.control_plane.clone() else {
+        let Some(runner) = self.runner.clone() else {
             return;
         };
         let inbox = self.inbox.clone();
@@ -294,12 +329,8 @@ impl Orchestrator {
     }
 
     /// Checks (repo) or prepares (relay) `plan`'s charts with the coordinator's helm.
-    async fn charts<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        plan: &Plan,
-    ) -> Result<Option<charts::PlanCharts>, Status> {
-        let Some(runner) = &self.control_plane else {
+    async fn charts(&self, plan: &Plan) -> Result<Option<charts::PlanCharts>, Status> {
+        let Some(runner) = &self.runner else {
             return Ok(None);
         };
         let helm = Helm::detect(&runner.helm, &runner.kubeconfig)
@@ -310,10 +341,10 @@ impl Orchestrator {
                     runner.helm.display()
                 ))
             })?;
-        Ok(charts::ready(&helm, &ctx.data_dir, plan).await?)
+        Ok(charts::ready(&helm, &self.data_dir, plan).await?)
     }
 
-    async fn expected<S: Store>(&self, ctx: &Context<S>, plan: &Plan) -> SignedDuration {
+    async fn expected(&self, plan: &Plan) -> SignedDuration {
         let cached = *self
             .mean_upgrade
             .lock()
@@ -322,7 +353,7 @@ impl Orchestrator {
             Some((at, mean)) if at.elapsed() < EXPECTED_REFRESH => mean,
             _ => {
                 // A store error is not cached: the next step asks again.
-                let mean = ctx.store.mean_upgrade_ms().await;
+                let mean = self.store.mean_upgrade_ms().await;
                 if let Ok(m) = mean {
                     *self
                         .mean_upgrade
@@ -340,26 +371,18 @@ impl Orchestrator {
     }
 
     /// A copy of the fleet as it is now, for callers outside the loop.
-    pub(crate) async fn snapshot<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        plan: Option<&Plan>,
-    ) -> Result<Snapshot, StoreError> {
-        let expected = self.expected_or_default(ctx, plan).await;
+    pub(crate) async fn snapshot(&self, plan: Option<&Plan>) -> Result<Snapshot, StoreError> {
+        let expected = self.expected_or_default(plan).await;
         let mut fleet = self.fleet.lock().await;
         Ok(fleet
-            .refresh(ctx, self.clock.now(), expected)
+            .refresh(&self.sources(), self.clock.now(), expected)
             .await?
             .clone())
     }
 
-    async fn expected_or_default<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        plan: Option<&Plan>,
-    ) -> SignedDuration {
+    async fn expected_or_default(&self, plan: Option<&Plan>) -> SignedDuration {
         match plan {
-            Some(p) => self.expected(ctx, p).await,
+            Some(p) => self.expected(p).await,
             None => DEFAULT_EXPECTED_DURATION,
         }
     }
@@ -370,13 +393,13 @@ impl Orchestrator {
     /// them right after a 10,000-cluster fan-out) only records its events, all of the round's
     /// in one transaction: re-reading the whole fleet and stepping the rollout for them
     /// changes nothing and took the CPU the fan-out's deliveries needed (BENCHMARKS.md).
-    async fn tick<S: Store>(&self, ctx: &Context<S>, inputs: Vec<Input>) {
+    async fn tick(&self, inputs: Vec<Input>) {
         let mut st = self.state.lock().await;
         let mut events = Vec::new();
         let recently_stepped = st.stepped.is_some_and(|at| at.elapsed() < TICK);
         if recently_stepped && !inputs.is_empty() && inputs.iter().all(Input::is_progress) {
             for input in inputs {
-                self.take_input(ctx, &mut st, input, &mut events);
+                self.take_input(&mut st, input, &mut events);
             }
             let fleet = self.fleet.lock().await;
             for e in &mut events {
@@ -386,20 +409,23 @@ impl Orchestrator {
                 };
             }
             drop(fleet);
-            self.append(ctx, events).await;
+            self.append(events).await;
             return;
         }
         let mut laps = Laps::start();
         // Before the results are recorded: their state changes are events too.
         let before = st.active.as_ref().map(|a| a.rollout.clone());
         for input in inputs {
-            self.take_input(ctx, &mut st, input, &mut events);
+            self.take_input(&mut st, input, &mut events);
         }
         let plan = st.active.as_ref().map(|a| a.plan.clone());
-        let expected = self.expected_or_default(ctx, plan.as_ref()).await;
+        let expected = self.expected_or_default(plan.as_ref()).await;
         laps.lap("inputs");
         let mut fleet = self.fleet.lock().await;
-        let snap = match fleet.refresh(ctx, self.clock.now(), expected).await {
+        let snap = match fleet
+            .refresh(&self.sources(), self.clock.now(), expected)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the fleet; not stepping the plan");
@@ -412,7 +438,7 @@ impl Orchestrator {
         }
         st.stepped = Some(std::time::Instant::now());
         let Some(active) = st.active.as_mut() else {
-            self.append(ctx, events).await;
+            self.append(events).await;
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
@@ -422,18 +448,17 @@ impl Orchestrator {
         laps.lap("step");
         events.extend(status::diff(&before, &active.rollout, snap));
         laps.lap("diff");
-        if let Err(e) = self.persist(ctx, active, events).await {
+        if let Err(e) = self.persist(active, events).await {
             tracing::error!(error = %e, plan = %active.plan.name, "cannot persist the rollout; sending nothing until it is stored");
             return;
         }
         laps.lap("persist");
-        self.send(ctx, &mut st, snap, laps).await;
+        self.send(&mut st, snap, laps).await;
     }
 
     /// Saves the rollout (if changed) with `events`, then tells watchers.
-    async fn persist<S: Store>(
+    async fn persist(
         &self,
-        ctx: &Context<S>,
         active: &mut Active,
         events: Vec<PlanEventRecord>,
     ) -> Result<(), StoreError> {
@@ -442,7 +467,7 @@ impl Orchestrator {
         if json == active.saved && events.is_empty() {
             return Ok(());
         }
-        let last = ctx
+        let last = self
             .store
             .save_rollout(active.plan.name.clone(), json.clone(), events)
             .await?;
@@ -453,11 +478,11 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn append<S: Store>(&self, ctx: &Context<S>, events: Vec<PlanEventRecord>) {
+    async fn append(&self, events: Vec<PlanEventRecord>) {
         if events.is_empty() {
             return;
         }
-        match ctx.store.append_plan_events(events).await {
+        match self.store.append_plan_events(events).await {
             Ok(last) => {
                 self.last_event.send_replace(last);
             }
@@ -466,13 +491,7 @@ impl Orchestrator {
     }
 
     /// Records one input into the rollout and the event list.
-    fn take_input<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        st: &mut State,
-        input: Input,
-        events: &mut Vec<PlanEventRecord>,
-    ) {
+    fn take_input(&self, st: &mut State, input: Input, events: &mut Vec<PlanEventRecord>) {
         let (target, body) = match input {
             Input::Agent { cluster_id, body } => (Target::Worker(cluster_id), body),
             Input::ControlPlane(body) => (Target::ControlPlane, body),
@@ -488,7 +507,7 @@ impl Orchestrator {
             Target::ControlPlane => CONTROL_PLANE.to_string(),
             Target::Worker(id) => id.clone(),
         };
-        ctx.metrics
+        self.metrics
             .executor_input(target == Target::ControlPlane, &body);
         match body {
             Body::StepProgress(p) => events.push(PlanEventRecord {
@@ -507,7 +526,7 @@ impl Orchestrator {
                     st.cp_running = None;
                 }
                 if let (Target::Worker(id), Some(release)) = (&target, r.release_after.clone()) {
-                    ctx.sessions.set_release(id, release);
+                    self.sessions.set_release(id, release);
                 }
                 let started = st.sent_ms.remove(&r.operation_id);
                 st.delivered.remove(&r.operation_id);
@@ -526,13 +545,7 @@ impl Orchestrator {
     }
 
     /// Sends every running operation that has not reached its agent's current session.
-    async fn send<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        st: &mut State,
-        snap: &Snapshot,
-        mut laps: Laps,
-    ) {
+    async fn send(&self, st: &mut State, snap: &Snapshot, mut laps: Laps) {
         let Some(active) = st.active.as_ref() else {
             return;
         };
@@ -545,7 +558,7 @@ impl Orchestrator {
                     if st.cp_running.as_deref() == Some(op.as_str()) {
                         continue;
                     }
-                    let Some(runner) = &self.control_plane else {
+                    let Some(runner) = &self.runner else {
                         continue;
                     };
                     let Some(source) = charts::control_plane_source(&plan, charts.as_ref()) else {
@@ -556,7 +569,7 @@ impl Orchestrator {
                     sent.push((CONTROL_PLANE.to_string(), op));
                 }
                 Target::Worker(id) => {
-                    let Some(outlet) = ctx.sessions.outlet(id) else {
+                    let Some(outlet) = self.sessions.outlet(id) else {
                         continue; // offline: sent when it comes back
                     };
                     if st.delivered.get(&op) == Some(&outlet.session) {
@@ -612,27 +625,22 @@ impl Orchestrator {
                 ..Default::default()
             });
         }
-        self.append(ctx, events).await;
+        self.append(events).await;
     }
 
     // ---- the admin API's side ----
 
     /// `ApplyPlan`: validates, checks the fleet, and makes the plan the active one.
-    pub async fn apply<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        text: &str,
-        force: bool,
-    ) -> Result<PlanStatus, Status> {
+    pub async fn apply(&self, text: &str, force: bool) -> Result<PlanStatus, Status> {
         let doc = UpgradePlan::from_yaml(text)
             .map_err(|e| Status::invalid_argument(format!("invalid plan document: {e}")))?;
         let plan = validate(&doc).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if self.control_plane.is_none() {
+        if self.runner.is_none() {
             return Err(Status::failed_precondition(
                 "the coordinator has no control-plane cluster (serve --kubeconfig): a plan upgrades it first",
             ));
         }
-        let snap = self.snapshot(ctx, Some(&plan)).await.map_err(internal)?;
+        let snap = self.snapshot(Some(&plan)).await.map_err(internal)?;
         let selected = snap
             .view
             .workers
@@ -661,11 +669,11 @@ impl Orchestrator {
         // The charts, before anything is stored: an unknown version or an unreachable
         // repository is refused now, naming the chart, the version and the URL. Re-applying a
         // stored plan changes nothing, so it is not checked again.
-        let stored = ctx.store.plans().await.map_err(internal)?;
+        let stored = self.store.plans().await.map_err(internal)?;
         let charts = if stored.iter().any(|p| p.name == plan.name) {
             None
         } else {
-            self.charts(ctx, &plan).await?
+            self.charts(&plan).await?
         };
 
         let mut st = self.state.lock().await;
@@ -679,7 +687,7 @@ impl Orchestrator {
                 a.plan.name, a.plan.name
             )));
         }
-        let existing = ctx.store.plans().await.map_err(internal)?;
+        let existing = self.store.plans().await.map_err(internal)?;
         if let Some(old) = existing.iter().find(|p| p.name == plan.name) {
             let same = UpgradePlan::from_yaml(&old.document).ok().as_ref() == Some(&doc);
             if !same {
@@ -704,7 +712,10 @@ impl Orchestrator {
             created_ms: now,
             updated_ms: now,
         };
-        ctx.store.put_plan(record.clone()).await.map_err(internal)?;
+        self.store
+            .put_plan(record.clone())
+            .await
+            .map_err(internal)?;
         let event = PlanEventRecord {
             plan: plan.name.clone(),
             kind: "plan.applied".into(),
@@ -722,7 +733,7 @@ impl Orchestrator {
             },
             ..Default::default()
         };
-        if let Ok(last) = ctx
+        if let Ok(last) = self
             .store
             .save_rollout(plan.name.clone(), json.clone(), vec![event])
             .await
@@ -743,15 +754,10 @@ impl Orchestrator {
     }
 
     /// Approve, pause, resume, abort or roll back the active plan `name`.
-    pub async fn transition<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        name: &str,
-        verb: Verb,
-    ) -> Result<PlanStatus, Status> {
+    pub async fn transition(&self, name: &str, verb: Verb) -> Result<PlanStatus, Status> {
         let mut st = self.state.lock().await;
         let Some(active) = st.active.as_mut().filter(|a| a.plan.name == name) else {
-            return Err(self.not_active(ctx, name).await);
+            return Err(self.not_active(name).await);
         };
         let done = match verb {
             Verb::Approve => active
@@ -781,9 +787,7 @@ impl Orchestrator {
             message: done,
             ..Default::default()
         };
-        self.persist(ctx, active, vec![event])
-            .await
-            .map_err(internal)?;
+        self.persist(active, vec![event]).await.map_err(internal)?;
         tracing::info!(plan = name, verb = verb.as_str(), "plan transition");
         drop(st);
         self.poke();
@@ -792,11 +796,11 @@ impl Orchestrator {
         // the status below copies the fleet view before its first await. Without the yield an
         // approval's fan-out to 10,000 clusters waited ~55 ms for the reply (BENCHMARKS.md).
         tokio::task::yield_now().await;
-        self.status(ctx, name).await
+        self.status(name).await
     }
 
-    async fn not_active<S: Store>(&self, ctx: &Context<S>, name: &str) -> Status {
-        match ctx.store.plans().await {
+    async fn not_active(&self, name: &str) -> Status {
+        match self.store.plans().await {
             Ok(all) if all.iter().any(|p| p.name == name) => Status::failed_precondition(format!(
                 "plan {name} is not the active plan (a newer plan superseded it)"
             )),
@@ -806,9 +810,9 @@ impl Orchestrator {
     }
 
     /// Every plan, oldest first.
-    pub async fn list<S: Store>(&self, ctx: &Context<S>) -> Result<Vec<PlanStatus>, Status> {
-        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
-        let records = ctx.store.plans().await.map_err(internal)?;
+    pub async fn list(&self) -> Result<Vec<PlanStatus>, Status> {
+        let snap = self.snapshot(None).await.map_err(internal)?;
+        let records = self.store.plans().await.map_err(internal)?;
         Ok(records
             .iter()
             .filter_map(|r| stored_status(r, &snap))
@@ -816,13 +820,9 @@ impl Orchestrator {
     }
 
     /// One plan.
-    pub async fn status<S: Store>(
-        &self,
-        ctx: &Context<S>,
-        name: &str,
-    ) -> Result<PlanStatus, Status> {
-        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
-        let records = ctx.store.plans().await.map_err(internal)?;
+    pub async fn status(&self, name: &str) -> Result<PlanStatus, Status> {
+        let snap = self.snapshot(None).await.map_err(internal)?;
+        let records = self.store.plans().await.map_err(internal)?;
         let record = records
             .iter()
             .find(|r| r.name == name)
@@ -834,12 +834,24 @@ impl Orchestrator {
         })
     }
 
+    /// The fleet view now and the statuses of the active plans as stored: what the metrics'
+    /// scrape-time gauges are computed from, the same `skoalactl` shows.
+    pub async fn fleet_and_active_plans(&self) -> Result<(Snapshot, Vec<PlanStatus>), StoreError> {
+        let snap = self.snapshot(None).await?;
+        let active = self
+            .store
+            .plans()
+            .await?
+            .iter()
+            .filter(|r| r.active)
+            .filter_map(|r| stored_status(r, &snap))
+            .collect();
+        Ok((snap, active))
+    }
+
     /// The fleet's skew right now.
-    pub async fn skew<S: Store>(
-        &self,
-        ctx: &Context<S>,
-    ) -> Result<(skoala_plan::SkewReport, Snapshot), Status> {
-        let snap = self.snapshot(ctx, None).await.map_err(internal)?;
+    pub async fn skew(&self) -> Result<(skoala_plan::SkewReport, Snapshot), Status> {
+        let snap = self.snapshot(None).await.map_err(internal)?;
         Ok((snap.skew(), snap))
     }
 }

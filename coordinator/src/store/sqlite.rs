@@ -8,9 +8,10 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::clock::now_ms;
 
 use super::{
     AuditRecord, CertRecord, ClusterRecord, ClusterState, NewAudit, PlanEventRecord, PlanRecord,
@@ -64,13 +65,6 @@ impl SqliteStore {
     fn clusters_changed(&self) {
         self.clusters_version.fetch_add(1, Ordering::Release);
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
