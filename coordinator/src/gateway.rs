@@ -181,12 +181,10 @@ impl<S: Store> AgentGateway for Gateway<S> {
         let opened = ctx.sessions.open(
             &cluster_id,
             LiveAgent {
-                connected_since_ms: now_ms(),
                 last_heartbeat_ms: now_ms(),
                 agent_version: record.state.agent_version.clone(),
                 helm_version: record.state.helm_version.clone(),
                 inventory: None,
-                remote: peer.clone(),
                 to_agent: Some(tx.clone()),
             },
         );

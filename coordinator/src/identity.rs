@@ -23,19 +23,6 @@ pub enum Peer {
     },
 }
 
-impl Peer {
-    /// A short description for errors and audit entries (no secrets in a certificate).
-    pub fn describe(&self) -> String {
-        match self {
-            Peer::Admin { serial_hex } => format!("admin certificate {serial_hex}"),
-            Peer::Agent {
-                cluster_id,
-                serial_hex,
-            } => format!("agent certificate {serial_hex} of cluster {cluster_id}"),
-        }
-    }
-}
-
 /// Why a request's certificate does not identify an allowed peer.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

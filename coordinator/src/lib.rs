@@ -1,14 +1,28 @@
 //! `skoala-coordinator`: the control-plane half of skoala-fleet.
 //!
-//! One TLS port serves two gRPC services: [`gateway`] (agents: `Register`, `Session`) and
-//! [`admin_api`] (operators: `FleetAdmin`). Identity is mutual TLS with certificates from the
-//! fleet CA ([`pki`]), checked per RPC ([`identity`]); refused connections and calls land in
-//! the audit log. Durable state sits behind the [`store::Store`] trait (SQLite by default);
-//! live session state stays in memory ([`sessions`]).
+//! One TLS port serves two gRPC services: `gateway` (agents: `Register`, `Session`) and
+//! `admin_api` (operators: `FleetAdmin`). Identity is mutual TLS with certificates from the
+//! fleet CA ([`pki`]), checked per RPC (`identity`); refused connections and calls land in the
+//! audit log. Durable state sits behind the `store::Store` trait (SQLite by default); live
+//! session state stays in memory (`sessions`). Plans are carried out by the `orchestrator`.
 //!
-//! Map: `init` creates the data dir ([`data_dir`], [`admin_config`]); `server` wires
-//! [`tls`] (accept loop), [`http2`] (the HTTP/2 settings), the services, [`metrics`] and
-//! the [`control_plane`] reader.
+//! # Layout
+//!
+//! Dependencies between the modules point one way (the testkit's `layering` test fails on an
+//! import cycle):
+//!
+//! - at the bottom, what everything else builds on: `clock` (time), `store`, `sessions`,
+//!   `control_plane` (the watch of the coordinator's own cluster), [`data_dir`], [`pki`],
+//!   `tokens`, `throttle`, `identity`, [`relay`] and [`backups`]; `metrics` is a leaf that is
+//!   handed what it counts;
+//! - above them, `orchestrator`: the plans, which owns its store handle, the sessions and the
+//!   control-plane runner rather than reaching for a shared context;
+//! - on top, the handlers: `context` (what they share, and the audit log), `gateway` and
+//!   `session` (agents), `admin_api` and `admin_plans` (operators), [`tls`] (the accept loop),
+//!   `oversize`, and [`server`], which builds all of it (`init` creates the data dir first,
+//!   [`data_dir`], [`admin_config`]; [`http2`] holds the HTTP/2 settings).
+//!
+//! Only the modules the binaries, the load generator and the end-to-end tests use are public.
 //!
 //! # Audit log
 //!
@@ -30,29 +44,34 @@
 //! | `session.identity_mismatch` | an agent message claimed another cluster; stream closed |
 //! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` |
 
-pub mod admin_api;
+// The API the binaries, the load generator and the end-to-end tests use; everything else is
+// the coordinator's own.
 pub mod admin_config;
-mod admin_plans;
 pub mod backups;
-pub mod clock;
-pub mod context;
-pub mod control_plane;
 pub mod data_dir;
 pub mod duration;
-pub mod gateway;
 pub mod http2;
-pub mod identity;
 pub mod init;
 pub mod malloc;
-pub mod metrics;
-pub mod orchestrator;
-pub mod oversize;
 pub mod pki;
 pub mod relay;
 pub mod server;
-mod session;
-pub mod sessions;
-pub mod store;
-pub mod throttle;
 pub mod tls;
-pub mod tokens;
+
+pub use context::Settings;
+
+mod admin_api;
+mod admin_plans;
+mod clock;
+mod context;
+mod control_plane;
+mod gateway;
+mod identity;
+mod metrics;
+mod orchestrator;
+mod oversize;
+mod session;
+mod sessions;
+mod store;
+mod throttle;
+mod tokens;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use skoala_coordinator::context::Settings;
+use skoala_coordinator::Settings;
 use skoala_coordinator::data_dir::DataDir;
 use skoala_coordinator::http2::Http2Args;
 use skoala_coordinator::{duration, init, server};

@@ -16,13 +16,11 @@ use tonic::Status;
 /// What the coordinator knows about one connected agent.
 #[derive(Debug, Clone, Default)]
 pub struct LiveAgent {
-    pub connected_since_ms: i64,
     /// Last message of any kind from the agent (a heartbeat, or anything that proves life).
     pub last_heartbeat_ms: i64,
     pub agent_version: String,
     pub helm_version: String,
     pub inventory: Option<Inventory>,
-    pub remote: String,
     /// The session's outbound stream: how the orchestrator sends tasks down to the agent.
     pub to_agent: Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>,
 }

@@ -85,7 +85,7 @@ pub fn server_config(
 
 /// Accepts connections on `listener` forever, handshaking each in its own task; yields the
 /// established TLS streams for tonic's `serve_with_incoming`.
-pub fn incoming<S: Store>(
+pub(crate) fn incoming<S: Store>(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     ctx: Arc<Context<S>>,

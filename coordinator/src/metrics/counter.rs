@@ -50,6 +50,7 @@ impl CounterVec {
     }
 
     /// The current value of one series (0 if never counted).
+    #[cfg(test)]
     pub fn get(&self, values: &[&str]) -> u64 {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         self.series

@@ -32,18 +32,7 @@ impl Snapshot {
             .unwrap_or_else(|| id.to_string())
     }
 
-    pub fn connected(&self, id: &str) -> bool {
-        if id == CONTROL_PLANE {
-            return self.view.control_plane.connected;
-        }
-        self.view
-            .workers
-            .iter()
-            .any(|w| w.release.cluster_id == id && w.release.connected)
-    }
-
-    /// The ids of every connected cluster (the control plane's too): one pass, for callers
-    /// that ask about many clusters ([`Snapshot::connected`] scans the fleet per call).
+    /// The ids of every connected cluster (the control plane's too), in one pass.
     pub fn connected_ids(&self) -> HashSet<&str> {
         let workers = self
             .view
