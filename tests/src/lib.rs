@@ -8,6 +8,7 @@
 pub mod charts;
 pub mod connect_proxy;
 pub mod fleet;
+pub mod layering;
 pub mod netns;
 pub mod pty;
 pub mod sim;
