@@ -118,8 +118,10 @@ pub async fn prepare_cluster(cluster: &skoala_sim::Cluster) -> anyhow::Result<()
     }
 }
 
-/// Makes a child die with the test process (Linux `PR_SET_PDEATHSIG`).
-pub(crate) fn die_with_parent(cmd: &mut Command) {
+/// Makes a child die with the test process (Linux `PR_SET_PDEATHSIG`), even when the test
+/// process is SIGKILLed and drops nothing. For a `tokio::process::Command`, pass
+/// `cmd.as_std_mut()`.
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this is the
     // documented way to tie a child's life to its parent.

@@ -1,4 +1,5 @@
-//! Testkit for the cross-process end-to-end tests in `tests/tests/`.
+//! Testkit for the cross-process end-to-end tests in `tests/tests/e2e/` (one test binary; its
+//! `main.rs` says why and what the tests may not do to the process they share).
 //!
 //! End-to-end tests run the real binaries (ours, `helm`, `kubectl`) as separate processes, so
 //! this crate holds what they share: where the tools are ([`tools`]), how to get a fresh build

@@ -1,13 +1,13 @@
 //! A pseudo-terminal for tests of what our binaries print on a terminal (`skoalactl plan watch`
 //! redraws in place only when stdout is one).
 //!
-//! [`Pty::open`] gives a master/slave pair; the child gets the slave as stdout, the test reads
-//! everything the child drew from the master ([`Pty::read_to_end`]) until the child and every
-//! copy of the slave are gone.
+//! [`Pty::open`] gives a master/slave pair (both close-on-exec); the child gets the slave as
+//! stdout, the test reads everything the child drew from the master ([`Pty::read_to_end`])
+//! until the child and every copy of the slave are gone.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 
 use anyhow::Context;
@@ -19,25 +19,45 @@ pub struct Pty {
 }
 
 impl Pty {
+    /// Opens a new pseudo-terminal.
+    ///
+    /// Both ends are close-on-exec from the moment they exist: the end-to-end tests share one
+    /// process, and a child another test spawns at the same time must not inherit a copy of
+    /// this terminal (the master would then never see the end while that child lives).
+    /// `openpty(3)` cannot do that atomically, so the ends are opened by hand.
     pub fn open() -> anyhow::Result<Pty> {
-        let (mut master, mut slave) = (-1, -1);
-        // SAFETY: openpty writes two new descriptors into the out-parameters; the name, termios
-        // and window-size arguments may be null.
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: posix_openpt only returns a new descriptor (or -1).
+        let master = unsafe { libc::posix_openpt(flags) };
+        if master < 0 {
+            return Err(std::io::Error::last_os_error()).context("posix_openpt");
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        let fd = master.as_raw_fd();
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: `fd` is a pty master; ptsname_r writes at most `name.len()` bytes into
+        // `name`, NUL-terminated.
         let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
+            if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
+                -1
+            } else {
+                libc::ptsname_r(fd, name.as_mut_ptr(), name.len())
+            }
         };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("openpty");
+            return Err(std::io::Error::last_os_error()).context("grantpt/unlockpt/ptsname_r");
         }
-        // SAFETY: both descriptors were just created by openpty and are owned by nobody else.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated path.
+        let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+        // SAFETY: open with a valid C string returns a new descriptor (or -1).
+        let slave = unsafe { libc::open(path.as_ptr(), flags) };
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("open {}", path.to_string_lossy()));
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
         Ok(Pty {
             master,
             slave: Some(slave),

@@ -1,4 +1,4 @@
-//! Helpers for the emulator's end-to-end tests (`tests/tests/sim_*.rs`): running the real
+//! Helpers for the emulator's end-to-end tests (`tests/tests/e2e/sim_*.rs`): running the real
 //! `kubectl` against an emulated cluster and reading its JSON output.
 
 use std::path::Path;

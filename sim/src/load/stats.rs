@@ -1,7 +1,7 @@
 //! The load generator's counters and the status line it prints once a second.
 //!
 //! The line is the interface for scripts and tests (`scripts/bench.sh`,
-//! `tests/tests/load_smoke.rs`), so its shape is stable: `load` followed by `key=value` pairs,
+//! `tests/tests/e2e/load_smoke.rs`), so its shape is stable: `load` followed by `key=value` pairs,
 //! e.g. `load agents=50 registered=50 connected=50 sessions=50 failed_attempts=0 ...`.
 
 use std::sync::Arc;

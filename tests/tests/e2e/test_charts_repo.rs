@@ -1,7 +1,7 @@
 //! The test charts and their repository, with the real helm 3 and 4: `repo add`, `repo update`,
 //! `search`, `pull` (byte-identical to what the index promises), `lint` of every packaged
 //! version, and the per-version differences (seata-operator and the new CRD field in 0.20.0).
-//! `charts_install.rs` installs from it into an emulated cluster.
+//! `test_charts_install.rs` installs from it into an emulated cluster.
 
 use anyhow::Context as _;
 use skoala_e2e::charts::{HelmHome, VERSIONS, start_repo};

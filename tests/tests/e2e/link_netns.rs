@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 use skoala_e2e::connect_proxy::{ConnectProxy, ProxyOptions};
-use skoala_e2e::fleet::Coordinator;
+use skoala_e2e::fleet::{Coordinator, die_with_parent};
 use skoala_e2e::netns::NetNs;
 use skoala_e2e::tools::{our_bin, tool, workspace_root};
 use skoala_e2e::wait;
@@ -37,20 +37,6 @@ impl NsProcess {
     }
 }
 
-/// Makes a child die with the test even if the test is SIGKILLed (`ip netns exec` execs the
-/// program, so the setting carries over to it).
-fn die_with_parent(cmd: &mut tokio::process::Command) {
-    // SAFETY: prctl is async-signal-safe and touches no parent memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Starts `skoala-sim cluster` inside `ns`; returns it once it listens.
 async fn start_cluster(ns: &NetNs, dir: &Path) -> anyhow::Result<(NsProcess, PathBuf)> {
     let kubeconfig = dir.join("edge.kubeconfig");
@@ -62,7 +48,7 @@ async fn start_cluster(ns: &NetNs, dir: &Path) -> anyhow::Result<(NsProcess, Pat
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&log)?));
-    die_with_parent(&mut cmd);
+    die_with_parent(cmd.as_std_mut());
     let mut child = cmd.spawn().context("spawn skoala-sim in the namespace")?;
     let stdout = child.stdout.take().context("sim stdout")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -162,7 +148,7 @@ impl EdgeAgent<'_> {
             // The emulated API server is on the namespace's loopback: reach it directly.
             cmd.env("HTTPS_PROXY", p).env("NO_PROXY", "127.0.0.1");
         }
-        die_with_parent(&mut cmd);
+        die_with_parent(cmd.as_std_mut());
         let child = cmd.spawn().context("spawn skoala-agent in the namespace")?;
         Ok(NsProcess { child, log })
     }

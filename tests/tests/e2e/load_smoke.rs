@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde_json::Value;
 use skoala_e2e::charts::start_repo;
 use skoala_e2e::fleet::plans::install;
-use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Ctl};
+use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Ctl, die_with_parent};
 use skoala_e2e::tools::{our_bin, tool};
 
 const AGENTS: usize = 50;
@@ -56,16 +56,7 @@ impl Load {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe; it ties the child's life to this process.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("spawning skoala-sim load")?;
         let stdout = child.stdout.take().context("load stdout")?;
         let status = Arc::new(Mutex::new(String::new()));

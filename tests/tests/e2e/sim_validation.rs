@@ -2,7 +2,7 @@
 //! is `--validate=strict`) and Helm 4 send `fieldValidation=Strict` and get the decoder's error;
 //! Helm 3 sends nothing, so the server's default (`Warn`) drops the field. A chart with a typo
 //! must fail in the emulator the way it fails on a cluster — and so must the install charts'
-//! dry run in `install_charts.rs`.
+//! dry run in `product_charts_install.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -156,7 +156,7 @@ async fn helm4_refuses_a_chart_with_a_typo_and_helm3_drops_the_field() -> anyhow
     Ok(())
 }
 
-/// `install_charts.rs` renders the install charts and dry-runs them with kubectl: that check
+/// `product_charts_install.rs` renders the install charts and dry-runs them with kubectl: that check
 /// now catches a typo in a template.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_charts_dry_run_catches_a_typo() -> anyhow::Result<()> {
