@@ -226,9 +226,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
 
-    /// Creates or replaces a plan. Saving one as active makes every other plan inactive (one
-    /// active plan at a time), in the same transaction.
-    fn put_plan(&self, plan: PlanRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Creates or replaces a plan and appends `events`, in one transaction. Saving one as
+    /// active makes every other plan inactive (one active plan at a time). Returns the id of
+    /// the last event.
+    fn put_plan(
+        &self,
+        plan: PlanRecord,
+        events: Vec<PlanEventRecord>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Every plan, oldest first.
     fn plans(&self) -> impl Future<Output = Result<Vec<PlanRecord>, StoreError>> + Send;
     /// Saves a plan's rollout and appends `events`, in one transaction: the coordinator acts on

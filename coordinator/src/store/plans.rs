@@ -41,7 +41,12 @@ pub struct PlanEventRecord {
 /// The event kind of a finished task; its `duration_ms` is the upgrade's duration.
 pub const TASK_RESULT: &str = "task.result";
 
-pub(super) fn put_plan(c: &mut Connection, p: &PlanRecord) -> Result<(), StoreError> {
+pub(super) fn put_plan(
+    c: &mut Connection,
+    now_ms: i64,
+    p: &PlanRecord,
+    events: &[PlanEventRecord],
+) -> Result<i64, StoreError> {
     let tx = c.transaction()?;
     if p.active {
         tx.execute(
@@ -62,8 +67,9 @@ pub(super) fn put_plan(c: &mut Connection, p: &PlanRecord) -> Result<(), StoreEr
             p.updated_ms
         ],
     )?;
+    let last = insert_events(&tx, now_ms, events)?;
     tx.commit()?;
-    Ok(())
+    Ok(last)
 }
 
 pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
@@ -207,8 +213,17 @@ mod tests {
     async fn one_active_plan_rollouts_and_events_persist() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
-        store.put_plan(plan("a", true)).await.expect("a");
-        store.put_plan(plan("b", true)).await.expect("b");
+        store.put_plan(plan("a", true), vec![]).await.expect("a");
+        let applied = PlanEventRecord {
+            plan: "b".into(),
+            kind: "plan.applied".into(),
+            ..Default::default()
+        };
+        let first = store
+            .put_plan(plan("b", true), vec![applied])
+            .await
+            .expect("b");
+        assert!(first > 0, "the plan's first event is stored with it");
         let all = store.plans().await.expect("plans");
         assert_eq!(
             all.iter()
@@ -247,7 +262,8 @@ mod tests {
             "an unknown plan is an error, not a silent no-op"
         );
         let events = store.plan_events("b".into(), 0, 10).await.expect("events");
-        assert_eq!(events.len(), 3);
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[0].kind, "plan.applied");
         assert!(
             store
                 .plan_events("a".into(), 0, 10)
@@ -260,5 +276,31 @@ mod tests {
         let again = SqliteStore::open(&dir.path().join("s.db")).expect("reopen");
         let b = again.plans().await.expect("plans").pop().expect("b");
         assert_eq!(b.rollout, "{\"x\":1}", "the rollout survives a restart");
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_stored_with_its_events_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).expect("open");
+        // The event log refuses writes (a full disk, say), from another connection.
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON plan_events
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .expect("trigger");
+        let applied = PlanEventRecord {
+            plan: "a".into(),
+            kind: "plan.applied".into(),
+            ..Default::default()
+        };
+        let put = store.put_plan(plan("a", true), vec![applied]).await;
+        assert!(put.is_err(), "{put:?}");
+        assert!(
+            store.plans().await.expect("plans").is_empty(),
+            "no plan without its event"
+        );
     }
 }

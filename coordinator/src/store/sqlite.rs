@@ -419,8 +419,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_plan(&self, plan: PlanRecord) -> Result<(), StoreError> {
-        self.run(move |c| plans::put_plan(c, &plan)).await
+    async fn put_plan(
+        &self,
+        plan: PlanRecord,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<i64, StoreError> {
+        self.run(move |c| plans::put_plan(c, now_ms(), &plan, &events))
+            .await
     }
 
     async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
