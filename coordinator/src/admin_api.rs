@@ -23,7 +23,7 @@ use crate::admin_plans;
 use crate::clock::now_unix;
 use crate::context::Context;
 use crate::identity::{remote_of, require_admin};
-use crate::orchestrator::Verb;
+use crate::orchestrator::{self, Verb};
 use crate::store::{ClusterRecord, Store, StoreError, TokenRecord};
 use crate::tokens;
 
@@ -48,6 +48,34 @@ impl<S> Admin<S> {
 fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "store error in the admin API");
     Status::unavailable(format!("the coordinator's store is unavailable: {e}"))
+}
+
+/// The one place plan errors become gRPC codes: what the caller did wrong is
+/// `INVALID_ARGUMENT`, what the fleet or the plans' state does not allow now is
+/// `FAILED_PRECONDITION`, a store failure `UNAVAILABLE` (retry later).
+impl From<orchestrator::Error> for Status {
+    fn from(e: orchestrator::Error) -> Status {
+        use orchestrator::Error as E;
+        use orchestrator::charts::ChartsError;
+        let message = e.to_string();
+        match e {
+            E::Document(_) | E::Invalid(_) | E::NothingSelected => {
+                Status::invalid_argument(message)
+            }
+            E::Charts(ChartsError::Missing(_)) => Status::invalid_argument(message),
+            E::NoControlPlane
+            | E::Skewed { .. }
+            | E::Helm { .. }
+            | E::Charts(ChartsError::Unavailable(_))
+            | E::Busy { .. }
+            | E::NotActive(_)
+            | E::Refused(_) => Status::failed_precondition(message),
+            E::Immutable(_) => Status::already_exists(message),
+            E::NotFound(_) => Status::not_found(message),
+            E::Unreadable(_) => Status::internal(message),
+            E::Store(e) => store_status(e),
+        }
+    }
 }
 
 fn token_info(t: &TokenRecord) -> TokenInfo {
@@ -421,5 +449,43 @@ impl<S: Store> Admin<S> {
         )
         .await;
         Ok(Response::new(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::orchestrator::{Error, charts::ChartsError};
+
+    #[test]
+    fn plan_errors_become_the_codes_a_caller_acts_on() {
+        let code = |e: Error| Status::from(e).code();
+        assert_eq!(code(Error::NothingSelected), Code::InvalidArgument);
+        assert_eq!(
+            code(Error::Charts(ChartsError::Missing("9.9.9".into()))),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(Error::Charts(ChartsError::Unavailable("refused".into()))),
+            Code::FailedPrecondition
+        );
+        let busy = Error::Busy {
+            active: "p1".into(),
+            phase: "workers",
+        };
+        assert_eq!(code(busy), Code::FailedPrecondition);
+        assert_eq!(code(Error::Immutable("p".into())), Code::AlreadyExists);
+        assert_eq!(code(Error::NotFound("p".into())), Code::NotFound);
+        let down = Error::Store(StoreError::Worker("gone".into()));
+        let status = Status::from(down);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("the coordinator's store is unavailable"),
+            "{status:?}"
+        );
     }
 }

@@ -138,12 +138,21 @@ pub async fn check<S: Store>(
         0 => DEFAULT_DEADLINE,
         s => Duration::from_secs(u64::from(s)).min(MAX_DEADLINE),
     };
-    let (tx, rx) = mpsc::channel(64);
+    let (results, mut rx) = mpsc::channel(64);
+    let (tx, stream) = mpsc::channel(64);
     tokio::spawn(async move {
-        let fail = tx.clone();
-        if let Err(status) = ctx.orchestrator.check(&plan, deadline, tx).await {
-            let _ = fail.send(Err(status)).await;
+        // The check ends when this forwarder stops reading (the caller went away).
+        let forward = async {
+            while let Some(r) = rx.recv().await {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (checked, ()) = tokio::join!(ctx.orchestrator.check(&plan, deadline, results), forward);
+        if let Err(e) = checked {
+            let _ = tx.send(Err(e.into())).await;
         }
     });
-    Ok(ReceiverStream::new(rx))
+    Ok(ReceiverStream::new(stream))
 }

@@ -8,10 +8,10 @@ use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::identity::Refusal;
 use crate::metrics::{self, Metrics};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{self, Orchestrator};
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
-use crate::store::{NewAudit, Store, StoreError};
+use crate::store::{NewAudit, Store};
 use crate::throttle::{Throttle, Verdict};
 
 /// Tunables of the gateway.
@@ -99,7 +99,7 @@ impl<S: Store> Context<S> {
 
 /// `/metrics` reads the counters and the fleet as the orchestrator sees it.
 impl<S: Store> metrics::Source for Context<S> {
-    type Error = StoreError;
+    type Error = orchestrator::Error;
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -109,7 +109,7 @@ impl<S: Store> metrics::Source for Context<S> {
         self.sessions.connected()
     }
 
-    async fn fleet(&self) -> Result<metrics::fleet::FleetState, StoreError> {
+    async fn fleet(&self) -> Result<metrics::fleet::FleetState, orchestrator::Error> {
         let (snap, active_plans) = self.orchestrator.fleet_and_active_plans().await?;
         Ok(metrics::fleet::FleetState {
             skew: snap.skew(),

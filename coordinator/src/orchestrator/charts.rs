@@ -20,7 +20,6 @@ use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource as PlanSource;
 use skoala_proto::v1::{self as pb, ChartRepository};
 use skoala_upgrade::Helm;
-use tonic::Status;
 
 use crate::data_dir::DataDir;
 use crate::relay::{self, RelayError, RelayedChart};
@@ -68,15 +67,6 @@ pub enum ChartsError {
     /// The repository could not be asked (unreachable, not a chart repository, helm failed).
     #[error("spec.repository.url: {0}")]
     Unavailable(String),
-}
-
-impl From<ChartsError> for Status {
-    fn from(e: ChartsError) -> Status {
-        match e {
-            ChartsError::Missing(_) => Status::invalid_argument(e.to_string()),
-            ChartsError::Unavailable(_) => Status::failed_precondition(e.to_string()),
-        }
-    }
 }
 
 /// Checks (repo) or prepares (relay) the charts of `plan`; `Some` for a relay plan.
@@ -262,12 +252,10 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }
-        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
 
         let e = helm_said("skoala", "0.19.2", "http://127.0.0.1:1", REFUSED);
         assert!(matches!(e, ChartsError::Unavailable(_)), "{e:?}");
         assert!(e.to_string().contains("connection refused"), "{e}");
-        assert_eq!(Status::from(e).code(), tonic::Code::FailedPrecondition);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use skoala_plan::validate::ChartSource as PlanSource;
-use skoala_plan::{Plan, Rollout, TargetState};
+use skoala_plan::{ClusterRelease, Plan, Rollout, TargetState};
 use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, coordinator_message,
@@ -36,12 +36,11 @@ use skoala_proto::v1::{
 use skoala_upgrade::{Executor, Helm, Operation, ProgressEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use tonic::Status;
 
 use super::charts;
 use super::dispatch::{self, ControlPlaneRunner};
-use super::fleet::CONTROL_PLANE;
-use super::{Orchestrator, internal};
+use super::fleet::{CONTROL_PLANE, Snapshot};
+use super::{Error, Orchestrator, Result};
 use crate::clock::now_ms;
 use crate::store::Store;
 
@@ -138,7 +137,6 @@ impl Answer {
 }
 
 /// One row before its answer: who, and what we know of them without asking.
-#[derive(Clone)]
 struct Row {
     target: String,
     name: String,
@@ -149,41 +147,92 @@ struct Row {
 }
 
 impl Row {
-    fn finish(self, plan: &Plan, answer: Answer, started: Instant) -> PreflightResult {
-        let (result, step, message) = match answer {
-            Answer::Passed(m) => ("passed", String::new(), m),
-            Answer::Failed { step, message } => ("failed", step, message),
-            Answer::Silent => (
-                "noAnswer",
-                String::new(),
-                "connected, but no answer before the deadline (is the agent busy or stuck?)"
-                    .to_string(),
-            ),
-        };
-        self.result(plan, result, step, message, started)
+    /// The row of a cluster as the fleet view has it.
+    fn of(cluster: &ClusterRelease, role: &'static str) -> Row {
+        let release = cluster.release.as_ref();
+        Row {
+            target: cluster.cluster_id.clone(),
+            name: cluster.name.clone(),
+            role,
+            reachable: cluster.connected,
+            version: release.map(|r| r.chart_version.clone()).unwrap_or_default(),
+            status: release.map(|r| r.status.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// One check in progress: its plan, where its rows go, and the answers it waits for.
+struct Run<'a> {
+    plan: &'a Plan,
+    started: Instant,
+    deadline: Duration,
+    out: mpsc::Sender<PreflightResult>,
+    waiting: JoinSet<(Row, Answer)>,
+    /// The check's operation ids are `<stem>.<target>`.
+    stem: String,
+    /// Targets the active plan is upgrading now ([`busy`]): not asked.
+    busy: HashMap<String, String>,
+    /// The plan's charts (`None` for a repo plan), or why they cannot be had.
+    charts: Result<Option<charts::PlanCharts>, String>,
+}
+
+impl Run<'_> {
+    /// Sends a row whose result is known without asking.
+    async fn report(&self, row: Row, result: &str, step: &str, message: String) {
+        let r = self.result(row, result, step.to_string(), message);
+        let _ = self.out.send(r).await;
     }
 
-    fn result(
-        self,
-        plan: &Plan,
-        result: &str,
-        step: String,
-        message: String,
-        started: Instant,
-    ) -> PreflightResult {
+    /// Waits (in the background, until the deadline) for `row`'s answer on `rx`.
+    fn wait(&mut self, row: Row, rx: oneshot::Receiver<TaskResult>) {
+        self.waiting.spawn(answer_within(row, rx, self.deadline));
+    }
+
+    fn result(&self, row: Row, result: &str, step: String, message: String) -> PreflightResult {
         PreflightResult {
-            target: self.target,
-            name: self.name,
-            role: self.role.to_string(),
-            reachable: self.reachable,
-            current_version: self.version,
-            current_status: self.status,
+            target: row.target,
+            name: row.name,
+            role: row.role.to_string(),
+            reachable: row.reachable,
+            current_version: row.version,
+            current_status: row.status,
             result: result.to_string(),
             step,
             message,
-            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            plan: plan.name.clone(),
-            version: plan.version.clone(),
+            duration_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            plan: self.plan.name.clone(),
+            version: self.plan.version.clone(),
+        }
+    }
+
+    /// Sends each answer as it arrives, until all are in or the caller went away.
+    async fn collect(mut self) {
+        loop {
+            let joined = tokio::select! {
+                j = self.waiting.join_next() => j,
+                // The caller went away: stop waiting (dropping the set ends the waits).
+                () = self.out.closed() => return,
+            };
+            let Some(joined) = joined else {
+                return;
+            };
+            let Ok((row, answer)) = joined else {
+                continue; // a waiting task cannot panic; nothing to report if it did
+            };
+            let (result, step, message) = match answer {
+                Answer::Passed(m) => ("passed", String::new(), m),
+                Answer::Failed { step, message } => ("failed", step, message),
+                Answer::Silent => (
+                    "noAnswer",
+                    String::new(),
+                    "connected, but no answer before the deadline (is the agent busy or stuck?)"
+                        .to_string(),
+                ),
+            };
+            let r = self.result(row, result, step, message);
+            if self.out.send(r).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -195,14 +244,10 @@ impl<S: Store> Orchestrator<S> {
         &self,
         plan: &Plan,
         deadline: Duration,
-        out: mpsc::Sender<Result<PreflightResult, Status>>,
-    ) -> Result<(), Status> {
+        out: mpsc::Sender<PreflightResult>,
+    ) -> Result<()> {
         let started = Instant::now();
-        let snap = self.snapshot(Some(plan)).await.map_err(internal)?;
-        let stem = self.checks.stem(&plan.name);
-        let busy = busy(&self.store).await;
-        let mut pending = JoinSet::new();
-
+        let snap = self.snapshot(Some(plan)).await?;
         // Where the charts come from, as for the upgrade itself: a repo plan's clusters fetch
         // from the repository; a relay plan's charts are pulled once by the coordinator (the
         // cache answers when apply already did) and named by digest.
@@ -210,63 +255,52 @@ impl<S: Store> Orchestrator<S> {
             PlanSource::Repo => Ok(None),
             PlanSource::Relay => self.relay_charts(plan).await.map(Some),
         };
-
-        // The control plane, in-process.
-        let cp = &snap.view.control_plane;
-        let cp_row = Row {
-            target: CONTROL_PLANE.to_string(),
-            name: CONTROL_PLANE.to_string(),
-            role: "control-plane",
-            reachable: cp.connected,
-            version: cp
-                .release
-                .as_ref()
-                .map(|r| r.chart_version.clone())
-                .unwrap_or_default(),
-            status: cp
-                .release
-                .as_ref()
-                .map(|r| r.status.clone())
-                .unwrap_or_default(),
+        let mut run = Run {
+            plan,
+            started,
+            deadline,
+            out,
+            waiting: JoinSet::new(),
+            stem: self.checks.stem(&plan.name),
+            busy: busy(&self.store).await,
+            charts,
         };
-        match &self.runner {
-            _ if busy.contains_key(CONTROL_PLANE) => {
-                let why = busy[CONTROL_PLANE].clone();
-                let r = cp_row.result(plan, "upgrading", String::new(), why, started);
-                let _ = out.send(Ok(r)).await;
-            }
-            Some(runner) => {
-                let mut spec = dispatch::control_plane_spec(plan, self.helm_timeout);
-                match &charts {
-                    Ok(c) => {
-                        if let Some(source) = charts::control_plane_source(plan, c.as_ref()) {
-                            spec.source = source;
-                        }
-                        let op = format!("{stem}.{CONTROL_PLANE}");
-                        let rx = control_plane_preflight(runner, spec, op);
-                        pending.spawn(answer_within(cp_row, rx, deadline));
-                    }
-                    Err(why) => {
-                        let r = cp_row.result(plan, "failed", "chart".into(), why.clone(), started);
-                        let _ = out.send(Ok(r)).await;
-                    }
-                }
-            }
-            None => {
-                let r = cp_row.result(
-                    plan,
-                    "failed",
-                    "preflight".into(),
-                    "the coordinator has no control-plane cluster (serve --kubeconfig): a plan \
-                     upgrades it first"
-                        .into(),
-                    started,
-                );
-                let _ = out.send(Ok(r)).await;
-            }
+        self.check_control_plane(&mut run, &snap).await;
+        let asked = self.ask_workers(&mut run, &snap).await;
+        tracing::info!(plan = %plan.name, asked = asked.len(), "preflight check sent");
+        run.collect().await;
+        for op in asked {
+            self.checks.forget(&op);
         }
+        Ok(())
+    }
 
-        // Working clusters, by name.
+    /// The control plane's row: its preflight runs here, in-process.
+    async fn check_control_plane(&self, run: &mut Run<'_>, snap: &Snapshot) {
+        let row = Row::of(&snap.view.control_plane, "control-plane");
+        if let Some(why) = run.busy.get(CONTROL_PLANE) {
+            return run.report(row, "upgrading", "", why.clone()).await;
+        }
+        let Some(runner) = &self.runner else {
+            let why = Error::NoControlPlane.to_string();
+            return run.report(row, "failed", "preflight", why).await;
+        };
+        let source = match &run.charts {
+            Ok(c) => charts::control_plane_source(run.plan, c.as_ref()),
+            Err(why) => return run.report(row, "failed", "chart", why.clone()).await,
+        };
+        let mut spec = dispatch::control_plane_spec(run.plan, self.helm_timeout);
+        if let Some(source) = source {
+            spec.source = source;
+        }
+        let rx = control_plane_preflight(runner, spec, format!("{}.{CONTROL_PLANE}", run.stem));
+        run.wait(row, rx);
+    }
+
+    /// Sends the preflight task to every selected, connected worker, by name; reports the
+    /// others at once. Returns the operation ids asked.
+    async fn ask_workers(&self, run: &mut Run<'_>, snap: &Snapshot) -> Vec<String> {
+        let plan = run.plan;
         let mut workers: Vec<_> = snap
             .view
             .workers
@@ -277,98 +311,41 @@ impl<S: Store> Orchestrator<S> {
         let mut asked = Vec::new();
         for w in workers {
             let id = w.release.cluster_id.clone();
-            let row = Row {
-                target: id.clone(),
-                name: w.release.name.clone(),
-                role: "worker",
-                reachable: w.release.connected,
-                version: w
-                    .release
-                    .release
-                    .as_ref()
-                    .map(|r| r.chart_version.clone())
-                    .unwrap_or_default(),
-                status: w
-                    .release
-                    .release
-                    .as_ref()
-                    .map(|r| r.status.clone())
-                    .unwrap_or_default(),
-            };
+            let mut row = Row::of(&w.release, "worker");
             let outlet = self.sessions.outlet(&id).filter(|_| w.release.connected);
             let Some(outlet) = outlet else {
-                let r = row.result(
-                    plan,
-                    "offline",
-                    String::new(),
-                    "no session: not asked (offline is not failed)".into(),
-                    started,
-                );
-                let _ = out.send(Ok(r)).await;
+                let why = "no session: not asked (offline is not failed)";
+                run.report(row, "offline", "", why.into()).await;
                 continue;
             };
-            if let Some(why) = busy.get(&id) {
-                let r = row.result(plan, "upgrading", String::new(), why.clone(), started);
-                let _ = out.send(Ok(r)).await;
+            if let Some(why) = run.busy.get(&id) {
+                run.report(row, "upgrading", "", why.clone()).await;
                 continue;
             }
-            let source = match &charts {
+            let source = match &run.charts {
                 Ok(c) => charts::worker_source(plan, c.as_ref()),
                 Err(why) => {
-                    let r = row.result(plan, "failed", "chart".into(), why.clone(), started);
-                    let _ = out.send(Ok(r)).await;
+                    run.report(row, "failed", "chart", why.clone()).await;
                     continue;
                 }
             };
-            let op = format!("{stem}.{id}");
-            let task = preflight_task(plan, source, &op, self.helm_timeout, deadline);
+            let op = format!("{}.{id}", run.stem);
+            let task = preflight_task(plan, source, &op, self.helm_timeout, run.deadline);
             let rx = self.checks.wait_for(&op);
             let msg = CoordinatorMessage {
                 body: Some(coordinator_message::Body::Task(task)),
             };
             if outlet.tx.send(Ok(msg)).await.is_err() {
                 self.checks.forget(&op);
-                let mut row = row;
                 row.reachable = false;
-                let r = row.result(
-                    plan,
-                    "offline",
-                    String::new(),
-                    "the session ended as the check was sent".into(),
-                    started,
-                );
-                let _ = out.send(Ok(r)).await;
+                let why = "the session ended as the check was sent";
+                run.report(row, "offline", "", why.into()).await;
                 continue;
             }
             asked.push(op);
-            pending.spawn(answer_within(row, rx, deadline));
+            run.wait(row, rx);
         }
-        tracing::info!(plan = %plan.name, asked = asked.len(), "preflight check sent");
-
-        loop {
-            let joined = tokio::select! {
-                j = pending.join_next() => j,
-                // The caller went away: stop waiting (dropping the set ends the waits).
-                () = out.closed() => break,
-            };
-            let Some(joined) = joined else {
-                break;
-            };
-            let Ok((row, answer)) = joined else {
-                continue; // a waiting task cannot panic; nothing to report if it did
-            };
-            if out
-                .send(Ok(row.finish(plan, answer, started)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        for op in asked {
-            self.checks.forget(&op);
-        }
-        Ok(())
+        asked
     }
 
     /// A relay plan's charts, pulled into (or found in) the relay cache, with apply's bounds.

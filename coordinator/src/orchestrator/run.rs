@@ -1,0 +1,509 @@
+//! The rollout loop: one round per change, each round recording what came in, stepping the
+//! rollout, persisting it and only then sending (the order invariant 2 needs).
+
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use skoala_plan::profile::SKOALA;
+use skoala_plan::validate::ChartSource;
+use skoala_plan::{Plan, Rollout, Target, TargetState, UpgradePlan, validate};
+use skoala_proto::v1::{CoordinatorMessage, TaskResult, agent_message::Body, coordinator_message};
+use skoala_upgrade::Helm;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::fleet::{CONTROL_PLANE, Snapshot};
+use super::{Active, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status};
+use crate::clock::now_ms;
+use crate::store::plans::TASK_RESULT;
+use crate::store::{PlanEventRecord, Store, StoreError};
+
+impl<S: Store> Orchestrator<S> {
+    /// Runs until the process ends: loads the active plan, then steps on every change.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut rx) = self
+            .inbox_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            tracing::error!("the orchestrator is already running");
+            return;
+        };
+        if let Err(e) = self.load().await {
+            tracing::error!(error = %e, "cannot load the active plan; plans are stopped until restart");
+            return;
+        }
+        let mut inputs = Vec::new();
+        loop {
+            tokio::select! {
+                Some(i) = rx.recv() => inputs.push(i),
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            while let Ok(i) = rx.try_recv() {
+                inputs.push(i);
+            }
+            self.tick(std::mem::take(&mut inputs)).await;
+        }
+    }
+
+    /// Takes up the active plan where the store has it (after a restart).
+    async fn load(&self) -> Result<()> {
+        let Some(record) = self.store.plans().await?.into_iter().find(|p| p.active) else {
+            return Ok(());
+        };
+        let doc = UpgradePlan::from_yaml(&record.document).map_err(Error::Document)?;
+        let plan = validate(&doc)?;
+        let rollout: Rollout = serde_json::from_str(&record.rollout).map_err(|e| {
+            StoreError::Corrupt(format!("the rollout of plan {}: {e}", record.name))
+        })?;
+        tracing::info!(plan = %plan.name, "resuming the active plan");
+        if plan.chart_source == ChartSource::Relay {
+            self.prepare_charts_later(plan.clone());
+        }
+        self.state.lock().await.active = Some(Active {
+            plan,
+            rollout,
+            saved: record.rollout,
+            charts: None,
+        });
+        Ok(())
+    }
+
+    /// After a restart: prepares a relay plan's charts again (the data dir's cache answers
+    /// without the network), retrying with a growing pause if even that fails (the cache was
+    /// removed and the repository is gone), and hands them to the loop.
+    fn prepare_charts_later(&self, plan: Plan) {
+        let Some(runner) = self.runner.clone() else {
+            return;
+        };
+        let dir = self.data_dir.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(5);
+            loop {
+                let prepared = match Helm::detect(&runner.helm, &runner.kubeconfig).await {
+                    Ok(helm) => charts::prepare(&helm, &dir, &plan)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("helm: {e}")),
+                };
+                match prepared {
+                    Ok(charts) => {
+                        let _ = inbox.send(Input::Charts {
+                            plan: plan.name.clone(),
+                            charts,
+                        });
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::error!(plan = %plan.name, %error, retry_in = ?pause, "cannot prepare the plan's relayed charts; its upgrades wait for them");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(300));
+                    }
+                }
+            }
+        });
+    }
+
+    /// One round: record inputs, step, persist, send.
+    ///
+    /// A round of progress alone (the agents' `TaskAccepted` and `StepProgress`, 20,000 of
+    /// them right after a 10,000-cluster fan-out) only records its events, all of the round's
+    /// in one transaction: re-reading the whole fleet and stepping the rollout for them
+    /// changes nothing and took the CPU the fan-out's deliveries needed (BENCHMARKS.md).
+    async fn tick(&self, inputs: Vec<Input>) {
+        let mut st = self.state.lock().await;
+        let mut events = Vec::new();
+        let recently_stepped = st.stepped.is_some_and(|at| at.elapsed() < TICK);
+        if recently_stepped && !inputs.is_empty() && inputs.iter().all(Input::is_progress) {
+            for input in inputs {
+                self.take_input(&mut st, input, &mut events);
+            }
+            let fleet = self.fleet.lock().await;
+            for e in &mut events {
+                e.target_name = match fleet.last() {
+                    Some(snap) => snap.name_of(&e.target),
+                    None => e.target.clone(),
+                };
+            }
+            drop(fleet);
+            self.append(events).await;
+            return;
+        }
+        let mut laps = Laps::start();
+        // Before the results are recorded: their state changes are events too.
+        let before = st.active.as_ref().map(|a| a.rollout.clone());
+        for input in inputs {
+            self.take_input(&mut st, input, &mut events);
+        }
+        let plan = st.active.as_ref().map(|a| a.plan.clone());
+        let expected = self.expected_or_default(plan.as_ref()).await;
+        laps.lap("inputs");
+        let mut fleet = self.fleet.lock().await;
+        let snap = match fleet
+            .refresh(&self.sources(), self.clock.now(), expected)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fleet; not stepping the plan");
+                return;
+            }
+        };
+        laps.lap("refresh");
+        for e in &mut events {
+            e.target_name = snap.name_of(&e.target);
+        }
+        st.stepped = Some(std::time::Instant::now());
+        let Some(active) = st.active.as_mut() else {
+            self.append(events).await;
+            return;
+        };
+        let before = before.unwrap_or_else(|| active.rollout.clone());
+        // What runs now, and a rollback's revision, is in the rollout itself: `send` reads it
+        // from there once it is persisted (so it survives a restart), not from the actions.
+        let _ = active.rollout.step(&active.plan, &SKOALA, &snap.view);
+        laps.lap("step");
+        events.extend(status::diff(&before, &active.rollout, snap));
+        laps.lap("diff");
+        // Invariant 2: nothing is sent that the store does not have. The stepped rollout
+        // stays in memory, ahead of the store, and the next round (a tick at most away)
+        // stores it and sends; this round's events are lost, the state is not.
+        let lost = events.len();
+        if let Err(e) = self.persist(active, events).await {
+            tracing::error!(error = %e, plan = %active.plan.name, events_lost = lost, "cannot persist the rollout; sending nothing until it is stored");
+            return;
+        }
+        laps.lap("persist");
+        self.send(&mut st, snap, laps).await;
+    }
+
+    /// Saves the rollout (if changed) with `events` in one transaction, then tells watchers.
+    /// Until this returned `Ok`, what the rollout started must not be sent.
+    pub(super) async fn persist(
+        &self,
+        active: &mut Active,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&active.rollout)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the rollout: {e}")))?;
+        if json == active.saved && events.is_empty() {
+            return Ok(());
+        }
+        let last = self
+            .store
+            .save_rollout(active.plan.name.clone(), json.clone(), events)
+            .await?;
+        active.saved = json;
+        if last > 0 {
+            self.last_event.send_replace(last);
+        }
+        Ok(())
+    }
+
+    async fn append(&self, events: Vec<PlanEventRecord>) {
+        if events.is_empty() {
+            return;
+        }
+        match self.store.append_plan_events(events).await {
+            Ok(last) => {
+                self.last_event.send_replace(last);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record plan events"),
+        }
+    }
+
+    /// Records one input into the rollout and the event list.
+    fn take_input(&self, st: &mut State, input: Input, events: &mut Vec<PlanEventRecord>) {
+        let (target, body) = match input {
+            Input::Agent { cluster_id, body } => (Target::Worker(cluster_id), body),
+            Input::ControlPlane(body) => (Target::ControlPlane, body),
+            Input::Charts { plan, charts } => {
+                if let Some(a) = st.active.as_mut().filter(|a| a.plan.name == plan) {
+                    tracing::info!(plan = %plan, charts = %charts.describe(&a.plan.version), "relayed charts ready");
+                    a.charts = Some(charts);
+                }
+                return;
+            }
+        };
+        let target_id = match &target {
+            Target::ControlPlane => CONTROL_PLANE.to_string(),
+            Target::Worker(id) => id.clone(),
+        };
+        self.metrics
+            .executor_input(target == Target::ControlPlane, &body);
+        match body {
+            Body::StepProgress(p) => events.push(PlanEventRecord {
+                plan: plan_of(&p.operation_id),
+                kind: "step".into(),
+                target: target_id,
+                operation_id: p.operation_id,
+                step: p.step,
+                state: dispatch::step_phase(p.phase).into(),
+                message: p.message,
+                duration_ms: p.duration_ms,
+                ..Default::default()
+            }),
+            Body::TaskResult(r) => {
+                if target == Target::ControlPlane {
+                    st.cp_running = None;
+                }
+                if let (Target::Worker(id), Some(release)) = (&target, r.release_after.clone()) {
+                    self.sessions.set_release(id, release);
+                }
+                let started = st.sent_ms.remove(&r.operation_id);
+                st.delivered.remove(&r.operation_id);
+                let (outcome, state) = dispatch::outcome(&r);
+                let recorded = st
+                    .active
+                    .as_mut()
+                    .is_some_and(|a| a.rollout.record(&target, &r.operation_id, outcome));
+                events.push(result_event(&r, target_id, state, started, recorded));
+            }
+            Body::TaskAccepted(a) => {
+                tracing::debug!(operation = %a.operation_id, "task accepted");
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends every running operation that has not reached its agent's current session.
+    async fn send(&self, st: &mut State, snap: &Snapshot, mut laps: Laps) {
+        let Some(active) = st.active.as_ref() else {
+            return;
+        };
+        let plan = active.plan.clone();
+        let charts = active.charts.clone();
+        let mut sent = Vec::new();
+        for (target, op, rollback_to) in running(&active.rollout) {
+            match &target {
+                Target::ControlPlane => {
+                    if st.cp_running.as_deref() == Some(op.as_str()) {
+                        continue;
+                    }
+                    let Some(runner) = &self.runner else {
+                        continue;
+                    };
+                    let Some(source) = charts::control_plane_source(&plan, charts.as_ref()) else {
+                        continue; // a relay plan's charts are being prepared
+                    };
+                    runner.spawn(&plan, source, op.clone(), rollback_to, self.inbox.clone());
+                    st.cp_running = Some(op.clone());
+                    sent.push((CONTROL_PLANE.to_string(), op));
+                }
+                Target::Worker(id) => {
+                    let Some(outlet) = self.sessions.outlet(id) else {
+                        continue; // offline: sent when it comes back
+                    };
+                    if st.delivered.get(&op) == Some(&outlet.session) {
+                        continue;
+                    }
+                    let Some(source) = charts::worker_source(&plan, charts.as_ref()) else {
+                        continue; // a relay plan's charts are being prepared
+                    };
+                    let mut task =
+                        dispatch::worker_task(&plan, &op, rollback_to, self.helm_timeout);
+                    dispatch::set_source(&mut task, source);
+                    let msg = CoordinatorMessage {
+                        body: Some(coordinator_message::Body::Task(task)),
+                    };
+                    // Never await one session: an agent whose 32 slots are full (a slow
+                    // reader) would hold up every task after it in this loop. Its task
+                    // waits for a slot on its own; if that session ends first, the next
+                    // session has another id and gets the task again.
+                    match outlet.tx.try_send(Ok(msg)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(msg)) => {
+                            let tx = outlet.tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(msg).await;
+                            });
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            continue; // the session just ended; the next one gets it
+                        }
+                    }
+                    st.delivered.insert(op.clone(), outlet.session);
+                    sent.push((id.clone(), op));
+                }
+            }
+        }
+        // One line per round, not per task: 10,000 lines after a fan-out cost the CPU the
+        // deliveries needed. Each task is still an event (`skoalactl events`) and a debug line.
+        // scripts/bench-plan.sh times the hand-off by this line (written after the loop).
+        if let Some((target, op)) = sent.first() {
+            laps.lap("send");
+            tracing::info!(plan = %plan.name, tasks = sent.len(), first_target = %target, first_operation = %op, round = %laps, "tasks sent");
+        }
+        let mut events = Vec::new();
+        for (target, op) in sent {
+            st.sent_ms.entry(op.clone()).or_insert_with(now_ms);
+            tracing::debug!(plan = %plan.name, target = %target, operation = %op, "task sent");
+            events.push(PlanEventRecord {
+                plan: plan.name.clone(),
+                kind: "task.sent".into(),
+                target_name: snap.name_of(&target),
+                target,
+                operation_id: op,
+                ..Default::default()
+            });
+        }
+        self.append(events).await;
+    }
+}
+
+/// Where one round's time went, logged with its `tasks sent` line (`round="refresh=1ms
+/// step=40ms persist=62ms send=20ms"`): a slow fan-out names its slow part without a profiler.
+struct Laps {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn start() -> Self {
+        Laps {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (what, took)) in self.laps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{what}={}ms", took.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+/// Every operation the rollout has running, with the revision a rollback returns to (0, "the
+/// previous one", for rollouts stored before the revision was recorded).
+fn running(rollout: &Rollout) -> Vec<(Target, String, Option<i32>)> {
+    let one = |p: &TargetState| match p {
+        TargetState::Running { operation_id, .. } => Some((operation_id.clone(), None)),
+        TargetState::RollingBack {
+            operation_id,
+            to_revision,
+            ..
+        } => Some((operation_id.clone(), Some(to_revision.unwrap_or(0)))),
+        _ => None,
+    };
+    let cp = one(&rollout.control_plane.state).map(|(op, rb)| (Target::ControlPlane, op, rb));
+    let workers = rollout
+        .workers
+        .iter()
+        .filter_map(|(id, p)| one(&p.state).map(|(op, rb)| (Target::Worker(id.clone()), op, rb)));
+    cp.into_iter().chain(workers).collect()
+}
+
+/// The plan an operation id belongs to (`<plan>.<target>.<kind>-<attempt>`; plan names hold
+/// no dot).
+fn plan_of(operation_id: &str) -> String {
+    operation_id
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn result_event(
+    r: &TaskResult,
+    target: String,
+    state: &str,
+    started_ms: Option<i64>,
+    recorded: bool,
+) -> PlanEventRecord {
+    let mut message = r.message.clone();
+    if !r.rollback_message.is_empty() {
+        message.push_str(&format!("; rollback: {}", r.rollback_message));
+    }
+    if !recorded {
+        message = format!("(ignored: not a running operation of the active plan) {message}");
+    }
+    PlanEventRecord {
+        plan: plan_of(&r.operation_id),
+        kind: TASK_RESULT.into(),
+        target,
+        operation_id: r.operation_id.clone(),
+        step: r.failed_step.clone(),
+        // Only upgrades that ran here count towards the history of durations.
+        state: if recorded {
+            state.into()
+        } else {
+            format!("{state}.ignored")
+        },
+        message,
+        duration_ms: started_ms.map(|s| now_ms() - s).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(worker: TargetState) -> Rollout {
+        let doc = UpgradePlan::from_yaml(
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: p}\nspec: {version: 0.19.2}\n",
+        )
+        .expect("plan");
+        let mut r = Rollout::new(&validate(&doc).expect("valid"));
+        r.workers.push((
+            "w1".into(),
+            skoala_plan::rollout::Progress {
+                state: worker,
+                attempts: 1,
+                stage: Some(0),
+            },
+        ));
+        r
+    }
+
+    #[test]
+    fn a_rollbacks_revision_is_read_from_the_stored_rollout() {
+        let r = rollout(TargetState::RollingBack {
+            operation_id: "p.w1.rollback-1".into(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+            to_revision: Some(3),
+        });
+        // What a restarted coordinator reads back from the store.
+        let stored: Rollout =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("read back");
+        assert_eq!(
+            running(&stored),
+            vec![(
+                Target::Worker("w1".into()),
+                "p.w1.rollback-1".into(),
+                Some(3)
+            )]
+        );
+        // A rollout stored before the revision was recorded: "the previous revision".
+        let old = serde_json::to_string(&r)
+            .expect("json")
+            .replace(",\"to_revision\":3", "");
+        assert!(!old.contains("to_revision"), "{old}");
+        let old: Rollout = serde_json::from_str(&old).expect("old form");
+        assert_eq!(running(&old)[0].2, Some(0));
+    }
+
+    #[test]
+    fn upgrades_are_running_work_without_a_revision() {
+        let r = rollout(TargetState::Running {
+            operation_id: "p.w1.upgrade-1".into(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+        });
+        assert_eq!(
+            running(&r),
+            vec![(Target::Worker("w1".into()), "p.w1.upgrade-1".into(), None)]
+        );
+    }
+}
