@@ -45,6 +45,14 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A control plane seen as `view`, with nothing watching it (tests of what reads it).
+    #[cfg(test)]
+    pub fn showing(view: Cluster) -> Self {
+        ControlPlane {
+            view: Mutex::new(Some(view)),
+        }
+    }
+
     /// What `clusters` shows; `None` until the first successful read.
     pub fn view(&self) -> Option<Cluster> {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()

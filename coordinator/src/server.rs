@@ -17,7 +17,7 @@ use crate::data_dir::DataDir;
 use crate::gateway::Gateway;
 use crate::http2::Http2Settings;
 use crate::metrics::{self, Metrics};
-use crate::orchestrator::dispatch::ControlPlaneRunner;
+use crate::orchestrator::dispatch::{ControlPlaneRunner, Dispatcher};
 use crate::orchestrator::{Orchestrator, Parts};
 use crate::oversize::AuditOversizeLayer;
 use crate::pki::FleetCa;
@@ -86,7 +86,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         store: store.clone(),
         sessions: sessions.clone(),
         control_plane: control_plane.clone(),
-        runner,
+        runner: runner.clone(),
+        dispatch: Arc::new(Dispatcher {
+            sessions: sessions.clone(),
+            runner,
+        }),
         data_dir: dir.clone(),
         metrics: metrics.clone(),
         clock: clock::from_flag(opts.clock_file.clone()),

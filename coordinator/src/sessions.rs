@@ -178,6 +178,14 @@ impl Sessions {
             .collect()
     }
 
+    /// The current session of `cluster_id`, if connected (and able to receive).
+    pub fn session(&self, cluster_id: &str) -> Option<u64> {
+        let map = self.lock();
+        map.get(cluster_id)
+            .filter(|e| e.live.to_agent.is_some())
+            .map(|e| e.session)
+    }
+
     /// The current session of `cluster_id` and its outbound stream, if connected.
     pub fn outlet(&self, cluster_id: &str) -> Option<Outlet> {
         let map = self.lock();

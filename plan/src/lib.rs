@@ -31,7 +31,7 @@ pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use document::UpgradePlan;
-pub use rollout::{Action, FleetView, Outcome, Phase, Rollout, Target, TargetState, WorkerView};
+pub use rollout::{FleetView, InFlight, Outcome, Phase, Rollout, Target, TargetState, WorkerView};
 pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};
 pub use window::{Interval, StartDecision, Window};

@@ -2,10 +2,12 @@
 //! sees it now, and the results so far, which upgrades start next.
 //!
 //! The coordinator owns all I/O. It calls [`Rollout::step`] whenever anything changes (a result,
-//! an inventory, a connection, the clock), persists the rollout, and only *then* sends the
-//! returned actions, so a crash between the two re-sends rather than forgets (invariant 2). The
-//! operation ids are deterministic, which makes a re-send harmless: the executor recognises an
-//! operation it already finished.
+//! an inventory, a connection, the clock); a step records what starts in the rollout itself (a
+//! target `Running` or `RollingBack`, with its operation id). The coordinator persists the
+//! rollout, and only *then* sends what it has in flight ([`Rollout::in_flight`]) and its agent
+//! has not received yet, so a crash between the two re-sends rather than forgets (invariant 2).
+//! The operation ids are deterministic, which makes a re-send harmless: the executor recognises
+//! an operation it already finished.
 //!
 //! The order is DESIGN.md's (invariant 5): the control plane first; if it fails, no worker is
 //! touched. Then the canaries, alone; a failed canary pauses the plan. Then the rest, at most
@@ -43,9 +45,11 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// Something the coordinator must do now.
+/// An operation the rollout started and has not seen finish: what the coordinator must have
+/// running. The rollout as persisted is the whole truth of it, so the same list serves right
+/// after a step, after an agent reconnects, and after the coordinator restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum InFlight {
     Upgrade {
         target: Target,
         operation_id: String,
@@ -53,8 +57,46 @@ pub enum Action {
     Rollback {
         target: Target,
         operation_id: String,
-        to_revision: i32,
+        /// The revision it returns to; `None` in rollouts stored before it was recorded (the
+        /// executor then returns to the previous revision).
+        to_revision: Option<i32>,
     },
+}
+
+impl InFlight {
+    pub fn target(&self) -> &Target {
+        match self {
+            InFlight::Upgrade { target, .. } | InFlight::Rollback { target, .. } => target,
+        }
+    }
+
+    pub fn operation_id(&self) -> &str {
+        match self {
+            InFlight::Upgrade { operation_id, .. } | InFlight::Rollback { operation_id, .. } => {
+                operation_id
+            }
+        }
+    }
+
+    /// The one of `target` in `state`, if it is in flight.
+    fn of(target: Target, state: &TargetState) -> Option<InFlight> {
+        match state {
+            TargetState::Running { operation_id, .. } => Some(InFlight::Upgrade {
+                target,
+                operation_id: operation_id.clone(),
+            }),
+            TargetState::RollingBack {
+                operation_id,
+                to_revision,
+                ..
+            } => Some(InFlight::Rollback {
+                target,
+                operation_id: operation_id.clone(),
+                to_revision: *to_revision,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Where the plan as a whole stands.
@@ -344,7 +386,7 @@ impl Rollout {
         Ok(())
     }
 
-    /// No more actions will ever come from this rollout.
+    /// Nothing will ever start again in this rollout.
     pub fn is_final(&self) -> bool {
         matches!(
             self.phase,
@@ -352,8 +394,19 @@ impl Rollout {
         )
     }
 
-    /// Decides what starts now. Call after every change; persist; then act.
-    pub fn step(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) -> Vec<Action> {
+    /// Every operation in flight: the control plane's first, then the workers' in order.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let cp = InFlight::of(Target::ControlPlane, &self.control_plane.state);
+        let workers = self
+            .workers
+            .iter()
+            .filter_map(|(id, p)| InFlight::of(Target::Worker(id.clone()), &p.state));
+        cp.into_iter().chain(workers).collect()
+    }
+
+    /// Decides what starts now and records it in the rollout (see [`Rollout::in_flight`]).
+    /// Call after every change; persist; then act.
+    pub fn step(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) {
         if plan.convergence == Convergence::Auto || !self.enrolled_once {
             self.enroll(plan, fleet);
         }
@@ -367,7 +420,7 @@ impl Rollout {
             | Phase::Paused { .. }
             | Phase::Failed { .. }
             | Phase::Aborted
-            | Phase::RolledBack => Vec::new(),
+            | Phase::RolledBack => {}
         }
     }
 
@@ -391,12 +444,7 @@ impl Rollout {
         self.enrolled_once = true;
     }
 
-    fn step_control_plane(
-        &mut self,
-        plan: &Plan,
-        profile: &Profile,
-        fleet: &FleetView,
-    ) -> Vec<Action> {
+    fn step_control_plane(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) {
         match &self.control_plane.state {
             TargetState::Pending => {
                 if at_target(
@@ -410,7 +458,7 @@ impl Rollout {
                     return self.after_control_plane(plan, profile, fleet);
                 }
                 if !fleet.control_plane.connected {
-                    return Vec::new();
+                    return;
                 }
                 let may_start = match &plan.window {
                     None => true,
@@ -420,7 +468,7 @@ impl Rollout {
                     ),
                 };
                 if !may_start {
-                    return Vec::new();
+                    return;
                 }
                 self.control_plane.attempts += 1;
                 let operation_id = self.operation_id(
@@ -429,16 +477,12 @@ impl Rollout {
                     self.control_plane.attempts,
                 );
                 self.control_plane.state = TargetState::Running {
-                    operation_id: operation_id.clone(),
+                    operation_id,
                     started: fleet.now,
                 };
                 self.control_plane.stage = Some(0);
-                vec![Action::Upgrade {
-                    target: Target::ControlPlane,
-                    operation_id,
-                }]
             }
-            TargetState::Running { .. } => Vec::new(),
+            TargetState::Running { .. } => {}
             TargetState::Succeeded { .. } => self.after_control_plane(plan, profile, fleet),
             TargetState::Failed { message } | TargetState::RolledBack { message } => {
                 self.phase = Phase::Failed {
@@ -446,18 +490,12 @@ impl Rollout {
                         "the control plane upgrade failed, no worker was touched: {message}"
                     ),
                 };
-                Vec::new()
             }
-            TargetState::RollingBack { .. } | TargetState::Reverted => Vec::new(),
+            TargetState::RollingBack { .. } | TargetState::Reverted => {}
         }
     }
 
-    fn after_control_plane(
-        &mut self,
-        plan: &Plan,
-        profile: &Profile,
-        fleet: &FleetView,
-    ) -> Vec<Action> {
+    fn after_control_plane(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) {
         self.phase = Phase::Workers;
         self.step_workers(plan, profile, fleet)
     }
@@ -472,7 +510,7 @@ impl Rollout {
         required && !self.approved.contains(&stage)
     }
 
-    fn step_workers(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) -> Vec<Action> {
+    fn step_workers(&mut self, plan: &Plan, profile: &Profile, fleet: &FleetView) {
         let views: BTreeMap<&str, &WorkerView> = fleet
             .workers
             .iter()
@@ -507,7 +545,7 @@ impl Rollout {
                 self.phase = Phase::Paused {
                     reason: "a canary cluster failed; no other worker was started".into(),
                 };
-                return Vec::new();
+                return;
             }
             if failures - self.failures_acknowledged > plan.max_failures {
                 self.phase = Phase::Paused {
@@ -517,7 +555,7 @@ impl Rollout {
                         plan.max_failures
                     ),
                 };
-                return Vec::new();
+                return;
             }
         }
 
@@ -545,7 +583,7 @@ impl Rollout {
             .filter(|(_, p)| p.stage.is_some_and(|s| s > 0))
             .count();
 
-        let mut actions = Vec::new();
+        let mut started_now = 0;
         let mut canaries_now = 0;
         let mut next_wave_index = started_after_canary;
         let plan_name = self.plan.clone();
@@ -592,7 +630,7 @@ impl Rollout {
                 }
             }
             if self.needs_approval(plan, stage) {
-                if actions.is_empty() && in_flight == 0 {
+                if started_now == 0 && in_flight == 0 {
                     self.phase = Phase::AwaitingApproval { stage };
                 }
                 break;
@@ -607,25 +645,21 @@ impl Rollout {
             let target = Target::Worker(id);
             let operation_id = format!("{plan_name}.{target}.upgrade-{}", p.attempts);
             p.state = TargetState::Running {
-                operation_id: operation_id.clone(),
+                operation_id,
                 started: fleet.now,
             };
             in_flight += 1;
+            started_now += 1;
             if stage == 0 {
                 canaries_now += 1;
             } else {
                 next_wave_index += 1;
             }
-            actions.push(Action::Upgrade {
-                target,
-                operation_id,
-            });
         }
         if matches!(self.phase, Phase::AwaitingApproval { .. }) {
-            return actions;
+            return;
         }
         self.settle(plan, keys, &views);
-        actions
     }
 
     /// Decides Succeeded / Degraded / Workers once nothing more can start right now.
@@ -691,7 +725,7 @@ impl Rollout {
         };
     }
 
-    fn step_rollback(&mut self, plan: &Plan, fleet: &FleetView) -> Vec<Action> {
+    fn step_rollback(&mut self, plan: &Plan, fleet: &FleetView) {
         let views: BTreeMap<&str, &WorkerView> = fleet
             .workers
             .iter()
@@ -703,7 +737,6 @@ impl Rollout {
             .iter()
             .filter(|(_, p)| matches!(p.state, TargetState::RollingBack { .. }))
             .count();
-        let mut actions = Vec::new();
         let plan_name = self.plan.clone();
         let ignore_windows = self.rollback_ignores_windows;
         let window_open = |labels: &BTreeMap<String, String>| {
@@ -736,16 +769,11 @@ impl Rollout {
             let target = Target::Worker(id.clone());
             let operation_id = format!("{plan_name}.{target}.rollback-{}", p.attempts);
             p.state = TargetState::RollingBack {
-                operation_id: operation_id.clone(),
+                operation_id,
                 started: fleet.now,
                 to_revision: Some(rev),
             };
             in_flight += 1;
-            actions.push(Action::Rollback {
-                target,
-                operation_id,
-                to_revision: rev,
-            });
         }
         let workers_left = self.workers.iter().any(|(_, p)| {
             matches!(
@@ -757,7 +785,7 @@ impl Rollout {
             )
         });
         if workers_left {
-            return actions;
+            return;
         }
         // Workers are back: now the control plane.
         match self.control_plane.state {
@@ -778,21 +806,15 @@ impl Rollout {
                         self.control_plane.attempts
                     );
                     self.control_plane.state = TargetState::RollingBack {
-                        operation_id: operation_id.clone(),
+                        operation_id,
                         started: fleet.now,
                         to_revision: Some(rev),
                     };
-                    actions.push(Action::Rollback {
-                        target: Target::ControlPlane,
-                        operation_id,
-                        to_revision: rev,
-                    });
                 }
             }
             TargetState::RollingBack { .. } => {}
             _ => self.phase = Phase::RolledBack,
         }
-        actions
     }
 }
 

@@ -1,5 +1,5 @@
-//! The rollout state machine driven through whole plans: a simulated fleet applies each action
-//! the way the executor would, and the tests check the order, the budgets, the windows and the
+//! The rollout state machine driven through whole plans: a simulated fleet runs each operation a
+//! step starts the way the executor would, and the tests check the order, the budgets, the windows and the
 //! final verdicts DESIGN.md asks for.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use jiff::SignedDuration;
 use skoala_plan::profile::SKOALA;
 use skoala_plan::rollout::phase_name;
 use skoala_plan::{
-    Action, ClusterRelease, FleetView, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
+    ClusterRelease, FleetView, InFlight, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
     TargetState, UpgradePlan, WorkerView, validate,
 };
 
@@ -72,19 +72,26 @@ impl Sim {
             .expect("known worker")
     }
 
-    fn step(&mut self, r: &mut Rollout, plan: &Plan) -> Vec<Action> {
-        let actions = r.step(plan, &SKOALA, &self.fleet);
-        for a in &actions {
-            if let Action::Upgrade {
+    /// Steps, and returns what the step started: what is in flight now and was not before.
+    fn step(&mut self, r: &mut Rollout, plan: &Plan) -> Vec<InFlight> {
+        let before = r.in_flight();
+        r.step(plan, &SKOALA, &self.fleet);
+        let started: Vec<InFlight> = r
+            .in_flight()
+            .into_iter()
+            .filter(|op| !before.contains(op))
+            .collect();
+        for op in &started {
+            if let InFlight::Upgrade {
                 target,
                 operation_id,
-            } = a
+            } = op
             {
                 self.started.push(target.clone());
                 self.in_flight.push((target.clone(), operation_id.clone()));
             }
         }
-        actions
+        started
     }
 
     /// Finishes every in-flight upgrade: the cluster's inventory moves to NEW unless it fails.
@@ -116,8 +123,8 @@ impl Sim {
     /// Steps and finishes until nothing more starts.
     fn run(&mut self, r: &mut Rollout, plan: &Plan) {
         for _ in 0..100 {
-            let actions = self.step(r, plan);
-            if actions.is_empty() && self.in_flight.is_empty() {
+            let started = self.step(r, plan);
+            if started.is_empty() && self.in_flight.is_empty() {
                 // One more step lets the rollout settle on its verdict.
                 self.step(r, plan);
                 return;
@@ -155,7 +162,7 @@ fn control_plane_first_then_one_canary_alone_then_waves() {
     assert_eq!(a.len(), 1, "only the control plane starts first: {a:?}");
     assert!(matches!(
         &a[0],
-        Action::Upgrade {
+        InFlight::Upgrade {
             target: Target::ControlPlane,
             ..
         }
@@ -421,9 +428,43 @@ fn approval_before_workers_holds_them_with_no_canary_too() {
     assert_eq!(sim.names_started(), ["cp"]);
     assert_eq!(r.phase, Phase::AwaitingApproval { stage: 1 });
     r.approve().expect("awaiting approval");
-    let actions = sim.step(&mut r, &plan);
-    assert_eq!(actions.len(), 3, "all three at once after the approval");
+    let started = sim.step(&mut r, &plan);
+    assert_eq!(started.len(), 3, "all three at once after the approval");
     sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+}
+
+#[test]
+fn approval_before_each_wave_offers_a_wave_only_once_the_last_one_finished() {
+    let plan =
+        plan("  requireApproval: beforeEachWave\n  strategy: {canary: 1, maxConcurrency: 2}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(5);
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp"]);
+    assert_eq!(r.phase, Phase::AwaitingApproval { stage: 0 });
+    r.approve().expect("the canaries");
+    assert_eq!(sim.step(&mut r, &plan).len(), 1, "the canary");
+    sim.finish_all(&mut r);
+    sim.step(&mut r, &plan);
+    assert_eq!(r.phase, Phase::AwaitingApproval { stage: 1 });
+    r.approve().expect("wave 1");
+    assert_eq!(
+        sim.step(&mut r, &plan).len(),
+        2,
+        "wave 1, maxConcurrency wide"
+    );
+    assert!(
+        sim.step(&mut r, &plan).is_empty(),
+        "wave 2 waits for wave 1"
+    );
+    assert_eq!(r.phase, Phase::Workers, "not offered while wave 1 runs");
+    sim.finish_all(&mut r);
+    sim.step(&mut r, &plan);
+    assert_eq!(r.phase, Phase::AwaitingApproval { stage: 2 });
+    r.approve().expect("wave 2");
+    sim.run(&mut r, &plan);
+    assert_eq!(sim.names_started(), ["cp", "w1", "w2", "w3", "w4", "w5"]);
     assert_eq!(r.phase, Phase::Succeeded);
 }
 
@@ -436,7 +477,7 @@ fn rollback_returns_workers_first_then_the_control_plane() {
     assert_eq!(r.phase, Phase::Succeeded);
 
     r.start_rollback(false).expect("can roll back");
-    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    let a = sim.step(&mut r, &plan);
     assert_eq!(a.len(), 2, "workers first, maxConcurrency at a time: {a:?}");
     // The revision each rollback returns to is part of the persisted rollout: a coordinator
     // restarted mid-rollback reads it back rather than re-sending "the previous revision".
@@ -453,15 +494,15 @@ fn rollback_returns_workers_first_then_the_control_plane() {
     assert_eq!(returning, vec![Some(1), Some(1)], "{stored:?}");
     assert!(a.iter().all(|a| matches!(
         a,
-        Action::Rollback {
+        InFlight::Rollback {
             target: Target::Worker(_),
-            to_revision: 1,
+            to_revision: Some(1),
             ..
         }
     )));
-    let finish = |r: &mut Rollout, actions: &[Action]| {
-        for a in actions {
-            if let Action::Rollback {
+    let finish = |r: &mut Rollout, started: &[InFlight]| {
+        for a in started {
+            if let InFlight::Rollback {
                 target,
                 operation_id,
                 ..
@@ -478,14 +519,14 @@ fn rollback_returns_workers_first_then_the_control_plane() {
         }
     };
     finish(&mut r, &a);
-    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    let a = sim.step(&mut r, &plan);
     assert_eq!(a.len(), 1, "the last worker: {a:?}");
     finish(&mut r, &a);
-    let a = r.step(&plan, &SKOALA, &sim.fleet);
+    let a = sim.step(&mut r, &plan);
     assert!(
         matches!(
             &a[..],
-            [Action::Rollback {
+            [InFlight::Rollback {
                 target: Target::ControlPlane,
                 ..
             }]
@@ -493,7 +534,7 @@ fn rollback_returns_workers_first_then_the_control_plane() {
         "{a:?}"
     );
     finish(&mut r, &a);
-    r.step(&plan, &SKOALA, &sim.fleet);
+    sim.step(&mut r, &plan);
     assert_eq!(r.phase, Phase::RolledBack, "{}", phase_name(&r.phase));
 }
 
@@ -503,7 +544,7 @@ fn results_for_unknown_or_repeated_operations_are_ignored() {
     let mut r = Rollout::new(&plan);
     let mut sim = Sim::new(1);
     let a = sim.step(&mut r, &plan);
-    let Action::Upgrade { operation_id, .. } = &a[0] else {
+    let InFlight::Upgrade { operation_id, .. } = &a[0] else {
         panic!("upgrade expected")
     };
     assert_eq!(
@@ -538,7 +579,10 @@ fn the_rollout_survives_a_restart_through_its_persisted_form() {
     assert_eq!(restored, r);
     // After a restart the same running operation is still running: re-sent, not re-created.
     let mut restored = restored;
-    assert!(restored.step(&plan, &SKOALA, &sim.fleet).is_empty());
+    let running = restored.in_flight();
+    assert_eq!(running.len(), 1, "{running:?}");
+    restored.step(&plan, &SKOALA, &sim.fleet);
+    assert_eq!(restored.in_flight(), running);
 }
 
 #[test]
@@ -555,5 +599,51 @@ fn a_reported_success_the_inventory_contradicts_is_degraded_not_succeeded() {
         matches!(&r.phase, Phase::Degraded { reason } if reason.contains("skewed: w1")),
         "{:?}",
         r.phase
+    );
+}
+
+#[test]
+fn a_rollbacks_revision_in_flight_is_read_from_the_stored_rollout() {
+    let plan = plan("");
+    let mut r = Rollout::new(&plan);
+    r.workers.push((
+        "w1".into(),
+        skoala_plan::rollout::Progress {
+            state: TargetState::RollingBack {
+                operation_id: "p.w1.rollback-1".into(),
+                started: jiff::Timestamp::UNIX_EPOCH,
+                to_revision: Some(3),
+            },
+            attempts: 1,
+            stage: Some(0),
+        },
+    ));
+    // What a restarted coordinator reads back from the store.
+    let stored: Rollout =
+        serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("read back");
+    assert_eq!(
+        stored.in_flight(),
+        [InFlight::Rollback {
+            target: Target::Worker("w1".into()),
+            operation_id: "p.w1.rollback-1".into(),
+            to_revision: Some(3),
+        }]
+    );
+    // A rollout stored before the revision was recorded: "the previous revision".
+    let old = serde_json::to_string(&r)
+        .expect("json")
+        .replace(",\"to_revision\":3", "");
+    assert!(!old.contains("to_revision"), "{old}");
+    let old: Rollout = serde_json::from_str(&old).expect("old form");
+    assert!(
+        matches!(
+            &old.in_flight()[..],
+            [InFlight::Rollback {
+                to_revision: None,
+                ..
+            }]
+        ),
+        "{:?}",
+        old.in_flight()
     );
 }

@@ -1,23 +1,120 @@
-//! Turning rollout actions into work: a `Task` down an agent's session for a working cluster,
-//! and an in-process `skoala_upgrade::Executor` run for the control plane. Either way the
-//! outcome comes back to the orchestrator as a `TaskResult` (one code path for both).
+//! Turning operations in flight into work: a `Task` down an agent's session for a working
+//! cluster, and an in-process `skoala_upgrade::Executor` run for the control plane. Either way
+//! the outcome comes back to the orchestrator as a `TaskResult` (one code path for both).
+//!
+//! The loop decides *what* to send and *when* (after the rollout is stored, once per session);
+//! [`Dispatch`] only hands it over, so the loop's tests can watch what it hands over, and when.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_plan::Plan;
 use skoala_plan::profile::SKOALA;
+use skoala_plan::{InFlight, Plan};
 use skoala_proto::v1::{
-    self as pb, ChartRepository, ChartSource, StepPhase, Task, TaskKind, TaskOutcome, TaskResult,
-    agent_message::Body,
+    self as pb, ChartRepository, ChartSource, CoordinatorMessage, StepPhase, Task, TaskKind,
+    TaskOutcome, TaskResult, agent_message::Body, coordinator_message,
 };
 use skoala_upgrade::{Executor, Helm, Operation, ProgressEvent};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::Input;
 use super::fleet::CONTROL_PLANE;
 use crate::backups;
 use crate::data_dir::DataDir;
+use crate::sessions::Sessions;
+
+/// How work reaches its target.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The session `cluster`'s agent is connected on now (`None`: offline).
+    fn session(&self, cluster: &str) -> Option<u64>;
+
+    /// Hands `task` to session `session` of `cluster` without waiting. `false` when that
+    /// session has ended (the agent's next session gets the task).
+    fn send(&self, cluster: &str, session: u64, task: Task) -> bool;
+
+    /// Starts a control-plane operation in-process; its progress and exactly one result come
+    /// back through `inbox`. `false` when this coordinator has no control plane to run it on.
+    fn control_plane(
+        &self,
+        plan: &Plan,
+        source: skoala_upgrade::ChartSource,
+        operation_id: &str,
+        rollback_to: Option<i32>,
+        inbox: &mpsc::UnboundedSender<Input>,
+    ) -> bool;
+}
+
+/// The coordinator's: agents' sessions, and the control-plane runner.
+pub struct Dispatcher {
+    pub sessions: Arc<Sessions>,
+    /// `None`: no `--kubeconfig`, nothing to run the control plane's operations with.
+    pub runner: Option<ControlPlaneRunner>,
+}
+
+impl Dispatch for Dispatcher {
+    fn session(&self, cluster: &str) -> Option<u64> {
+        self.sessions.session(cluster)
+    }
+
+    fn send(&self, cluster: &str, session: u64, task: Task) -> bool {
+        let Some(outlet) = self
+            .sessions
+            .outlet(cluster)
+            .filter(|o| o.session == session)
+        else {
+            return false;
+        };
+        let msg = CoordinatorMessage {
+            body: Some(coordinator_message::Body::Task(task)),
+        };
+        // Never await one session: an agent whose 32 slots are full (a slow reader) would
+        // hold up every task after it in the round. Its task waits for a slot on its own; if
+        // that session ends first, the next session has another id and gets the task again.
+        match outlet.tx.try_send(Ok(msg)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(msg)) => {
+                let tx = outlet.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn control_plane(
+        &self,
+        plan: &Plan,
+        source: skoala_upgrade::ChartSource,
+        operation_id: &str,
+        rollback_to: Option<i32>,
+        inbox: &mpsc::UnboundedSender<Input>,
+    ) -> bool {
+        let Some(runner) = &self.runner else {
+            return false;
+        };
+        runner.spawn(
+            plan,
+            source,
+            operation_id.to_string(),
+            rollback_to,
+            inbox.clone(),
+        );
+        true
+    }
+}
+
+/// What the executor is asked to do for `op`: `None` upgrades, `Some(revision)` rolls back to
+/// it (0: the previous revision).
+pub fn rollback_to(op: &InFlight) -> Option<i32> {
+    match op {
+        InFlight::Upgrade { .. } => None,
+        InFlight::Rollback { to_revision, .. } => Some(to_revision.unwrap_or(0)),
+    }
+}
 
 /// An agent refuses to *start* a task delivered later than this after it was sent (a stale
 /// re-delivery long after the window closed). Real time: the agent has no driven clock.

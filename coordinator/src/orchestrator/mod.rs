@@ -8,8 +8,8 @@
 //! 1. records results into the rollout,
 //! 2. steps the rollout against a fresh [`fleet::Snapshot`],
 //! 3. persists the rollout together with the events of the change (one transaction), and
-//! 4. only then sends the work: every `Running` target not yet delivered on its agent's
-//!    *current* session gets its `Task` (again). A crash between 3 and 4 re-sends rather than
+//! 4. only then sends the work: every operation in flight (`Rollout::in_flight`) not yet
+//!    delivered on its agent's *current* session gets its `Task` (again). A crash between 3 and 4 re-sends rather than
 //!    forgets; a reconnect re-sends too. The operation ids are deterministic and the executor
 //!    is idempotent per id, so a duplicate is harmless (invariant 2). A round whose persist
 //!    fails sends nothing: its work goes out with the next round that stores it.
@@ -19,11 +19,13 @@
 //!
 //! # Layout
 //!
-//! - `run.rs`: the loop (load, rounds, persist, send);
+//! - `run.rs`: the loop (load, rounds, persist, send), unit-tested with fakes in
+//!   `run/tests.rs`;
 //! - `admin.rs`: apply, the operator's verbs and the reads `skoalactl` makes, returning
 //!   [`Error`] (`error.rs`), which the admin API maps to gRPC codes;
 //! - [`check`]: `skoalactl plan check`, the fleet-wide preflight;
-//! - [`dispatch`]: tasks and the control-plane runner; [`charts`]: a plan's charts, checked or
+//! - [`dispatch`]: how work reaches its target (`Dispatch`: a task down a session, a run of
+//!   the control-plane runner); [`charts`]: a plan's charts, checked or
 //!   relayed; [`fleet`]: the fleet view, kept between rounds; [`status`]: states in words, and
 //!   the events of a step.
 
@@ -52,7 +54,7 @@ use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 pub use admin::Verb;
-use dispatch::ControlPlaneRunner;
+use dispatch::{ControlPlaneRunner, Dispatch};
 pub use error::{Error, Result};
 use fleet::{FleetCache, Snapshot};
 
@@ -111,8 +113,11 @@ pub struct Parts<S> {
     pub sessions: Arc<Sessions>,
     /// The control plane's own inventory watch (`None`: no control-plane cluster).
     pub control_plane: Option<Arc<ControlPlane>>,
-    /// How to upgrade the control plane (`None`: no `--kubeconfig`, plans are refused).
+    /// How to upgrade the control plane (`None`: no `--kubeconfig`, plans are refused); apply
+    /// and check run its helm.
     pub runner: Option<ControlPlaneRunner>,
+    /// Where the loop's work goes ([`dispatch::Dispatcher`]: the sessions and the runner).
+    pub dispatch: Arc<dyn Dispatch>,
     /// Relayed charts and the control plane's backups live there.
     pub data_dir: DataDir,
     /// Executor step durations and task results are counted as they arrive.
@@ -134,6 +139,7 @@ pub struct Orchestrator<S> {
     /// Bound on one `helm upgrade --wait` in a working cluster.
     helm_timeout: Duration,
     runner: Option<ControlPlaneRunner>,
+    dispatch: Arc<dyn Dispatch>,
     state: tokio::sync::Mutex<State>,
     /// The fleet as of the last round. Lock order: `state` before `fleet`; callers other than
     /// the loop take `fleet` alone and copy what they need.
@@ -178,6 +184,7 @@ impl<S: Store> Orchestrator<S> {
             clock: parts.clock,
             helm_timeout: parts.helm_timeout,
             runner: parts.runner,
+            dispatch: parts.dispatch,
             state: Default::default(),
             fleet: Default::default(),
             wake: Notify::new(),

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource;
-use skoala_plan::{Plan, Rollout, Target, TargetState, UpgradePlan, validate};
-use skoala_proto::v1::{CoordinatorMessage, TaskResult, agent_message::Body, coordinator_message};
+use skoala_plan::{Plan, Rollout, Target, UpgradePlan, validate};
+use skoala_proto::v1::{TaskResult, agent_message::Body};
 use skoala_upgrade::Helm;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::fleet::{CONTROL_PLANE, Snapshot};
 use super::{Active, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status};
@@ -161,9 +160,9 @@ impl<S: Store> Orchestrator<S> {
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
-        // What runs now, and a rollback's revision, is in the rollout itself: `send` reads it
-        // from there once it is persisted (so it survives a restart), not from the actions.
-        let _ = active.rollout.step(&active.plan, &SKOALA, &snap.view);
+        // What starts is recorded in the rollout itself; `send` reads it from there once it is
+        // persisted, as it does after a reconnect or a restart.
+        active.rollout.step(&active.plan, &SKOALA, &snap.view);
         laps.lap("step");
         events.extend(status::diff(&before, &active.rollout, snap));
         laps.lap("diff");
@@ -268,7 +267,8 @@ impl<S: Store> Orchestrator<S> {
         }
     }
 
-    /// Sends every running operation that has not reached its agent's current session.
+    /// Sends every operation in flight that has not reached its target: a worker's down its
+    /// agent's current session (again after a reconnect), the control plane's once per run.
     async fn send(&self, st: &mut State, snap: &Snapshot, mut laps: Laps) {
         let Some(active) = st.active.as_ref() else {
             return;
@@ -276,56 +276,44 @@ impl<S: Store> Orchestrator<S> {
         let plan = active.plan.clone();
         let charts = active.charts.clone();
         let mut sent = Vec::new();
-        for (target, op, rollback_to) in running(&active.rollout) {
-            match &target {
+        for op in active.rollout.in_flight() {
+            let rollback_to = dispatch::rollback_to(&op);
+            let id = op.operation_id().to_string();
+            match op.target() {
                 Target::ControlPlane => {
-                    if st.cp_running.as_deref() == Some(op.as_str()) {
+                    if st.cp_running.as_deref() == Some(id.as_str()) {
                         continue;
                     }
-                    let Some(runner) = &self.runner else {
-                        continue;
-                    };
                     let Some(source) = charts::control_plane_source(&plan, charts.as_ref()) else {
                         continue; // a relay plan's charts are being prepared
                     };
-                    runner.spawn(&plan, source, op.clone(), rollback_to, self.inbox.clone());
-                    st.cp_running = Some(op.clone());
-                    sent.push((CONTROL_PLANE.to_string(), op));
+                    if !self
+                        .dispatch
+                        .control_plane(&plan, source, &id, rollback_to, &self.inbox)
+                    {
+                        continue; // no control plane here: plans are refused at apply
+                    }
+                    st.cp_running = Some(id.clone());
+                    sent.push((CONTROL_PLANE.to_string(), id));
                 }
-                Target::Worker(id) => {
-                    let Some(outlet) = self.sessions.outlet(id) else {
+                Target::Worker(cluster) => {
+                    let Some(session) = self.dispatch.session(cluster) else {
                         continue; // offline: sent when it comes back
                     };
-                    if st.delivered.get(&op) == Some(&outlet.session) {
+                    if st.delivered.get(&id) == Some(&session) {
                         continue;
                     }
                     let Some(source) = charts::worker_source(&plan, charts.as_ref()) else {
                         continue; // a relay plan's charts are being prepared
                     };
                     let mut task =
-                        dispatch::worker_task(&plan, &op, rollback_to, self.helm_timeout);
+                        dispatch::worker_task(&plan, &id, rollback_to, self.helm_timeout);
                     dispatch::set_source(&mut task, source);
-                    let msg = CoordinatorMessage {
-                        body: Some(coordinator_message::Body::Task(task)),
-                    };
-                    // Never await one session: an agent whose 32 slots are full (a slow
-                    // reader) would hold up every task after it in this loop. Its task
-                    // waits for a slot on its own; if that session ends first, the next
-                    // session has another id and gets the task again.
-                    match outlet.tx.try_send(Ok(msg)) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(msg)) => {
-                            let tx = outlet.tx.clone();
-                            tokio::spawn(async move {
-                                let _ = tx.send(msg).await;
-                            });
-                        }
-                        Err(TrySendError::Closed(_)) => {
-                            continue; // the session just ended; the next one gets it
-                        }
+                    if !self.dispatch.send(cluster, session, task) {
+                        continue; // the session just ended; the next one gets it
                     }
-                    st.delivered.insert(op.clone(), outlet.session);
-                    sent.push((id.clone(), op));
+                    st.delivered.insert(id.clone(), session);
+                    sent.push((cluster.clone(), id));
                 }
             }
         }
@@ -385,26 +373,6 @@ impl std::fmt::Display for Laps {
     }
 }
 
-/// Every operation the rollout has running, with the revision a rollback returns to (0, "the
-/// previous one", for rollouts stored before the revision was recorded).
-fn running(rollout: &Rollout) -> Vec<(Target, String, Option<i32>)> {
-    let one = |p: &TargetState| match p {
-        TargetState::Running { operation_id, .. } => Some((operation_id.clone(), None)),
-        TargetState::RollingBack {
-            operation_id,
-            to_revision,
-            ..
-        } => Some((operation_id.clone(), Some(to_revision.unwrap_or(0)))),
-        _ => None,
-    };
-    let cp = one(&rollout.control_plane.state).map(|(op, rb)| (Target::ControlPlane, op, rb));
-    let workers = rollout
-        .workers
-        .iter()
-        .filter_map(|(id, p)| one(&p.state).map(|(op, rb)| (Target::Worker(id.clone()), op, rb)));
-    cp.into_iter().chain(workers).collect()
-}
-
 /// The plan an operation id belongs to (`<plan>.<target>.<kind>-<attempt>`; plan names hold
 /// no dot).
 fn plan_of(operation_id: &str) -> String {
@@ -448,62 +416,4 @@ fn result_event(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rollout(worker: TargetState) -> Rollout {
-        let doc = UpgradePlan::from_yaml(
-            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: p}\nspec: {version: 0.19.2}\n",
-        )
-        .expect("plan");
-        let mut r = Rollout::new(&validate(&doc).expect("valid"));
-        r.workers.push((
-            "w1".into(),
-            skoala_plan::rollout::Progress {
-                state: worker,
-                attempts: 1,
-                stage: Some(0),
-            },
-        ));
-        r
-    }
-
-    #[test]
-    fn a_rollbacks_revision_is_read_from_the_stored_rollout() {
-        let r = rollout(TargetState::RollingBack {
-            operation_id: "p.w1.rollback-1".into(),
-            started: jiff::Timestamp::UNIX_EPOCH,
-            to_revision: Some(3),
-        });
-        // What a restarted coordinator reads back from the store.
-        let stored: Rollout =
-            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("read back");
-        assert_eq!(
-            running(&stored),
-            vec![(
-                Target::Worker("w1".into()),
-                "p.w1.rollback-1".into(),
-                Some(3)
-            )]
-        );
-        // A rollout stored before the revision was recorded: "the previous revision".
-        let old = serde_json::to_string(&r)
-            .expect("json")
-            .replace(",\"to_revision\":3", "");
-        assert!(!old.contains("to_revision"), "{old}");
-        let old: Rollout = serde_json::from_str(&old).expect("old form");
-        assert_eq!(running(&old)[0].2, Some(0));
-    }
-
-    #[test]
-    fn upgrades_are_running_work_without_a_revision() {
-        let r = rollout(TargetState::Running {
-            operation_id: "p.w1.upgrade-1".into(),
-            started: jiff::Timestamp::UNIX_EPOCH,
-        });
-        assert_eq!(
-            running(&r),
-            vec![(Target::Worker("w1".into()), "p.w1.upgrade-1".into(), None)]
-        );
-    }
-}
+mod tests;

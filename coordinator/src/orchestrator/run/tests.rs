@@ -1,0 +1,335 @@
+//! The loop without processes: a temporary SQLite store, the real session registry with
+//! connected workers, a fixed control-plane view, a clock that moves only when told, and a
+//! dispatcher that records what it is handed, reading the store (on a connection of its own)
+//! at that very moment.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use prost::Message;
+use skoala_plan::{ManualClock, Plan};
+use skoala_proto::v1::{
+    Cluster, ClusterIdentity, CoordinatorMessage, Inventory, ReleaseInventory, Task, TaskOutcome,
+};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::*;
+use crate::control_plane::ControlPlane;
+use crate::data_dir::DataDir;
+use crate::metrics::Metrics;
+use crate::orchestrator::dispatch::Dispatch;
+use crate::orchestrator::{Parts, Verb};
+use crate::sessions::{LiveAgent, Sessions};
+use crate::store::sqlite::fixtures::{registration, token};
+use crate::store::{ClusterState, PlanRecord, SqliteStore};
+
+const PLAN: &str = "apiVersion: fleet.skoala.io/v1alpha1
+kind: UpgradePlan
+metadata: {name: p}
+spec:
+  version: 0.19.2
+  requireApproval: none
+  strategy: {canary: 0, maxConcurrency: 2}
+";
+const CP_UPGRADE: &str = "p.control-plane.upgrade-1";
+
+/// One operation handed to the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sent {
+    target: String,
+    operation_id: String,
+    /// Whether the store's rollout had it in flight when it was handed over (invariant 2).
+    stored_first: bool,
+}
+
+/// The fake dispatcher: every agent is reachable on its current session, the control plane
+/// runs nothing; both record.
+struct Recorder {
+    db: PathBuf,
+    sessions: Arc<Sessions>,
+    sent: Mutex<Vec<Sent>>,
+}
+
+impl Recorder {
+    fn record(&self, target: &str, operation_id: &str) {
+        let stored_first = stored_rollout(&self.db)
+            .in_flight()
+            .iter()
+            .any(|op| op.operation_id() == operation_id);
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Sent {
+                target: target.to_string(),
+                operation_id: operation_id.to_string(),
+                stored_first,
+            });
+    }
+
+    /// What was handed over since the last call.
+    fn take(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.sent.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Dispatch for Recorder {
+    fn session(&self, cluster: &str) -> Option<u64> {
+        self.sessions.session(cluster)
+    }
+
+    fn send(&self, cluster: &str, _session: u64, task: Task) -> bool {
+        self.record(cluster, &task.operation_id);
+        true
+    }
+
+    fn control_plane(
+        &self,
+        _plan: &Plan,
+        _source: skoala_upgrade::ChartSource,
+        operation_id: &str,
+        _rollback_to: Option<i32>,
+        _inbox: &mpsc::UnboundedSender<Input>,
+    ) -> bool {
+        self.record(CONTROL_PLANE, operation_id);
+        true
+    }
+}
+
+/// The active plan's rollout as the store has it, read on a connection of its own.
+fn stored_rollout(db: &Path) -> Rollout {
+    let c = rusqlite::Connection::open(db).expect("a second connection");
+    let json: String = c
+        .query_row("SELECT rollout FROM plans WHERE active = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("the active plan");
+    serde_json::from_str(&json).expect("a rollout")
+}
+
+/// Makes the store refuse (or accept again) every rollout write, as a full disk would.
+fn refuse_rollout_writes(db: &Path, refuse: bool) {
+    let c = rusqlite::Connection::open(db).expect("a second connection");
+    let sql = if refuse {
+        "CREATE TRIGGER refuse BEFORE UPDATE OF rollout ON plans
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+    } else {
+        "DROP TRIGGER refuse;"
+    };
+    c.execute_batch(sql).expect("trigger");
+}
+
+fn inventory(release: &str, version: &str) -> Inventory {
+    Inventory {
+        releases: vec![ReleaseInventory {
+            release: release.into(),
+            namespace: "skoala-system".into(),
+            chart_version: version.into(),
+            status: "deployed".into(),
+            ..Default::default()
+        }],
+    }
+}
+
+/// A coordinator of two connected workers at 0.19.0 and a control plane at 0.19.0, with plan
+/// `p` (to 0.19.2) stored as the active one and loaded.
+struct World {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    sessions: Arc<Sessions>,
+    /// The agents' ends of their sessions, kept open.
+    agents: Vec<mpsc::Receiver<Result<CoordinatorMessage, Status>>>,
+    recorder: Arc<Recorder>,
+    orchestrator: Arc<Orchestrator<SqliteStore>>,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("store.db");
+        let store = SqliteStore::open(&db).expect("open");
+        let t = token(2);
+        store.insert_token(t.clone()).await.expect("token");
+        for (i, id) in ["c1", "c2"].iter().enumerate() {
+            let r = registration(&t, id, &format!("0{i}"));
+            store.register(r).await.expect("register");
+            let state = ClusterState {
+                inventory: inventory("skoala-init", "0.19.0").encode_to_vec(),
+                ..Default::default()
+            };
+            store
+                .set_cluster_state(id.to_string(), state)
+                .await
+                .expect("state");
+        }
+        let doc = UpgradePlan::from_yaml(PLAN).expect("plan");
+        let rollout = Rollout::new(&validate(&doc).expect("valid"));
+        let record = PlanRecord {
+            name: "p".into(),
+            document: PLAN.into(),
+            rollout: serde_json::to_string(&rollout).expect("json"),
+            active: true,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        store.put_plan(record, Vec::new()).await.expect("plan");
+
+        let sessions = Arc::new(Sessions::default());
+        let recorder = Arc::new(Recorder {
+            db: db.clone(),
+            sessions: sessions.clone(),
+            sent: Mutex::new(Vec::new()),
+        });
+        let control_plane = ControlPlane::showing(Cluster {
+            identity: Some(ClusterIdentity {
+                cluster_id: "kube-system-uid".into(),
+                name: CONTROL_PLANE.into(),
+                labels: Default::default(),
+            }),
+            control_plane: true,
+            connected: true,
+            releases: inventory("skoala", "0.19.0").releases,
+            ..Default::default()
+        });
+        let orchestrator = Orchestrator::new(Parts {
+            store,
+            sessions: sessions.clone(),
+            control_plane: Some(Arc::new(control_plane)),
+            runner: None,
+            dispatch: recorder.clone(),
+            data_dir: DataDir::new(dir.path()),
+            metrics: Arc::new(Metrics::default()),
+            clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
+            helm_timeout: Duration::from_secs(60),
+        });
+        orchestrator.load().await.expect("load");
+        let mut world = World {
+            _dir: dir,
+            db,
+            sessions,
+            agents: Vec::new(),
+            recorder,
+            orchestrator,
+        };
+        world.connect("c1");
+        world.connect("c2");
+        world
+    }
+
+    /// Opens a (new) session for `cluster`; returns its id.
+    fn connect(&mut self, cluster: &str) -> u64 {
+        let (tx, rx) = mpsc::channel(32);
+        self.agents.push(rx);
+        let live = LiveAgent {
+            inventory: Some(inventory("skoala-init", "0.19.0")),
+            to_agent: Some(tx),
+            ..Default::default()
+        };
+        self.sessions.open(cluster, live).session
+    }
+
+    fn sent(target: &str, operation_id: &str) -> Sent {
+        Sent {
+            target: target.into(),
+            operation_id: operation_id.into(),
+            stored_first: true,
+        }
+    }
+}
+
+fn succeeded(operation_id: &str) -> Input {
+    Input::ControlPlane(Body::TaskResult(TaskResult {
+        operation_id: operation_id.into(),
+        outcome: TaskOutcome::Succeeded as i32,
+        revision_before: 1,
+        ..Default::default()
+    }))
+}
+
+#[tokio::test]
+async fn work_is_handed_over_only_once_the_store_has_it() {
+    let mut w = World::new().await;
+    let o = w.orchestrator.clone();
+
+    o.tick(Vec::new()).await;
+    assert_eq!(
+        w.recorder.take(),
+        [World::sent(CONTROL_PLANE, CP_UPGRADE)],
+        "the control plane first, stored before it runs"
+    );
+    o.tick(Vec::new()).await;
+    assert_eq!(
+        w.recorder.take(),
+        [],
+        "a running operation is not started twice"
+    );
+
+    o.tick(vec![succeeded(CP_UPGRADE)]).await;
+    assert_eq!(
+        w.recorder.take(),
+        [
+            World::sent("c1", "p.c1.upgrade-1"),
+            World::sent("c2", "p.c2.upgrade-1"),
+        ],
+        "then the workers, each stored before it is sent"
+    );
+    o.tick(Vec::new()).await;
+    assert_eq!(
+        w.recorder.take(),
+        [],
+        "delivered on the current session: not again"
+    );
+
+    // c1's agent reconnects: a new session has not seen its task.
+    w.connect("c1");
+    o.tick(Vec::new()).await;
+    assert_eq!(w.recorder.take(), [World::sent("c1", "p.c1.upgrade-1")]);
+}
+
+#[tokio::test]
+async fn a_round_whose_rollout_cannot_be_stored_sends_nothing() {
+    let w = World::new().await;
+    let o = w.orchestrator.clone();
+
+    refuse_rollout_writes(&w.db, true);
+    o.tick(Vec::new()).await;
+    o.tick(Vec::new()).await;
+    assert_eq!(
+        w.recorder.take(),
+        [],
+        "stepped in memory, not stored: not sent"
+    );
+    assert!(stored_rollout(&w.db).in_flight().is_empty());
+
+    // The store is back: the next round stores what was stepped, then sends it, once.
+    refuse_rollout_writes(&w.db, false);
+    o.tick(Vec::new()).await;
+    assert_eq!(w.recorder.take(), [World::sent(CONTROL_PLANE, CP_UPGRADE)]);
+    o.tick(Vec::new()).await;
+    assert_eq!(w.recorder.take(), []);
+}
+
+#[tokio::test]
+async fn a_verb_that_cannot_be_stored_changes_nothing() {
+    let w = World::new().await;
+    let o = w.orchestrator.clone();
+    o.tick(Vec::new()).await;
+    assert_eq!(w.recorder.take().len(), 1);
+
+    refuse_rollout_writes(&w.db, true);
+    let paused = o.transition("p", Verb::Pause).await;
+    assert!(matches!(paused, Err(Error::Store(_))), "{paused:?}");
+    refuse_rollout_writes(&w.db, false);
+
+    // The control plane's result arrives: the plan goes on as if the verb never came.
+    o.tick(vec![succeeded(CP_UPGRADE)]).await;
+    assert_eq!(w.recorder.take().len(), 2, "both workers started");
+    let stored = stored_rollout(&w.db);
+    assert_eq!(
+        stored.phase,
+        skoala_plan::Phase::Workers,
+        "{:?}",
+        stored.phase
+    );
+}
