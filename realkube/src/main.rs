@@ -1,0 +1,78 @@
+//! `skoala-realkube`: a real Kubernetes control plane on loopback, for trying the product by
+//! hand the way the tests do.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use skoala_realkube::{Binaries, Options, RealCluster};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Real Kubernetes control planes on 127.0.0.1 (etcd, kube-apiserver with RBAC and \
+             admission, controller-manager, scheduler, kwok fake nodes)",
+    long_about = "Real Kubernetes control planes on 127.0.0.1, built from source by \
+                  scripts/install-kube.sh: etcd, kube-apiserver with RBAC and the default \
+                  admission plugins, kube-controller-manager, kube-scheduler, and kwok, which \
+                  fakes the nodes (pods become Running and Ready without containers).\n\n\
+                  The tests use the same code (skoala_realkube::RealCluster)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start one cluster, write its admin kubeconfig, and run until Ctrl-C (then stop it).
+    Up {
+        /// The cluster's name (kubeconfig cluster/context name, node name suffix).
+        #[arg(long, default_value = "real")]
+        name: String,
+        /// Where to write the admin kubeconfig (system:masters: for you, not for our components).
+        #[arg(long, value_name = "PATH")]
+        kubeconfig_out: PathBuf,
+        /// Keep the cluster's files (logs, certificates, etcd data) here instead of a
+        /// temporary folder removed on exit.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Folder built by scripts/install-kube.sh [default: $SKOALA_KUBE_DIR, then .tools/kube].
+        #[arg(long, value_name = "DIR", env = "SKOALA_KUBE_DIR")]
+        kube_dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up {
+            name,
+            kubeconfig_out,
+            dir,
+            kube_dir,
+        } => {
+            let bins = match kube_dir {
+                Some(d) => Binaries::at(d)?,
+                None => Binaries::locate()?,
+            };
+            let opts = Options {
+                dir,
+                ..Options::default()
+            };
+            let cluster = RealCluster::start_with(&name, &bins, opts).await?;
+            std::fs::copy(cluster.admin_kubeconfig(), &kubeconfig_out)?;
+            println!(
+                "cluster {name} ready at {} in {:.1} s; admin kubeconfig: {}; files: {}",
+                cluster.url(),
+                cluster.started_in().as_secs_f64(),
+                kubeconfig_out.display(),
+                cluster.dir().display()
+            );
+            println!("memory: {} MiB; Ctrl-C stops it", cluster.rss_bytes() >> 20);
+            tokio::signal::ctrl_c().await?;
+            cluster.stop().await;
+            Ok(())
+        }
+    }
+}
+
