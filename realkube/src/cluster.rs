@@ -210,10 +210,7 @@ impl RealCluster {
             "--authorization-mode=RBAC".to_string(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
             format!("--service-account-key-file={}", s(&sa_pub)),
-            format!(
-                "--service-account-signing-key-file={}",
-                s(&sa_key)
-            ),
+            format!("--service-account-signing-key-file={}", s(&sa_key)),
             format!("--service-cluster-ip-range={SERVICE_RANGE}"),
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
@@ -235,10 +232,7 @@ impl RealCluster {
             "--secure-port=0".to_string(),
             "--leader-elect=false".to_string(),
             format!("--root-ca-file={}", s(&ca_cert)),
-            format!(
-                "--service-account-private-key-file={}",
-                s(&sa_key)
-            ),
+            format!("--service-account-private-key-file={}", s(&sa_key)),
             "--use-service-account-credentials=true".to_string(),
             format!("--node-monitor-grace-period={}s", NODE_LEASE_SECONDS * 2),
             "--profiling=false".to_string(),
@@ -346,14 +340,7 @@ impl RealCluster {
     /// that ServiceAccount gets), valid for a day.
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
         let out = self
-            .kubectl(&[
-                "create",
-                "token",
-                name,
-                "-n",
-                namespace,
-                "--duration=24h",
-            ])
+            .kubectl(&["create", "token", name, "-n", namespace, "--duration=24h"])
             .await?;
         Ok(out.trim().to_string())
     }
@@ -394,10 +381,13 @@ impl RealCluster {
     /// until then the ServiceAccount admission plugin refuses every pod there.
     pub async fn wait_default_service_account(&self, namespace: &str) -> Result<()> {
         let sa: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
-        self.poll(&format!("the default ServiceAccount in {namespace}"), || {
-            let sa = sa.clone();
-            async move { sa.get_opt("default").await.ok().flatten().map(|_| ()) }
-        })
+        self.poll(
+            &format!("the default ServiceAccount in {namespace}"),
+            || {
+                let sa = sa.clone();
+                async move { sa.get_opt("default").await.ok().flatten().map(|_| ()) }
+            },
+        )
         .await
     }
 

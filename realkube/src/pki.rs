@@ -47,8 +47,8 @@ fn pki_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
 }
 
 pub(crate) fn write_private(dir: &Path, name: &str, content: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -137,4 +137,3 @@ impl Pki {
         })
     }
 }
-
