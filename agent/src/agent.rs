@@ -392,71 +392,12 @@ async fn executor_parts(
     helm: &Path,
     kube: kube::Config,
 ) -> Result<ExecutorParts, String> {
-    let kubeconfig = helm_kubeconfig(config.kubeconfig.as_deref())?;
+    let kubeconfig = skoala_upgrade::kubeconfig::for_helm(config.kubeconfig.as_deref())
+        .map_err(|e| e.to_string())?;
     let helm = Helm::detect(helm, kubeconfig)
         .await
         .map_err(|e| format!("helm is not usable: {e}"))?;
     Ok(ExecutorParts { kube, helm })
-}
-
-/// The kubeconfig file helm gets: the agent's own, or — in a pod — one written for the pod's
-/// service account (helm's own in-cluster fallback is not used: the executor always passes
-/// `--kubeconfig`).
-fn helm_kubeconfig(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(first) = std::env::var_os("KUBECONFIG")
-        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
-    {
-        return Ok(first);
-    }
-    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-    if let (Ok(host), Ok(port)) = (
-        std::env::var("KUBERNETES_SERVICE_HOST"),
-        std::env::var("KUBERNETES_SERVICE_PORT"),
-    ) && Path::new(SA).join("token").is_file()
-    {
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        // tokenFile: helm (client-go) re-reads the projected token as it rotates.
-        let yaml = format!(
-            r#"apiVersion: v1
-kind: Config
-clusters:
-- name: in-cluster
-  cluster:
-    server: https://{host}:{port}
-    certificate-authority: {SA}/ca.crt
-users:
-- name: service-account
-  user:
-    tokenFile: {SA}/token
-contexts:
-- name: in-cluster
-  context:
-    cluster: in-cluster
-    user: service-account
-current-context: in-cluster
-"#
-        );
-        let path = std::env::temp_dir().join("skoala-agent-in-cluster.kubeconfig");
-        std::fs::write(&path, yaml).map_err(|e| {
-            format!(
-                "cannot write a kubeconfig for helm at {}: {e}",
-                path.display()
-            )
-        })?;
-        return Ok(path);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    match home.map(|h| h.join(".kube/config")) {
-        Some(p) if p.is_file() => Ok(p),
-        _ => Err("no kubeconfig for helm (not in a pod, no --kubeconfig, no KUBECONFIG)".into()),
-    }
 }
 
 /// `helm version --short`, or empty if helm cannot be run (reported, not fatal: the agent's

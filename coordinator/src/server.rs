@@ -70,17 +70,26 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let sessions = Arc::new(Sessions::default());
     let metrics = Arc::new(Metrics::default());
     let source = control_plane::Source::detect(opts.kubeconfig.clone());
-    // The in-process executor needs a kubeconfig file for helm; in-cluster coordinators get
-    // theirs from the service account through helm's own in-cluster support later.
-    let runner = opts
-        .kubeconfig
-        .clone()
-        .map(|kubeconfig| ControlPlaneRunner {
-            helm: opts.helm.clone(),
-            kubeconfig,
-            helm_timeout: opts.helm_timeout,
-            data_dir: dir.clone(),
-        });
+    // The in-process executor gives helm a kubeconfig file: `--kubeconfig`, or in a pod one
+    // written for the pod's ServiceAccount (the chart passes none), so an in-cluster
+    // coordinator runs plans with exactly its ServiceAccount's rights.
+    let runner_kubeconfig = match &source {
+        Some(control_plane::Source::Kubeconfig(path)) => Some(path.clone()),
+        Some(control_plane::Source::InCluster) => skoala_upgrade::kubeconfig::in_cluster()
+            .context("preparing the in-cluster kubeconfig for helm")?,
+        None => None,
+    };
+    if source.is_some() && runner_kubeconfig.is_none() {
+        anyhow::bail!(
+            "in a pod, but no ServiceAccount token is mounted for the control-plane upgrades"
+        );
+    }
+    let runner = runner_kubeconfig.map(|kubeconfig| ControlPlaneRunner {
+        helm: opts.helm.clone(),
+        kubeconfig,
+        helm_timeout: opts.helm_timeout,
+        data_dir: dir.clone(),
+    });
     let control_plane = source.map(control_plane::start);
     let orchestrator = Orchestrator::new(Parts {
         store: store.clone(),

@@ -53,7 +53,7 @@
 //!
 //! Modules, one job each: [`spec`] (what to upgrade), [`helm`] (the CLI, isolated homes,
 //! flags per major), [`chart`] (fetch or verify the chart), [`crds`] (extract and apply),
-//! [`backup`], [`record`], [`lock`], [`rbac`] (permission preflight), [`verify`] (health),
+//! [`backup`], [`record`], [`lock`], [`rbac`] (permission preflight), [`kubeconfig`] (the file helm is given, in a pod too), [`verify`] (health),
 //! [`redact`], [`report`] (events and the report), [`inventory`] (release state).
 
 pub mod backup;
@@ -62,6 +62,7 @@ pub mod crds;
 mod executor;
 pub mod helm;
 pub mod inventory;
+pub mod kubeconfig;
 pub mod lock;
 pub mod rbac;
 pub mod record;
