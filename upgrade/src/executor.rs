@@ -682,13 +682,7 @@ impl<'a> Run<'a> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
 
-        match rbac::missing(
-            &self.client,
-            &self.spec.namespace,
-            self.spec.crd_policy != CrdPolicy::Skip,
-        )
-        .await
-        {
+        match rbac::missing(&self.client, self.spec).await {
             Ok(denied) if denied.is_empty() => {}
             Ok(denied) => {
                 let msg = format!("missing permissions: {}", denied.join(", "));
