@@ -48,6 +48,19 @@ enum Command {
         #[arg(long, value_parser = duration::parse, default_value = "365d")]
         admin_ttl: Duration,
     },
+    /// Print a file operators need from the data dir to stdout: the operator credential for
+    /// skoalactl, or the fleet CA that agents are installed with.
+    ///
+    /// For images without a shell (`cat` is not there):
+    ///   kubectl -n skoala-fleet exec deploy/skoala-fleet-coordinator -- \
+    ///     skoala-coordinator show admin-config --data-dir=/data > admin.yaml
+    Show {
+        /// What to print.
+        #[arg(value_enum)]
+        what: Show,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Serve agents and operators on one TLS port until SIGTERM.
     ///
     /// Prints "skoala-coordinator listening on ADDR" once the port is open.
@@ -89,6 +102,15 @@ enum Command {
         #[command(flatten)]
         http2: Http2Args,
     },
+}
+
+/// The files `show` prints.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Show {
+    /// DIR/admin.yaml: endpoint, CA and the operator's client certificate (a secret).
+    AdminConfig,
+    /// The fleet CA certificate (public): `--set-file coordinator.caBundle=` of the agent chart.
+    Ca,
 }
 
 /// Bound on tokio's blocking pool (see where the runtime is built).
@@ -148,6 +170,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "next: skoala-coordinator serve --data-dir ... and skoalactl --config {}",
                 path.display()
             );
+            Ok(())
+        }
+        Command::Show { what, data_dir } => {
+            let dir = DataDir::new(data_dir);
+            let path = match what {
+                Show::AdminConfig => dir.admin_config(),
+                Show::Ca => dir.ca_cert(),
+            };
+            let bytes = std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!("cannot read {}: {e} (has `init` run?)", path.display())
+            })?;
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
             Ok(())
         }
         Command::Serve {
