@@ -65,17 +65,28 @@ impl ApiError {
         .with_details(group, resource, name)
     }
 
-    /// 422: the object fails validation. `kind` is the object's kind.
+    /// 422: the object fails validation. `kind` is the object's kind. `why` is
+    /// `<field>: <what>`; like a real server's, the details carry it as a cause, which is what
+    /// kubectl prints after `The <Kind> "<name>" is invalid:`.
     pub fn invalid(group: &str, kind: &str, name: &str, why: impl Into<String>) -> Self {
         let why = why.into();
-        Self::new(
+        let mut e = Self::new(
             422,
             "Invalid",
             format!("{kind}.{group} \"{name}\" is invalid: {why}")
                 .replace(". \"", " \"")
                 .replace(".\"", "\""),
         )
-        .with_details(group, kind, name)
+        .with_details(group, kind, name);
+        let (field, message) = why.split_once(": ").unwrap_or(("", why.as_str()));
+        if let Some(d) = e.details.as_mut() {
+            d["causes"] = json!([{
+                "reason": "FieldValueInvalid",
+                "message": message,
+                "field": field,
+            }]);
+        }
+        e
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {

@@ -286,8 +286,19 @@ fn validate_fields(
 ) -> ApiResult<()> {
     let rt = &target.rt;
     if let Some(crd) = &rt.crd {
-        let pruned = schema::validate_and_prune(&crd.schema, obj, validation.strict)
-            .map_err(|why| ApiError::invalid(&rt.group, &rt.kind, &name_of(obj), why))?;
+        let pruned =
+            schema::validate_and_prune(&crd.schema, obj, validation.strict).map_err(|why| {
+                if why.starts_with("strict decoding error") {
+                    // As for built-in kinds: the decoder refuses (400) before validation.
+                    ApiError::bad_request(format!(
+                        "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",
+                        kind = rt.kind,
+                        version = rt.version,
+                    ))
+                } else {
+                    ApiError::invalid(&rt.group, &rt.kind, &name_of(obj), why)
+                }
+            })?;
         for path in pruned {
             validation.unknown_field(&path);
         }
