@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use skoala_e2e::charts::HelmHome;
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::sim::kubectl;
 use skoala_e2e::tools::tool;
 use skoala_plan::profile::{ReleaseProfile, SKOALA};
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     for (name, release) in &clusters {
-        by_hand(pf.kubeconfig(name)?, release, &url)
+        by_hand(&pf.kubeconfig(name)?, release, &url)
             .await
             .with_context(|| format!("{name} by hand"))?;
     }

@@ -234,21 +234,9 @@ impl UpgradeFixture {
         operation: &str,
         spec: &skoala_upgrade::ReleaseSpec,
     ) -> anyhow::Result<(skoala_upgrade::Report, Vec<skoala_upgrade::ProgressEvent>)> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let collector = tokio::spawn(async move {
-            let mut events = Vec::new();
-            while let Some(e) = rx.recv().await {
-                events.push(e);
-            }
-            events
-        });
-        let report = self
-            .executor
-            .run(&skoala_upgrade::Operation::new(operation), spec, tx)
+        run_operation(&self.executor, operation, spec)
             .await
-            .with_context(|| format!("{}: operation {operation}", self.label))?;
-        let events = collector.await?;
-        Ok((report, events))
+            .with_context(|| format!("{}: operation {operation}", self.label))
     }
 
     /// The latest revision of `release` in `skoala-system`, read from Helm's records.
@@ -291,6 +279,27 @@ impl UpgradeFixture {
             .find(|e| e.name == name)
             .and_then(|e| e.value))
     }
+}
+
+/// Runs one operation with `executor` and collects its progress events.
+pub async fn run_operation(
+    executor: &skoala_upgrade::Executor,
+    operation: &str,
+    spec: &skoala_upgrade::ReleaseSpec,
+) -> anyhow::Result<(skoala_upgrade::Report, Vec<skoala_upgrade::ProgressEvent>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    });
+    let report = executor
+        .run(&skoala_upgrade::Operation::new(operation), spec, tx)
+        .await?;
+    let events = collector.await?;
+    Ok((report, events))
 }
 
 /// The repository as a chart source for the executor.

@@ -23,7 +23,7 @@ pub mod ctl;
 pub mod plans;
 pub mod raw;
 
-pub use agent::{Agent, AgentOptions};
+pub use agent::{Agent, AgentOptions, Endpoint};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use ctl::Ctl;
 

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod layering;
 pub mod netns;
 pub mod pty;
+pub mod real;
 pub mod sim;
 pub mod stand_in;
 pub mod tools;

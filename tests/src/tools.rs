@@ -48,11 +48,30 @@ pub fn our_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "--bins", "--workspace"])
-            .status()
-            .expect("run cargo build");
+            .args(["build", "--quiet", "--bins", "--workspace"]);
+        // cargo gives a test process the variables of the crate under test; a build script
+        // that tracks one (ring tracks CARGO_MANIFEST_DIR) would see it change between this
+        // build and the next plain `cargo`, and both would rebuild half the dependency tree.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build --bins failed");
     });
     let target = std::env::var_os("CARGO_TARGET_DIR")

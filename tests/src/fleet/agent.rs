@@ -1,6 +1,6 @@
 //! A `skoala-agent` process for one emulated cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
@@ -50,6 +50,17 @@ impl AgentOptions {
     }
 }
 
+/// Where an agent dials, and where its log goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    /// `https://host:port` of the coordinator.
+    pub url: &'a str,
+    /// The fleet CA (PEM file).
+    pub ca_file: &'a Path,
+    /// The agent writes `agent-<name>.log` here.
+    pub log_dir: &'a Path,
+}
+
 /// A running (or stopped) agent.
 pub struct Agent {
     cmd_args: Vec<std::ffi::OsString>,
@@ -68,16 +79,36 @@ impl Agent {
         token: Option<&str>,
         opts: AgentOptions,
     ) -> anyhow::Result<Agent> {
+        let endpoint = coordinator.endpoint();
+        Self::start_at(
+            Endpoint {
+                url: &endpoint,
+                ca_file: &coordinator.ca_file(),
+                log_dir: coordinator.scratch(),
+            },
+            cluster.kubeconfig_path(),
+            token,
+            opts,
+        )
+    }
+
+    /// Starts an agent for the cluster at `kubeconfig` against any coordinator.
+    pub fn start_at(
+        coordinator: Endpoint<'_>,
+        kubeconfig: &Path,
+        token: Option<&str>,
+        opts: AgentOptions,
+    ) -> anyhow::Result<Agent> {
         let mut args: Vec<std::ffi::OsString> = vec![
             "--coordinator".into(),
             opts.coordinator_url
                 .clone()
-                .unwrap_or_else(|| coordinator.endpoint())
+                .unwrap_or_else(|| coordinator.url.to_string())
                 .into(),
             "--ca-file".into(),
-            coordinator.ca_file().into(),
+            coordinator.ca_file.into(),
             "--kubeconfig".into(),
-            cluster.kubeconfig_path().into(),
+            kubeconfig.into(),
             "--cluster-name".into(),
             opts.name.clone().into(),
             "--helm".into(),
@@ -99,9 +130,7 @@ impl Agent {
             args.push(format!("{k}={v}").into());
         }
         args.extend(opts.args.iter().map(Into::into));
-        let log = coordinator
-            .scratch()
-            .join(format!("agent-{}.log", opts.name));
+        let log = coordinator.log_dir.join(format!("agent-{}.log", opts.name));
         let mut agent = Agent {
             cmd_args: args,
             env: opts.env,

@@ -212,12 +212,66 @@ impl PlanFleet {
         std::fs::rename(&tmp, &self.clock_file)?;
         Ok(())
     }
+}
+
+impl PlanView for PlanFleet {
+    fn ctl(&self) -> super::Ctl {
+        self.fleet.coordinator.ctl()
+    }
+
+    fn repo_url(&self) -> String {
+        self.repo.url()
+    }
+
+    fn scratch(&self) -> &Path {
+        self._scratch.path()
+    }
+
+    fn coordinator_log(&self) -> String {
+        self.fleet.coordinator.log()
+    }
+
+    fn cluster_names(&self) -> Vec<String> {
+        let mut names = vec!["control-plane".to_string()];
+        names.extend(self.fleet.clusters.iter().map(|c| c.name().to_string()));
+        names
+    }
+
+    fn kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
+        if name == "control-plane" {
+            return Ok(self.control_plane.kubeconfig_path().to_path_buf());
+        }
+        self.fleet
+            .clusters
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.kubeconfig_path().to_path_buf())
+            .with_context(|| format!("no cluster {name}"))
+    }
+}
+
+/// What the plan helpers need of a fleet, emulated ([`PlanFleet`]) or real
+/// (`crate::real::RealFleet`): its CLI, its chart repository, its clusters by name.
+#[allow(async_fn_in_trait)] // used in tests only, never behind `dyn` or across threads
+pub trait PlanView {
+    /// `skoalactl` with the operator credential.
+    fn ctl(&self) -> super::Ctl;
+    /// The test chart repository's URL.
+    fn repo_url(&self) -> String;
+    /// A folder for plan files.
+    fn scratch(&self) -> &Path;
+    /// The coordinator's log, for failure messages.
+    fn coordinator_log(&self) -> String;
+    /// `control-plane`, then every working cluster.
+    fn cluster_names(&self) -> Vec<String>;
+    /// An admin kubeconfig of a cluster by name, for the test's own checks.
+    fn kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf>;
 
     /// A plan document upgrading every cluster to `version` from the test repository.
-    pub fn plan_yaml(&self, name: &str, version: &str, extra_spec: &str) -> String {
+    fn plan_yaml(&self, name: &str, version: &str, extra_spec: &str) -> String {
         let mut doc = format!(
             "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n  chartSource: repo\n  repository:\n    name: skoala\n    url: {}\n",
-            self.repo.url()
+            self.repo_url()
         );
         for line in extra_spec.lines() {
             doc.push_str("  ");
@@ -228,8 +282,8 @@ impl PlanFleet {
     }
 
     /// `skoalactl plan apply -f` of `yaml`.
-    pub async fn apply(&self, yaml: &str) -> anyhow::Result<super::ctl::CtlOutput> {
-        let path = self._scratch.path().join(format!(
+    async fn apply(&self, yaml: &str) -> anyhow::Result<super::ctl::CtlOutput> {
+        let path = self.scratch().join(format!(
             "plan-{}.yaml",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -241,12 +295,12 @@ impl PlanFleet {
     }
 
     /// `plan get NAME -o json`.
-    pub async fn plan(&self, name: &str) -> anyhow::Result<Value> {
+    async fn plan(&self, name: &str) -> anyhow::Result<Value> {
         self.ctl().json(&["plan", "get", name]).await
     }
 
     /// Waits until the plan's phase is one of `phases`; returns the plan.
-    pub async fn wait_phase(
+    async fn wait_phase(
         &self,
         name: &str,
         phases: &[&str],
@@ -264,13 +318,13 @@ impl PlanFleet {
             Err(e) => bail!(
                 "{e:#}\nlast plan: {:#}\n{}",
                 last.lock().map(|v| v.clone()).unwrap_or_default(),
-                self.fleet.coordinator.log()
+                self.coordinator_log()
             ),
         }
     }
 
     /// The engine release of every cluster (`skoalactl clusters -o json`), by name.
-    pub async fn releases(&self) -> anyhow::Result<Vec<(String, Value)>> {
+    async fn releases(&self) -> anyhow::Result<Vec<(String, Value)>> {
         let clusters = self.ctl().clusters().await?;
         Ok(clusters
             .into_iter()
@@ -285,8 +339,8 @@ impl PlanFleet {
 
     /// Waits until every cluster (control plane included) reports its engine release at
     /// `version`, deployed.
-    pub async fn wait_versions(&self, version: &str, timeout: Duration) -> anyhow::Result<()> {
-        let want = self.fleet.clusters.len() + 1;
+    async fn wait_versions(&self, version: &str, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.cluster_names().len();
         let r = wait::until(&format!("every release at {version}"), timeout, || async {
             let all = self.releases().await.ok()?;
             let ok = all.iter().filter(|(_, r)| {
@@ -302,24 +356,11 @@ impl PlanFleet {
         Ok(())
     }
 
-    /// The kubeconfig of a cluster by name (`control-plane` or `work-N`).
-    pub fn kubeconfig(&self, name: &str) -> anyhow::Result<&Path> {
-        if name == "control-plane" {
-            return Ok(self.control_plane.kubeconfig_path());
-        }
-        self.fleet
-            .clusters
-            .iter()
-            .find(|c| c.name() == name)
-            .map(|c| c.kubeconfig_path())
-            .with_context(|| format!("no cluster {name}"))
-    }
-
     /// The end state of a plan that upgraded every cluster once to `version`: `skew` exits 0,
     /// every release reports `version` with every image tag `v<version>`, and helm's own
     /// history of each release holds the install and exactly one upgrade, to that chart,
     /// deployed.
-    pub async fn assert_upgraded_once_to(&self, version: &str) -> anyhow::Result<()> {
+    async fn assert_upgraded_once_to(&self, version: &str) -> anyhow::Result<()> {
         let skew = self.ctl().run(&["skew"]).await?;
         anyhow::ensure!(
             skew.success,
@@ -336,9 +377,7 @@ impl PlanFleet {
                 anyhow::ensure!(*t == tag.as_str(), "{name}: {key} is {t}, not {tag}");
             }
         }
-        let mut names = vec!["control-plane".to_string()];
-        names.extend(self.fleet.clusters.iter().map(|c| c.name().to_string()));
-        for name in names {
+        for name in self.cluster_names() {
             let h = self.history(&name).await?;
             anyhow::ensure!(h.len() == 2, "{name}: install + one upgrade, got {h:#?}");
             let chart = if name == "control-plane" {
@@ -357,12 +396,12 @@ impl PlanFleet {
     }
 
     /// `helm history` of the engine release of cluster `name`.
-    pub async fn history(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+    async fn history(&self, name: &str) -> anyhow::Result<Vec<Value>> {
         let release = if name == "control-plane" {
             "skoala"
         } else {
             "skoala-init"
         };
-        history(self.kubeconfig(name)?, release).await
+        history(&self.kubeconfig(name)?, release).await
     }
 }

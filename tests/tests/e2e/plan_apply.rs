@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, install};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView, install};
 use skoala_e2e::sim::delete_admission_jobs;
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -38,7 +38,7 @@ async fn apply_refuses_an_empty_selection_and_a_skewed_fleet_without_force() -> 
 
     // --- a skewed fleet: work-1 upgraded by hand to 0.19.1 ---------------------------------
     // As the vendor's docs say: the immutable admission Jobs go first.
-    let work_1 = pf.kubeconfig("work-1")?;
+    let work_1 = &pf.kubeconfig("work-1")?;
     delete_admission_jobs(work_1).await?;
     install(&pf.repo, work_1, "skoala-init", "0.19.1").await?;
     skoala_e2e::wait::until("work-1 reported at 0.19.1", PLAN_TIMEOUT, || async {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skoala_e2e::charts::HelmHome;
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::tools::tool;
 use skoala_e2e::wait;
 
@@ -158,7 +158,7 @@ async fn plan_check_lists_every_cluster_and_fails_only_on_reachable_failures() -
     let manual = home
         .try_run(
             &tool("helm"),
-            Some(pf.kubeconfig("work-3")?),
+            Some(&pf.kubeconfig("work-3")?),
             &[
                 "upgrade",
                 "-n",

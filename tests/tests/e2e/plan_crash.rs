@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::wait;
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use skoala_e2e::charts::{ChartRepo, HelmHome, start_repo};
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::tools::tool;
 use skoala_e2e::wait;
 

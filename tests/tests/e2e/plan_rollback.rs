@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 

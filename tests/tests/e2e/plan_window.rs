@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::pty::{Pty, strip_ansi};
 use skoala_e2e::wait;
 

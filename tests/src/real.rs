@@ -1,0 +1,335 @@
+//! The real-cluster tier: real control planes (`skoala_realkube`), our install charts installed
+//! into them with the real helm as a user would, and our binaries run with exactly the rights
+//! their chart's ServiceAccount has ([`pod`]).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use skoala_e2e::real;
+//! let cluster = real::cluster("work-1").await?;
+//! let coordinator = real::InstalledCoordinator::install(&cluster, real::Helm::V4).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A missing binary is a loud failure naming `scripts/install-kube.sh`, never a skip.
+
+pub mod fleet;
+pub mod pod;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use skoala_realkube::{Binaries, RealCluster};
+
+use crate::fleet::Ctl;
+use crate::tools::{tool, workspace_root};
+use pod::{Pod, PodSpec};
+
+/// The binaries `scripts/install-kube.sh` built; panics with what to run when they are missing.
+pub fn binaries() -> Binaries {
+    match Binaries::locate() {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A fresh real cluster named `name`.
+pub async fn cluster(name: &str) -> anyhow::Result<RealCluster> {
+    RealCluster::start(name, &binaries())
+        .await
+        .with_context(|| format!("starting real cluster {name}"))
+}
+
+/// The two helm majors, as a user of each would install with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helm {
+    V4,
+    V3,
+}
+
+impl Helm {
+    pub const BOTH: [Helm; 2] = [Helm::V4, Helm::V3];
+
+    pub fn path(self) -> PathBuf {
+        match self {
+            Helm::V4 => tool("helm"),
+            Helm::V3 => tool("helm3"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Helm::V4 => "helm4",
+            Helm::V3 => "helm3",
+        }
+    }
+}
+
+/// `helm <args>` as the cluster's admin (the person installing our charts), with a helm home
+/// of its own; fails with helm's stderr.
+pub async fn helm(cluster: &RealCluster, helm: Helm, args: &[&str]) -> anyhow::Result<String> {
+    let home = cluster.dir().join(format!("helm-home-{}", helm.label()));
+    std::fs::create_dir_all(&home)?;
+    let out = tokio::process::Command::new(helm.path())
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {} failed: {}",
+        helm.label(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Our product charts (`charts/`).
+pub fn product_chart(name: &str) -> PathBuf {
+    workspace_root().join("charts").join(name)
+}
+
+/// The namespace both charts are installed into in the tests, as the README does.
+pub const FLEET_NAMESPACE: &str = "skoala-fleet";
+/// Where the releases we upgrade live (`skoala` and `skoala-init`).
+pub const RELEASE_NAMESPACE: &str = "skoala-system";
+
+/// Creates a namespace (as the admin), optionally with labels; waits for its `default`
+/// ServiceAccount, without which every pod there is refused.
+pub async fn namespace(
+    cluster: &RealCluster,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    cluster.kubectl(&["create", "namespace", name]).await?;
+    for (k, v) in labels {
+        cluster
+            .kubectl(&["label", "namespace", name, &format!("{k}={v}")])
+            .await?;
+    }
+    cluster.wait_default_service_account(name).await?;
+    Ok(())
+}
+
+/// `charts/skoala-fleet-coordinator` installed into a real cluster, and its container running
+/// as that chart's pod would (its ServiceAccount, its volumes).
+pub struct InstalledCoordinator {
+    pub pod: Pod,
+    endpoint: String,
+    /// `admin.yaml` and `ca.crt`, as the operator saved them.
+    creds: PathBuf,
+}
+
+impl InstalledCoordinator {
+    /// `helm install skoala-fleet charts/skoala-fleet-coordinator -n skoala-fleet`, then runs
+    /// the pod (init container, then `serve`).
+    pub async fn install(cluster: &RealCluster, helm_version: Helm) -> anyhow::Result<Self> {
+        Self::install_with(cluster, helm_version, &[]).await
+    }
+
+    /// Like [`InstalledCoordinator::install`], with extra `--set k=v`.
+    pub async fn install_with(
+        cluster: &RealCluster,
+        helm_version: Helm,
+        set: &[&str],
+    ) -> anyhow::Result<Self> {
+        let chart = product_chart("skoala-fleet-coordinator");
+        let mut args = vec![
+            "install",
+            "skoala-fleet",
+            chart.to_str().context("a UTF-8 path")?,
+            "-n",
+            FLEET_NAMESPACE,
+            "--create-namespace",
+        ];
+        for s in set {
+            args.push("--set");
+            args.push(s);
+        }
+        helm(cluster, helm_version, &args).await?;
+        let spec = PodSpec::new(FLEET_NAMESPACE, "skoala-fleet-coordinator")
+            .helm(helm_version.path())
+            .rewrite("--listen=", "--listen=127.0.0.1:0")
+            .rewrite("--metrics-listen=", "--metrics-listen=127.0.0.1:0");
+        let mut pod = Pod::start(cluster, spec).await?;
+        let endpoint = listening(&mut pod).await?;
+        // The README's way to the operator credential and the CA, on an image without a shell.
+        let creds = cluster.dir().join("coordinator-credentials");
+        std::fs::create_dir_all(&creds)?;
+        for (what, file) in [("admin-config", "admin.yaml"), ("ca", "ca.crt")] {
+            let out = pod
+                .exec(&["show", what, "--data-dir=/data"])
+                .await
+                .with_context(|| format!("skoala-coordinator show {what}"))?;
+            std::fs::write(creds.join(file), out.stdout)?;
+        }
+        Ok(InstalledCoordinator {
+            pod,
+            endpoint,
+            creds,
+        })
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The data volume (CA, store, backups, admin.yaml).
+    pub fn data_dir(&self) -> PathBuf {
+        self.pod.volume("data")
+    }
+
+    /// The fleet CA, as `--set-file coordinator.caBundle=` takes it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.creds.join("ca.crt")
+    }
+
+    /// `skoalactl` with the operator credential (README: `kubectl exec ... skoala-coordinator
+    /// show admin-config`).
+    pub fn ctl(&self) -> Ctl {
+        Ctl::new(self.creds.join("admin.yaml"), self.endpoint.clone())
+    }
+
+    /// SIGKILL and start again, as the kubelet restarts a crashed container; the endpoint may
+    /// change (a new port).
+    pub async fn restart(&mut self, cluster: &RealCluster) -> anyhow::Result<()> {
+        self.pod.restart(cluster).await?;
+        self.endpoint = listening(&mut self.pod).await?;
+        Ok(())
+    }
+}
+
+async fn listening(pod: &mut Pod) -> anyhow::Result<String> {
+    let starts = pod.log().matches("skoala-coordinator listening on").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = pod.log();
+        if let Some(line) = log
+            .lines()
+            .filter(|l| l.contains("skoala-coordinator listening on"))
+            .nth(starts)
+        {
+            let addr = line.rsplit(' ').next().context("an address")?;
+            return Ok(format!("https://{addr}"));
+        }
+        anyhow::ensure!(pod.is_running(), "the coordinator exited: {log}");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the coordinator did not listen within 120 s: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `charts/skoala-fleet-agent` installed into a real working cluster, and its container
+/// running as that chart's pod would.
+pub struct InstalledAgent {
+    pub pod: Pod,
+}
+
+/// How an agent is installed.
+#[derive(Clone, Debug)]
+pub struct AgentInstall<'a> {
+    pub name: &'a str,
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub helm: Helm,
+    /// `--set` overrides of the chart's values.
+    pub set: Vec<String>,
+}
+
+impl<'a> AgentInstall<'a> {
+    pub fn new(name: &'a str, helm: Helm) -> Self {
+        AgentInstall {
+            name,
+            labels: Vec::new(),
+            helm,
+            set: Vec::new(),
+        }
+    }
+
+    pub fn label(mut self, k: &'a str, v: &'a str) -> Self {
+        self.labels.push((k, v));
+        self
+    }
+}
+
+impl InstalledAgent {
+    /// The README's step 2: `helm install skoala-fleet-agent charts/skoala-fleet-agent -n
+    /// skoala-fleet --create-namespace --set coordinator.url=... --set-file
+    /// coordinator.caBundle=ca.crt --set joinToken.value=<token> --set cluster.labels.k=v`,
+    /// then runs the pod.
+    pub async fn install(
+        cluster: &RealCluster,
+        endpoint: &str,
+        ca_file: &Path,
+        token: &str,
+        how: AgentInstall<'_>,
+    ) -> anyhow::Result<Self> {
+        let chart = product_chart("skoala-fleet-agent");
+        let mut sets = vec![
+            format!("coordinator.url={endpoint}"),
+            format!("joinToken.value={token}"),
+            format!("cluster.name={}", how.name),
+        ];
+        for (k, v) in &how.labels {
+            sets.push(format!("cluster.labels.{k}={v}"));
+        }
+        sets.extend(how.set.iter().cloned());
+        let ca = format!("coordinator.caBundle={}", ca_file.display());
+        let mut args = vec![
+            "install",
+            "skoala-fleet-agent",
+            chart.to_str().context("a UTF-8 path")?,
+            "-n",
+            FLEET_NAMESPACE,
+            "--create-namespace",
+            "--set-file",
+            &ca,
+        ];
+        for s in &sets {
+            args.push("--set");
+            args.push(s);
+        }
+        helm(cluster, how.helm, &args).await?;
+        let spec = PodSpec::new(FLEET_NAMESPACE, "skoala-fleet-agent")
+            .helm(how.helm.path())
+            .rewrite("--metrics-listen=", "--metrics-listen=127.0.0.1:0")
+            .env("RUST_LOG", "info,skoala_agent=debug");
+        let pod = Pod::start(cluster, spec).await?;
+        Ok(InstalledAgent { pod })
+    }
+}
+
+/// A kube client speaking as whoever `kubeconfig` names (e.g. a ServiceAccount's token).
+pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `--set` values that let the agent chart install where its pod is never run (RBAC and
+/// admission checks): a coordinator URL, a token and a CA that lead nowhere.
+pub const PLACEHOLDER_AGENT_VALUES: [&str; 6] = [
+    "--set",
+    "coordinator.url=https://fleet.example.com:7443",
+    "--set",
+    "joinToken.value=placeholder",
+    "--set",
+    "coordinator.caBundle=placeholder",
+];
+
+/// Plan phases after which nothing more happens without an operator: wait for these, then
+/// assert which one, so a failed plan fails the test at once with its reason.
+pub const FINISHED: [&str; 5] = ["succeeded", "degraded", "failed", "aborted", "rolledBack"];

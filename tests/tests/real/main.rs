@@ -1,0 +1,16 @@
+//! The real-cluster tier: real kube-apiservers with RBAC and admission, etcd, the
+//! controller-manager, the scheduler and kwok's fake nodes (`skoala_realkube`), built from
+//! source by `scripts/install-kube.sh`. Our charts are installed into them with the real helm as
+//! the README says, and our binaries run with exactly their chart's ServiceAccount's rights
+//! (`skoala_e2e::real::pod`), never as admin.
+//!
+//! What runs here is what the emulator cannot prove: RBAC on every request, admission
+//! (PodSecurity, ServiceAccount), real controllers and rollout status, real watch semantics.
+//! `sim_parity` keeps the emulator honest against the same scenarios.
+
+mod agent_upgrade;
+mod cluster;
+mod coordinator_in_cluster;
+mod mixed_fleet;
+mod rbac;
+mod sim_parity;
