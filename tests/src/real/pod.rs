@@ -28,7 +28,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use skoala_realkube::RealCluster;
 
-use crate::tools::{our_bin, workspace_root};
+use crate::tools::our_bin;
 
 /// Which Deployment to run, and how.
 #[derive(Clone, Debug)]
@@ -104,12 +104,18 @@ impl Pod {
                 .await?,
         )?;
         let template = deploy["spec"]["template"].clone();
-        // Not under /tmp: the pod may mount an emptyDir there, which would hide its own files.
-        let parent = workspace_root().join("target/pods");
+        // Not under /tmp (nor under a checkout that may live there): the pod mounts an
+        // emptyDir on /tmp, which would hide its binary, its helm and its volumes' sources.
+        let parent = PathBuf::from("/var/tmp/skoala-e2e-pods");
         std::fs::create_dir_all(&parent)?;
         let root = tempfile::Builder::new()
             .prefix(&format!("{}-", spec.deployment))
             .tempdir_in(&parent)?;
+        // The pod's user (65532) must reach its binary and helm in here.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         let mut pod = Pod {
             spec,
             root,
@@ -257,9 +263,14 @@ impl Pod {
         chown_tree(&sa, uid, gid)?;
         let bin = self.root.path().join("bin");
         std::fs::create_dir_all(&bin)?;
-        let link = bin.join("helm");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&self.spec.helm, &link)?;
+        // Copies, not links: the originals may sit under a path the pod's mounts hide.
+        install_copy(&self.spec.helm, &bin.join("helm"))?;
+        let container = &self.template["spec"]["containers"][0];
+        let image = container["image"]
+            .as_str()
+            .context("a container without an image")?;
+        let name = image_binary(image);
+        install_copy(&our_bin(name), &bin.join(name))?;
         Ok(())
     }
 
@@ -272,8 +283,7 @@ impl Pod {
         let image = container["image"]
             .as_str()
             .context("a container without an image")?;
-        let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
-        let binary = our_bin(repo.rsplit('/').next().unwrap_or(repo));
+        let binary = self.root.path().join("bin").join(image_binary(image));
 
         let mut args: Vec<String> = container["command"]
             .as_array()
@@ -355,8 +365,7 @@ impl Pod {
         let image = container["image"]
             .as_str()
             .context("a container without an image")?;
-        let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
-        let binary = our_bin(repo.rsplit('/').next().unwrap_or(repo));
+        let binary = self.root.path().join("bin").join(image_binary(image));
         let mut cmd = std::process::Command::new(&binary);
         cmd.args(args)
             .env_clear()
@@ -435,6 +444,21 @@ impl Drop for Pod {
             let _ = c.start_kill();
         }
     }
+}
+
+/// Our binary for an image: its repository's last path segment (`…/skoala-agent:tag`).
+fn image_binary(image: &str) -> &str {
+    let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    repo.rsplit('/').next().unwrap_or(repo)
+}
+
+/// Puts an executable copy of `from` at `to` (a hard link where the file system allows).
+fn install_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
 }
 
 async fn get_json(
