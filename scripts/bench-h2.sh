@@ -22,7 +22,7 @@
 #            coordinator stopped → the load generator's connected= reaches 0 (agents'
 #            keepalive 20 s + 10 s, or off: then nothing but BENCH_DETECT_DEADLINE).
 #   window   relay time of a 300 kB and a 4 MiB chart, coordinator → one agent over its real
-#            session (`skoala-sim load relay-fetch`), at RTT 0 / 50 / 200 ms (`skoala-sim load
+#            session (`skoala-loadgen relay-fetch`), at RTT 0 / 50 / 200 ms (`skoala-loadgen
 #            delay-proxy`) for agent stream windows of 64 KiB, 1, 2 (the default) and 4 MiB;
 #            median of BENCH_WINDOW_ROUNDS (3).
 #   streams  coordinator RSS growth with K idle streams (Register calls whose body never
@@ -84,7 +84,7 @@ token() { "$BIN/skoalactl" --config "$DATA/admin.yaml" --endpoint "https://$LIST
 load() {
   local tag=$1 count=$2
   shift 2
-  SKOALA_TOKEN=$(token "$count") spawn "$WORK/load.$tag" "$BIN/skoala-sim" load \
+  SKOALA_TOKEN=$(token "$count") spawn "$WORK/load.$tag" "$BIN/skoala-loadgen" \
     --coordinator "https://$LISTEN" --ca-file "$DATA/ca.pem" --agents "$count" \
     --source-addrs "$SOURCE_ADDRS" --duration "${PROCESS_BOUND}s" "$@"
   LOAD=$LAST_PID
@@ -92,7 +92,7 @@ load() {
 
 say "building release binaries"
 if [ -z "${BENCH_BIN:-}" ]; then
-  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoala-loadgen -p skoalactl
 fi
 say "machine: $(nproc) cores, $(uname -sr), open files (hard) $(ulimit -Hn); work dir $WORK"
 DATA=$WORK/data
@@ -170,16 +170,16 @@ if has_part detect; then
   say "== a silent peer (SIGSTOP: its kernel still acknowledges TCP), $DETECT_N agents"
   detect_agents ka20 --http2-keepalive-interval 20s
   figure "agents stopped, server keepalive 20 s + 20 s, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
-    "serve --http2-keepalive-interval 20s; kill -STOP <skoala-sim load>; poll skoala_agents_connected until 0"
+    "serve --http2-keepalive-interval 20s; kill -STOP <skoala-loadgen>; poll skoala_agents_connected until 0"
   detect_agents ka60 --http2-keepalive-interval 60s
   figure "agents stopped, server keepalive 60 s + 20 s, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
-    "serve --http2-keepalive-interval 60s; kill -STOP <skoala-sim load>; poll the gauge until 0"
+    "serve --http2-keepalive-interval 60s; kill -STOP <skoala-loadgen>; poll the gauge until 0"
   detect_agents kaoff --http2-keepalive-interval off
   figure "agents stopped, server keepalive off, agent timeout 60 s:" "$DETECTED (load $(loadavg))" \
-    "serve --http2-keepalive-interval off; kill -STOP <skoala-sim load>; poll the gauge until 0"
+    "serve --http2-keepalive-interval off; kill -STOP <skoala-loadgen>; poll the gauge until 0"
   detect_coordinator on --h2-keepalive on
   figure "coordinator stopped, agents' keepalive 20 s + 10 s:" "$DETECTED (load $(loadavg))" \
-    "kill -STOP <coordinator>; poll connected= of skoala-sim load until 0"
+    "kill -STOP <coordinator>; poll connected= of skoala-loadgen until 0"
   detect_coordinator off --h2-keepalive off
   figure "coordinator stopped, agents' keepalive off:" "$DETECTED (load $(loadavg))" \
     "load --h2-keepalive off; kill -STOP <coordinator>; poll connected= until 0"
@@ -195,7 +195,7 @@ if has_part window; then
     url=https://$LISTEN
     PROXY_PID=""
     if [ "$rtt" != 0 ]; then
-      spawn "$WORK/proxy-$rtt" "$BIN/skoala-sim" load delay-proxy --listen "$PROXY" --to "$LISTEN" \
+      spawn "$WORK/proxy-$rtt" "$BIN/skoala-loadgen" delay-proxy --listen "$PROXY" --to "$LISTEN" \
         --delay "$((rtt / 2))ms"
       PROXY_PID=$LAST_PID
       wait_line "$WORK/proxy-$rtt.out" "delay-proxy listening on " >/dev/null
@@ -203,14 +203,14 @@ if has_part window; then
     fi
     for window in 65535 1048576 2097152 4194304; do
       log="$WORK/fetch-$rtt-$window.out"
-      SKOALA_TOKEN=$(token 1) timeout "$PROCESS_BOUND" "$BIN/skoala-sim" load relay-fetch \
+      SKOALA_TOKEN=$(token 1) timeout "$PROCESS_BOUND" "$BIN/skoala-loadgen" relay-fetch \
         --coordinator "$url" --ca-file "$DATA/ca.pem" --data-dir "$DATA" \
         --sizes 300000,4194304 --rounds "$WINDOW_ROUNDS" --h2-stream-window "$window" >"$log" 2>"$WORK/fetch-$rtt-$window.err"
       for size in 300000 4194304; do
         med=$(awk -v s="bytes=$size" '$2 == s { sub("ms=", "", $4); print $4 }' "$log" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
         mibs=$(awk -v b="$size" -v ms="$med" 'BEGIN { printf "%.1f", b / 1048576 / (ms / 1000) }')
         figure "RTT $rtt ms, agent window $((window / 1024)) KiB, $size bytes:" "$med ms ($mibs MiB/s; load $(loadavg))" \
-          "skoala-sim load relay-fetch --coordinator $url --sizes $size --h2-stream-window $window"
+          "skoala-loadgen relay-fetch --coordinator $url --sizes $size --h2-stream-window $window"
       done
     done
     [ -n "$PROXY_PID" ] && stop "$PROXY_PID"
@@ -229,7 +229,7 @@ if has_part streams; then
       if [ "$limit" = off ]; then serve "streams-$limit-$k" --http2-max-concurrent-streams off; else serve "streams-$limit-$k"; fi
       sleep 2 # the server's start settles
       R0=$(rss_kib "$COORD")
-      spawn "$WORK/streams-$limit-$k" "$BIN/skoala-sim" load open-streams --coordinator "https://$LISTEN" \
+      spawn "$WORK/streams-$limit-$k" "$BIN/skoala-loadgen" open-streams --coordinator "https://$LISTEN" \
         --ca-file "$DATA/ca.pem" --streams "$k" --hold 60s
       S=$LAST_PID
       wait_line "$WORK/streams-$limit-$k.out" "open-streams requested=" >/dev/null
@@ -237,7 +237,7 @@ if has_part streams; then
       R1=$(rss_kib "$COORD")
       ENDED=$(grep '^open-streams ended=' "$WORK/streams-$limit-$k.out" | tail -n1 | cut -d= -f2)
       figure "limit $limit, $k streams: coordinator RSS growth" "$(((R1 - R0))) KiB, $(awk -v a="$R0" -v b="$R1" -v k="$k" 'BEGIN { printf "%.1f", (b - a) / k }') KiB/stream; ended by the server: ${ENDED:-0} (load $(loadavg))" \
-        "skoala-sim load open-streams --streams $k; VmRSS of /proc/$COORD/status before and 3 s after"
+        "skoala-loadgen open-streams --streams $k; VmRSS of /proc/$COORD/status before and 3 s after"
       stop "$S" "$COORD"
     done
   done

@@ -18,17 +18,17 @@
 # Both need a real control plane: an emulated cluster (`skoala-sim cluster`) with `skoala`
 # installed by the real helm from `skoala-sim chart-repo` serving tests/charts, and a
 # coordinator started with --kubeconfig of that cluster. The working clusters are
-# `skoala-sim load` agents whose synthetic skoala-init starts at 0.19.0.
+# `skoala-loadgen` agents whose synthetic skoala-init starts at 0.19.0.
 #
 #   fan-out   one task to all N at once. The control plane is already on the plan's version
 #             (0.19.1), the plan selects every agent with canary 0, maxConcurrency 100% and
 #             requireApproval: beforeWorkers, so it waits with nothing running; then
 #             `skoalactl plan approve`. Latency of each agent = the time its Task arrived
-#             (`skoala-sim load --receipts`) minus the moment the script invoked `plan approve`;
+#             (`skoala-loadgen --receipts`) minus the moment the script invoked `plan approve`;
 #             p50/p99/max over the N. The coordinator's log splits it: approve → its
 #             "tasks sent" line (the orchestrator's step, its SQLite write of N transitions
 #             and the send loop; the line is written once per send loop, after it). The bare baseline: the same agents
-#             against `skoala-sim load bare-server`, `kill -USR1` sends one Task down every
+#             against `skoala-loadgen bare-server`, `kill -USR1` sends one Task down every
 #             stream; latency from the moment of the signal.
 #   rollout   BENCH_ROLLOUT_N agents (1000), everything on 0.19.0, a plan to 0.19.1 with
 #             canary 0, maxConcurrency BENCH_ROLLOUT_CONCURRENCY (50), requireApproval none,
@@ -115,7 +115,7 @@ fleet() {
   CTL=("$BIN/skoalactl" --config "$WORK/data/admin.yaml" --endpoint "https://$LISTEN")
   SKOALA_TOKEN=$("${CTL[@]}" token create --uses "${TOKEN_USES:-$n}" --ttl 2h 2>/dev/null)
   export SKOALA_TOKEN
-  spawn "$WORK/load" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+  spawn "$WORK/load" "$BIN/skoala-loadgen" --coordinator "https://$LISTEN" \
     --ca-file "$WORK/data/ca.pem" --agents "$n" --source-addrs "$SOURCE_ADDRS" \
     --initial-version "$FROM" --upgrade-time "${upgrade_time}s" --receipts "$WORK/receipts" \
     --duration "${PROCESS_BOUND}s" "$@"
@@ -159,7 +159,7 @@ if [ -n "${BENCH_BIN:-}" ]; then
   say "binaries from $BIN (BENCH_BIN; not built)"
 else
   say "building release binaries"
-  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoala-loadgen -p skoalactl
 fi
 say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -223,7 +223,7 @@ for line in open(sys.argv[1], errors="replace"):
 print(f"{(min(ts) - t0) / 1000:.0f} {(max(ts) - min(ts)) / 1000:.0f} {n}" if ts else "nan nan 0")
 EOF
     )
-    figure "coordinator fan-out to $GOT of $N: p50 / p99 / max" "$P50 / $P99 / $MAX ms" "T0 = just before \`skoalactl plan approve fanout\` (it returned after $(((T1 - T0) / 1000)) ms); receipt times from skoala-sim load --receipts"
+    figure "coordinator fan-out to $GOT of $N: p50 / p99 / max" "$P50 / $P99 / $MAX ms" "T0 = just before \`skoalactl plan approve fanout\` (it returned after $(((T1 - T0) / 1000)) ms); receipt times from skoala-loadgen --receipts"
     figure "  first task received (orchestrator work before it)" "$FIRST ms" "min of the receipts - T0"
     figure "coordinator fan-out from the approval's record: p50 / p99 / max" "$C50 / $C99 / $CMAX ms (first $CFIRST ms)" "T0 = 'at' of the plan.approved event (skoalactl events --plan fanout -o json), $(((T0C - T0) / 1000)) ms after the CLI started"
     figure "  all $SENT_N tasks handed to the sessions" "$SENT_DONE ms" "first 'tasks sent' line of the coordinator's log (written after the send loop) - T0"
@@ -231,11 +231,11 @@ EOF
     wait "$LOAD" "$COORD" 2>/dev/null || true
 
     # --- the bare baseline: same agents, same TLS, one Task per stream on SIGUSR1 ---
-    spawn "$WORK/bare" "$BIN/skoala-sim" load bare-server --data-dir "$WORK/data" --listen "$LISTEN"
+    spawn "$WORK/bare" "$BIN/skoala-loadgen" bare-server --data-dir "$WORK/data" --listen "$LISTEN"
     BARE=$LAST_PID
     wait_line "$WORK/bare.out" "bare-server listening on " >/dev/null
     SKOALA_TOKEN=unused
-    spawn "$WORK/load-bare" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+    spawn "$WORK/load-bare" "$BIN/skoala-loadgen" --coordinator "https://$LISTEN" \
       --ca-file "$WORK/data/ca.pem" --agents "$N" --source-addrs "$SOURCE_ADDRS" \
       --initial-version "$FROM" --upgrade-time 120s --receipts "$WORK/receipts-bare" \
       --duration "${PROCESS_BOUND}s"
@@ -248,7 +248,7 @@ EOF
     wait_value "$N" 300 lines "$WORK/receipts-bare" || say "  bare: only $(lines "$WORK/receipts-bare") of $N tasks arrived"
     read -r B50 B99 BMAX BFIRST BGOT < <(percentiles "$WORK/receipts-bare" "$T0")
     BSEND=$(wait_line "$WORK/bare.out" "bare-server fanout 1 ")
-    figure "bare fan-out to $BGOT of $N: p50 / p99 / max" "$B50 / $B99 / $BMAX ms" "T0 = just before kill -USR1 <skoala-sim load bare-server>; same receipts"
+    figure "bare fan-out to $BGOT of $N: p50 / p99 / max" "$B50 / $B99 / $BMAX ms" "T0 = just before kill -USR1 <skoala-loadgen bare-server>; same receipts"
     figure "  bare server's own stamps" "$BSEND" "its 'bare-server fanout' line"
     RATIO=$(awk -v a="$P99" -v b="$B99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
     RATIOC=$(awk -v a="$C99" -v b="$B99" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
@@ -276,7 +276,7 @@ for F in "${ROLLOUT_FLEETS[@]}"; do
   TOKEN_USES=$F fleet "$N" "$UPGRADE_TIME" --label bench=rollout
   FORCE=()
   if [ "$F" -gt "$N" ]; then
-    spawn "$WORK/load-idle" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+    spawn "$WORK/load-idle" "$BIN/skoala-loadgen" --coordinator "https://$LISTEN" \
       --ca-file "$WORK/data/ca.pem" --agents $((F - N)) --source-addrs "$SOURCE_ADDRS" \
       --initial-version "$TO" --label bench=idle --name-prefix idle --duration "${PROCESS_BOUND}s"
     if ! wait_value $((F - N)) "$CONNECT_DEADLINE" load_stat "$WORK/load-idle" connected; then

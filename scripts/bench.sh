@@ -10,14 +10,14 @@
 #
 # For each N it prints every figure together with the command that produced it, and appends
 # one Markdown table row per N to $BENCH_RESULTS (default target/bench/results.md):
-#   connect   time from starting `skoala-sim load` until the coordinator's
+#   connect   time from starting `skoala-loadgen` until the coordinator's
 #             skoala_agents_connected gauge reads N (registration with one N-use token included)
 #   memory    coordinator VmRSS after connect minus before, total and per agent
 #   idle CPU  coordinator utime+stime over BENCH_IDLE_SECS at the idle heartbeat rate (10 s)
 #   storm     SIGKILL the coordinator with N connected, restart it (at once, or after
 #             BENCH_STORM_OUTAGE seconds): time from the restart until the gauge reads N again,
 #             failed attempts counted by the load generator, agents that gave up (must be 0)
-#   bare      the same memory figure for `skoala-sim load bare-server`, and the ratio
+#   bare      the same memory figure for `skoala-loadgen bare-server`, and the ratio
 # Every process started here is bounded (watchdog) and killed on exit.
 # Fan-out and the 1,000-cluster rollout need plans and a control plane: scripts/bench-plan.sh.
 set -euo pipefail
@@ -56,7 +56,7 @@ if [ -n "${BENCH_BIN:-}" ]; then
   say "binaries from $BIN (BENCH_BIN; not built)"
 else
   say "building release binaries"
-  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoalactl
+  cargo build --release --quiet -p skoala-coordinator -p skoala-sim -p skoala-loadgen -p skoalactl
 fi
 
 say "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr), open files (hard) $(ulimit -Hn)"
@@ -83,10 +83,10 @@ for N in "${SIZES[@]}"; do
   sleep 1
   RSS0=$(rss_kib "$COORD")
   TOKEN=$("${CTL[@]}" token create --uses "$N" --ttl 2h)
-  LOADCMD="skoala-sim load --coordinator https://$LISTEN --ca-file DATA/ca.pem --token \$TOKEN --agents $N --source-addrs $SOURCE_ADDRS"
+  LOADCMD="skoala-loadgen --coordinator https://$LISTEN --ca-file DATA/ca.pem --token \$TOKEN --agents $N --source-addrs $SOURCE_ADDRS"
   T0=$(now)
   export SKOALA_TOKEN=$TOKEN
-  spawn "$WORK/load" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+  spawn "$WORK/load" "$BIN/skoala-loadgen" --coordinator "https://$LISTEN" \
     --ca-file "$WORK/data/ca.pem" --agents "$N" --source-addrs "$SOURCE_ADDRS" \
     --duration "${PROCESS_BOUND}s"
   LOAD=$LAST_PID
@@ -97,7 +97,7 @@ for N in "${SIZES[@]}"; do
   fi
   CONNECT_S=$(elapsed "$T0" "$(now)")
   figure "connect: all $N connected in" "${CONNECT_S} s" "$LOADCMD; poll skoala_agents_connected on http://$METRICS/metrics"
-  figure "load generator: failed attempts while joining" "$(load_stat "$WORK/load" failed_attempts)" "last 'load ...' line of skoala-sim load"
+  figure "load generator: failed attempts while joining" "$(load_stat "$WORK/load" failed_attempts)" "last 'load ...' line of skoala-loadgen"
   sleep 5 # let registration garbage settle before reading memory
   RSS1=$(rss_kib "$COORD")
   COORD_MIB=$(awk -v a="$RSS1" 'BEGIN { printf "%.1f", a / 1024 }')
@@ -128,21 +128,21 @@ for N in "${SIZES[@]}"; do
   F1=$(load_stat "$WORK/load" failed_attempts)
   GAVE_UP=$(load_stat "$WORK/load" gave_up)
   figure "storm: all $N back after SIGKILL+restart in" "${STORM_S} s" "kill -9 <coordinator>; sleep $STORM_OUTAGE; skoala-coordinator serve (same data dir, port); poll the gauge"
-  figure "storm: failed attempts / agents gave up" "$((F1 - F0)) / $GAVE_UP" "failed_attempts, gave_up of skoala-sim load"
+  figure "storm: failed attempts / agents gave up" "$((F1 - F0)) / $GAVE_UP" "failed_attempts, gave_up of skoala-loadgen"
   kill "$LOAD" 2>/dev/null || true
   wait "$LOAD" 2>/dev/null || true
   kill "$COORD" 2>/dev/null || true
   wait "$COORD" 2>/dev/null || true
 
   # --- bare transport ---
-  spawn "$WORK/bare" "$BIN/skoala-sim" load bare-server --data-dir "$WORK/data" --listen "$LISTEN"
+  spawn "$WORK/bare" "$BIN/skoala-loadgen" bare-server --data-dir "$WORK/data" --listen "$LISTEN"
   BARE=$LAST_PID
   wait_line "$WORK/bare.out" "bare-server listening on " >/dev/null
   sleep 1
   B0=$(rss_kib "$BARE")
   T0=$(now)
   export SKOALA_TOKEN=unused
-  spawn "$WORK/load-bare" "$BIN/skoala-sim" load --coordinator "https://$LISTEN" \
+  spawn "$WORK/load-bare" "$BIN/skoala-loadgen" --coordinator "https://$LISTEN" \
     --ca-file "$WORK/data/ca.pem" --agents "$N" --source-addrs "$SOURCE_ADDRS" \
     --duration "${PROCESS_BOUND}s"
   LOADB=$LAST_PID
@@ -154,7 +154,7 @@ for N in "${SIZES[@]}"; do
   B1=$(rss_kib "$BARE")
   BPER=$(awk -v a="$B0" -v b="$B1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')
   RATIO=$(awk -v a="$PER" -v b="$BPER" 'BEGIN { printf "%.2f", a / b }')
-  figure "bare server: all $N connected in" "${BARE_CONNECT_S} s" "skoala-sim load bare-server --data-dir DATA; skoala-sim load ... (connected= of its status line)"
+  figure "bare server: all $N connected in" "${BARE_CONNECT_S} s" "skoala-loadgen bare-server --data-dir DATA; skoala-loadgen ... (connected= of its status line)"
   figure "bare server RSS before / after" "$((B0 / 1024)) MiB / $((B1 / 1024)) MiB" "grep VmRSS /proc/$BARE/status"
   figure "bare memory per connection" "${BPER} KiB" "(RSS after - RSS before) / $N"
   figure "coordinator / bare memory per agent" "${RATIO}x (target <= 1.5x)" "${PER} / ${BPER}"

@@ -12,6 +12,7 @@ use skoala_agent::AgentConfig;
 use skoala_agent::identity_store::DEFAULT_SECRET_NAME;
 use skoala_agent::proxy::ProxyConfig;
 use skoala_agent::transport::CoordinatorAddr;
+use skoala_support::duration;
 use skoala_upgrade::inventory::TrackedRelease;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ struct Args {
     identity_secret: String,
 
     /// Interval between heartbeats, e.g. 10s, 1m.
-    #[arg(long, env = "SKOALA_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SKOALA_HEARTBEAT", default_value = "10s", value_parser = duration::parse)]
     heartbeat: Duration,
 
     /// The Helm release this agent reports.
@@ -81,7 +82,7 @@ struct Args {
     metrics_listen: Option<std::net::SocketAddr>,
 
     /// Longest wait between reconnect attempts.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
     max_backoff: Duration,
 }
 
@@ -90,17 +91,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not k=v")),
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 10s or 1m: {e}"))?;
-    let d = Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))?;
-    if d.is_zero() {
-        return Err(format!("{s:?} must be positive"));
-    }
-    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -171,25 +161,12 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
+    let stop =
+        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.await;
         on_signal.cancel();
     });
     skoala_agent::run(config, shutdown).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

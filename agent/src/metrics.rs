@@ -9,13 +9,13 @@
 //! seconds, and the agent's memory at rest matters on thousands of clusters.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skoala_proto::v1::{Task, TaskKind, TaskOutcome, agent_message};
+use skoala_support::prometheus::{Kind, Writer};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -114,90 +114,90 @@ impl Metrics {
 
     /// The Prometheus text exposition of all metrics.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = format!(
-            "# HELP skoala_agent_info The agent's version (always 1).\n# TYPE skoala_agent_info gauge\nskoala_agent_info{{version=\"{}\"}} 1\n",
-            crate::AGENT_VERSION
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let mut w = Writer::default();
+        w.family(
+            "skoala_agent_info",
+            Kind::Gauge,
+            "The agent's version (always 1).",
         );
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
+        w.sample(
+            "skoala_agent_info",
+            &[("version", crate::AGENT_VERSION)],
+            1.0,
+        );
+        w.single(
             "skoala_agent_connected",
-            "gauge",
+            Kind::Gauge,
             "1 while a session with the coordinator is up.",
-            get(&self.connected).to_string(),
+            get(&self.connected),
         );
-        metric(
+        w.single(
             "skoala_agent_sessions_established_total",
-            "counter",
+            Kind::Counter,
             "Sessions the coordinator accepted.",
-            get(&self.sessions_established).to_string(),
+            get(&self.sessions_established),
         );
-        metric(
+        w.single(
             "skoala_agent_session_failures_total",
-            "counter",
+            Kind::Counter,
             "Failed connection attempts and broken sessions.",
-            get(&self.session_failures).to_string(),
+            get(&self.session_failures),
         );
-        metric(
+        w.single(
             "skoala_agent_heartbeats_sent_total",
-            "counter",
+            Kind::Counter,
             "Heartbeats sent (including answers to pings).",
-            get(&self.heartbeats_sent).to_string(),
+            get(&self.heartbeats_sent),
         );
-        metric(
+        w.single(
             "skoala_agent_inventory_updates_sent_total",
-            "counter",
+            Kind::Counter,
             "Inventory messages sent after a change or on request.",
-            get(&self.inventory_updates_sent).to_string(),
+            get(&self.inventory_updates_sent),
         );
-        metric(
+        w.single(
             "skoala_agent_certificate_renewals_total",
-            "counter",
+            Kind::Counter,
             "Client certificates renewed over the session.",
-            get(&self.certificate_renewals).to_string(),
+            get(&self.certificate_renewals),
         );
-        metric(
+        w.single(
             "skoala_agent_certificate_expiry_timestamp_seconds",
-            "gauge",
+            Kind::Gauge,
             "When the client certificate in use expires (Unix time).",
-            self.certificate_not_after
-                .load(Ordering::Relaxed)
-                .to_string(),
+            self.certificate_not_after.load(Ordering::Relaxed) as f64,
         );
-        metric(
+        w.single(
             "skoala_agent_tasks_accepted_total",
-            "counter",
+            Kind::Counter,
             "Tasks accepted and started.",
-            get(&self.tasks_accepted).to_string(),
+            get(&self.tasks_accepted),
         );
-        metric(
+        w.single(
             "skoala_agent_tasks_refused_total",
-            "counter",
+            Kind::Counter,
             "Tasks refused before changing anything.",
-            get(&self.tasks_refused).to_string(),
+            get(&self.tasks_refused),
         );
-        metric(
+        w.single(
             "skoala_agent_reconnects_total",
-            "counter",
+            Kind::Counter,
             "Sessions established after the first one since the agent started.",
-            get(&self.sessions_established)
-                .saturating_sub(1)
-                .to_string(),
+            self.sessions_established
+                .load(Ordering::Relaxed)
+                .saturating_sub(1) as f64,
         );
-        metric(
+        w.single(
             "skoala_agent_inventory_sent_timestamp_seconds",
-            "gauge",
+            Kind::Gauge,
             "When the agent last reported its release inventory (Unix time; 0 = never).",
-            self.inventory_sent_unix.load(Ordering::Relaxed).to_string(),
+            self.inventory_sent_unix.load(Ordering::Relaxed) as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP skoala_agent_tasks_total Task results sent, by task kind and outcome.\n# TYPE skoala_agent_tasks_total counter"
+        w.family(
+            "skoala_agent_tasks_total",
+            Kind::Counter,
+            "Task results sent, by task kind and outcome.",
         );
         for ((kind, outcome), n) in self
             .results
@@ -205,12 +205,13 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "skoala_agent_tasks_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            w.sample(
+                "skoala_agent_tasks_total",
+                &[("kind", kind), ("outcome", outcome)],
+                *n as f64,
             );
         }
-        out
+        w.finish()
     }
 }
 

@@ -140,7 +140,7 @@ impl TaskRunner {
     }
 
     /// Fetches a relayed chart into the cache (or finds it there), exactly as a task does before
-    /// it runs; the HTTP/2 window benchmark (`skoala-sim load relay-fetch`) times this path.
+    /// it runs; the HTTP/2 window benchmark (`skoala-loadgen relay-fetch`) times this path.
     pub async fn fetch_chart(&self, sha256: &str, size: u64) -> Result<PathBuf, String> {
         self.charts.get(sha256, size, &self.outbox).await
     }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use skoala_coordinator::admin_config::AdminConfig;
 use skoala_proto::v1::fleet_admin_client::FleetAdminClient;
+use skoala_support::admin_config::AdminConfig;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// An admin client and the endpoint it talks to (for error messages).

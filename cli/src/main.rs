@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use output::Format;
-use skoala_coordinator::duration;
+use skoala_support::duration;
 
 /// Operate a skoala-fleet: join tokens, clusters, audit log.
 ///

@@ -9,7 +9,6 @@
 //! DIR/store.db         the SQLite store (+ -wal, -shm)
 //! ```
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Paths inside a data dir.
@@ -45,21 +44,7 @@ impl DataDir {
     }
 }
 
-/// Writes `contents` to `path` readable only by the owner (created 0600, never world-readable
-/// even for an instant), replacing any previous file atomically.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use skoala_support::fs::write_private;
 
 /// Writes a public file (certificates), atomically.
 pub fn write_public(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -1,6 +1,6 @@
 //! The HTTP/2 settings of the coordinator's gRPC server, in one place.
 //!
-//! The bare baseline of the benchmarks (`skoala-sim load bare-server`) builds its server from
+//! The bare baseline of the benchmarks (`skoala-loadgen bare-server`) builds its server from
 //! the same [`Http2Settings`], so the "coordinator / bare transport" ratios compare our code,
 //! not two transports. Every default below is backed by a figure in BENCHMARKS.md, section
 //! "HTTP/2 settings", measured by `scripts/bench-h2.sh`; change one only with a new figure.
@@ -89,7 +89,7 @@ pub struct Http2Args {
     #[arg(long, value_name = "DURATION|off", value_parser = parse_optional_duration, hide = true)]
     pub http2_keepalive_interval: Option<OrOff<Duration>>,
     /// BENCHMARKS ONLY: how long to wait for a keepalive ping's acknowledgement.
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, hide = true)]
+    #[arg(long, value_name = "DURATION", value_parser = skoala_support::duration::parse, hide = true)]
     pub http2_keepalive_timeout: Option<Duration>,
     /// BENCHMARKS ONLY: receive window of each stream, in bytes.
     #[arg(long, value_name = "BYTES", hide = true)]
@@ -125,11 +125,13 @@ impl Http2Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrOff<T>(pub Option<T>);
 
-fn parse_optional_duration(s: &str) -> Result<OrOff<Duration>, String> {
+fn parse_optional_duration(
+    s: &str,
+) -> Result<OrOff<Duration>, skoala_support::duration::ParseDurationError> {
     if s.trim() == "off" {
         return Ok(OrOff(None));
     }
-    crate::duration::parse(s).map(|d| OrOff(Some(d)))
+    skoala_support::duration::parse(s).map(|d| OrOff(Some(d)))
 }
 
 fn parse_optional_u32(s: &str) -> Result<OrOff<u32>, String> {

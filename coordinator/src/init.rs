@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::admin_config::AdminConfig;
 use crate::data_dir::{DataDir, write_private, write_public};
 use crate::pki::FleetCa;
+use skoala_support::admin_config::AdminConfig;
 
 /// What `init` creates.
 #[derive(Debug, Clone)]

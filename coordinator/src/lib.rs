@@ -20,7 +20,8 @@
 //! - on top, the handlers: `context` (what they share, and the audit log), `gateway` and
 //!   `session` (agents), `admin_api` and `admin_plans` (operators), [`tls`] (the accept loop),
 //!   `oversize`, and [`server`], which builds all of it (`init` creates the data dir first,
-//!   [`data_dir`], [`admin_config`]; [`http2`] holds the HTTP/2 settings).
+//!   [`data_dir`], and `admin.yaml` with [`skoala_support::admin_config`]; [`http2`] holds the
+//!   HTTP/2 settings).
 //!
 //! Only the modules the binaries, the load generator and the end-to-end tests use are public.
 //!
@@ -46,10 +47,8 @@
 
 // The API the binaries, the load generator and the end-to-end tests use; everything else is
 // the coordinator's own.
-pub mod admin_config;
 pub mod backups;
 pub mod data_dir;
-pub mod duration;
 pub mod http2;
 pub mod init;
 pub mod malloc;

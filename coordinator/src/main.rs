@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use skoala_coordinator::Settings;
 use skoala_coordinator::data_dir::DataDir;
 use skoala_coordinator::http2::Http2Args;
-use skoala_coordinator::{duration, init, server};
+use skoala_coordinator::{init, server};
+use skoala_support::duration;
 
 /// The skoala-fleet coordinator: agents dial in over mutual TLS, operators use skoalactl.
 ///
@@ -231,23 +232,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Every connected agent holds a socket; the usual soft limit (1,024) would cap the fleet far
-/// below its target (10,000 agents), so raise the soft limit to the hard one. Best effort: the
-/// coordinator still serves (fewer agents) if it cannot.
+/// Every connected agent holds a socket, so the soft open-files limit (often 1,024) would cap
+/// the fleet far below its target; raise it to the hard one. Best effort: the coordinator
+/// still serves (fewer agents) if it cannot.
 fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && {
-        lim.rlim_cur = lim.rlim_max;
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-        rc == 0
-    };
-    if ok {
-        tracing::info!(limit = lim.rlim_cur, "open-files limit");
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+    match skoala_support::rlimit::raise_open_files() {
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
     }
 }

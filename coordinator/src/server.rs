@@ -148,6 +148,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let admin = FleetAdminServer::new(Admin::new(ctx.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let stop =
+        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
     let incoming = tls::incoming(listener, tls_config, ctx.clone());
     let server = opts
         .http2
@@ -159,7 +161,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     tokio::select! {
         r = server => r.context("the gRPC server failed")?,
-        _ = shutdown_signal() => {
+        _ = stop => {
             tracing::info!("shutting down: closing agent sessions");
             sessions.kick_all(&tonic::Status::unavailable("the coordinator is shutting down"));
             // Give the closing statuses a moment to reach the agents.
@@ -167,19 +169,4 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -278,16 +278,11 @@ fn wall_clock(tz: &TimeZone, dt: jiff::civil::DateTime) -> Option<Timestamp> {
         .map(|z: Zoned| z.timestamp())
 }
 
-/// Parses durations like `4h`, `90m`, `1h30m`, `1h 30m` or ISO 8601 `PT4H`. Must be positive.
+/// Parses a plan document's duration (`4h`, `90m`, `1h30m`, `PT4H`; every spelling is listed
+/// in [`skoala_support::duration`], which the command lines use too). Must be positive.
 pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
-    let d: SignedDuration = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a duration like 4h, 90m or 1h30m, got {text:?}"))?;
-    if d <= SignedDuration::ZERO {
-        return Err(format!("must be positive, got {text:?}"));
-    }
-    Ok(d)
+    let d = skoala_support::duration::parse(text).map_err(|e| e.to_string())?;
+    SignedDuration::try_from(d).map_err(|e| format!("{text:?} is too long: {e}"))
 }
 
 fn parse_weekday(text: &str) -> Option<Weekday> {

@@ -237,16 +237,7 @@ fn sanitize(name: &str) -> String {
 
 /// Writes a file readable only by its owner (helm warns about group-readable kubeconfigs).
 pub fn write_private(path: &Path, content: &str) -> Result<(), SimError> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(SimError::Io)?;
-    f.write_all(content.as_bytes()).map_err(SimError::Io)
+    skoala_support::fs::write_private(path, content.as_bytes()).map_err(SimError::Io)
 }
 
 /// The kubeconfig for a cluster: one cluster, one token user, one context (namespace default).

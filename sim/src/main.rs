@@ -8,8 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-mod load;
-
 #[derive(Parser)]
 #[command(
     name = "skoala-sim",
@@ -78,9 +76,6 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// N simulated agents (real mTLS sessions, real protocol) against a coordinator; or, with
-    /// `bare-server`, the bare tonic baseline the benchmarks compare the coordinator with.
-    Load(Box<load::LoadCommand>),
 }
 
 #[tokio::main]
@@ -92,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // Before anything is served: a SIGTERM sent as soon as the address is printed must count.
+    let stop =
+        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
+    match command {
         Command::Cluster {
             listen,
             name,
@@ -112,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             skoala_sim::cluster::write_private(&kubeconfig_out, cluster.kubeconfig_yaml())
                 .with_context(|| format!("writing {}", kubeconfig_out.display()))?;
             println!("listening on {}", cluster.url());
-            wait_for_signal().await?;
+            stop.await;
             drop(cluster);
         }
         Command::Fleet {
@@ -137,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
                 clusters.push(cluster);
             }
             println!("ready {count}");
-            wait_for_signal().await?;
+            stop.await;
             drop(clusters);
         }
         Command::ChartRepo { dir, listen } => {
@@ -145,20 +144,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("serving charts from {}", dir.display()))?;
             println!("listening on {}", repo.url());
-            wait_for_signal().await?;
+            stop.await;
             drop(repo);
         }
-        Command::Load(cmd) => load::run(*cmd).await?,
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     // How long the coordinator stays dead before it is restarted.
     let downtime = args
         .next()
-        .map(|d| skoala_coordinator::duration::parse(&d).map_err(anyhow::Error::msg))
+        .map(|d| skoala_support::duration::parse(&d))
         .transpose()?
         .unwrap_or(Duration::ZERO);
     let timeout = Duration::from_secs(600);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::text::{Kind, Writer};
+use skoala_support::prometheus::{Kind, Writer};
 
 /// One counter family with fixed label names.
 pub struct CounterVec {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use skoala_plan::{FleetView, SkewReport};
 use skoala_proto::v1::PlanStatus;
 
-use super::text::{Kind, Writer};
+use skoala_support::prometheus::{Kind, Writer};
 
 /// What the gauges are computed from, as `skoalactl` shows it.
 pub struct FleetState {

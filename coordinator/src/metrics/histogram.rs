@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::text::{Kind, Writer};
+use skoala_support::prometheus::{Kind, Writer};
 
 /// Executor step durations: from a 50 ms preflight to a 30 min `helm upgrade --wait`.
 pub const STEP_BUCKETS: &[f64] = &[
@@ -88,7 +88,7 @@ impl HistogramVec {
             for (i, n) in s.buckets.iter().enumerate() {
                 cumulative += n;
                 let le = match self.bounds.get(i) {
-                    Some(b) => super::text::number(*b),
+                    Some(b) => skoala_support::prometheus::number(*b),
                     None => "+Inf".to_string(),
                 };
                 let mut with_le = labels.clone();

@@ -26,7 +26,6 @@ pub mod counter;
 pub mod fleet;
 pub mod histogram;
 pub mod process;
-pub mod text;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +39,7 @@ use skoala_proto::v1::{StepPhase, agent_message::Body};
 
 use counter::CounterVec;
 use histogram::{HistogramVec, STEP_BUCKETS};
-use text::{Kind, Writer};
+use skoala_support::prometheus::{Kind, Writer};
 
 /// The executor's steps (`skoala_upgrade::Step`). A step name outside this list (a newer
 /// agent) is counted as `other`, so an agent cannot grow the number of series.

@@ -5,7 +5,7 @@
 //!
 //! On a system without `/proc` the families are left out rather than reported as zero.
 
-use super::text::{Kind, Writer};
+use skoala_support::prometheus::{Kind, Writer};
 
 /// What `/proc/self` says right now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,21 +21,13 @@ pub struct ProcessStats {
 pub fn read() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    // SAFETY: sysconf and getrlimit only read process-wide settings into our own memory.
-    let (ticks, page, max_fds) = unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur as f64
-        } else {
-            0.0
-        };
+    let max_fds = skoala_support::rlimit::open_files().map_or(0.0, |n| n as f64);
+    // SAFETY: sysconf only reads process-wide settings.
+    #[allow(unsafe_code, reason = "libc has the only sysconf")]
+    let (ticks, page) = unsafe {
         (
             libc::sysconf(libc::_SC_CLK_TCK) as f64,
             libc::sysconf(libc::_SC_PAGESIZE) as f64,
-            max,
         )
     };
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.

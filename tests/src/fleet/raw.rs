@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use skoala_coordinator::admin_config::AdminConfig;
 use skoala_coordinator::pki::{self, FleetCa, LeafSpec};
 use skoala_proto::v1::agent_gateway_client::AgentGatewayClient;
 use skoala_proto::v1::fleet_admin_client::FleetAdminClient;
 use skoala_proto::v1::{AgentMessage, ClusterIdentity, CoordinatorMessage, RegisterRequest};
+use skoala_support::admin_config::AdminConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

@@ -4,10 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use skoala_coordinator::admin_config::AdminConfig;
 use skoala_e2e::fleet::Coordinator;
 use skoala_e2e::fleet::raw;
 use skoala_e2e::tools::our_bin;
+use skoala_support::admin_config::AdminConfig;
 
 #[test]
 fn init_keeps_secrets_private_and_refuses_to_replace_a_ca() {

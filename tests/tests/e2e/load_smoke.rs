@@ -1,4 +1,4 @@
-//! The scale benchmark's smoke version (issue 7): `skoala-sim load` runs 50 simulated agents —
+//! The scale benchmark's smoke version (issue 7): `skoala-loadgen` runs 50 simulated agents —
 //! real mTLS sessions registered with one real 50-use token — against a real coordinator; all
 //! 50 are listed connected; after a SIGKILL and restart of the coordinator all 50 are back, and
 //! no simulated agent gave up. A second test runs the plan benchmarks' scenarios on 50 agents:
@@ -34,30 +34,25 @@ impl Load {
         Self::start_with(coordinator, token, &[])
     }
 
-    /// With more flags for `skoala-sim load`.
+    /// With more flags for `skoala-loadgen`.
     fn start_with(coordinator: &Coordinator, token: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(our_bin("skoala-sim"));
-        cmd.args([
-            "load",
-            "--coordinator",
-            &coordinator.endpoint(),
-            "--ca-file",
-        ])
-        .arg(coordinator.ca_file())
-        .args(["--agents", &AGENTS.to_string()])
-        // Two source addresses, so the spreading path is exercised too.
-        .args(["--source-addrs", "127.0.0.2,127.0.0.3"])
-        // Short backoff: the restart below should not wait out 30 s delays.
-        .args(["--max-backoff", "2s", "--heartbeat", "2s"])
-        // Bounded even if this test dies without dropping us.
-        .args(["--duration", "600s"])
-        .args(extra)
-        .env("SKOALA_TOKEN", token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let mut cmd = Command::new(our_bin("skoala-loadgen"));
+        cmd.args(["--coordinator", &coordinator.endpoint(), "--ca-file"])
+            .arg(coordinator.ca_file())
+            .args(["--agents", &AGENTS.to_string()])
+            // Two source addresses, so the spreading path is exercised too.
+            .args(["--source-addrs", "127.0.0.2,127.0.0.3"])
+            // Short backoff: the restart below should not wait out 30 s delays.
+            .args(["--max-backoff", "2s", "--heartbeat", "2s"])
+            // Bounded even if this test dies without dropping us.
+            .args(["--duration", "600s"])
+            .args(extra)
+            .env("SKOALA_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("spawning skoala-sim load")?;
+        let mut child = cmd.spawn().context("spawning skoala-loadgen")?;
         let stdout = child.stdout.take().context("load stdout")?;
         let status = Arc::new(Mutex::new(String::new()));
         let latest = status.clone();

@@ -83,6 +83,6 @@ impl AdminConfig {
         let text = format!(
             "# skoalactl credential for this fleet (admin certificate and key). Keep it secret.\n{text}"
         );
-        crate::data_dir::write_private(path, text.as_bytes()).map_err(write_err)
+        crate::fs::write_private(path, text.as_bytes()).map_err(write_err)
     }
 }

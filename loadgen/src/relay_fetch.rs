@@ -1,4 +1,4 @@
-//! `skoala-sim load relay-fetch`: times relayed chart transfers, coordinator → one agent, for
+//! `skoala-loadgen relay-fetch`: times relayed chart transfers, coordinator → one agent, for
 //! the HTTP/2 window benchmark (`scripts/bench-h2.sh`).
 //!
 //! Everything on the path is the real one: the agent registers with a join token, holds a

@@ -1,5 +1,9 @@
-//! `skoala-sim load`: many simulated agents in one process, for scale benchmarks and the load
+//! `skoala-loadgen`: many simulated agents in one process, for scale benchmarks and the load
 //! smoke test.
+//!
+//! A crate of its own because it links the agent's session code and the coordinator's TLS,
+//! data-dir and relay code: kept out of the emulator (`skoala-sim`), it leaves the emulator
+//! independent of the product it emulates clusters for.
 //!
 //! Each simulated agent is a real agent session ([`skoala_agent::session::run`]): its own mTLS
 //! connection, registered with a real join token (one N-use token for all), speaking the real
@@ -11,7 +15,7 @@
 //! for benchmark scripts and tests to read; with `--receipts FILE` the arrival time of every
 //! task is written down too ([`receipts`]), for the fan-out benchmark's delivery latencies.
 //!
-//! `skoala-sim load bare-server` is the baseline the benchmarks compare the coordinator with: a
+//! `skoala-loadgen bare-server` is the baseline the benchmarks compare the coordinator with: a
 //! tonic bidi-stream server with the coordinator's TLS settings that does nothing ([`bare`]),
 //! except, on SIGUSR1, send one `Task` down every open stream at once (its fan-out).
 
@@ -21,7 +25,6 @@ mod delay;
 mod fake;
 mod receipts;
 mod relay_fetch;
-mod rlimit;
 mod stats;
 mod streams;
 
@@ -31,19 +34,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use skoala_agent::proxy::ProxyConfig;
 use skoala_agent::transport::{CoordinatorAddr, Http2Client};
-use skoala_coordinator::duration;
 use skoala_coordinator::http2::Http2Args;
+use skoala_support::duration;
 use tokio_util::sync::CancellationToken;
 
-pub use rlimit::raise_nofile;
-
-/// `skoala-sim load ...`.
-#[derive(Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct LoadCommand {
+/// `skoala-loadgen ...`.
+#[derive(Parser)]
+#[command(
+    name = "skoala-loadgen",
+    version,
+    about = "N simulated agents (real mTLS sessions, real protocol) against a coordinator; or, with \
+             `bare-server`, the bare tonic baseline the benchmarks compare the coordinator with",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
     #[command(subcommand)]
     bare: Option<BareCommand>,
     #[command(flatten)]
@@ -124,7 +132,7 @@ enum BareCommand {
 
 /// N simulated agents against one coordinator.
 #[derive(Args)]
-pub struct LoadArgs {
+struct LoadArgs {
     /// The coordinator, e.g. https://127.0.0.1:7443.
     #[arg(long, value_name = "URL", required = true)]
     coordinator: Option<String>,
@@ -213,9 +221,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs the load subcommand until its end (signal or --duration).
-pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
-    let limit = raise_nofile();
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "skoala_loadgen=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    run(Cli::parse()).await
+}
+
+/// Runs until the end (signal or --duration).
+async fn run(cmd: Cli) -> anyhow::Result<()> {
+    let limit = skoala_support::rlimit::raise_open_files();
+    let stop =
+        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
     match cmd.bare {
         Some(BareCommand::BareServer {
             data_dir,
@@ -225,10 +247,10 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
             tracing::info!(?limit, "open-files limit");
             // The coordinator's process settings too, so the ratio compares code, not malloc.
             skoala_coordinator::malloc::limit_arenas();
-            return bare::serve(&data_dir, listen, http2.settings()).await;
+            return bare::serve(&data_dir, listen, http2.settings(), stop).await;
         }
         Some(BareCommand::DelayProxy { listen, to, delay }) => {
-            return delay::serve(listen, to, delay).await;
+            return delay::serve(listen, to, delay, stop).await;
         }
         Some(BareCommand::RelayFetch {
             coordinator,
@@ -257,7 +279,7 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
             ca_file,
             streams,
             hold,
-        }) => return streams::run(direct(coordinator, &ca_file)?, streams, hold).await,
+        }) => return streams::run(direct(coordinator, &ca_file)?, streams, hold, stop).await,
         None => {}
     }
     let a = cmd.agents;
@@ -338,7 +360,7 @@ pub async fn run(cmd: LoadCommand) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = crate::wait_for_signal() => r?,
+        () = stop => {}
         () = bounded => tracing::info!("--duration elapsed"),
     }
     shutdown.cancel();

@@ -86,11 +86,12 @@ impl AgentGateway for Bare {
     }
 }
 
-/// Serves until SIGTERM/SIGINT.
+/// Serves until `stop` resolves (SIGTERM/SIGINT).
 pub async fn serve(
     data_dir: &Path,
     listen: SocketAddr,
     http2: Http2Settings,
+    stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(data_dir);
     let read = |p: std::path::PathBuf| {
@@ -144,7 +145,7 @@ pub async fn serve(
         .serve_with_incoming(ReceiverStream::new(rx));
     tokio::select! {
         r = server => r.context("the gRPC server failed")?,
-        r = crate::wait_for_signal() => r?,
+        () = stop => {}
         r = fan_out_on_signal(outlets) => r?,
     }
     Ok(())

@@ -1,16 +1,19 @@
 //! The Prometheus text exposition format (version 0.0.4), written by hand: a family header
 //! (`# HELP`, `# TYPE`) and samples with escaped label values.
 //!
-//! Small on purpose: every family this coordinator exposes goes through [`Writer`], so the
-//! escaping and number formatting rules live in one place.
+//! Small on purpose: every family the coordinator and the agent expose goes through
+//! [`Writer`], so the escaping and number formatting rules live in one place.
 
 use std::fmt::Write as _;
 
 /// A metric family's type, as `# TYPE` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Only ever goes up (restarts at 0 with the process); names end in `_total`.
     Counter,
+    /// Goes up and down.
     Gauge,
+    /// `_bucket`, `_sum` and `_count` samples of one distribution.
     Histogram,
 }
 
@@ -63,6 +66,7 @@ impl Writer {
         self.sample(name, &[], value);
     }
 
+    /// The exposition written so far.
     pub fn finish(self) -> String {
         self.out
     }

@@ -24,14 +24,19 @@ const MAX_IN_FLIGHT: usize = 64 * 1024 * 1024;
 const READ_BUF: usize = 64 * 1024;
 
 /// Forwards every connection on `listen` to `to`, delaying each direction by `delay`, until
-/// SIGTERM/SIGINT. Prints `delay-proxy listening on ADDR`.
-pub async fn serve(listen: SocketAddr, to: SocketAddr, delay: Duration) -> anyhow::Result<()> {
+/// `stop` resolves (SIGTERM/SIGINT). Prints `delay-proxy listening on ADDR`.
+pub async fn serve(
+    listen: SocketAddr,
+    to: SocketAddr,
+    delay: Duration,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     println!("delay-proxy listening on {}", listener.local_addr()?);
     tokio::select! {
-        r = crate::wait_for_signal() => r,
+        () = stop => Ok(()),
         () = accept_loop(listener, to, delay) => Ok(()),
     }
 }

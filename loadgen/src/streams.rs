@@ -1,4 +1,4 @@
-//! `skoala-sim load open-streams`: one client connection that opens many idle streams, for the
+//! `skoala-loadgen open-streams`: one client connection that opens many idle streams, for the
 //! max-concurrent-streams benchmark (`scripts/bench-h2.sh`): what each open stream costs the
 //! server, and that a bound caps it.
 //!
@@ -17,10 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 const REGISTER: &str = "/skoala.fleet.v1.AgentGateway/Register";
 
-/// Opens `count` streams on one connection and holds them for `hold` (or until a signal).
+/// Opens `count` streams on one connection and holds them for `hold` (or until `signal`
+/// resolves).
 /// Prints `open-streams requested=K` once every call is started, and `open-streams ended=E`
 /// each second (calls the server ended, e.g. refused).
-pub async fn run(addr: CoordinatorAddr, count: usize, hold: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    addr: CoordinatorAddr,
+    count: usize,
+    hold: Duration,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let channel = transport::connect(&addr, &addr.ca_pem, None)
         .await
         .context("connecting")?;
@@ -62,7 +68,7 @@ pub async fn run(addr: CoordinatorAddr, count: usize, hold: Duration) -> anyhow:
         }
     };
     tokio::select! {
-        r = crate::wait_for_signal() => r?,
+        () = signal => {}
         () = tokio::time::sleep(hold) => {}
         () = report => {}
     }
