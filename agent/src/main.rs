@@ -68,7 +68,8 @@ struct Args {
     #[arg(long, default_value = "skoala-system")]
     release_namespace: String,
 
-    /// The helm binary (only its version is reported for now).
+    /// The helm binary that runs every upgrade, rollback and preflight (helm 3 or 4); its
+    /// version is reported to the coordinator.
     #[arg(long, env = "SKOALA_HELM", default_value = "helm")]
     helm: PathBuf,
 

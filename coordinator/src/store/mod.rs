@@ -5,9 +5,9 @@
 //! Heartbeats and "connected" stay in memory ([`crate::sessions`]) — writing them would turn
 //! thousands of agents into a constant write load for facts that are stale a minute later.
 //!
-//! The single-coordinator backend is SQLite ([`sqlite::SqliteStore`]); the HA backend
-//! (Kubernetes custom resources) implements the same trait. Every write the trait acknowledges
-//! is durable: a coordinator killed right after a call returned still has it on restart.
+//! The one backend is SQLite ([`sqlite::SqliteStore`]), for a single coordinator; the trait
+//! is the seam where another backend would go. Every write the trait acknowledges is durable:
+//! a coordinator killed right after a call returned still has it on restart.
 
 pub mod migrations;
 pub mod plans;
