@@ -28,24 +28,35 @@ use crate::transport::CoordinatorAddr;
 /// Everything the agent needs to run (the binary builds it from flags and environment).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Where the coordinator is, its CA, and how to get there (proxy, HTTP/2 settings).
     pub coordinator: CoordinatorAddr,
     /// The join token; needed only to register (first start, or after the certificate lapsed).
     pub token: Option<String>,
     /// `None`: `KUBECONFIG`, then in-cluster.
     pub kubeconfig: Option<PathBuf>,
+    /// The name this cluster is shown under; `None`: the coordinator names it after its id.
     pub cluster_name: Option<String>,
+    /// Labels plans select clusters by (`spec.clusters.matchLabels`); sent in every hello, so
+    /// a change takes effect at the next connection.
     pub labels: BTreeMap<String, String>,
     /// The agent's own namespace (holds the identity Secret).
     pub namespace: String,
+    /// The Secret in `namespace` that keeps the agent's key, certificate and CA, so a restart
+    /// never registers again.
     pub secret_name: String,
+    /// How often the agent says it is alive; the coordinator declares it dead after its own
+    /// `--agent-timeout` without a message.
     pub heartbeat: Duration,
+    /// The releases whose inventory is reported (`skoala-init` in its namespace).
     pub tracked: Vec<TrackedRelease>,
-    /// The helm binary to report the version of; `None` skips it.
+    /// The helm binary that runs every task and whose version is reported; `None`: tasks are
+    /// refused (the inventory is still reported).
     pub helm: Option<PathBuf>,
     /// Where relayed charts are cached; `None`: `$TMPDIR/skoala-agent-charts`.
     pub chart_cache: Option<PathBuf>,
-    /// Reconnect backoff bounds.
+    /// The first wait before reconnecting.
     pub min_backoff: Duration,
+    /// The longest wait between reconnect attempts (jittered, see [`reconnect_backoff`]).
     pub max_backoff: Duration,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     pub metrics_listen: Option<SocketAddr>,
@@ -53,31 +64,46 @@ pub struct AgentConfig {
     pub metrics: Arc<Metrics>,
 }
 
+/// Why the agent stopped: problems a restart with the same settings would not fix.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// `metrics_listen` could not be bound.
     #[error("metrics port {addr}: {source}")]
     MetricsBind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// No usable kubeconfig (explicit, `KUBECONFIG` or in-cluster).
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// The Kubernetes client could not be built.
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    /// The `kube-system` namespace (whose UID is the cluster's identity) could not be read.
     #[error("cannot read the cluster identity (kube-system namespace UID): {0}")]
     Identity(inventory::InventoryError),
+    /// Helm's release Secrets could not be listed or watched.
     #[error("cannot read the Helm release inventory: {0}")]
     Inventory(inventory::InventoryError),
+    /// The identity Secret could not be read.
     #[error(transparent)]
     Store(#[from] crate::identity_store::StoreError),
+    /// Registering is needed (no stored identity, or it lapsed) but no token was given.
     #[error(
         "{problem}; no join token was given, so the agent cannot register: create one with `skoalactl token create` and pass it with --token (SKOALA_TOKEN)"
     )]
-    NeedToken { problem: String },
+    NeedToken {
+        /// Why the stored identity cannot be used.
+        problem: String,
+    },
+    /// The coordinator refused the registration (token unknown, spent, expired or revoked).
     #[error(
         "{0}; create a new join token with `skoalactl token create` and restart the agent with it"
     )]
     Registration(RegisterError),
+    /// Registered, but the new identity could not be stored in the cluster.
     #[error(
         "registered, but the identity could not be stored ({0}); the join token is spent: fix the problem, create a new token with `skoalactl token create` and restart the agent with it"
     )]

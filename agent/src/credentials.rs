@@ -10,38 +10,60 @@ use std::fmt;
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData as _};
 use x509_parser::prelude::FromDer as _;
 
+/// Why a key, certificate or CA cannot be used as the agent's identity.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
+    /// A new key or its CSR could not be made.
     #[error("generate key or CSR: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The certificate (or CA) does not parse.
     #[error("the certificate is not valid PEM/X.509: {0}")]
     BadCertificate(String),
+    /// The private key does not parse.
     #[error("the private key is not valid PEM: {0}")]
     BadKey(String),
+    /// The certificate was issued for another key.
     #[error("the certificate does not belong to the private key")]
     KeyMismatch,
+    /// The certificate names no cluster.
     #[error("the certificate has no subject common name (cluster id)")]
     NoClusterId,
+    /// The certificate lapsed: the agent must register again.
     #[error(
         "the stored certificate expired at {not_after}: the agent was away longer than the certificate's lifetime"
     )]
-    Expired { not_after: jiff::Timestamp },
+    Expired {
+        /// When it lapsed.
+        not_after: jiff::Timestamp,
+    },
+    /// The certificate belongs to another cluster.
     #[error(
         "the stored certificate is for cluster {stored}, but this is cluster {actual} (was the identity Secret copied from another cluster?)"
     )]
-    OtherCluster { stored: String, actual: String },
+    OtherCluster {
+        /// The cluster id in the certificate.
+        stored: String,
+        /// This cluster's id.
+        actual: String,
+    },
 }
 
 /// Key + certificate + CA, as PEM, with the facts we need from the certificate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     key_pem: String,
+    /// The client certificate the coordinator issued.
     pub cert_pem: String,
+    /// The fleet CA, which the coordinator's server certificate must chain to.
     pub ca_pem: String,
     /// The certificate's subject common name.
     pub cluster_id: String,
+    /// The certificate's serial: the coordinator accepts a session only with a serial it
+    /// issued to this cluster.
     pub serial_hex: String,
+    /// The start of the certificate's validity.
     pub not_before: jiff::Timestamp,
+    /// The end of its validity; renewal starts at two thirds of the lifetime.
     pub not_after: jiff::Timestamp,
     /// When this process got the certificate (read it from the Secret, or received it).
     obtained: jiff::Timestamp,
@@ -133,6 +155,7 @@ impl Credentials {
 /// A freshly generated key and the CSR for it, waiting for the coordinator's certificate.
 pub struct PendingKey {
     key: KeyPair,
+    /// The CSR to send in `Register` or a renewal.
     pub csr_pem: String,
 }
 

@@ -18,28 +18,45 @@ const KEY: &str = "tls.key";
 const CERT: &str = "tls.crt";
 const CA: &str = "ca.crt";
 
+/// Why the identity Secret could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The API server refused or failed the call.
     #[error("Secret {namespace}/{name}: {source}")]
     Kube {
+        /// The Secret's namespace.
         namespace: String,
+        /// The Secret's name.
         name: String,
+        /// The API error.
         source: kube::Error,
     },
+    /// The agent's namespace is missing.
     #[error(
         "namespace {namespace} does not exist: create it (the agent keeps its identity Secret there) or pass --namespace"
     )]
-    NoNamespace { namespace: String },
+    NoNamespace {
+        /// The namespace asked for.
+        namespace: String,
+    },
+    /// The Secret exists but lacks one of its keys (edited by hand?).
     #[error("Secret {namespace}/{name} lacks the data key {key}")]
     Incomplete {
+        /// The Secret's namespace.
         namespace: String,
+        /// The Secret's name.
         name: String,
+        /// The missing data key.
         key: &'static str,
     },
+    /// The Secret's key, certificate or CA cannot be used.
     #[error("Secret {namespace}/{name} holds unusable credentials: {source}")]
     Invalid {
+        /// The Secret's namespace.
         namespace: String,
+        /// The Secret's name.
         name: String,
+        /// What is wrong with them.
         source: CredentialsError,
     },
 }
@@ -53,6 +70,7 @@ pub struct IdentityStore {
 }
 
 impl IdentityStore {
+    /// The store for Secret `namespace/name`.
     pub fn new(client: Client, namespace: &str, name: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),

@@ -14,6 +14,8 @@
 //! generator can run agents in-process: build an [`AgentConfig`] and call [`run`], or drive a
 //! single [`session::run`] with your own [`session::SessionParams`].
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod credentials;
 pub mod identity_store;

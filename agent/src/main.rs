@@ -1,6 +1,8 @@
 //! `skoala-agent`: command-line flags (each also from the environment, so the install chart can
 //! feed the token from a Secret) → [`skoala_agent::run`].
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -24,14 +24,23 @@ use tokio_util::sync::CancellationToken;
 /// Everything the agent counts. Cheap to update from anywhere (atomics).
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// 1 while a session is up (`skoala_agent_connected`).
     pub connected: AtomicU64,
+    /// Sessions the coordinator accepted; reconnects are this minus one.
     pub sessions_established: AtomicU64,
+    /// Failed connection attempts and broken sessions.
     pub session_failures: AtomicU64,
+    /// Heartbeats sent, answers to pings included.
     pub heartbeats_sent: AtomicU64,
+    /// Inventory messages sent after a change or on request.
     pub inventory_updates_sent: AtomicU64,
+    /// Client certificates renewed over the session.
     pub certificate_renewals: AtomicU64,
+    /// When the certificate in use expires, Unix seconds: an alert fires well before.
     pub certificate_not_after: AtomicI64,
+    /// Tasks accepted and started.
     pub tasks_accepted: AtomicU64,
+    /// Tasks refused before anything changed (no helm, bad spec, busy release).
     pub tasks_refused: AtomicU64,
     /// When an inventory last went out (in a hello or an update), Unix seconds.
     pub inventory_sent_unix: AtomicI64,

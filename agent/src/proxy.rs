@@ -36,42 +36,77 @@ const MAX_RESPONSE_HEADER: usize = 16 * 1024;
 /// Why a connection (direct or through the proxy) could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// `HTTPS_PROXY` (or the variable named) is not an `http://` URL we can use.
     #[error("invalid proxy URL in {var}: {reason}")]
-    InvalidProxyUrl { var: &'static str, reason: String },
+    InvalidProxyUrl {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `NO_PROXY` entry is neither a host, a domain suffix, an IP nor a CIDR.
     #[error("invalid NO_PROXY entry {entry:?}")]
-    InvalidNoProxy { entry: String },
+    InvalidNoProxy {
+        /// The entry.
+        entry: String,
+    },
+    /// The coordinator URL names no host.
     #[error("the target URI {0:?} has no host")]
     NoHost(String),
+    /// The proxy could not be reached.
     #[error("connect to proxy {proxy}: {source}")]
     ProxyConnect {
+        /// The proxy, without credentials.
         proxy: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The proxy answered CONNECT with a status other than 2xx (and other than 407).
     #[error("proxy {proxy} refused CONNECT {target}: {status}")]
     Refused {
+        /// The proxy, without credentials.
         proxy: String,
+        /// `host:port` asked for.
         target: String,
+        /// The status line.
         status: String,
     },
+    /// The proxy wants credentials the URL does not carry.
     #[error(
         "proxy {proxy} requires authentication (407) for CONNECT {target}; put user:password in the proxy URL"
     )]
-    AuthRequired { proxy: String, target: String },
+    AuthRequired {
+        /// The proxy, without credentials.
+        proxy: String,
+        /// `host:port` asked for.
+        target: String,
+    },
+    /// The proxy's answer is not HTTP.
     #[error("proxy {proxy} answered CONNECT {target} with something that is not HTTP: {detail}")]
     BadResponse {
+        /// The proxy, without credentials.
         proxy: String,
+        /// `host:port` asked for.
         target: String,
+        /// What was wrong.
         detail: String,
     },
+    /// No connection within the connect timeout.
     #[error("timed out after {timeout:?} connecting to {target}{via}")]
     Timeout {
+        /// `host:port` asked for.
         target: String,
+        /// ` via proxy <proxy>`, or empty for a direct connection.
         via: String,
+        /// The timeout.
         timeout: Duration,
     },
+    /// A direct connection (no proxy, or the target is in `NO_PROXY`) failed.
     #[error("connect to {target}: {source}")]
     Direct {
+        /// `host:port` asked for.
         target: String,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -175,6 +210,8 @@ pub struct NoProxy {
 }
 
 impl NoProxy {
+    /// Parses a comma-separated list (`NO_PROXY` syntax: hosts, `.domain` suffixes, IPs,
+    /// CIDRs, `*`).
     pub fn parse(list: &str) -> Result<Self, ProxyError> {
         let mut rules = Vec::new();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -264,7 +301,9 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 /// Which proxy, if any, to use for which target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyConfig {
+    /// The proxy for HTTPS targets (`HTTPS_PROXY`); `None`: always direct.
     pub proxy: Option<ProxyUrl>,
+    /// Targets reached directly even with a proxy.
     pub no_proxy: NoProxy,
 }
 

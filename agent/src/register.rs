@@ -6,16 +6,29 @@ use skoala_proto::v1::{ClusterIdentity, RegisterRequest};
 use crate::credentials::{Credentials, CredentialsError, PendingKey};
 use crate::transport::{self, CoordinatorAddr, TransportError};
 
+/// Why `Register` did not give the agent an identity.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     /// Worth retrying: the coordinator was unreachable or briefly unavailable.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// Worth retrying: the call failed with a status that says "later".
     #[error("registration failed, will retry: {code:?}: {message}")]
-    Unavailable { code: tonic::Code, message: String },
+    Unavailable {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The coordinator's message.
+        message: String,
+    },
     /// Not worth retrying with the same token: the coordinator said no.
     #[error("the coordinator refused the registration ({code:?}): {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The coordinator's message (which token problem).
+        message: String,
+    },
+    /// The certificate or CA sent back cannot be used with our key.
     #[error("the coordinator's answer is unusable: {0}")]
     BadAnswer(#[from] CredentialsError),
 }

@@ -47,6 +47,7 @@ pub struct ChartCache {
 }
 
 impl ChartCache {
+    /// A cache in `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             dir: dir.into(),

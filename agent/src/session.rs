@@ -33,28 +33,51 @@ pub type CredentialCell = Arc<Mutex<Credentials>>;
 
 /// What a session needs besides the coordinator's address.
 pub struct SessionParams {
+    /// Who this cluster is (id, name, labels), sent in the hello.
     pub identity: ClusterIdentity,
+    /// This agent's version, sent in the hello.
     pub agent_version: String,
+    /// `helm version`'s answer, sent in the hello (empty without helm).
     pub helm_version: String,
+    /// How often to send a heartbeat.
     pub heartbeat: Duration,
+    /// The release inventory; every change is sent as it happens.
     pub inventory: watch::Receiver<Vec<ReleaseInfo>>,
+    /// The credentials to connect with, replaced on renewal.
     pub credentials: CredentialCell,
     /// Where renewed credentials are persisted; `None` keeps them in memory only (load tests).
     pub store: Option<IdentityStore>,
     /// Runs tasks; their progress and results arrive through `outbox`.
     pub tasks: TaskRunner,
+    /// Messages from the tasks (progress, results, backups) to send up the session.
     pub outbox: mpsc::Receiver<agent_message::Body>,
+    /// The counters the session updates.
     pub metrics: Arc<Metrics>,
 }
 
+/// How a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// No connection could be made (the supervisor retries with backoff).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The coordinator refused the stream (unknown certificate, revoked cluster).
     #[error("the coordinator refused the session ({code:?}): {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// The stream failed after it was up (network, keepalive, coordinator restart).
     #[error("the session broke ({code:?}): {message}")]
-    Broken { code: tonic::Code, message: String },
+    Broken {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The coordinator closed the stream cleanly.
     #[error("the coordinator ended the session")]
     Closed,
 }

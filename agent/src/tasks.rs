@@ -53,7 +53,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// its own thread) and helm.
 #[derive(Clone)]
 pub struct ExecutorParts {
+    /// How to reach this cluster's API server.
     pub kube: kube::Config,
+    /// The helm binary, its major version detected once.
     pub helm: Helm,
 }
 
@@ -87,7 +89,9 @@ type PendingAcks = HashMap<(String, i32), oneshot::Sender<Result<(), String>>>;
 /// What a task asks for, checked: the executor's spec and the kind's extras.
 #[derive(Debug)]
 pub struct Planned {
+    /// Upgrade, rollback or preflight.
     pub kind: TaskKind,
+    /// The release, chart source, version and values, validated.
     pub spec: ReleaseSpec,
     /// A relayed chart to fetch first: (sha256, size). The spec's source is then an archive
     /// whose path is filled in once the chart is in the cache.

@@ -42,7 +42,10 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 pub struct Http2Client {
     /// Keepalive ping interval and acknowledgement timeout; `None`: no keepalive.
     pub keepalive: Option<(Duration, Duration)>,
+    /// HTTP/2 receive window per stream, in bytes: how much of a relayed chart the
+    /// coordinator may send before the agent reads it.
     pub stream_window: u32,
+    /// HTTP/2 receive window for the whole connection, in bytes.
     pub connection_window: u32,
 }
 
@@ -63,6 +66,7 @@ pub struct CoordinatorAddr {
     pub url: String,
     /// PEM bundle the coordinator's server certificate must chain to (`--ca-file`).
     pub ca_pem: String,
+    /// `HTTPS_PROXY`/`NO_PROXY`: how to get out of the cluster's network.
     pub proxy: ProxyConfig,
     /// Source address for direct connections; `None` lets the kernel choose (the load
     /// generator sets it to spread connections over loopback addresses).
@@ -71,17 +75,28 @@ pub struct CoordinatorAddr {
     pub http2: Http2Client,
 }
 
+/// Why no connection to the coordinator could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The URL does not parse as an endpoint.
     #[error("coordinator URL {url:?}: {source}")]
     Url {
+        /// The URL given.
         url: String,
+        /// tonic's reason.
         source: tonic::transport::Error,
     },
+    /// The URL is not `https://`.
     #[error("coordinator URL {0:?} must start with https:// (the link is always TLS)")]
     NotHttps(String),
+    /// TCP, the proxy or the TLS handshake failed.
     #[error("connect to the coordinator at {url}: {detail}")]
-    Connect { url: String, detail: String },
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What failed, with the proxy's or TLS's reason.
+        detail: String,
+    },
 }
 
 /// Connects to the coordinator. With `client`, presents that certificate (mTLS); without, only

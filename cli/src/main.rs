@@ -225,6 +225,10 @@ enum ClusterCommand {
 }
 
 #[tokio::main(flavor = "current_thread")]
+#[allow(
+    unsafe_code,
+    reason = "libc has the only signal(2), for SIGPIPE's default action"
+)]
 async fn main() -> ExitCode {
     // Output piped into `head` or `grep -q` loses its reader early: end quietly on SIGPIPE,
     // as Unix tools do, instead of panicking inside println! on EPIPE.

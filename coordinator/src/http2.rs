@@ -44,11 +44,10 @@ pub struct Http2Settings {
     /// An agent needs 1 (its Session stream; Register uses a connection of its own),
     /// skoalactl 1 (its calls are sequential). tonic passes no limit to hyper unless told, so
     /// without one a peer that merely completed a TLS handshake (no client certificate:
-    /// `Register` is open to anyone) could hold streams without end, each a waiting handler:
-    /// 10–19 KiB of coordinator memory per idle stream, 47 MiB for 5,000 on one connection.
-    /// 100 (the limit gRPC clients assume, and nginx's order of magnitude) leaves room for
-    /// automation multiplexing calls on one channel and caps such a peer at ~2 MiB per
-    /// connection, the order of its 1 MiB receive window.
+    /// `Register` is open to anyone) could hold streams without end, each a waiting handler
+    /// holding coordinator memory. 100 (the limit gRPC clients assume, and nginx's order of
+    /// magnitude) leaves room for automation multiplexing calls on one channel and caps such a
+    /// peer at the order of its receive window (BENCHMARKS.md, *HTTP/2 settings*).
     pub max_concurrent_streams: Option<u32>,
 }
 

@@ -1,5 +1,7 @@
 //! `skoala-coordinator`: `init` creates a fleet's data dir; `serve` runs the coordinator.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,15 +3,13 @@
 //! glibc's malloc gives threads that contend for it arenas of their own, up to eight per core.
 //! The coordinator runs SQLite and other blocking work on tokio's blocking pool, so a burst of
 //! registrations spreads allocations over many arenas, each keeping its freed memory resident.
-//! At 1,000 agents that was ~6 MiB of the coordinator's memory: 1.59–1.61× the bare transport's
-//! per agent, against 1.45–1.50× with two arenas; at 10,000, 1.43–1.45× against 1.29–1.34×
-//! (BENCHMARKS.md, *Memory and the allocator*). Two arenas suit a process whose work is two
-//! runtime threads and short blocking calls: idle CPU at 10,000 agents did not rise (11.0 %
-//! with, 13.2 % without, back to back). Another allocator was tried and not kept (same
-//! section).
+//! Two arenas suit a process whose work is two runtime threads and short blocking calls: the
+//! memory per agent falls, and idle CPU does not rise. The figures, and another allocator that
+//! was tried and not kept, are in BENCHMARKS.md, *Memory and the allocator*.
 
 /// Caps glibc's malloc arenas at two. Call before the runtime starts its threads. Returns
 /// whether the setting took (always false off glibc, where it does not apply).
+#[allow(unsafe_code, reason = "libc has the only mallopt")]
 pub fn limit_arenas() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -19,6 +19,8 @@
 //! tonic bidi-stream server with the coordinator's TLS settings that does nothing ([`bare`]),
 //! except, on SIGUSR1, send one `Task` down every open stream at once (its fan-out).
 
+#![forbid(unsafe_code)]
+
 mod agent;
 mod bare;
 mod delay;

@@ -1,6 +1,8 @@
 //! Keeps `docs/plan-reference.md` true: the field table lists exactly the fields the parser
 //! accepts, and every example on the page validates.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! step starts the way the executor would, and the tests check the order, the budgets, the windows and the
 //! final verdicts DESIGN.md asks for.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use jiff::SignedDuration;

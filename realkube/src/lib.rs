@@ -28,6 +28,10 @@
 //! cluster gives: an API server, identities, controllers. Whatever our product needs in the
 //! cluster (namespaces, RBAC, charts) the test installs the way a user would.
 
+#![allow(
+    missing_docs,
+    reason = "public items not all documented yet; each is, crate by crate (issue 13 item 9)"
+)]
 #![deny(unsafe_code)] // one exception: `process::die_with_parent`
 
 mod bins;

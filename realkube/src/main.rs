@@ -1,6 +1,8 @@
 //! `skoala-realkube`: a real Kubernetes control plane on loopback, for trying the product by
 //! hand the way the tests do.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -69,7 +69,10 @@ impl Proc {
 
 /// Makes a child die with its parent (Linux `PR_SET_PDEATHSIG`), so no component outlives a
 /// killed test or demo.
-#[allow(unsafe_code)]
+#[allow(
+    unsafe_code,
+    reason = "libc has the only prctl(2); Command::pre_exec is unsafe"
+)]
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this is the

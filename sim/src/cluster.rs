@@ -34,6 +34,7 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The defaults for a cluster called `name`.
     pub fn new(name: impl Into<String>) -> Self {
         ClusterConfig {
             name: name.into(),
@@ -44,21 +45,25 @@ impl ClusterConfig {
         }
     }
 
+    /// Listens on `addr` instead of any free loopback port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
         self
     }
 
+    /// Plain HTTP (`true`) or HTTPS.
     pub fn insecure_http(mut self, yes: bool) -> Self {
         self.insecure_http = yes;
         self
     }
 
+    /// How long after creation a workload's pods become ready.
     pub fn readiness_delay(mut self, d: Duration) -> Self {
         self.readiness_delay = d;
         self
     }
 
+    /// Images containing `pattern` never become ready.
     pub fn never_ready_image(mut self, pattern: impl Into<String>) -> Self {
         self.never_ready_image = pattern.into();
         self
@@ -149,10 +154,12 @@ impl Cluster {
         })
     }
 
+    /// The name it was started with.
     pub fn name(&self) -> &str {
         &self.state.name
     }
 
+    /// The address it listens on (the actual port when it was asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -167,6 +174,7 @@ impl Cluster {
         &self.kubeconfig_path
     }
 
+    /// The kubeconfig's contents, as [`Cluster::kubeconfig_path`] holds them.
     pub fn kubeconfig_yaml(&self) -> &str {
         &self.kubeconfig_yaml
     }

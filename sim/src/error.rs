@@ -115,10 +115,6 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", message)
-    }
-
     /// An error injected through the fault API: the code is chosen by the test.
     pub fn injected(code: u16) -> Self {
         let reason = match code {

@@ -20,20 +20,27 @@ pub struct FailRule {
     pub path: String,
     /// HTTP status to answer with (a `Status` body with a matching reason is sent).
     pub status: u16,
+    /// How many more matching requests fail; the rule is gone at 0.
     pub remaining: u32,
 }
 
 /// Extra latency before matching requests are served.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LatencyRule {
+    /// HTTP method to match (`None`: any).
     pub method: Option<String>,
+    /// Substring the request path must contain (`""`: any path).
     pub path: String,
+    /// The added delay, in milliseconds.
     pub millis: u64,
 }
 
+/// Every fault in force, as the admin endpoint reports it.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FaultsSnapshot {
+    /// Failure rules, first match wins.
     pub fail: Vec<FailRule>,
+    /// Latency rules; every matching one adds its delay.
     pub latency: Vec<LatencyRule>,
     /// Connections are dropped unanswered ([`Faults::stop`]).
     pub stopped: bool,
@@ -49,23 +56,36 @@ pub struct FaultsSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum FaultCommand {
+    /// Adds a [`FailRule`].
     Fail {
+        /// HTTP method to match (absent: any).
         method: Option<String>,
+        /// Substring the request path must contain (absent: any path).
         #[serde(default)]
         path: String,
+        /// HTTP status to answer with.
         status: u16,
+        /// How many matching requests fail (default 1).
         #[serde(default = "one")]
         count: u32,
     },
+    /// Adds a [`LatencyRule`].
     Latency {
+        /// HTTP method to match (absent: any).
         method: Option<String>,
+        /// Substring the request path must contain (absent: any path).
         #[serde(default)]
         path: String,
+        /// The added delay, in milliseconds.
         millis: u64,
     },
+    /// Drops every connection unanswered ([`Faults::stop`]).
     Stop,
+    /// Holds every request unanswered ([`Faults::freeze`]).
     Freeze,
+    /// Answers again, with the state as it was ([`Faults::resume`]).
     Resume,
+    /// Removes every rule and resumes ([`Faults::clear`]).
     Clear,
 }
 
@@ -76,8 +96,11 @@ fn one() -> u32 {
 /// What to do with one request.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
+    /// Serve it now.
     Pass,
+    /// Serve it after this long.
     Delay(Duration),
+    /// Answer with this status and a `Status` body.
     Fail(u16),
     /// Drop the connection without an answer.
     Drop,
@@ -112,6 +135,7 @@ fn matches(method: &Option<String>, path: &str, req_method: &str, req_path: &str
 }
 
 impl Faults {
+    /// No faults: every request passes.
     pub fn new() -> Self {
         Faults {
             state: Arc::new(Mutex::new(State {
@@ -193,10 +217,12 @@ impl Faults {
         token.cancelled().await;
     }
 
+    /// Whether connections are being dropped ([`Faults::stop`]).
     pub fn is_stopped(&self) -> bool {
         self.lock().snapshot.stopped
     }
 
+    /// Every fault in force now.
     pub fn snapshot(&self) -> FaultsSnapshot {
         self.lock().snapshot.clone()
     }

@@ -33,25 +33,29 @@
 //! # Layout
 //!
 //! - [`cluster`]: start/stop, kubeconfig, bootstrap objects;
-//! - [`server`]: HTTPS, bearer-token auth, fault verdicts, the admin endpoint;
-//! - [`api`]: routing, discovery, OpenAPI, the generic verbs, patches, watches, protobuf bodies;
-//! - [`registry`]: which types are served (built-ins + CRDs);
-//! - [`store`]: objects, resourceVersions, the watch event log;
-//! - [`controllers`]: Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/Pods status;
+//! - `server`: HTTPS, bearer-token auth, fault verdicts, the admin endpoint;
+//! - `api`: routing, discovery, OpenAPI, the generic verbs, patches, watches, protobuf bodies;
+//! - `registry`: which types are served (built-ins + CRDs);
+//! - `store`: objects, resourceVersions, the watch event log;
+//! - `controllers`: Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/Pods status;
 //! - [`faults`]: fault injection;
 //! - [`chart_repo`]: the Helm chart repository server.
 
-pub mod api;
+#![forbid(unsafe_code)]
+
 pub mod chart_repo;
 pub mod cluster;
-pub mod controllers;
-pub mod error;
 pub mod faults;
-pub mod registry;
-pub mod server;
-pub mod store;
-pub mod tls;
-pub mod util;
+
+// The emulator's insides: what a test needs goes through `Cluster`, `Faults` and `chart_repo`.
+mod api;
+mod controllers;
+mod error;
+mod registry;
+mod server;
+mod store;
+mod tls;
+mod util;
 
 pub use cluster::{Cluster, ClusterConfig, start_clusters};
 pub use faults::{FaultCommand, Faults};
@@ -59,14 +63,19 @@ pub use faults::{FaultCommand, Faults};
 /// Why a cluster could not start (or a client could not be built).
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// The listen address is taken or not ours.
     #[error("binding {0}: {1}")]
     Bind(std::net::SocketAddr, #[source] std::io::Error),
+    /// A file (kubeconfig, temporary folder) could not be written.
     #[error("I/O: {0}")]
     Io(#[source] std::io::Error),
+    /// The cluster's CA or serving certificate could not be made.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The objects every cluster starts with (namespaces, `kube-system`) could not be created.
     #[error("bootstrapping the cluster: {0}")]
     Bootstrap(String),
+    /// A kube-rs client for the cluster could not be built.
     #[error("building a kube client: {0}")]
     Kube(String),
 }

@@ -1,6 +1,8 @@
 //! `skoala-sim`: run an emulated Kubernetes API server, or a Helm chart repository, as a
 //! process (for the demo and for tests that need separate processes).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

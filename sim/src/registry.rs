@@ -53,11 +53,6 @@ impl ResourceType {
         }
     }
 
-    /// `/api/v1` or `/apis/G/V`.
-    pub fn gv_path(&self) -> String {
-        gv_path(&self.group, &self.version)
-    }
-
     pub fn verbs(&self) -> Vec<&'static str> {
         if self.create_only {
             vec!["create"]
@@ -443,15 +438,6 @@ impl Registry {
         self.read()
             .iter()
             .find(|t| t.group == group && t.version == version && t.plural == plural)
-            .cloned()
-    }
-
-    /// Any served version of `group` + `plural` (used for storage-level questions such as
-    /// "is this type namespaced").
-    pub fn lookup_any_version(&self, group: &str, plural: &str) -> Option<ResourceType> {
-        self.read()
-            .iter()
-            .find(|t| t.group == group && t.plural == plural)
             .cloned()
     }
 

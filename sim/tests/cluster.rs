@@ -1,6 +1,8 @@
 //! The library API against a running cluster, through kube-rs: start-up, kubeconfig, identity,
 //! listen addresses.
 
+#![forbid(unsafe_code)]
+
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use skoala_sim::{Cluster, ClusterConfig, SimError};

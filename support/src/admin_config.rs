@@ -42,19 +42,28 @@ impl std::fmt::Debug for AdminConfig {
 /// Errors reading or writing `admin.yaml`.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminConfigError {
+    /// The file could not be read (missing, unreadable).
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not an `admin.yaml` (not YAML, or a field missing).
     #[error("{path} is not a skoala admin config: {source}")]
     Parse {
+        /// The file.
         path: String,
+        /// What the YAML parser found.
         source: serde_yaml::Error,
     },
+    /// The file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
 }

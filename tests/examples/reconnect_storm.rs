@@ -10,6 +10,8 @@
 //! Every agent is a real `skoala-agent` process with its own emulated cluster (all clusters are
 //! served from this process by `skoala-sim`).
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;

@@ -20,6 +20,8 @@
 //! cargo run -p skoala-e2e --example six_clusters   # our binaries are the debug builds, as in the tests
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

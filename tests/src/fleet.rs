@@ -27,7 +27,6 @@ pub use agent::{Agent, AgentOptions, Endpoint};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use ctl::Ctl;
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -121,19 +120,7 @@ pub async fn prepare_cluster(cluster: &skoala_sim::Cluster) -> anyhow::Result<()
 /// Makes a child die with the test process (Linux `PR_SET_PDEATHSIG`), even when the test
 /// process is SIGKILLed and drops nothing. For a `tokio::process::Command`, pass
 /// `cmd.as_std_mut()`.
-pub fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this is the
-    // documented way to tie a child's life to its parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub use skoala_realkube::die_with_parent;
 
 /// The last `max` bytes of a log file (or why it cannot be read).
 pub(crate) fn tail(path: &std::path::Path, max: usize) -> String {

@@ -71,6 +71,7 @@ impl NetNs {
     /// A socket belongs to the namespace of the thread that created it, for life. So a helper
     /// thread enters the namespace (`setns` affects only the calling thread), binds, and hands
     /// the listener back; the helper thread then ends, the socket stays in the namespace.
+    #[allow(unsafe_code, reason = "libc has the only setns(2)")]
     pub fn bind_tcp(&self, addr: &str) -> anyhow::Result<std::net::TcpListener> {
         let path = format!("/run/netns/{}", self.name);
         let addr = addr.to_string();

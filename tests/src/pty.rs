@@ -25,6 +25,10 @@ impl Pty {
     /// process, and a child another test spawns at the same time must not inherit a copy of
     /// this terminal (the master would then never see the end while that child lives).
     /// `openpty(3)` cannot do that atomically, so the ends are opened by hand.
+    #[allow(
+        unsafe_code,
+        reason = "libc has the only posix_openpt, grantpt and ptsname_r"
+    )]
     pub fn open() -> anyhow::Result<Pty> {
         let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
         // SAFETY: posix_openpt only returns a new descriptor (or -1).

@@ -57,8 +57,8 @@ const STEPS: &[&str] = &[
 /// Fleet gauges are reused for at least this long...
 const FLEET_MIN_AGE: Duration = Duration::from_secs(1);
 /// ...and for this many times what computing them took, so that however often `/metrics` is
-/// polled (a benchmark polls every 200 ms), the gauges cost at most a twentieth of a core. One
-/// computation takes 20-45 ms with 2,000 agents, 65-145 ms with 5,000.
+/// polled (a benchmark polls in a tight loop), the gauges cost at most a twentieth of a core,
+/// however long one computation takes at the fleet's size.
 const FLEET_COST_FACTOR: u32 = 20;
 /// ...but never longer than this: a computation slowed by a busy store (a registration storm)
 /// must not freeze the gauges for minutes. Below Prometheus' usual 15 s scrape interval.

@@ -212,25 +212,25 @@ fn config_map_json(c: ConfigMap) -> Map<String, Value> {
     out
 }
 
-/// Encodes an object the way client-go does (used by tests to act like Helm).
-pub fn encode_for_test(kind: &str, raw: Vec<u8>) -> Vec<u8> {
-    let unknown = Unknown {
-        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
-            api_version: Some("v1".into()),
-            kind: Some(kind.into()),
-        }),
-        raw: Some(raw),
-        content_encoding: Some(String::new()),
-        content_type: Some(String::new()),
-    };
-    let mut out = MAGIC.to_vec();
-    out.extend(unknown.encode_to_vec());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes an object the way client-go does, to act like Helm.
+    fn encode_for_test(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some("v1".into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(unknown.encode_to_vec());
+        out
+    }
 
     #[test]
     fn decodes_a_helm_release_secret() {

@@ -123,10 +123,6 @@ impl LabelSelector {
         LabelSelector(reqs)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Whether a label map (`metadata.labels`, possibly absent) satisfies every requirement.
     pub fn matches_labels(&self, labels: &Value) -> bool {
         let get = |k: &str| labels.get(k).and_then(Value::as_str);

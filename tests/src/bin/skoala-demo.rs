@@ -14,6 +14,8 @@
 //!
 //! Every child process dies with this process (Ctrl-C included): nothing is left behind.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

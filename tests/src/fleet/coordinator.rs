@@ -208,13 +208,7 @@ impl Coordinator {
     /// SIGTERM, then waits (bounded) for a clean exit; returns the exit status.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("coordinator not running")?;
-        // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        anyhow::ensure!(
-            rc == 0,
-            "kill -TERM failed: {}",
-            std::io::Error::last_os_error()
-        );
+        crate::signal::send(child.id() as i32, libc::SIGTERM).context("kill -TERM")?;
         let exited = crate::wait::until(
             "the coordinator to exit after SIGTERM",
             START_TIMEOUT,

@@ -252,7 +252,10 @@ impl PlanView for PlanFleet {
 
 /// What the plan helpers need of a fleet, emulated ([`PlanFleet`]) or real
 /// (`crate::real::RealFleet`): its CLI, its chart repository, its clusters by name.
-#[allow(async_fn_in_trait)] // used in tests only, never behind `dyn` or across threads
+#[allow(
+    async_fn_in_trait,
+    reason = "used in tests only, never behind `dyn` or across threads"
+)]
 pub trait PlanView {
     /// `skoalactl` with the operator credential.
     fn ctl(&self) -> super::Ctl;

@@ -492,7 +492,10 @@ fn chown_tree(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> anyhow::Result<
 
 /// In the child, before exec: a private mount namespace with the pod's mounts, the pod's user
 /// and group, and death with the test (set last: changing credentials clears it).
-#[allow(unsafe_code)]
+#[allow(
+    unsafe_code,
+    reason = "libc has the only unshare, mount, setgid and setuid; Command::pre_exec is unsafe"
+)]
 fn enter_pod(
     cmd: &mut std::process::Command,
     mounts: &[(PathBuf, PathBuf)],

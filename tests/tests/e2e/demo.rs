@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use skoala_e2e::tools::our_bin;
-use skoala_e2e::wait;
+use skoala_e2e::{signal, wait};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -139,9 +139,7 @@ async fn keep_running_then_ctrl_c_leaves_no_process_behind() {
     );
 
     // Ctrl-C: SIGINT to the foreground process group.
-    // SAFETY: kill(2) with a negative pid signals the demo's own process group.
-    let rc = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) };
-    assert_eq!(rc, 0, "kill -INT -{pid}");
+    signal::send(-(pid as i32), libc::SIGINT).unwrap_or_else(|e| panic!("kill -INT -{pid}: {e}"));
     // Drain the rest of its output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let status = tokio::time::timeout(Duration::from_secs(60), demo.wait())

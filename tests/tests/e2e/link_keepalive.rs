@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use skoala_e2e::fleet::Fleet;
-use skoala_e2e::wait;
+use skoala_e2e::{signal, wait};
 
 /// Keepalive interval + timeout, plus up to one coordinator ping interval (15 s) between the
 /// last frame and the stop, plus slack for a loaded machine.
@@ -32,17 +32,16 @@ async fn an_agent_notices_a_silent_coordinator_and_comes_back() {
         .expect("sessions opened");
     assert!(!fleet.agents[0].log().contains(LOST), "{}", fleet.logs());
 
-    let pid = fleet.coordinator.pid().expect("coordinator running") as libc::pid_t;
-    // SAFETY: kill(2) on our own child's pid; the testkit kills it (stopped or not) on drop.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+    // The testkit kills the coordinator (stopped or not) on drop.
+    let pid = fleet.coordinator.pid().expect("coordinator running") as i32;
+    signal::send(pid, libc::SIGSTOP).expect("SIGSTOP");
     let stopped = Instant::now();
     let noticed = wait::until("the agent to notice", NOTICE_WITHIN, || async {
         fleet.agents[0].log().contains(LOST).then_some(())
     })
     .await;
     let after = stopped.elapsed();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
+    signal::send(pid, libc::SIGCONT).expect("SIGCONT");
     noticed.unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
     // Not before the keepalive interval: nothing else ends the session early.
     assert!(

@@ -18,6 +18,8 @@
 //! this file fails when one is missing). A second binary is only for tests that must not run
 //! with these; see `tests/Cargo.toml`.
 
+#![forbid(unsafe_code)]
+
 mod agent_relay;
 mod agent_tasks;
 mod cli_completion;

@@ -8,6 +8,8 @@
 //! (PodSecurity, ServiceAccount), real controllers and rollout status, real watch semantics.
 //! `sim_parity` keeps the emulator honest against the same scenarios.
 
+#![forbid(unsafe_code)]
+
 mod agent_upgrade;
 mod cluster;
 mod coordinator_in_cluster;

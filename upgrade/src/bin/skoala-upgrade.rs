@@ -14,6 +14,8 @@
 //! deployed revision) returns the release to an earlier revision as an operation of its own
 //! (backup first, then `helm rollback --wait`, then verify) and needs no chart or version.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
