@@ -18,27 +18,35 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// The data dir at `root` (nothing is created).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
+    /// The folder itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// `ca.pem`: the fleet CA certificate, the trust bundle agents and `skoalactl` get.
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca.pem")
     }
+    /// `ca-key.pem`: the fleet CA's private key (0600).
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca-key.pem")
     }
+    /// `server.pem`: the coordinator's serving certificate.
     pub fn server_cert(&self) -> PathBuf {
         self.root.join("server.pem")
     }
+    /// `server-key.pem`: its private key (0600).
     pub fn server_key(&self) -> PathBuf {
         self.root.join("server-key.pem")
     }
+    /// `admin.yaml`: the operator's credential for `skoalactl` (0600).
     pub fn admin_config(&self) -> PathBuf {
         self.root.join("admin.yaml")
     }
+    /// `store.db`: the SQLite store (with its `-wal` and `-shm` files next to it).
     pub fn store(&self) -> PathBuf {
         self.root.join("store.db")
     }

@@ -15,14 +15,19 @@ use skoala_support::admin_config::AdminConfig;
 /// What `init` creates.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
+    /// Where the CA, the server credential and `admin.yaml` go.
     pub data_dir: DataDir,
     /// Extra DNS names / IPs for the server certificate (localhost and loopback are always in).
     pub sans: Vec<String>,
     /// Endpoint written to admin.yaml; defaults to `https://<first SAN or localhost>:7443`.
     pub endpoint: Option<String>,
+    /// Replace an existing CA. Off by default: a new CA orphans every agent certificate.
     pub overwrite_ca: bool,
+    /// Lifetime of the fleet CA.
     pub ca_ttl: Duration,
+    /// Lifetime of the coordinator's serving certificate.
     pub server_ttl: Duration,
+    /// Lifetime of the admin certificate in `admin.yaml`.
     pub admin_ttl: Duration,
 }
 

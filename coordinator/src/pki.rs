@@ -44,12 +44,16 @@ pub fn cluster_uri(cluster_id: &str) -> String {
 /// Errors creating, loading or using the CA.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// A key or certificate could not be made.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// An agent's CSR does not parse or its signature does not verify.
     #[error("invalid certificate signing request: {0}")]
     BadCsr(rcgen::Error),
+    /// A DNS name, IP or URI that cannot go into a certificate.
     #[error("invalid name {0:?} for a certificate")]
     BadName(String),
+    /// A validity time outside what X.509 can say.
     #[error("invalid time: {0}")]
     Time(String),
 }
@@ -57,7 +61,9 @@ pub enum PkiError {
 /// What kind of peer a leaf certificate is for (sets the extended key usage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usage {
+    /// TLS server authentication (the coordinator).
     Server,
+    /// TLS client authentication (agents, operators).
     Client,
 }
 
@@ -65,13 +71,17 @@ pub enum Usage {
 /// (expired, foreign CA) with the same code path as the product.
 #[derive(Debug, Clone)]
 pub struct LeafSpec {
+    /// The subject's common name: the cluster id of an agent, a label for the others.
     pub common_name: String,
     /// URI SANs (identities).
     pub uris: Vec<String>,
     /// DNS names and IP addresses (servers).
     pub hosts: Vec<String>,
+    /// Start of validity (a little in the past, for peers whose clocks run behind).
     pub not_before: SystemTime,
+    /// End of validity.
     pub not_after: SystemTime,
+    /// Server or client.
     pub usage: Usage,
 }
 
@@ -93,15 +103,18 @@ impl LeafSpec {
 /// A signed certificate and the facts the store records about it.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The certificate, PEM.
     pub cert_pem: String,
     /// Lower-case hex of the serial number, as [`crate::identity`] reads it back.
     pub serial_hex: String,
+    /// End of validity, Unix seconds (what the store records and renewal is timed from).
     pub not_after_unix: i64,
 }
 
 /// A certificate together with a freshly generated private key (server and admin credentials,
 /// which the coordinator creates itself; agents generate their own keys).
 pub struct IssuedWithKey {
+    /// The certificate.
     pub issued: Issued,
     /// PEM PKCS#8 private key. Secret: write it 0600, never log it.
     pub key_pem: String,

@@ -41,41 +41,66 @@ pub const MAX_CHART: u64 = 64 * 1024 * 1024;
 pub struct RelayedChart {
     /// Lower-case hex sha256 of the archive.
     pub sha256: String,
+    /// Its size in bytes; the agent checks it with the digest.
     pub size: u64,
+    /// Where it is in the data dir.
     pub path: PathBuf,
 }
 
 /// Why a chart could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The chart name or version could be a path (they name files in the data dir).
     #[error("chart name {0:?} or version is not valid (letters, digits, '.', '_', '-', '+')")]
     BadName(String),
+    /// The charts folder could not be written or read.
     #[error("cannot prepare the chart folder {path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// helm could not be run.
     #[error("helm: {0}")]
     Helm(#[from] skoala_upgrade::HelmError),
+    /// `helm pull` failed: an unknown version, or an unreachable repository.
     #[error(
         "helm pull {chart} --version {version} --repo {url} failed (exit code {code:?}): {stderr}"
     )]
     Pull {
+        /// The chart.
         chart: String,
+        /// The version asked for.
         version: String,
+        /// The repository.
         url: String,
+        /// helm's exit code (`None`: killed).
         code: Option<i32>,
+        /// The last lines of helm's stderr.
         stderr: String,
     },
+    /// `helm pull` succeeded but left no archive where it should be.
     #[error("helm pull wrote no {0}")]
     Missing(PathBuf),
+    /// The archive is larger than [`MAX_CHART`].
     #[error("{path} is {size} bytes; charts over {MAX_CHART} bytes are not relayed")]
-    TooLarge { path: PathBuf, size: u64 },
+    TooLarge {
+        /// The archive.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The archive holds another chart or version than its name says.
     #[error("{path} is not the chart {chart} {version}: {reason}")]
     WrongChart {
+        /// The archive.
         path: PathBuf,
+        /// The chart expected.
         chart: String,
+        /// The version expected.
         version: String,
+        /// What differs.
         reason: String,
     },
 }

@@ -29,10 +29,15 @@ use crate::{clock, control_plane};
 /// What `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The data dir `init` made (CA, server credential, store).
     pub data_dir: DataDir,
+    /// The one TLS port for agents and operators.
     pub listen: SocketAddr,
+    /// Plain-HTTP `/metrics`; `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control-plane cluster; `None`: `KUBECONFIG`, then in-cluster.
     pub kubeconfig: Option<PathBuf>,
+    /// Certificate lifetimes, session timing, message size limit.
     pub settings: Settings,
     /// The helm that upgrades the control plane.
     pub helm: PathBuf,

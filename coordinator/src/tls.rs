@@ -33,13 +33,18 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
+    /// A certificate or key in the data dir is not PEM.
     #[error("cannot parse {what}: {source}")]
     Pem {
+        /// Which file's contents.
         what: &'static str,
+        /// The PEM parser's reason.
         source: rustls::pki_types::pem::Error,
     },
+    /// rustls refused the certificate and key.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA.
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
