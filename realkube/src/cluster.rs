@@ -93,7 +93,12 @@ pub fn kubeconfig_yaml(name: &str, server: &str, ca_pem: &str, user: &User) -> S
 /// Who a kubeconfig speaks as.
 pub enum User {
     /// An x509 client certificate (the admin, the controllers).
-    Certificate { cert_pem: String, key_pem: String },
+    Certificate {
+        /// The client certificate, PEM.
+        cert_pem: String,
+        /// Its private key, PEM.
+        key_pem: String,
+    },
     /// A bearer token (a ServiceAccount's, from the TokenRequest API).
     Token(String),
 }

@@ -28,10 +28,6 @@
 //! cluster gives: an API server, identities, controllers. Whatever our product needs in the
 //! cluster (namespaces, RBAC, charts) the test installs the way a user would.
 
-#![allow(
-    missing_docs,
-    reason = "public items not all documented yet; each is, crate by crate (issue 13 item 9)"
-)]
 #![deny(unsafe_code)] // one exception: `process::die_with_parent`
 
 mod bins;
@@ -50,54 +46,76 @@ use std::path::PathBuf;
 pub enum Error {
     /// The binaries are not where `scripts/install-kube.sh` puts them.
     #[error("{what} is missing at {path}: run scripts/install-kube.sh (or set SKOALA_KUBE_DIR)")]
-    Missing { what: String, path: PathBuf },
+    Missing {
+        /// Which binary.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// Creating a certificate or key.
     #[error("generating {what}")]
     Pki {
+        /// Which certificate or key.
         what: &'static str,
+        /// rcgen's reason.
         #[source]
         source: rcgen::Error,
     },
     /// A file or process operation.
     #[error("{what}")]
     Io {
+        /// What was being done, with the path.
         what: String,
+        /// The OS's reason.
         #[source]
         source: std::io::Error,
     },
     /// A component exited before the cluster was ready; the tail of its log says why.
     #[error("{component} exited ({status}) while starting; its log ends with:\n{log_tail}")]
     Exited {
+        /// `etcd`, `kube-apiserver`, ...
         component: &'static str,
+        /// Its exit status.
         status: String,
+        /// The last lines of its log.
         log_tail: String,
     },
     /// A readiness condition did not hold in time.
     #[error("timed out after {seconds} s waiting for {what}{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Timeout {
+        /// The condition.
         what: String,
+        /// How long it was given.
         seconds: u64,
+        /// The last thing seen while waiting, if anything.
         detail: Option<String>,
     },
     /// A call to the cluster's API.
     #[error("{what}")]
     Kube {
+        /// The call.
         what: String,
+        /// kube-rs's error.
         #[source]
         source: kube::Error,
     },
     /// A kubeconfig that kube-rs refuses.
     #[error("{what}")]
     Kubeconfig {
+        /// Which kubeconfig.
         what: String,
+        /// kube-rs's reason.
         #[source]
         source: kube::config::KubeconfigError,
     },
     /// A command we ran (kubectl) failed.
     #[error("{command} failed ({status}): {stderr}")]
     Command {
+        /// The command line.
         command: String,
+        /// Its exit status.
         status: String,
+        /// Its stderr.
         stderr: String,
     },
 }

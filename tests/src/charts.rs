@@ -40,6 +40,7 @@ pub struct HelmHome {
 }
 
 impl HelmHome {
+    /// A fresh, empty home in a temporary folder (deleted on drop).
     pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             dir: tempfile::Builder::new().prefix("helm-home-").tempdir()?,
@@ -149,10 +150,15 @@ pub fn custom_values() -> String {
 pub struct UpgradeFixture {
     /// `helm4` or `helm3`.
     pub label: &'static str,
+    /// The helm binary of that major.
     pub helm: PathBuf,
+    /// The emulated cluster.
     pub cluster: skoala_sim::Cluster,
+    /// A kube client for it, for the test's own checks.
     pub client: kube::Client,
+    /// The executor under test, for this cluster and helm.
     pub executor: skoala_upgrade::Executor,
+    /// The helm home the test's own helm commands use.
     pub home: HelmHome,
 }
 

@@ -36,8 +36,11 @@ pub const FLEET_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A coordinator, N emulated clusters and one agent per cluster.
 pub struct Fleet {
+    /// The coordinator process.
     pub coordinator: Coordinator,
+    /// The emulated working clusters, `work-1..=n`.
     pub clusters: Vec<skoala_sim::Cluster>,
+    /// One agent process per cluster, in the same order.
     pub agents: Vec<Agent>,
 }
 

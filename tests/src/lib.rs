@@ -6,10 +6,6 @@
 //! of our own binaries ([`tools::our_bin`]), and how to wait on a condition with a deadline
 //! ([`wait`]) instead of sleeping.
 
-#![allow(
-    missing_docs,
-    reason = "public items not all documented yet; each is, crate by crate (issue 13 item 9)"
-)]
 
 pub mod charts;
 pub mod connect_proxy;

@@ -37,6 +37,7 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Its name, for `ip netns exec`.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -43,13 +43,17 @@ pub async fn cluster(name: &str) -> anyhow::Result<RealCluster> {
 /// The two helm majors, as a user of each would install with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Helm {
+    /// helm 4 (`.tools/bin/helm`).
     V4,
+    /// helm 3 (`.tools/bin/helm3`).
     V3,
 }
 
 impl Helm {
+    /// Both, newest first.
     pub const BOTH: [Helm; 2] = [Helm::V4, Helm::V3];
 
+    /// The binary.
     pub fn path(self) -> PathBuf {
         match self {
             Helm::V4 => tool("helm"),
@@ -57,6 +61,7 @@ impl Helm {
         }
     }
 
+    /// `helm4` or `helm3`, for messages.
     pub fn label(self) -> &'static str {
         match self {
             Helm::V4 => "helm4",
@@ -123,6 +128,7 @@ pub async fn namespace(
 /// `charts/skoala-fleet-coordinator` installed into a real cluster, and its container running
 /// as that chart's pod would (its ServiceAccount, its volumes).
 pub struct InstalledCoordinator {
+    /// The coordinator's container, running as the chart's pod.
     pub pod: Pod,
     endpoint: String,
     /// `admin.yaml` and `ca.crt`, as the operator saved them.
@@ -234,20 +240,25 @@ async fn listening(pod: &mut Pod) -> anyhow::Result<String> {
 /// `charts/skoala-fleet-agent` installed into a real working cluster, and its container
 /// running as that chart's pod would.
 pub struct InstalledAgent {
+    /// The agent's container, running as the chart's pod.
     pub pod: Pod,
 }
 
 /// How an agent is installed.
 #[derive(Clone, Debug)]
 pub struct AgentInstall<'a> {
+    /// The cluster name the agent reports.
     pub name: &'a str,
+    /// Its labels.
     pub labels: Vec<(&'a str, &'a str)>,
+    /// The helm that installs the chart (and that the agent then runs).
     pub helm: Helm,
     /// `--set` overrides of the chart's values.
     pub set: Vec<String>,
 }
 
 impl<'a> AgentInstall<'a> {
+    /// An agent for cluster `name`, installed with `helm`.
     pub fn new(name: &'a str, helm: Helm) -> Self {
         AgentInstall {
             name,
@@ -257,6 +268,7 @@ impl<'a> AgentInstall<'a> {
         }
     }
 
+    /// Adds a label.
     pub fn label(mut self, k: &'a str, v: &'a str) -> Self {
         self.labels.push((k, v));
         self

@@ -92,6 +92,7 @@ pub struct Recorder {
     pub corrupt: AtomicBool,
     /// Hold every backup acknowledgement until `release_acks` is notified.
     pub hold_acks: AtomicBool,
+    /// Releases the acknowledgements held by `hold_acks`.
     pub release_acks: Notify,
 }
 

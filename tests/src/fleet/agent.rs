@@ -12,7 +12,9 @@ use crate::tools::{our_bin, tool};
 /// How an agent is started.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
+    /// `--cluster-name`.
     pub name: String,
+    /// `--label k=v` each.
     pub labels: Vec<(String, String)>,
     /// Extra environment (e.g. `HTTPS_PROXY`).
     pub env: Vec<(String, String)>,
@@ -34,16 +36,19 @@ impl AgentOptions {
         }
     }
 
+    /// Adds a label.
     pub fn label(mut self, k: &str, v: &str) -> Self {
         self.labels.push((k.into(), v.into()));
         self
     }
 
+    /// Adds an environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
     }
 
+    /// Adds a flag.
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
         self
@@ -199,6 +204,7 @@ impl Agent {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The cluster name it reports.
     pub fn name(&self) -> &str {
         &self.name
     }

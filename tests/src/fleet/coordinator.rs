@@ -249,6 +249,7 @@ impl Coordinator {
         format!("https://{}", self.addr)
     }
 
+    /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -258,6 +259,7 @@ impl Coordinator {
         self.metrics_addr.map(|a| format!("http://{a}/metrics"))
     }
 
+    /// Its data dir (CA, store, backups, charts).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

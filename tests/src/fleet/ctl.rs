@@ -15,8 +15,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The result of one invocation.
 #[derive(Debug)]
 pub struct CtlOutput {
+    /// Exit status 0.
     pub success: bool,
+    /// Everything printed on stdout.
     pub stdout: String,
+    /// Everything printed on stderr.
     pub stderr: String,
 }
 
@@ -28,6 +31,7 @@ pub struct Ctl {
 }
 
 impl Ctl {
+    /// `skoalactl` with the credential `config` against `endpoint`.
     pub fn new(config: PathBuf, endpoint: String) -> Self {
         Self { config, endpoint }
     }
@@ -65,6 +69,7 @@ impl Ctl {
         cmd
     }
 
+    /// Runs `skoalactl ARGS` and returns what happened, whatever the exit status.
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<CtlOutput> {
         let mut cmd = tokio::process::Command::new(our_bin("skoalactl"));
         cmd.arg("--config")

@@ -21,6 +21,7 @@ use crate::wait;
 /// How a plan fleet is built.
 #[derive(Debug, Clone)]
 pub struct PlanFleetOptions {
+    /// How many working clusters (with an agent each).
     pub workers: usize,
     /// Version installed everywhere before the test.
     pub from: String,
@@ -52,9 +53,14 @@ impl Default for PlanFleetOptions {
 
 /// The fleet, the control plane, the chart repository.
 pub struct PlanFleet {
+    /// The coordinator, the working clusters and their agents.
     pub fleet: Fleet,
+    /// The coordinator's own cluster, where it upgrades `skoala`.
     pub control_plane: skoala_sim::Cluster,
+    /// The test chart repository every plan installs from.
     pub repo: ChartRepo,
+    /// The driven clock's file (used only with `PlanFleetOptions::clock`): the coordinator's
+    /// clock reads the RFC 3339 time written there.
     pub clock_file: PathBuf,
     /// Holds the clock file.
     _scratch: tempfile::TempDir,
@@ -118,6 +124,8 @@ pub async fn history(kubeconfig: &Path, release: &str) -> anyhow::Result<Vec<Val
 }
 
 impl PlanFleet {
+    /// Installs `opts.from` everywhere, then starts the coordinator and the agents, and waits
+    /// until every agent is connected and every cluster reports `opts.from`.
     pub async fn start(opts: PlanFleetOptions) -> anyhow::Result<PlanFleet> {
         let repo = start_repo().await?;
         let scratch = tempfile::Builder::new().prefix("plan-fleet-").tempdir()?;
@@ -200,6 +208,7 @@ impl PlanFleet {
         Ok(pf)
     }
 
+    /// `skoalactl` with the operator credential.
     pub fn ctl(&self) -> super::Ctl {
         self.fleet.coordinator.ctl()
     }

@@ -20,7 +20,9 @@ use super::coordinator::Coordinator;
 /// A client certificate and its key (PEM).
 #[derive(Clone)]
 pub struct Creds {
+    /// The certificate.
     pub cert_pem: String,
+    /// Its private key.
     pub key_pem: String,
 }
 
@@ -157,7 +159,9 @@ pub async fn register_on(
 
 /// An open Session stream: send agent messages, read coordinator messages.
 pub struct RawSession {
+    /// What the test sends as the agent.
     pub tx: mpsc::Sender<AgentMessage>,
+    /// What the coordinator sends back.
     pub inbound: tonic::Streaming<CoordinatorMessage>,
 }
 

@@ -39,17 +39,25 @@ impl Default for RealFleetOptions {
 
 /// A real working cluster and its agent's pod.
 pub struct RealWorker {
+    /// `real-<i>`: the cluster name its agent reports.
     pub name: String,
+    /// The real control plane.
     pub cluster: RealCluster,
+    /// The agent chart installed into it, and its pod.
     pub agent: InstalledAgent,
 }
 
 /// The whole fleet. Working clusters are named `real-<i>` and `sim-<i>`, labelled `fleet=test`.
 pub struct RealFleet {
+    /// The test chart repository plans install from.
     pub repo: ChartRepo,
+    /// The control-plane cluster, where the coordinator chart is installed.
     pub control_plane: RealCluster,
+    /// The coordinator chart and its pod.
     pub coordinator: InstalledCoordinator,
+    /// The real working clusters.
     pub real: Vec<RealWorker>,
+    /// Emulated working clusters beside them, with agent processes.
     pub sim: Vec<(skoala_sim::Cluster, Agent)>,
     scratch: tempfile::TempDir,
 }
@@ -88,6 +96,8 @@ pub async fn install_release(
 }
 
 impl RealFleet {
+    /// Starts the real clusters, installs the charts as an operator would, and starts the
+    /// emulated workers.
     pub async fn start(opts: RealFleetOptions) -> anyhow::Result<RealFleet> {
         let repo = start_repo().await?;
         let scratch = tempfile::Builder::new().prefix("real-fleet-").tempdir()?;

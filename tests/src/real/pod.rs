@@ -33,7 +33,9 @@ use crate::tools::our_bin;
 /// Which Deployment to run, and how.
 #[derive(Clone, Debug)]
 pub struct PodSpec {
+    /// The Deployment's namespace.
     pub namespace: String,
+    /// The Deployment whose pod template is run.
     pub deployment: String,
     /// The helm the image would carry, put on `PATH` as `helm`.
     pub helm: PathBuf,
@@ -55,6 +57,7 @@ impl PodSpec {
         }
     }
 
+    /// Another helm than helm 4.
     pub fn helm(mut self, helm: PathBuf) -> Self {
         self.helm = helm;
         self
@@ -66,6 +69,7 @@ impl PodSpec {
         self
     }
 
+    /// Adds an environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
