@@ -45,7 +45,6 @@
 //! | `session.identity_mismatch` | an agent message claimed another cluster; stream closed |
 //! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` |
 
-
 // The API the binaries, the load generator and the end-to-end tests use; everything else is
 // the coordinator's own.
 pub mod backups;

@@ -6,7 +6,6 @@
 //! of our own binaries ([`tools::our_bin`]), and how to wait on a condition with a deadline
 //! ([`wait`]) instead of sleeping.
 
-
 pub mod charts;
 pub mod connect_proxy;
 pub mod fleet;
