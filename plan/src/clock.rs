@@ -7,6 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
+    /// The current time.
     fn now(&self) -> Timestamp;
 }
 
@@ -25,14 +26,17 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<Mutex<Timestamp>>);
 
 impl ManualClock {
+    /// A clock standing at `start`.
     pub fn new(start: Timestamp) -> Self {
         ManualClock(Arc::new(Mutex::new(start)))
     }
 
+    /// Moves it to `t` (backwards too).
     pub fn set(&self, t: Timestamp) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = t;
     }
 
+    /// Moves it on by `by`.
     pub fn advance(&self, by: SignedDuration) {
         let mut t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         *t += by;

@@ -18,27 +18,37 @@ pub const KIND: &str = "UpgradePlan";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpgradePlan {
+    /// Must be [`API_VERSION`].
     pub api_version: String,
+    /// Must be [`KIND`].
     pub kind: String,
+    /// The plan's name and free-form labels.
     pub metadata: Metadata,
+    /// What to upgrade to, where, when and how.
     pub spec: PlanSpec,
 }
 
+/// `metadata`: who the plan is.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
+    /// The plan's name (a DNS label): every command names the plan by it.
     pub name: String,
+    /// Free-form labels, kept with the plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form annotations, kept with the plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// `spec`: the fields `docs/plan-reference.md` lists.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanSpec {
     /// Chart version `X.Y.Z`; image tags default to `vX.Y.Z`.
     pub version: String,
+    /// The chart repository. Absent: the vendor's ([`crate::validate::DEFAULT_REPOSITORY_URL`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Repository>,
     /// `repo` (each cluster runs `helm repo add/update`) or `relay` (the coordinator fetches the
@@ -54,6 +64,7 @@ pub struct PlanSpec {
     /// The cluster label whose value names the window in `windows` that the cluster uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_label: Option<String>,
+    /// Canaries, concurrency, failure budget, rollback. Absent: the defaults of each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// `none`, `beforeWorkers` or `beforeEachWave`.
@@ -71,10 +82,13 @@ pub struct PlanSpec {
     pub clusters: Option<ClusterSelector>,
 }
 
+/// `spec.repository`: where the charts come from.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Repository {
+    /// The name `helm repo add` gives it (`skoala`).
     pub name: String,
+    /// Its URL.
     pub url: String,
 }
 
@@ -104,6 +118,7 @@ pub struct WindowSpec {
     pub time_zone: Option<String>,
 }
 
+/// `spec.strategy`: how fast, and how much failure is tolerated.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Strategy {
@@ -126,13 +141,17 @@ pub struct Strategy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum IntOrPercent {
+    /// A count.
     Int(u32),
+    /// A percentage such as `10%` (checked by [`crate::validate`]).
     Str(String),
 }
 
+/// `spec.clusters`: which working clusters the plan covers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSelector {
+    /// Only clusters carrying all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
     /// Explicit cluster names (or ids); combined with `matchLabels` by AND when both are given.

@@ -6,7 +6,9 @@
 /// One release of a profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseProfile {
+    /// The Helm release name.
     pub release: &'static str,
+    /// The namespace it lives in.
     pub namespace: &'static str,
     /// The chart's name in the repository.
     pub chart: &'static str,
@@ -19,7 +21,9 @@ pub struct ReleaseProfile {
 /// A control-plane release and the worker release that must carry the same version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
+    /// Upgraded first, by the coordinator itself.
     pub control_plane: ReleaseProfile,
+    /// Upgraded in every working cluster, by its agent.
     pub worker: ReleaseProfile,
 }
 

@@ -13,8 +13,9 @@ use jiff::SignedDuration;
 use crate::document::{API_VERSION, IntOrPercent, KIND, UpgradePlan, WindowSpec};
 use crate::window::{Window, WindowError, parse_duration};
 
-/// The default chart repository (the vendor's).
+/// The default chart repository's name (the vendor's).
 pub const DEFAULT_REPOSITORY_NAME: &str = "skoala";
+/// The default chart repository's URL (the vendor's).
 pub const DEFAULT_REPOSITORY_URL: &str = "https://release.daocloud.io/chartrepo/skoala";
 /// The cluster label that picks a named window unless the plan says otherwise.
 pub const DEFAULT_WINDOW_LABEL: &str = "fleet.skoala.io/window";
@@ -24,7 +25,9 @@ pub const DEFAULT_EXPECTED_DURATION: SignedDuration = SignedDuration::from_mins(
 /// One problem in a plan, at a field path like `spec.strategy.maxConcurrency`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
+    /// The document path of the field, e.g. `spec.window.duration`.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -57,23 +60,32 @@ pub enum ChartSource {
     Relay,
 }
 
+/// `requireApproval`: where the rollout waits for `skoalactl plan approve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approval {
+    /// Never.
     None,
+    /// Once, after the control plane is upgraded.
     BeforeWorkers,
+    /// Before every wave of workers (each wave then waits for the previous one to finish).
     BeforeEachWave,
 }
 
+/// `convergence`: what happens to clusters that were not there when the plan started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Convergence {
+    /// Offline or late-joining clusters are upgraded in their next window.
     Auto,
+    /// Only the clusters selected when the plan started.
     Manual,
 }
 
 /// `maxConcurrency`: a count, or a percentage of the selected clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Concurrency {
+    /// This many at once.
     Count(u32),
+    /// This percentage of the selected clusters, rounded up.
     Percent(u32),
 }
 
@@ -91,23 +103,40 @@ impl Concurrency {
 /// A checked plan with every default filled in.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// `metadata.name`.
     pub name: String,
+    /// The chart version `X.Y.Z`.
     pub version: String,
+    /// The repository's name for `helm repo add`.
     pub repository_name: String,
+    /// The repository's URL.
     pub repository_url: String,
+    /// Whether workers pull the chart themselves or get it relayed.
     pub chart_source: ChartSource,
     /// `None`: no window, upgrades may start at any time.
     pub window: Option<Window>,
+    /// `spec.windows`, by name.
     pub named_windows: BTreeMap<String, Window>,
+    /// The cluster label that picks a window from `named_windows`.
     pub window_label: String,
+    /// How many clusters are upgraded alone first.
     pub canary: u32,
+    /// How many upgrade at once after the canaries.
     pub max_concurrency: Concurrency,
+    /// More failed clusters than this pause the plan.
     pub max_failures: u32,
+    /// Roll a failed cluster back to its previous revision.
     pub rollback_on_failure: bool,
+    /// Where the rollout waits for an operator.
     pub require_approval: Approval,
+    /// Whether clusters that come later are upgraded too.
     pub convergence: Convergence,
+    /// How long one upgrade is expected to take; `None`: from history, else
+    /// [`DEFAULT_EXPECTED_DURATION`].
     pub expected_duration: Option<SignedDuration>,
+    /// `spec.clusters.matchLabels`.
     pub match_labels: BTreeMap<String, String>,
+    /// `spec.clusters.names`.
     pub names: Vec<String>,
     /// The document as written, kept so `plan get` shows what the operator applied.
     pub document: UpgradePlan,

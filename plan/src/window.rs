@@ -50,14 +50,18 @@ enum Rule {
 /// One opening of a window: `[opens, closes)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interval {
+    /// When it opens (inclusive).
     pub opens: Timestamp,
+    /// When it closes (exclusive).
     pub closes: Timestamp,
 }
 
 impl Interval {
+    /// Whether `t` is inside.
     pub fn contains(&self, t: Timestamp) -> bool {
         self.opens <= t && t < self.closes
     }
+    /// How long it is open.
     pub fn length(&self) -> SignedDuration {
         self.closes.duration_since(self.opens)
     }
@@ -67,9 +71,15 @@ impl Interval {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartDecision {
     /// Start now; the window closes at `closes` (`None`: no window, never closes).
-    Start { closes: Option<Timestamp> },
+    Start {
+        /// When the window closes (`None`: no window).
+        closes: Option<Timestamp>,
+    },
     /// Not now. The next opening long enough for the upgrade.
-    Wait { next: Interval },
+    Wait {
+        /// That opening.
+        next: Interval,
+    },
     /// No opening within the horizon is long enough for the upgrade.
     Never,
 }
@@ -77,22 +87,40 @@ pub enum StartDecision {
 /// Why a window rule is invalid. The field names are the document's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
+    /// `timeZone` is not in the bundled IANA database.
     #[error("timeZone: unknown IANA time zone {0:?}")]
     TimeZone(String),
+    /// `schedule` has five fields but does not parse.
     #[error("schedule: invalid cron expression {expr:?}: {reason}")]
-    Schedule { expr: String, reason: String },
+    Schedule {
+        /// The expression.
+        expr: String,
+        /// The cron parser's reason.
+        reason: String,
+    },
+    /// `schedule` does not have five fields (seconds or years are not accepted).
     #[error(
         "schedule: give exactly five fields (minute hour day-of-month month day-of-week), got {0:?}"
     )]
     ScheduleFields(String),
+    /// `duration` is not a positive duration.
     #[error("duration: {0}")]
     Duration(String),
+    /// A `days` entry is not a weekday.
     #[error("days: unknown day {0:?} (use Mon, Tue, Wed, Thu, Fri, Sat, Sun)")]
     Day(String),
+    /// `startTime` or `endTime` is not `HH:MM`.
     #[error("{field}: expected HH:MM, got {value:?}")]
-    Time { field: &'static str, value: String },
+    Time {
+        /// `startTime` or `endTime`.
+        field: &'static str,
+        /// What was written.
+        value: String,
+    },
+    /// Neither form, or a mix of both; the text says what is missing.
     #[error("give either `schedule` with `duration`, or `days` with `startTime` and `endTime`{0}")]
     Shape(&'static str),
+    /// The rule is valid but never opens within the horizon (e.g. February 30).
     #[error("the window never opens (no opening in the next {HORIZON_DAYS} days)")]
     NeverOpens,
 }

@@ -47,8 +47,11 @@ pub fn secret_name(release: &str, generation: u32) -> String {
 /// A stored backup and where it came from.
 #[derive(Clone, Debug)]
 pub struct Stored {
+    /// The values and their checksum.
     pub backup: Backup,
+    /// The operation that took it.
     pub operation_id: String,
+    /// The chart version the values belonged to.
     pub chart_version: String,
 }
 
@@ -185,8 +188,13 @@ pub async fn find_for_operation(
 /// Backup storage failures. Never quote values.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// The API server refused or failed a call.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A backup was changed after it was written: it is reported, never used.
     #[error("backup Secret {secret} does not match its recorded sha256")]
-    Corrupt { secret: String },
+    Corrupt {
+        /// The Secret's name.
+        secret: String,
+    },
 }

@@ -13,7 +13,9 @@ pub enum KubeconfigError {
     /// Writing the in-cluster kubeconfig failed.
     #[error("cannot write a kubeconfig for helm at {path}")]
     Write {
+        /// Where it was to go.
         path: PathBuf,
+        /// Why it could not.
         #[source]
         source: std::io::Error,
     },

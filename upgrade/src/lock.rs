@@ -37,14 +37,24 @@ pub struct ReleaseLock {
 /// Why the lock was not acquired.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// A live operation holds it (its Lease was renewed within the lease duration).
     #[error("operation {holder} holds release lock {name} (renewed {renewed}); try again later")]
     Held {
+        /// The Lease.
         name: String,
+        /// The operation holding it.
         holder: String,
+        /// When it last renewed it.
         renewed: String,
     },
+    /// The Lease could not be read or written.
     #[error("release lock {name}: {source}")]
-    Kube { name: String, source: kube::Error },
+    Kube {
+        /// The Lease.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
 }
 
 impl ReleaseLock {

@@ -19,13 +19,18 @@ use kube::core::ObjectMeta;
 pub enum RecordPhase {
     /// Started and not finished: if the process died, the release may be `pending-*`.
     Running,
+    /// Finished at the target version.
     Succeeded,
+    /// Failed, and no rollback was asked for (or nothing had changed).
     Failed,
+    /// Failed, and the release is back at its revision before, verified.
     RolledBack,
+    /// Failed, and the rollback failed too: the release needs an operator.
     RollbackFailed,
 }
 
 impl RecordPhase {
+    /// The phase as the ConfigMap stores it.
     pub fn as_str(self) -> &'static str {
         match self {
             RecordPhase::Running => "running",
@@ -51,13 +56,17 @@ impl RecordPhase {
 /// The record's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationRecord {
+    /// The operation, as the coordinator named it.
     pub operation_id: String,
+    /// Where it is.
     pub phase: RecordPhase,
+    /// The chart version it upgrades to.
     pub target_version: String,
     /// 1 for the first run of this operation id, +1 per re-run.
     pub attempt: u32,
     /// The release revision and chart version before the operation's first change.
     pub revision_before: Option<i32>,
+    /// See `revision_before`.
     pub version_before: Option<String>,
     /// The backup generation the operation took.
     pub backup_generation: Option<u32>,
@@ -80,6 +89,7 @@ pub fn record_name(release: &str) -> String {
 }
 
 impl RecordStore {
+    /// The store for `release`'s record in `namespace` (nothing is read yet).
     pub fn new(client: &kube::Client, namespace: &str, release: &str) -> Self {
         Self {
             api: Api::namespaced(client.clone(), namespace),

@@ -30,6 +30,7 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step's name in events, metrics labels and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Recover => "recover",
@@ -53,23 +54,31 @@ impl std::fmt::Display for Step {
 /// How a step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepOutcome {
+    /// It did what it is for.
     Succeeded,
+    /// It failed; the operation stops (and rolls back once the upgrade started).
     Failed,
+    /// It had nothing to do (no CRDs, nothing to recover, the policy says so).
     Skipped,
 }
 
 /// Whether an event opens or closes a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// The step began.
     Started,
+    /// The step ended (the event carries its outcome and duration).
     Finished,
 }
 
 /// One progress event. A step emits `Started`, then `Finished` with its outcome.
 #[derive(Clone, Debug)]
 pub struct ProgressEvent {
+    /// The operation it belongs to.
     pub operation_id: String,
+    /// Which step.
     pub step: Step,
+    /// Begin or end.
     pub phase: Phase,
     /// When the event happened.
     pub at: jiff::Timestamp,
@@ -107,6 +116,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's name in events, metrics labels and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
@@ -145,17 +155,24 @@ impl std::fmt::Debug for Backup {
 /// How long one step took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepTiming {
+    /// Which step.
     pub step: Step,
+    /// How it ended.
     pub outcome: StepOutcome,
+    /// How long it took.
     pub duration: Duration,
 }
 
 /// The end of an operation.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The operation.
     pub operation_id: String,
+    /// The Helm release it was about.
     pub release: String,
+    /// The release's namespace.
     pub namespace: String,
+    /// How it ended.
     pub outcome: Outcome,
     /// The step that failed (for every outcome but `Succeeded`).
     pub failed_step: Option<Step>,
@@ -165,8 +182,11 @@ pub struct Report {
     pub rollback_message: Option<String>,
     /// The release revision and chart version before and after.
     pub revision_before: Option<i32>,
+    /// See `revision_before`.
     pub revision_after: Option<i32>,
+    /// See `revision_before`.
     pub version_before: Option<String>,
+    /// See `revision_before`.
     pub version_after: Option<String>,
     /// The values backup taken (or reused when the operation is retried).
     pub backup: Option<Backup>,
