@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use skoala_plan::ReleaseStatus;
 use skoala_proto::v1::{CheckPlanRequest, PreflightResult};
 
 use crate::connect::{Admin, explain_status};
@@ -96,10 +97,11 @@ pub fn render(v: &CheckView) -> (Vec<String>, Vec<Vec<String>>, String) {
         .clusters
         .iter()
         .map(|r| {
-            let version = match (r.current_version.as_str(), r.current_status.as_str()) {
-                ("", _) => "-".to_string(),
-                (v, "deployed" | "") => v.to_string(),
-                (v, s) => format!("{v} ({s})"),
+            let status = ReleaseStatus::parse(&r.current_status);
+            let version = match r.current_version.as_str() {
+                "" => "-".to_string(),
+                v if status.is_deployed() || r.current_status.is_empty() => v.to_string(),
+                v => format!("{v} ({status})"),
             };
             let message = if r.step.is_empty() || r.result == "passed" {
                 dash(&r.message)

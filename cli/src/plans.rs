@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use serde::Serialize;
+use skoala_plan::PhaseKind;
 use skoala_proto::v1::{
     ApplyPlanRequest, GetSkewRequest, ListPlansRequest, PlanEvent, PlanRef, PlanStatus,
     WatchEventsRequest,
@@ -301,15 +302,12 @@ fn line(e: &PlanEvent) -> String {
     out
 }
 
-/// Phases after which `plan watch` has nothing more to wait for.
+/// Whether `plan watch` has nothing more to wait for: the plan's phase is finished.
 pub(crate) fn settled(e: &PlanEvent, plan: &str) -> bool {
     e.plan == plan
         && e.kind.starts_with("plan.")
         && e.kind != "plan.applied"
-        && matches!(
-            e.state.as_str(),
-            "succeeded" | "degraded" | "failed" | "aborted" | "rolledBack"
-        )
+        && e.state.parse().is_ok_and(PhaseKind::is_finished)
 }
 
 /// `events [--follow] [--plan NAME]` and `plan watch NAME`.

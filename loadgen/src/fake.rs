@@ -46,7 +46,7 @@ pub fn release(version: &str, revision: i32) -> ReleaseInfo {
         chart_version: version.into(),
         app_version: version.into(),
         revision,
-        status: "deployed".into(),
+        status: skoala_upgrade::ReleaseStatus::Deployed,
         image_tags: TAG_KEYS
             .iter()
             .map(|k| (k.to_string(), format!("v{version}")))

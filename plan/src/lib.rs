@@ -3,6 +3,11 @@
 //! builds and checks documents, and both share this crate so a plan means the same thing on
 //! both sides.
 //!
+//! It also holds the words every crate uses, as types, so that each is spelled once:
+//! [`PhaseKind`] (a plan phase's name, and which phases are finished or terminal),
+//! [`OperationId`] (formats and parses the ids of operations) and [`ReleaseStatus`] (Helm's
+//! release status).
+//!
 //! ```
 //! use skoala_plan::{UpgradePlan, validate};
 //!
@@ -28,16 +33,24 @@
 
 pub mod clock;
 pub mod document;
+pub mod operation;
 pub mod profile;
+pub mod release_status;
 pub mod rollout;
 pub mod skew;
+pub mod target;
 pub mod validate;
 pub mod waiting;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use document::UpgradePlan;
-pub use rollout::{FleetView, InFlight, Outcome, Phase, Rollout, Target, TargetState, WorkerView};
+pub use operation::{OperationId, OperationKind};
+pub use release_status::ReleaseStatus;
+pub use rollout::{
+    FleetView, InFlight, Outcome, Phase, PhaseKind, Rollout, Target, TargetState, TransitionError,
+    WorkerView,
+};
 pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};
 pub use window::{Interval, StartDecision, Window};

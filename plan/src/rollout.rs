@@ -23,27 +23,12 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::operation::OperationId;
 use crate::profile::Profile;
 use crate::skew::{ClusterRelease, release_problems};
+pub use crate::target::Target;
 use crate::validate::{Approval, Convergence, Plan};
 use crate::window::StartDecision;
-
-/// What a cluster upgrade is aimed at.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Target {
-    ControlPlane,
-    Worker(String),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::ControlPlane => write!(f, "control-plane"),
-            Target::Worker(id) => write!(f, "{id}"),
-        }
-    }
-}
 
 /// An operation the rollout started and has not seen finish: what the coordinator must have
 /// running. The rollout as persisted is the whole truth of it, so the same list serves right
@@ -130,6 +115,165 @@ pub enum Phase {
     /// `plan rollback`: workers first, then the control plane.
     RollingBack,
     RolledBack,
+}
+
+/// A [`Phase`] without its details: the one vocabulary of phase names, as the store (the
+/// serde tag of [`Phase`]), the admin API, the event log, the metrics and `skoalactl` spell
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseKind {
+    ControlPlane,
+    AwaitingApproval,
+    Workers,
+    Paused,
+    Succeeded,
+    Degraded,
+    Failed,
+    Aborted,
+    RollingBack,
+    RolledBack,
+}
+
+impl PhaseKind {
+    /// Every phase, in the order a rollout meets them.
+    pub const ALL: [PhaseKind; 10] = [
+        PhaseKind::ControlPlane,
+        PhaseKind::AwaitingApproval,
+        PhaseKind::Workers,
+        PhaseKind::Paused,
+        PhaseKind::Succeeded,
+        PhaseKind::Degraded,
+        PhaseKind::Failed,
+        PhaseKind::Aborted,
+        PhaseKind::RollingBack,
+        PhaseKind::RolledBack,
+    ];
+
+    /// The name on the wire and in the store (`controlPlane`, `awaitingApproval`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::ControlPlane => "controlPlane",
+            PhaseKind::AwaitingApproval => "awaitingApproval",
+            PhaseKind::Workers => "workers",
+            PhaseKind::Paused => "paused",
+            PhaseKind::Succeeded => "succeeded",
+            PhaseKind::Degraded => "degraded",
+            PhaseKind::Failed => "failed",
+            PhaseKind::Aborted => "aborted",
+            PhaseKind::RollingBack => "rollingBack",
+            PhaseKind::RolledBack => "rolledBack",
+        }
+    }
+
+    /// The phase in words, for messages (`upgrading the control plane`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            PhaseKind::ControlPlane => "upgrading the control plane",
+            PhaseKind::AwaitingApproval => "awaiting approval",
+            PhaseKind::Workers => "upgrading workers",
+            PhaseKind::Paused => "paused",
+            PhaseKind::Succeeded => "succeeded",
+            PhaseKind::Degraded => "degraded",
+            PhaseKind::Failed => "failed",
+            PhaseKind::Aborted => "aborted",
+            PhaseKind::RollingBack => "rolling back",
+            PhaseKind::RolledBack => "rolled back",
+        }
+    }
+
+    /// Finished: the rollout did what it could, or was stopped. A new plan may take the place
+    /// of a finished one, and `skoalactl plan watch` stops waiting. `succeeded` and `degraded`
+    /// are finished but not [terminal](PhaseKind::is_terminal): with `convergence: auto` they
+    /// still upgrade clusters that return or join, until superseded.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            PhaseKind::Succeeded
+                | PhaseKind::Degraded
+                | PhaseKind::Failed
+                | PhaseKind::Aborted
+                | PhaseKind::RolledBack
+        )
+    }
+
+    /// Terminal: no action will ever come from the rollout again, so it can be neither paused
+    /// nor aborted. A subset of [finished](PhaseKind::is_finished).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PhaseKind::Failed | PhaseKind::Aborted | PhaseKind::RolledBack
+        )
+    }
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PhaseKind {
+    type Err = UnknownPhase;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PhaseKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownPhase(s.into()))
+    }
+}
+
+/// A text that names no phase.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a plan phase")]
+pub struct UnknownPhase(pub String);
+
+impl Phase {
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::ControlPlane => PhaseKind::ControlPlane,
+            Phase::AwaitingApproval { .. } => PhaseKind::AwaitingApproval,
+            Phase::Workers => PhaseKind::Workers,
+            Phase::Paused { .. } => PhaseKind::Paused,
+            Phase::Succeeded => PhaseKind::Succeeded,
+            Phase::Degraded { .. } => PhaseKind::Degraded,
+            Phase::Failed { .. } => PhaseKind::Failed,
+            Phase::Aborted => PhaseKind::Aborted,
+            Phase::RollingBack => PhaseKind::RollingBack,
+            Phase::RolledBack => PhaseKind::RolledBack,
+        }
+    }
+
+    /// [`PhaseKind::as_str`] of this phase.
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// [`PhaseKind::is_finished`] of this phase.
+    pub fn is_finished(&self) -> bool {
+        self.kind().is_finished()
+    }
+
+    /// [`PhaseKind::is_terminal`] of this phase.
+    pub fn is_terminal(&self) -> bool {
+        self.kind().is_terminal()
+    }
+}
+
+/// Why an operator's verb does not apply to the rollout as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("nothing to approve: the plan is {}", .0.describe())]
+    NothingToApprove(PhaseKind),
+    #[error("cannot pause: the plan is {}", .0.describe())]
+    CannotPause(PhaseKind),
+    #[error("cannot resume: the plan is {}, not paused", .0.describe())]
+    NotPaused(PhaseKind),
+    #[error("cannot abort: the plan is {}", .0.describe())]
+    CannotAbort(PhaseKind),
+    #[error("the plan is already rolled back or rolling back")]
+    AlreadyRollingBack,
+    #[error("upgrades are still running: pause the plan and wait for them to finish")]
+    StillRunning,
 }
 
 /// One cluster's progress within the plan.
@@ -243,13 +387,6 @@ impl Rollout {
         }
     }
 
-    /// Deterministic, so re-sending after a crash names the same operation. Dot-separated
-    /// (`<plan>.<target>.<kind>-<attempt>`): plan names and targets hold no dot, and the id
-    /// must be a safe file and object name wherever it is recorded (backups, records).
-    fn operation_id(&self, target: &Target, kind: &str, attempt: u32) -> String {
-        format!("{}.{}.{}-{}", self.plan, target, kind, attempt)
-    }
-
     fn worker_mut(&mut self, id: &str) -> Option<&mut Progress> {
         self.workers
             .iter_mut()
@@ -310,26 +447,20 @@ impl Rollout {
         }
     }
 
-    pub fn approve(&mut self) -> Result<u32, String> {
+    pub fn approve(&mut self) -> Result<u32, TransitionError> {
         match self.phase {
             Phase::AwaitingApproval { stage } => {
                 self.approved.push(stage);
                 self.phase = Phase::Workers;
                 Ok(stage)
             }
-            ref other => Err(format!(
-                "nothing to approve: the plan is {}",
-                phase_name(other)
-            )),
+            ref other => Err(TransitionError::NothingToApprove(other.kind())),
         }
     }
 
-    pub fn pause(&mut self, reason: &str) -> Result<(), String> {
-        if self.is_final() {
-            return Err(format!(
-                "cannot pause: the plan is {}",
-                phase_name(&self.phase)
-            ));
+    pub fn pause(&mut self, reason: &str) -> Result<(), TransitionError> {
+        if self.phase.is_terminal() {
+            return Err(TransitionError::CannotPause(self.phase.kind()));
         }
         self.phase = Phase::Paused {
             reason: reason.to_string(),
@@ -338,12 +469,9 @@ impl Rollout {
     }
 
     /// Resumes a paused plan. Failures so far are acknowledged: the budget counts new ones.
-    pub fn resume(&mut self) -> Result<(), String> {
+    pub fn resume(&mut self) -> Result<(), TransitionError> {
         if !matches!(self.phase, Phase::Paused { .. }) {
-            return Err(format!(
-                "cannot resume: the plan is {}, not paused",
-                phase_name(&self.phase)
-            ));
+            return Err(TransitionError::NotPaused(self.phase.kind()));
         }
         self.failures_acknowledged = self.failures();
         self.phase = if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
@@ -354,12 +482,9 @@ impl Rollout {
         Ok(())
     }
 
-    pub fn abort(&mut self) -> Result<(), String> {
-        if self.is_final() {
-            return Err(format!(
-                "cannot abort: the plan is {}",
-                phase_name(&self.phase)
-            ));
+    pub fn abort(&mut self) -> Result<(), TransitionError> {
+        if self.phase.is_terminal() {
+            return Err(TransitionError::CannotAbort(self.phase.kind()));
         }
         self.phase = Phase::Aborted;
         Ok(())
@@ -367,9 +492,9 @@ impl Rollout {
 
     /// Starts returning every upgraded cluster to its previous revision: workers first, then the
     /// control plane.
-    pub fn start_rollback(&mut self, ignore_windows: bool) -> Result<(), String> {
+    pub fn start_rollback(&mut self, ignore_windows: bool) -> Result<(), TransitionError> {
         if matches!(self.phase, Phase::RollingBack | Phase::RolledBack) {
-            return Err("the plan is already rolled back or rolling back".into());
+            return Err(TransitionError::AlreadyRollingBack);
         }
         let running = self
             .workers
@@ -377,21 +502,11 @@ impl Rollout {
             .any(|(_, p)| matches!(p.state, TargetState::Running { .. }))
             || matches!(self.control_plane.state, TargetState::Running { .. });
         if running {
-            return Err(
-                "upgrades are still running: pause the plan and wait for them to finish".into(),
-            );
+            return Err(TransitionError::StillRunning);
         }
         self.phase = Phase::RollingBack;
         self.rollback_ignores_windows = ignore_windows;
         Ok(())
-    }
-
-    /// Nothing will ever start again in this rollout.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Failed { .. } | Phase::Aborted | Phase::RolledBack
-        )
     }
 
     /// Every operation in flight: the control plane's first, then the workers' in order.
@@ -471,13 +586,13 @@ impl Rollout {
                     return;
                 }
                 self.control_plane.attempts += 1;
-                let operation_id = self.operation_id(
-                    &Target::ControlPlane,
-                    "upgrade",
+                let operation_id = OperationId::upgrade(
+                    &self.plan,
+                    Target::ControlPlane,
                     self.control_plane.attempts,
                 );
                 self.control_plane.state = TargetState::Running {
-                    operation_id,
+                    operation_id: operation_id.to_string(),
                     started: fleet.now,
                 };
                 self.control_plane.stage = Some(0);
@@ -643,9 +758,9 @@ impl Rollout {
             p.attempts += 1;
             p.stage = Some(stage);
             let target = Target::Worker(id);
-            let operation_id = format!("{plan_name}.{target}.upgrade-{}", p.attempts);
+            let operation_id = OperationId::upgrade(&plan_name, target.clone(), p.attempts);
             p.state = TargetState::Running {
-                operation_id,
+                operation_id: operation_id.to_string(),
                 started: fleet.now,
             };
             in_flight += 1;
@@ -767,9 +882,9 @@ impl Rollout {
                 continue;
             }
             let target = Target::Worker(id.clone());
-            let operation_id = format!("{plan_name}.{target}.rollback-{}", p.attempts);
+            let operation_id = OperationId::rollback(&plan_name, target.clone(), p.attempts);
             p.state = TargetState::RollingBack {
-                operation_id,
+                operation_id: operation_id.to_string(),
                 started: fleet.now,
                 to_revision: Some(rev),
             };
@@ -800,13 +915,13 @@ impl Rollout {
                         )
                     });
                 if fleet.control_plane.connected && cp_window {
-                    let operation_id = format!(
-                        "{plan_name}.{}.rollback-{}",
+                    let operation_id = OperationId::rollback(
+                        &plan_name,
                         Target::ControlPlane,
-                        self.control_plane.attempts
+                        self.control_plane.attempts,
                     );
                     self.control_plane.state = TargetState::RollingBack {
-                        operation_id,
+                        operation_id: operation_id.to_string(),
                         started: fleet.now,
                         to_revision: Some(rev),
                     };
@@ -825,18 +940,79 @@ fn at_target(r: &ClusterRelease, plan: &Plan, keys: &[&str]) -> bool {
     })
 }
 
-/// A short human name of a phase, for errors.
-pub fn phase_name(p: &Phase) -> &'static str {
-    match p {
-        Phase::ControlPlane => "upgrading the control plane",
-        Phase::AwaitingApproval { .. } => "awaiting approval",
-        Phase::Workers => "upgrading workers",
-        Phase::Paused { .. } => "paused",
-        Phase::Succeeded => "succeeded",
-        Phase::Degraded { .. } => "degraded",
-        Phase::Failed { .. } => "failed",
-        Phase::Aborted => "aborted",
-        Phase::RollingBack => "rolling back",
-        Phase::RolledBack => "rolled back",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_details(kind: PhaseKind) -> Phase {
+        let reason = "why".to_string();
+        match kind {
+            PhaseKind::ControlPlane => Phase::ControlPlane,
+            PhaseKind::AwaitingApproval => Phase::AwaitingApproval { stage: 2 },
+            PhaseKind::Workers => Phase::Workers,
+            PhaseKind::Paused => Phase::Paused { reason },
+            PhaseKind::Succeeded => Phase::Succeeded,
+            PhaseKind::Degraded => Phase::Degraded { reason },
+            PhaseKind::Failed => Phase::Failed { reason },
+            PhaseKind::Aborted => Phase::Aborted,
+            PhaseKind::RollingBack => Phase::RollingBack,
+            PhaseKind::RolledBack => Phase::RolledBack,
+        }
+    }
+
+    #[test]
+    fn phase_names_are_the_stored_names() {
+        for kind in PhaseKind::ALL {
+            let phase = with_details(kind);
+            assert_eq!(phase.kind(), kind);
+            let stored = serde_json::to_value(&phase).expect("json");
+            assert_eq!(stored["phase"], kind.as_str(), "{phase:?}");
+            assert_eq!(kind.as_str().parse::<PhaseKind>(), Ok(kind));
+        }
+        assert!("rolled-back".parse::<PhaseKind>().is_err());
+    }
+
+    #[test]
+    fn terminal_phases_are_finished_ones() {
+        let names = |f: fn(PhaseKind) -> bool| -> Vec<&str> {
+            PhaseKind::ALL
+                .into_iter()
+                .filter(|k| f(*k))
+                .map(PhaseKind::as_str)
+                .collect()
+        };
+        assert_eq!(
+            names(PhaseKind::is_finished),
+            ["succeeded", "degraded", "failed", "aborted", "rolledBack"]
+        );
+        assert_eq!(
+            names(PhaseKind::is_terminal),
+            ["failed", "aborted", "rolledBack"]
+        );
+    }
+
+    #[test]
+    fn transition_errors_read_as_before() {
+        let cases = [
+            (
+                TransitionError::NothingToApprove(PhaseKind::Workers),
+                "nothing to approve: the plan is upgrading workers",
+            ),
+            (
+                TransitionError::CannotPause(PhaseKind::RolledBack),
+                "cannot pause: the plan is rolled back",
+            ),
+            (
+                TransitionError::NotPaused(PhaseKind::ControlPlane),
+                "cannot resume: the plan is upgrading the control plane, not paused",
+            ),
+            (
+                TransitionError::CannotAbort(PhaseKind::Aborted),
+                "cannot abort: the plan is aborted",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
     }
 }

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::release_status::ReleaseStatus;
+
 /// What one cluster's release looks like, as far as skew is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ReleaseState {
     pub chart_version: String,
-    /// Helm's status: `deployed`, `failed`, `pending-upgrade`, …
-    pub status: String,
+    pub status: ReleaseStatus,
     /// Image-tag value key → tag.
     pub image_tags: BTreeMap<String, String>,
 }
@@ -36,7 +37,7 @@ pub enum SkewReason {
     /// The release's chart version differs from the control plane's.
     Version { expected: String, actual: String },
     /// The release is not `deployed`.
-    Status { status: String },
+    Status { status: ReleaseStatus },
     /// An image tag does not match `v<chart version>`.
     ImageTag {
         key: String,
@@ -97,7 +98,7 @@ impl SkewReport {
 /// Problems of one release on its own: not deployed, or tags that do not follow its version.
 pub(crate) fn release_problems(r: &ReleaseState, tag_keys: &[&str]) -> Vec<SkewReason> {
     let mut out = Vec::new();
-    if r.status != "deployed" {
+    if !r.status.is_deployed() {
         out.push(SkewReason::Status {
             status: r.status.clone(),
         });

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use jiff::SignedDuration;
 use skoala_plan::profile::SKOALA;
-use skoala_plan::rollout::phase_name;
 use skoala_plan::{
     ClusterRelease, FleetView, InFlight, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
     TargetState, UpgradePlan, WorkerView, validate,
@@ -203,7 +202,7 @@ fn a_failed_control_plane_touches_no_worker() {
         "{:?}",
         r.phase
     );
-    assert!(r.is_final());
+    assert!(r.phase.is_terminal());
 }
 
 #[test]
@@ -512,7 +511,7 @@ fn rollback_returns_workers_first_then_the_control_plane() {
             {
                 assert!(r.record(
                     target,
-                    operation_id,
+                    &operation_id.to_string(),
                     Outcome::Succeeded {
                         revision_before: None
                     }
@@ -537,7 +536,7 @@ fn rollback_returns_workers_first_then_the_control_plane() {
     );
     finish(&mut r, &a);
     sim.step(&mut r, &plan);
-    assert_eq!(r.phase, Phase::RolledBack, "{}", phase_name(&r.phase));
+    assert_eq!(r.phase, Phase::RolledBack, "{}", r.phase.as_str());
 }
 
 #[test]
@@ -550,9 +549,11 @@ fn results_for_unknown_or_repeated_operations_are_ignored() {
         panic!("upgrade expected")
     };
     assert_eq!(
-        operation_id, "p.control-plane.upgrade-1",
+        operation_id.to_string(),
+        "p.control-plane.upgrade-1",
         "deterministic ids make re-sends harmless"
     );
+    let operation_id = &operation_id.to_string();
     assert!(!r.record(
         &Target::ControlPlane,
         "p.control-plane.upgrade-0",

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, PropagationPolicy};
+use skoala_plan::ReleaseStatus;
 use tokio::sync::mpsc;
 
 use crate::backup;
@@ -424,7 +425,7 @@ impl<'a> Run<'a> {
         if self.mode == Mode::Preflight {
             // Read-only: no record, no lock; a release that is not deployed is a refusal.
             return match self.read_release().await {
-                Ok(Some(info)) if info.status == "deployed" => {
+                Ok(Some(info)) if info.status.is_deployed() => {
                     self.after_release_check(info, None, t).await
                 }
                 Ok(other) => {
@@ -472,8 +473,8 @@ impl<'a> Run<'a> {
         // A record still `running` (ours or another operation's) under a lock we now hold
         // means that operation's process died.
         let crashed = found.clone().filter(|r| r.phase == RecordPhase::Running);
-        if info.status != "deployed" {
-            let stuck = info.status.starts_with("pending-") || info.status == "failed";
+        if !info.status.is_deployed() {
+            let stuck = info.status.is_pending() || info.status == ReleaseStatus::Failed;
             let Some(record) = crashed.filter(|_| stuck) else {
                 let msg = format!(
                     "release {} revision {} is {}, not deployed: another operation may be in \
@@ -498,11 +499,11 @@ impl<'a> Run<'a> {
             }
             let t2 = self.start(Step::Preflight).await;
             info = match self.read_release().await {
-                Ok(Some(info)) if info.status == "deployed" => info,
+                Ok(Some(info)) if info.status.is_deployed() => info,
                 Ok(other) => {
                     let msg = format!(
                         "after recovery the release is {}",
-                        other.map_or("gone".to_string(), |i| i.status)
+                        other.map_or("gone".to_string(), |i| i.status.to_string())
                     );
                     self.refuse(Step::Preflight, t2, Done::failed(msg)).await;
                     return Ok(());
@@ -635,7 +636,7 @@ impl<'a> Run<'a> {
         };
         let still_there = info
             .as_ref()
-            .is_some_and(|i| i.status == "deployed" && i.chart_version == rec.target_version);
+            .is_some_and(|i| i.status.is_deployed() && i.chart_version == rec.target_version);
         if rec.phase == RecordPhase::Succeeded && !still_there {
             // Someone changed the release since; report it, do not silently redo.
             self.report.outcome = Outcome::Refused;

@@ -25,6 +25,7 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use serde::Deserialize;
+use skoala_plan::ReleaseStatus;
 use skoala_plan::profile::{ReleaseProfile, SKOALA};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -112,8 +113,7 @@ pub struct ReleaseInfo {
     pub chart_version: String,
     pub app_version: String,
     pub revision: i32,
-    /// Helm's status: `deployed`, `failed`, `pending-upgrade`, `superseded`, ...
-    pub status: String,
+    pub status: ReleaseStatus,
     /// Image-tag key → tag, for the tracked keys present in the release's values.
     pub image_tags: BTreeMap<String, String>,
     /// `info.last_deployed` of the revision (when helm last wrote it).
@@ -199,7 +199,7 @@ pub fn decode_release(
         chart_version: record.chart.metadata.version,
         app_version: record.chart.metadata.app_version,
         revision: record.version,
-        status: record.info.status,
+        status: record.info.status.into(),
         image_tags,
         updated: record
             .info
@@ -555,7 +555,7 @@ mod tests {
         assert_eq!(info.chart_version, "0.19.2");
         assert_eq!(info.app_version, "0.19.2");
         assert_eq!(info.revision, 3);
-        assert_eq!(info.status, "deployed");
+        assert_eq!(info.status, ReleaseStatus::Deployed);
         assert_eq!(
             info.updated,
             Some("2025-02-03T04:05:06.5Z".parse().expect("ts"))

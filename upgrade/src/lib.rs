@@ -81,4 +81,6 @@ pub mod wire;
 pub use executor::{BackupUpload, ExecError, Executor, Operation};
 pub use helm::{Helm, HelmError};
 pub use report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
+/// Helm's release status ([`inventory::ReleaseInfo::status`]), shared with the plan core.
+pub use skoala_plan::ReleaseStatus;
 pub use spec::{ChartSource, CrdPolicy, ReleaseSpec, SpecError};

@@ -129,12 +129,12 @@ pub async fn check(
         .await
         .map_err(|e| format!("reading the release: {e}"))?
         .ok_or("the release is not installed")?;
-    if info.status != "deployed" {
+    if !info.status.is_deployed() {
         let reason = format!(
             "revision {} is {}, not deployed",
             info.revision, info.status
         );
-        return Err(if info.status.starts_with("pending-") {
+        return Err(if info.status.is_pending() {
             reason.into()
         } else {
             permanent(reason)

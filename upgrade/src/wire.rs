@@ -85,7 +85,7 @@ pub fn inventory(releases: &[ReleaseInfo]) -> Inventory {
                 chart_version: r.chart_version.clone(),
                 app_version: r.app_version.clone(),
                 revision: r.revision,
-                status: r.status.clone(),
+                status: r.status.to_string(),
                 image_tags: r.image_tags.clone().into_iter().collect(),
                 updated_unix: r.updated.map(|t| t.as_second()).unwrap_or_default(),
             })

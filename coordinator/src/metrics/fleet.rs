@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use skoala_plan::{FleetView, SkewReport};
+use skoala_plan::{FleetView, PhaseKind, SkewReport};
 use skoala_proto::v1::PlanStatus;
 
 use skoala_support::prometheus::{Kind, Writer};
@@ -43,20 +43,6 @@ pub const PLAN_TARGET_STATES: &[&str] = &[
     "rollingBack",
     "rolledBack",
     "reverted",
-];
-
-/// The phases of a plan, as `skoalactl plan status` names them.
-pub const PLAN_PHASES: &[&str] = &[
-    "controlPlane",
-    "awaitingApproval",
-    "workers",
-    "paused",
-    "succeeded",
-    "degraded",
-    "failed",
-    "aborted",
-    "rollingBack",
-    "rolledBack",
 ];
 
 /// Why clusters are skewed (`skoala_plan::SkewReason`'s kinds).
@@ -118,8 +104,8 @@ pub fn compute(state: &FleetState) -> FleetGauges {
         let state = match &r.release {
             _ if !r.connected => "offline",
             _ if running.contains(r.cluster_id.as_str()) => "upgrading",
-            Some(rel) if rel.status.starts_with("pending-") => "upgrading",
-            Some(rel) if rel.status != "deployed" => "failed",
+            Some(rel) if rel.status.is_pending() => "upgrading",
+            Some(rel) if !rel.status.is_deployed() => "failed",
             None => "missing",
             Some(_) => "connected",
         };
@@ -265,8 +251,8 @@ impl FleetGauges {
             "The active plan's phase: 1 for the current phase, 0 for the others.",
         );
         for p in &self.plans {
-            for phase in PLAN_PHASES {
-                let v = if p.phase == *phase { 1.0 } else { 0.0 };
+            for phase in PhaseKind::ALL.map(PhaseKind::as_str) {
+                let v = if p.phase == phase { 1.0 } else { 0.0 };
                 w.sample(
                     "skoala_plan_phase",
                     &[("plan", &p.name), ("phase", phase)],

@@ -2,7 +2,7 @@
 //! (plans, their status, skew). Errors are [`Error`]s; the admin API turns them into gRPC
 //! codes.
 
-use skoala_plan::{Plan, Rollout, UpgradePlan, validate};
+use skoala_plan::{PhaseKind, Plan, Rollout, UpgradePlan, validate};
 use skoala_proto::v1::PlanStatus;
 use skoala_upgrade::Helm;
 
@@ -64,7 +64,7 @@ impl<S: Store> Orchestrator<S> {
         let mut st = self.state.lock().await;
         if let Some(a) = &st.active
             && a.plan.name != plan.name
-            && !status::finished(&a.rollout.phase)
+            && !a.rollout.phase.is_finished()
         {
             let (phase, _) = status::phase(&a.rollout.phase);
             return Err(Error::Busy {
@@ -96,7 +96,7 @@ impl<S: Store> Orchestrator<S> {
         let event = PlanEventRecord {
             plan: plan.name.clone(),
             kind: "plan.applied".into(),
-            state: "controlPlane".into(),
+            state: PhaseKind::ControlPlane.as_str().into(),
             message: match &charts {
                 Some(c) => format!(
                     "{selected} working clusters selected, version {}; relaying {}",

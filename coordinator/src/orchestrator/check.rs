@@ -9,9 +9,10 @@
 //!
 //! A check must never disturb a running plan:
 //!
-//! - its operation ids are `preflight_<plan>_<nonce>.<target>`: an underscore can never appear
-//!   in a plan name (DNS-1123), so they never equal a rollout's `<plan>.<target>.<kind>-<n>`,
-//!   and the executor's per-operation idempotency never confuses the two;
+//! - its operation ids are `preflight_<plan>_<nonce>.<target>` ([`OperationId::Preflight`]): an
+//!   underscore can never appear in a plan name (DNS-1123), so they never equal a rollout's
+//!   `<plan>.<target>.<kind>-<n>`, and the executor's per-operation idempotency never confuses
+//!   the two;
 //! - its answers are taken out of the agents' message flow by [`Checks::take`] before the
 //!   orchestrator sees them, so they are neither recorded into the rollout nor written to the
 //!   plan's event log (late answers, after the deadline, are dropped the same way);
@@ -28,7 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use skoala_plan::validate::ChartSource as PlanSource;
-use skoala_plan::{ClusterRelease, Plan, Rollout, TargetState};
+use skoala_plan::{ClusterRelease, OperationId, Plan, Rollout, Target, TargetState};
 use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, coordinator_message,
@@ -44,9 +45,6 @@ use super::{Error, Orchestrator, Result};
 use crate::clock::now_ms;
 use crate::store::Store;
 
-/// Operation ids of checks start with this (see the module docs for why it cannot collide).
-const PREFIX: &str = "preflight_";
-
 /// Default time to wait for the clusters' answers.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest deadline a caller may ask for.
@@ -54,7 +52,7 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(1800);
 
 /// Whether `operation_id` belongs to a check rather than a plan.
 pub fn is_check(operation_id: &str) -> bool {
-    operation_id.starts_with(PREFIX)
+    OperationId::is_preflight(operation_id)
 }
 
 /// The checks waiting for agents' answers, by operation id.
@@ -95,10 +93,10 @@ impl Checks {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A fresh operation-id stem for one check of `plan`.
-    fn stem(&self, plan: &str) -> String {
+    /// A fresh nonce for the operation ids of one check.
+    fn nonce(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{PREFIX}{plan}_{}-{n}", now_ms())
+        format!("{}-{n}", now_ms())
     }
 
     fn wait_for(&self, op: &str) -> oneshot::Receiver<TaskResult> {
@@ -156,7 +154,7 @@ impl Row {
             role,
             reachable: cluster.connected,
             version: release.map(|r| r.chart_version.clone()).unwrap_or_default(),
-            status: release.map(|r| r.status.clone()).unwrap_or_default(),
+            status: release.map(|r| r.status.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -168,8 +166,8 @@ struct Run<'a> {
     deadline: Duration,
     out: mpsc::Sender<PreflightResult>,
     waiting: JoinSet<(Row, Answer)>,
-    /// The check's operation ids are `<stem>.<target>`.
-    stem: String,
+    /// Makes the check's operation ids its own ([`Run::operation_id`]).
+    nonce: String,
     /// Targets the active plan is upgrading now ([`busy`]): not asked.
     busy: HashMap<String, String>,
     /// The plan's charts (`None` for a repo plan), or why they cannot be had.
@@ -177,6 +175,11 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The id of this check's operation on `target`.
+    fn operation_id(&self, target: Target) -> String {
+        OperationId::preflight(&self.plan.name, &self.nonce, target).to_string()
+    }
+
     /// Sends a row whose result is known without asking.
     async fn report(&self, row: Row, result: &str, step: &str, message: String) {
         let r = self.result(row, result, step.to_string(), message);
@@ -261,7 +264,7 @@ impl<S: Store> Orchestrator<S> {
             deadline,
             out,
             waiting: JoinSet::new(),
-            stem: self.checks.stem(&plan.name),
+            nonce: self.checks.nonce(),
             busy: busy(&self.store).await,
             charts,
         };
@@ -293,7 +296,7 @@ impl<S: Store> Orchestrator<S> {
         if let Some(source) = source {
             spec.source = source;
         }
-        let rx = control_plane_preflight(runner, spec, format!("{}.{CONTROL_PLANE}", run.stem));
+        let rx = control_plane_preflight(runner, spec, run.operation_id(Target::ControlPlane));
         run.wait(row, rx);
     }
 
@@ -329,7 +332,7 @@ impl<S: Store> Orchestrator<S> {
                     continue;
                 }
             };
-            let op = format!("{}.{id}", run.stem);
+            let op = run.operation_id(Target::Worker(id.clone()));
             let task = preflight_task(plan, source, &op, self.helm_timeout, run.deadline);
             let rx = self.checks.wait_for(&op);
             let msg = CoordinatorMessage {
@@ -505,14 +508,15 @@ mod tests {
     #[test]
     fn check_ids_never_look_like_a_plans_operations() {
         let checks = Checks::default();
-        let stem = checks.stem("to-0-19-2");
-        assert!(is_check(&format!("{stem}.control-plane")));
+        let op = |nonce: &str| OperationId::preflight("to-0-19-2", nonce, Target::ControlPlane);
+        let nonce = checks.nonce();
+        assert!(is_check(&op(&nonce).to_string()));
         // What the rollout sends: `<plan>.<target>.<kind>-<n>`; plan names hold no '_'.
         assert!(!is_check("to-0-19-2.control-plane.upgrade-1"));
         assert!(!is_check("preflight.abc.upgrade-1"));
         assert_ne!(
-            stem,
-            checks.stem("to-0-19-2"),
+            op(&nonce),
+            op(&checks.nonce()),
             "each check gets its own ids"
         );
     }
@@ -520,7 +524,8 @@ mod tests {
     #[test]
     fn answers_reach_their_check_and_never_the_rollout() {
         let checks = Checks::default();
-        let op = format!("{}.c1", checks.stem("p"));
+        let op =
+            OperationId::preflight("p", &checks.nonce(), Target::Worker("c1".into())).to_string();
         let mut rx = checks.wait_for(&op);
         let accepted = Body::TaskAccepted(TaskAccepted {
             operation_id: op.clone(),

@@ -62,8 +62,8 @@ pub enum Error {
     #[error("no plan named {0:?}")]
     NotFound(String),
     /// The rollout does not allow the verb in its current phase.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(skoala_plan::TransitionError),
     /// The stored plan is in a form this coordinator cannot read.
     #[error("plan {0} is stored in a form this coordinator cannot read")]
     Unreadable(String),

@@ -15,7 +15,7 @@ use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 
 /// The id the control plane has in plans and events.
-pub const CONTROL_PLANE: &str = "control-plane";
+pub const CONTROL_PLANE: &str = skoala_plan::Target::CONTROL_PLANE;
 
 /// A fleet view plus the names of its clusters (events and statuses show names).
 #[derive(Clone)]
@@ -67,7 +67,7 @@ fn release_state(releases: &[ReleaseInventory], profile: &ReleaseProfile) -> Opt
         .find(|r| r.release == profile.release && r.namespace == profile.namespace)
         .map(|r| ReleaseState {
             chart_version: r.chart_version.clone(),
-            status: r.status.clone(),
+            status: r.status.as_str().into(),
             image_tags: r
                 .image_tags
                 .iter()

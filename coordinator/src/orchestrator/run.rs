@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource;
-use skoala_plan::{Plan, Rollout, Target, UpgradePlan, validate};
+use skoala_plan::{OperationId, Plan, Rollout, Target, UpgradePlan, validate};
 use skoala_proto::v1::{TaskResult, agent_message::Body};
 use skoala_upgrade::Helm;
 
@@ -373,14 +373,12 @@ impl std::fmt::Display for Laps {
     }
 }
 
-/// The plan an operation id belongs to (`<plan>.<target>.<kind>-<attempt>`; plan names hold
-/// no dot).
+/// The plan an operation id belongs to; empty for a text that is not an operation id.
 fn plan_of(operation_id: &str) -> String {
     operation_id
-        .split('.')
-        .next()
+        .parse::<OperationId>()
+        .map(|id| id.plan().to_string())
         .unwrap_or_default()
-        .to_string()
 }
 
 fn result_event(

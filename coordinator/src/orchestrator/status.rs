@@ -11,25 +11,19 @@ use crate::store::{PlanEventRecord, PlanRecord};
 
 /// A phase's short name and its reason (empty when it has none).
 pub fn phase(p: &Phase) -> (&'static str, String) {
-    match p {
-        Phase::ControlPlane => ("controlPlane", String::new()),
-        Phase::AwaitingApproval { stage } => (
-            "awaitingApproval",
-            if *stage == 0 {
-                "approve the canaries: skoalactl plan approve".into()
-            } else {
-                format!("approve wave {stage}: skoalactl plan approve")
-            },
-        ),
-        Phase::Workers => ("workers", String::new()),
-        Phase::Paused { reason } => ("paused", reason.clone()),
-        Phase::Succeeded => ("succeeded", String::new()),
-        Phase::Degraded { reason } => ("degraded", reason.clone()),
-        Phase::Failed { reason } => ("failed", reason.clone()),
-        Phase::Aborted => ("aborted", String::new()),
-        Phase::RollingBack => ("rollingBack", String::new()),
-        Phase::RolledBack => ("rolledBack", String::new()),
-    }
+    let reason = match p {
+        Phase::AwaitingApproval { stage: 0 } => {
+            "approve the canaries: skoalactl plan approve".into()
+        }
+        Phase::AwaitingApproval { stage } => {
+            format!("approve wave {stage}: skoalactl plan approve")
+        }
+        Phase::Paused { reason } | Phase::Degraded { reason } | Phase::Failed { reason } => {
+            reason.clone()
+        }
+        _ => String::new(),
+    };
+    (p.as_str(), reason)
 }
 
 /// Why a plan with nothing in flight waits (its windows, offline agents), from its document:
@@ -37,18 +31,6 @@ pub fn phase(p: &Phase) -> (&'static str, String) {
 fn waiting(record: &PlanRecord, rollout: &Rollout, snap: &Snapshot) -> Option<String> {
     let plan = validate(&UpgradePlan::from_yaml(&record.document).ok()?).ok()?;
     waiting_reason(rollout, &plan, &snap.view)
-}
-
-/// Whether a new plan may supersede a plan in this phase.
-pub fn finished(p: &Phase) -> bool {
-    matches!(
-        p,
-        Phase::Succeeded
-            | Phase::Degraded { .. }
-            | Phase::Failed { .. }
-            | Phase::Aborted
-            | Phase::RolledBack
-    )
 }
 
 /// A target state's short name, operation id and message.

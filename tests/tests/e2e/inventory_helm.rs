@@ -9,6 +9,7 @@ use skoala_e2e::sim::delete_admission_jobs;
 use skoala_e2e::tools::helm_versions;
 use skoala_e2e::wait;
 use skoala_sim::{Cluster, ClusterConfig};
+use skoala_upgrade::ReleaseStatus;
 use skoala_upgrade::inventory::{self, InventoryWatch, ReleaseInfo, TrackedRelease};
 
 /// A value an operator set at install time; it must never reach the inventory.
@@ -73,7 +74,8 @@ async fn inventory_follows_what_real_helm_does() {
             .await
             .expect("helm install");
         let (inv, took) = seen(&watch, "the install", |i| {
-            i.first().is_some_and(|r| r.status == "deployed")
+            i.first()
+                .is_some_and(|r| r.status == ReleaseStatus::Deployed)
         })
         .await;
         let r = &inv[0];
@@ -146,7 +148,7 @@ async fn inventory_follows_what_real_helm_does() {
         );
         let (inv, took) = seen(&watch, "the failed upgrade", |i| {
             i.first()
-                .is_some_and(|r| r.revision == 2 && r.status == "failed")
+                .is_some_and(|r| r.revision == 2 && r.status == ReleaseStatus::Failed)
         })
         .await;
         assert_eq!(inv[0].chart_version, "0.19.1", "{label}");
@@ -161,7 +163,7 @@ async fn inventory_follows_what_real_helm_does() {
             .expect("helm upgrade");
         let (inv, took) = seen(&watch, "the hand-made upgrade", |i| {
             i.first()
-                .is_some_and(|r| r.revision == 3 && r.status == "deployed")
+                .is_some_and(|r| r.revision == 3 && r.status == ReleaseStatus::Deployed)
         })
         .await;
         assert_eq!(inv[0].chart_version, "0.19.1", "{label}");
@@ -184,7 +186,7 @@ async fn inventory_follows_what_real_helm_does() {
         .expect("helm rollback");
         let (inv, _) = seen(&watch, "the rollback", |i| {
             i.first()
-                .is_some_and(|r| r.revision == 4 && r.status == "deployed")
+                .is_some_and(|r| r.revision == 4 && r.status == ReleaseStatus::Deployed)
         })
         .await;
         assert_eq!(inv[0].chart_version, "0.19.0", "{label}");

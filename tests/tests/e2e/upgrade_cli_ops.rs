@@ -7,7 +7,7 @@ use std::process::Output;
 
 use skoala_e2e::charts::{UpgradeFixture, custom_values, start_repo};
 use skoala_e2e::tools::{helm_versions, our_bin};
-use skoala_upgrade::backup;
+use skoala_upgrade::{ReleaseStatus, backup};
 
 async fn run(fx: &UpgradeFixture, args: &[&str]) -> Output {
     tokio::process::Command::new(our_bin("skoala-upgrade"))
@@ -118,7 +118,7 @@ async fn preflight_and_rollback_from_the_command_line() {
             "{label}: rolled back to the first revision's chart as revision 3"
         );
         let info = fx.release("skoala-init").await.expect("release");
-        assert_eq!(info.status, "deployed");
+        assert_eq!(info.status, ReleaseStatus::Deployed);
         assert_eq!(
             backup::list(&fx.client, "skoala-system", "skoala-init")
                 .await

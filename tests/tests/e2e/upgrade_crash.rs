@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use skoala_e2e::charts::{UpgradeFixture, custom_values, repo_source, start_repo};
 use skoala_e2e::tools::{helm_versions, our_bin};
 use skoala_e2e::wait;
-use skoala_upgrade::{Outcome, Phase, ReleaseSpec, Step, StepOutcome, backup, record};
+use skoala_upgrade::{
+    Outcome, Phase, ReleaseSpec, ReleaseStatus, Step, StepOutcome, backup, record,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()> {
@@ -48,7 +50,7 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
             Duration::from_secs(60),
             || async {
                 let info = fx.release("skoala-init").await.ok()?;
-                (info.status == "pending-upgrade").then_some(())
+                (info.status == ReleaseStatus::PendingUpgrade).then_some(())
             },
         )
         .await?;
@@ -61,7 +63,8 @@ async fn sigkill_mid_upgrade_is_recovered_by_the_next_run() -> anyhow::Result<()
         assert!(!status.success(), "{label}: the run was killed");
         let stuck = fx.release("skoala-init").await?;
         assert_eq!(
-            stuck.status, "pending-upgrade",
+            stuck.status,
+            ReleaseStatus::PendingUpgrade,
             "{label}: helm died mid-upgrade"
         );
 

@@ -17,7 +17,7 @@ use skoala_e2e::real::{self, FLEET_NAMESPACE, Helm, RELEASE_NAMESPACE};
 use skoala_e2e::tools::our_bin;
 use skoala_e2e::wait;
 use skoala_upgrade::inventory::{TrackedRelease, read_release};
-use skoala_upgrade::{Outcome, ReleaseSpec, Step, backup};
+use skoala_upgrade::{Outcome, ReleaseSpec, ReleaseStatus, Step, backup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_agents_rights_helm4_upgrades_rolls_back_and_recovers() -> anyhow::Result<()> {
@@ -162,7 +162,7 @@ async fn story(h: Helm) -> anyhow::Result<()> {
     wait::until(
         "the release to be pending-upgrade",
         Duration::from_secs(90),
-        || async { (release().await.ok()?.status == "pending-upgrade").then_some(()) },
+        || async { (release().await.ok()?.status == ReleaseStatus::PendingUpgrade).then_some(()) },
     )
     .await?;
     let killed = tokio::process::Command::new("kill")
@@ -171,7 +171,11 @@ async fn story(h: Helm) -> anyhow::Result<()> {
         .await?;
     assert!(killed.success(), "kill the process group");
     tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
-    assert_eq!(release().await?.status, "pending-upgrade", "{label}: stuck");
+    assert_eq!(
+        release().await?.status,
+        ReleaseStatus::PendingUpgrade,
+        "{label}: stuck"
+    );
 
     // The same operation again: the stale pending release is rolled back (its lock is not
     // renewed any more), the upgrade retried once, fails on the broken image again, and the

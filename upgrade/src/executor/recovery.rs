@@ -4,6 +4,8 @@
 //! the new chart); a rollback is then verified like an upgrade, against the old version and
 //! tags.
 
+use skoala_plan::ReleaseStatus;
+
 use crate::helm::{HelmError, HelmOutput, QUICK, timeout_flag};
 use crate::inventory::ReleaseInfo;
 use crate::record::{OperationRecord, RecordPhase};
@@ -91,8 +93,8 @@ impl Run<'_> {
             .iter()
             .filter_map(|e| {
                 let rev = e.get("revision")?.as_i64()? as i32;
-                let status = e.get("status")?.as_str()?;
-                (rev < latest && (status == "deployed" || status == "superseded")).then_some(rev)
+                let status = ReleaseStatus::parse(e.get("status")?.as_str()?);
+                (rev < latest && status.was_deployed()).then_some(rev)
             })
             .max()
     }

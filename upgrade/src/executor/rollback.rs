@@ -7,6 +7,8 @@
 //! before `helm rollback`, and verification afterwards against the target revision's own chart
 //! version and image tags.
 
+use skoala_plan::ReleaseStatus;
+
 use crate::ExecError;
 use crate::inventory::{self, ReleaseInfo};
 use crate::record::{OperationRecord, RecordPhase};
@@ -47,7 +49,7 @@ impl Run<'_> {
         };
         // A failed release is exactly what one rolls back; a pending one is someone's live
         // operation (we hold the lock, so not one of ours) and is left alone.
-        if info.status != "deployed" && info.status != "failed" {
+        if !(info.status.is_deployed() || info.status == ReleaseStatus::Failed) {
             let msg = format!(
                 "release {} revision {} is {}: only a deployed or failed release is rolled back",
                 self.spec.release, info.revision, info.status
