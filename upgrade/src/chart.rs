@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use crate::backup::sha256_hex;
-use crate::helm::{HelmOutput, HelmSession, QUICK};
+use crate::helm::{HelmOutput, QUICK, RunHelm};
 use crate::spec::{ChartSource, ReleaseSpec};
 
 /// A fetched and checked chart archive.
@@ -37,7 +37,7 @@ impl ChartError {
 }
 
 /// Fetches (or verifies) the chart of `spec`.
-pub async fn fetch(session: &HelmSession, spec: &ReleaseSpec) -> Result<FetchedChart, ChartError> {
+pub async fn fetch(session: &impl RunHelm, spec: &ReleaseSpec) -> Result<FetchedChart, ChartError> {
     let path = match &spec.source {
         ChartSource::Archive { path, sha256 } => {
             let bytes = tokio::fs::read(path)
@@ -106,7 +106,7 @@ pub async fn fetch(session: &HelmSession, spec: &ReleaseSpec) -> Result<FetchedC
     })
 }
 
-async fn helm_ok(session: &HelmSession, args: &[&str], what: &str) -> Result<(), ChartError> {
+async fn helm_ok(session: &impl RunHelm, args: &[&str], what: &str) -> Result<(), ChartError> {
     let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
     match session.run(&args, QUICK).await {
         Ok(out) if out.success() => Ok(()),

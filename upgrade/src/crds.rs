@@ -195,13 +195,14 @@ pub async fn apply(
     Ok(names)
 }
 
+/// Charts for tests: a CRD and a packager.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    /// A valid CRD, `widgets.example.io`.
+    pub(crate) const CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.io\nspec:\n  group: example.io\n  names: {kind: Widget, plural: widgets}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object}\n";
 
-    const CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.io\nspec:\n  group: example.io\n  names: {kind: Widget, plural: widgets}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object}\n";
-
-    fn tgz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    /// A gzipped tar of `files` (path, content), as `helm package` writes one.
+    pub(crate) fn tgz(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::fast(),
@@ -214,6 +215,12 @@ mod tests {
         }
         tar.into_inner().expect("tar").finish().expect("gzip")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{CRD, tgz};
+    use super::*;
 
     #[test]
     fn finds_crds_in_the_chart_and_every_subchart() {

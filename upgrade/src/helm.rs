@@ -7,6 +7,9 @@
 //! `~/.config/helm` never see each other's repositories, and the working files (values, the
 //! chart) live in a place that disappears with the session.
 //!
+//! Everything that runs helm for an operation takes a [`RunHelm`]: a [`HelmSession`] in the
+//! product, a fake in the executor's unit tests.
+//!
 //! Flag differences handled here (helm 4 renamed or changed them):
 //! - wait: helm 3 `--wait`; helm 4 `--wait=watcher` (a bare `--wait` still means watcher in
 //!   4.1, but its default is `hookOnly`, so being explicit keeps the meaning if that changes).
@@ -137,6 +140,17 @@ impl Helm {
     pub fn wait_flags(&self) -> Vec<OsString> {
         wait_flags(self.major)
     }
+
+    /// A helm that was never run, for fakes: `version` as `helm version` would print it.
+    #[cfg(test)]
+    pub(crate) fn assumed(version: &str) -> Helm {
+        Helm {
+            path: PathBuf::from("helm"),
+            kubeconfig: PathBuf::new(),
+            version: version.into(),
+            major: parse_major(version).expect("a helm 3 or 4 version"),
+        }
+    }
 }
 
 /// `--wait` per helm major.
@@ -183,6 +197,24 @@ impl HelmOutput {
     }
 }
 
+/// Runs helm for one operation. [`HelmSession`] is the real one; the executor's unit tests put
+/// a fake helm behind it.
+pub trait RunHelm: Send + Sync {
+    /// The helm that runs: its version and per-major flags.
+    fn helm(&self) -> &Helm;
+
+    /// A private folder for the operation's values files and charts.
+    fn work_dir(&self) -> &Path;
+
+    /// Runs helm with `args`, bounded by `timeout` (plus a margin for commands that carry
+    /// their own `--timeout`).
+    fn run(
+        &self,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HelmOutput, HelmError>> + Send;
+}
+
 /// Private helm homes and a work folder for one operation; removed on drop.
 pub struct HelmSession {
     helm: Helm,
@@ -212,6 +244,24 @@ impl HelmSession {
             timeout + OVERRUN,
         )
         .await
+    }
+}
+
+impl RunHelm for HelmSession {
+    fn helm(&self) -> &Helm {
+        HelmSession::helm(self)
+    }
+
+    fn work_dir(&self) -> &Path {
+        HelmSession::work_dir(self)
+    }
+
+    fn run(
+        &self,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HelmOutput, HelmError>> + Send {
+        HelmSession::run(self, args, timeout)
     }
 }
 

@@ -52,7 +52,7 @@
 //! runs one operation from the command line.
 //!
 //! Modules, one job each: [`spec`] (what to upgrade), [`helm`] (the CLI, isolated homes,
-//! flags per major), [`chart`] (fetch or verify the chart), [`crds`] (extract and apply),
+//! flags per major, and [`RunHelm`], how the executor runs it), [`chart`] (fetch or verify the chart), [`crds`] (extract and apply),
 //! [`backup`], [`record`], [`lock`], [`rbac`] (permission preflight), [`kubeconfig`] (the file helm is given, in a pod too), [`verify`] (health),
 //! [`redact`], [`report`] (events and the report), [`inventory`] (release state).
 
@@ -79,7 +79,7 @@ pub mod verify;
 pub mod wire;
 
 pub use executor::{BackupUpload, ExecError, Executor, Operation};
-pub use helm::{Helm, HelmError};
+pub use helm::{Helm, HelmError, RunHelm};
 pub use report::{Backup, Outcome, Phase, ProgressEvent, Report, Step, StepOutcome, StepTiming};
 /// Helm's release status ([`inventory::ReleaseInfo::status`]), shared with the plan core.
 pub use skoala_plan::ReleaseStatus;

@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::Api;
 
-use crate::helm::{HelmSession, QUICK};
+use crate::helm::{QUICK, RunHelm};
 use crate::inventory::{self, TrackedRelease};
 
 /// What the release should look like.
@@ -93,17 +93,16 @@ fn permanent(reason: String) -> Unhealthy {
     }
 }
 
-/// Polls [`check`] until it passes, fails permanently, or `timeout` passes; the error is the
-/// last reason.
-pub async fn wait_healthy(
-    session: &HelmSession,
-    client: &kube::Client,
-    expect: &Expectation,
-    timeout: Duration,
-) -> Result<(), String> {
+/// Polls `check` (a [`check`] pass) until it passes, fails permanently, or `timeout` passes;
+/// the error is the last reason.
+pub async fn poll<F, Fut>(timeout: Duration, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), Unhealthy>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        match check(session, client, expect).await {
+        match check().await {
             Ok(()) => return Ok(()),
             Err(u) if u.permanent => return Err(u.reason),
             Err(u) if Instant::now() >= deadline => {
@@ -116,7 +115,7 @@ pub async fn wait_healthy(
 
 /// One verification pass. The error says what is wrong (no values).
 pub async fn check(
-    session: &HelmSession,
+    session: &impl RunHelm,
     client: &kube::Client,
     expect: &Expectation,
 ) -> Result<(), Unhealthy> {
@@ -179,7 +178,7 @@ pub async fn check(
     Ok(())
 }
 
-async fn get_manifest(session: &HelmSession, release: &str, ns: &str) -> Result<String, String> {
+async fn get_manifest(session: &impl RunHelm, release: &str, ns: &str) -> Result<String, String> {
     let out = session
         .run(
             &[
@@ -258,10 +257,12 @@ async fn check_custom_resources(
     if expect.custom_kinds.is_empty() {
         return Ok(());
     }
-    for doc in serde_yaml::Deserializer::from_str(manifest) {
-        let Ok(rendered) = serde_json::Value::deserialize(doc) else {
-            continue;
-        };
+    // Parsed before the first API call: the YAML parser must not live across an await, or the
+    // executor's future could not move between threads.
+    let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(manifest)
+        .filter_map(|doc| serde_json::Value::deserialize(doc).ok())
+        .collect();
+    for rendered in documents {
         let api_version = rendered["apiVersion"].as_str().unwrap_or_default();
         let kind = rendered["kind"].as_str().unwrap_or_default();
         let Some((group, version)) = api_version.split_once('/') else {

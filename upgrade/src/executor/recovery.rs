@@ -6,18 +6,23 @@
 
 use skoala_plan::ReleaseStatus;
 
-use crate::helm::{HelmError, HelmOutput, QUICK, timeout_flag};
+use super::cluster::Cluster;
+use super::run::{Done, Run};
+use super::{Halt, args};
+use crate::helm::{HelmError, HelmOutput, QUICK, RunHelm, timeout_flag};
 use crate::inventory::ReleaseInfo;
 use crate::record::{OperationRecord, RecordPhase};
 use crate::report::{Outcome, Step, StepOutcome};
 use crate::verify::{self, Expectation};
 
-use super::{Done, Run, args};
-
-impl Run<'_> {
+impl<C: Cluster, H: RunHelm> Run<'_, C, H> {
     /// Rolls a release left `pending-*`/`failed` by a crashed attempt back to the revision
-    /// before it. Returns whether the run may continue.
-    pub(super) async fn recover(&mut self, info: &ReleaseInfo, record: &OperationRecord) -> bool {
+    /// before it ([`Step::Recover`]); the run goes on only if that worked.
+    pub(super) async fn recover(
+        &mut self,
+        info: &ReleaseInfo,
+        record: &OperationRecord,
+    ) -> Result<(), Halt> {
         let t = self.start(Step::Recover).await;
         self.report.recovered = true;
         let target = match record.revision_before {
@@ -34,7 +39,7 @@ impl Run<'_> {
             self.report.outcome = Outcome::RollbackFailed;
             self.report.failed_step = Some(Step::Recover);
             self.report.message = m;
-            return false;
+            return Err(Halt::Reported);
         };
         let out = self.helm_rollback(target).await;
         let (ok, helm_out, msg) = match out {
@@ -67,14 +72,15 @@ impl Run<'_> {
             self.report.failed_step = Some(Step::Recover);
             self.report.message = m;
             self.close_record(RecordPhase::RollbackFailed).await;
+            return Err(Halt::Reported);
         }
-        ok
+        Ok(())
     }
 
     /// The newest revision below `latest` that was deployed (now `deployed` or `superseded`).
     pub(super) async fn last_deployed_revision(&self, latest: i32) -> Option<i32> {
         let out = self
-            .session
+            .helm
             .run(
                 &args(&[
                     "history",
@@ -102,7 +108,10 @@ impl Run<'_> {
     /// `helm rollback` to `revision`, after deleting the spec's Jobs: a failed upgrade may
     /// already have recreated them from the new chart, and their pod templates are immutable.
     pub(super) async fn helm_rollback(&self, revision: i32) -> Result<HelmOutput, RollbackError> {
-        self.delete_jobs().await.map_err(RollbackError::Jobs)?;
+        self.cluster
+            .delete_jobs(&self.spec.namespace, &self.spec.delete_jobs)
+            .await
+            .map_err(RollbackError::Jobs)?;
         let mut a = args(&[
             "rollback",
             &self.spec.release,
@@ -110,16 +119,16 @@ impl Run<'_> {
             "-n",
             &self.spec.namespace,
         ]);
-        a.extend(self.session.helm().wait_flags());
+        a.extend(self.helm.helm().wait_flags());
         a.push(timeout_flag(self.spec.timeout));
-        Ok(self.session.run(&a, self.spec.timeout).await?)
+        Ok(self.helm.run(&a, self.spec.timeout).await?)
     }
 
     /// Waits until the rolled-back release matches `expect` and is healthy, and records the
     /// revision and version it ended on whatever the outcome.
     pub(super) async fn verify_rolled_back(&mut self, expect: &Expectation) -> Result<(), String> {
-        let verified =
-            verify::wait_healthy(&self.session, &self.client, expect, self.spec.timeout).await;
+        let (cluster, helm) = (self.cluster, self.helm);
+        let verified = verify::poll(self.spec.timeout, || cluster.health(helm, expect)).await;
         let after = self.read_release().await.ok().flatten();
         self.report.revision_after = after.as_ref().map(|i| i.revision);
         self.report.version_after = after.map(|i| i.chart_version);
@@ -127,7 +136,8 @@ impl Run<'_> {
     }
 
     /// The upgrade started and something failed: roll back to the revision before, verify.
-    pub(super) async fn roll_back(&mut self, failed: Step, message: String) {
+    /// Ends the operation (`RolledBack` or `RollbackFailed`).
+    pub(super) async fn roll_back(&mut self, failed: Step, message: String) -> Halt {
         self.report.failed_step = Some(failed);
         self.report.message = message;
         let t = self.start(Step::Rollback).await;
@@ -141,7 +151,8 @@ impl Run<'_> {
                 .await;
             self.report.rollback_message = Some(m);
             self.report.outcome = Outcome::RollbackFailed;
-            return self.close_record(RecordPhase::RollbackFailed).await;
+            self.close_record(RecordPhase::RollbackFailed).await;
+            return Halt::Reported;
         };
         let out = self.helm_rollback(target).await;
         let failure = rollback_failure(target, &out);
@@ -154,7 +165,8 @@ impl Run<'_> {
             let m = self.finish(Step::Rollback, t, done).await;
             self.report.rollback_message = Some(m);
             self.report.outcome = Outcome::RollbackFailed;
-            return self.close_record(RecordPhase::RollbackFailed).await;
+            self.close_record(RecordPhase::RollbackFailed).await;
+            return Halt::Reported;
         }
         let expect = Expectation {
             release: self.spec.release.clone(),
@@ -192,6 +204,7 @@ impl Run<'_> {
                 self.close_record(RecordPhase::RollbackFailed).await;
             }
         }
+        Halt::Reported
     }
 }
 

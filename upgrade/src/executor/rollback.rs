@@ -9,44 +9,47 @@
 
 use skoala_plan::ReleaseStatus;
 
-use crate::ExecError;
-use crate::inventory::{self, ReleaseInfo};
+use super::Halt;
+use super::cluster::Cluster;
+use super::recovery::rollback_failure;
+use super::run::{Done, Run};
+use crate::helm::RunHelm;
+use crate::inventory::ReleaseInfo;
 use crate::record::{OperationRecord, RecordPhase};
 use crate::report::{Outcome, Step, StepOutcome};
 use crate::verify::Expectation;
 
-use super::recovery::rollback_failure;
-use super::{Claim, Done, Run};
+/// A rollback's preflight passed: where the release returns to.
+struct Returning {
+    revision: i32,
+    /// That revision, as helm recorded it: the version and tags verification expects.
+    goal: ReleaseInfo,
+    /// This operation's record from an earlier attempt, if any.
+    earlier: Option<OperationRecord>,
+}
 
-impl Run<'_> {
-    /// The whole rollback operation; sets the report's outcome.
-    pub(super) async fn go_rollback(&mut self, revision: Option<i32>) -> Result<(), ExecError> {
-        // --- preflight: validation, idempotency, lock, release state, target -----------------
+impl<C: Cluster, H: RunHelm> Run<'_, C, H> {
+    /// The driver of a rollback operation: preflight (validation, idempotency, lock, release
+    /// state, target revision), the record, backup, rollback, verify.
+    pub(super) async fn rollback_operation(&mut self, revision: Option<i32>) -> Result<(), Halt> {
+        let ready = self.rollback_preflight(revision).await?;
+        let version = ready.goal.chart_version.clone();
+        self.open_record(ready.earlier.as_ref(), &version).await?;
+        self.backup().await?;
+        self.rollback_to(ready.revision, &ready.goal).await
+    }
+
+    /// Preflight of a rollback: validation, idempotency, the lock, the release's state, and
+    /// the revision to return to.
+    async fn rollback_preflight(&mut self, revision: Option<i32>) -> Result<Returning, Halt> {
         let t = self.start(Step::Preflight).await;
         if let Err(e) = self.spec.validate_names() {
-            self.refuse(Step::Preflight, t, Done::failed(e.to_string()))
-                .await;
-            return Ok(());
+            return Err(self
+                .refuse(Step::Preflight, t, Done::failed(e.to_string()))
+                .await);
         }
-        let ours = match self.claim_release(t).await? {
-            Claim::Proceed { ours } => ours,
-            Claim::Finished => return Ok(()),
-        };
-        let info = match self.read_release().await {
-            Ok(Some(info)) => info,
-            Ok(None) => {
-                let msg = format!(
-                    "release {} is not installed in namespace {}",
-                    self.spec.release, self.spec.namespace
-                );
-                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-                return Ok(());
-            }
-            Err(e) => {
-                self.refuse(Step::Preflight, t, Done::failed(e)).await;
-                return Ok(());
-            }
-        };
+        let earlier = self.claim_release(t).await?;
+        let info = self.installed_release(t).await?;
         // A failed release is exactly what one rolls back; a pending one is someone's live
         // operation (we hold the lock, so not one of ours) and is left alone.
         if !(info.status.is_deployed() || info.status == ReleaseStatus::Failed) {
@@ -54,12 +57,11 @@ impl Run<'_> {
                 "release {} revision {} is {}: only a deployed or failed release is rolled back",
                 self.spec.release, info.revision, info.status
             );
-            self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-            return Ok(());
+            return Err(self.refuse(Step::Preflight, t, Done::failed(msg)).await);
         }
         // A retried attempt keeps its first attempt's "before" (the release may already be at
         // the target, or half way).
-        let first = ours.as_ref();
+        let first = earlier.as_ref();
         let before = first
             .and_then(|r| r.revision_before)
             .unwrap_or(info.revision);
@@ -74,32 +76,28 @@ impl Run<'_> {
                     "revision {r} is not earlier than the current revision {before} of release {}",
                     self.spec.release
                 );
-                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-                return Ok(());
+                return Err(self.refuse(Step::Preflight, t, Done::failed(msg)).await);
             }
             None => {
                 let msg = format!(
                     "release {} has no earlier deployed revision to roll back to",
                     self.spec.release
                 );
-                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-                return Ok(());
+                return Err(self.refuse(Step::Preflight, t, Done::failed(msg)).await);
             }
         };
-        let goal = match inventory::read_revision(&self.client, &self.tracked(), target).await {
+        let goal = match self.cluster.revision(&self.tracked(), target).await {
             Ok(Some(goal)) => goal,
             Ok(None) => {
                 let msg = format!(
                     "revision {target} of release {} is no longer kept by helm",
                     self.spec.release
                 );
-                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-                return Ok(());
+                return Err(self.refuse(Step::Preflight, t, Done::failed(msg)).await);
             }
             Err(e) => {
                 let msg = format!("reading revision {target}: {e}");
-                self.refuse(Step::Preflight, t, Done::failed(msg)).await;
-                return Ok(());
+                return Err(self.refuse(Step::Preflight, t, Done::failed(msg)).await);
             }
         };
         self.report.revision_before = Some(before);
@@ -112,32 +110,15 @@ impl Run<'_> {
             self.spec.release, info.revision, info.status, info.chart_version, goal.chart_version
         );
         self.finish(Step::Preflight, t, Done::ok(msg)).await;
-
-        // --- the operation record: the first write ---------------------------------------
-        let record = OperationRecord {
-            operation_id: self.report.operation_id.clone(),
-            phase: RecordPhase::Running,
-            target_version: goal.chart_version.clone(),
-            attempt: ours.as_ref().map_or(1, |r| r.attempt + 1),
-            revision_before: self.report.revision_before,
-            version_before: self.report.version_before.clone(),
-            backup_generation: ours.as_ref().and_then(|r| r.backup_generation),
-            message: String::new(),
-        };
-        self.save_record(record).await?;
-
-        // --- backup -----------------------------------------------------------------------
-        if self.backup_step().await.is_none() {
-            return Ok(());
-        }
-
-        // --- rollback and verify ----------------------------------------------------------
-        self.rollback_to(target, &goal).await;
-        Ok(())
+        Ok(Returning {
+            revision: target,
+            goal,
+            earlier,
+        })
     }
 
     /// `helm rollback` to `target`, then verification against `goal` (that revision).
-    async fn rollback_to(&mut self, target: i32, goal: &ReleaseInfo) {
+    async fn rollback_to(&mut self, target: i32, goal: &ReleaseInfo) -> Result<(), Halt> {
         let t = self.start(Step::Rollback).await;
         let out = self.helm_rollback(target).await;
         let failure = rollback_failure(target, &out);
@@ -148,7 +129,7 @@ impl Run<'_> {
                 helm: out.as_ref().ok(),
             };
             let m = self.finish(Step::Rollback, t, done).await;
-            return self.rollback_failed(Step::Rollback, m).await;
+            return Err(self.rollback_failed(Step::Rollback, m).await);
         }
         self.finish(
             Step::Rollback,
@@ -186,19 +167,21 @@ impl Run<'_> {
                     goal.chart_version
                 );
                 self.close_record(RecordPhase::Succeeded).await;
+                Ok(())
             }
             Err(reason) => {
                 let m = self.finish(Step::Verify, t, Done::failed(reason)).await;
-                self.rollback_failed(Step::Verify, m).await;
+                Err(self.rollback_failed(Step::Verify, m).await)
             }
         }
     }
 
-    async fn rollback_failed(&mut self, step: Step, message: String) {
+    async fn rollback_failed(&mut self, step: Step, message: String) -> Halt {
         self.report.outcome = Outcome::RollbackFailed;
         self.report.failed_step = Some(step);
         self.report.rollback_message = Some(message.clone());
         self.report.message = message;
         self.close_record(RecordPhase::RollbackFailed).await;
+        Halt::Reported
     }
 }
