@@ -13,7 +13,8 @@
 //!
 //! - at the bottom, what everything else builds on: `clock` (time), `store`, `sessions`,
 //!   `control_plane` (the watch of the coordinator's own cluster), [`data_dir`], [`pki`],
-//!   `tokens`, `throttle`, `identity`, [`relay`] and [`backups`]; `metrics` is a leaf that is
+//!   `tokens`, `throttle`, `quota` (what one agent may cost), `identity`, [`relay`] and
+//!   [`backups`]; `metrics` is a leaf that is
 //!   handed what it counts;
 //! - above them, `orchestrator`: the plans, which owns its store handle, the sessions and the
 //!   control-plane runner rather than reaching for a shared context;
@@ -44,6 +45,10 @@
 //! | `session.unknown_certificate`, `session.unknown_cluster`, `session.cluster_revoked` | Session refused |
 //! | `session.identity_mismatch` | an agent message claimed another cluster; stream closed |
 //! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` |
+//! | `session.unexpected_operation` | progress, a result or a backup for an operation never sent to that cluster (or finished); dropped (first per session) |
+//! | `session.quota_exceeded` | a message over the agent's quotas (`quota`); dropped (first per session) |
+//! | `session.dropped` | a session ended having dropped more than one message: the count per kind |
+//! | `session.flood` | a session dropped more than the hard limit; closed |
 
 // The API the binaries, the load generator and the end-to-end tests use; everything else is
 // the coordinator's own.
@@ -69,6 +74,7 @@ mod identity;
 mod metrics;
 mod orchestrator;
 mod oversize;
+mod quota;
 mod session;
 mod sessions;
 mod store;

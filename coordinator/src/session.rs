@@ -4,7 +4,13 @@
 //! signal from [`crate::sessions`]), when a newer session of the same cluster replaces it, when
 //! a message violates the contract (wrong cluster id, too large), or when the agent goes
 //! silent for longer than `agent_timeout` — pings every `ping_interval` give a live agent
-//! something to answer, and HTTP/2 keepalives catch dead TCP connections underneath.
+//! something to answer, and HTTP/2 keepalives catch dead TCP connections underneath — or when
+//! it drops more messages than its quotas allow ([`crate::quota`]).
+//!
+//! The agent's certificate sits in a cluster we do not control, so what it says about
+//! operations is checked: progress, results and backups are taken only for an operation sent
+//! to this cluster and not finished ([`crate::orchestrator::Orchestrator::sent_to`]); the rest
+//! is dropped and audited once per session.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
+use crate::quota::{Dropped, Limits, Quota, Strike};
 use crate::relay;
 use crate::store::{CertRecord, ClusterState, Store};
 
@@ -52,13 +59,14 @@ impl<S: Store> Session<S> {
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut deadline = Instant::now() + settings.agent_timeout;
+        let mut quota = Quota::new(Limits::default(), std::time::Instant::now());
 
         let outcome: Result<(), Status> = loop {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
                         deadline = Instant::now() + settings.agent_timeout;
-                        if let Err(fatal) = self.handle(m).await {
+                        if let Err(fatal) = self.handle(m, &mut quota).await {
                             break Err(fatal);
                         }
                     }
@@ -83,6 +91,11 @@ impl<S: Store> Session<S> {
                 _ = self.tx.closed() => break Ok(()),
             }
         };
+        if let Some(summary) = quota.summary() {
+            self.ctx
+                .audit("session.dropped", &self.cluster_id, &self.peer, summary)
+                .await;
+        }
         if let Err(status) = outcome {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -119,7 +132,7 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    async fn handle(&mut self, m: AgentMessage) -> Result<(), Fatal> {
+    async fn handle(&mut self, m: AgentMessage, quota: &mut Quota) -> Result<(), Fatal> {
         let ctx = self.ctx.clone();
         ctx.metrics.message(message_kind(&m));
         if m.cluster_id != self.cluster_id {
@@ -161,6 +174,19 @@ impl<S: Store> Session<S> {
                 ctx.orchestrator.poke();
             }
             Some(body @ (Body::TaskAccepted(_) | Body::StepProgress(_) | Body::TaskResult(_))) => {
+                let (what, op) = operation_of(&body);
+                if !quota.message(std::time::Instant::now()) {
+                    let detail = format!("{what} for {op:?} over the message rate; dropped");
+                    return self.dropped(quota, Dropped::OverQuota, detail).await;
+                }
+                if !ctx.orchestrator.sent_to(&self.cluster_id, op) {
+                    let detail = format!(
+                        "{what} for operation {op:?}, which was never sent to this cluster or has finished; dropped"
+                    );
+                    return self
+                        .dropped(quota, Dropped::UnexpectedOperation, detail)
+                        .await;
+                }
                 ctx.orchestrator.agent_message(&self.cluster_id, body);
             }
             Some(Body::Heartbeat(_)) => {}
@@ -169,14 +195,57 @@ impl<S: Store> Session<S> {
             }
             // The chart relay and backup storage (crate::relay, crate::backups).
             // A task each, so streaming a chart or syncing a file never stalls this loop.
+            // A chart is the same for every cluster of a plan and is served only from the relay
+            // cache, so any joined agent may ask; what it costs is capped.
             Some(Body::ChartRequest(req)) => {
+                let permit = quota
+                    .message(std::time::Instant::now())
+                    .then(|| quota.chart())
+                    .flatten();
+                let Some(permit) = permit else {
+                    let _ = self.tx.try_send(Ok(chart_refused(&req.sha256)));
+                    let detail = format!(
+                        "chart request for {} over the rate or the transfers in flight; refused",
+                        req.sha256
+                    );
+                    return self.dropped(quota, Dropped::OverQuota, detail).await;
+                };
                 let (dir, tx, metrics) =
                     (ctx.data_dir.clone(), self.tx.clone(), ctx.metrics.clone());
                 tokio::spawn(async move {
-                    relay::answer(&dir, &req, &tx, |n| metrics.relay_bytes_sent(n)).await
+                    relay::answer(&dir, &req, &tx, |n| metrics.relay_bytes_sent(n)).await;
+                    drop(permit);
                 });
             }
             Some(Body::BackupUpload(upload)) => {
+                let op = upload.operation_id.clone();
+                if !ctx.orchestrator.sent_to(&self.cluster_id, &op) {
+                    let _ = self.tx.try_send(Ok(backup_refused(
+                        &upload,
+                        "no such operation for this cluster",
+                    )));
+                    let detail = format!(
+                        "backup upload for operation {op:?}, which was never sent to this cluster or has finished; not stored"
+                    );
+                    return self
+                        .dropped(quota, Dropped::UnexpectedOperation, detail)
+                        .await;
+                }
+                let permit = quota
+                    .message(std::time::Instant::now())
+                    .then(|| quota.upload(upload.values_yaml.len()))
+                    .flatten();
+                let Some(permit) = permit else {
+                    let _ = self.tx.try_send(Ok(backup_refused(
+                        &upload,
+                        "over this agent's upload quota",
+                    )));
+                    let detail = format!(
+                        "backup upload for {op:?} ({} bytes) over the rate or the bytes in flight; not stored",
+                        upload.values_yaml.len()
+                    );
+                    return self.dropped(quota, Dropped::OverQuota, detail).await;
+                };
                 let (dir, tx, id) = (
                     ctx.data_dir.clone(),
                     self.tx.clone(),
@@ -186,7 +255,9 @@ impl<S: Store> Session<S> {
                     let stored = tokio::task::spawn_blocking(move || {
                         crate::backups::store(&dir, &id, &upload)
                     });
-                    if let Ok(ack) = stored.await {
+                    let stored = stored.await;
+                    drop(permit);
+                    if let Ok(ack) = stored {
                         let _ = tx.send(Ok(backup_stored(ack))).await;
                     }
                 });
@@ -194,6 +265,36 @@ impl<S: Store> Session<S> {
             // An empty message (a newer agent's body this build does not know) is counted and
             // ignored.
             None => {}
+        }
+        Ok(())
+    }
+
+    /// Counts a dropped message: the first of its kind in this session is audited (throttled
+    /// across sessions by [`Context::refused`]), the rest are summarised when the session ends;
+    /// past the hard limit the session is closed.
+    async fn dropped(&self, quota: &mut Quota, why: Dropped, detail: String) -> Result<(), Fatal> {
+        match quota.strike(why) {
+            Strike::First => {
+                self.ctx
+                    .refused(why.kind(), &self.cluster_id, &self.peer, detail)
+                    .await
+            }
+            Strike::Counted => self.ctx.metrics.refusal(why.kind()),
+            Strike::Close => {
+                let detail = format!(
+                    "too many dropped messages; session closed ({})",
+                    quota.summary().unwrap_or_default()
+                );
+                self.ctx
+                    .refused(
+                        "session.flood",
+                        &self.cluster_id,
+                        &self.peer,
+                        detail.clone(),
+                    )
+                    .await;
+                return Err(Status::resource_exhausted(detail));
+            }
         }
         Ok(())
     }
@@ -337,6 +438,40 @@ fn backup_stored(ack: skoala_proto::v1::BackupStored) -> CoordinatorMessage {
         body: Some(skoala_proto::v1::coordinator_message::Body::BackupStored(
             ack,
         )),
+    }
+}
+
+/// The answer to a chart request over quota: the agent refuses its task with this text.
+fn chart_refused(sha256: &str) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(coordinator_message::Body::ChartChunk(
+            skoala_proto::v1::ChartChunk {
+                sha256: sha256.to_string(),
+                last: true,
+                error: "too many chart requests from this agent at once; retry later".into(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The answer to an upload that is not stored.
+fn backup_refused(upload: &skoala_proto::v1::BackupUpload, why: &str) -> CoordinatorMessage {
+    backup_stored(skoala_proto::v1::BackupStored {
+        operation_id: upload.operation_id.clone(),
+        generation: upload.generation,
+        sha256: upload.sha256.clone(),
+        error: format!("backup not stored: {why}"),
+    })
+}
+
+/// What a task message is, and the operation it names.
+fn operation_of(body: &Body) -> (&'static str, &str) {
+    match body {
+        Body::TaskAccepted(a) => ("task accepted", &a.operation_id),
+        Body::StepProgress(p) => ("step progress", &p.operation_id),
+        Body::TaskResult(r) => ("task result", &r.operation_id),
+        _ => ("message", ""),
     }
 }
 

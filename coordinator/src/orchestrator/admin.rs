@@ -114,6 +114,7 @@ impl<S: Store> Orchestrator<S> {
         self.last_event.send_replace(last);
         tracing::info!(plan = %plan.name, version = %plan.version, selected, "plan applied");
         let status = status::plan_status(&record, &plan.version, &rollout, &snap);
+        self.assigned.replace(Some(&rollout));
         st.active = Some(Active {
             plan,
             rollout,

@@ -55,6 +55,15 @@ pub fn is_check(operation_id: &str) -> bool {
     OperationId::is_preflight(operation_id)
 }
 
+/// Whether the check operation `operation_id` (`<stem>.<target>`) was addressed to
+/// `cluster_id`: a cluster answers only its own checks, never another's.
+pub fn addressed_to(operation_id: &str, cluster_id: &str) -> bool {
+    is_check(operation_id)
+        && operation_id
+            .parse::<OperationId>()
+            .is_ok_and(|id| matches!(id.target(), Target::Worker(c) if c == cluster_id))
+}
+
 /// The checks waiting for agents' answers, by operation id.
 #[derive(Default)]
 pub struct Checks {
@@ -75,6 +84,11 @@ impl Checks {
         };
         if !is_check(op) {
             return false;
+        }
+        if !addressed_to(op, cluster_id) {
+            // The session refuses these first; this keeps a check's answer its cluster's own.
+            tracing::warn!(cluster = cluster_id, operation = %op, "answer to another cluster's check; dropped");
+            return true;
         }
         if let Body::TaskResult(r) = body {
             match self.lock().remove(op) {
@@ -553,6 +567,26 @@ mod tests {
             ..Default::default()
         });
         assert!(!checks.take("c1", &plan_result));
+    }
+
+    #[test]
+    fn a_cluster_cannot_answer_another_clusters_check() {
+        let checks = Checks::default();
+        let op =
+            OperationId::preflight("p", &checks.nonce(), Target::Worker("c1".into())).to_string();
+        let mut rx = checks.wait_for(&op);
+        assert!(addressed_to(&op, "c1"));
+        assert!(!addressed_to(&op, "c2"));
+        assert!(!addressed_to("p.c1.upgrade-1", "c1"), "not a check");
+        let forged = Body::TaskResult(TaskResult {
+            operation_id: op.clone(),
+            outcome: TaskOutcome::Succeeded as i32,
+            ..Default::default()
+        });
+        assert!(checks.take("c2", &forged), "consumed, never the rollout's");
+        assert!(rx.try_recv().is_err(), "and never the check's answer");
+        assert!(checks.take("c1", &forged));
+        assert!(rx.try_recv().is_ok(), "c1's own answer still counts");
     }
 
     #[test]

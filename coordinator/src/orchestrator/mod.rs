@@ -24,12 +24,15 @@
 //! - `admin.rs`: apply, the operator's verbs and the reads `skoalactl` makes, returning
 //!   [`Error`] (`error.rs`), which the admin API maps to gRPC codes;
 //! - [`check`]: `skoalactl plan check`, the fleet-wide preflight;
+//! - `assigned.rs`: the operations each working cluster was given and has not finished, which
+//!   are all its agent may report on ([`Orchestrator::sent_to`]);
 //! - [`dispatch`]: how work reaches its target (`Dispatch`: a task down a session, a run of
 //!   the control-plane runner); [`charts`]: a plan's charts, checked or
 //!   relayed; [`fleet`]: the fleet view, kept between rounds; [`status`]: states in words, and
 //!   the events of a step.
 
 mod admin;
+mod assigned;
 pub mod charts;
 pub mod check;
 pub mod dispatch;
@@ -152,6 +155,8 @@ pub struct Orchestrator<S> {
     mean_upgrade: Mutex<Option<(std::time::Instant, Option<i64>)>>,
     /// Preflight checks waiting for agents' answers (`skoalactl plan check`).
     checks: check::Checks,
+    /// The active plan's operations in flight per working cluster, as last stored.
+    assigned: assigned::Assigned,
     /// Held through an apply: plans are created one at a time, so what an apply read of the
     /// stored plans stays true until it stores its own. Applies are rare; one waiting for
     /// another's chart check is fine.
@@ -193,6 +198,7 @@ impl<S: Store> Orchestrator<S> {
             last_event: watch::channel(0).0,
             mean_upgrade: Mutex::new(None),
             checks: Default::default(),
+            assigned: Default::default(),
             applying: Default::default(),
         })
     }
@@ -211,7 +217,19 @@ impl<S: Store> Orchestrator<S> {
         self.wake.notify_one();
     }
 
-    /// A task message from an agent (accepted, progress, result).
+    /// Whether `cluster_id` may report on `operation_id` (progress, a result, a backup): a check
+    /// addressed to that cluster, or an operation of the active plan in flight for it. The
+    /// session drops (and audits) anything else, so another cluster's operation, a made-up
+    /// one or a finished one never reaches the rollout, the store or `plan watch`.
+    pub fn sent_to(&self, cluster_id: &str, operation_id: &str) -> bool {
+        if check::is_check(operation_id) {
+            return check::addressed_to(operation_id, cluster_id);
+        }
+        self.assigned.holds(cluster_id, operation_id)
+    }
+
+    /// A task message from an agent (accepted, progress, result), for an operation it was
+    /// sent ([`Orchestrator::sent_to`]).
     pub fn agent_message(&self, cluster_id: &str, body: Body) {
         // A preflight check's answer is the check's, never the rollout's.
         if self.checks.take(cluster_id, &body) {

@@ -60,6 +60,7 @@ impl<S: Store> Orchestrator<S> {
         if plan.chart_source == ChartSource::Relay {
             self.prepare_charts_later(plan.clone());
         }
+        self.assigned.replace(Some(&rollout));
         self.state.lock().await.active = Some(Active {
             plan,
             rollout,
@@ -190,11 +191,16 @@ impl<S: Store> Orchestrator<S> {
         if json == active.saved && events.is_empty() {
             return Ok(());
         }
+        let changed = json != active.saved;
         let last = self
             .store
             .save_rollout(active.plan.name.clone(), json.clone(), events)
             .await?;
         active.saved = json;
+        if changed {
+            // What the agents may report on follows the stored rollout.
+            self.assigned.replace(Some(&active.rollout));
+        }
         if last > 0 {
             self.last_event.send_replace(last);
         }

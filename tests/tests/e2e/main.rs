@@ -22,6 +22,7 @@
 
 mod agent_relay;
 mod agent_tasks;
+mod attack_agent;
 mod cli_completion;
 mod coordinator_relay;
 mod demo;

@@ -333,3 +333,49 @@ async fn a_verb_that_cannot_be_stored_changes_nothing() {
         stored.phase
     );
 }
+
+#[tokio::test]
+async fn an_agent_may_report_only_on_its_own_operations_in_flight() {
+    let w = World::new().await;
+    let o = w.orchestrator.clone();
+    o.tick(Vec::new()).await;
+    assert!(!o.sent_to("c1", "p.c1.upgrade-1"), "not started yet");
+    o.tick(vec![succeeded(CP_UPGRADE)]).await;
+    assert_eq!(w.recorder.take().len(), 3);
+    assert!(o.sent_to("c1", "p.c1.upgrade-1"), "in flight for c1");
+    assert!(!o.sent_to("c2", "p.c1.upgrade-1"), "c1's, not c2's");
+    assert!(!o.sent_to("c1", "p.c1.upgrade-2"), "never sent");
+    assert!(
+        !o.sent_to("c1", CP_UPGRADE),
+        "the control plane is nobody's"
+    );
+
+    // c1's result: finished, so nothing more is taken about it.
+    let done = Input::Agent {
+        cluster_id: "c1".into(),
+        body: Body::TaskResult(TaskResult {
+            operation_id: "p.c1.upgrade-1".into(),
+            outcome: TaskOutcome::Failed as i32,
+            ..Default::default()
+        }),
+    };
+    o.tick(vec![done]).await;
+    assert!(!o.sent_to("c1", "p.c1.upgrade-1"), "finished");
+    assert!(o.sent_to("c2", "p.c2.upgrade-1"), "c2's still runs");
+
+    // A restarted coordinator takes the stored rollout's operations as sent.
+    let again = Orchestrator::new(Parts {
+        store: SqliteStore::open(&w.db).expect("open"),
+        sessions: w.sessions.clone(),
+        control_plane: None,
+        runner: None,
+        dispatch: w.recorder.clone(),
+        data_dir: DataDir::new(w.db.parent().expect("dir")),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
+        helm_timeout: Duration::from_secs(60),
+    });
+    again.load().await.expect("load");
+    assert!(again.sent_to("c2", "p.c2.upgrade-1"));
+    assert!(!again.sent_to("c1", "p.c1.upgrade-1"));
+}

@@ -1,0 +1,50 @@
+//! Which operations each working cluster has been given and not finished: what its agent may
+//! speak about.
+//!
+//! An agent certificate is held in a cluster we do not control, so its messages are claims.
+//! Step progress, task results and backup uploads name an operation; the session hands them on
+//! only when the operation is one of the active plan's in flight *for that cluster*. Anything
+//! else — another cluster's operation, a made-up one, one already finished — is dropped before
+//! it reaches the rollout, the store or `plan watch` (the session audits it).
+//!
+//! The set is rebuilt from the rollout whenever a changed rollout is stored (and when a plan is
+//! loaded or applied), so it is the persisted truth: after a coordinator restart an agent may
+//! still report the operation it was running, because the stored rollout has it in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+
+use skoala_plan::{Rollout, Target};
+
+/// Operation ids in flight, by working cluster.
+#[derive(Default)]
+pub struct Assigned {
+    by_cluster: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl Assigned {
+    /// Replaces the set with the workers' operations in flight in `rollout` (none: `None`).
+    pub fn replace(&self, rollout: Option<&Rollout>) {
+        let mut next: HashMap<String, HashSet<String>> = HashMap::new();
+        for op in rollout.map(Rollout::in_flight).unwrap_or_default() {
+            if let Target::Worker(cluster) = op.target() {
+                next.entry(cluster.clone())
+                    .or_default()
+                    .insert(op.operation_id().to_string());
+            }
+        }
+        *self
+            .by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next;
+    }
+
+    /// Whether `operation_id` is in flight for `cluster_id`.
+    pub fn holds(&self, cluster_id: &str, operation_id: &str) -> bool {
+        self.by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cluster_id)
+            .is_some_and(|ops| ops.contains(operation_id))
+    }
+}
