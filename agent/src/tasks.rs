@@ -505,6 +505,7 @@ pub fn plan(task: &Task) -> Result<Planned, String> {
         Ok(pb::CrdPolicy::Skip) => CrdPolicy::Skip,
         Err(_) => return Err(format!("unknown CRD policy {}", r.crd_policy)),
     };
+    spec.rollback_on_failure = !r.keep_failed_release;
     spec.timeout = match r.timeout_seconds {
         s if s > 0 => Duration::from_secs(s as u64),
         _ => DEFAULT_TIMEOUT,
@@ -602,6 +603,13 @@ mod tests {
         let values = serde_yaml::to_string(&spec.extra_values).expect("yaml");
         assert!(values.contains("imageRegistry: registry.local"), "{values}");
         assert!(values.contains("password: hunter2"), "{values}");
+        assert!(
+            spec.rollback_on_failure,
+            "unset, a failed upgrade rolls back"
+        );
+        let mut keep = task(TaskKind::Upgrade, repo());
+        keep.release.as_mut().expect("release").keep_failed_release = true;
+        assert!(!plan(&keep).expect("spec").spec.rollback_on_failure);
     }
 
     #[test]

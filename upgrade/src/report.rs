@@ -104,7 +104,8 @@ pub enum Outcome {
     /// The release is deployed at the target version and verified healthy.
     Succeeded,
     /// Failed before the upgrade started: nothing was changed (except the backup and the
-    /// operation record).
+    /// operation record). Or failed after it with [`crate::ReleaseSpec::rollback_on_failure`]
+    /// off: the release is left as helm left it.
     Failed,
     /// The upgrade failed; the release was rolled back and verified healthy.
     RolledBack,

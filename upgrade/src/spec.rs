@@ -72,6 +72,11 @@ pub struct ReleaseSpec {
     pub delete_jobs: Vec<String>,
     /// Bound on `helm upgrade --wait` and on `helm rollback --wait`, each.
     pub timeout: Duration,
+    /// Roll a failed upgrade back to the revision before (the plan's `rollbackOnFailure`,
+    /// default on). Off, the release is left as helm left it for an operator to inspect, and
+    /// the outcome is [`crate::Outcome::Failed`]. Recovering a crashed attempt's `pending-*`
+    /// release is not a failure of this operation and always rolls back.
+    pub rollback_on_failure: bool,
 }
 
 impl ReleaseSpec {
@@ -96,6 +101,7 @@ impl ReleaseSpec {
             crd_policy: CrdPolicy::Before,
             delete_jobs: Vec::new(),
             timeout: Duration::from_secs(300),
+            rollback_on_failure: true,
         }
     }
 

@@ -152,7 +152,7 @@ pub fn worker_task(
             image_tag_keys: w.image_tag_keys.iter().map(|k| k.to_string()).collect(),
             delete_jobs: w.delete_jobs.iter().map(|k| k.to_string()).collect(),
             timeout_seconds: i32::try_from(helm_timeout.as_secs()).unwrap_or(i32::MAX),
-            rollback_on_failure: plan.rollback_on_failure,
+            keep_failed_release: !plan.rollback_on_failure,
             ..Default::default()
         }),
         start_deadline_unix: jiff::Timestamp::now().as_second() + START_DEADLINE.as_secs() as i64,
@@ -188,6 +188,7 @@ pub(super) fn control_plane_spec(
     spec.image_tag_keys = cp.image_tag_keys.iter().map(|k| k.to_string()).collect();
     spec.delete_jobs = cp.delete_jobs.iter().map(|k| k.to_string()).collect();
     spec.timeout = helm_timeout;
+    spec.rollback_on_failure = plan.rollback_on_failure;
     spec
 }
 

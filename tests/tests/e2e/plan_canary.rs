@@ -82,3 +82,47 @@ async fn a_failed_canary_pauses_the_plan_and_is_rolled_back() -> anyhow::Result<
     assert!(events.contains("plan canary: aborted"), "{events}");
     Ok(())
 }
+
+/// `rollbackOnFailure: false` travels from the plan to the agent: the broken canary is left
+/// failed for an operator to inspect (no rollback in helm history), and the plan still pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rollback_on_failure_off_the_failed_canary_is_left_failed() -> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        broken: vec![1],
+        helm_timeout: "15s".into(),
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "keep",
+        "0.19.2",
+        "strategy: {canary: 1, maxConcurrency: 2, rollbackOnFailure: false}",
+    );
+    let applied = pf.apply(&yaml).await?;
+    assert!(applied.success, "apply: {}", applied.stderr);
+    let plan = pf.wait_phase("keep", &["paused"], PLAN_TIMEOUT).await?;
+    let canary = plan["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == "work-1")
+        .unwrap_or_else(|| panic!("work-1 in {plan:#}"))
+        .clone();
+    assert_eq!(canary["state"], "failed", "{canary:#}");
+    let h = pf.history("work-1").await?;
+    let last = h.last().expect("history");
+    assert_eq!(
+        last["chart"], "skoala-init-0.19.2",
+        "left at the target: {h:#?}"
+    );
+    assert_eq!(last["status"], "failed", "{h:#?}");
+    assert_eq!(
+        h.len(),
+        2,
+        "install and the failed upgrade, no rollback: {h:#?}"
+    );
+    let h = pf.history("work-2").await?;
+    assert_eq!(h.len(), 1, "work-2 untouched: {h:#?}");
+    Ok(())
+}

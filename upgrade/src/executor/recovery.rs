@@ -137,9 +137,21 @@ impl<C: Cluster, H: RunHelm> Run<'_, C, H> {
 
     /// The upgrade started and something failed: roll back to the revision before, verify.
     /// Ends the operation (`RolledBack` or `RollbackFailed`).
+    /// With [`crate::ReleaseSpec::rollback_on_failure`] off, the release is left as it is instead
+    /// (`Failed`), and the report says so.
     pub(super) async fn roll_back(&mut self, failed: Step, message: String) -> Halt {
         self.report.failed_step = Some(failed);
         self.report.message = message;
+        if !self.spec.rollback_on_failure {
+            self.report.rollback_message = Some(format!(
+                "not rolled back (rollbackOnFailure: false): {} is left as helm left it; \
+                 `helm history -n {} {}` shows it, `skoalactl plan rollback` returns it",
+                self.spec.release, self.spec.namespace, self.spec.release
+            ));
+            self.report.outcome = Outcome::Failed;
+            self.close_record(RecordPhase::Failed).await;
+            return Halt::Reported;
+        }
         let t = self.start(Step::Rollback).await;
         let Some(target) = self.report.revision_before else {
             let m = self

@@ -363,6 +363,43 @@ async fn a_failed_verify_rolls_the_release_back() {
 }
 
 #[tokio::test]
+async fn with_rollback_on_failure_off_a_failed_upgrade_is_left_for_an_operator() {
+    for fault in ["upgrade", "verify"] {
+        let mut case = Case::new();
+        case.spec.rollback_on_failure = false;
+        {
+            let mut w = case.world.lock();
+            match fault {
+                "upgrade" => w.faults.upgrade = true,
+                _ => {
+                    w.faults.unhealthy = Some("Deployment skoala-system/agent is not ready".into())
+                }
+            }
+        }
+        let report = case.run().await;
+        let step = if fault == "upgrade" { Upgrade } else { Verify };
+        ended(&report, Outcome::Failed, step);
+        assert!(
+            !steps(&report).iter().any(|(s, _)| *s == Rollback),
+            "{fault}: {:?}",
+            steps(&report)
+        );
+        assert!(
+            !case.journal().iter().any(|e| e.starts_with("rollback")),
+            "{fault}: {:?}",
+            case.journal()
+        );
+        let kept = report.rollback_message.as_deref().unwrap_or_default();
+        assert!(kept.contains("rollbackOnFailure: false"), "{fault}: {kept}");
+        assert_eq!(
+            case.world.lock().record.as_ref().map(|r| r.phase),
+            Some(RecordPhase::Failed),
+            "{fault}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_rollback_that_does_not_verify_needs_a_human() {
     let case = Case::new();
     {
