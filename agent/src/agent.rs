@@ -12,6 +12,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use skoala_proto::v1::ClusterIdentity;
+use skoala_support::names;
 use skoala_upgrade::Helm;
 use skoala_upgrade::inventory::{self, InventoryWatch, TrackedRelease};
 use tokio_util::sync::CancellationToken;
@@ -134,7 +135,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let name = config
         .cluster_name
         .clone()
-        .or(context_cluster)
+        // A kubeconfig's cluster name is free-form (GKE's `gke_<project>_<zone>_<name>`, EKS
+        // ARNs); the fleet accepts only DNS-1123 names.
+        .or(context_cluster.as_deref().and_then(names::name_from))
         .unwrap_or_else(|| format!("cluster-{}", cluster_id.chars().take(8).collect::<String>()));
     let identity = ClusterIdentity {
         cluster_id: cluster_id.clone(),

@@ -14,7 +14,7 @@ use skoala_agent::AgentConfig;
 use skoala_agent::identity_store::DEFAULT_SECRET_NAME;
 use skoala_agent::proxy::ProxyConfig;
 use skoala_agent::transport::CoordinatorAddr;
-use skoala_support::duration;
+use skoala_support::{duration, names};
 use skoala_upgrade::inventory::TrackedRelease;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,8 @@ struct Args {
     kubeconfig: Option<PathBuf>,
 
     /// Human name of this cluster [default: the kubeconfig's current cluster name].
-    #[arg(long, env = "SKOALA_CLUSTER_NAME")]
+    /// A DNS-1123 subdomain (lower case letters, digits, '-' and '.'), unique in the fleet.
+    #[arg(long, env = "SKOALA_CLUSTER_NAME", value_parser = parse_cluster_name)]
     cluster_name: Option<String>,
 
     /// A label for this cluster, k=v (repeatable); plans select clusters by labels.
@@ -91,9 +92,19 @@ struct Args {
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some((k, v)) if !k.is_empty() => {
+            names::label(k, v).map_err(|e| e.to_string())?;
+            Ok((k.to_string(), v.to_string()))
+        }
         _ => Err(format!("{s:?} is not k=v")),
     }
+}
+
+/// The coordinator refuses any other name; saying so here is quicker than a refused
+/// registration.
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    names::cluster_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 fn main() -> ExitCode {

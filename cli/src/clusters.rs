@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use skoala_proto::v1::{Cluster, ListClustersRequest, ReleaseInventory, RevokeClusterRequest};
+use skoala_proto::v1::{
+    AllowRejoinRequest, Cluster, ListClustersRequest, ReleaseInventory, RevokeClusterRequest,
+};
 
 use crate::connect::{Admin, explain_status};
 use crate::output::{self, Format, age_ms, dash, time_ms, time_s};
@@ -182,6 +184,23 @@ pub async fn revoke(admin: &mut Admin, cluster: String) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "cluster {cluster} ({}) revoked: its agent is disconnected and can never connect or register again",
+        resp.cluster_id
+    );
+    Ok(())
+}
+
+/// `skoalactl cluster rejoin NAME|ID`.
+pub async fn rejoin(admin: &mut Admin, cluster: String) -> anyhow::Result<()> {
+    let resp = admin
+        .client
+        .allow_rejoin(AllowRejoinRequest {
+            cluster: cluster.clone(),
+        })
+        .await
+        .map_err(|s| explain_status(&admin.endpoint, s))?
+        .into_inner();
+    println!(
+        "cluster {cluster} ({}) may register again: its certificates are revoked; restart its agent with a join token (--token)",
         resp.cluster_id
     );
     Ok(())

@@ -222,6 +222,14 @@ enum ClusterCommand {
         /// Cluster name, or cluster id when names are ambiguous.
         cluster: String,
     },
+    /// Let a cluster that lost its key (its agent's identity Secret) register again: its
+    /// certificates are revoked at once, and its agent, restarted with a join token, joins
+    /// under the same identity. Without this, registering a cluster whose certificate is
+    /// still valid needs that certificate.
+    Rejoin {
+        /// Cluster name, or cluster id when names are ambiguous.
+        cluster: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -293,6 +301,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clusters { output } => clusters::list(&mut admin, output).await,
         Command::Cluster(ClusterCommand::Revoke { cluster }) => {
             clusters::revoke(&mut admin, cluster).await
+        }
+        Command::Cluster(ClusterCommand::Rejoin { cluster }) => {
+            clusters::rejoin(&mut admin, cluster).await
         }
         Command::Audit { output, after } => audit::list(&mut admin, after, output).await,
         Command::Skew { output } => return plans::skew(&mut admin, output).await,

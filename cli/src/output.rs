@@ -1,6 +1,7 @@
 //! Output formats (`-o table|json|yaml`) and a minimal aligned-column table.
 
 use serde::Serialize;
+use skoala_support::names;
 
 /// How to print a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,10 +29,16 @@ pub fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<boo
     }
 }
 
-/// Prints rows under `header` with columns padded to the widest cell.
+/// Prints rows under `header` with columns padded to the widest cell. Cells hold what agents
+/// and peers chose (names, audit details, helm's messages): control characters are escaped
+/// ([`names::printable`]), so none of it drives the operator's terminal.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| names::printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -53,7 +60,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
 }
 

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use skoala_proto::v1::{PlanEvent, PlanRef, PlanStatus, WatchEventsRequest};
+use skoala_support::names;
 
 use crate::connect::{Admin, explain_status};
 use crate::plans::settled;
@@ -193,7 +194,8 @@ fn redraw(drawn: &mut usize, lines: &[String]) {
     // Clear to the end of the screen; no line wrap, so each line is one row.
     buf.push_str("\r\x1b[J\x1b[?7l");
     for l in lines {
-        buf.push_str(l);
+        // What agents chose (names, helm's messages) must not move the cursor.
+        buf.push_str(&names::printable(l));
         buf.push('\n');
     }
     buf.push_str("\x1b[?7h");

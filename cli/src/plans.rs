@@ -9,6 +9,7 @@ use skoala_proto::v1::{
     ApplyPlanRequest, GetSkewRequest, ListPlansRequest, PlanEvent, PlanRef, PlanStatus,
     WatchEventsRequest,
 };
+use skoala_support::names;
 
 use crate::connect::{Admin, explain_status};
 use crate::output::{self, Format, dash, time_ms};
@@ -344,8 +345,10 @@ pub async fn events(
                     "message": e.message, "durationMs": e.duration_ms,
                 })
             ),
-            _ if tty && e.kind == "plan.phase" => println!("\x1b[1m{}\x1b[0m", line(&e)),
-            _ => println!("{}", line(&e)),
+            _ if tty && e.kind == "plan.phase" => {
+                println!("\x1b[1m{}\x1b[0m", names::printable(&line(&e)))
+            }
+            _ => println!("{}", names::printable(&line(&e))),
         }
         if until_settled && settled(&e, &plan) {
             break;

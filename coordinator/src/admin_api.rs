@@ -7,14 +7,15 @@ use std::time::Duration;
 use prost::Message;
 use skoala_proto::v1::fleet_admin_server::FleetAdmin;
 use skoala_proto::v1::{
-    ApplyPlanRequest, CheckPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse,
-    PlanEvent, PlanRef, PlanStatus, PreflightResult, SkewReport, WatchEventsRequest,
+    AllowRejoinRequest, AllowRejoinResponse, AuditEvent, Cluster, ClusterIdentity,
+    CreateTokenRequest, CreateTokenResponse, Inventory, ListAuditRequest, ListAuditResponse,
+    ListClustersRequest, ListClustersResponse, ListTokensRequest, ListTokensResponse,
+    RevokeClusterRequest, RevokeClusterResponse, RevokeTokenRequest, RevokeTokenResponse,
+    TokenInfo,
 };
 use skoala_proto::v1::{
-    AuditEvent, Cluster, ClusterIdentity, CreateTokenRequest, CreateTokenResponse, Inventory,
-    ListAuditRequest, ListAuditResponse, ListClustersRequest, ListClustersResponse,
-    ListTokensRequest, ListTokensResponse, RevokeClusterRequest, RevokeClusterResponse,
-    RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+    ApplyPlanRequest, CheckPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse,
+    PlanEvent, PlanRef, PlanStatus, PreflightResult, SkewReport, WatchEventsRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -97,6 +98,32 @@ impl<S: Store> Admin<S> {
         match require_admin(request) {
             Ok(serial) => Ok(format!("{peer} (admin {serial})")),
             Err(r) => Err(self.ctx.refuse(r, &peer).await),
+        }
+    }
+
+    /// The one registered cluster `wanted` names (an id, else a unique name); the error says
+    /// why not, for `what` the operator asked.
+    async fn resolve(&self, wanted: &str, what: &str) -> Result<ClusterRecord, Status> {
+        let records = self.ctx.store.clusters().await.map_err(store_status)?;
+        let by_id: Vec<&ClusterRecord> = records.iter().filter(|c| c.id == wanted).collect();
+        let matches: Vec<&ClusterRecord> = if by_id.is_empty() {
+            records.iter().filter(|c| c.name == wanted).collect()
+        } else {
+            by_id
+        };
+        match matches.as_slice() {
+            [] => Err(Status::not_found(format!(
+                "no registered cluster named or with id {wanted:?}"
+            ))),
+            [one] => Ok((*one).clone()),
+            many => {
+                let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+                Err(Status::failed_precondition(format!(
+                    "{} clusters are named {wanted:?} ({}); {what} by cluster id",
+                    many.len(),
+                    ids.join(", ")
+                )))
+            }
         }
     }
 
@@ -246,30 +273,9 @@ impl<S: Store> FleetAdmin for Admin<S> {
         request: Request<RevokeClusterRequest>,
     ) -> Result<Response<RevokeClusterResponse>, Status> {
         let who = self.authorize(&request).await?;
-        let wanted = request.into_inner().cluster;
-        let records = self.ctx.store.clusters().await.map_err(store_status)?;
-        let by_id: Vec<&ClusterRecord> = records.iter().filter(|c| c.id == wanted).collect();
-        let matches: Vec<&ClusterRecord> = if by_id.is_empty() {
-            records.iter().filter(|c| c.name == wanted).collect()
-        } else {
-            by_id
-        };
-        let cluster = match matches.as_slice() {
-            [] => {
-                return Err(Status::not_found(format!(
-                    "no registered cluster named or with id {wanted:?}"
-                )));
-            }
-            [one] => *one,
-            many => {
-                let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
-                return Err(Status::failed_precondition(format!(
-                    "{} clusters are named {wanted:?} ({}); revoke by cluster id",
-                    many.len(),
-                    ids.join(", ")
-                )));
-            }
-        };
+        let cluster = self
+            .resolve(&request.into_inner().cluster, "revoke")
+            .await?;
         let id = cluster.id.clone();
         self.ctx
             .store
@@ -300,6 +306,52 @@ impl<S: Store> FleetAdmin for Admin<S> {
             )
             .await;
         Ok(Response::new(RevokeClusterResponse { cluster_id: id }))
+    }
+
+    async fn allow_rejoin(
+        &self,
+        request: Request<AllowRejoinRequest>,
+    ) -> Result<Response<AllowRejoinResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let cluster = self
+            .resolve(&request.into_inner().cluster, "allow to rejoin")
+            .await?;
+        let id = cluster.id.clone();
+        if cluster.revoked_unix.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "cluster {id} ({}) is revoked; a revoked cluster never registers again",
+                cluster.name
+            )));
+        }
+        self.ctx
+            .store
+            .allow_rejoin(id.clone(), now_unix())
+            .await
+            .map_err(store_status)?;
+        let was_connected = self.ctx.sessions.kick(
+            &id,
+            Status::permission_denied(format!(
+                "cluster {id} ({}): an operator revoked its certificates so it can register again",
+                cluster.name
+            )),
+        );
+        self.ctx
+            .audit(
+                "cluster.rejoin_allowed",
+                &id,
+                &who,
+                format!(
+                    "cluster {} may register again with a join token; its certificates are revoked{}",
+                    cluster.name,
+                    if was_connected {
+                        "; live session closed"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .await;
+        Ok(Response::new(AllowRejoinResponse { cluster_id: id }))
     }
 
     async fn list_audit(

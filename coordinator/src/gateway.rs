@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use skoala_proto::v1::agent_gateway_server::AgentGateway;
 use skoala_proto::v1::{AgentMessage, CoordinatorMessage, RegisterRequest, RegisterResponse};
+use skoala_support::names;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
-use crate::identity::{Refusal, remote_of, require_agent};
+use crate::identity::{Peer, Refusal, peer_of, remote_of, require_agent};
 use crate::sessions::LiveAgent;
-use crate::store::{CertRecord, ClusterRecord, RegisterError, Registered, Registration, Store};
+use crate::store::{
+    CertRecord, Claim, ClusterRecord, RegisterError, Registered, Registration, Store,
+};
 use crate::tokens;
-
-/// Longest cluster id / name / label accepted (a kube-system UID is 36 characters).
-const MAX_ID_LEN: usize = 128;
 
 /// The gateway service.
 pub struct Gateway<S> {
@@ -35,12 +35,36 @@ impl<S> Gateway<S> {
     }
 }
 
-fn valid_cluster_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+/// A refused registration's status, as the caller sees it.
+fn register_status(e: &RegisterError) -> Status {
+    match e {
+        RegisterError::ClusterRevoked(_) | RegisterError::Takeover(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        RegisterError::NameTaken { .. } => Status::already_exists(e.to_string()),
+        _ => Status::unauthenticated(e.to_string()),
+    }
+}
+
+fn store_unavailable(e: &crate::store::StoreError) -> Status {
+    tracing::error!(error = %e, "registration failed in the store");
+    Status::unavailable("the coordinator's store is unavailable; retry later")
+}
+
+impl<S: Store> Gateway<S> {
+    /// Audits a registration the store refused and returns what the caller sees.
+    async fn refused(&self, e: RegisterError, claim: &Claim, peer: &str) -> Status {
+        if let RegisterError::Store(e) = &e {
+            return store_unavailable(e);
+        }
+        let r = Refusal {
+            status: register_status(&e),
+            kind: e.audit_kind(),
+            cluster_id: claim.cluster_id.clone(),
+            detail: format!("{} (token {}): {e}", claim.name, claim.token_id),
+        };
+        self.ctx.refuse(r, peer).await
+    }
 }
 
 #[tonic::async_trait]
@@ -51,13 +75,24 @@ impl<S: Store> AgentGateway for Gateway<S> {
     ) -> Result<Response<RegisterResponse>, Status> {
         let ctx = &self.ctx;
         let peer = remote_of(&request);
+        // A client certificate on Register is the caller proving the key of a cluster it
+        // already is (the TLS layer verified the chain and the validity period).
+        let presented = match peer_of(&request) {
+            Ok(Peer::Agent {
+                cluster_id,
+                serial_hex,
+            }) => Some((cluster_id, serial_hex)),
+            _ => None,
+        };
         let req = request.into_inner();
         let identity = req.identity.unwrap_or_default();
         let cluster_id = identity.cluster_id.clone();
+        // What the audit log keeps of an id nobody has checked yet.
+        let audit_id = names::clipped(&cluster_id);
         let refuse = |status: Status, kind: &'static str, detail: String| Refusal {
             status,
             kind,
-            cluster_id: cluster_id.clone(),
+            cluster_id: audit_id.clone(),
             detail,
         };
 
@@ -69,21 +104,42 @@ impl<S: Store> AgentGateway for Gateway<S> {
             );
             return Err(ctx.refuse(r, &peer).await);
         };
-        if !valid_cluster_id(&cluster_id) {
-            let r = refuse(
-                Status::invalid_argument(
-                    "identity.cluster_id must be the kube-system namespace UID (1-128 characters of [A-Za-z0-9._-])",
-                ),
-                "register.bad_identity",
-                format!("token {token_id}: invalid cluster id"),
-            );
-            return Err(ctx.refuse(r, &peer).await);
-        }
         let name = if identity.name.is_empty() {
             cluster_id.clone()
         } else {
             identity.name.clone()
         };
+        let labels = identity.labels.into_iter().collect::<BTreeMap<_, _>>();
+        let checked = names::cluster_id(&cluster_id)
+            .and_then(|()| names::cluster_name(&name))
+            .and_then(|()| names::labels(labels.iter()));
+        if let Err(e) = checked {
+            let r = refuse(
+                Status::invalid_argument(format!(
+                    "{e} (identity.cluster_id is the kube-system namespace UID)"
+                )),
+                "register.bad_identity",
+                format!("token {token_id}: {e}"),
+            );
+            return Err(ctx.refuse(r, &peer).await);
+        }
+        let claim = Claim {
+            token_id: token_id.clone(),
+            token_sha256,
+            now_unix: now_unix(),
+            cluster_id: cluster_id.clone(),
+            name: name.clone(),
+            labels,
+            agent_version: req.agent_version,
+            proven_serial: presented
+                .filter(|(id, _)| *id == cluster_id)
+                .map(|(_, serial)| serial),
+        };
+        // Every check first, reading only: a refusal costs no signature and no write.
+        let admitted = ctx.store.admit(claim.clone()).await;
+        if let Err(e) = admitted {
+            return Err(self.refused(e, &claim, &peer).await);
+        }
         let issued = match ctx
             .ca
             .sign_agent_csr(&req.csr_pem, &cluster_id, ctx.settings.cert_ttl)
@@ -98,63 +154,60 @@ impl<S: Store> AgentGateway for Gateway<S> {
                 return Err(ctx.refuse(r, &peer).await);
             }
         };
+        let proven = claim.proven_serial.clone();
         let registration = Registration {
-            token_id: token_id.clone(),
-            token_sha256,
-            now_unix: now_unix(),
-            cluster_id: cluster_id.clone(),
-            name: name.clone(),
-            labels: identity.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            agent_version: req.agent_version,
+            claim: claim.clone(),
             cert: CertRecord {
                 serial_hex: issued.serial_hex.clone(),
                 cluster_id: cluster_id.clone(),
                 issued_unix: now_unix(),
                 not_after_unix: issued.not_after_unix,
+                revoked_unix: None,
+                first_session_unix: None,
             },
         };
-        match ctx.store.register(registration).await {
-            Ok(outcome) => {
-                let kind = match outcome {
-                    Registered::New => "cluster.registered",
-                    Registered::Again | Registered::SameToken => "cluster.reregistered",
-                };
-                ctx.audit(
-                    kind,
-                    &cluster_id,
-                    &peer,
-                    format!(
-                        "name {name}, token {token_id}{}, certificate {}",
-                        if outcome == Registered::SameToken {
-                            " (a retry with the cluster's own token; no use spent)"
-                        } else {
-                            ""
-                        },
-                        issued.serial_hex
-                    ),
-                )
-                .await;
-                Ok(Response::new(RegisterResponse {
-                    certificate_pem: issued.cert_pem,
-                    ca_bundle_pem: ctx.ca.cert_pem().to_string(),
-                    not_after_unix: issued.not_after_unix,
-                }))
+        let outcome = match ctx.store.register(registration).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.refused(e, &claim, &peer).await),
+        };
+        let how = match (outcome, &proven) {
+            (Registered::New, _) => String::new(),
+            (Registered::SameToken, _) => {
+                " (a retry with the cluster's own token; no use spent)".to_string()
             }
-            Err(RegisterError::Store(e)) => {
-                tracing::error!(error = %e, "registration failed in the store");
-                Err(Status::unavailable(
-                    "the coordinator's store is unavailable; retry later",
-                ))
+            (Registered::Proved, Some(serial)) => {
+                format!(" (proved its current key with certificate {serial})")
             }
-            Err(e) => {
-                let status = match e {
-                    RegisterError::ClusterRevoked(_) => Status::permission_denied(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
-                };
-                let r = refuse(status, e.audit_kind(), e.to_string());
-                Err(ctx.refuse(r, &peer).await)
-            }
-        }
+            _ => " (no live certificate: it expired, or an operator allowed the cluster to rejoin)"
+                .to_string(),
+        };
+        let kind = if outcome == Registered::New {
+            "cluster.registered"
+        } else {
+            // The earlier certificates are revoked; a session holding one ends now.
+            ctx.sessions.kick(
+                &cluster_id,
+                Status::permission_denied(format!(
+                    "cluster {cluster_id} registered again; this session's certificate is revoked"
+                )),
+            );
+            "cluster.reregistered"
+        };
+        ctx.audit(
+            kind,
+            &cluster_id,
+            &peer,
+            format!(
+                "name {name}, token {token_id}{how}, certificate {}",
+                issued.serial_hex
+            ),
+        )
+        .await;
+        Ok(Response::new(RegisterResponse {
+            certificate_pem: issued.cert_pem,
+            ca_bundle_pem: ctx.ca.cert_pem().to_string(),
+            not_after_unix: issued.not_after_unix,
+        }))
     }
 
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
@@ -248,7 +301,7 @@ async fn authorize_session<S: Store>(
         .certificate(serial.to_string())
         .await
         .map_err(StoreDown)?;
-    if cert.as_ref().map(|c| c.cluster_id.as_str()) != Some(cluster_id) {
+    let Some(cert) = cert.filter(|c| c.cluster_id == cluster_id) else {
         return Ok(Err(refusal(
             Status::permission_denied(format!(
                 "certificate {serial} was not issued to cluster {cluster_id} by this coordinator"
@@ -256,6 +309,22 @@ async fn authorize_session<S: Store>(
             "session.unknown_certificate",
             format!("certificate {serial} unknown for cluster {cluster_id}"),
         )));
+    };
+    if cert.revoked_unix.is_some() {
+        return Ok(Err(refusal(
+            Status::permission_denied(format!(
+                "certificate {serial} of cluster {cluster_id} was revoked: the cluster registered again"
+            )),
+            "session.certificate_revoked",
+            format!("revoked certificate {serial} presented"),
+        )));
+    }
+    if cert.first_session_unix.is_none() {
+        // From now on only its key (or an operator) can replace this certificate.
+        ctx.store
+            .certificate_used(serial.to_string(), now_unix())
+            .await
+            .map_err(StoreDown)?;
     }
     let cluster = ctx
         .store

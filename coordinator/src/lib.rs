@@ -36,13 +36,15 @@
 //! | `token.created`, `token.revoked` | an operator managed join tokens |
 //! | `cluster.registered`, `cluster.reregistered` | an agent joined (again: new key for a known cluster) |
 //! | `cluster.revoked` | an operator revoked a cluster (its live session is closed) |
-//! | `cluster.relabelled` | an agent reported another name or other labels in its hello |
+//! | `cluster.rejoin_allowed` | an operator let a cluster that lost its key register again (its certificates are revoked) |
+//! | `cluster.relabelled`, `cluster.relabel_refused` | an agent reported another name or other labels in its hello (refused: invalid, or a name another cluster has) |
 //! | `certificate.renewed`, `certificate.renewal_refused` | renewal over the Session stream |
 //! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate` | refused before any RPC (foreign CA, expired, ...); floods are summarised |
 //! | `tls.no_client_certificate` | an RPC other than Register without a client certificate |
 //! | `admin.agent_certificate`, `session.admin_certificate` | a certificate used on the wrong API |
-//! | `register.unknown_token`, `register.token_expired`, `register.token_used_up`, `register.token_revoked`, `register.cluster_revoked`, `register.bad_identity`, `register.bad_csr` | Register refused |
-//! | `session.unknown_certificate`, `session.unknown_cluster`, `session.cluster_revoked` | Session refused |
+//! | `register.unknown_token`, `register.token_expired`, `register.token_used_up`, `register.token_revoked`, `register.cluster_revoked`, `register.bad_identity`, `register.name_taken`, `register.bad_csr` | Register refused |
+//! | `register.takeover_refused` | Register for a cluster whose certificate is live, without that certificate |
+//! | `session.unknown_certificate`, `session.certificate_revoked`, `session.unknown_cluster`, `session.cluster_revoked` | Session refused |
 //! | `session.identity_mismatch` | an agent message claimed another cluster; stream closed |
 //! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` |
 //! | `session.unexpected_operation` | progress, a result or a backup for an operation never sent to that cluster (or finished); dropped (first per session) |

@@ -20,6 +20,7 @@ use skoala_proto::v1::{
     AgentMessage, CertificateIssued, CoordinatorMessage, Inventory, Ping, agent_message,
     agent_message::Body, coordinator_message,
 };
+use skoala_support::names;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
@@ -316,7 +317,8 @@ impl<S: Store> Session<S> {
     }
 
     /// Persists a changed name or labels from a Hello (audited: labels select clusters for
-    /// plans, so a change matters).
+    /// plans, so a change matters). A name or label the fleet does not accept, or a name
+    /// another cluster has, is refused and audited; the cluster keeps what it had.
     async fn identity(&mut self, name: String, labels: BTreeMap<String, String>) {
         let name = if name.is_empty() {
             self.name.clone()
@@ -326,6 +328,10 @@ impl<S: Store> Session<S> {
         if name == self.name && labels == self.labels {
             return;
         }
+        if let Err(e) = names::cluster_name(&name).and_then(|()| names::labels(labels.iter())) {
+            self.refuse_identity(e.to_string()).await;
+            return;
+        }
         let before = format!("{} {:?}", self.name, self.labels);
         match self
             .ctx
@@ -333,7 +339,7 @@ impl<S: Store> Session<S> {
             .set_cluster_identity(self.cluster_id.clone(), name.clone(), labels.clone())
             .await
         {
-            Ok(()) => {
+            Ok(None) => {
                 let after = format!("{name} {labels:?}");
                 self.name = name;
                 self.labels = labels;
@@ -346,10 +352,25 @@ impl<S: Store> Session<S> {
                     )
                     .await;
             }
+            Ok(Some(other)) => {
+                self.refuse_identity(format!("name {name} is taken by cluster {other}"))
+                    .await
+            }
             Err(e) => {
                 tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster identity")
             }
         }
+    }
+
+    async fn refuse_identity(&self, why: String) {
+        self.ctx
+            .refused(
+                "cluster.relabel_refused",
+                &self.cluster_id,
+                &self.peer,
+                format!("{why}; the cluster keeps the name {}", self.name),
+            )
+            .await;
     }
 
     async fn inventory(&mut self, inventory: Inventory) {
@@ -409,6 +430,8 @@ impl<S: Store> Session<S> {
             cluster_id: self.cluster_id.clone(),
             issued_unix: now_unix(),
             not_after_unix: issued.not_after_unix,
+            revoked_unix: None,
+            first_session_unix: None,
         };
         if let Err(e) = ctx.store.record_certificate(record).await {
             tracing::error!(error = %e, "could not record a renewed certificate");

@@ -383,7 +383,9 @@ mod tests {
         src.store
             .set_cluster_identity("c3".into(), "a-renamed".into(), labels)
             .await
-            .expect("identity");
+            .expect("identity")
+            .map_or(Ok(()), Err)
+            .expect("the name is free");
         let w = check(&mut kept, &src, now, "c3 renamed and relabelled").await;
         assert_eq!(
             w[0].1, "a-renamed",

@@ -87,6 +87,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX plan_events_by_plan ON plan_events(plan, id);
     "#,
+    // 4: certificates revoked by a re-registration (checked at Session), and whether a session
+    // ever used one (only an unused one may be replaced by a same-token retry).
+    r#"
+    ALTER TABLE certificates ADD COLUMN revoked_unix INTEGER;
+    ALTER TABLE certificates ADD COLUMN first_session_unix INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

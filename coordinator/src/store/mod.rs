@@ -81,6 +81,12 @@ pub struct CertRecord {
     pub cluster_id: String,
     pub issued_unix: i64,
     pub not_after_unix: i64,
+    /// Set when the cluster registered again or an operator allowed it to: the TLS layer still
+    /// accepts the certificate until it expires, so `Session` checks this.
+    pub revoked_unix: Option<i64>,
+    /// When a session first used it: a certificate never used may be replaced by a retry with
+    /// the same token (its answer was lost), one used may not.
+    pub first_session_unix: Option<i64>,
 }
 
 /// An audit event to append.
@@ -103,10 +109,10 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
-/// One registration: redeem a token and record the cluster and its first certificate, in one
-/// transaction (a crash never leaves a used token without its cluster, or the reverse).
+/// What a `Register` call claims, checked before any work is done for it
+/// ([`Store::admit`]) and again, atomically, when it is recorded ([`Store::register`]).
 #[derive(Debug, Clone)]
-pub struct Registration {
+pub struct Claim {
     pub token_id: String,
     pub token_sha256: String,
     pub now_unix: i64,
@@ -114,8 +120,24 @@ pub struct Registration {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
+    /// The serial of a client certificate for this very cluster presented on the call: proof
+    /// of the cluster's current key, which re-registering a cluster with a live certificate
+    /// needs.
+    pub proven_serial: Option<String>,
+}
+
+/// One registration: redeem a token and record the cluster and its first certificate, in one
+/// transaction (a crash never leaves a used token without its cluster, or the reverse).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub claim: Claim,
     pub cert: CertRecord,
 }
+
+/// How long after its certificate was issued a cluster may register again with the token it
+/// joined with and no proof of its key (its answer was lost), provided no session ever used
+/// that certificate. Longer would widen the window for anyone else holding a shared token.
+pub const RETRY_GRACE_SECS: i64 = 600;
 
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +152,12 @@ pub enum RegisterError {
     Revoked(String),
     #[error("cluster {0} has been revoked; it cannot register again")]
     ClusterRevoked(String),
+    #[error(
+        "cluster {0} is already registered and its certificate is live: registering it again needs its current client certificate, or an operator's `skoalactl cluster rejoin`"
+    )]
+    Takeover(String),
+    #[error("cluster name {name:?} is taken by cluster {other}; choose another --cluster-name")]
+    NameTaken { name: String, other: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -143,6 +171,8 @@ impl RegisterError {
             RegisterError::UsedUp(_) => "register.token_used_up",
             RegisterError::Revoked(_) => "register.token_revoked",
             RegisterError::ClusterRevoked(_) => "register.cluster_revoked",
+            RegisterError::Takeover(_) => "register.takeover_refused",
+            RegisterError::NameTaken { .. } => "register.name_taken",
             RegisterError::Store(_) => "register.store_error",
         }
     }
@@ -157,6 +187,8 @@ pub enum Registered {
     Again,
     /// Registered before with this very token (a retry; no use was spent).
     SameToken,
+    /// Registered before, and the caller proved the cluster's current key.
+    Proved,
 }
 
 /// The durable store. Methods are async so a backend talking to a remote API fits; every
@@ -170,10 +202,23 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false when no such token exists.
     fn revoke_token(&self, id: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Checks a claim without writing anything (token, cluster, name): what `Register` asks
+    /// before it spends a CA signature and a write transaction on the caller.
+    fn admit(&self, claim: Claim) -> impl Future<Output = Result<(), RegisterError>> + Send;
+    /// Checks the claim again and records it, in one transaction. A cluster registered before
+    /// gets every earlier certificate revoked.
     fn register(
         &self,
         registration: Registration,
     ) -> impl Future<Output = Result<Registered, RegisterError>> + Send;
+    /// An operator's consent for a cluster that lost its key: revokes its certificates, so the
+    /// next `Register` with a valid token needs no proof of the old key. Returns false when no
+    /// such cluster exists.
+    fn allow_rejoin(
+        &self,
+        id: String,
+        now_unix: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn cluster(
         &self,
@@ -193,13 +238,14 @@ pub trait Store: Send + Sync + 'static {
         state: ClusterState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Persists a changed name or labels (an agent restarted with other `--cluster-name` /
-    /// `--label` flags).
+    /// `--label` flags). Names are unique: returns the id of the cluster that already has
+    /// `name`, and writes nothing, when it is taken.
     fn set_cluster_identity(
         &self,
         id: String,
         name: String,
         labels: BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     /// Returns false when no such cluster exists; revoking twice keeps the first time.
     fn revoke_cluster(
         &self,
@@ -214,6 +260,13 @@ pub trait Store: Send + Sync + 'static {
     fn record_certificate(
         &self,
         cert: CertRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Notes that a session used certificate `serial_hex` (once per certificate: callers check
+    /// [`CertRecord::first_session_unix`] first).
+    fn certificate_used(
+        &self,
+        serial_hex: String,
+        now_unix: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends an audit event; returns its id.

@@ -14,9 +14,11 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::clock::now_ms;
 
 use super::{
-    AuditRecord, CertRecord, ClusterRecord, ClusterState, NewAudit, PlanEventRecord, PlanRecord,
-    RegisterError, Registered, Registration, Store, StoreError, TokenRecord, migrations, plans,
+    AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, NewAudit, PlanEventRecord,
+    PlanRecord, RETRY_GRACE_SECS, RegisterError, Registered, Registration, Store, StoreError,
+    TokenRecord, migrations, plans,
 };
+use crate::tokens;
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -112,6 +114,122 @@ fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_string())
 }
 
+/// What [`admit_in`] decided, for [`Store::register`] to write.
+struct Admitted {
+    token_id: String,
+    outcome: Registered,
+}
+
+/// Every check of a registration, reading only: the token (hashes compared in constant time),
+/// the cluster (revoked; registered with a live certificate and no proof of its key) and the
+/// name (taken by another cluster).
+fn admit_in(c: &Connection, r: &Claim) -> Result<Admitted, RegisterError> {
+    let token = c
+        .query_row(
+            &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+            params![r.token_id],
+            token_from_row,
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    let Some(token) = token else {
+        return Err(RegisterError::UnknownToken);
+    };
+    // Compare hashes, never secrets; the hash of a wrong secret reveals nothing.
+    if !tokens::hashes_match(&token.secret_sha256, &r.token_sha256) {
+        return Err(RegisterError::UnknownToken);
+    }
+    if token.revoked {
+        return Err(RegisterError::Revoked(token.id));
+    }
+    if token.expires_unix <= r.now_unix {
+        return Err(RegisterError::Expired(token.id));
+    }
+    let existing: Option<(Option<i64>, String, String, i64)> = c
+        .query_row(
+            "SELECT revoked_unix, token_id, cert_serial, cert_not_after_unix FROM clusters WHERE id = ?1",
+            params![r.cluster_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    if let Some((Some(_), ..)) = existing {
+        return Err(RegisterError::ClusterRevoked(r.cluster_id.clone()));
+    }
+    let same_token = existing
+        .as_ref()
+        .is_some_and(|(_, token_id, ..)| *token_id == token.id);
+    if token.uses_left == 0 && !same_token {
+        return Err(RegisterError::UsedUp(token.id));
+    }
+    let outcome = match &existing {
+        None => Registered::New,
+        Some(_) if proves_key(c, r)? => Registered::Proved,
+        // No live certificate (expired, or an operator allowed the cluster to rejoin): nobody
+        // holds the identity, a valid token is enough.
+        Some((_, _, _, not_after)) if *not_after <= r.now_unix => {
+            if same_token {
+                Registered::SameToken
+            } else {
+                Registered::Again
+            }
+        }
+        // The answer to a registration was lost: the same token, soon after, while no session
+        // ever used the certificate, may try again.
+        Some((_, _, serial, _))
+            if same_token && unused_since(c, serial, r.now_unix - RETRY_GRACE_SECS)? =>
+        {
+            Registered::SameToken
+        }
+        Some(_) => return Err(RegisterError::Takeover(r.cluster_id.clone())),
+    };
+    let other: Option<String> = c
+        .query_row(
+            "SELECT id FROM clusters WHERE name = ?1 AND id != ?2 LIMIT 1",
+            params![r.name, r.cluster_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    if let Some(other) = other {
+        return Err(RegisterError::NameTaken {
+            name: r.name.clone(),
+            other,
+        });
+    }
+    Ok(Admitted {
+        token_id: token.id,
+        outcome,
+    })
+}
+
+/// Whether the claim presented a live, unrevoked certificate of this very cluster.
+fn proves_key(c: &Connection, r: &Claim) -> Result<bool, StoreError> {
+    let Some(serial) = &r.proven_serial else {
+        return Ok(false);
+    };
+    Ok(c.query_row(
+        "SELECT 1 FROM certificates WHERE serial_hex = ?1 AND cluster_id = ?2 \
+         AND revoked_unix IS NULL AND not_after_unix > ?3",
+        params![serial, r.cluster_id, r.now_unix],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// Whether certificate `serial` was issued after `since` and no session ever used it.
+fn unused_since(c: &Connection, serial: &str, since: i64) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM certificates WHERE serial_hex = ?1 AND issued_unix > ?2 \
+         AND first_session_unix IS NULL",
+        params![serial, since],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
 impl Store for SqliteStore {
     async fn insert_token(&self, t: TokenRecord) -> Result<(), StoreError> {
         self.run(move |c| {
@@ -160,112 +278,96 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn admit(&self, claim: Claim) -> Result<(), RegisterError> {
+        // A read: refusing costs no write lock and no fsync.
+        self.run(move |c| admit_in(c, &claim).map(|_| ())).await
+    }
+
     async fn register(&self, r: Registration) -> Result<Registered, RegisterError> {
         let registered = self.run(move |c| {
             // IMMEDIATE: take the write lock before reading uses_left, so two registrations
-            // racing for the last use cannot both win.
+            // racing for the last use (or for one cluster) cannot both win.
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::from)?;
-            let token = tx
-                .query_row(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-                    params![r.token_id],
-                    token_from_row,
-                )
-                .optional()
-                .map_err(StoreError::from)?;
-            let Some(token) = token else {
-                return Err(RegisterError::UnknownToken);
-            };
-            // Compare hashes, never secrets; the hash of a wrong secret reveals nothing.
-            if token.secret_sha256 != r.token_sha256 {
-                return Err(RegisterError::UnknownToken);
-            }
-            if token.revoked {
-                return Err(RegisterError::Revoked(token.id));
-            }
-            if token.expires_unix <= r.now_unix {
-                return Err(RegisterError::Expired(token.id));
-            }
-            let existing: Option<(Option<i64>, String)> = tx
-                .query_row(
-                    "SELECT revoked_unix, token_id FROM clusters WHERE id = ?1",
-                    params![r.cluster_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(StoreError::from)?;
-            if let Some((Some(_), _)) = existing {
-                return Err(RegisterError::ClusterRevoked(r.cluster_id));
-            }
-            // The same cluster registering again with the token it joined with (its answer
-            // was lost, or it lost its key before saving it): allowed while the token is
-            // valid, without spending another use, so a flaky network cannot strand an agent
-            // with a used-up token.
-            let same_token = existing
-                .as_ref()
-                .is_some_and(|(_, token_id)| *token_id == token.id);
-            if token.uses_left == 0 && !same_token {
-                return Err(RegisterError::UsedUp(token.id));
-            }
-            let outcome = if existing.is_some() {
-                tx.execute(
-                    "UPDATE clusters SET name = ?2, labels_json = ?3, agent_version = ?4, \
-                     cert_serial = ?5, cert_not_after_unix = ?6, token_id = ?7 WHERE id = ?1",
-                    params![
-                        r.cluster_id,
-                        r.name,
-                        labels_json(&r.labels),
-                        r.agent_version,
-                        r.cert.serial_hex,
-                        r.cert.not_after_unix,
-                        token.id
-                    ],
-                )
-                .map_err(StoreError::from)?;
-                if same_token {
-                    Registered::SameToken
-                } else {
-                    Registered::Again
-                }
-            } else {
+            let admitted = admit_in(&tx, &r.claim)?;
+            let claim = &r.claim;
+            if admitted.outcome == Registered::New {
                 tx.execute(
                     &format!(
                         "INSERT INTO clusters ({CLUSTER_COLUMNS}, token_id) VALUES (?1,?2,?3,?4,NULL,?5,'',x'',?6,?7,?8)"
                     ),
                     params![
-                        r.cluster_id,
-                        r.name,
-                        labels_json(&r.labels),
-                        r.now_unix,
-                        r.agent_version,
+                        claim.cluster_id,
+                        claim.name,
+                        labels_json(&claim.labels),
+                        claim.now_unix,
+                        claim.agent_version,
                         r.cert.serial_hex,
                         r.cert.not_after_unix,
-                        token.id
+                        admitted.token_id
                     ],
                 )
                 .map_err(StoreError::from)?;
-                Registered::New
-            };
-            if !same_token {
+            } else {
+                tx.execute(
+                    "UPDATE clusters SET name = ?2, labels_json = ?3, agent_version = ?4, \
+                     cert_serial = ?5, cert_not_after_unix = ?6, token_id = ?7 WHERE id = ?1",
+                    params![
+                        claim.cluster_id,
+                        claim.name,
+                        labels_json(&claim.labels),
+                        claim.agent_version,
+                        r.cert.serial_hex,
+                        r.cert.not_after_unix,
+                        admitted.token_id
+                    ],
+                )
+                .map_err(StoreError::from)?;
+                // One identity, one key: whoever held the earlier certificates is out.
+                tx.execute(
+                    "UPDATE certificates SET revoked_unix = ?2 WHERE cluster_id = ?1 AND revoked_unix IS NULL",
+                    params![claim.cluster_id, claim.now_unix],
+                )
+                .map_err(StoreError::from)?;
+            }
+            if admitted.outcome != Registered::SameToken {
                 tx.execute(
                     "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1",
-                    params![token.id],
+                    params![admitted.token_id],
                 )
                 .map_err(StoreError::from)?;
             }
             tx.execute(
                 "INSERT INTO certificates (serial_hex, cluster_id, issued_unix, not_after_unix) VALUES (?1,?2,?3,?4)",
-                params![r.cert.serial_hex, r.cluster_id, r.cert.issued_unix, r.cert.not_after_unix],
+                params![r.cert.serial_hex, claim.cluster_id, r.cert.issued_unix, r.cert.not_after_unix],
             )
             .map_err(StoreError::from)?;
             tx.commit().map_err(StoreError::from)?;
-            Ok(outcome)
+            Ok(admitted.outcome)
         })
         .await;
         self.clusters_changed();
         registered
+    }
+
+    async fn allow_rejoin(&self, id: String, now_unix: i64) -> Result<bool, StoreError> {
+        let allowed = self.run(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE clusters SET cert_not_after_unix = 0 WHERE id = ?1",
+                params![id],
+            )?;
+            tx.execute(
+                "UPDATE certificates SET revoked_unix = ?2 WHERE cluster_id = ?1 AND revoked_unix IS NULL",
+                params![id, now_unix],
+            )?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await;
+        self.clusters_changed();
+        allowed
     }
 
     async fn cluster(&self, id: String) -> Result<Option<ClusterRecord>, StoreError> {
@@ -307,14 +409,25 @@ impl Store for SqliteStore {
         id: String,
         name: String,
         labels: std::collections::BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let written = self
             .run(move |c| {
-                c.execute(
-                    "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
-                    params![id, name, labels_json(&labels)],
-                )?;
-                Ok(())
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let other: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM clusters WHERE name = ?1 AND id != ?2 LIMIT 1",
+                        params![name, id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if other.is_none() {
+                    tx.execute(
+                        "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
+                        params![id, name, labels_json(&labels)],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(other)
             })
             .await;
         self.clusters_changed();
@@ -355,7 +468,8 @@ impl Store for SqliteStore {
     async fn certificate(&self, serial_hex: String) -> Result<Option<CertRecord>, StoreError> {
         self.run(move |c| {
             Ok(c.query_row(
-                "SELECT serial_hex, cluster_id, issued_unix, not_after_unix FROM certificates WHERE serial_hex = ?1",
+                "SELECT serial_hex, cluster_id, issued_unix, not_after_unix, revoked_unix, first_session_unix \
+                 FROM certificates WHERE serial_hex = ?1",
                 params![serial_hex],
                 |r| {
                     Ok(CertRecord {
@@ -363,6 +477,8 @@ impl Store for SqliteStore {
                         cluster_id: r.get(1)?,
                         issued_unix: r.get(2)?,
                         not_after_unix: r.get(3)?,
+                        revoked_unix: r.get(4)?,
+                        first_session_unix: r.get(5)?,
                     })
                 },
             )
@@ -383,6 +499,17 @@ impl Store for SqliteStore {
                 params![cert.cluster_id, cert.serial_hex, cert.not_after_unix],
             )?;
             tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn certificate_used(&self, serial_hex: String, now_unix: i64) -> Result<(), StoreError> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE certificates SET first_session_unix = ?2 WHERE serial_hex = ?1 AND first_session_unix IS NULL",
+                params![serial_hex, now_unix],
+            )?;
             Ok(())
         })
         .await
@@ -469,18 +596,23 @@ pub(crate) mod fixtures {
 
     pub fn registration(token: &TokenRecord, cluster: &str, serial: &str) -> Registration {
         Registration {
-            token_id: token.id.clone(),
-            token_sha256: token.secret_sha256.clone(),
-            now_unix: 1_000,
-            cluster_id: cluster.into(),
-            name: format!("name-{cluster}"),
-            labels: [("env".to_string(), "prod".to_string())].into(),
-            agent_version: "0.1.0".into(),
+            claim: Claim {
+                token_id: token.id.clone(),
+                token_sha256: token.secret_sha256.clone(),
+                now_unix: 1_000,
+                cluster_id: cluster.into(),
+                name: format!("name-{cluster}"),
+                labels: [("env".to_string(), "prod".to_string())].into(),
+                agent_version: "0.1.0".into(),
+                proven_serial: None,
+            },
             cert: CertRecord {
                 serial_hex: serial.into(),
                 cluster_id: cluster.into(),
                 issued_unix: 1_000,
                 not_after_unix: 2_000,
+                revoked_unix: None,
+                first_session_unix: None,
             },
         }
     }
@@ -565,14 +697,14 @@ mod tests {
         store.insert_token(t.clone()).await.expect("insert");
 
         let mut wrong = registration(&t, "c1", "01");
-        wrong.token_sha256 = "other".into();
+        wrong.claim.token_sha256 = "other".into();
         assert!(matches!(
             store.register(wrong).await,
             Err(RegisterError::UnknownToken)
         ));
 
         let mut late = registration(&t, "c1", "01");
-        late.now_unix = 1_500;
+        late.claim.now_unix = 1_500;
         assert!(matches!(
             store.register(late).await,
             Err(RegisterError::Expired(_))
@@ -603,6 +735,126 @@ mod tests {
             store.register(registration(&t, "c3", "03")).await,
             Err(RegisterError::Revoked(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_live_cluster_is_registered_again_only_with_its_key_or_an_operator() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let mut t = token(5);
+        t.expires_unix = 10_000;
+        store.insert_token(t.clone()).await.expect("insert");
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("register");
+
+        // Another token holder, or the same token while the cluster is connected or past the
+        // retry grace: refused, and nothing is written.
+        let mut other = registration(&t, "c1", "02");
+        other.claim.token_id = "other".into();
+        let mut late = registration(&t, "c1", "02");
+        late.claim.now_unix = 1_000 + RETRY_GRACE_SECS + 1;
+        store
+            .certificate_used("01".into(), 1_001)
+            .await
+            .expect("used");
+        for (what, r) in [
+            ("connected once", registration(&t, "c1", "02")),
+            ("late", late),
+        ] {
+            assert!(
+                matches!(
+                    store.admit(r.claim.clone()).await,
+                    Err(RegisterError::Takeover(_))
+                ),
+                "{what}"
+            );
+            assert!(
+                matches!(store.register(r).await, Err(RegisterError::Takeover(_))),
+                "{what}"
+            );
+        }
+        assert!(matches!(
+            store.register(other).await,
+            Err(RegisterError::UnknownToken)
+        ));
+        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
+        assert_eq!(c.cert_serial, "01");
+        assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 4);
+
+        // Proof of the key: allowed, and the old certificate is revoked.
+        let mut proved = registration(&t, "c1", "02");
+        proved.claim.proven_serial = Some("01".into());
+        assert!(matches!(
+            store.register(proved).await,
+            Ok(Registered::Proved)
+        ));
+        let old = store
+            .certificate("01".into())
+            .await
+            .expect("cert")
+            .expect("01");
+        assert!(old.revoked_unix.is_some());
+        // A revoked certificate proves nothing.
+        store
+            .certificate_used("02".into(), 1_002)
+            .await
+            .expect("used");
+        let mut stale = registration(&t, "c1", "03");
+        stale.claim.proven_serial = Some("01".into());
+        assert!(matches!(
+            store.register(stale).await,
+            Err(RegisterError::Takeover(_))
+        ));
+
+        // An operator's consent: the next registration needs no proof.
+        assert!(
+            store
+                .allow_rejoin("c1".into(), 1_001)
+                .await
+                .expect("rejoin")
+        );
+        assert!(
+            !store
+                .allow_rejoin("nope".into(), 1_001)
+                .await
+                .expect("rejoin")
+        );
+        let new = store
+            .certificate("02".into())
+            .await
+            .expect("cert")
+            .expect("02");
+        assert!(new.revoked_unix.is_some());
+        let mut again = registration(&t, "c1", "03");
+        again.claim.now_unix = 1_000 + RETRY_GRACE_SECS + 1;
+        again.claim.token_id = t.id.clone();
+        assert!(matches!(
+            store.register(again).await,
+            Ok(Registered::SameToken)
+        ));
+        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
+        assert_eq!((c.cert_serial.as_str(), c.registered_unix), ("03", 1_000));
+    }
+
+    #[tokio::test]
+    async fn names_are_unique() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let t = token(5);
+        store.insert_token(t.clone()).await.expect("insert");
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("register");
+        let mut twin = registration(&t, "c2", "02");
+        twin.claim.name = "name-c1".into();
+        assert!(matches!(
+            store.register(twin).await,
+            Err(RegisterError::NameTaken { other, .. }) if other == "c1"
+        ));
+        assert_eq!(store.clusters().await.expect("clusters").len(), 1);
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@ use anyhow::Context;
 use skoala_coordinator::pki::{self, FleetCa, LeafSpec};
 use skoala_proto::v1::agent_gateway_client::AgentGatewayClient;
 use skoala_proto::v1::fleet_admin_client::FleetAdminClient;
-use skoala_proto::v1::{AgentMessage, ClusterIdentity, CoordinatorMessage, RegisterRequest};
+use skoala_proto::v1::{
+    AgentMessage, ClusterIdentity, CoordinatorMessage, Hello, RegisterRequest, agent_message,
+};
 use skoala_support::admin_config::AdminConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -155,6 +157,17 @@ pub async fn register_on(
         cert_pem: resp.certificate_pem,
         key_pem,
     })
+}
+
+/// The opening message of a session for `cluster_id`: a Hello with nothing else in it.
+pub fn hello(cluster_id: &str) -> AgentMessage {
+    AgentMessage {
+        cluster_id: cluster_id.to_string(),
+        body: Some(agent_message::Body::Hello(Hello {
+            agent_version: "raw".into(),
+            ..Default::default()
+        })),
+    }
 }
 
 /// An open Session stream: send agent messages, read coordinator messages.
