@@ -79,11 +79,11 @@ impl<S: Store> Context<S> {
         refusal.status
     }
 
-    /// Counts a refusal and audits it, summarising floods ([`crate::throttle`]): Register and
-    /// the TLS port are open to anyone, and a loop of bad attempts must not fill the disk.
+    /// Counts a refusal, then logs and audits it, summarising floods ([`crate::throttle`]):
+    /// Register and the TLS port are open to anyone, and a loop of bad attempts must fill
+    /// neither the disk nor the log. The metric counts every refusal.
     pub async fn refused(&self, kind: &str, cluster_id: &str, peer: &str, detail: String) {
         self.metrics.refusal(kind);
-        tracing::warn!(kind, peer, detail = %detail, "refused");
         if let Verdict::Write { suppressed } = self.throttle.check(kind, Instant::now()) {
             let detail = if suppressed > 0 {
                 format!(
@@ -92,7 +92,24 @@ impl<S: Store> Context<S> {
             } else {
                 detail
             };
+            tracing::warn!(kind, peer, detail = %detail, "refused");
             self.audit(kind, cluster_id, peer, detail).await;
+        }
+    }
+}
+
+impl<S: Store> Context<S> {
+    /// Writes the summaries of refusal floods whose window is over ([`Throttle::overdue`]);
+    /// the server calls it periodically.
+    pub async fn summarise_refusals(&self) {
+        for (kind, suppressed) in self.throttle.overdue(Instant::now()) {
+            let detail = format!(
+                "{suppressed} more refusals of this kind were not logged one by one (the first {} of each {}s are)",
+                crate::throttle::PER_WINDOW,
+                crate::throttle::WINDOW.as_secs()
+            );
+            tracing::warn!(kind, detail = %detail, "refused");
+            self.audit(&kind, "", "", detail).await;
         }
     }
 }

@@ -20,9 +20,9 @@
 //!   control-plane runner rather than reaching for a shared context;
 //! - on top, the handlers: `context` (what they share, and the audit log), `gateway` and
 //!   `session` (agents), `admin_api` and `admin_plans` (operators), [`tls`] (the accept loop),
-//!   `oversize`, and [`server`], which builds all of it (`init` creates the data dir first,
-//!   [`data_dir`], and `admin.yaml` with [`skoala_support::admin_config`]; [`http2`] holds the
-//!   HTTP/2 settings).
+//!   [`edge`] (what a peer may cost: connection caps, per-call limits), and [`server`], which
+//!   builds all of it (`init` creates the data dir first, [`data_dir`], and `admin.yaml` with
+//!   [`skoala_support::admin_config`]; [`http2`] holds the HTTP/2 settings).
 //!
 //! Only the modules the binaries, the load generator and the end-to-end tests use are public.
 //!
@@ -39,23 +39,30 @@
 //! | `cluster.rejoin_allowed` | an operator let a cluster that lost its key register again (its certificates are revoked) |
 //! | `cluster.relabelled`, `cluster.relabel_refused` | an agent reported another name or other labels in its hello (refused: invalid, or a name another cluster has) |
 //! | `certificate.renewed`, `certificate.renewal_refused` | renewal over the Session stream |
-//! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate` | refused before any RPC (foreign CA, expired, ...); floods are summarised |
+//! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate`, `tls.handshake_timeout` | refused before any RPC (foreign CA, expired, no handshake within `--tls-handshake-timeout`, ...) |
+//! | `tls.connection_limit` | a connection without a client certificate over `--max-unauthenticated-connections[-per-ip]`, closed at once |
 //! | `tls.no_client_certificate` | an RPC other than Register without a client certificate |
 //! | `admin.agent_certificate`, `session.admin_certificate` | a certificate used on the wrong API |
 //! | `register.unknown_token`, `register.token_expired`, `register.token_used_up`, `register.token_revoked`, `register.cluster_revoked`, `register.bad_identity`, `register.name_taken`, `register.bad_csr` | Register refused |
 //! | `register.takeover_refused` | Register for a cluster whose certificate is live, without that certificate |
 //! | `session.unknown_certificate`, `session.certificate_revoked`, `session.unknown_cluster`, `session.cluster_revoked` | Session refused |
 //! | `session.identity_mismatch` | an agent message claimed another cluster; stream closed |
-//! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` |
 //! | `session.unexpected_operation` | progress, a result or a backup for an operation never sent to that cluster (or finished); dropped (first per session) |
 //! | `session.quota_exceeded` | a message over the agent's quotas (`quota`); dropped (first per session) |
 //! | `session.dropped` | a session ended having dropped more than one message: the count per kind |
 //! | `session.flood` | a session dropped more than the hard limit; closed |
+//! | `session.message_too_large`, `rpc.message_too_large` | a message over `--max-message-bytes` (a Register request: over `--register-max-bytes`) |
+//! | `rpc.body_timeout` | a request body not complete within `--request-body-timeout` |
+//! | `rpc.too_many_streams` | a call over `--unauthenticated-max-streams` on a connection without a client certificate |
+//!
+//! Every refusal is counted in `skoala_refusals_total{kind}`; the log line and the audit entry
+//! of each kind are written for the first 20 a minute, then summarised (`throttle`).
 
 // The API the binaries, the load generator and the end-to-end tests use; everything else is
 // the coordinator's own.
 pub mod backups;
 pub mod data_dir;
+pub mod edge;
 pub mod http2;
 pub mod init;
 pub mod malloc;
@@ -75,7 +82,6 @@ mod gateway;
 mod identity;
 mod metrics;
 mod orchestrator;
-mod oversize;
 mod quota;
 mod session;
 mod sessions;

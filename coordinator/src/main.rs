@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use skoala_coordinator::Settings;
 use skoala_coordinator::data_dir::DataDir;
+use skoala_coordinator::edge::EdgeArgs;
 use skoala_coordinator::http2::Http2Args;
 use skoala_coordinator::{init, server};
 use skoala_support::duration;
@@ -24,6 +25,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value, parsed once at start; boxing would only obscure the flags"
+)]
 enum Command {
     /// Create a data dir: fleet CA, server certificate, and DIR/admin.yaml for skoalactl.
     ///
@@ -102,6 +107,8 @@ enum Command {
         /// re-read every second) instead of the system clock, to drive maintenance windows.
         #[arg(long, value_name = "PATH", hide = true)]
         clock_file: Option<PathBuf>,
+        #[command(flatten)]
+        edge: EdgeArgs,
         #[command(flatten)]
         http2: Http2Args,
     },
@@ -200,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             helm,
             helm_timeout,
             clock_file,
+            edge,
             http2,
         } => {
             raise_open_files_limit();
@@ -229,6 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 helm_timeout,
                 clock_file,
                 http2: http2.settings(),
+                edge: edge.settings(),
             }))
         }
     }

@@ -14,12 +14,13 @@ use tokio::net::TcpListener;
 use crate::admin_api::Admin;
 use crate::context::{Context, Settings};
 use crate::data_dir::DataDir;
+use crate::edge::EdgeSettings;
+use crate::edge::calls::CallLimitsLayer;
 use crate::gateway::Gateway;
 use crate::http2::Http2Settings;
 use crate::metrics::{self, Metrics};
 use crate::orchestrator::dispatch::{ControlPlaneRunner, Dispatcher};
 use crate::orchestrator::{Orchestrator, Parts};
-use crate::oversize::AuditOversizeLayer;
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::store::SqliteStore;
@@ -47,7 +48,12 @@ pub struct ServeOptions {
     pub clock_file: Option<PathBuf>,
     /// The HTTP/2 server's settings ([`Http2Settings::default`] but for benchmark sweeps).
     pub http2: Http2Settings,
+    /// What a peer may cost before and after it authenticates ([`crate::edge`]).
+    pub edge: EdgeSettings,
 }
+
+/// How often the summaries of refusal floods are written once their window is over.
+const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 fn read(path: PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(&path).with_context(|| {
@@ -122,6 +128,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         orchestrator: orchestrator.clone(),
     });
     tokio::spawn(orchestrator.run());
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFUSAL_SUMMARY_INTERVAL);
+            loop {
+                tick.tick().await;
+                ctx.summarise_refusals().await;
+            }
+        });
+    }
 
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -155,11 +171,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .max_encoding_message_size(max);
     let stop =
         skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
-    let incoming = tls::incoming(listener, tls_config, ctx.clone());
+    let incoming = tls::incoming(listener, tls_config, opts.edge, ctx.clone());
     let server = opts
         .http2
         .server()
-        .layer(AuditOversizeLayer::new(ctx.clone()))
+        .layer(CallLimitsLayer::new(ctx.clone(), &opts.edge))
         .add_service(gateway)
         .add_service(admin)
         .serve_with_incoming(incoming);

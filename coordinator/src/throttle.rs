@@ -2,8 +2,9 @@
 //!
 //! A port scanner, a token-guessing loop, or a thousand agents retrying with an expired
 //! certificate would otherwise write an audit row per attempt. Per kind, the first
-//! [`PER_WINDOW`] refusals of each [`WINDOW`] are written in full; the rest are counted and
-//! summarised in the next entry of that kind after the window. Metrics still count every
+//! [`PER_WINDOW`] refusals of each [`WINDOW`] are written (audit and log) in full; the rest are
+//! counted and summarised in the next entry of that kind after the window, or by
+//! [`Throttle::overdue`] once the window is over if no other comes. Metrics still count every
 //! refusal.
 
 use std::collections::HashMap;
@@ -60,6 +61,30 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// The kinds whose window is over with refusals not yet mentioned, and how many; each is
+    /// reported once (a flood that stopped still gets its summary).
+    pub fn overdue(&self, now: Instant) -> Vec<(String, u64)> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = vec![];
+        for (kind, slot) in slots.iter_mut() {
+            let over = slot
+                .window_start
+                .is_some_and(|start| now.duration_since(start) >= WINDOW);
+            if over && slot.suppressed > 0 {
+                due.push((kind.clone(), std::mem::take(&mut slot.suppressed)));
+            }
+        }
+        slots.retain(|_, slot| {
+            slot.suppressed > 0
+                || slot
+                    .window_start
+                    .is_some_and(|start| now.duration_since(start) < WINDOW)
+        });
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +107,20 @@ mod tests {
             t.check("tls.x", start + WINDOW),
             Verdict::Write { suppressed: 2 }
         );
+    }
+
+    #[test]
+    fn a_flood_that_stopped_is_summarised_once_after_its_window() {
+        let t = Throttle::default();
+        let start = Instant::now();
+        for _ in 0..PER_WINDOW + 5 {
+            t.check("register.unknown_token", start);
+        }
+        assert_eq!(t.overdue(start), vec![], "not before the window is over");
+        assert_eq!(
+            t.overdue(start + WINDOW),
+            vec![("register.unknown_token".to_string(), 5)]
+        );
+        assert_eq!(t.overdue(start + WINDOW * 2), vec![], "reported once");
     }
 }

@@ -5,7 +5,8 @@
 //! other handshake errors. Client certificates are optional at this layer (Register has none);
 //! the handlers enforce them per RPC. The resulting `TlsStream<TcpStream>` is what tonic's
 //! `peer_certs()` reads, so the handlers see the verified chain. Floods of refusals are
-//! summarised rather than written one by one ([`crate::throttle`]).
+//! summarised rather than written one by one ([`crate::throttle`]). What a connection may cost
+//! before and after its handshake is bounded by [`crate::edge::conns`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +24,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::context::Context;
+use crate::edge::EdgeSettings;
+use crate::edge::conns::{Caps, Guarded};
 use crate::store::Store;
 
-/// A client that has not finished its handshake in this long is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -89,16 +90,22 @@ pub fn server_config(
 }
 
 /// Accepts connections on `listener` forever, handshaking each in its own task; yields the
-/// established TLS streams for tonic's `serve_with_incoming`.
+/// established TLS streams for tonic's `serve_with_incoming`, each carrying its place in the
+/// connection caps ([`crate::edge::conns`]).
 pub(crate) fn incoming<S: Store>(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    edge: EdgeSettings,
     ctx: Arc<Context<S>>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Guarded<TlsStream<TcpStream>>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let caps = Caps::new(&edge);
     tokio::spawn(async move {
         loop {
+            // Wait for a place first: over the caps, new peers wait in the kernel's backlog
+            // instead of costing a task and a TLS state each.
+            let (mut permit, handshaking) = caps.admit().await;
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -112,19 +119,38 @@ pub(crate) fn incoming<S: Store>(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let ctx = ctx.clone();
+            let caps = caps.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, remote))
-                    .await
-                {
+                let shaken =
+                    tokio::time::timeout(edge.handshake_timeout, handshake(acceptor, tcp, remote))
+                        .await;
+                drop(handshaking);
+                let peer = remote.to_string();
+                match shaken {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let certified = tls.get_ref().1.peer_certificates().is_some();
+                        let lifetime = if certified {
+                            None
+                        } else {
+                            if let Err(over) = caps.unauthenticated(&mut permit, remote.ip()) {
+                                let detail = format!("connection closed: {over}");
+                                ctx.refused("tls.connection_limit", "", &peer, detail).await;
+                                return;
+                            }
+                            Some(edge.unauthenticated_lifetime)
+                        };
+                        let _ = tx.send(Ok(Guarded::new(tls, permit, lifetime))).await;
                     }
                     Ok(Err(refused)) => {
-                        ctx.refused(refused.kind, "", &remote.to_string(), refused.detail)
-                            .await;
+                        ctx.refused(refused.kind, "", &peer, refused.detail).await;
                     }
                     Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out");
+                        let detail = format!(
+                            "TLS handshake not complete after {:?} (--tls-handshake-timeout)",
+                            edge.handshake_timeout
+                        );
+                        ctx.refused("tls.handshake_timeout", "", &peer, detail)
+                            .await;
                     }
                 }
             });

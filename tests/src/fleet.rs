@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod coordinator;
 pub mod ctl;
+pub mod h2raw;
 pub mod plans;
 pub mod raw;
 

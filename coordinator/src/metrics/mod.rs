@@ -1,4 +1,5 @@
-//! The coordinator's Prometheus `/metrics` (`serve --metrics-listen ADDR`, plaintext HTTP).
+//! The coordinator's Prometheus `/metrics` (`serve --metrics-listen ADDR`, plaintext HTTP),
+//! and beside it `/healthz`, the liveness probe, which depends on none of it.
 //!
 //! Two kinds of metrics, kept apart on purpose:
 //!
@@ -278,15 +279,27 @@ pub async fn scrape(source: &impl Source) -> String {
     w.finish()
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends.
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until the process ends.
 pub async fn serve<T: Source>(
     listener: tokio::net::TcpListener,
     source: Arc<T>,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    axum::serve(listener, router(source)).await
+}
+
+fn router<T: Source>(source: Arc<T>) -> Router {
+    Router::new()
         .route("/metrics", get(render::<T>))
-        .with_state(source);
-    axum::serve(listener, app).await
+        .route("/healthz", get(healthz))
+        .with_state(source)
+}
+
+/// Liveness: the process and its runtime answer. It reads nothing, takes no lock and never
+/// touches the store, so a scrape waiting on the fleet view, a slow disk or a flood of
+/// connections does not make the kubelet restart a coordinator that is merely busy; a
+/// runtime so starved that even this cannot answer is what a restart is for.
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 async fn render<T: Source>(
@@ -456,6 +469,44 @@ mod tests {
             .collect();
         let unique: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    /// A source whose fleet never comes: a scrape stuck on the fleet view's lock or the store.
+    struct Stuck(Metrics);
+
+    impl Source for Stuck {
+        type Error = std::convert::Infallible;
+        fn metrics(&self) -> &Metrics {
+            &self.0
+        }
+        fn connected(&self) -> usize {
+            0
+        }
+        async fn fleet(&self) -> Result<fleet::FleetState, Self::Error> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_while_metrics_is_stuck() {
+        use tower::ServiceExt;
+        let app = router(Arc::new(Stuck(Metrics::default())));
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let stuck = tokio::time::timeout(
+            Duration::from_millis(200),
+            app.clone().oneshot(get("/metrics")),
+        )
+        .await;
+        assert!(stuck.is_err(), "the fake must hold /metrics");
+        let health = tokio::time::timeout(Duration::from_secs(5), app.oneshot(get("/healthz")))
+            .await
+            .expect("/healthz answers at once")
+            .expect("response");
+        assert_eq!(health.status(), axum::http::StatusCode::OK);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct CoordinatorOptions {
     pub helm_timeout: Option<String>,
     /// `--clock-file`: drive the orchestrator's clock from a file.
     pub clock_file: Option<PathBuf>,
+    /// More `serve` flags, as given (e.g. `["--tls-handshake-timeout", "2s"]`).
+    pub args: Vec<String>,
 }
 
 /// A running (or killed) coordinator and its data dir.
@@ -131,6 +133,7 @@ impl Coordinator {
         if let Some(c) = &o.clock_file {
             cmd.arg("--clock-file").arg(c);
         }
+        cmd.args(&o.args);
         if let Some(k) = &o.kubeconfig {
             cmd.arg("--kubeconfig").arg(k);
         } else {
@@ -319,16 +322,44 @@ impl Coordinator {
 
     /// Fetches `/metrics` (plain HTTP/1.1 over loopback, no client library needed).
     pub async fn metrics(&self) -> anyhow::Result<String> {
+        self.http_get("/metrics").await
+    }
+
+    /// `GET path` on the metrics port: the status line, headers and body.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self
             .metrics_addr
             .context("started without --metrics-listen")?;
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
         let mut body = String::new();
         s.read_to_string(&mut body).await?;
         Ok(body)
+    }
+
+    /// `(VmRSS, VmHWM)` of the running process, in KiB: its memory now and at its peak.
+    pub fn memory_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let pid = self.pid().context("not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .with_context(|| format!("{name} not in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// The value of an unlabelled metric, e.g. `skoala_agents_connected`.

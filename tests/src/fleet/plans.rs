@@ -35,6 +35,8 @@ pub struct PlanFleetOptions {
     pub clock: Option<String>,
     /// `--helm-timeout` of plan upgrades.
     pub helm_timeout: String,
+    /// More `serve` flags for the coordinator.
+    pub coordinator_args: Vec<String>,
 }
 
 impl Default for PlanFleetOptions {
@@ -47,6 +49,7 @@ impl Default for PlanFleetOptions {
             broken_control_plane: false,
             clock: None,
             helm_timeout: "60s".into(),
+            coordinator_args: Vec::new(),
         }
     }
 }
@@ -176,6 +179,7 @@ impl PlanFleet {
             helm: Some(tool("helm")),
             helm_timeout: Some(opts.helm_timeout.clone()),
             clock_file: opts.clock.as_ref().map(|_| clock_file.clone()),
+            args: opts.coordinator_args.clone(),
             ..Default::default()
         })
         .await?;

@@ -4,74 +4,25 @@
 //! its own connection does not notice.
 //!
 //! Compliant HTTP/2 clients (tonic's, hyper's) never exceed the limit the server announces;
-//! they queue. So the flooding peer here writes frames by hand: TLS with ALPN h2 and the fleet
-//! CA, no client certificate (anyone who can reach the port can do this), then HEADERS of
-//! `Register` calls whose body never comes.
+//! they queue. So the flooding peer here writes frames by hand
+//! (`skoala_e2e::fleet::h2raw`): TLS with ALPN h2, the fleet CA and a certificate it issued,
+//! then HEADERS of `Register` calls whose body never comes.
 
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
 use skoala_e2e::fleet::Fleet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use skoala_e2e::fleet::h2raw::{
+    FLAG_END_HEADERS, FRAME_GOAWAY, FRAME_HEADERS, FRAME_RST_STREAM, FRAME_SETTINGS,
+    REFUSED_STREAM, REGISTER, SETTINGS_MAX_CONCURRENT_STREAMS, connect, frame, grpc_call, preface,
+    read_frame,
+};
+use skoala_e2e::fleet::raw;
+use tokio::io::AsyncWriteExt;
 
 /// The coordinator's default bound.
 const LIMIT: u32 = 100;
 /// Streams the flooding peer opens beyond it.
 const EXTRA: u32 = 10;
-
-const FRAME_HEADERS: u8 = 0x1;
-const FRAME_RST_STREAM: u8 = 0x3;
-const FRAME_SETTINGS: u8 = 0x4;
-const FRAME_GOAWAY: u8 = 0x7;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const REFUSED_STREAM: u32 = 0x7;
-
-/// One HTTP/2 frame header plus payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK header block of literal fields without indexing (no Huffman): valid, and needs no
-/// encoder state.
-fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        out.push(0x00);
-        for s in [name, value] {
-            assert!(s.len() < 127, "short strings only");
-            out.push(s.len() as u8);
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
-    out
-}
-
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Frame> {
-    let mut head = [0u8; 9];
-    r.read_exact(&mut head).await?;
-    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Frame {
-        kind: head[3],
-        flags: head[4],
-        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-        payload,
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_the_stream_limit_is_refused_and_agents_do_not_notice() {
@@ -85,31 +36,15 @@ async fn a_peer_over_the_stream_limit_is_refused_and_agents_do_not_notice() {
     let sessions = || fleet.coordinator.metric("skoala_sessions_opened_total");
     let opened = sessions().await.expect("sessions opened");
 
-    // TLS like any client: the fleet CA, ALPN h2, no certificate.
-    let ca = std::fs::read(fleet.coordinator.ca_file()).expect("ca.pem");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(fleet.coordinator.addr())
-        .await
-        .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+    // TLS like any client, with a certificate of the fleet CA (a cluster that holds one):
+    // a peer without any has a far smaller budget of calls (attack_edge.rs).
+    let ca = raw::fleet_ca(&fleet.coordinator).expect("fleet CA");
+    let creds = raw::agent_creds(&ca, "some-cluster", false).expect("agent certificate");
+    let tls = connect(&fleet.coordinator, Some(&creds))
         .await
         .expect("TLS handshake");
     let (mut rd, mut wr) = tokio::io::split(tls);
-
-    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .expect("preface");
-    wr.write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
-        .await
-        .expect("settings");
+    preface(&mut wr).await.expect("preface");
 
     // The server announces its bound in its first SETTINGS.
     let announced = tokio::time::timeout(Duration::from_secs(10), async {
@@ -131,18 +66,11 @@ async fn a_peer_over_the_stream_limit_is_refused_and_agents_do_not_notice() {
         .await
         .expect("settings ack");
 
-    let block = header_block(&[
-        (":method", "POST"),
-        (":scheme", "https"),
-        (":path", "/skoala.fleet.v1.AgentGateway/Register"),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]);
+    let block = grpc_call(REGISTER);
     let mut flood = Vec::new();
     for i in 0..LIMIT + EXTRA {
         // END_HEADERS, no END_STREAM: the body never comes, so every stream stays open.
-        flood.extend(frame(FRAME_HEADERS, 0x4, 2 * i + 1, &block));
+        flood.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 2 * i + 1, &block));
     }
     wr.write_all(&flood).await.expect("HEADERS");
 

@@ -23,6 +23,7 @@
 mod agent_relay;
 mod agent_tasks;
 mod attack_agent;
+mod attack_edge;
 mod attack_identity;
 mod cli_completion;
 mod coordinator_relay;
