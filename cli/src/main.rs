@@ -1,6 +1,7 @@
 //! `skoalactl`: the operator's command line for skoala-fleet. It talks only to the coordinator's
 //! admin API, over mutual TLS with the admin certificate from `skoala-coordinator init`.
 
+mod admins;
 mod audit;
 mod clusters;
 mod connect;
@@ -57,6 +58,9 @@ enum Command {
     /// Act on one cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Admin identities: one per operator, with an expiry, revoked by name.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Show the audit log: registrations, refusals, revocations, certificate renewals.
     Audit {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -215,6 +219,32 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an operator's admin identity; writes their admin.yaml (0600), a secret to hand
+    /// to them only.
+    Create {
+        /// The operator's name (a DNS-1123 label); audit lines name them.
+        name: String,
+        /// How long the certificate is valid, e.g. 30d, 90d (at most 366d).
+        #[arg(long, value_parser = duration::parse, default_value = "90d")]
+        expires: Duration,
+        /// Where to write the credential [default: NAME.admin.yaml].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List admin identities (names, serials, expiry; never keys).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Revoke every certificate of an operator; refused from their next call.
+    Revoke {
+        /// The operator's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCommand {
     /// Revoke a cluster: its live session is closed and its agent can never connect or
     /// register again.
@@ -302,6 +332,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Revoke { cluster }) => {
             clusters::revoke(&mut admin, cluster).await
         }
+        Command::Admin(AdminCommand::Create { name, expires, out }) => {
+            admins::create(&mut admin, name, expires, out).await
+        }
+        Command::Admin(AdminCommand::List { output }) => admins::list(&mut admin, output).await,
+        Command::Admin(AdminCommand::Revoke { name }) => admins::revoke(&mut admin, name).await,
         Command::Cluster(ClusterCommand::Rejoin { cluster }) => {
             clusters::rejoin(&mut admin, cluster).await
         }

@@ -7,26 +7,33 @@ use std::time::Duration;
 use prost::Message;
 use skoala_proto::v1::fleet_admin_server::FleetAdmin;
 use skoala_proto::v1::{
-    AllowRejoinRequest, AllowRejoinResponse, AuditEvent, Cluster, ClusterIdentity,
-    CreateTokenRequest, CreateTokenResponse, Inventory, ListAuditRequest, ListAuditResponse,
+    AdminInfo, AllowRejoinRequest, AllowRejoinResponse, AuditEvent, Cluster, ClusterIdentity,
+    CreateAdminRequest, CreateAdminResponse, CreateTokenRequest, CreateTokenResponse, Inventory,
+    ListAdminsRequest, ListAdminsResponse, ListAuditRequest, ListAuditResponse,
     ListClustersRequest, ListClustersResponse, ListTokensRequest, ListTokensResponse,
-    RevokeClusterRequest, RevokeClusterResponse, RevokeTokenRequest, RevokeTokenResponse,
-    TokenInfo,
+    RevokeAdminRequest, RevokeAdminResponse, RevokeClusterRequest, RevokeClusterResponse,
+    RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
 };
 use skoala_proto::v1::{
     ApplyPlanRequest, CheckPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse,
     PlanEvent, PlanRef, PlanStatus, PreflightResult, SkewReport, WatchEventsRequest,
 };
+use skoala_support::names;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::admin_plans;
 use crate::clock::now_unix;
 use crate::context::Context;
-use crate::identity::{remote_of, require_admin};
+use crate::identity::{Refusal, remote_of, require_admin};
 use crate::orchestrator::{self, Verb};
-use crate::store::{ClusterRecord, Store, StoreError, TokenRecord};
+use crate::store::{AdminRecord, ClusterRecord, Store, StoreError, TokenRecord};
 use crate::tokens;
+
+/// Default lifetime of an operator's admin certificate (`skoalactl admin create`).
+const DEFAULT_ADMIN_TTL: Duration = Duration::from_secs(90 * 86400);
+/// Longest: an operator who leaves must not keep a credential for years if nobody revokes it.
+const MAX_ADMIN_TTL: Duration = Duration::from_secs(366 * 86400);
 
 /// Default join-token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -92,13 +99,43 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
 }
 
 impl<S: Store> Admin<S> {
-    /// The admin check every call starts with. Returns the caller's description for audit.
+    /// The admin check every call starts with: an admin certificate whose serial the store
+    /// records for a named operator, not revoked. Returns the caller's description for audit,
+    /// naming the operator.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let peer = remote_of(request);
-        match require_admin(request) {
-            Ok(serial) => Ok(format!("{peer} (admin {serial})")),
-            Err(r) => Err(self.ctx.refuse(r, &peer).await),
-        }
+        let serial = match require_admin(request) {
+            Ok(serial) => serial,
+            Err(r) => return Err(self.ctx.refuse(r, &peer).await),
+        };
+        let admin = self
+            .ctx
+            .store
+            .admin(serial.clone())
+            .await
+            .map_err(store_status)?;
+        let refusal = |kind, message: String| Refusal {
+            status: Status::permission_denied(message.clone()),
+            kind,
+            cluster_id: String::new(),
+            detail: message,
+        };
+        let r = match admin {
+            Some(a) if a.revoked_unix.is_none() => {
+                return Ok(format!("{peer} (admin {}, certificate {serial})", a.name));
+            }
+            Some(a) => refusal(
+                "admin.certificate_revoked",
+                format!("admin certificate {serial} of {} has been revoked", a.name),
+            ),
+            None => refusal(
+                "admin.unknown_certificate",
+                format!(
+                    "admin certificate {serial} was never issued to an operator by `skoalactl admin create`"
+                ),
+            ),
+        };
+        Err(self.ctx.refuse(r, &peer).await)
     }
 
     /// The one registered cluster `wanted` names (an id, else a unique name); the error says
@@ -306,6 +343,117 @@ impl<S: Store> FleetAdmin for Admin<S> {
             )
             .await;
         Ok(Response::new(RevokeClusterResponse { cluster_id: id }))
+    }
+
+    async fn create_admin(
+        &self,
+        request: Request<CreateAdminRequest>,
+    ) -> Result<Response<CreateAdminResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let req = request.into_inner();
+        names::operator_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = if req.ttl_seconds <= 0 {
+            DEFAULT_ADMIN_TTL
+        } else {
+            Duration::from_secs(req.ttl_seconds as u64)
+        };
+        if ttl > MAX_ADMIN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "an admin certificate may live at most {} days",
+                MAX_ADMIN_TTL.as_secs() / 86400
+            )));
+        }
+        let issued = self
+            .ctx
+            .ca
+            .issue_operator(&req.name, ttl)
+            .map_err(|e| Status::internal(format!("cannot issue the certificate: {e}")))?;
+        let now = now_unix();
+        let record = AdminRecord {
+            name: req.name.clone(),
+            serial_hex: issued.issued.serial_hex.clone(),
+            created_unix: now,
+            not_after_unix: issued.issued.not_after_unix,
+            revoked_unix: None,
+        };
+        let created = self
+            .ctx
+            .store
+            .insert_admin(record, now)
+            .await
+            .map_err(store_status)?;
+        if !created {
+            return Err(Status::already_exists(format!(
+                "admin {} exists; revoke it first (`skoalactl admin revoke {}`)",
+                req.name, req.name
+            )));
+        }
+        self.ctx
+            .audit(
+                "admin.created",
+                "",
+                &who,
+                format!(
+                    "admin {} created, certificate {}, {}s",
+                    req.name,
+                    issued.issued.serial_hex,
+                    ttl.as_secs()
+                ),
+            )
+            .await;
+        Ok(Response::new(CreateAdminResponse {
+            certificate_pem: issued.issued.cert_pem,
+            key_pem: issued.key_pem,
+            ca_pem: self.ctx.ca.cert_pem().to_string(),
+            serial: issued.issued.serial_hex,
+            not_after_unix: issued.issued.not_after_unix,
+        }))
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<ListAdminsRequest>,
+    ) -> Result<Response<ListAdminsResponse>, Status> {
+        self.authorize(&request).await?;
+        let admins = self.ctx.store.admins().await.map_err(store_status)?;
+        Ok(Response::new(ListAdminsResponse {
+            admins: admins
+                .into_iter()
+                .map(|a| AdminInfo {
+                    name: a.name,
+                    serial: a.serial_hex,
+                    created_unix: a.created_unix,
+                    not_after_unix: a.not_after_unix,
+                    revoked: a.revoked_unix.is_some(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_admin(
+        &self,
+        request: Request<RevokeAdminRequest>,
+    ) -> Result<Response<RevokeAdminResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let name = request.into_inner().name;
+        let revoked = self
+            .ctx
+            .store
+            .revoke_admin(name.clone(), now_unix())
+            .await
+            .map_err(store_status)?;
+        if revoked == 0 {
+            return Err(Status::not_found(format!("no live admin named {name:?}")));
+        }
+        self.ctx
+            .audit(
+                "admin.revoked",
+                "",
+                &who,
+                format!("admin {name}: {revoked} certificate(s) revoked"),
+            )
+            .await;
+        Ok(Response::new(RevokeAdminResponse { revoked }))
     }
 
     async fn allow_rejoin(

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::data_dir::{DataDir, write_private, write_public};
 use crate::pki::FleetCa;
+use crate::store::{AdminRecord, Store};
 use skoala_support::admin_config::AdminConfig;
 
 /// What `init` creates.
@@ -77,4 +78,48 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<std::path::PathBuf> {
     };
     config.save(&dir.admin_config())?;
     Ok(dir.admin_config())
+}
+
+/// The admin `init` writes to `admin.yaml`, as the store knows it.
+pub const BOOTSTRAP_ADMIN: &str = "bootstrap";
+
+/// Records the certificate in `DATA/admin.yaml` as the admin `bootstrap` when the store does
+/// not know it yet: after `init` (also `--overwrite-ca`, which replaces the earlier bootstrap
+/// certificate), or in a data dir from before admins were recorded, whose operator would
+/// otherwise be locked out. A bootstrap certificate once revoked stays revoked. Every other
+/// admin is made with `skoalactl admin create`. (Whoever can write the data dir owns the
+/// coordinator anyway: docs/security.md.)
+pub(crate) async fn record_bootstrap_admin<S: Store>(
+    store: &S,
+    dir: &DataDir,
+) -> anyhow::Result<()> {
+    if !dir.admin_config().exists() {
+        return Ok(());
+    }
+    let config = AdminConfig::load(&dir.admin_config())?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(config.client_certificate.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the certificate in admin.yaml: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("the certificate in admin.yaml: {e}"))?;
+    let serial_hex = hex::encode(cert.raw_serial());
+    if store.admin(serial_hex.clone()).await?.is_some() {
+        return Ok(());
+    }
+    store
+        .revoke_admin(BOOTSTRAP_ADMIN.to_string(), crate::clock::now_unix())
+        .await?;
+    let record = AdminRecord {
+        name: BOOTSTRAP_ADMIN.to_string(),
+        serial_hex,
+        created_unix: crate::clock::now_unix(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+        revoked_unix: None,
+    };
+    store.insert_admin(record, crate::clock::now_unix()).await?;
+    tracing::info!(
+        admin = BOOTSTRAP_ADMIN,
+        "recorded the admin certificate of admin.yaml"
+    );
+    Ok(())
 }

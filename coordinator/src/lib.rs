@@ -42,6 +42,8 @@
 //! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate`, `tls.handshake_timeout` | refused before any RPC (foreign CA, expired, no handshake within `--tls-handshake-timeout`, ...) |
 //! | `tls.connection_limit` | a connection without a client certificate over `--max-unauthenticated-connections[-per-ip]`, closed at once |
 //! | `tls.no_client_certificate` | an RPC other than Register without a client certificate |
+//! | `admin.created`, `admin.revoked` | an operator created or revoked an admin identity |
+//! | `admin.unknown_certificate`, `admin.certificate_revoked` | an admin certificate not recorded for an operator, or revoked |
 //! | `admin.agent_certificate`, `session.admin_certificate` | a certificate used on the wrong API |
 //! | `register.unknown_token`, `register.token_expired`, `register.token_used_up`, `register.token_revoked`, `register.cluster_revoked`, `register.bad_identity`, `register.name_taken`, `register.bad_csr` | Register refused |
 //! | `register.takeover_refused` | Register for a cluster whose certificate is live, without that certificate |

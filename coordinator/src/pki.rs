@@ -238,6 +238,14 @@ impl FleetCa {
         self.issue_with_key(&spec)
     }
 
+    /// An admin certificate for operator `name` (its common name; the store maps the serial
+    /// to the name, and the admin API checks the serial on every call).
+    pub fn issue_operator(&self, name: &str, ttl: Duration) -> Result<IssuedWithKey, PkiError> {
+        let mut spec = LeafSpec::new(name, Usage::Client, ttl);
+        spec.uris = vec![ADMIN_URI.to_string()];
+        self.issue_with_key(&spec)
+    }
+
     /// Signs an agent's CSR as the client certificate of `cluster_id`. The CSR's signature is
     /// verified (proof that the agent holds the key); its subject and SANs are ignored.
     pub fn sign_agent_csr(

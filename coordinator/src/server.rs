@@ -77,6 +77,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .context("building the TLS configuration")?;
     let store = SqliteStore::open(&dir.store())
         .with_context(|| format!("opening the store {}", dir.store().display()))?;
+    crate::init::record_bootstrap_admin(&store, dir).await?;
 
     let sessions = Arc::new(Sessions::default());
     let metrics = Arc::new(Metrics::default());

@@ -33,6 +33,11 @@ pub enum NameError {
         "cluster name \"{0}\" is not a DNS-1123 subdomain (1-253 characters of [a-z0-9-.], each part starting and ending with a letter or digit)"
     )]
     Name(String),
+    /// Not a DNS-1123 label.
+    #[error(
+        "admin name \"{0}\" is not a DNS-1123 label (1-63 characters of [a-z0-9-], starting and ending with a letter or digit)"
+    )]
+    Operator(String),
     /// The control plane's own id or name.
     #[error("\"{0}\" is reserved for the control plane")]
     Reserved(String),
@@ -104,6 +109,15 @@ pub fn cluster_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::Reserved(clipped(name)));
     }
     Ok(())
+}
+
+/// Checks an operator's name (`skoalactl admin create NAME`): a DNS-1123 label.
+pub fn operator_name(name: &str) -> Result<(), NameError> {
+    if dns_label(name, 63) {
+        Ok(())
+    } else {
+        Err(NameError::Operator(clipped(name)))
+    }
 }
 
 /// Checks one label with Kubernetes' syntax.

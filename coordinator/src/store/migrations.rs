@@ -93,6 +93,17 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE certificates ADD COLUMN revoked_unix INTEGER;
     ALTER TABLE certificates ADD COLUMN first_session_unix INTEGER;
     "#,
+    // 5: admin identities, one row per admin certificate (checked on every admin call).
+    r#"
+    CREATE TABLE admins (
+        serial_hex     TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        created_unix   INTEGER NOT NULL,
+        not_after_unix INTEGER NOT NULL,
+        revoked_unix   INTEGER
+    );
+    CREATE INDEX admins_by_name ON admins(name);
+    "#,
 ];
 
 /// The schema version this build writes.

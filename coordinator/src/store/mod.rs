@@ -89,6 +89,17 @@ pub struct CertRecord {
     pub first_session_unix: Option<i64>,
 }
 
+/// An operator's admin certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminRecord {
+    /// Who: named in every audit line of their calls.
+    pub name: String,
+    pub serial_hex: String,
+    pub created_unix: i64,
+    pub not_after_unix: i64,
+    pub revoked_unix: Option<i64>,
+}
+
 /// An audit event to append.
 #[derive(Debug, Clone, Default)]
 pub struct NewAudit {
@@ -268,6 +279,26 @@ pub trait Store: Send + Sync + 'static {
         serial_hex: String,
         now_unix: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records an admin certificate. Returns false, and writes nothing, when an admin of that
+    /// name is live (not revoked, not expired at `now_unix`).
+    fn insert_admin(
+        &self,
+        admin: AdminRecord,
+        now_unix: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn admin(
+        &self,
+        serial_hex: String,
+    ) -> impl Future<Output = Result<Option<AdminRecord>, StoreError>> + Send;
+    /// Every admin certificate, oldest first.
+    fn admins(&self) -> impl Future<Output = Result<Vec<AdminRecord>, StoreError>> + Send;
+    /// Revokes every certificate of admin `name`; returns how many were live.
+    fn revoke_admin(
+        &self,
+        name: String,
+        now_unix: i64,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
 
     /// Appends an audit event; returns its id.
     fn append_audit(&self, event: NewAudit)

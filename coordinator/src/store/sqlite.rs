@@ -14,9 +14,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::clock::now_ms;
 
 use super::{
-    AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, NewAudit, PlanEventRecord,
-    PlanRecord, RETRY_GRACE_SECS, RegisterError, Registered, Registration, Store, StoreError,
-    TokenRecord, migrations, plans,
+    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, NewAudit,
+    PlanEventRecord, PlanRecord, RETRY_GRACE_SECS, RegisterError, Registered, Registration, Store,
+    StoreError, TokenRecord, migrations, plans,
 };
 use crate::tokens;
 
@@ -106,6 +106,18 @@ fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
         },
         cert_serial: r.get(8)?,
         cert_not_after_unix: r.get(9)?,
+    })
+}
+
+const ADMIN_COLUMNS: &str = "name, serial_hex, created_unix, not_after_unix, revoked_unix";
+
+fn admin_from_row(r: &Row<'_>) -> rusqlite::Result<AdminRecord> {
+    Ok(AdminRecord {
+        name: r.get(0)?,
+        serial_hex: r.get(1)?,
+        created_unix: r.get(2)?,
+        not_after_unix: r.get(3)?,
+        revoked_unix: r.get(4)?,
     })
 }
 
@@ -515,6 +527,71 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn insert_admin(&self, a: AdminRecord, now_unix: i64) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let live = tx
+                .query_row(
+                    "SELECT 1 FROM admins WHERE name = ?1 AND revoked_unix IS NULL AND not_after_unix > ?2",
+                    params![a.name, now_unix],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !live {
+                tx.execute(
+                    "INSERT INTO admins (serial_hex, name, created_unix, not_after_unix, revoked_unix) VALUES (?1,?2,?3,?4,?5)",
+                    params![a.serial_hex, a.name, a.created_unix, a.not_after_unix, a.revoked_unix],
+                )?;
+            }
+            tx.commit()?;
+            Ok(!live)
+        })
+        .await
+    }
+
+    async fn admin(&self, serial_hex: String) -> Result<Option<AdminRecord>, StoreError> {
+        self.run(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE serial_hex = ?1"),
+                params![serial_hex],
+                admin_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ADMIN_COLUMNS} FROM admins ORDER BY created_unix, name"
+            ))?;
+            let rows = st.query_map([], admin_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_admin(&self, name: String, now_unix: i64) -> Result<u32, StoreError> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE admins SET revoked_unix = ?2 WHERE name = ?1 AND revoked_unix IS NULL",
+                params![name, now_unix],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "INSERT INTO revocations (subject_kind, subject_id, revoked_unix) VALUES ('admin', ?1, ?2)",
+                    params![name, now_unix],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n as u32)
+        })
+        .await
+    }
+
     async fn append_audit(&self, e: NewAudit) -> Result<i64, StoreError> {
         self.run(move |c| {
             c.execute(
@@ -836,6 +913,55 @@ mod tests {
         ));
         let c = store.cluster("c1".into()).await.expect("get").expect("c1");
         assert_eq!((c.cert_serial.as_str(), c.registered_unix), ("03", 1_000));
+    }
+
+    #[tokio::test]
+    async fn admins_are_named_unique_while_live_and_revoked_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let alice = |serial: &str| AdminRecord {
+            name: "alice".into(),
+            serial_hex: serial.into(),
+            created_unix: 1_000,
+            not_after_unix: 2_000,
+            revoked_unix: None,
+        };
+        assert!(
+            store
+                .insert_admin(alice("a1"), 1_000)
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !store
+                .insert_admin(alice("a2"), 1_000)
+                .await
+                .expect("insert")
+        );
+        assert_eq!(
+            store
+                .revoke_admin("alice".into(), 1_500)
+                .await
+                .expect("revoke"),
+            1
+        );
+        assert_eq!(
+            store
+                .revoke_admin("alice".into(), 1_600)
+                .await
+                .expect("revoke"),
+            0
+        );
+        let a1 = store.admin("a1".into()).await.expect("get").expect("a1");
+        assert_eq!(a1.revoked_unix, Some(1_500));
+        assert!(
+            store
+                .insert_admin(alice("a3"), 1_700)
+                .await
+                .expect("a new alice")
+        );
+        assert_eq!(store.admins().await.expect("list").len(), 2);
+        assert_eq!(store.admin("nope".into()).await.expect("get"), None);
     }
 
     #[tokio::test]

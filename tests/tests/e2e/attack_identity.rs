@@ -423,6 +423,107 @@ async fn refusals_come_before_any_work() {
     );
 }
 
+/// Finding 3: one admin identity per operator, with an expiry, revoked by name and checked on
+/// every call; audit lines name the operator. Without the defence any certificate the fleet CA
+/// signed with the admin URI was admin for its whole life, and nothing could revoke it.
+#[tokio::test]
+async fn admins_are_per_operator_and_revoked_by_name() {
+    let coord = Coordinator::start().await.expect("coordinator");
+    let ctl = coord.ctl();
+    let path = coord.scratch().join("alice.admin.yaml");
+    let out = ctl
+        .ok(&[
+            "admin",
+            "create",
+            "alice",
+            "--expires",
+            "7d",
+            "--out",
+            path.to_str().expect("utf-8"),
+        ])
+        .await
+        .expect("admin create");
+    assert!(out.contains("alice"), "{out}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the credential is a secret");
+    }
+    let alice = ctl.with_config(path.clone());
+    let token = alice.token(1, "1h").await.expect("alice is an admin");
+    let token_id = token.split_once('.').expect("id.secret").0.to_string();
+    let created = ctl
+        .wait_audit("token.created", &token_id)
+        .await
+        .expect("audited");
+    assert!(
+        created["peer"]
+            .as_str()
+            .is_some_and(|p| p.contains("admin alice")),
+        "{created}"
+    );
+    let second = coord.scratch().join("alice-2.admin.yaml");
+    let twice = ctl
+        .run(&[
+            "admin",
+            "create",
+            "alice",
+            "--out",
+            second.to_str().expect("utf-8"),
+        ])
+        .await
+        .expect("run");
+    assert!(!twice.success, "a live admin name is unique");
+    assert!(twice.stderr.contains("exists"), "{}", twice.stderr);
+    assert!(!second.exists());
+
+    let admins = ctl.json(&["admin", "list"]).await.expect("admin list");
+    let mut names: Vec<&str> = admins
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bootstrap"], "{admins}");
+
+    ctl.ok(&["admin", "revoke", "alice"]).await.expect("revoke");
+    let refused = alice.run(&["clusters"]).await.expect("run");
+    assert!(!refused.success, "a revoked admin is refused");
+    assert!(refused.stderr.contains("revoked"), "{}", refused.stderr);
+
+    // A certificate the fleet CA signed with the admin URI, never given to an operator (what
+    // a leaked CA signing or an old copy of a key would be): refused.
+    let ca = raw::fleet_ca(&coord).expect("ca");
+    let stray = raw::admin_creds_from(&ca).expect("creds");
+    let status = raw::admin_client(&coord, Some(&stray))
+        .await
+        .expect("channel")
+        .list_clusters(skoala_proto::v1::ListClustersRequest {})
+        .await
+        .expect_err("an unrecorded admin certificate is refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Nothing lost: the bootstrap admin still works, alice's token is still there, and each
+    // refusal is audited once.
+    assert_eq!(uses_left(&ctl, &token).await, 1);
+    assert_eq!(count(&ctl, "admin.certificate_revoked").await, 1);
+    assert_eq!(count(&ctl, "admin.unknown_certificate").await, 1);
+    let revoked = ctl
+        .wait_audit("admin.revoked", "alice")
+        .await
+        .expect("audited");
+    assert!(
+        revoked["peer"]
+            .as_str()
+            .is_some_and(|p| p.contains("admin bootstrap")),
+        "{revoked}"
+    );
+}
+
 async fn delete_identity_secret(cluster: &skoala_sim::Cluster) {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, DeleteParams};
