@@ -10,10 +10,15 @@
 //! acknowledged as stored; different bytes under the same name are refused and the first copy
 //! stays. The agent waits for the acknowledgement ([`BackupStored`]) before it upgrades, so an
 //! unstored backup means no upgrade.
+//!
+//! Values hold every cluster's secrets in plain text, so they are not kept forever: [`prune`]
+//! keeps the newest generations of each cluster's release (the retention sweep, and after every
+//! upload, so no flood of generations fills the disk between sweeps).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use skoala_proto::v1::{BackupStored, BackupUpload};
@@ -140,12 +145,16 @@ fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result
         .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     // Write under a temporary name and link it into place: the final name appears complete or
     // not at all, and `hard_link` fails rather than replace an existing backup.
+    // Unique per write, not only per process: the same backup delivered twice at once (a
+    // re-sent operation) must not share, and remove, one temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let tmp = folder.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{}.tmp",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("backup"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&tmp);
     let written = (|| {
@@ -181,6 +190,77 @@ fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result
         }
         Err(e) => Err(format!("cannot write {}: {e}", path.display())),
     }
+}
+
+/// Keeps the newest `keep` generations of every cluster's release backups and deletes the rest;
+/// returns how many files were deleted. Best effort: a file that cannot be deleted is logged
+/// and left for the next sweep.
+pub fn prune(dir: &DataDir, keep: usize) -> usize {
+    let root = dir.root().join("backups");
+    let mut deleted = 0;
+    for cluster in subdirs(&root) {
+        for release in subdirs(&cluster) {
+            deleted += prune_folder(&release, keep);
+        }
+    }
+    deleted
+}
+
+/// [`prune`] for one cluster's release, after an upload to it.
+pub fn prune_release(dir: &DataDir, cluster_id: &str, release: &str, keep: usize) -> usize {
+    if !safe(cluster_id) || !safe(release) {
+        return 0;
+    }
+    prune_folder(
+        &dir.root().join("backups").join(cluster_id).join(release),
+        keep,
+    )
+}
+
+fn subdirs(path: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The generation a stored backup's name starts with (`<generation>-<operation>.yaml`).
+fn generation_of(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".yaml")?;
+    stem.split_once('-')?.0.parse().ok()
+}
+
+fn prune_folder(folder: &Path, keep: usize) -> usize {
+    let Ok(rd) = std::fs::read_dir(folder) else {
+        return 0;
+    };
+    let mut files: Vec<(i64, String, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let generation = generation_of(&name)?;
+            Some((generation, name, e.path()))
+        })
+        .collect();
+    if files.len() <= keep {
+        return 0;
+    }
+    // Newest first: the highest generation, then the name (a re-run's operation id).
+    files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    let mut deleted = 0;
+    for (_, _, path) in files.into_iter().skip(keep) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete an old backup")
+            }
+        }
+    }
+    deleted
 }
 
 #[cfg(test)]
@@ -276,6 +356,40 @@ mod tests {
                     .expect("ls")
                     .count()
                     == 0
+        );
+    }
+
+    #[test]
+    fn only_the_newest_generations_of_each_release_are_kept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path());
+        for (cluster, generation) in [("a", 1), ("a", 2), ("a", 10), ("a", 3), ("b", 1)] {
+            let mut u = upload(format!("g: {generation}\n").as_bytes());
+            u.generation = generation;
+            assert_eq!(store(&dir, cluster, &u).error, "");
+        }
+        assert_eq!(prune(&dir, 2), 2, "a's generations 1 and 2 go");
+        let names = |c: &str| {
+            let mut v: Vec<String> =
+                std::fs::read_dir(tmp.path().join("backups").join(c).join("skoala-init"))
+                    .expect("folder")
+                    .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                    .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names("a"),
+            ["10-op-1.yaml", "3-op-1.yaml"],
+            "10 is newer than 3"
+        );
+        assert_eq!(names("b"), ["1-op-1.yaml"], "another cluster's are its own");
+        assert_eq!(prune_release(&dir, "a", "skoala-init", 1), 1);
+        assert_eq!(names("a"), ["10-op-1.yaml"]);
+        assert_eq!(
+            prune_release(&dir, "../a", "skoala-init", 0),
+            0,
+            "no path games"
         );
     }
 }

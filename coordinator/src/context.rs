@@ -25,6 +25,8 @@ pub struct Settings {
     pub agent_timeout: Duration,
     /// Largest accepted message, in bytes (gRPC decoding limit).
     pub max_message_bytes: usize,
+    /// What is deleted, and when ([`orchestrator::Retention`]).
+    pub retention: orchestrator::Retention,
 }
 
 impl Default for Settings {
@@ -34,6 +36,7 @@ impl Default for Settings {
             ping_interval: Duration::from_secs(15),
             agent_timeout: Duration::from_secs(60),
             max_message_bytes: 4 * 1024 * 1024,
+            retention: Default::default(),
         }
     }
 }
@@ -68,7 +71,11 @@ impl<S: Store> Context<S> {
             detail,
         };
         if let Err(e) = self.store.append_audit(event).await {
+            // Never silent: the log, a counter, and the metric the readiness check reads.
+            self.metrics.audit_write_failed();
             tracing::error!(error = %e, kind, "could not write the audit log");
+        } else {
+            self.metrics.audit_written();
         }
     }
 

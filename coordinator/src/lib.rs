@@ -29,7 +29,9 @@
 //! # Audit log
 //!
 //! `skoalactl audit` shows these kinds (each entry has time, cluster id, peer and a detail that
-//! never holds a secret):
+//! never holds a secret). Entries older than `--retain-audit` (90 days) are deleted by the
+//! retention sweep (`orchestrator::Retention`); a failed write is logged and counted, never
+//! silent:
 //!
 //! | kind | when |
 //! |---|---|
@@ -74,6 +76,7 @@ pub mod server;
 pub mod tls;
 
 pub use context::Settings;
+pub use orchestrator::Retention;
 
 mod admin_api;
 mod admin_plans;

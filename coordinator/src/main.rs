@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use skoala_coordinator::Settings;
 use skoala_coordinator::data_dir::DataDir;
 use skoala_coordinator::edge::EdgeArgs;
 use skoala_coordinator::http2::Http2Args;
+use skoala_coordinator::{Retention, Settings};
 use skoala_coordinator::{init, server};
 use skoala_support::duration;
 
@@ -97,6 +97,8 @@ enum Command {
         /// Largest message accepted from a client, in bytes.
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_message_bytes: usize,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// The helm binary that upgrades the control plane's `skoala` release.
         #[arg(long, value_name = "PATH", default_value = "helm")]
         helm: PathBuf,
@@ -112,6 +114,43 @@ enum Command {
         #[command(flatten)]
         http2: Http2Args,
     },
+}
+
+/// What `serve` deletes, and when (docs/operating.md, *Retention*).
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Delete audit entries older than this.
+    #[arg(long, value_parser = duration::parse, default_value = "90d")]
+    retain_audit: Duration,
+    /// Delete the events of plans other than the active one older than this.
+    #[arg(long, value_parser = duration::parse, default_value = "90d")]
+    retain_plan_events: Duration,
+    /// Delete certificate records this long after they expired.
+    #[arg(long, value_parser = duration::parse, default_value = "7d")]
+    retain_certificates: Duration,
+    /// Delete relayed charts the active plan does not use, unchanged for this long.
+    #[arg(long, value_parser = duration::parse, default_value = "7d")]
+    retain_charts: Duration,
+    /// Values backups kept per cluster and release (the newest generations; older ones are
+    /// deleted: they hold values in plain text).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_backups: u32,
+    /// Time between retention sweeps (one also runs at start).
+    #[arg(long, value_parser = duration::parse, default_value = "1h")]
+    retention_interval: Duration,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> Retention {
+        Retention {
+            audit: self.retain_audit,
+            plan_events: self.retain_plan_events,
+            certificates: self.retain_certificates,
+            charts: self.retain_charts,
+            backups_per_release: self.keep_backups as usize,
+            every: self.retention_interval,
+        }
+    }
 }
 
 /// The files `show` prints.
@@ -204,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ping_interval,
             agent_timeout,
             max_message_bytes,
+            retention,
             helm,
             helm_timeout,
             clock_file,
@@ -232,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ping_interval,
                     agent_timeout,
                     max_message_bytes,
+                    retention: retention.retention(),
                 },
                 helm,
                 helm_timeout,

@@ -121,6 +121,41 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
     }
 }
 
+/// Deletes relayed charts that no plan uses any more: every archive in the relay cache (by
+/// name and by digest) not modified since `older_than` and not the same file as one of
+/// `in_use` (a hard link shares the file). Returns how many were deleted; best effort.
+pub fn prune(dir: &DataDir, in_use: &[PathBuf], older_than: std::time::SystemTime) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let keep: Vec<(u64, u64)> = in_use
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let folder = charts_dir(dir);
+    let mut deleted = 0;
+    for sub in [folder.clone(), folder.join("sha256")] {
+        let Ok(rd) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for entry in rd.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta.modified().is_ok_and(|m| m < older_than);
+            let is_chart = meta.is_file() && path.extension().is_some_and(|e| e == "tgz");
+            if !is_chart || !old || keep.contains(&(meta.dev(), meta.ino())) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an old relayed chart")
+                }
+            }
+        }
+    }
+    deleted
+}
+
 /// A chart or version name that is safe as a file name part and as a helm argument.
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -369,6 +404,22 @@ mod tests {
         std::fs::write(&path, bytes).expect("write");
         let relayed = check(&path, "c", "1.0.0").expect("check");
         index(dir, relayed).expect("index")
+    }
+
+    #[test]
+    fn charts_no_plan_uses_are_deleted_once_old() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path());
+        let used = prepared(&dir, &chart_tgz("c", "1.0.0", 10));
+        let path = charts_dir(&dir).join("d-2.0.0.tgz");
+        std::fs::write(&path, chart_tgz("d", "2.0.0", 10)).expect("write");
+        let unused = index(&dir, check(&path, "d", "2.0.0").expect("check")).expect("index");
+        let now = std::time::SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(prune(&dir, &[], now - hour), 0, "nothing is old yet");
+        assert_eq!(prune(&dir, std::slice::from_ref(&used.path), now + hour), 2);
+        assert!(used.path.exists() && by_digest(&dir, &used.sha256).exists());
+        assert!(!unused.path.exists() && !by_digest(&dir, &unused.sha256).exists());
     }
 
     #[tokio::test]

@@ -128,6 +128,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         throttle: Default::default(),
         orchestrator: orchestrator.clone(),
     });
+    tokio::spawn(orchestrator.clone().retain(opts.settings.retention));
     tokio::spawn(orchestrator.run());
     {
         let ctx = ctx.clone();

@@ -252,9 +252,12 @@ impl<S: Store> Session<S> {
                     self.tx.clone(),
                     self.cluster_id.clone(),
                 );
+                let keep = ctx.settings.retention.backups_per_release;
                 tokio::spawn(async move {
                     let stored = tokio::task::spawn_blocking(move || {
-                        crate::backups::store(&dir, &id, &upload)
+                        let ack = crate::backups::store(&dir, &id, &upload);
+                        crate::backups::prune_release(&dir, &id, &upload.release, keep);
+                        ack
                     });
                     let stored = stored.await;
                     drop(permit);

@@ -82,6 +82,10 @@ pub struct Metrics {
     task_results: CounterVec,
     /// Chart bytes streamed to agents by the relay.
     relay_bytes_sent: AtomicU64,
+    /// Audit entries the store refused (a full disk): never dropped silently.
+    audit_write_failures: AtomicU64,
+    /// Whether the last audit write failed: what readiness reads.
+    audit_failing: std::sync::atomic::AtomicBool,
     /// Held while computing, so concurrent scrapes share one computation.
     fleet: tokio::sync::Mutex<Option<CachedFleet>>,
 }
@@ -113,6 +117,8 @@ impl Default for Metrics {
                 &["target", "outcome"],
             ),
             relay_bytes_sent: AtomicU64::new(0),
+            audit_write_failures: AtomicU64::new(0),
+            audit_failing: std::sync::atomic::AtomicBool::new(false),
             fleet: tokio::sync::Mutex::new(None),
         }
     }
@@ -146,6 +152,23 @@ impl Metrics {
     /// Counts `n` chart bytes streamed to an agent by the relay.
     pub fn relay_bytes_sent(&self, n: usize) {
         self.relay_bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An audit entry could not be written.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_failures.fetch_add(1, Ordering::Relaxed);
+        self.audit_failing.store(true, Ordering::Relaxed);
+    }
+
+    /// An audit entry was written: the audit log works (again).
+    pub fn audit_written(&self) {
+        self.audit_failing.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last audit write failed (for a readiness check: a coordinator that cannot
+    /// keep its audit log should not be taking traffic unnoticed).
+    pub fn audit_failing(&self) -> bool {
+        self.audit_failing.load(Ordering::Relaxed)
     }
 
     /// An executor message as the orchestrator receives it, from an agent or from the
@@ -207,6 +230,18 @@ impl Metrics {
             Kind::Counter,
             "Chart bytes streamed to agents by the chart relay.",
             self.relay_bytes_sent.load(Ordering::Relaxed) as f64,
+        );
+        w.single(
+            "skoala_audit_write_failures_total",
+            Kind::Counter,
+            "Audit entries the store could not write (a full disk); each is also logged.",
+            self.audit_write_failures.load(Ordering::Relaxed) as f64,
+        );
+        w.single(
+            "skoala_audit_log_writable",
+            Kind::Gauge,
+            "1 when the last audit write succeeded, 0 when it failed.",
+            if self.audit_failing() { 0.0 } else { 1.0 },
         );
     }
 }
@@ -546,9 +581,20 @@ mod tests {
             }),
         );
         m.relay_bytes_sent(10);
+        m.audit_write_failed();
         let mut w = Writer::default();
         m.render_counters(&mut w, 3);
         let text = w.finish();
+        assert!(
+            text.contains("\nskoala_audit_write_failures_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nskoala_audit_log_writable 0\n"), "{text}");
+        m.audit_written();
+        assert!(
+            !m.audit_failing(),
+            "writable again after a successful write"
+        );
         for line in [
             "skoala_agents_connected 3",
             "skoala_step_duration_seconds_bucket{step=\"upgrade\",target=\"worker\",outcome=\"succeeded\",le=\"0.05\"} 1",

@@ -24,6 +24,8 @@
 //! - `admin.rs`: apply, the operator's verbs and the reads `skoalactl` makes, returning
 //!   [`Error`] (`error.rs`), which the admin API maps to gRPC codes;
 //! - [`check`]: `skoalactl plan check`, the fleet-wide preflight;
+//! - `retain.rs`: retention, the sweep that deletes old audit entries, events, certificate
+//!   records, relayed charts and values backups ([`Retention`]);
 //! - `assigned.rs`: the operations each working cluster was given and has not finished, which
 //!   are all its agent may report on ([`Orchestrator::sent_to`]);
 //! - [`dispatch`]: how work reaches its target (`Dispatch`: a task down a session, a run of
@@ -38,6 +40,7 @@ pub mod check;
 pub mod dispatch;
 mod error;
 pub mod fleet;
+mod retain;
 mod run;
 pub mod status;
 
@@ -60,6 +63,7 @@ pub use admin::Verb;
 use dispatch::{ControlPlaneRunner, Dispatch};
 pub use error::{Error, Result};
 use fleet::{FleetCache, Snapshot};
+pub use retain::Retention;
 
 /// How often the rollout is stepped with no other change (windows open and close).
 const TICK: Duration = Duration::from_secs(1);

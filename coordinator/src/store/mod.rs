@@ -120,6 +120,25 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// What retention lets go: rows older than these are deleted by [`Store::prune`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Audit entries written before this (ms since the epoch).
+    pub audit_before_ms: i64,
+    /// Events of plans that are not the active one, recorded before this (ms).
+    pub events_before_ms: i64,
+    /// Certificate records that expired before this (s since the epoch).
+    pub certificates_expired_before_unix: i64,
+}
+
+/// How many rows [`Store::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub audit: usize,
+    pub events: usize,
+    pub certificates: usize,
+}
+
 /// What a `Register` call claims, checked before any work is done for it
 /// ([`Store::admit`]) and again, atomically, when it is recorded ([`Store::register`]).
 #[derive(Debug, Clone)]
@@ -343,4 +362,7 @@ pub trait Store: Send + Sync + 'static {
     /// Mean duration of the successful upgrades recorded so far (the fleet's own history),
     /// `None` before the first.
     fn mean_upgrade_ms(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// Deletes what retention lets go ([`Cutoffs`]), in one transaction. The active plan's
+    /// events are kept whatever their age.
+    fn prune(&self, cutoffs: Cutoffs) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 }

@@ -14,9 +14,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::clock::now_ms;
 
 use super::{
-    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, NewAudit,
-    PlanEventRecord, PlanRecord, RETRY_GRACE_SECS, RegisterError, Registered, Registration, Store,
-    StoreError, TokenRecord, migrations, plans,
+    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, NewAudit,
+    PlanEventRecord, PlanRecord, Pruned, RETRY_GRACE_SECS, RegisterError, Registered, Registration,
+    Store, StoreError, TokenRecord, migrations, plans,
 };
 use crate::tokens;
 
@@ -664,6 +664,30 @@ impl Store for SqliteStore {
     async fn mean_upgrade_ms(&self) -> Result<Option<i64>, StoreError> {
         self.run(plans::mean_upgrade_ms).await
     }
+
+    async fn prune(&self, cutoffs: Cutoffs) -> Result<Pruned, StoreError> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let pruned = Pruned {
+                audit: tx.execute(
+                    "DELETE FROM audit WHERE at_unix_ms < ?1",
+                    params![cutoffs.audit_before_ms],
+                )?,
+                events: tx.execute(
+                    "DELETE FROM plan_events WHERE at_unix_ms < ?1
+                     AND plan NOT IN (SELECT name FROM plans WHERE active = 1)",
+                    params![cutoffs.events_before_ms],
+                )?,
+                certificates: tx.execute(
+                    "DELETE FROM certificates WHERE not_after_unix < ?1",
+                    params![cutoffs.certificates_expired_before_unix],
+                )?,
+            };
+            tx.commit()?;
+            Ok(pruned)
+        })
+        .await
+    }
 }
 
 /// Records for tests of the store and of what reads it.
@@ -995,5 +1019,117 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_rows_and_keeps_recent_ones_and_the_active_plan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let t = token(2);
+        store.insert_token(t.clone()).await.expect("token");
+        // c1's certificate expired at 2,000 s; c2's renewal runs until far ahead.
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("c1");
+        let mut r2 = registration(&t, "c2", "02");
+        r2.cert.not_after_unix = i64::MAX / 2;
+        store.register(r2).await.expect("c2");
+        for kind in ["old", "new"] {
+            let e = NewAudit {
+                kind: kind.into(),
+                ..Default::default()
+            };
+            store.append_audit(e).await.expect("audit");
+        }
+        for (name, active) in [("done", false), ("running", true)] {
+            let plan = PlanRecord {
+                name: name.into(),
+                document: String::new(),
+                rollout: String::new(),
+                active,
+                created_ms: 1,
+                updated_ms: 1,
+            };
+            let event = |kind: &str| PlanEventRecord {
+                plan: name.into(),
+                kind: kind.into(),
+                ..Default::default()
+            };
+            store
+                .put_plan(plan, vec![event("old"), event("new")])
+                .await
+                .expect("plan");
+        }
+        // The "old" rows are a year old.
+        let c = Connection::open(&path).expect("a second connection");
+        let year_ago = now_ms() - 365 * 86_400_000;
+        c.execute(
+            "UPDATE audit SET at_unix_ms = ?1 WHERE kind = 'old'",
+            [year_ago],
+        )
+        .expect("age audit");
+        c.execute(
+            "UPDATE plan_events SET at_unix_ms = ?1 WHERE kind = 'old'",
+            [year_ago],
+        )
+        .expect("age events");
+
+        let day_ago = now_ms() - 86_400_000;
+        let pruned = store
+            .prune(Cutoffs {
+                audit_before_ms: day_ago,
+                events_before_ms: day_ago,
+                certificates_expired_before_unix: 1_000_000,
+            })
+            .await
+            .expect("prune");
+        assert_eq!(
+            pruned,
+            Pruned {
+                audit: 1,
+                events: 1,
+                certificates: 1
+            }
+        );
+        let audit: Vec<String> = store
+            .audit(0, 100)
+            .await
+            .expect("audit")
+            .into_iter()
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(audit, ["new"]);
+        let events: Vec<(String, String)> = store
+            .plan_events(String::new(), 0, 100)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.plan, e.kind))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("done".to_string(), "new".to_string()),
+                ("running".into(), "old".into()),
+                ("running".into(), "new".into())
+            ],
+            "the active plan keeps its whole history"
+        );
+        assert!(
+            store
+                .certificate("01".into())
+                .await
+                .expect("cert")
+                .is_none()
+        );
+        assert!(
+            store
+                .certificate("02".into())
+                .await
+                .expect("cert")
+                .is_some()
+        );
     }
 }

@@ -27,6 +27,7 @@ mod attack_edge;
 mod attack_identity;
 mod cli_completion;
 mod coordinator_relay;
+mod coordinator_retention;
 mod demo;
 mod inventory_helm;
 mod link_cli;
