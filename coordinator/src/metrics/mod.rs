@@ -314,7 +314,8 @@ pub async fn scrape(source: &impl Source) -> String {
     w.finish()
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until the process ends.
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` on `listener` until the process
+/// ends.
 pub async fn serve<T: Source>(
     listener: tokio::net::TcpListener,
     source: Arc<T>,
@@ -326,6 +327,7 @@ fn router<T: Source>(source: Arc<T>) -> Router {
     Router::new()
         .route("/metrics", get(render::<T>))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<T>))
         .with_state(source)
 }
 
@@ -335,6 +337,20 @@ fn router<T: Source>(source: Arc<T>) -> Router {
 /// runtime so starved that even this cannot answer is what a restart is for.
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Readiness: 503 while the audit log cannot be written (a full disk), so a coordinator that
+/// would lose its audit trail is seen, and taken out of service, rather than serving on
+/// silently. Reads one flag; no lock, no store.
+async fn readyz<T: Source>(State(source): State<Arc<T>>) -> (axum::http::StatusCode, &'static str) {
+    if source.metrics().audit_failing() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written\n",
+        )
+    } else {
+        (axum::http::StatusCode::OK, "ok\n")
+    }
 }
 
 async fn render<T: Source>(
@@ -542,6 +558,24 @@ mod tests {
             .expect("/healthz answers at once")
             .expect("response");
         assert_eq!(health.status(), axum::http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_the_audit_log_cannot_be_written() {
+        use tower::ServiceExt;
+        let source = Arc::new(Stuck(Metrics::default()));
+        let app = router(source.clone());
+        let ready = || async {
+            let req = axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .expect("request");
+            app.clone().oneshot(req).await.expect("response").status()
+        };
+        assert_eq!(ready().await, axum::http::StatusCode::OK);
+        source.0.audit_write_failed();
+        assert_eq!(ready().await, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        source.0.audit_written();
+        assert_eq!(ready().await, axum::http::StatusCode::OK);
     }
 
     #[test]
