@@ -118,9 +118,15 @@ async fn helm_ok(session: &impl RunHelm, args: &[&str], what: &str) -> Result<()
     }
 }
 
-/// The `name` and `version` of the top-level `Chart.yaml` of a packaged chart.
+/// The `name` and `version` of the top-level `Chart.yaml` of a packaged chart. Decompression
+/// stops after as many bytes as a chart may hold ([`crate::crds::MAX_CHART_BYTES`]): a
+/// gzip bomb handed over as a chart costs a bounded amount of work, not hours.
 pub fn metadata(tgz: &[u8]) -> Result<(String, String), String> {
-    let gz = flate2::read::GzDecoder::new(tgz);
+    metadata_within(tgz, crate::crds::MAX_CHART_BYTES)
+}
+
+fn metadata_within(tgz: &[u8], max: u64) -> Result<(String, String), String> {
+    let gz = flate2::read::GzDecoder::new(tgz).take(max);
     let mut archive = tar::Archive::new(gz);
     let entries = archive
         .entries()
@@ -151,5 +157,40 @@ pub fn metadata(tgz: &[u8]) -> Result<(String, String), String> {
             return Ok((field("name")?, field("version")?));
         }
     }
-    Err("no Chart.yaml at the top of the archive: not a chart".into())
+    Err(format!(
+        "no Chart.yaml at the top of the first {max} bytes of the archive: not a chart"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chart whose `Chart.yaml` comes after `filler` bytes of zeros (which compress to
+    /// almost nothing: the shape of a gzip bomb).
+    fn chart_after(filler: usize) -> Vec<u8> {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, path, data).expect("append");
+        };
+        add("c/filler.bin", &vec![0u8; filler]);
+        add("c/Chart.yaml", b"name: c\nversion: 1.0.0\n");
+        tar.into_inner().expect("tar").finish().expect("gz")
+    }
+
+    #[test]
+    fn decompression_stops_at_the_bound() {
+        let tgz = chart_after(2 * 1024 * 1024);
+        assert!(tgz.len() < 64 * 1024, "compresses well: {}", tgz.len());
+        assert_eq!(metadata(&tgz), Ok(("c".to_string(), "1.0.0".to_string())));
+        let cut = metadata_within(&tgz, 1024 * 1024).expect_err("past the bound");
+        assert!(cut.contains("not a chart"), "{cut}");
+    }
 }

@@ -18,7 +18,7 @@ use serde::Deserialize as _;
 pub const FIELD_MANAGER: &str = "skoala-fleet";
 
 /// A chart archive holding more than this (uncompressed) is refused: it is not a chart.
-const MAX_CHART_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_CHART_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Problems reading CRDs out of a chart.
 #[derive(Debug, thiserror::Error)]
