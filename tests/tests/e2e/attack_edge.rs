@@ -468,3 +468,41 @@ async fn stalled_handshakes_are_dropped_at_the_deadline() {
         "work-1 and the joining cluster: {clusters:?}"
     );
 }
+
+/// Finding 1: a connection without a certificate that completed its handshake and then sat
+/// idle held its place (and counted against the caps) for as long as the peer liked. Now it
+/// is closed at `--unauthenticated-connection-lifetime` (60 s; 2 s here), while the agent's
+/// connection, which has a certificate, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_without_a_certificate_is_closed_at_its_lifetime() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (fleet, sessions) = small_fleet(&["--unauthenticated-connection-lifetime", "2s"]).await;
+    let coord = &fleet.coordinator;
+
+    let tls = connect(coord, None).await.expect("TLS");
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    preface(&mut wr).await.expect("preface");
+    let started = Instant::now();
+    let closed = tokio::time::timeout(ACT, async {
+        let mut sink = [0u8; 4096];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was never closed\n{}",
+        coord.log()
+    );
+    println!(
+        "idle connection without a certificate closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before its lifetime: {:?}",
+        started.elapsed()
+    );
+    assert_healthy(coord).await;
+    session_kept(coord, sessions).await;
+    drop(wr);
+}
