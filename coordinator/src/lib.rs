@@ -42,7 +42,7 @@
 //! | `cluster.relabelled`, `cluster.relabel_refused` | an agent reported another name or other labels in its hello (refused: invalid, or a name another cluster has) |
 //! | `certificate.renewed`, `certificate.renewal_refused` | renewal over the Session stream |
 //! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate`, `tls.handshake_timeout` | refused before any RPC (foreign CA, expired, no handshake within `--tls-handshake-timeout`, ...) |
-//! | `tls.connection_limit` | a connection without a client certificate over `--max-unauthenticated-connections[-per-ip]`, closed at once |
+//! | `tls.connection_limit` | a connection without a client certificate over `--max-unauthenticated-connections[-per-ip]` that found no place within `--tls-handshake-timeout`; closed |
 //! | `tls.no_client_certificate` | an RPC other than Register without a client certificate |
 //! | `admin.created`, `admin.revoked` | an operator created or revoked an admin identity |
 //! | `admin.unknown_certificate`, `admin.certificate_revoked` | an admin certificate not recorded for an operator, or revoked |

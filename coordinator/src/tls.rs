@@ -132,7 +132,10 @@ pub(crate) fn incoming<S: Store>(
                         let lifetime = if certified {
                             None
                         } else {
-                            if let Err(over) = caps.unauthenticated(&mut permit, remote.ip()) {
+                            let admitted = caps
+                                .unauthenticated(&mut permit, remote.ip(), edge.handshake_timeout)
+                                .await;
+                            if let Err(over) = admitted {
                                 let detail = format!("connection closed: {over}");
                                 ctx.refused("tls.connection_limit", "", &peer, detail).await;
                                 return;

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
@@ -28,6 +28,8 @@ pub struct Caps {
     max_unauthenticated: usize,
     max_unauthenticated_per_ip: usize,
     unauthenticated: Mutex<Unauthenticated>,
+    /// Woken whenever a connection without a certificate closes.
+    freed: Notify,
 }
 
 #[derive(Default)]
@@ -36,7 +38,7 @@ struct Unauthenticated {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-/// Why a connection without a client certificate was closed at once.
+/// Why a connection without a client certificate was closed: no place came in time.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Over {
     /// `--max-unauthenticated-connections`.
@@ -69,6 +71,7 @@ impl Caps {
             max_unauthenticated: settings.max_unauthenticated,
             max_unauthenticated_per_ip: settings.max_unauthenticated_per_ip,
             unauthenticated: Mutex::default(),
+            freed: Notify::new(),
         })
     }
 
@@ -98,8 +101,37 @@ impl Caps {
     }
 
     /// Counts `permit`'s connection, which showed no client certificate, against the caps of
-    /// such connections; `Err` when it is one too many (the caller closes it).
-    pub fn unauthenticated(
+    /// such connections, waiting up to `wait` for a place; `Err` when none came (the caller
+    /// closes it).
+    ///
+    /// Waiting, not refusing at once: a burst of agents joining together (one NAT address, a
+    /// fleet installed at once) has paid for its handshakes, and refusing them would have them
+    /// retry with more handshakes — measured, that doubled the time 2,000 agents took to join
+    /// (BENCHMARKS.md, *The network edge*). A waiting connection holds only its TLS state and
+    /// its place under `--max-connections`.
+    pub async fn unauthenticated(
+        self: &Arc<Self>,
+        permit: &mut ConnPermit,
+        ip: IpAddr,
+        wait: Duration,
+    ) -> Result<(), Over> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the attempt, so a place freed in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let over = match self.try_unauthenticated(permit, ip) {
+                Ok(()) => return Ok(()),
+                Err(over) => over,
+            };
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(over);
+            }
+        }
+    }
+
+    fn try_unauthenticated(
         self: &Arc<Self>,
         permit: &mut ConnPermit,
         ip: IpAddr,
@@ -136,6 +168,8 @@ impl Caps {
                 state.per_ip.remove(&ip);
             }
         }
+        drop(state);
+        self.freed.notify_waiters();
     }
 }
 
@@ -264,19 +298,53 @@ mod tests {
         let caps = Caps::new(&settings(3, 2));
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let no_wait = Duration::ZERO;
         let mut held = vec![];
         for ip in [a, a, b] {
             let (mut permit, _handshake) = caps.admit().await;
-            caps.unauthenticated(&mut permit, ip)
+            caps.unauthenticated(&mut permit, ip, no_wait)
+                .await
                 .expect("within the caps");
             held.push(permit);
         }
         let (mut extra, _handshake) = caps.admit().await;
-        assert_eq!(caps.unauthenticated(&mut extra, b), Err(Over::Total(3)));
+        assert_eq!(
+            caps.unauthenticated(&mut extra, b, no_wait).await,
+            Err(Over::Total(3))
+        );
         drop(held.pop()); // b's
-        assert_eq!(caps.unauthenticated(&mut extra, a), Err(Over::PerIp(2)));
-        caps.unauthenticated(&mut extra, b)
+        assert_eq!(
+            caps.unauthenticated(&mut extra, a, no_wait).await,
+            Err(Over::PerIp(2))
+        );
+        caps.unauthenticated(&mut extra, b, no_wait)
+            .await
             .expect("a closed connection gives its place back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_caps_waits_for_a_place() {
+        let caps = Caps::new(&settings(1, 1));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let (mut first, _handshake) = caps.admit().await;
+        caps.unauthenticated(&mut first, ip, Duration::ZERO)
+            .await
+            .expect("first");
+        let (mut second, _handshake) = caps.admit().await;
+        let waiting = {
+            let caps = caps.clone();
+            tokio::spawn(async move {
+                caps.unauthenticated(&mut second, ip, Duration::from_secs(30))
+                    .await
+                    .map(|()| second)
+            })
+        };
+        drop(first);
+        let _second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted once the first closed")
+            .expect("task")
+            .expect("a place");
     }
 
     #[tokio::test]

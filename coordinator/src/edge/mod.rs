@@ -30,11 +30,13 @@ pub struct EdgeSettings {
     /// TLS handshakes in progress at once; over it the accept loop waits. A handshake costs a
     /// CPU-bound signature, so more at once only queue behind each other.
     pub max_concurrent_handshakes: usize,
-    /// A peer that has not finished its handshake in this long is dropped.
+    /// A peer that has not finished its handshake in this long is dropped; a connection
+    /// without a certificate that finds no place under its caps waits as long again.
     pub handshake_timeout: Duration,
-    /// Connections without a client certificate, in total; more are closed at once.
+    /// Connections without a client certificate, in total; more wait for a place for up to
+    /// `handshake_timeout`, then are closed.
     pub max_unauthenticated: usize,
-    /// Connections without a client certificate from one IP address; more are closed at once.
+    /// Connections without a client certificate from one IP address; more wait likewise.
     pub max_unauthenticated_per_ip: usize,
     /// A connection without a client certificate is closed after this long: `Register` is its
     /// only use, and one call takes milliseconds.
@@ -59,8 +61,8 @@ impl Default for EdgeSettings {
             max_connections: 20_000,
             max_concurrent_handshakes: 1_024,
             handshake_timeout: Duration::from_secs(10),
-            max_unauthenticated: 512,
-            max_unauthenticated_per_ip: 64,
+            max_unauthenticated: 1_024,
+            max_unauthenticated_per_ip: 256,
             unauthenticated_lifetime: Duration::from_secs(60),
             unauthenticated_streams: 2,
             register_max_bytes: REGISTER_MAX_BYTES,
@@ -82,10 +84,12 @@ pub struct EdgeArgs {
     /// A client that has not completed its TLS handshake in this long is disconnected.
     #[arg(long, value_name = "DURATION", value_parser = skoala_support::duration::parse, default_value = "10s")]
     pub tls_handshake_timeout: std::time::Duration,
-    /// Most connections without a client certificate (joining agents) at once.
+    /// Most connections without a client certificate (joining agents) at once; more wait up
+    /// to --tls-handshake-timeout for a place, then are closed.
     #[arg(long, value_name = "N", default_value_t = EdgeSettings::default().max_unauthenticated)]
     pub max_unauthenticated_connections: usize,
-    /// Most connections without a client certificate from one IP address at once.
+    /// Most connections without a client certificate from one IP address at once; more wait
+    /// likewise.
     #[arg(long, value_name = "N", default_value_t = EdgeSettings::default().max_unauthenticated_per_ip)]
     pub max_unauthenticated_connections_per_ip: usize,
     /// A connection without a client certificate is closed after this long.
