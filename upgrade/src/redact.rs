@@ -4,17 +4,27 @@
 //! stderr and the API server's error messages can still echo parts of a rendered manifest. A
 //! [`Redactor`] knows every string value of the release (from the backup and the extra values)
 //! and replaces each occurrence, and its base64 form (how it appears in a rendered Secret),
-//! with `[REDACTED]`. It over-redacts rather than under-redacts: a value that happens to be a
-//! common word is hidden too.
+//! with `[REDACTED]`, and its JSON-escaped form (how a value with a quote, a backslash or a
+//! newline appears in an API server's error). It over-redacts rather than under-redacts: a
+//! value that happens to be a common word is hidden too, and a value under a key that names a
+//! secret (`password`, `token`, `secret`, `key`, `credential`) is hidden however short.
 
 use base64::Engine as _;
 
 /// What replaces a value.
 pub const MASK: &str = "[REDACTED]";
 
-/// Strings shorter than this are not redacted: masking every `1` or `on` in a message would
-/// destroy it, and such short strings are not credentials.
+/// Strings shorter than this are not redacted (unless their key names a secret): masking every
+/// `1` or `on` in a message would destroy it, and such short strings are not credentials.
 const MIN_LEN: usize = 4;
+
+/// A key containing one of these (any case) holds a secret: its value is redacted at any length.
+const SECRET_KEYS: [&str; 5] = ["password", "secret", "token", "key", "credential"];
+
+fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|k| key.contains(k))
+}
 
 /// Replaces known values in text.
 #[derive(Clone, Default)]
@@ -35,10 +45,19 @@ impl Redactor {
     /// except those in `public` (e.g. the image tags we set ourselves).
     pub fn add_yaml(&mut self, yaml: &serde_yaml::Value, public: &[String]) {
         let mut leaves = Vec::new();
-        collect_leaves(yaml, &mut leaves);
-        for leaf in leaves {
-            if leaf.len() >= MIN_LEN && !public.contains(&leaf) {
+        collect_leaves(yaml, false, &mut leaves);
+        for (leaf, secret) in leaves {
+            let long_enough = leaf.len() >= MIN_LEN || (secret && !leaf.is_empty());
+            if long_enough && !public.contains(&leaf) {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(leaf.as_bytes());
+                let quoted = serde_json::to_string(&leaf).unwrap_or_default();
+                let escaped = quoted
+                    .strip_prefix('"')
+                    .and_then(|q| q.strip_suffix('"'))
+                    .unwrap_or_default();
+                if !escaped.is_empty() && escaped != leaf {
+                    self.needles.push(escaped.to_string());
+                }
                 self.needles.push(leaf);
                 self.needles.push(b64);
             }
@@ -76,20 +95,24 @@ impl Redactor {
     }
 }
 
-fn collect_leaves(v: &serde_yaml::Value, out: &mut Vec<String>) {
+/// Every scalar under `v`, with whether a key on its path names a secret.
+fn collect_leaves(v: &serde_yaml::Value, secret: bool, out: &mut Vec<(String, bool)>) {
     use serde_yaml::Value;
     match v {
         Value::String(s) => {
-            out.push(s.clone());
+            out.push((s.clone(), secret));
             // A multi-line value (a certificate, a config file) may be echoed line by line.
             if s.contains('\n') {
-                out.extend(s.lines().map(str::trim).map(String::from));
+                out.extend(s.lines().map(|l| (l.trim().to_string(), secret)));
             }
         }
-        Value::Number(n) => out.push(n.to_string()),
-        Value::Sequence(items) => items.iter().for_each(|i| collect_leaves(i, out)),
-        Value::Mapping(m) => m.values().for_each(|i| collect_leaves(i, out)),
-        Value::Tagged(t) => collect_leaves(&t.value, out),
+        Value::Number(n) => out.push((n.to_string(), secret)),
+        Value::Sequence(items) => items.iter().for_each(|i| collect_leaves(i, secret, out)),
+        Value::Mapping(m) => m.iter().for_each(|(k, i)| {
+            let named = k.as_str().is_some_and(names_a_secret);
+            collect_leaves(i, secret || named, out)
+        }),
+        Value::Tagged(t) => collect_leaves(&t.value, secret, out),
         Value::Bool(_) | Value::Null => {}
     }
 }
@@ -116,6 +139,24 @@ mod tests {
         assert!(!out.contains("aHVudGVyMi14eXo="), "{out}");
         assert!(!out.contains("12345"), "{out}");
         assert!(out.contains("v0.19.2"), "public tags stay readable: {out}");
+    }
+
+    #[test]
+    fn masks_short_secrets_and_escaped_forms() {
+        let r = redactor("db:\n  password: ab1\nnote: 'say \"hi\" \\ bye'\nname: abc\n");
+        let out = r.redact(r#"auth failed for ab1; field "note": "say \"hi\" \\ bye"; user abc"#);
+        assert!(
+            !out.contains("ab1"),
+            "a short password is still a password: {out}"
+        );
+        assert!(
+            !out.contains(r#"say \"hi\""#),
+            "the JSON-escaped form: {out}"
+        );
+        assert!(
+            out.contains("abc"),
+            "a short value under an ordinary key stays: {out}"
+        );
     }
 
     #[test]
