@@ -23,15 +23,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// acknowledges, forever.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unacknowledged before the connection is closed (and the
-/// agent reconnects). A dead coordinator is noticed 20–30 s after its last frame: 28 s after a
-/// SIGSTOP in `scripts/bench-h2.sh`, and never (within 120 s) with the keepalive off.
+/// agent reconnects). A dead coordinator is noticed 20–30 s after its last frame, and without
+/// the keepalive never (BENCHMARKS.md, *HTTP/2 settings*, measured with `scripts/bench-h2.sh`).
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive window of each stream (coordinator → agent: tasks and relayed charts). A relayed
-/// chart moves at most one window per round trip: at 200 ms RTT a 4 MiB chart took 13.6 s
-/// with HTTP/2's initial 64 KiB, 1.03 s with 1 MiB, 0.63 s with 2 MiB and 0.42 s with 4 MiB;
-/// a 300 kB chart (a real one's size) took one round trip with any window ≥ 1 MiB. hyper's
-/// client default of 2 MiB stays: 4 MiB would save 0.2 s once per upgrade of a rare large
-/// chart.
+/// chart moves at most one window per round trip, so HTTP/2's initial 64 KiB makes a large
+/// chart over a slow link take many round trips; a real chart's size fits one window of
+/// 1 MiB or more. hyper's client default of 2 MiB stays: a larger window saves only a
+/// fraction of a second, once per upgrade of a rare large chart (BENCHMARKS.md, *HTTP/2
+/// settings*, the relay sweep).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Receive window of the connection (hyper's client default).
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;

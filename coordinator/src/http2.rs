@@ -16,12 +16,12 @@ pub struct Http2Settings {
     /// Send an HTTP/2 PING after this long without receiving any frame; `None`: never.
     ///
     /// For agent sessions this is a backstop, not the detector: an agent silent for the
-    /// agent timeout (60 s) has its session closed by the application anyway, measured at
-    /// 58 s after a SIGSTOP, and 60 s + 20 s comes after that. What the keepalive still
+    /// agent timeout (60 s) has its session closed by the application anyway, before the
+    /// keepalive's 60 s + 20 s would (BENCHMARKS.md, *HTTP/2 settings*). What the keepalive still
     /// covers is every stream without an application heartbeat (`skoalactl plan watch`, a
     /// connection with no stream at all) whose peer vanished without a FIN.
     ///
-    /// Why not 20 s, which notices a silent agent at 38 s: hyper re-arms the keepalive timer
+    /// Why not 20 s, which notices a silent agent sooner: hyper re-arms the keepalive timer
     /// every interval on every connection even when no ping is due (heartbeats keep it from
     /// pinging), and at 10,000 agents that cost the idle coordinator measurably more CPU
     /// than 60 s (BENCHMARKS.md); the 20 s gained on a dead agent buy nothing, since a plan
