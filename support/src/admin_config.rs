@@ -75,10 +75,15 @@ impl AdminConfig {
             path: path.display().to_string(),
             source,
         })?;
-        serde_yaml::from_str(&text).map_err(|source| AdminConfigError::Parse {
+        Self::from_yaml(&text).map_err(|source| AdminConfigError::Parse {
             path: path.display().to_string(),
             source,
         })
+    }
+
+    /// Parses the text of an `admin.yaml`.
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
     }
 
     /// Writes `admin.yaml` with mode 0600.
