@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("admin_messages", admin_messages),
     ("pem", pem),
     ("admin_config", admin_config),
+    ("names", names),
 ];
 
 pub mod seeds;
@@ -69,8 +70,9 @@ pub fn plan_document(data: &[u8]) {
         return;
     };
     let printed = doc.to_yaml();
-    skoala_plan::UpgradePlan::from_yaml(&printed)
-        .unwrap_or_else(|e| panic!("a parsed plan printed YAML that does not parse: {e}\n{printed}"));
+    skoala_plan::UpgradePlan::from_yaml(&printed).unwrap_or_else(|e| {
+        panic!("a parsed plan printed YAML that does not parse: {e}\n{printed}")
+    });
     if let Ok(plan) = skoala_plan::validate(&doc) {
         for window in plan.window.iter().chain(plan.named_windows.values()) {
             let _ = window.next_opening(now());
@@ -121,7 +123,10 @@ fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) -
     let message = M::decode(data).ok()?;
     let again = M::decode(message.encode_to_vec().as_slice())
         .unwrap_or_else(|e| panic!("a decoded message did not decode after encoding: {e}"));
-    assert_eq!(message, again, "a message changed in an encode/decode round trip");
+    assert_eq!(
+        message, again,
+        "a message changed in an encode/decode round trip"
+    );
     Some(message)
 }
 
@@ -185,4 +190,27 @@ pub fn pem(data: &[u8]) {
 pub fn admin_config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = skoala_support::admin_config::AdminConfig::from_yaml(&text);
+}
+
+/// Cluster ids, names and labels as agents send them in `Register` and `Hello`, and the
+/// escaping of whatever a peer chose before it is printed: a name made from a free-form one is
+/// valid, and printable or clipped text holds no control character.
+pub fn names(data: &[u8]) {
+    use skoala_support::names;
+    let [id, name, key, value] = fields::<4>(data, '\n');
+    let _ = names::cluster_id(&id);
+    let _ = names::cluster_name(&name);
+    let _ = names::label(&key, &value);
+    if let Some(made) = names::name_from(&name) {
+        assert!(
+            names::cluster_name(&made).is_ok(),
+            "name_from made an invalid name {made:?}"
+        );
+    }
+    for shown in [names::printable(&name).into_owned(), names::clipped(&name)] {
+        assert!(
+            !shown.chars().any(char::is_control),
+            "a control character survives escaping: {shown:?}"
+        );
+    }
 }

@@ -34,6 +34,11 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         ],
         "pem" => pem(),
         "admin_config" => vec![admin_config()],
+        "names" => vec![
+            b"0a1b2c3d-aaaa-bbbb-cccc-0123456789ab\nprod-eu-1\nfleet.skoala.io/window\nemea"
+                .to_vec(),
+            b"uid-1\ngke_project_zone_prod\nenv\nprod".to_vec(),
+        ],
         _ => Vec::new(),
     }
 }
@@ -85,7 +90,10 @@ fn chart_archive() -> Vec<u8> {
                metadata: {name: gateways.skoala.io}\nspec:\n  group: skoala.io\n  \
                names: {kind: Gateway, plural: gateways}\n  scope: Namespaced\n  versions: []\n";
     let files = [
-        ("skoala-init/Chart.yaml", "apiVersion: v2\nname: skoala-init\nversion: 0.19.2\n"),
+        (
+            "skoala-init/Chart.yaml",
+            "apiVersion: v2\nname: skoala-init\nversion: 0.19.2\n",
+        ),
         ("skoala-init/values.yaml", "image: {tag: v0.19.2}\n"),
         ("skoala-init/crds/gateway.yaml", crd),
     ];
@@ -182,8 +190,7 @@ fn admin_config() -> Vec<u8> {
         endpoint: "https://coordinator.skoala-system:7443".into(),
         certificate_authority: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
             .into(),
-        client_certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-            .into(),
+        client_certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         client_key: "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n".into(),
     };
     serde_yaml::to_string(&config)

@@ -71,7 +71,10 @@ fn the_seeds_are_accepted_by_their_parsers() {
     let release = &seeds("helm_release")[0];
     let info = skoala_upgrade::inventory::decode_release("seed", release, &["image.tag".into()])
         .expect("the release seed decodes");
-    assert_eq!(info.image_tags.get("image.tag").map(String::as_str), Some("v0.19.2"));
+    assert_eq!(
+        info.image_tags.get("image.tag").map(String::as_str),
+        Some("v0.19.2")
+    );
 
     let chart = &seeds("chart_archive")[0];
     assert_eq!(
