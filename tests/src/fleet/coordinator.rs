@@ -40,10 +40,15 @@ pub struct CoordinatorOptions {
     pub clock_file: Option<PathBuf>,
     /// More `serve` flags, as given (e.g. `["--tls-handshake-timeout", "2s"]`).
     pub args: Vec<String>,
+    /// Put the data dir on a tmpfs of this many bytes, so a test can fill the coordinator's
+    /// disk (needs root, as a real mount does).
+    pub data_dir_bytes: Option<u64>,
 }
 
 /// A running (or killed) coordinator and its data dir.
 pub struct Coordinator {
+    /// Declared before `dir`: unmounted before the folder it sits in is removed.
+    _data_mount: Option<Tmpfs>,
     dir: tempfile::TempDir,
     opts: CoordinatorOptions,
     addr: SocketAddr,
@@ -68,6 +73,10 @@ impl Coordinator {
             .prefix("skoala-coordinator-")
             .tempdir()?;
         let data = dir.path().join("data");
+        let data_mount = match opts.data_dir_bytes {
+            Some(bytes) => Some(Tmpfs::mount(&data, bytes)?),
+            None => None,
+        };
         let out = Command::new(our_bin("skoala-coordinator"))
             .arg("init")
             .arg("--data-dir")
@@ -81,6 +90,7 @@ impl Coordinator {
             );
         }
         let mut c = Coordinator {
+            _data_mount: data_mount,
             dir,
             opts,
             addr: "127.0.0.1:0".parse()?,
@@ -374,5 +384,40 @@ impl Coordinator {
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A tmpfs mounted at a folder for the life of the value (a small disk that fills).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, bytes: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0700"))
+            .arg("skoala-test")
+            .arg(path)
+            .output()
+            .context("running mount (a tmpfs data dir needs root and util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "mounting a tmpfs at {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process that still has a file open there must not keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

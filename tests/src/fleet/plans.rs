@@ -37,6 +37,8 @@ pub struct PlanFleetOptions {
     pub helm_timeout: String,
     /// More `serve` flags for the coordinator.
     pub coordinator_args: Vec<String>,
+    /// The coordinator's data dir on a tmpfs of this many bytes.
+    pub data_dir_bytes: Option<u64>,
 }
 
 impl Default for PlanFleetOptions {
@@ -50,6 +52,7 @@ impl Default for PlanFleetOptions {
             clock: None,
             helm_timeout: "60s".into(),
             coordinator_args: Vec::new(),
+            data_dir_bytes: None,
         }
     }
 }
@@ -180,6 +183,7 @@ impl PlanFleet {
             helm_timeout: Some(opts.helm_timeout.clone()),
             clock_file: opts.clock.as_ref().map(|_| clock_file.clone()),
             args: opts.coordinator_args.clone(),
+            data_dir_bytes: opts.data_dir_bytes,
             ..Default::default()
         })
         .await?;

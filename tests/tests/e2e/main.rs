@@ -29,6 +29,7 @@ mod cli_completion;
 mod coordinator_relay;
 mod coordinator_retention;
 mod demo;
+mod fault_disk_full;
 mod inventory_helm;
 mod link_cli;
 mod link_fleet;
