@@ -8,8 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Fleet};
+use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, FLEET_TIMEOUT, Fleet};
 use skoala_e2e::tools::tool;
+use skoala_e2e::wait;
 
 /// A minimal chart named `name` at `version` whose values hold an image tag `v<version>` under
 /// each of `components` (what the inventory reports as `<component>.image.tag`).
@@ -78,7 +79,20 @@ fn by_name<'a>(clusters: &'a [Value], name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_agents_join_with_their_identity_and_report_manual_upgrades() {
     let fleet = Fleet::start(5).await.expect("fleet");
-    let clusters = fleet.wait_connected(5).await.expect("5 agents connected");
+    fleet.wait_connected(5).await.expect("5 agents connected");
+    // A session is listed as connected when it opens; what the agent reports comes with its
+    // Hello, a moment later.
+    let ctl = fleet.coordinator.ctl();
+    let clusters = wait::until("every agent's Hello recorded", FLEET_TIMEOUT, || async {
+        let clusters = ctl.clusters().await.ok()?;
+        let said_hello = clusters
+            .iter()
+            .filter(|c| c["helmVersion"].as_str().is_some_and(|v| !v.is_empty()))
+            .count();
+        (said_hello == 5).then_some(clusters)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", fleet.logs()));
     assert_eq!(clusters.len(), 5, "{clusters:?}");
 
     for (i, sim) in fleet.clusters.iter().enumerate() {
