@@ -44,10 +44,14 @@ struct Args {
 
     /// Human name of this cluster [default: the kubeconfig's current cluster name].
     /// A DNS-1123 subdomain (lower case letters, digits, '-' and '.'), unique in the fleet.
+    /// Taken when the cluster joins; later changes are only proposed to the operator
+    /// (`skoalactl cluster rename`).
     #[arg(long, env = "SKOALA_CLUSTER_NAME", value_parser = parse_cluster_name)]
     cluster_name: Option<String>,
 
     /// A label for this cluster, k=v (repeatable); plans select clusters by labels.
+    /// Taken when the cluster joins; later changes are only proposed to the operator
+    /// (`skoalactl cluster label`).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
 

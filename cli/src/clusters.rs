@@ -1,11 +1,14 @@
-//! `skoalactl clusters` and `skoalactl cluster revoke`.
+//! `skoalactl clusters` and `skoalactl cluster revoke|rejoin|label|rename`.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use skoala_proto::v1::{
-    AllowRejoinRequest, Cluster, ListClustersRequest, ReleaseInventory, RevokeClusterRequest,
+    AllowRejoinRequest, Cluster, ClusterIdentity, ListClustersRequest, ReleaseInventory,
+    RevokeClusterRequest, UpdateClusterRequest,
 };
+
+use skoala_support::names;
 
 use crate::connect::{Admin, explain_status};
 use crate::output::{self, Format, age_ms, dash, time_ms, time_s};
@@ -24,6 +27,9 @@ pub struct ClusterView {
     pub id: String,
     pub control_plane: bool,
     pub labels: BTreeMap<String, String>,
+    /// What the agent asked for instead of `name` and `labels`, not applied (an operator
+    /// applies it with `cluster label` or `cluster rename`).
+    pub proposed: Option<ProposedView>,
     pub connected: bool,
     pub last_heartbeat: Option<String>,
     pub agent_version: String,
@@ -36,6 +42,20 @@ pub struct ClusterView {
     pub registered: Option<String>,
     pub certificate_serial: String,
     pub certificate_not_after: Option<String>,
+}
+
+/// An agent's proposed name and labels.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProposedView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `k=v,k=v`.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
 }
 
 /// One Helm release.
@@ -80,6 +100,10 @@ fn view(c: Cluster) -> ClusterView {
         id: identity.cluster_id,
         control_plane: c.control_plane,
         labels: identity.labels.into_iter().collect(),
+        proposed: c.proposed.map(|p: ClusterIdentity| ProposedView {
+            name: p.name,
+            labels: p.labels.into_iter().collect(),
+        }),
         connected: c.connected,
         last_heartbeat: time_ms(c.last_heartbeat_unix_ms),
         agent_version: c.agent_version,
@@ -121,11 +145,17 @@ pub async fn list(admin: &mut Admin, format: Format) -> anyhow::Result<()> {
             } else {
                 "disconnected"
             };
-            let labels: Vec<String> = v
-                .labels
-                .iter()
-                .map(|(k, val)| format!("{k}={val}"))
-                .collect();
+            // Only what differs from the cluster's own name and labels.
+            let proposed = v.proposed.as_ref().map(|p| {
+                let mut parts = Vec::new();
+                if p.name != v.name {
+                    parts.push(format!("name {}", p.name));
+                }
+                if p.labels != v.labels {
+                    parts.push(format!("labels {}", dash(&labels_text(&p.labels))));
+                }
+                parts.join(" ")
+            });
             vec![
                 if v.control_plane {
                     format!("{} (control plane)", v.name)
@@ -145,7 +175,8 @@ pub async fn list(admin: &mut Admin, format: Format) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|r| r.status.clone())
                     .unwrap_or_else(|| "-".into()),
-                dash(&labels.join(",")),
+                dash(&labels_text(&v.labels)),
+                dash(&proposed.unwrap_or_default()),
             ]
         })
         .collect();
@@ -166,6 +197,7 @@ pub async fn list(admin: &mut Admin, format: Format) -> anyhow::Result<()> {
             "RELEASE",
             "STATUS",
             "LABELS",
+            "PROPOSED",
         ],
         &rows,
     );
@@ -204,4 +236,78 @@ pub async fn rejoin(admin: &mut Admin, cluster: String) -> anyhow::Result<()> {
         resp.cluster_id
     );
     Ok(())
+}
+
+/// What `cluster label` asks for: `key=value` sets, `key-` removes.
+fn label_changes(args: &[String]) -> anyhow::Result<UpdateClusterRequest> {
+    let mut req = UpdateClusterRequest::default();
+    for arg in args {
+        if let Some((k, v)) = arg.split_once('=') {
+            req.set_labels.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = arg.strip_suffix('-') {
+            req.remove_labels.push(k.to_string());
+        } else {
+            anyhow::bail!("{arg:?}: expected KEY=VALUE to set a label or KEY- to remove one");
+        }
+    }
+    if req.set_labels.is_empty() && req.remove_labels.is_empty() {
+        anyhow::bail!("nothing to change: give KEY=VALUE or KEY-");
+    }
+    Ok(req)
+}
+
+/// `skoalactl cluster label NAME|ID KEY=VALUE... KEY-...`.
+pub async fn label(admin: &mut Admin, cluster: String, changes: Vec<String>) -> anyhow::Result<()> {
+    let req = UpdateClusterRequest {
+        cluster: cluster.clone(),
+        ..label_changes(&changes)?
+    };
+    update(admin, req).await
+}
+
+/// `skoalactl cluster rename NAME|ID NEW_NAME`.
+pub async fn rename(admin: &mut Admin, cluster: String, new_name: String) -> anyhow::Result<()> {
+    let req = UpdateClusterRequest {
+        cluster,
+        new_name,
+        ..Default::default()
+    };
+    update(admin, req).await
+}
+
+async fn update(admin: &mut Admin, req: UpdateClusterRequest) -> anyhow::Result<()> {
+    let c = admin
+        .client
+        .update_cluster(req)
+        .await
+        .map_err(|s| explain_status(&admin.endpoint, s))?
+        .into_inner();
+    let v = view(c);
+    let line = format!(
+        "cluster {} ({}): labels {}",
+        v.name,
+        v.id,
+        dash(&labels_text(&v.labels))
+    );
+    println!("{}", names::printable(&line));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_arguments_set_and_remove() {
+        let req =
+            label_changes(&["ring=canary".into(), "tier-".into(), "empty=".into()]).expect("valid");
+        assert_eq!(
+            req.set_labels.get("ring").map(String::as_str),
+            Some("canary")
+        );
+        assert_eq!(req.set_labels.get("empty").map(String::as_str), Some(""));
+        assert_eq!(req.remove_labels, vec!["tier".to_string()]);
+        assert!(label_changes(&["ring".into()]).is_err());
+        assert!(label_changes(&[]).is_err());
+    }
 }

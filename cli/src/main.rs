@@ -260,6 +260,27 @@ enum ClusterCommand {
         /// Cluster name, or cluster id when names are ambiguous.
         cluster: String,
     },
+    /// Set or remove a cluster's labels (what plans select by). Labels are the operator's:
+    /// an agent's --label flags count only when it joins; later ones are shown as PROPOSED
+    /// in `skoalactl clusters` until applied here.
+    ///
+    ///   skoalactl cluster label prod-eu-1 ring=canary tier-
+    #[command(verbatim_doc_comment)]
+    Label {
+        /// Cluster name, or cluster id when names are ambiguous.
+        cluster: String,
+        /// KEY=VALUE sets a label, KEY- removes one.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+    /// Rename a cluster (names are unique; plans order and address clusters by name). Like
+    /// labels, an agent's --cluster-name counts only when it joins.
+    Rename {
+        /// Cluster name, or cluster id when names are ambiguous.
+        cluster: String,
+        /// The new name (a DNS-1123 subdomain).
+        new_name: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -339,6 +360,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::Revoke { name }) => admins::revoke(&mut admin, name).await,
         Command::Cluster(ClusterCommand::Rejoin { cluster }) => {
             clusters::rejoin(&mut admin, cluster).await
+        }
+        Command::Cluster(ClusterCommand::Label { cluster, changes }) => {
+            clusters::label(&mut admin, cluster, changes).await
+        }
+        Command::Cluster(ClusterCommand::Rename { cluster, new_name }) => {
+            clusters::rename(&mut admin, cluster, new_name).await
         }
         Command::Audit { output, after } => audit::list(&mut admin, after, output).await,
         Command::Skew { output } => return plans::skew(&mut admin, output).await,

@@ -12,7 +12,7 @@ use skoala_proto::v1::{
     ListAdminsRequest, ListAdminsResponse, ListAuditRequest, ListAuditResponse,
     ListClustersRequest, ListClustersResponse, ListTokensRequest, ListTokensResponse,
     RevokeAdminRequest, RevokeAdminResponse, RevokeClusterRequest, RevokeClusterResponse,
-    RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+    RevokeTokenRequest, RevokeTokenResponse, TokenInfo, UpdateClusterRequest,
 };
 use skoala_proto::v1::{
     ApplyPlanRequest, CheckPlanRequest, GetSkewRequest, ListPlansRequest, ListPlansResponse,
@@ -182,6 +182,11 @@ impl<S: Store> Admin<S> {
             ),
         };
         Cluster {
+            proposed: c.proposed.map(|p| ClusterIdentity {
+                cluster_id: c.id.clone(),
+                name: p.name,
+                labels: p.labels.into_iter().collect(),
+            }),
             identity: Some(ClusterIdentity {
                 cluster_id: c.id,
                 name: c.name,
@@ -500,6 +505,64 @@ impl<S: Store> FleetAdmin for Admin<S> {
             )
             .await;
         Ok(Response::new(AllowRejoinResponse { cluster_id: id }))
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<UpdateClusterRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        let who = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let cluster = self.resolve(&req.cluster, "label or rename").await?;
+        let id = cluster.id.clone();
+        let mut labels = cluster.labels.clone();
+        for key in &req.remove_labels {
+            labels.remove(key);
+        }
+        labels.extend(req.set_labels);
+        let name = if req.new_name.is_empty() {
+            cluster.name.clone()
+        } else {
+            req.new_name
+        };
+        names::cluster_name(&name)
+            .and_then(|()| names::labels(labels.iter()))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if name == cluster.name && labels == cluster.labels {
+            return Ok(Response::new(self.cluster_view(cluster)));
+        }
+        let taken = self
+            .ctx
+            .store
+            .set_cluster_identity(id.clone(), name.clone(), labels.clone())
+            .await
+            .map_err(store_status)?;
+        if let Some(other) = taken {
+            return Err(Status::already_exists(format!(
+                "cluster name {name:?} is taken by cluster {other}"
+            )));
+        }
+        self.ctx
+            .audit(
+                "cluster.relabelled",
+                &id,
+                &who,
+                format!(
+                    "name and labels changed from {} {:?} to {name} {labels:?}",
+                    cluster.name, cluster.labels
+                ),
+            )
+            .await;
+        // Plans select by labels: the orchestrator's next round sees the change.
+        self.ctx.orchestrator.poke();
+        let updated = self
+            .ctx
+            .store
+            .cluster(id.clone())
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("cluster {id} is gone")))?;
+        Ok(Response::new(self.cluster_view(updated)))
     }
 
     async fn list_audit(

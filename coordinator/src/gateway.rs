@@ -266,6 +266,7 @@ impl<S: Store> AgentGateway for Gateway<S> {
             stored: record.state,
             name: record.name,
             labels: record.labels,
+            proposed: record.proposed,
             tx,
         };
         tokio::spawn(session.run(request.into_inner(), opened.closed));

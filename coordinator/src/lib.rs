@@ -39,7 +39,8 @@
 //! | `cluster.registered`, `cluster.reregistered` | an agent joined (again: new key for a known cluster) |
 //! | `cluster.revoked` | an operator revoked a cluster (its live session is closed) |
 //! | `cluster.rejoin_allowed` | an operator let a cluster that lost its key register again (its certificates are revoked) |
-//! | `cluster.relabelled`, `cluster.relabel_refused` | an agent reported another name or other labels in its hello (refused: invalid, or a name another cluster has) |
+//! | `cluster.relabelled` | an operator changed a cluster's labels or name (`skoalactl cluster label\|rename`) |
+//! | `cluster.identity_proposed`, `cluster.relabel_refused` | an agent asked for another name or other labels in its hello: recorded as its proposal, not applied (refused and not recorded: invalid) |
 //! | `certificate.renewed`, `certificate.renewal_refused` | renewal over the Session stream |
 //! | `tls.plaintext`, `tls.handshake_failed`, `tls.bad_client_certificate`, `tls.handshake_timeout` | refused before any RPC (foreign CA, expired, no handshake within `--tls-handshake-timeout`, ...) |
 //! | `tls.connection_limit` | a connection without a client certificate over `--max-unauthenticated-connections[-per-ip]` that found no place within `--tls-handshake-timeout`; closed |

@@ -29,7 +29,7 @@ use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
 use crate::quota::{Dropped, Limits, Quota, Strike};
 use crate::relay;
-use crate::store::{CertRecord, ClusterState, Store};
+use crate::store::{CertRecord, ClusterState, Identity, Store};
 
 /// The state of one session task.
 pub(crate) struct Session<S> {
@@ -39,8 +39,11 @@ pub(crate) struct Session<S> {
     pub session: u64,
     /// What the store holds for this cluster; compared before writing so only changes persist.
     pub stored: ClusterState,
+    /// The cluster's name and labels (the operator's), and what the agent proposed instead: a
+    /// Hello is compared with them so an unchanged proposal is neither written nor audited.
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    pub proposed: Option<Identity>,
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 }
 
@@ -319,50 +322,54 @@ impl<S: Store> Session<S> {
         Status::permission_denied(format!("{detail}; session closed"))
     }
 
-    /// Persists a changed name or labels from a Hello (audited: labels select clusters for
-    /// plans, so a change matters). A name or label the fleet does not accept, or a name
-    /// another cluster has, is refused and audited; the cluster keeps what it had.
+    /// Name and labels are the operator's: fixed when the cluster registered, changed only by
+    /// `skoalactl cluster label|rename` (plans select and order clusters by them, so a cluster
+    /// must not choose its own, like Kubernetes' NodeRestriction). A Hello asking for another
+    /// name or other labels is recorded as the cluster's proposal, shown to operators and
+    /// audited once per new proposal (throttled across sessions), never applied. An invalid one
+    /// is refused and audited, and nothing is recorded.
     async fn identity(&mut self, name: String, labels: BTreeMap<String, String>) {
         let name = if name.is_empty() {
             self.name.clone()
         } else {
             name
         };
-        if name == self.name && labels == self.labels {
+        let asked = Identity { name, labels };
+        let proposed = (asked.name != self.name || asked.labels != self.labels).then_some(asked);
+        if proposed == self.proposed {
             return;
         }
-        if let Err(e) = names::cluster_name(&name).and_then(|()| names::labels(labels.iter())) {
+        if let Some(p) = &proposed
+            && let Err(e) =
+                names::cluster_name(&p.name).and_then(|()| names::labels(p.labels.iter()))
+        {
             self.refuse_identity(e.to_string()).await;
             return;
         }
-        let before = format!("{} {:?}", self.name, self.labels);
-        match self
+        if let Err(e) = self
             .ctx
             .store
-            .set_cluster_identity(self.cluster_id.clone(), name.clone(), labels.clone())
+            .propose_identity(self.cluster_id.clone(), proposed.clone())
             .await
         {
-            Ok(None) => {
-                let after = format!("{name} {labels:?}");
-                self.name = name;
-                self.labels = labels;
-                self.ctx
-                    .audit(
-                        "cluster.relabelled",
-                        &self.cluster_id,
-                        &self.peer,
-                        format!("name and labels changed from {before} to {after}"),
-                    )
-                    .await;
-            }
-            Ok(Some(other)) => {
-                self.refuse_identity(format!("name {name} is taken by cluster {other}"))
-                    .await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster identity")
-            }
+            tracing::error!(error = %e, cluster_id = self.cluster_id, "could not record the proposed identity");
+            return;
         }
+        if let Some(p) = &proposed {
+            let detail = format!(
+                "the agent asks for name {} and labels {:?}; not applied: the cluster keeps name {} and labels {:?} until an operator runs `skoalactl cluster label|rename`",
+                p.name, p.labels, self.name, self.labels
+            );
+            self.ctx
+                .refused(
+                    "cluster.identity_proposed",
+                    &self.cluster_id,
+                    &self.peer,
+                    detail,
+                )
+                .await;
+        }
+        self.proposed = proposed;
     }
 
     async fn refuse_identity(&self, why: String) {

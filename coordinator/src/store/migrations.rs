@@ -104,6 +104,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX admins_by_name ON admins(name);
     "#,
+    // 6: the name and labels an agent asked for after it registered, which only an operator
+    // applies (NULL: none).
+    r#"
+    ALTER TABLE clusters ADD COLUMN proposed_name TEXT;
+    ALTER TABLE clusters ADD COLUMN proposed_labels_json TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -48,13 +48,27 @@ pub struct TokenRecord {
     pub description: String,
 }
 
+/// A cluster's name and labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A registered cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterRecord {
     /// UID of the cluster's `kube-system` namespace.
     pub id: String,
+    /// Fixed when the cluster registers (a join an operator sanctioned with a token); after
+    /// that only an operator changes it ([`Store::set_cluster_identity`]): plans select and
+    /// order clusters by name and labels, so a cluster must not choose its own.
     pub name: String,
+    /// As `name`.
     pub labels: BTreeMap<String, String>,
+    /// What the agent asked for since (a Hello or a re-registration proving its key) when it
+    /// differs from `name` and `labels`: shown to operators, never applied by itself.
+    pub proposed: Option<Identity>,
     pub registered_unix: i64,
     pub revoked_unix: Option<i64>,
     /// Last state the agent reported (persisted only when it changes).
@@ -236,7 +250,9 @@ pub trait Store: Send + Sync + 'static {
     /// before it spends a CA signature and a write transaction on the caller.
     fn admit(&self, claim: Claim) -> impl Future<Output = Result<(), RegisterError>> + Send;
     /// Checks the claim again and records it, in one transaction. A cluster registered before
-    /// gets every earlier certificate revoked.
+    /// gets every earlier certificate revoked. The claim's name and labels become the
+    /// cluster's, except when the caller registers again proving its key
+    /// ([`Registered::Proved`]): no operator sanctioned that, so they are only proposed.
     fn register(
         &self,
         registration: Registration,
@@ -267,15 +283,22 @@ pub trait Store: Send + Sync + 'static {
         id: String,
         state: ClusterState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Persists a changed name or labels (an agent restarted with other `--cluster-name` /
-    /// `--label` flags). Names are unique: returns the id of the cluster that already has
-    /// `name`, and writes nothing, when it is taken.
+    /// An operator's change of a cluster's name or labels. Names are unique: returns the id of
+    /// the cluster that already has `name`, and writes nothing, when it is taken. A proposal
+    /// equal to the new identity is cleared (it has been applied).
     fn set_cluster_identity(
         &self,
         id: String,
         name: String,
         labels: BTreeMap<String, String>,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// Records what an agent asked for when it differs from the cluster's identity (`None`
+    /// clears it: the agent asks for what the cluster has). Does not change the identity.
+    fn propose_identity(
+        &self,
+        id: String,
+        proposed: Option<Identity>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Returns false when no such cluster exists; revoking twice keeps the first time.
     fn revoke_cluster(
         &self,

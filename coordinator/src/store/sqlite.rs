@@ -14,9 +14,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::clock::now_ms;
 
 use super::{
-    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, NewAudit,
-    PlanEventRecord, PlanRecord, Pruned, RETRY_GRACE_SECS, RegisterError, Registered, Registration,
-    Store, StoreError, TokenRecord, migrations, plans,
+    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity,
+    NewAudit, PlanEventRecord, PlanRecord, Pruned, RETRY_GRACE_SECS, RegisterError, Registered,
+    Registration, Store, StoreError, TokenRecord, migrations, plans,
 };
 use crate::tokens;
 
@@ -88,15 +88,35 @@ const TOKEN_COLUMNS: &str =
 const CLUSTER_COLUMNS: &str = "id, name, labels_json, registered_unix, revoked_unix, agent_version, \
      helm_version, inventory, cert_serial, cert_not_after_unix";
 
+/// What a read of a cluster selects: [`CLUSTER_COLUMNS`] and the proposal.
+fn cluster_select() -> String {
+    format!("{CLUSTER_COLUMNS}, proposed_name, proposed_labels_json")
+}
+
+/// The labels stored as JSON in column `i`.
+fn labels_at(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<std::collections::BTreeMap<String, String>> {
+    let labels_json: String = r.get(i)?;
+    serde_json::from_str(&labels_json).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
-    let labels_json: String = r.get(2)?;
-    let labels = serde_json::from_str(&labels_json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-    })?;
+    let proposed = match r.get::<_, Option<String>>(10)? {
+        Some(name) => Some(Identity {
+            name,
+            labels: labels_at(r, 11)?,
+        }),
+        None => None,
+    };
     Ok(ClusterRecord {
         id: r.get(0)?,
         name: r.get(1)?,
-        labels,
+        labels: labels_at(r, 2)?,
+        proposed,
         registered_unix: r.get(3)?,
         revoked_unix: r.get(4)?,
         state: ClusterState {
@@ -124,6 +144,35 @@ fn admin_from_row(r: &Row<'_>) -> rusqlite::Result<AdminRecord> {
 fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> String {
     // Serialising a string map cannot fail.
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Stores `proposed` as cluster `id`'s proposal (`None` clears it).
+fn write_proposal(c: &Connection, id: &str, proposed: Option<&Identity>) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE clusters SET proposed_name = ?2, proposed_labels_json = ?3 WHERE id = ?1",
+        params![
+            id,
+            proposed.map(|p| p.name.as_str()),
+            proposed.map(|p| labels_json(&p.labels))
+        ],
+    )?;
+    Ok(())
+}
+
+/// A claim's name and labels as a proposal for cluster `id`: `None` when they are what it
+/// has.
+fn proposal_of(c: &Connection, id: &str, claim: &Claim) -> rusqlite::Result<Option<Identity>> {
+    let (name, labels) = c.query_row(
+        "SELECT name, labels_json FROM clusters WHERE id = ?1",
+        params![id],
+        |r| Ok((r.get::<_, String>(0)?, labels_at(r, 1)?)),
+    )?;
+    Ok(
+        (name != claim.name || labels != claim.labels).then(|| Identity {
+            name: claim.name.clone(),
+            labels: claim.labels.clone(),
+        }),
+    )
 }
 
 /// What [`admit_in`] decided, for [`Store::register`] to write.
@@ -195,14 +244,19 @@ fn admit_in(c: &Connection, r: &Claim) -> Result<Admitted, RegisterError> {
         }
         Some(_) => return Err(RegisterError::Takeover(r.cluster_id.clone())),
     };
-    let other: Option<String> = c
-        .query_row(
+    // A cluster proving its key keeps its name (the claim's is only proposed), so only a name
+    // the registration would write must be free.
+    let other: Option<String> = if outcome == Registered::Proved {
+        None
+    } else {
+        c.query_row(
             "SELECT id FROM clusters WHERE name = ?1 AND id != ?2 LIMIT 1",
             params![r.name, r.cluster_id],
             |row| row.get(0),
         )
         .optional()
-        .map_err(StoreError::from)?;
+        .map_err(StoreError::from)?
+    };
     if let Some(other) = other {
         return Err(RegisterError::NameTaken {
             name: r.name.clone(),
@@ -323,12 +377,10 @@ impl Store for SqliteStore {
                 .map_err(StoreError::from)?;
             } else {
                 tx.execute(
-                    "UPDATE clusters SET name = ?2, labels_json = ?3, agent_version = ?4, \
-                     cert_serial = ?5, cert_not_after_unix = ?6, token_id = ?7 WHERE id = ?1",
+                    "UPDATE clusters SET agent_version = ?2, cert_serial = ?3, \
+                     cert_not_after_unix = ?4, token_id = ?5 WHERE id = ?1",
                     params![
                         claim.cluster_id,
-                        claim.name,
-                        labels_json(&claim.labels),
                         claim.agent_version,
                         r.cert.serial_hex,
                         r.cert.not_after_unix,
@@ -336,6 +388,20 @@ impl Store for SqliteStore {
                     ],
                 )
                 .map_err(StoreError::from)?;
+                // A join with a token (the cluster's certificate expired, or an operator
+                // allowed it to rejoin) sets the identity; proving the key alone does not.
+                let proposed = if admitted.outcome == Registered::Proved {
+                    proposal_of(&tx, &claim.cluster_id, claim).map_err(StoreError::from)?
+                } else {
+                    tx.execute(
+                        "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
+                        params![claim.cluster_id, claim.name, labels_json(&claim.labels)],
+                    )
+                    .map_err(StoreError::from)?;
+                    None
+                };
+                write_proposal(&tx, &claim.cluster_id, proposed.as_ref())
+                    .map_err(StoreError::from)?;
                 // One identity, one key: whoever held the earlier certificates is out.
                 tx.execute(
                     "UPDATE certificates SET revoked_unix = ?2 WHERE cluster_id = ?1 AND revoked_unix IS NULL",
@@ -385,7 +451,7 @@ impl Store for SqliteStore {
     async fn cluster(&self, id: String) -> Result<Option<ClusterRecord>, StoreError> {
         self.run(move |c| {
             Ok(c.query_row(
-                &format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = ?1"),
+                &format!("SELECT {} FROM clusters WHERE id = ?1", cluster_select()),
                 params![id],
                 cluster_from_row,
             )
@@ -397,7 +463,8 @@ impl Store for SqliteStore {
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         self.run(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY name, id"
+                "SELECT {} FROM clusters ORDER BY name, id",
+                cluster_select()
             ))?;
             let rows = st.query_map([], cluster_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -433,9 +500,15 @@ impl Store for SqliteStore {
                     )
                     .optional()?;
                 if other.is_none() {
+                    let labels = labels_json(&labels);
                     tx.execute(
                         "UPDATE clusters SET name = ?2, labels_json = ?3 WHERE id = ?1",
-                        params![id, name, labels_json(&labels)],
+                        params![id, name, labels],
+                    )?;
+                    tx.execute(
+                        "UPDATE clusters SET proposed_name = NULL, proposed_labels_json = NULL \
+                         WHERE id = ?1 AND proposed_name = ?2 AND proposed_labels_json = ?3",
+                        params![id, name, labels],
                     )?;
                 }
                 tx.commit()?;
@@ -444,6 +517,16 @@ impl Store for SqliteStore {
             .await;
         self.clusters_changed();
         written
+    }
+
+    async fn propose_identity(
+        &self,
+        id: String,
+        proposed: Option<Identity>,
+    ) -> Result<(), StoreError> {
+        // No `clusters_changed`: a proposal selects nothing, the fleet view does not show it.
+        self.run(move |c| Ok(write_proposal(c, &id, proposed.as_ref())?))
+            .await
     }
 
     fn clusters_version(&self) -> u64 {
@@ -1005,6 +1088,79 @@ mod tests {
             Err(RegisterError::NameTaken { other, .. }) if other == "c1"
         ));
         assert_eq!(store.clusters().await.expect("clusters").len(), 1);
+    }
+
+    /// Name and labels are set by a join with a token and by an operator; proving the key
+    /// and a Hello only propose, and an operator's change that equals the proposal clears it.
+    #[tokio::test]
+    async fn only_a_join_or_an_operator_sets_name_and_labels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let mut t = token(5);
+        t.expires_unix = 10_000;
+        store.insert_token(t.clone()).await.expect("insert");
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("register");
+        let canary = Identity {
+            name: "a-first".into(),
+            labels: [("ring".to_string(), "canary".to_string())].into(),
+        };
+        let get = || async { store.cluster("c1".into()).await.expect("get").expect("c1") };
+
+        // Registering again proving the key: the claim is only proposed.
+        let mut proved = registration(&t, "c1", "02");
+        proved.claim.proven_serial = Some("01".into());
+        proved.claim.name = canary.name.clone();
+        proved.claim.labels = canary.labels.clone();
+        assert!(matches!(
+            store.register(proved).await,
+            Ok(Registered::Proved)
+        ));
+        let c = get().await;
+        assert_eq!(c.name, "name-c1");
+        assert_eq!(c.labels, registration(&t, "c1", "01").claim.labels);
+        assert_eq!(c.proposed.as_ref(), Some(&canary));
+
+        store
+            .propose_identity("c1".into(), None)
+            .await
+            .expect("clear");
+        assert_eq!(get().await.proposed, None);
+        store
+            .propose_identity("c1".into(), Some(canary.clone()))
+            .await
+            .expect("propose");
+        let version = store.clusters_version();
+
+        // The operator applies it: the identity changes, the proposal is done.
+        store
+            .set_cluster_identity("c1".into(), canary.name.clone(), canary.labels.clone())
+            .await
+            .expect("set")
+            .map_or(Ok(()), Err)
+            .expect("the name is free");
+        let c = get().await;
+        assert_eq!((c.name.as_str(), &c.labels), ("a-first", &canary.labels));
+        assert_eq!(c.proposed, None);
+        assert!(store.clusters_version() > version, "the fleet view rereads");
+
+        // A join an operator sanctioned (the cluster may rejoin) sets the claim's identity.
+        store
+            .allow_rejoin("c1".into(), 1_001)
+            .await
+            .expect("rejoin");
+        store
+            .propose_identity("c1".into(), Some(canary.clone()))
+            .await
+            .expect("propose");
+        store
+            .register(registration(&t, "c1", "03"))
+            .await
+            .expect("rejoin");
+        let c = get().await;
+        assert_eq!((c.name.as_str(), c.proposed), ("name-c1", None));
     }
 
     #[tokio::test]

@@ -534,3 +534,139 @@ async fn delete_identity_secret(cluster: &skoala_sim::Cluster) {
         .await
         .expect("delete the identity Secret");
 }
+
+/// Finding 5: a joined agent (or whoever holds its key) restarts with labels that put its
+/// cluster into a plan's canary selector. Labels are the operator's: the agent's new labels
+/// are only its *proposal*, shown and audited once, and the plan does not select the cluster;
+/// the operator's `skoalactl cluster label` does. Without the defence the Hello relabelled
+/// the cluster and the plan took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_relabel_itself_into_a_plan_only_an_operator_can() {
+    use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
+    // Wednesday noon and a Saturday window: an applied plan waits, nothing is upgraded.
+    let mut pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        clock: Some("2026-11-25T12:00:00Z".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("fleet");
+    let ctl = pf.ctl();
+    let plan = pf.plan_yaml(
+        "canaries",
+        "0.19.2",
+        "window: {days: [Sat], startTime: \"02:00\", endTime: \"04:00\", timeZone: UTC}\nclusters: {matchLabels: {ring: canary}}",
+    );
+
+    let agent = &mut pf.fleet.agents[1];
+    agent.add_args(&["--label", "ring=canary"]);
+    agent.restart().expect("restart");
+    let proposed = wait::until(
+        "work-2's hello with its new label",
+        FLEET_TIMEOUT,
+        || async {
+            let c = ctl
+                .clusters()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|c| c["name"] == "work-2")?;
+            (c["connected"] == true
+                && (c["proposed"]["labels"]["ring"] == "canary" || c["labels"]["ring"] == "canary"))
+                .then_some(c)
+        },
+    )
+    .await
+    .expect("the agent reconnected with its new label");
+    assert_eq!(
+        proposed["labels"],
+        serde_json::json!({"fleet": "test", "index": "2"}),
+        "an agent's hello does not change its cluster's labels: {proposed:#}"
+    );
+    assert_eq!(proposed["proposed"]["name"], "work-2");
+    assert_eq!(proposed["proposed"]["labels"]["ring"], "canary");
+    let table = ctl.ok(&["clusters"]).await.expect("clusters");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("work-2 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(table.contains("PROPOSED"), "{table}");
+    assert!(
+        line.contains("labels fleet=test,index=2,ring=canary"),
+        "{table}"
+    );
+    ctl.wait_audit("cluster.identity_proposed", "ring")
+        .await
+        .expect("the proposal is audited");
+
+    let refused = pf.apply(&plan).await.expect("apply");
+    assert!(
+        !refused.success
+            && refused
+                .stderr
+                .contains("spec.clusters: the selection matches no registered working cluster"),
+        "the agent's own label must not select it:\n{}\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+
+    // The operator's word: validated, unique names, audited with the operator's name.
+    let bad = ctl
+        .run(&["cluster", "label", "work-2", "Ring=\u{1b}[2J"])
+        .await
+        .expect("run");
+    assert!(
+        !bad.success && bad.stderr.contains("label"),
+        "{}",
+        bad.stderr
+    );
+    let taken = ctl
+        .run(&["cluster", "rename", "work-2", "work-1"])
+        .await
+        .expect("run");
+    assert!(
+        !taken.success && taken.stderr.contains("taken"),
+        "{}",
+        taken.stderr
+    );
+    ctl.ok(&["cluster", "label", "work-2", "ring=canary", "index-"])
+        .await
+        .expect("label");
+    let labelled = row(&ctl, "work-2").await;
+    assert_eq!(
+        labelled["labels"],
+        serde_json::json!({"fleet": "test", "ring": "canary"}),
+        "{labelled:#}"
+    );
+    assert!(
+        labelled["proposed"]["labels"]["index"] == "2",
+        "the proposal differs (index) and stays: {labelled:#}"
+    );
+    let audited = ctl
+        .wait_audit("cluster.relabelled", "ring")
+        .await
+        .expect("the operator's change is audited");
+    assert!(
+        audited["peer"]
+            .as_str()
+            .is_some_and(|p| p.contains("admin bootstrap")),
+        "audited with the operator's name: {audited:#}"
+    );
+
+    let applied = pf.apply(&plan).await.expect("apply");
+    assert!(applied.success, "{}", applied.stderr);
+    let stored = pf.plan("canaries").await.expect("plan");
+    let names: Vec<&str> = stored["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .filter(|n| *n != "control-plane")
+        .collect();
+    assert_eq!(names, ["work-2"], "{stored:#}");
+
+    assert_eq!(count(&ctl, "cluster.identity_proposed").await, 1);
+    assert_eq!(count(&ctl, "cluster.relabelled").await, 1);
+    // The agent kept its session throughout.
+    assert!(row(&ctl, "work-2").await["connected"] == true);
+}

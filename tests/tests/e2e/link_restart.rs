@@ -123,8 +123,8 @@ async fn a_restarted_agent_keeps_its_identity() {
         "a disconnected cluster says when it was last heard from: {gone}"
     );
 
-    // The join token (2 uses) is used up: a re-registration could not even succeed. The
-    // operator also gave the agent one more label.
+    // The join token (2 uses) is used up: a re-registration could not even succeed. The agent
+    // now asks for one more label, which stays a proposal until an operator applies it.
     fleet.agents[0].add_args(&["--label", "tier=gold"]);
     fleet.agents[0].restart().expect("restart agent");
     let after = fleet.wait_connected(2).await.expect("connected again");
@@ -138,18 +138,19 @@ async fn a_restarted_agent_keeps_its_identity() {
         .find(|c| c["name"] == name.as_str())
         .expect("listed");
     assert_eq!(c["id"], id.as_str());
-    let relabelled = skoala_e2e::wait::until("the new label", FLEET_TIMEOUT, || async {
+    let proposed = skoala_e2e::wait::until("the proposed label", FLEET_TIMEOUT, || async {
         let clusters = ctl.clusters().await.ok()?;
         clusters
             .into_iter()
-            .find(|c| c["id"] == id.as_str() && c["labels"]["tier"] == "gold")
+            .find(|c| c["id"] == id.as_str() && c["proposed"]["labels"]["tier"] == "gold")
     })
     .await
-    .expect("labels follow the agent's flags");
-    assert_eq!(relabelled["labels"]["fleet"], "test");
-    ctl.wait_audit("cluster.relabelled", "tier")
+    .expect("the agent's new flags are shown as its proposal");
+    assert_eq!(proposed["labels"]["fleet"], "test");
+    assert!(proposed["labels"].get("tier").is_none(), "{proposed:#}");
+    ctl.wait_audit("cluster.identity_proposed", "tier")
         .await
-        .expect("a label change is audited");
+        .expect("a proposed label change is audited");
 
     let audit = ctl.audit().await.expect("audit");
     assert_eq!(kinds(&audit, "cluster.registered"), 2, "{audit:?}");
