@@ -128,6 +128,10 @@ struct RetentionArgs {
     /// Delete certificate records this long after they expired.
     #[arg(long, value_parser = duration::parse, default_value = "7d")]
     retain_certificates: Duration,
+    /// Delete admin identities (skoalactl admin) this long after their certificate expired,
+    /// revoked or not.
+    #[arg(long, value_parser = duration::parse, default_value = "7d")]
+    retain_admins: Duration,
     /// Delete relayed charts the active plan does not use, unchanged for this long.
     #[arg(long, value_parser = duration::parse, default_value = "7d")]
     retain_charts: Duration,
@@ -146,6 +150,7 @@ impl RetentionArgs {
             audit: self.retain_audit,
             plan_events: self.retain_plan_events,
             certificates: self.retain_certificates,
+            admins: self.retain_admins,
             charts: self.retain_charts,
             backups_per_release: self.keep_backups as usize,
             every: self.retention_interval,

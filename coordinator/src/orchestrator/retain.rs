@@ -10,6 +10,9 @@
 //!   active plan keeps its whole history, which `plan watch` and `events` read),
 //! - certificate records expired for longer than [`Retention::certificates`] (an expired
 //!   certificate cannot open a session; the record only served renewals and audits),
+//! - admin identities (`skoalactl admin`) whose certificate expired longer than
+//!   [`Retention::admins`] ago, revoked or not (a revoked one is kept until then: its row is
+//!   what refuses its certificate),
 //! - relayed charts the active plan does not use, untouched for [`Retention::charts`],
 //! - values backups beyond the newest [`Retention::backups_per_release`] generations of each
 //!   cluster's release (also right after every upload, [`crate::backups::prune_release`]).
@@ -37,6 +40,8 @@ pub struct Retention {
     pub plan_events: Duration,
     /// Certificate records, counted from their expiry.
     pub certificates: Duration,
+    /// Admin identities, counted from their certificate's expiry.
+    pub admins: Duration,
     /// Relayed charts no active plan uses, counted from their last change.
     pub charts: Duration,
     /// Values backups kept per cluster and release (newest generations).
@@ -52,6 +57,7 @@ impl Default for Retention {
             audit: 90 * DAY,
             plan_events: 90 * DAY,
             certificates: 7 * DAY,
+            admins: 7 * DAY,
             charts: 7 * DAY,
             // The executor keeps as many backup Secrets in each cluster.
             backups_per_release: 5,
@@ -62,6 +68,10 @@ impl Default for Retention {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 impl<S: Store> Orchestrator<S> {
@@ -78,8 +88,8 @@ impl<S: Store> Orchestrator<S> {
         let cutoffs = Cutoffs {
             audit_before_ms: now_ms().saturating_sub(ms(r.audit)),
             events_before_ms: now_ms().saturating_sub(ms(r.plan_events)),
-            certificates_expired_before_unix: now_unix()
-                .saturating_sub(i64::try_from(r.certificates.as_secs()).unwrap_or(i64::MAX)),
+            certificates_expired_before_unix: now_unix().saturating_sub(secs(r.certificates)),
+            admins_expired_before_unix: now_unix().saturating_sub(secs(r.admins)),
         };
         let pruned = match self.store.prune(cutoffs).await {
             Ok(p) => p,
@@ -103,6 +113,7 @@ impl<S: Store> Orchestrator<S> {
             audit = pruned.audit,
             plan_events = pruned.events,
             certificates = pruned.certificates,
+            admins = pruned.admins,
             charts,
             backups,
             "retention sweep"

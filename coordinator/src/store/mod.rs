@@ -12,6 +12,8 @@
 pub mod migrations;
 pub mod plans;
 pub mod sqlite;
+#[cfg(test)]
+mod sweep_cost;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -143,6 +145,10 @@ pub struct Cutoffs {
     pub events_before_ms: i64,
     /// Certificate records that expired before this (s since the epoch).
     pub certificates_expired_before_unix: i64,
+    /// Admin identities whose certificate expired before this (s), revoked or not. A revoked
+    /// identity whose certificate is still valid is kept: its row is what refuses it (and
+    /// what keeps `init`'s `admin.yaml`, once revoked, from being recorded again at start).
+    pub admins_expired_before_unix: i64,
 }
 
 /// How many rows [`Store::prune`] deleted.
@@ -151,6 +157,7 @@ pub struct Pruned {
     pub audit: usize,
     pub events: usize,
     pub certificates: usize,
+    pub admins: usize,
 }
 
 /// What a `Register` call claims, checked before any work is done for it

@@ -765,6 +765,10 @@ impl Store for SqliteStore {
                     "DELETE FROM certificates WHERE not_after_unix < ?1",
                     params![cutoffs.certificates_expired_before_unix],
                 )?,
+                admins: tx.execute(
+                    "DELETE FROM admins WHERE not_after_unix < ?1",
+                    params![cutoffs.admins_expired_before_unix],
+                )?,
             };
             tx.commit()?;
             Ok(pruned)
@@ -1072,6 +1076,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retention_deletes_admins_once_their_certificate_expired_revoked_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let admin = |name: &str, not_after_unix: i64| AdminRecord {
+            name: name.into(),
+            serial_hex: format!("{name}-serial"),
+            created_unix: 1_000,
+            not_after_unix,
+            revoked_unix: None,
+        };
+        // At 10,000 s with a cutoff of 5,000 s (the window): "gone" and "gone-revoked"
+        // expired before it; "recent" expired after it; "live" and "revoked" are valid.
+        for (a, revoke) in [
+            (admin("gone", 4_000), false),
+            (admin("gone-revoked", 4_500), true),
+            (admin("recent", 6_000), false),
+            (admin("live", 20_000), false),
+            (admin("revoked", 20_000), true),
+        ] {
+            let name = a.name.clone();
+            assert!(store.insert_admin(a, 1_000).await.expect("insert"));
+            if revoke {
+                store.revoke_admin(name, 2_000).await.expect("revoke");
+            }
+        }
+        let pruned = store
+            .prune(Cutoffs {
+                audit_before_ms: 0,
+                events_before_ms: 0,
+                certificates_expired_before_unix: 0,
+                admins_expired_before_unix: 5_000,
+            })
+            .await
+            .expect("prune");
+        assert_eq!(pruned.admins, 2);
+        let mut left: Vec<(String, bool)> = store
+            .admins()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|a| (a.name, a.revoked_unix.is_some()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("live".to_string(), false),
+                ("recent".into(), false),
+                ("revoked".into(), true)
+            ],
+            "a revoked certificate still valid keeps the row that refuses it"
+        );
+    }
+
+    #[tokio::test]
     async fn names_are_unique() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
@@ -1238,6 +1297,7 @@ mod tests {
                 audit_before_ms: day_ago,
                 events_before_ms: day_ago,
                 certificates_expired_before_unix: 1_000_000,
+                admins_expired_before_unix: 0,
             })
             .await
             .expect("prune");
@@ -1246,7 +1306,8 @@ mod tests {
             Pruned {
                 audit: 1,
                 events: 1,
-                certificates: 1
+                certificates: 1,
+                admins: 0,
             }
         );
         let audit: Vec<String> = store
