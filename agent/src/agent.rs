@@ -45,6 +45,10 @@ pub struct AgentConfig {
     /// The Secret in `namespace` that keeps the agent's key, certificate and CA, so a restart
     /// never registers again.
     pub secret_name: String,
+    /// The Secret in `namespace` the join token came from (the chart's): deleted once the
+    /// identity is stored, so a spent token does not stay readable in the cluster. `None`:
+    /// nothing to delete (the token came from a flag).
+    pub token_secret: Option<String>,
     /// How often the agent says it is alive; the coordinator declares it dead after its own
     /// `--agent-timeout` without a message.
     pub heartbeat: Duration,
@@ -165,7 +169,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Some(dir) => tasks.with_chart_cache(dir),
         None => tasks,
     };
-    let store = IdentityStore::new(client, &config.namespace, &config.secret_name);
+    let store = IdentityStore::new(client.clone(), &config.namespace, &config.secret_name);
 
     let backoff = reconnect_backoff(config.min_backoff, config.max_backoff);
 
@@ -173,6 +177,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     else {
         return Ok(()); // shut down while registering
     };
+    // On every start, not only after registering: a crash between storing the identity and
+    // deleting the token leaves the Secret for the next start.
+    if let Some(name) = &config.token_secret {
+        forget_join_token(client, &config.namespace, name).await;
+    }
     let mut params = SessionParams {
         identity: identity.clone(),
         agent_version: AGENT_VERSION.to_string(),
@@ -357,6 +366,26 @@ async fn ensure_credentials(
                 }
             }
             Err(e) => return Err(AgentError::Registration(e)),
+        }
+    }
+}
+
+/// Deletes the join token's Secret now that the identity is stored: the token is spent, and
+/// whoever could read it should not learn what the fleet's tokens look like, nor try it
+/// elsewhere while it has uses left. Never fatal: the agent runs without it; a refusal (the
+/// chart grants `delete` on that one name) is logged for the operator.
+async fn forget_join_token(client: kube::Client, namespace: &str, name: &str) {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, namespace);
+    match secrets.delete(name, &Default::default()).await {
+        Ok(_) => {
+            tracing::info!(secret = %format!("{namespace}/{name}"), "join token Secret deleted: the identity is stored")
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::debug!(secret = %format!("{namespace}/{name}"), "no join token Secret to delete")
+        }
+        Err(e) => {
+            tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e, "cannot delete the join token Secret; the token is spent, delete the Secret by hand")
         }
     }
 }

@@ -63,6 +63,12 @@ struct Args {
     #[arg(long, env = "SKOALA_IDENTITY_SECRET", default_value = DEFAULT_SECRET_NAME)]
     identity_secret: String,
 
+    /// The Secret in --namespace holding the join token (the chart passes its own). Deleted
+    /// once the identity is stored, so the spent token does not stay in the cluster; a refusal
+    /// to delete it is logged, not fatal.
+    #[arg(long, env = "SKOALA_TOKEN_SECRET")]
+    token_secret: Option<String>,
+
     /// Interval between heartbeats, e.g. 10s, 1m.
     #[arg(long, env = "SKOALA_HEARTBEAT", default_value = "10s", value_parser = duration::parse)]
     heartbeat: Duration,
@@ -168,6 +174,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         namespace: args.namespace,
         secret_name: args.identity_secret,
+        token_secret: args.token_secret,
         heartbeat: args.heartbeat,
         tracked: vec![release],
         helm: Some(args.helm),

@@ -175,3 +175,67 @@ async fn a_restarted_agent_keeps_its_identity() {
         "two first sessions and the reconnect: {opened}"
     );
 }
+
+/// The join token does not outlive registration, on the emulator as on a real cluster
+/// (`real::agent_token`): an agent told where its token came from (`--token-secret`, as the
+/// chart does) deletes that Secret once its identity is stored, and restarts without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_token_secret_is_deleted_once_the_identity_is_stored() {
+    use skoala_e2e::fleet::{AGENT_NAMESPACE, Agent, AgentOptions, Coordinator, prepare_cluster};
+    use skoala_e2e::sim::try_kubectl;
+
+    let coord = Coordinator::start().await.expect("coordinator");
+    let ctl = coord.ctl();
+    let clusters = skoala_sim::start_clusters(1, "tokened")
+        .await
+        .expect("cluster");
+    let kubeconfig = clusters[0].kubeconfig_path();
+    prepare_cluster(&clusters[0]).await.expect("namespace");
+    let token = ctl.token(1, "1h").await.expect("token");
+    let literal = format!("--from-literal=token={token}");
+    let args = [
+        "-n",
+        AGENT_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "join-token",
+        literal.as_str(),
+    ];
+    let created = try_kubectl(kubeconfig, &args).await.expect("kubectl");
+    assert!(created.status.success(), "{created:?}");
+
+    let mut agent = Agent::start(
+        &coord,
+        &clusters[0],
+        Some(&token),
+        AgentOptions::named("tokened").arg("--token-secret=join-token"),
+    )
+    .expect("agent");
+    ctl.wait_connected("tokened", true).await.expect("joined");
+    let get = ["-n", AGENT_NAMESPACE, "get", "secret", "join-token"];
+    skoala_e2e::wait::until("the join token Secret deleted", FLEET_TIMEOUT, || async {
+        let out = try_kubectl(kubeconfig, &get).await.ok()?;
+        (!out.status.success()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(agent.log().contains("join token Secret deleted"));
+
+    // Restarted (the token flag is still there, as a chart's env would no longer be; either
+    // way it is not used): the stored identity, no new registration, nothing to delete.
+    agent.restart().expect("restart");
+    skoala_e2e::wait::until("the restarted agent", FLEET_TIMEOUT, || async {
+        (agent.log().matches("using the stored identity").count() == 1).then_some(())
+    })
+    .await
+    .expect("uses its stored identity");
+    ctl.wait_connected("tokened", true)
+        .await
+        .expect("connected");
+    assert_eq!(
+        kinds(&ctl.audit().await.expect("audit"), "cluster.registered"),
+        1
+    );
+    assert!(agent.exited().is_none(), "{}", agent.log());
+}

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent_token;
 mod agent_upgrade;
 mod cluster;
 mod coordinator_in_cluster;
