@@ -1,13 +1,19 @@
 //! What a simulated agent pretends about its cluster: a synthetic `skoala-init` release, and
 //! upgrades that take a fixed time and always succeed.
 //!
+//! Like the executor's operation record, a simulated cluster remembers the operations it
+//! finished: a re-delivered one (the coordinator re-sends what it has no result for, e.g.
+//! after a restart) gets its recorded result again and is not run a second time. Only work
+//! actually run is noted in the receipts and counted as accepted; re-deliveries are counted
+//! as `tasks_repeated`.
+//!
 //! The messages are the real ones (`TaskAccepted` from the runner, then `StepProgress` for the
 //! executor's steps, the values backup, a `TaskResult` with the release as it is afterwards,
 //! and the changed inventory), so the coordinator cannot tell a simulated agent from a real one
 //! except by how fast and how reliably its clusters upgrade.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -56,19 +62,34 @@ pub fn release(version: &str, revision: i32) -> ReleaseInfo {
 }
 
 /// A task runner whose upgrades take `time`, succeed, and move `inventory` to the new version.
-/// Each task's arrival is noted in `receipts` the moment the session hands it over.
+/// Each task run is noted in `receipts` the moment the session hands it over; a finished
+/// operation delivered again is answered from memory (see the module docs).
 pub fn upgrade(
     time: Duration,
     inventory: Arc<watch::Sender<Vec<ReleaseInfo>>>,
     stats: Arc<Stats>,
     receipts: Receipts,
 ) -> CustomRun {
+    // The operation record: finished operations and their results.
+    let finished: Arc<Mutex<HashMap<String, TaskResult>>> = Arc::default();
     Arc::new(move |task, outbox| {
+        let recorded = finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&task.operation_id)
+            .cloned();
+        if let Some(result) = recorded {
+            stats::inc(&stats.tasks_repeated);
+            return async move {
+                let _ = outbox.send(Body::TaskResult(result)).await;
+            }
+            .boxed();
+        }
         // Here, not in the future below: the runner calls this as the message is handled,
         // while the future is first polled only after the scheduler gets to it.
         receipts.record(receipts::now_us(), &task.operation_id);
         stats::inc(&stats.tasks_accepted);
-        let (inventory, stats) = (inventory.clone(), stats.clone());
+        let (inventory, stats, finished) = (inventory.clone(), stats.clone(), finished.clone());
         async move {
             let id = task.operation_id.clone();
             let version = task
@@ -120,6 +141,10 @@ pub fn upgrade(
                 ..TaskResult::default()
             };
             inventory.send_replace(vec![after]);
+            finished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, result.clone());
             let _ = outbox.send(Body::TaskResult(result)).await;
             stats::inc(&stats.tasks_succeeded);
         }
@@ -133,9 +158,9 @@ mod tests {
     use skoala_proto::v1::{ReleaseSpec, Task};
     use tokio::sync::mpsc;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_simulated_upgrade_reports_like_the_executor_and_moves_the_inventory() {
-        let (inventory, watched) = watch::channel(vec![release("0.18.0", 1)]);
+    /// A runner with 2 s upgrades from `from`, its inventory and its counters.
+    fn runner(from: &str) -> (CustomRun, watch::Receiver<Vec<ReleaseInfo>>, Arc<Stats>) {
+        let (inventory, watched) = watch::channel(vec![release(from, 1)]);
         let stats = Arc::new(Stats::default());
         let run = upgrade(
             Duration::from_secs(2),
@@ -143,15 +168,26 @@ mod tests {
             stats.clone(),
             Receipts::off(),
         );
-        let (tx, mut rx) = mpsc::channel(64);
-        let task = Task {
-            operation_id: "op-1".into(),
+        (run, watched, stats)
+    }
+
+    /// An upgrade to 0.19.2.
+    fn task(operation_id: &str) -> Task {
+        Task {
+            operation_id: operation_id.into(),
             release: Some(ReleaseSpec {
                 version: "0.19.2".into(),
                 ..ReleaseSpec::default()
             }),
             ..Task::default()
-        };
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_upgrade_reports_like_the_executor_and_moves_the_inventory() {
+        let (run, watched, stats) = runner("0.18.0");
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = task("op-1");
         let started = tokio::time::Instant::now();
         run(task, tx).await;
         assert_eq!(
@@ -203,5 +239,35 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_operation_delivered_again_gets_its_result_and_is_not_run_again() {
+        let (run, watched, stats) = runner("0.19.0");
+        let task = task("plan.c.upgrade-1");
+        let (tx, mut rx) = mpsc::channel(64);
+        run(task.clone(), tx).await;
+        let mut first = None;
+        while let Ok(body) = rx.try_recv() {
+            if let Body::TaskResult(r) = body {
+                first = Some(r);
+            }
+        }
+        let first = first.expect("the first delivery's result");
+
+        let (tx, mut rx) = mpsc::channel(64);
+        let started = tokio::time::Instant::now();
+        run(task, tx).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing is run again");
+        let Ok(Body::TaskResult(again)) = rx.try_recv() else {
+            panic!("the recorded result is reported again");
+        };
+        assert_eq!(again, first);
+        assert!(rx.try_recv().is_err(), "no progress for work not done");
+        assert_eq!(watched.borrow()[0].revision, 2, "upgraded once");
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(count(&stats.tasks_accepted), 1);
+        assert_eq!(count(&stats.tasks_succeeded), 1);
+        assert_eq!(count(&stats.tasks_repeated), 1);
     }
 }

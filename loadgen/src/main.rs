@@ -161,8 +161,9 @@ struct LoadArgs {
     /// it; the test charts have 0.19.0, 0.19.1, 0.19.2 and 0.20.0).
     #[arg(long, default_value = "0.18.0")]
     initial_version: String,
-    /// Write `<unix µs> <operation id>` to FILE for every task an agent receives (fan-out
-    /// delivery latency: receipt time minus the time the task was sent, on one clock).
+    /// Write `<unix µs> <operation id>` to FILE for every task an agent receives and runs
+    /// (fan-out delivery latency: receipt time minus the time the task was sent, on one
+    /// clock); a finished operation delivered again is not run, nor written down.
     #[arg(long, value_name = "FILE")]
     receipts: Option<PathBuf>,
     /// A label every simulated cluster carries besides `skoala.io/simulated=true`

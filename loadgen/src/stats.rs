@@ -25,8 +25,11 @@ pub struct Stats {
     pub disconnects: AtomicU64,
     /// Agents that stopped trying (registration refused): never expected.
     pub gave_up: AtomicU64,
+    /// Tasks run (a re-delivery of a finished operation is not run again).
     pub tasks_accepted: AtomicU64,
     pub tasks_succeeded: AtomicU64,
+    /// Re-deliveries of finished operations, answered with the recorded result.
+    pub tasks_repeated: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -42,7 +45,7 @@ impl Stats {
     pub fn line(&self, agents: usize) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "load agents={agents} registered={} connected={} sessions={} failed_attempts={} disconnects={} gave_up={} tasks_accepted={} tasks_succeeded={}",
+            "load agents={agents} registered={} connected={} sessions={} failed_attempts={} disconnects={} gave_up={} tasks_accepted={} tasks_succeeded={} tasks_repeated={}",
             g(&self.registered),
             g(&self.connected),
             g(&self.sessions),
@@ -51,6 +54,7 @@ impl Stats {
             g(&self.gave_up),
             g(&self.tasks_accepted),
             g(&self.tasks_succeeded),
+            g(&self.tasks_repeated),
         )
     }
 }
