@@ -89,6 +89,22 @@ impl Cluster {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| SimError::Bind(config.listen, e))?;
+        Self::serve(config, listener)
+    }
+
+    /// Like [`Cluster::start`] on a socket bound already (`config.listen` is ignored), e.g. one
+    /// a test bound inside another network namespace: the server stays in this process, the
+    /// cluster is reachable only where the socket lives.
+    pub async fn start_on(
+        config: ClusterConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<Cluster, SimError> {
+        listener.set_nonblocking(true).map_err(SimError::Io)?;
+        let listener = TcpListener::from_std(listener).map_err(SimError::Io)?;
+        Self::serve(config, listener)
+    }
+
+    fn serve(config: ClusterConfig, listener: TcpListener) -> Result<Cluster, SimError> {
         let addr = listener.local_addr().map_err(SimError::Io)?;
         let host = match addr.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),

@@ -21,12 +21,14 @@ pub mod agent;
 pub mod coordinator;
 pub mod ctl;
 pub mod h2raw;
+pub mod load;
 pub mod plans;
 pub mod raw;
 
 pub use agent::{Agent, AgentOptions, Endpoint};
 pub use coordinator::{Coordinator, CoordinatorOptions};
 pub use ctl::Ctl;
+pub use load::Load;
 
 use std::time::Duration;
 

@@ -1,11 +1,14 @@
 //! Linux network namespaces for tests that need a real network boundary: an "agent side" whose
-//! only network is its own loopback, so nothing outside can route to it.
+//! only network is its own loopback, so nothing outside can route to it; or, with
+//! [`NetNs::create_linked`], one joined to the host by a veth pair that a test can cut and
+//! restore (a network partition).
 //!
 //! Needs root and `ip` (iproute2). A test that asks for a namespace fails loudly when it cannot
 //! have one: CI must not go green without running the real thing. Namespaces are deleted on
 //! drop, and namespaces left by a killed test run (their creator's pid is gone) are deleted by
 //! the next run.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +38,64 @@ impl NetNs {
         let ns = Self { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A fresh namespace joined to the host by a veth pair on a /30 of its own (see [`Link`]).
+    pub fn create_linked() -> anyhow::Result<(Self, Link)> {
+        let ns = Self::create()?;
+        // The namespace's name is unique among running tests; the host end needs a name of at
+        // most 15 bytes that is unique on the host.
+        let suffix = ns.name.trim_start_matches(&format!("{PREFIX}-"));
+        let host_if = format!("skv{}", suffix.replace('-', "x"));
+        anyhow::ensure!(host_if.len() <= 15, "interface name {host_if} too long");
+        let (host_ip, ns_ip) = free_subnet()?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "veth0", "netns", &ns.name,
+        ])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            "veth0",
+        ])?;
+        ip(&["-n", &ns.name, "link", "set", "veth0", "up"])?;
+        let link = Link {
+            host_if,
+            host_ip,
+            ns_ip,
+        };
+        Ok((ns, link))
+    }
+
+    /// Runs `program` with `args` (and `env`) inside the namespace; its stdout, or an error
+    /// with its stderr unless it exits 0.
+    pub async fn output(
+        &self,
+        program: PathBuf,
+        args: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> anyhow::Result<String> {
+        let mut cmd = self.command(program.clone());
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| anyhow::anyhow!("run {}: {e}", program.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Its name, for `ip netns exec`.
@@ -100,6 +161,56 @@ impl Drop for NetNs {
             );
         }
     }
+}
+
+/// The veth pair between the host and a namespace ([`NetNs::create_linked`]); removed with
+/// the namespace.
+#[derive(Debug)]
+pub struct Link {
+    /// The host end's name.
+    host_if: String,
+    /// The host end's address: where the namespace reaches the host.
+    pub host_ip: Ipv4Addr,
+    /// The namespace end's address: where the host reaches the namespace.
+    pub ns_ip: Ipv4Addr,
+}
+
+impl Link {
+    /// Cuts the link: the host end goes down, and every packet either way is dropped without
+    /// a word (no RST, no FIN, no ICMP), as in a network partition. Connections stay open on
+    /// both sides until a timeout notices.
+    pub fn cut(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.host_if, "down"]).map(drop)
+    }
+
+    /// Restores the link after [`Link::cut`].
+    pub fn restore(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.host_if, "up"]).map(drop)
+    }
+
+    /// Whether the host end is up.
+    pub fn is_up(&self) -> anyhow::Result<bool> {
+        let out = ip(&["-o", "link", "show", &self.host_if])?;
+        Ok(out.contains(",UP") || out.contains("<UP"))
+    }
+}
+
+/// A /30 in 10.231.0.0/16 that no interface on the host uses: (host end, namespace end).
+fn free_subnet() -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+    let used = ip(&["-o", "-4", "addr", "show"])?;
+    // Start where this process's pid points, so concurrent test processes rarely race, and
+    // past the subnets this process took already (their addresses may not be listed yet).
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() as usize + 4 * TAKEN.fetch_add(1, Ordering::Relaxed) as usize;
+    for k in (0..16384).map(|i| (start + i) % 16384) {
+        let base = (k * 4) as u32;
+        let host = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 231, 0, 0)) + base + 1);
+        if !used.contains(&format!("inet {host}/")) {
+            let ns = Ipv4Addr::from(u32::from(host) + 1);
+            return Ok((host, ns));
+        }
+    }
+    anyhow::bail!("no free /30 in 10.231.0.0/16")
 }
 
 /// Deletes namespaces of earlier runs whose creating process is gone.

@@ -25,6 +25,8 @@ pub struct AgentOptions {
     pub coordinator_url: Option<String>,
     /// `--max-backoff` [default: 2s, so tests see reconnects quickly].
     pub max_backoff: Option<String>,
+    /// Run the agent inside this network namespace (`ip netns exec`; see `crate::netns`).
+    pub netns: Option<String>,
 }
 
 impl AgentOptions {
@@ -68,6 +70,7 @@ pub struct Endpoint<'a> {
 
 /// A running (or stopped) agent.
 pub struct Agent {
+    netns: Option<String>,
     cmd_args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -137,6 +140,7 @@ impl Agent {
         args.extend(opts.args.iter().map(Into::into));
         let log = coordinator.log_dir.join(format!("agent-{}.log", opts.name));
         let mut agent = Agent {
+            netns: opts.netns,
             cmd_args: args,
             env: opts.env,
             log,
@@ -152,7 +156,15 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(our_bin("skoala-agent"));
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the agent: the child is the agent itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(our_bin("skoala-agent"));
+                c
+            }
+            None => Command::new(our_bin("skoala-agent")),
+        };
         cmd.args(&self.cmd_args)
             .env_remove("KUBECONFIG")
             .env_remove("HTTPS_PROXY")

@@ -43,6 +43,12 @@ pub struct CoordinatorOptions {
     /// Put the data dir on a tmpfs of this many bytes, so a test can fill the coordinator's
     /// disk (needs root, as a real mount does).
     pub data_dir_bytes: Option<u64>,
+    /// `serve --listen` on this address (port chosen once, kept across restarts) instead of
+    /// loopback, e.g. `0.0.0.0` for agents in another network namespace. The testkit still
+    /// dials it on loopback.
+    pub listen_ip: Option<std::net::IpAddr>,
+    /// `init --san` each: more names and addresses in the server certificate.
+    pub sans: Vec<String>,
 }
 
 /// A running (or killed) coordinator and its data dir.
@@ -77,12 +83,12 @@ impl Coordinator {
             Some(bytes) => Some(Tmpfs::mount(&data, bytes)?),
             None => None,
         };
-        let out = Command::new(our_bin("skoala-coordinator"))
-            .arg("init")
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .context("running skoala-coordinator init")?;
+        let mut init = Command::new(our_bin("skoala-coordinator"));
+        init.arg("init").arg("--data-dir").arg(&data);
+        for san in &opts.sans {
+            init.arg("--san").arg(san);
+        }
+        let out = init.output().context("running skoala-coordinator init")?;
         if !out.status.success() {
             bail!(
                 "skoala-coordinator init failed: {}",
@@ -114,7 +120,13 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(self.addr.to_string());
+            .arg(
+                SocketAddr::new(
+                    self.opts.listen_ip.unwrap_or(self.addr.ip()),
+                    self.addr.port(),
+                )
+                .to_string(),
+            );
         if self.opts.metrics {
             let m = self
                 .metrics_addr
@@ -179,7 +191,11 @@ impl Coordinator {
                     break;
                 };
                 if let Some(a) = line.strip_prefix("skoala-coordinator listening on ") {
-                    addr = a.trim().parse::<SocketAddr>().ok();
+                    // Listening on every address: dial it on loopback.
+                    addr = a.trim().parse::<SocketAddr>().ok().map(|a| match a.ip() {
+                        ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+                        _ => a,
+                    });
                 } else if let Some(m) = line.strip_prefix("skoala-coordinator metrics on http://") {
                     metrics = m
                         .trim()

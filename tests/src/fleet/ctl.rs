@@ -1,7 +1,8 @@
 //! `skoalactl` as a process, with a coordinator's admin credential.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -107,6 +108,25 @@ impl Ctl {
         all.extend(["-o", "json"]);
         let out = self.ok(&all).await?;
         serde_json::from_str(&out).with_context(|| format!("skoalactl {all:?} printed: {out}"))
+    }
+
+    /// `plan apply -f PATH`, retried while the coordinator refuses it (until it has read
+    /// every cluster's inventory, a plan is refused as skewed or selecting nothing); fails
+    /// with the last refusal after `timeout`.
+    pub async fn apply_when_ready(&self, path: &Path, timeout: Duration) -> anyhow::Result<()> {
+        let path = path.to_str().context("utf-8 path")?;
+        let last = Mutex::new(String::new());
+        let applied = crate::wait::until(&format!("{path} applied"), timeout, || async {
+            let out = self.run(&["plan", "apply", "-f", path]).await.ok()?;
+            let ok = out.success;
+            *last.lock().unwrap_or_else(PoisonError::into_inner) = out.stderr;
+            ok.then_some(())
+        })
+        .await;
+        applied.map_err(|e| {
+            let last = last.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            anyhow::anyhow!("{e}; last refusal: {last}")
+        })
     }
 
     /// `token create --uses N --ttl TTL`; returns the token.

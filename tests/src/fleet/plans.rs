@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{Agent, AgentOptions, Coordinator, CoordinatorOptions, Fleet, prepare_cluster};
 use crate::charts::{ChartRepo, HelmHome, start_repo};
+use crate::netns::{Link, NetNs};
 use crate::tools::tool;
 use crate::wait;
 
@@ -39,6 +40,15 @@ pub struct PlanFleetOptions {
     pub coordinator_args: Vec<String>,
     /// The coordinator's data dir on a tmpfs of this many bytes.
     pub data_dir_bytes: Option<u64>,
+    /// Working clusters (1-based) that live in a network namespace of their own, joined to
+    /// the host by a veth link ([`PlanFleet::link`]): their emulated API server listens
+    /// there (still served by this process), their agent runs there and dials the coordinator
+    /// over the link. Their agents cannot reach the test chart repository: plan with
+    /// `chartSource: relay`. Needs root and iproute2.
+    pub linked: Vec<usize>,
+    /// How long after creation the working clusters' workloads become ready (the emulator's
+    /// default otherwise): a longer `helm upgrade --wait`.
+    pub worker_readiness_delay: Option<Duration>,
 }
 
 impl Default for PlanFleetOptions {
@@ -53,6 +63,8 @@ impl Default for PlanFleetOptions {
             helm_timeout: "60s".into(),
             coordinator_args: Vec::new(),
             data_dir_bytes: None,
+            linked: Vec::new(),
+            worker_readiness_delay: None,
         }
     }
 }
@@ -70,6 +82,8 @@ pub struct PlanFleet {
     pub clock_file: PathBuf,
     /// Holds the clock file.
     _scratch: tempfile::TempDir,
+    /// The namespaces of [`PlanFleetOptions::linked`] workers, by cluster name.
+    links: Vec<(String, NetNs, Link)>,
 }
 
 /// Installs `chart` `version` into `skoala-system` of the cluster at `kubeconfig`, as an
@@ -152,12 +166,23 @@ impl PlanFleet {
                 .await
                 .context("starting the control-plane cluster")?;
         let mut clusters = Vec::new();
+        let mut links = Vec::new();
         for i in 1..=opts.workers {
-            clusters.push(
-                skoala_sim::Cluster::start(config(format!("work-{i}"), opts.broken.contains(&i)))
-                    .await
-                    .context("starting a working cluster")?,
-            );
+            let name = format!("work-{i}");
+            let mut c = config(name.clone(), opts.broken.contains(&i));
+            if let Some(d) = opts.worker_readiness_delay {
+                c = c.readiness_delay(d);
+            }
+            let cluster = if opts.linked.contains(&i) {
+                let (ns, link) = NetNs::create_linked()?;
+                let listener = ns.bind_tcp(&format!("{}:0", link.ns_ip))?;
+                let cluster = skoala_sim::Cluster::start_on(c, listener).await;
+                links.push((name, ns, link));
+                cluster
+            } else {
+                skoala_sim::Cluster::start(c).await
+            };
+            clusters.push(cluster.context("starting a working cluster")?);
         }
         // Install everywhere at once: seven `helm --wait`s one after another are slow.
         let mut installs = vec![install(
@@ -184,6 +209,12 @@ impl PlanFleet {
             clock_file: opts.clock.as_ref().map(|_| clock_file.clone()),
             args: opts.coordinator_args.clone(),
             data_dir_bytes: opts.data_dir_bytes,
+            // Linked agents dial the host end of their link.
+            listen_ip: (!links.is_empty()).then_some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            sans: links
+                .iter()
+                .map(|(_, _, l)| l.host_ip.to_string())
+                .collect(),
             ..Default::default()
         })
         .await?;
@@ -195,9 +226,17 @@ impl PlanFleet {
         let mut agents = Vec::new();
         for (i, cluster) in clusters.iter().enumerate() {
             prepare_cluster(cluster).await?;
-            let a = AgentOptions::named(cluster.name())
+            let mut a = AgentOptions::named(cluster.name())
                 .label("fleet", "test")
                 .label("index", &(i + 1).to_string());
+            if let Some((_, ns, link)) = links.iter().find(|(n, _, _)| n == cluster.name()) {
+                a.netns = Some(ns.name().to_string());
+                a.coordinator_url = Some(format!(
+                    "https://{}:{}",
+                    link.host_ip,
+                    coordinator.addr().port()
+                ));
+            }
             agents.push(Agent::start(&coordinator, cluster, Some(&token), a)?);
         }
         let pf = PlanFleet {
@@ -210,6 +249,7 @@ impl PlanFleet {
             repo,
             clock_file,
             _scratch: scratch,
+            links,
         };
         pf.fleet.wait_connected(opts.workers).await?;
         pf.wait_versions(&opts.from, super::FLEET_TIMEOUT).await?;
@@ -219,6 +259,15 @@ impl PlanFleet {
     /// `skoalactl` with the operator credential.
     pub fn ctl(&self) -> super::Ctl {
         self.fleet.coordinator.ctl()
+    }
+
+    /// The link of a [`PlanFleetOptions::linked`] worker, and its namespace.
+    pub fn link(&self, name: &str) -> anyhow::Result<(&NetNs, &Link)> {
+        self.links
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, ns, link)| (ns, link))
+            .with_context(|| format!("{name} is not a linked worker"))
     }
 
     /// Sets the driven clock (RFC 3339).
@@ -303,6 +352,19 @@ pub trait PlanView {
 
     /// `skoalactl plan apply -f` of `yaml`.
     async fn apply(&self, yaml: &str) -> anyhow::Result<super::ctl::CtlOutput> {
+        let path = self.plan_file(yaml)?;
+        let p = path.to_str().context("utf-8 path")?.to_string();
+        self.ctl().run(&["plan", "apply", "-f", &p]).await
+    }
+
+    /// `plan apply -f` of `yaml`, retried while refused (see [`super::Ctl::apply_when_ready`]).
+    async fn apply_when_ready(&self, yaml: &str, timeout: Duration) -> anyhow::Result<()> {
+        let path = self.plan_file(yaml)?;
+        self.ctl().apply_when_ready(&path, timeout).await
+    }
+
+    /// Writes `yaml` to a new file in the scratch folder.
+    fn plan_file(&self, yaml: &str) -> anyhow::Result<PathBuf> {
         let path = self.scratch().join(format!(
             "plan-{}.yaml",
             std::time::SystemTime::now()
@@ -310,8 +372,7 @@ pub trait PlanView {
                 .as_nanos()
         ));
         std::fs::write(&path, yaml)?;
-        let p = path.to_str().context("utf-8 path")?.to_string();
-        self.ctl().run(&["plan", "apply", "-f", &p]).await
+        Ok(path)
     }
 
     /// `plan get NAME -o json`.
@@ -357,20 +418,26 @@ pub trait PlanView {
             .collect())
     }
 
-    /// Waits until every cluster (control plane included) reports its engine release at
-    /// `version`, deployed.
+    /// Waits until every cluster of [`PlanView::cluster_names`] (control plane included)
+    /// reports its engine release at `version`, deployed. Other clusters (simulated agents)
+    /// are not waited for.
     async fn wait_versions(&self, version: &str, timeout: Duration) -> anyhow::Result<()> {
-        let want = self.cluster_names().len();
+        let names = self.cluster_names();
+        let known = |all: Vec<(String, Value)>| {
+            all.into_iter()
+                .filter(|(n, _)| names.contains(n))
+                .collect::<Vec<_>>()
+        };
         let r = wait::until(&format!("every release at {version}"), timeout, || async {
-            let all = self.releases().await.ok()?;
+            let all = known(self.releases().await.ok()?);
             let ok = all.iter().filter(|(_, r)| {
                 r["version"].as_str() == Some(version) && r["status"].as_str() == Some("deployed")
             });
-            (ok.count() == want).then_some(())
+            (ok.count() == names.len()).then_some(())
         })
         .await;
         if let Err(e) = r {
-            let now = self.releases().await.unwrap_or_default();
+            let now = known(self.releases().await.unwrap_or_default());
             bail!("{e:#}; releases now: {now:?}");
         }
         Ok(())
@@ -424,4 +491,85 @@ pub trait PlanView {
         };
         history(&self.kubeconfig(name)?, release).await
     }
+
+    /// The plan's events (`events --plan NAME -o json`), oldest first.
+    async fn events(&self, plan: &str) -> anyhow::Result<Vec<Value>> {
+        let out = self
+            .ctl()
+            .ok(&["events", "--plan", plan, "-o", "json"])
+            .await?;
+        out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+
+    /// The fault campaign's "nothing lost" for the clusters this view knows (helm history
+    /// needs a kubeconfig): each target's state agrees with its release, and no release was
+    /// upgraded more than once in the plan. A succeeded target's history is the install plus
+    /// one upgrade to the plan's version, deployed; a failed or pending one's is the install
+    /// alone. Targets in any other state fail the check: the plan was meant to have settled.
+    async fn assert_consistent_with_clusters(&self, plan: &Value) -> anyhow::Result<()> {
+        let version = plan["version"].as_str().context("the plan's version")?;
+        let known = self.cluster_names();
+        for t in plan["targets"].as_array().context("targets")? {
+            let name = t["name"].as_str().context("target name")?;
+            if !known.iter().any(|k| k == name) {
+                continue;
+            }
+            let h = self.history(name).await?;
+            anyhow::ensure!(h.len() <= 2, "{name}: at most one upgrade per plan: {h:#?}");
+            match t["state"].as_str() {
+                Some("succeeded") => {
+                    anyhow::ensure!(h.len() == 2, "{name} succeeded, helm disagrees: {h:#?}");
+                    let chart = h[1]["chart"].as_str().unwrap_or_default();
+                    anyhow::ensure!(
+                        chart.ends_with(&format!("-{version}")) && h[1]["status"] == "deployed",
+                        "{name}: the upgrade in helm's history: {h:#?}"
+                    );
+                }
+                Some("failed") | Some("pending") => {
+                    anyhow::ensure!(h.len() == 1, "{name} not upgraded, helm disagrees: {h:#?}");
+                }
+                other => bail!("{name}: unexpected state {other:?}: {t:#}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The target called `name` of `plan get -o json`.
+pub fn target<'a>(plan: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
+    plan["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .with_context(|| format!("no target {name} in {plan:#}"))
+}
+
+/// The `task.sent` events of target `name` among a plan's `events`.
+pub fn sent_to<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "task.sent" && e["targetName"] == name)
+        .collect()
+}
+
+/// Reads back every values backup a coordinator stored under its data dir (`backups/`), each
+/// parsed as YAML; returns how many. Fails on the first unreadable one.
+pub fn read_backups(data_dir: &Path) -> anyhow::Result<usize> {
+    fn walk(dir: &Path, read: &mut usize) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, read)?;
+            } else {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml::from_str::<serde_yaml::Value>(&text)
+                    .with_context(|| format!("{} is not YAML", path.display()))?;
+                *read += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut read = 0;
+    walk(&data_dir.join("backups"), &mut read)?;
+    Ok(read)
 }

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView, read_backups};
 use skoala_e2e::wait;
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -80,31 +80,8 @@ async fn a_full_disk_mid_plan_loses_nothing_and_the_plan_goes_on_when_space_retu
     })
     .await?;
 
-    for t in plan["targets"].as_array().expect("targets") {
-        let name = t["name"].as_str().expect("name");
-        let h = pf.history(name).await?;
-        assert!(h.len() <= 2, "{name}: at most one upgrade per plan: {h:#?}");
-        match t["state"].as_str() {
-            Some("succeeded") => {
-                assert_eq!(h.len(), 2, "{name}: {h:#?}");
-                let chart = h[1]["chart"].as_str().unwrap_or_default();
-                assert!(chart.ends_with("-0.19.2"), "{name}: {h:#?}");
-                assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
-            }
-            Some("failed") | Some("pending") => {
-                assert_eq!(h.len(), 1, "{name} not upgraded, helm agrees: {h:#?}");
-            }
-            other => panic!("{name}: unexpected state {other:?}: {t:#}"),
-        }
-    }
-    let backups = pf.fleet.coordinator.data_dir().join("backups");
-    let mut read = 0;
-    for entry in walk(&backups)? {
-        let text = std::fs::read_to_string(&entry)?;
-        serde_yaml::from_str::<serde_yaml::Value>(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", entry.display()))?;
-        read += 1;
-    }
+    pf.assert_consistent_with_clusters(&plan).await?;
+    let read = read_backups(&pf.fleet.coordinator.data_dir())?;
     assert!(read >= 1, "the canary's backup is stored");
 
     let before = plan["phase"].clone();
@@ -113,17 +90,4 @@ async fn a_full_disk_mid_plan_loses_nothing_and_the_plan_goes_on_when_space_retu
     let after = pf.plan("full").await?;
     assert_eq!(after["phase"], before, "the store kept the plan: {after:#}");
     Ok(())
-}
-
-fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            files.extend(walk(&path)?);
-        } else {
-            files.push(path);
-        }
-    }
-    Ok(files)
 }

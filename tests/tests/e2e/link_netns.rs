@@ -70,31 +70,6 @@ async fn start_cluster(ns: &NetNs, dir: &Path) -> anyhow::Result<(NsProcess, Pat
     }
 }
 
-/// Runs a tool (helm, kubectl) inside `ns` and returns its stdout.
-async fn run_in(
-    ns: &NetNs,
-    program: PathBuf,
-    args: &[&str],
-    env: &[(&str, &Path)],
-) -> anyhow::Result<String> {
-    let mut cmd = ns.command(program.clone());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd
-        .output()
-        .await
-        .with_context(|| format!("run {}", program.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        program.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// What every agent run inside the namespace shares.
 struct EdgeAgent<'a> {
     ns: &'a NetNs,
@@ -183,20 +158,20 @@ async fn agents_behind_a_one_way_boundary_join_and_report() {
         .await
         .expect("emulated cluster");
     let kubectl_env = [("KUBECONFIG", kubeconfig.as_path())];
-    let uid = run_in(
-        &ns,
-        tool("kubectl"),
-        &[
-            "get",
-            "namespace",
-            "kube-system",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ],
-        &kubectl_env,
-    )
-    .await
-    .expect("kube-system uid");
+    let uid = ns
+        .output(
+            tool("kubectl"),
+            &[
+                "get",
+                "namespace",
+                "kube-system",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            &kubectl_env,
+        )
+        .await
+        .expect("kube-system uid");
     assert!(!uid.is_empty());
 
     // skoala-init installed by hand, with real helm, inside the namespace.
@@ -209,8 +184,7 @@ async fn agents_behind_a_one_way_boundary_join_and_report() {
         ("HELM_CACHE_HOME", helm_home.as_path()),
         ("HELM_DATA_HOME", helm_home.as_path()),
     ];
-    run_in(
-        &ns,
+    ns.output(
         tool("helm"),
         &[
             "install",
@@ -297,8 +271,7 @@ async fn agents_behind_a_one_way_boundary_join_and_report() {
     assert!(targets.iter().all(|t| *t == want), "{targets:?}");
 
     // 3. A hand-made upgrade inside the namespace reaches the coordinator through the boundary.
-    run_in(
-        &ns,
+    ns.output(
         tool("helm"),
         &[
             "upgrade",

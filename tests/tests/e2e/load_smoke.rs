@@ -6,98 +6,24 @@
 //! of 10; both must end `succeeded` with no skew. The figures themselves come from
 //! `scripts/bench.sh` and `scripts/bench-plan.sh`, not from here.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::Value;
 use skoala_e2e::charts::start_repo;
 use skoala_e2e::fleet::plans::install;
-use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Ctl, die_with_parent};
-use skoala_e2e::tools::{our_bin, tool};
+use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, Ctl, Load};
+use skoala_e2e::tools::tool;
 
 const AGENTS: usize = 50;
 /// Generous for a loaded 2-core CI machine; the benchmark measures the real time.
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The load generator process; killed when dropped.
-struct Load {
-    child: Child,
-    /// Its latest `load ...` status line.
-    status: Arc<Mutex<String>>,
-}
-
-impl Load {
-    fn start(coordinator: &Coordinator, token: &str) -> anyhow::Result<Self> {
-        Self::start_with(coordinator, token, &[])
-    }
-
-    /// With more flags for `skoala-loadgen`.
-    fn start_with(coordinator: &Coordinator, token: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(our_bin("skoala-loadgen"));
-        cmd.args(["--coordinator", &coordinator.endpoint(), "--ca-file"])
-            .arg(coordinator.ca_file())
-            .args(["--agents", &AGENTS.to_string()])
-            // Two source addresses, so the spreading path is exercised too.
-            .args(["--source-addrs", "127.0.0.2,127.0.0.3"])
-            // Short backoff: the restart below should not wait out 30 s delays.
-            .args(["--max-backoff", "2s", "--heartbeat", "2s"])
-            // Bounded even if this test dies without dropping us.
-            .args(["--duration", "600s"])
-            .args(extra)
-            .env("SKOALA_TOKEN", token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("spawning skoala-loadgen")?;
-        let stdout = child.stdout.take().context("load stdout")?;
-        let status = Arc::new(Mutex::new(String::new()));
-        let latest = status.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("load ") {
-                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = line;
-                }
-            }
-        });
-        Ok(Self { child, status })
-    }
-
-    /// A counter from the latest status line.
-    fn stat(&self, key: &str) -> Option<u64> {
-        let line = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-    }
-
-    fn line(&self) -> String {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_simulated_agents_connect_and_come_back_after_a_coordinator_crash() {
     let mut coordinator = Coordinator::start().await.expect("coordinator");
     let ctl = coordinator.ctl();
     let token = ctl.token(AGENTS as u32, "1h").await.expect("token");
-    let load = Load::start(&coordinator, &token).expect("load generator");
+    let load = Load::start(&coordinator, &token, AGENTS, &[]).expect("load generator");
 
     let clusters = coordinator
         .wait_connected(AGENTS, TIMEOUT)
@@ -155,19 +81,9 @@ async fn fifty_simulated_agents_connect_and_come_back_after_a_coordinator_crash(
 async fn apply(ctl: &Ctl, dir: &std::path::Path, name: &str, yaml: &str) {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).expect("writing the plan");
-    let path = path.to_str().expect("utf-8 path").to_string();
-    let last = Mutex::new(String::new());
-    let applied = skoala_e2e::wait::until(&format!("plan {name} applied"), TIMEOUT, || async {
-        let out = ctl.run(&["plan", "apply", "-f", &path]).await.ok()?;
-        let ok = out.success;
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = out.stderr;
-        ok.then_some(())
-    })
-    .await;
-    if let Err(e) = applied {
-        let last = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        panic!("{e}; last refusal: {last}");
-    }
+    ctl.apply_when_ready(&path, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Waits until plan `name` is in `phase`; returns `plan get -o json`.
@@ -214,9 +130,10 @@ async fn a_plan_fans_out_to_fifty_simulated_agents_then_rolls_out_ten_at_a_time(
     let token = ctl.token(AGENTS as u32, "1h").await.expect("token");
     let receipts = coordinator.scratch().join("receipts");
     let receipts_arg = receipts.to_str().expect("utf-8 path").to_string();
-    let load = Load::start_with(
+    let load = Load::start(
         &coordinator,
         &token,
+        AGENTS,
         &[
             "--initial-version",
             "0.19.0",
