@@ -4,6 +4,9 @@
 //! in flight shows it as upgrading and disturbs nothing. An operator's `plan watch` on a
 //! terminal (a real pty) shows the waves filling, the wait between windows, and the end.
 //!
+//! The same with the clock jumping *backwards* to before the window opened (the canary
+//! finishes, nothing new starts until the clock is inside the window again).
+//!
 //! The canary is held in flight deterministically: its emulated API server is frozen (requests
 //! wait, as with an API server that hangs) before the plan starts, the clock moves past the
 //! window's end, and only then is the server resumed. So the result that lets the rollout
@@ -13,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView, sent_to, target};
 use skoala_e2e::pty::{Pty, strip_ansi};
 use skoala_e2e::wait;
 
@@ -25,35 +28,19 @@ const OPENS: &str = "2026-11-27T18:00:00Z";
 const CLOSED: &str = "2026-11-27T20:30:00Z";
 /// The next Saturday, 02:00 in Shanghai: the next window.
 const NEXT: &str = "2026-12-04T18:00:00Z";
+/// Saturday 02:10 in Shanghai: inside the window.
+const INSIDE: &str = "2026-11-27T18:10:00Z";
+/// Saturday 01:00 in Shanghai: the same night, before the window opens.
+const BEFORE: &str = "2026-11-27T17:00:00Z";
+/// Saturday 02:20 in Shanghai: inside the window again.
+const INSIDE_AGAIN: &str = "2026-11-27T18:20:00Z";
 
-fn target<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    plan["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {plan:#}"))
-}
-
-/// The plan's events (`events --plan NAME -o json`).
-async fn events(pf: &PlanFleet, plan: &str) -> anyhow::Result<Vec<Value>> {
-    let out = pf
-        .ctl()
-        .ok(&["events", "--plan", plan, "-o", "json"])
-        .await?;
-    out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
-}
-
-fn sent_to<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "task.sent" && e["targetName"] == name)
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyhow::Result<()> {
+/// Three workers with the clock at `now`; the canary's API server frozen; plan `name` applied:
+/// 0.19.2 in the Saturday 02:00-04:00 Shanghai window, a canary, then waves of two.
+async fn with_the_canary_held(now: &str, name: &str) -> anyhow::Result<PlanFleet> {
     let pf = PlanFleet::start(PlanFleetOptions {
         workers: 3,
-        clock: Some(OPENS.into()),
+        clock: Some(now.into()),
         ..Default::default()
     })
     .await?;
@@ -61,15 +48,108 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     let canary = &pf.fleet.clusters[0];
     assert_eq!(canary.name(), "work-1");
     canary.faults().freeze();
-
     let yaml = pf.plan_yaml(
-        "window",
+        name,
         "0.19.2",
         "window: {days: [Sat], startTime: \"02:00\", endTime: \"04:00\", timeZone: Asia/Shanghai}\n\
          strategy: {canary: 1, maxConcurrency: 2}",
     );
     let applied = pf.apply(&yaml).await?;
     assert!(applied.success, "apply: {}", applied.stderr);
+    Ok(pf)
+}
+
+/// Waits until the canary (work-1) of plan `name` is in `state`; returns the plan.
+async fn canary_is(pf: &PlanFleet, name: &str, state: &str) -> anyhow::Result<Value> {
+    wait::until(
+        &format!("the canary work-1 {state}"),
+        PLAN_TIMEOUT,
+        || async {
+            let p = pf.plan(name).await.ok()?;
+            (target(&p, "work-1").ok()?["state"] == state).then_some(p)
+        },
+    )
+    .await
+}
+
+/// After the canary finished with the window shut: the plan waits, says why (`reason`), and
+/// has started nothing for `waiting` (no attempt, no task sent, no helm upgrade). Returns the
+/// id of the plan's last event so far.
+async fn waits_for_its_window(
+    pf: &PlanFleet,
+    name: &str,
+    waiting: &[&str],
+    reason: &str,
+) -> anyhow::Result<i64> {
+    // The canary's new inventory makes one more step after its result: wait for it too.
+    wait::until(
+        "the canary reported at 0.19.2",
+        Duration::from_secs(60),
+        || async {
+            let all = pf.releases().await.ok()?;
+            all.iter()
+                .any(|(n, r)| n == "work-1" && r["version"] == "0.19.2")
+                .then_some(())
+        },
+    )
+    .await?;
+    // Not stuck, and it says so: what it waits for and when that opens, in the window's zone.
+    let plan = wait::until("the plan to say why it waits", PLAN_TIMEOUT, || async {
+        let p = pf.plan(name).await.ok()?;
+        p["reason"].as_str()?.starts_with("waiting:").then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        plan["phase"], "workers",
+        "waiting for the window, not finished: {plan:#}"
+    );
+    assert_eq!(plan["reason"], reason, "{plan:#}");
+    let events = pf.events(name).await?;
+    for w in waiting {
+        let t = target(&plan, w)?;
+        assert_eq!(t["state"], "pending", "{w} must not start: {t:#}");
+        assert_eq!(t["attempts"], 0, "{t:#}");
+        assert_eq!(pf.history(w).await?.len(), 1, "{w}: no helm upgrade");
+        assert_eq!(sent_to(&events, w).len(), 0, "{w}: {events:#?}");
+    }
+    Ok(events
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0))
+}
+
+/// With the window open again: the plan succeeds, each of `waited` sent its task once and only
+/// after event `last_before`, and every release was upgraded exactly once.
+async fn completes_in_the_window(
+    pf: &PlanFleet,
+    name: &str,
+    waited: &[&str],
+    last_before: i64,
+) -> anyhow::Result<Value> {
+    let plan = pf.wait_phase(name, &["succeeded"], PLAN_TIMEOUT).await?;
+    for t in plan["targets"].as_array().expect("targets") {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+        assert_eq!(t["attempts"], 1, "each cluster upgraded once: {t:#}");
+    }
+    let all = pf.events(name).await?;
+    for w in waited {
+        let sent = sent_to(&all, w);
+        assert_eq!(sent.len(), 1, "{w}: {sent:#?}");
+        assert!(
+            sent[0]["id"].as_i64().unwrap_or(0) > last_before,
+            "{w} started only with the window open: {sent:#?}"
+        );
+    }
+    pf.assert_upgraded_once_to("0.19.2").await?;
+    pf.assert_consistent_with_clusters(&plan).await?;
+    Ok(plan)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyhow::Result<()> {
+    let pf = with_the_canary_held(OPENS, "window").await?;
+    let canary = &pf.fleet.clusters[0];
 
     // An operator follows the plan on a terminal the whole time.
     let ctl = pf.ctl();
@@ -81,13 +161,9 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     let screen = tokio::spawn(pty.read_to_end());
 
     // The control plane is upgraded inside the window, then the canary starts (and hangs).
-    let plan = wait::until("the canary work-1 running", PLAN_TIMEOUT, || async {
-        let p = pf.plan("window").await.ok()?;
-        (target(&p, "work-1")["state"] == "running").then_some(p)
-    })
-    .await?;
-    assert_eq!(target(&plan, "control-plane")["state"], "succeeded");
-    assert_eq!(target(&plan, "work-1")["stage"], 0, "the canary");
+    let plan = canary_is(&pf, "window", "running").await?;
+    assert_eq!(target(&plan, "control-plane")?["state"], "succeeded");
+    assert_eq!(target(&plan, "work-1")?["stage"], 0, "the canary");
 
     // A preflight check in the middle of the plan: the canary is shown as being upgraded (not
     // asked, not failed), the others pass, and the plan does not notice (below: every cluster
@@ -113,92 +189,23 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     canary.faults().resume();
 
     // In-flight work finishes...
-    wait::until(
-        "the canary to finish after the close",
-        PLAN_TIMEOUT,
-        || async {
-            let p = pf.plan("window").await.ok()?;
-            (target(&p, "work-1")["state"] == "succeeded").then_some(())
-        },
-    )
-    .await?;
+    canary_is(&pf, "window", "succeeded").await?;
     // ...and nothing new starts: the step that recorded the canary's result left the others
-    // pending, and so did every step since (the canary's new inventory is one more).
-    wait::until(
-        "work-1 reported at 0.19.2",
-        Duration::from_secs(60),
-        || async {
-            let all = pf.releases().await.ok()?;
-            all.iter()
-                .any(|(n, r)| n == "work-1" && r["version"] == "0.19.2")
-                .then_some(())
-        },
+    // pending, and so did every step since.
+    let last_before_next = waits_for_its_window(
+        &pf,
+        "window",
+        &["work-2", "work-3"],
+        "waiting: 2 clusters for their window, next open 2026-12-05 02:00 Asia/Shanghai",
     )
     .await?;
-    // Not stuck, and it says so: what it waits for and when that opens, in the window's zone.
-    let plan = wait::until("the plan to say why it waits", PLAN_TIMEOUT, || async {
-        let p = pf.plan("window").await.ok()?;
-        p["reason"].as_str()?.starts_with("waiting:").then_some(p)
-    })
-    .await?;
-    assert_eq!(
-        plan["phase"], "workers",
-        "waiting for the next window, not finished: {plan:#}"
-    );
-    assert_eq!(
-        plan["reason"],
-        "waiting: 2 clusters for their window, next open 2026-12-05 02:00 Asia/Shanghai",
-        "{plan:#}"
-    );
-    for name in ["work-2", "work-3"] {
-        let t = target(&plan, name);
-        assert_eq!(
-            t["state"], "pending",
-            "{name} must not start after the close: {t:#}"
-        );
-        assert_eq!(t["attempts"], 0, "{t:#}");
-        assert_eq!(
-            pf.history(name).await?.len(),
-            1,
-            "{name}: no helm upgrade after the close"
-        );
-    }
-    let closed = events(&pf, "window").await?;
-    assert_eq!(sent_to(&closed, "work-2").len(), 0, "{closed:#?}");
-    assert_eq!(sent_to(&closed, "work-3").len(), 0, "{closed:#?}");
-    let last_before_next = closed
-        .iter()
-        .filter_map(|e| e["id"].as_i64())
-        .max()
-        .unwrap_or(0);
 
     // The next window: the plan completes.
     pf.set_clock(NEXT)?;
-    let plan = pf
-        .wait_phase("window", &["succeeded"], PLAN_TIMEOUT)
-        .await?;
-    for t in plan["targets"].as_array().expect("targets") {
-        assert_eq!(t["state"], "succeeded", "{t:#}");
-        assert_eq!(t["attempts"], 1, "each cluster upgraded once: {t:#}");
-    }
-    assert_eq!(target(&plan, "work-2")["stage"], 1, "wave 1: {plan:#}");
-    assert_eq!(target(&plan, "work-3")["stage"], 1, "wave 1: {plan:#}");
-    let all = events(&pf, "window").await?;
-    for name in ["work-2", "work-3"] {
-        let sent = sent_to(&all, name);
-        assert_eq!(sent.len(), 1, "{name}: {sent:#?}");
-        assert!(
-            sent[0]["id"].as_i64().unwrap_or(0) > last_before_next,
-            "{name} started only in the next window: {sent:#?}"
-        );
-    }
-    for name in ["control-plane", "work-1", "work-2", "work-3"] {
-        let h = pf.history(name).await?;
-        assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
-        assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
-    }
-    let skew = ctl.run(&["skew"]).await?;
-    assert!(skew.success, "no skew at the end: {}", skew.stdout);
+    let plan =
+        completes_in_the_window(&pf, "window", &["work-2", "work-3"], last_before_next).await?;
+    assert_eq!(target(&plan, "work-2")?["stage"], 1, "wave 1: {plan:#}");
+    assert_eq!(target(&plan, "work-3")?["stage"], 1, "wave 1: {plan:#}");
 
     // The terminal showed the waves filling, the wait between the windows, and the end.
     let out = tokio::time::timeout(Duration::from_secs(60), watcher.wait_with_output()).await??;
@@ -224,6 +231,37 @@ async fn the_window_closes_mid_plan_and_the_plan_completes_in_the_next() -> anyh
     ] {
         assert!(screen.contains(want), "{want:?} on the terminal:\n{screen}");
     }
+    Ok(())
+}
+
+/// The clock jumps backwards across the window's opening while the canary is in flight (an
+/// NTP correction, a VM restored from a snapshot): the canary finishes and is recorded, nothing
+/// new starts and the plan says it waits for today's window, then the clock moves into the
+/// window again and the plan completes, every release upgraded once. (The forward jump past
+/// the window's end is the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_jumps_back_before_the_window_and_nothing_new_starts_until_it_opens()
+-> anyhow::Result<()> {
+    let pf = with_the_canary_held(INSIDE, "back").await?;
+    let canary = &pf.fleet.clusters[0];
+    let plan = canary_is(&pf, "back", "running").await?;
+    assert_eq!(target(&plan, "control-plane")?["state"], "succeeded");
+
+    // Back to before the window opened, with the canary in flight; then it answers again.
+    pf.set_clock(BEFORE)?;
+    canary.faults().resume();
+    canary_is(&pf, "back", "succeeded").await?;
+    let last_before = waits_for_its_window(
+        &pf,
+        "back",
+        &["work-2", "work-3"],
+        "waiting: 2 clusters for their window, next open 2026-11-28 02:00 Asia/Shanghai",
+    )
+    .await?;
+
+    // Forward into the window again.
+    pf.set_clock(INSIDE_AGAIN)?;
+    completes_in_the_window(&pf, "back", &["work-2", "work-3"], last_before).await?;
     Ok(())
 }
 
