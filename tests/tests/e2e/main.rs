@@ -31,6 +31,7 @@ mod coordinator_retention;
 mod demo;
 mod fault_disk_full;
 mod fault_kill_under_load;
+mod fault_partition;
 mod inventory_helm;
 mod link_cli;
 mod link_fleet;
