@@ -7,6 +7,8 @@
 //! DIR/server-key.pem   its key (0600)
 //! DIR/admin.yaml       operator credential for skoalactl (0600)
 //! DIR/store.db         the SQLite store (+ -wal, -shm)
+//! DIR/.init/           what `init` writes before publishing it (only while it runs, or
+//!                      after it was interrupted: crate::init::recover)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,10 @@ impl DataDir {
     /// `admin.yaml`: the operator's credential for `skoalactl` (0600).
     pub fn admin_config(&self) -> PathBuf {
         self.root.join("admin.yaml")
+    }
+    /// `.init/`: the staging folder of `init`, where it writes before publishing.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join(".init")
     }
     /// `store.db`: the SQLite store (with its `-wal` and `-shm` files next to it).
     pub fn store(&self) -> PathBuf {

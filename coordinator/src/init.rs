@@ -3,7 +3,18 @@
 //! Writes the CA, the coordinator's server certificate and the operator's `admin.yaml`. An
 //! existing CA is never replaced silently: replacing it invalidates every agent's certificate,
 //! so the operator must say `--overwrite-ca`.
+//!
+//! **Invariant:** the data dir holds all of `init`'s files or none of this run's. A crash or an
+//! error half-way (a full disk) must not leave a CA without its server certificate: `serve`
+//! would fail on every restart, and `init --if-missing` (the chart's init container) would see
+//! the CA and do nothing. The volume is mounted *at* the data dir, so the folder itself cannot
+//! be swapped in with one rename; instead `init` writes every file into a staging folder inside
+//! it (`DIR/.init/`), syncs them, writes the marker `complete` last, then renames each file
+//! into place, `ca.pem` (what says "initialised") last. A staging folder found later (by `init`
+//! or `serve`, [`recover`]) is a run that was interrupted: without the marker nothing of it was
+//! published and it is removed; with it, the renames are finished.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,6 +35,8 @@ pub struct InitOptions {
     pub endpoint: Option<String>,
     /// Replace an existing CA. Off by default: a new CA orphans every agent certificate.
     pub overwrite_ca: bool,
+    /// Do nothing when the data dir already holds a CA (init containers run on every start).
+    pub if_missing: bool,
     /// Lifetime of the fleet CA.
     pub ca_ttl: Duration,
     /// Lifetime of the coordinator's serving certificate.
@@ -32,20 +45,52 @@ pub struct InitOptions {
     pub admin_ttl: Duration,
 }
 
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initialised {
+    /// A new CA and credentials; the path of `admin.yaml`.
+    Created(std::path::PathBuf),
+    /// The data dir already held a CA and `if_missing` was set: nothing was written.
+    AlreadyThere,
+}
+
 /// The hosts always in the server certificate, so loopback tests and port-forwards work.
 pub const DEFAULT_SANS: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
-/// Runs `init`. Returns the path of admin.yaml.
-pub fn run(opts: &InitOptions) -> anyhow::Result<std::path::PathBuf> {
+/// The files `init` publishes, in the order they are renamed into place: `ca.pem` last,
+/// because its presence is what says the data dir is initialised.
+fn published(dir: &DataDir) -> [std::path::PathBuf; 5] {
+    [
+        dir.ca_key(),
+        dir.server_key(),
+        dir.server_cert(),
+        dir.admin_config(),
+        dir.ca_cert(),
+    ]
+}
+
+/// Written into the staging folder after every file in it is synced: from then on the run
+/// is finished by [`recover`] rather than thrown away.
+const COMPLETE: &str = "complete";
+
+/// Runs `init`.
+pub fn run(opts: &InitOptions) -> anyhow::Result<Initialised> {
     let dir = &opts.data_dir;
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create data dir {}", dir.root().display()))?;
-    if dir.ca_cert().exists() && !opts.overwrite_ca {
-        bail!(
-            "{} already holds a fleet CA; refusing to replace it because every agent certificate \
-             it signed would stop working. Pass --overwrite-ca if that is what you want.",
-            dir.root().display()
-        );
+    recover(dir)?;
+    if dir.ca_cert().exists() {
+        if opts.if_missing {
+            return Ok(Initialised::AlreadyThere);
+        }
+        if !opts.overwrite_ca {
+            bail!(
+                "{} already holds a fleet CA; refusing to replace it because every agent \
+                 certificate it signed would stop working. Pass --overwrite-ca if that is what \
+                 you want.",
+                dir.root().display()
+            );
+        }
     }
     let (ca, ca_key_pem) = FleetCa::generate("skoala-fleet CA", opts.ca_ttl)?;
     let mut hosts: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
@@ -56,16 +101,6 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<std::path::PathBuf> {
     }
     let server = ca.issue_server(&hosts, opts.server_ttl)?;
     let admin = ca.issue_admin(opts.admin_ttl)?;
-
-    write_private(&dir.ca_key(), ca_key_pem.as_bytes())
-        .with_context(|| format!("writing {}", dir.ca_key().display()))?;
-    write_public(&dir.ca_cert(), ca.cert_pem().as_bytes())
-        .with_context(|| format!("writing {}", dir.ca_cert().display()))?;
-    write_private(&dir.server_key(), server.key_pem.as_bytes())
-        .with_context(|| format!("writing {}", dir.server_key().display()))?;
-    write_public(&dir.server_cert(), server.issued.cert_pem.as_bytes())
-        .with_context(|| format!("writing {}", dir.server_cert().display()))?;
-
     let endpoint = opts.endpoint.clone().unwrap_or_else(|| {
         let host = opts.sans.first().map(String::as_str).unwrap_or("localhost");
         format!("https://{host}:7443")
@@ -76,8 +111,84 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<std::path::PathBuf> {
         client_certificate: admin.issued.cert_pem,
         client_key: admin.key_pem,
     };
-    config.save(&dir.admin_config())?;
-    Ok(dir.admin_config())
+
+    let staging = DataDir::new(dir.staging());
+    let staged = (|| -> anyhow::Result<()> {
+        std::fs::create_dir(staging.root())
+            .with_context(|| format!("creating {}", staging.root().display()))?;
+        write_private(&staging.ca_key(), ca_key_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.ca_key().display()))?;
+        write_public(&staging.ca_cert(), ca.cert_pem().as_bytes())
+            .with_context(|| format!("writing {}", staging.ca_cert().display()))?;
+        write_private(&staging.server_key(), server.key_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.server_key().display()))?;
+        write_public(&staging.server_cert(), server.issued.cert_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.server_cert().display()))?;
+        config.save(&staging.admin_config())?;
+        sync_dir(staging.root())?;
+        let marker = staging.root().join(COMPLETE);
+        write_private(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+        sync_dir(staging.root())
+    })();
+    if let Err(e) = staged {
+        // Best effort: what is left is removed by the next `init` or `serve` anyway.
+        let _ = std::fs::remove_dir_all(staging.root());
+        return Err(e.context(format!(
+            "init failed; nothing was published to {}",
+            dir.root().display()
+        )));
+    }
+    publish(dir)?;
+    Ok(Initialised::Created(dir.admin_config()))
+}
+
+/// Clears what an interrupted `init` left in the data dir (see the module doc): a staging
+/// folder without its marker is removed, one with it is published. Both are logged. Called by
+/// `init` and by `serve` before they read the data dir.
+pub fn recover(dir: &DataDir) -> anyhow::Result<()> {
+    let staging = dir.staging();
+    if !staging.exists() {
+        return Ok(());
+    }
+    if staging.join(COMPLETE).exists() {
+        tracing::warn!(
+            staging = %staging.display(),
+            "an earlier init was interrupted while publishing its files; finishing it"
+        );
+        publish(dir)
+    } else {
+        tracing::warn!(
+            staging = %staging.display(),
+            "removing a partial init left by an interrupted `skoala-coordinator init`; \
+             nothing of it had been published"
+        );
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing the partial init {}", staging.display()))
+    }
+}
+
+/// Renames the staged files into the data dir (those not moved yet, so a second call after
+/// a crash finishes the first), syncs it, and removes the staging folder.
+fn publish(dir: &DataDir) -> anyhow::Result<()> {
+    let staging = dir.staging();
+    for path in published(dir) {
+        let name = path.file_name().context("a data dir file has a name")?;
+        let from = staging.join(name);
+        if from.exists() {
+            std::fs::rename(&from, &path)
+                .with_context(|| format!("publishing {}", path.display()))?;
+        }
+    }
+    sync_dir(dir.root())?;
+    std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    sync_dir(dir.root())
+}
+
+/// Makes the entries created or renamed in `dir` survive a crash.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// The admin `init` writes to `admin.yaml`, as the store knows it.
@@ -122,4 +233,100 @@ pub(crate) async fn record_bootstrap_admin<S: Store>(
         "recorded the admin certificate of admin.yaml"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> InitOptions {
+        InitOptions {
+            data_dir: DataDir::new(dir),
+            sans: vec!["fleet.example.com".into()],
+            endpoint: None,
+            overwrite_ca: false,
+            if_missing: false,
+            ca_ttl: Duration::from_secs(3600),
+            server_ttl: Duration::from_secs(3600),
+            admin_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    const ALL: [&str; 5] = [
+        "admin.yaml",
+        "ca-key.pem",
+        "ca.pem",
+        "server-key.pem",
+        "server.pem",
+    ];
+
+    #[test]
+    fn init_publishes_every_file_once_and_never_replaces_a_ca_unasked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opts = options(tmp.path());
+        let done = run(&opts).expect("init");
+        assert_eq!(done, Initialised::Created(tmp.path().join("admin.yaml")));
+        assert_eq!(entries(tmp.path()), ALL, "no staging folder left");
+        let ca = std::fs::read(tmp.path().join("ca.pem")).expect("ca");
+
+        let again = run(&opts).expect_err("a second init");
+        assert!(
+            again.to_string().contains("already holds a fleet CA"),
+            "{again}"
+        );
+        let if_missing = InitOptions {
+            if_missing: true,
+            ..opts.clone()
+        };
+        assert_eq!(run(&if_missing).expect("init"), Initialised::AlreadyThere);
+        assert_eq!(std::fs::read(tmp.path().join("ca.pem")).expect("ca"), ca);
+    }
+
+    #[test]
+    fn a_partial_init_is_cleared_and_a_complete_one_finished() {
+        // Killed while writing: two files staged, no marker. Nothing was published, so the
+        // leftover goes, and `--if-missing` (the chart's init container) really initialises.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        std::fs::create_dir(dir.staging()).expect("staging");
+        for name in ["ca-key.pem", "ca.pem"] {
+            std::fs::write(dir.staging().join(name), "half").expect("staged");
+        }
+        recover(&dir).expect("recover");
+        assert_eq!(entries(tmp.path()), Vec::<String>::new());
+        let opts = InitOptions {
+            if_missing: true,
+            ..options(tmp.path())
+        };
+        assert!(matches!(run(&opts), Ok(Initialised::Created(_))));
+        assert_eq!(entries(tmp.path()), ALL);
+
+        // Killed while publishing: the marker written, two files already renamed. The run is
+        // finished, so the CA and the key next to it are the same run's.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        std::fs::create_dir(dir.staging()).expect("staging");
+        for name in ALL {
+            std::fs::write(dir.staging().join(name), format!("new {name}")).expect("staged");
+        }
+        std::fs::write(dir.staging().join(COMPLETE), "").expect("marker");
+        for name in ["ca-key.pem", "server-key.pem"] {
+            std::fs::rename(dir.staging().join(name), tmp.path().join(name)).expect("moved");
+        }
+        recover(&dir).expect("recover");
+        assert_eq!(entries(tmp.path()), ALL);
+        for name in ALL {
+            let text = std::fs::read_to_string(tmp.path().join(name)).expect("read");
+            assert_eq!(text, format!("new {name}"));
+        }
+    }
 }

@@ -202,28 +202,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if_missing,
             admin_ttl,
         } => {
-            let dir = DataDir::new(data_dir.clone());
-            if if_missing && dir.ca_cert().exists() {
-                println!(
-                    "{} already holds a fleet CA; nothing to do",
-                    dir.root().display()
-                );
-                return Ok(());
-            }
-            let path = init::run(&init::InitOptions {
-                data_dir: DataDir::new(data_dir),
+            let done = init::run(&init::InitOptions {
+                data_dir: DataDir::new(data_dir.clone()),
                 sans,
                 endpoint,
                 overwrite_ca,
+                if_missing,
                 ca_ttl: Duration::from_secs(10 * 365 * 86400),
                 server_ttl: Duration::from_secs(2 * 365 * 86400),
                 admin_ttl,
             })?;
-            println!("fleet CA created; operator credential: {}", path.display());
-            println!(
-                "next: skoala-coordinator serve --data-dir ... and skoalactl --config {}",
-                path.display()
-            );
+            match done {
+                init::Initialised::AlreadyThere => println!(
+                    "{} already holds a fleet CA; nothing to do",
+                    data_dir.display()
+                ),
+                init::Initialised::Created(path) => {
+                    println!("fleet CA created; operator credential: {}", path.display());
+                    println!(
+                        "next: skoala-coordinator serve --data-dir ... and skoalactl --config {}",
+                        path.display()
+                    );
+                }
+            }
             Ok(())
         }
         Command::Show { what, data_dir } => {

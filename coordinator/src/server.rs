@@ -70,6 +70,7 @@ fn read(path: PathBuf) -> anyhow::Result<String> {
 /// Runs the coordinator until SIGINT/SIGTERM.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let dir = &opts.data_dir;
+    crate::init::recover(dir)?;
     let ca_pem = read(dir.ca_cert())?;
     let ca = FleetCa::from_pem(&ca_pem, &read(dir.ca_key())?).context("loading the fleet CA")?;
     let tls_config =

@@ -26,7 +26,7 @@ pub mod plans;
 pub mod raw;
 
 pub use agent::{Agent, AgentOptions, Endpoint};
-pub use coordinator::{Coordinator, CoordinatorOptions};
+pub use coordinator::{Coordinator, CoordinatorOptions, DataDirSetup};
 pub use ctl::Ctl;
 pub use load::Load;
 

@@ -51,6 +51,68 @@ pub struct CoordinatorOptions {
     pub sans: Vec<String>,
 }
 
+/// A coordinator's data dir before it is served: a temporary folder, on a tmpfs of a set
+/// size if asked, where a test runs `init` (and sees it fail) before [`DataDirSetup::serve`].
+pub struct DataDirSetup {
+    /// Declared before `dir`: unmounted before the folder it sits in is removed.
+    data_mount: Option<Tmpfs>,
+    dir: tempfile::TempDir,
+}
+
+impl DataDirSetup {
+    /// A fresh, empty data dir; on a tmpfs of `bytes` (rounded up to pages) if given.
+    pub fn new(bytes: Option<u64>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("skoala-coordinator-")
+            .tempdir()?;
+        let data_mount = match bytes {
+            Some(bytes) => Some(Tmpfs::mount(&dir.path().join("data"), bytes)?),
+            None => None,
+        };
+        Ok(DataDirSetup { data_mount, dir })
+    }
+
+    /// The data dir.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs `skoala-coordinator init --data-dir` on it, with `--san` each of `sans`; its exit
+    /// status and output.
+    pub fn init(&self, sans: &[String]) -> anyhow::Result<std::process::Output> {
+        let mut init = Command::new(our_bin("skoala-coordinator"));
+        init.arg("init").arg("--data-dir").arg(self.path());
+        for san in sans {
+            init.arg("--san").arg(san);
+        }
+        init.output().context("running skoala-coordinator init")
+    }
+
+    /// Gives the tmpfs `bytes` of room (its files stay).
+    pub fn resize(&self, bytes: u64) -> anyhow::Result<()> {
+        self.data_mount
+            .as_ref()
+            .context("the data dir is not a tmpfs")?
+            .resize(bytes)
+    }
+
+    /// Serves the data dir `init` made, with `opts` (`data_dir_bytes` is not used: the data
+    /// dir exists).
+    pub async fn serve(self, opts: CoordinatorOptions) -> anyhow::Result<Coordinator> {
+        let mut c = Coordinator {
+            _data_mount: self.data_mount,
+            dir: self.dir,
+            opts,
+            addr: "127.0.0.1:0".parse()?,
+            metrics_addr: None,
+            child: None,
+            starts: 0,
+        };
+        c.spawn().await?;
+        Ok(c)
+    }
+}
+
 /// A running (or killed) coordinator and its data dir.
 pub struct Coordinator {
     /// Declared before `dir`: unmounted before the folder it sits in is removed.
@@ -75,37 +137,15 @@ impl Coordinator {
 
     /// Init + serve with `opts`.
     pub async fn start_with(opts: CoordinatorOptions) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("skoala-coordinator-")
-            .tempdir()?;
-        let data = dir.path().join("data");
-        let data_mount = match opts.data_dir_bytes {
-            Some(bytes) => Some(Tmpfs::mount(&data, bytes)?),
-            None => None,
-        };
-        let mut init = Command::new(our_bin("skoala-coordinator"));
-        init.arg("init").arg("--data-dir").arg(&data);
-        for san in &opts.sans {
-            init.arg("--san").arg(san);
-        }
-        let out = init.output().context("running skoala-coordinator init")?;
+        let setup = DataDirSetup::new(opts.data_dir_bytes)?;
+        let out = setup.init(&opts.sans)?;
         if !out.status.success() {
             bail!(
                 "skoala-coordinator init failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut c = Coordinator {
-            _data_mount: data_mount,
-            dir,
-            opts,
-            addr: "127.0.0.1:0".parse()?,
-            metrics_addr: None,
-            child: None,
-            starts: 0,
-        };
-        c.spawn().await?;
-        Ok(c)
+        setup.serve(opts).await
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
@@ -411,23 +451,33 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path, bytes: u64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(path)?;
+        let fs = Tmpfs {
+            path: path.to_path_buf(),
+        };
+        fs.mount_with(&["-t", "tmpfs"], &format!("size={bytes},mode=0700"))?;
+        Ok(fs)
+    }
+
+    /// Changes its size; the files on it stay.
+    fn resize(&self, bytes: u64) -> anyhow::Result<()> {
+        self.mount_with(&[], &format!("remount,size={bytes}"))
+    }
+
+    fn mount_with(&self, args: &[&str], options: &str) -> anyhow::Result<()> {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},mode=0700"))
-            .arg("skoala-test")
-            .arg(path)
+            .args(args)
+            .args(["-o", options, "skoala-test"])
+            .arg(&self.path)
             .output()
             .context("running mount (a tmpfs data dir needs root and util-linux)")?;
         if !out.status.success() {
             bail!(
-                "mounting a tmpfs at {}: {}",
-                path.display(),
+                "mount -o {options} of a tmpfs at {}: {}",
+                self.path.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(Tmpfs {
-            path: path.to_path_buf(),
-        })
+        Ok(())
     }
 }
 

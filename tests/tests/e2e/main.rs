@@ -30,6 +30,7 @@ mod coordinator_relay;
 mod coordinator_retention;
 mod demo;
 mod fault_disk_full;
+mod fault_init;
 mod fault_kill_under_load;
 mod fault_partition;
 mod inventory_helm;
