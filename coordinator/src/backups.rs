@@ -145,17 +145,7 @@ fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result
         .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     // Write under a temporary name and link it into place: the final name appears complete or
     // not at all, and `hard_link` fails rather than replace an existing backup.
-    // Unique per write, not only per process: the same backup delivered twice at once (a
-    // re-sent operation) must not share, and remove, one temporary file.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let tmp = folder.join(format!(
-        ".{}.{}-{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("backup"),
-        std::process::id(),
-        WRITES.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = temp_path(&path);
     let _ = std::fs::remove_file(&tmp);
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -190,6 +180,21 @@ fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result
         }
         Err(e) => Err(format!("cannot write {}: {e}", path.display())),
     }
+}
+
+/// A temporary name next to `path` for one write. Unique per write, not only per process:
+/// the same backup delivered twice at once (a re-sent operation) must not share, and remove,
+/// one temporary file.
+fn temp_path(path: &Path) -> PathBuf {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    path.with_file_name(format!(
+        ".{}.{}-{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("backup"),
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Keeps the newest `keep` generations of every cluster's release backups and deletes the rest;
@@ -309,6 +314,38 @@ mod tests {
             .expect("list")
             .count();
         assert_eq!(leftovers, 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_backup_never_share_a_temporary_file() {
+        let path = Path::new("/data/backups/c/skoala-init/2-op-1.yaml");
+        let names: Vec<PathBuf> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| (0..64).map(|_| temp_path(path)).collect::<Vec<_>>()))
+                .collect();
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().expect("writer"))
+                .collect()
+        });
+        let unique: std::collections::BTreeSet<&PathBuf> = names.iter().collect();
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "two writes shared a temporary name"
+        );
+        for name in &names {
+            assert_eq!(
+                name.parent(),
+                path.parent(),
+                "same folder: hard_link needs it"
+            );
+            let file = name.file_name().and_then(|n| n.to_str()).expect("name");
+            assert!(
+                file.starts_with(".2-op-1.yaml.") && file.ends_with(".tmp"),
+                "{file}"
+            );
+        }
     }
 
     #[tokio::test]
