@@ -207,7 +207,13 @@ impl<S: Store> Session<S> {
                     .then(|| quota.chart())
                     .flatten();
                 let Some(permit) = permit else {
-                    let _ = self.tx.try_send(Ok(chart_refused(&req.sha256)));
+                    // The agent's fetch waits for an answer, so the refusal waits for room like
+                    // a chunk does: the channel is full exactly while transfers stream, and a
+                    // refusal dropped there would leave the fetch waiting out its timeout. A
+                    // task of its own keeps this loop from stalling; at most
+                    // `Limits::hard_limit` of them, then the session closes.
+                    let (tx, refusal) = (self.tx.clone(), chart_refused(&req.sha256));
+                    tokio::spawn(async move { tx.send(Ok(refusal)).await });
                     let detail = format!(
                         "chart request for {} over the rate or the transfers in flight; refused",
                         req.sha256

@@ -428,6 +428,16 @@ impl Coordinator {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// `skoala_refusals_total{kind="<kind>"}`: every refusal of that audit kind, also those
+    /// the audit log only summarises; 0 when absent (or the metrics cannot be read).
+    pub async fn refusals(&self, kind: &str) -> u64 {
+        let text = self.metrics().await.unwrap_or_default();
+        let prefix = format!("skoala_refusals_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
     /// The value of an unlabelled metric, e.g. `skoala_agents_connected`.
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         let text = self.metrics().await?;

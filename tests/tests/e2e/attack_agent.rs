@@ -11,6 +11,7 @@ use serde_json::Value;
 use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::fleet::raw::{self, Creds, RawSession};
 use skoala_e2e::fleet::{Coordinator, Fleet};
+use skoala_e2e::wait;
 use skoala_proto::v1::{
     AgentMessage, BackupUpload, ChartRequest, Hello, StepPhase, StepProgress, TaskOutcome,
     TaskResult, agent_message::Body, coordinator_message,
@@ -243,5 +244,126 @@ async fn a_flood_from_one_agent_is_dropped_and_closes_only_its_session() -> anyh
     // The real agent never noticed.
     let work = ctl.wait_connected("work-1", true).await?;
     assert_eq!(work["connected"], true);
+    Ok(())
+}
+
+/// Bytes of the chart the cap test relays: more than the session's buffers hold (32 messages
+/// of 256 KiB in the session channel, HTTP/2's 2 MiB stream window), so while the hostile
+/// agent does not read, each transfer that started stays in flight.
+const BIG_CHART: usize = 16 * 1024 * 1024;
+/// Chart requests sent at once; the coordinator's cap is 2 transfers per session.
+const REQUESTS: usize = 8;
+const CAP: usize = 2;
+
+/// What came back for the chart requests: whole transfers, refusals, bytes.
+#[derive(Debug, Default)]
+struct ChartAnswers {
+    served: usize,
+    refused: Vec<String>,
+    bytes: usize,
+}
+
+/// Reads the session until `served` transfers ended and `refused` refusals came (pings and
+/// other messages skipped).
+async fn chart_answers(
+    session: &mut RawSession,
+    sha256: &str,
+    served: usize,
+    refused: usize,
+) -> anyhow::Result<ChartAnswers> {
+    let mut got = ChartAnswers::default();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while got.served < served || got.refused.len() < refused {
+            let m = session.inbound.message().await.map_err(|s| {
+                anyhow::anyhow!("the session closed: {s:?}; answers so far {got:?}")
+            })?;
+            let Some(m) = m else {
+                anyhow::bail!("the session ended: {got:?}");
+            };
+            if let Some(coordinator_message::Body::ChartChunk(c)) = m.body {
+                assert_eq!(c.sha256, sha256);
+                if !c.error.is_empty() {
+                    got.refused.push(c.error);
+                } else {
+                    got.bytes += c.data.len();
+                    got.served += usize::from(c.last);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the chart answers did not all come: {got:?}"))??;
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_transfers_beyond_the_cap_are_refused_and_the_session_goes_on() -> anyhow::Result<()>
+{
+    let fleet = Fleet::start(1).await?;
+    fleet.wait_connected(1).await?;
+    let coord = &fleet.coordinator;
+    // A chart in the relay cache, where `plan apply` of a relay plan puts it (as the
+    // benchmarks do): the coordinator serves it by digest to any joined agent.
+    let chart = vec![7u8; BIG_CHART];
+    let sha = sha256_hex(&chart);
+    let data_dir = skoala_coordinator::data_dir::DataDir::new(coord.data_dir());
+    let path = skoala_coordinator::relay::by_digest(&data_dir, &sha);
+    std::fs::create_dir_all(path.parent().expect("folder"))?;
+    std::fs::write(&path, &chart)?;
+    let (_creds, mut evil) = join(coord).await?;
+
+    // Many transfers asked for at once, and nothing read until the coordinator has answered
+    // every request: the transfers it started cannot finish meanwhile.
+    let request = || {
+        msg(Body::ChartRequest(ChartRequest {
+            sha256: sha.clone(),
+        }))
+    };
+    for _ in 0..REQUESTS {
+        evil.tx.send(request()).await?;
+    }
+    let over = (REQUESTS - CAP) as u64;
+    wait::until(
+        "the requests over the cap refused",
+        Duration::from_secs(60),
+        || async { (coord.refusals("session.quota_exceeded").await >= over).then_some(()) },
+    )
+    .await?;
+
+    let got = chart_answers(&mut evil, &sha, CAP, REQUESTS - CAP).await?;
+    assert_eq!(got.served, CAP, "{got:?}");
+    assert_eq!(got.bytes, CAP * BIG_CHART, "whole transfers: {got:?}");
+    assert_eq!(got.refused.len(), REQUESTS - CAP, "{got:?}");
+    for reason in &got.refused {
+        assert_eq!(
+            reason, "too many chart requests from this agent at once; retry later",
+            "{got:?}"
+        );
+    }
+    assert_eq!(
+        coord.refusals("session.quota_exceeded").await,
+        over,
+        "refused exactly the requests over the cap"
+    );
+
+    // The session goes on: with the transfers done, a chart is served again.
+    evil.tx.send(request()).await?;
+    let again = chart_answers(&mut evil, &sha, 1, 0).await?;
+    assert_eq!((again.bytes, again.refused.len()), (BIG_CHART, 0));
+
+    // Audited once for the session, naming the cap; the real agent never noticed.
+    let ctl = coord.ctl();
+    let audited = ctl.audit_of("session.quota_exceeded").await?;
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert_eq!(audited[0]["clusterId"], EVIL);
+    assert!(
+        audited[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("transfers in flight")),
+        "{audited:#?}"
+    );
+    ctl.wait_connected("hostile", true).await?;
+    ctl.wait_connected("work-1", true).await?;
     Ok(())
 }

@@ -35,19 +35,10 @@ const PER_IP: usize = 64;
 /// Upper bound on the time any defence here takes to act on a loaded 2-core machine.
 const ACT: Duration = Duration::from_secs(60);
 
-/// `skoala_refusals_total{kind="<kind>"}`, 0 when absent.
-async fn refusals(coord: &Coordinator, kind: &str) -> u64 {
-    let text = coord.metrics().await.unwrap_or_default();
-    let prefix = format!("skoala_refusals_total{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 /// Waits until `skoala_refusals_total{kind}` reaches `n`: every refusal is counted.
 async fn counted(coord: &Coordinator, kind: &str, n: usize) {
     wait::until(&format!("{n} refusals of {kind} counted"), ACT, || async {
-        (refusals(coord, kind).await == n as u64).then_some(())
+        (coord.refusals(kind).await == n as u64).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
