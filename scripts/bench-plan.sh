@@ -126,6 +126,19 @@ fleet() {
   fi
 }
 
+# `{skoala: <sha256>, skoala-init: <sha256>}` of $1's charts: the test repository is plain
+# http, so a plan must pin them (spec.repository.digests).
+digests() {
+  local version=$1 dir="$WORK/digests-$1" out=""
+  mkdir -p "$dir"
+  for chart in skoala skoala-init; do
+    [ -f "$dir/$chart-$version.tgz" ] ||
+      "$HELM" pull "$chart" --repo "$REPO_URL" --version "$version" -d "$dir" >/dev/null
+    out="$out${out:+, }$chart: $(sha256sum "$dir/$chart-$version.tgz" | cut -d' ' -f1)"
+  done
+  echo "{$out}"
+}
+
 plan_doc() {
   local name=$1 version=$2 extra=$3
   cat <<EOF
@@ -135,7 +148,7 @@ metadata: {name: $name}
 spec:
   version: $version
   chartSource: repo
-  repository: {name: skoala, url: $REPO_URL}
+  repository: {name: skoala, url: $REPO_URL, digests: $(digests "$version")}
 $extra
 EOF
 }

@@ -506,6 +506,7 @@ pub fn plan(task: &Task) -> Result<Planned, String> {
         Err(_) => return Err(format!("unknown CRD policy {}", r.crd_policy)),
     };
     spec.rollback_on_failure = !r.keep_failed_release;
+    spec.chart_sha256 = (!r.chart_sha256.is_empty()).then(|| r.chart_sha256.to_ascii_lowercase());
     spec.timeout = match r.timeout_seconds {
         s if s > 0 => Duration::from_secs(s as u64),
         _ => DEFAULT_TIMEOUT,
@@ -610,6 +611,16 @@ mod tests {
         let mut keep = task(TaskKind::Upgrade, repo());
         keep.release.as_mut().expect("release").keep_failed_release = true;
         assert!(!plan(&keep).expect("spec").spec.rollback_on_failure);
+        assert_eq!(spec.chart_sha256, None, "unset: not pinned");
+        let mut pinned = task(TaskKind::Upgrade, repo());
+        pinned.release.as_mut().expect("release").chart_sha256 = "AB".repeat(32);
+        assert_eq!(
+            plan(&pinned).expect("spec").spec.chart_sha256,
+            Some("ab".repeat(32)),
+            "the plan's pin reaches the executor"
+        );
+        pinned.release.as_mut().expect("release").chart_sha256 = "not-a-digest".into();
+        assert!(plan(&pinned).is_err(), "a malformed pin is refused");
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub struct CreateArgs {
     /// Chart repository URL [default: the vendor's].
     #[arg(long, value_name = "URL")]
     pub repository_url: Option<String>,
+    /// The sha256 of a chart archive at --version (repeatable: skoala and skoala-init);
+    /// required for an http:// repository URL.
+    #[arg(
+        long = "chart-digest",
+        value_name = "CHART=SHA256",
+        requires = "repository_url"
+    )]
+    pub chart_digests: Vec<String>,
     /// none | beforeWorkers | beforeEachWave.
     #[arg(long, value_name = "WHEN")]
     pub require_approval: Option<String>,
@@ -108,9 +116,17 @@ pub fn build(a: &CreateArgs) -> anyhow::Result<UpgradePlan> {
     s.chart_source = a.chart_source.clone();
     s.require_approval = a.require_approval.clone();
     if let Some(url) = &a.repository_url {
+        let mut digests = BTreeMap::new();
+        for d in &a.chart_digests {
+            let (chart, sha) = d
+                .split_once('=')
+                .with_context(|| format!("--chart-digest {d:?}: expected CHART=SHA256"))?;
+            digests.insert(chart.to_string(), sha.to_string());
+        }
         s.repository = Some(Repository {
             name: "skoala".into(),
             url: url.clone(),
+            digests,
         });
     }
     skoala_plan::validate(&doc)?;
@@ -142,6 +158,7 @@ mod tests {
             selectors: vec!["env=prod".into()],
             chart_source: Some("repo".into()),
             repository_url: None,
+            chart_digests: Vec::new(),
             require_approval: None,
         };
         let doc = build(&args).expect("valid");

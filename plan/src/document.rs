@@ -90,6 +90,12 @@ pub struct Repository {
     pub name: String,
     /// Its URL.
     pub url: String,
+    /// The sha256 of each chart archive (`skoala`, `skoala-init`) at the plan's version, as
+    /// `sha256:<hex>` or `<hex>`: every executor refuses an archive that differs, before it
+    /// changes anything. Required for a repository over plain `http://`, whose answers anyone
+    /// on the path could change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
 }
 
 /// A maintenance window: either a cron `schedule` with a `duration`, or `days` with a

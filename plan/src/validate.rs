@@ -10,7 +10,8 @@ use std::fmt;
 
 use jiff::SignedDuration;
 
-use crate::document::{API_VERSION, IntOrPercent, KIND, UpgradePlan, WindowSpec};
+use crate::document::{API_VERSION, IntOrPercent, KIND, Repository, UpgradePlan, WindowSpec};
+use crate::profile::SKOALA;
 use crate::window::{Window, WindowError, parse_duration};
 
 /// The default chart repository's name (the vendor's).
@@ -111,6 +112,8 @@ pub struct Plan {
     pub repository_name: String,
     /// The repository's URL.
     pub repository_url: String,
+    /// `spec.repository.digests`: chart name → lower-case hex sha256 its archive must have.
+    pub chart_digests: BTreeMap<String, String>,
     /// Whether workers pull the chart themselves or get it relayed.
     pub chart_source: ChartSource,
     /// `None`: no window, upgrades may start at any time.
@@ -143,6 +146,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The sha256 `chart`'s archive must have, when the plan pins one.
+    pub fn chart_digest(&self, chart: &str) -> Option<String> {
+        self.chart_digests.get(chart).cloned()
+    }
+
     /// The image tag every value key gets for this plan's version.
     pub fn image_tag(&self) -> String {
         format!("v{}", self.version)
@@ -172,6 +180,47 @@ impl Plan {
             None => Ok(self.window.as_ref()),
         }
     }
+}
+
+/// `spec.repository.digests`: one well-formed sha256 per chart the plan installs, and both
+/// of them for a repository over plain `http://` (its index and archives could be changed by
+/// anyone on the path; https and oci are authenticated by TLS). Returns chart → hex.
+fn check_digests(r: &Repository, err: &mut impl FnMut(&str, String)) -> BTreeMap<String, String> {
+    let charts = [SKOALA.control_plane.chart, SKOALA.worker.chart];
+    let mut digests = BTreeMap::new();
+    for (chart, digest) in &r.digests {
+        let field = format!("spec.repository.digests.{chart}");
+        if !charts.contains(&chart.as_str()) {
+            err(
+                &field,
+                format!("a plan installs only the charts {}", charts.join(" and ")),
+            );
+            continue;
+        }
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            err(
+                &field,
+                format!(
+                    "must be a sha256, 64 hex digits (optionally after `sha256:`), got {digest:?}"
+                ),
+            );
+            continue;
+        }
+        digests.insert(chart.clone(), hex.to_ascii_lowercase());
+    }
+    if r.url.starts_with("http://") {
+        for chart in charts.iter().filter(|c| !r.digests.contains_key(**c)) {
+            err(
+                &format!("spec.repository.digests.{chart}"),
+                format!(
+                    "required: the repository {} is plain http://, so the plan must pin the sha256 of the {chart} archive at its version (`sha256sum {chart}-<version>.tgz`), or use an https:// or oci:// repository",
+                    r.url
+                ),
+            );
+        }
+    }
+    digests
 }
 
 /// Checks a document and fills in defaults.
@@ -221,6 +270,10 @@ pub fn validate(doc: &UpgradePlan) -> Result<Plan, PlanErrors> {
             DEFAULT_REPOSITORY_NAME.to_string(),
             DEFAULT_REPOSITORY_URL.to_string(),
         ),
+    };
+    let chart_digests = match &spec.repository {
+        Some(r) => check_digests(r, &mut err),
+        None => BTreeMap::new(),
     };
 
     let chart_source = match spec.chart_source.as_deref() {
@@ -340,6 +393,7 @@ pub fn validate(doc: &UpgradePlan) -> Result<Plan, PlanErrors> {
         version: spec.version.clone(),
         repository_name,
         repository_url,
+        chart_digests,
         chart_source,
         window,
         named_windows,
@@ -447,6 +501,75 @@ spec:
   strategy: {canary: 1, maxConcurrency: 10%, maxFailures: 2, rollbackOnFailure: true}
   clusters: {matchLabels: {env: prod}}
 "#;
+
+    /// `EXAMPLE` with another `repository` line.
+    fn with_repository(repository: &str) -> Result<Plan, PlanErrors> {
+        let yaml = EXAMPLE.replace(
+            "  repository: {name: skoala, url: https://release.daocloud.io/chartrepo/skoala}",
+            &format!("  repository: {repository}"),
+        );
+        validate(&UpgradePlan::from_yaml(&yaml).expect("parses"))
+    }
+
+    #[test]
+    fn a_plain_http_repository_needs_a_digest_for_each_chart() {
+        let a = "a".repeat(64);
+        let b = "B".repeat(64);
+        let refused = with_repository("{name: skoala, url: http://charts.example}")
+            .expect_err("http without digests");
+        let text = refused.to_string();
+        for field in [
+            "spec.repository.digests.skoala:",
+            "spec.repository.digests.skoala-init:",
+        ] {
+            assert!(text.contains(field), "{text}");
+        }
+        assert!(text.contains("plain http://"), "{text}");
+        let half = with_repository(&format!(
+            "{{name: skoala, url: http://charts.example, digests: {{skoala: {a}}}}}"
+        ))
+        .expect_err("one chart unpinned");
+        assert!(
+            half.to_string()
+                .contains("spec.repository.digests.skoala-init:")
+                && !half.to_string().contains("spec.repository.digests.skoala:"),
+            "{half}"
+        );
+
+        let pinned = with_repository(&format!(
+            "{{name: skoala, url: http://charts.example, digests: {{skoala: \"sha256:{a}\", skoala-init: {b}}}}}"
+        ))
+        .expect("both pinned");
+        assert_eq!(pinned.chart_digest("skoala"), Some(a.clone()));
+        assert_eq!(
+            pinned.chart_digest("skoala-init"),
+            Some(b.to_ascii_lowercase()),
+            "kept as lower-case hex"
+        );
+
+        for bad in [
+            format!("{{skoala: {a}, skoala-init: nope}}"),
+            format!("{{skoala: {a}, skoala-init: {b}, other: {a}}}"),
+            format!("{{skoala: \"md5:{a}\", skoala-init: {b}}}"),
+        ] {
+            let refused = with_repository(&format!(
+                "{{name: skoala, url: http://charts.example, digests: {bad}}}"
+            ))
+            .expect_err("a malformed digest or an unknown chart");
+            assert!(
+                refused.to_string().contains("spec.repository.digests."),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn https_and_oci_repositories_need_no_digest() {
+        for url in ["https://charts.example", "oci://registry.example/charts"] {
+            let plan = with_repository(&format!("{{name: skoala, url: {url}}}")).expect(url);
+            assert!(plan.chart_digests.is_empty());
+        }
+    }
 
     #[test]
     fn the_design_example_validates_with_its_settings() {

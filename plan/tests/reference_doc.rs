@@ -18,6 +18,7 @@ const MAP_FIELDS: &[&str] = &[
     "metadata.annotations",
     "spec.windows",
     "spec.clusters.matchLabels",
+    "spec.repository.digests",
 ];
 
 fn reference() -> String {
@@ -49,6 +50,7 @@ fn everything() -> UpgradePlan {
             repository: Some(Repository {
                 name: "skoala".into(),
                 url: "https://x".into(),
+                digests: map.clone(),
             }),
             chart_source: Some("relay".into()),
             window: Some(window.clone()),

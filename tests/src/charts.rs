@@ -34,6 +34,23 @@ pub async fn start_repo() -> anyhow::Result<ChartRepo> {
         .context("starting the test chart repository")
 }
 
+/// `{skoala: <sha256>, skoala-init: <sha256>}`: the plan's `spec.repository.digests` for
+/// `version` in `repo`, which serves over plain http (so a plan must pin them). A version the
+/// repository lacks gets a well-formed digest of zeros, so the plan reaches the coordinator's
+/// own check (which names the missing version).
+pub fn digests_yaml(repo: &ChartRepo, version: &str) -> String {
+    let digest = |chart: &str| {
+        repo.chart(chart, version)
+            .map(|c| c.digest.clone())
+            .unwrap_or_else(|| "0".repeat(64))
+    };
+    format!(
+        "{{skoala: {}, skoala-init: {}}}",
+        digest("skoala"),
+        digest("skoala-init")
+    )
+}
+
 /// A private helm home (config, cache, data, repositories) in a temporary folder.
 pub struct HelmHome {
     dir: tempfile::TempDir,

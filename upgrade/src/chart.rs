@@ -89,6 +89,15 @@ pub async fn fetch(session: &impl RunHelm, spec: &ReleaseSpec) -> Result<Fetched
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| ChartError::new(format!("reading {}: {e}", path.display())))?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(pinned) = &spec.chart_sha256
+        && !sha256.eq_ignore_ascii_case(pinned)
+    {
+        return Err(ChartError::new(format!(
+            "chart {} {} has sha256 {sha256}, but the plan pins {pinned} (spec.repository.digests.{}): refusing it, nothing was changed",
+            spec.chart, spec.version, spec.chart
+        )));
+    }
     let (name, version) =
         metadata(&bytes).map_err(|e| ChartError::new(format!("{}: {e}", path.display())))?;
     if name != spec.chart || version != spec.version {
@@ -100,7 +109,7 @@ pub async fn fetch(session: &impl RunHelm, spec: &ReleaseSpec) -> Result<Fetched
         )));
     }
     Ok(FetchedChart {
-        sha256: sha256_hex(&bytes),
+        sha256,
         path,
         bytes,
     })

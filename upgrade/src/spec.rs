@@ -77,6 +77,10 @@ pub struct ReleaseSpec {
     /// the outcome is [`crate::Outcome::Failed`]. Recovering a crashed attempt's `pending-*`
     /// release is not a failure of this operation and always rolls back.
     pub rollback_on_failure: bool,
+    /// The sha256 (lower-case hex) the fetched archive must have, whatever the source: a plan
+    /// pins it for a repository over plain http, whose answers anyone on the path could
+    /// change. Checked in the chart step, before anything changes. `None`: not pinned.
+    pub chart_sha256: Option<String>,
 }
 
 impl ReleaseSpec {
@@ -102,6 +106,7 @@ impl ReleaseSpec {
             delete_jobs: Vec::new(),
             timeout: Duration::from_secs(300),
             rollback_on_failure: true,
+            chart_sha256: None,
         }
     }
 
@@ -171,10 +176,15 @@ impl ReleaseSpec {
                 }
             }
             ChartSource::Archive { sha256, .. } => {
-                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if !is_sha256(sha256) {
                     return Err(SpecError::new("archive sha256", "must be 64 hex digits"));
                 }
             }
+        }
+        if let Some(pinned) = &self.chart_sha256
+            && !is_sha256(pinned)
+        {
+            return Err(SpecError::new("chart sha256", "must be 64 hex digits"));
         }
         Ok(())
     }
@@ -195,6 +205,11 @@ impl ReleaseSpec {
         }
         Ok(())
     }
+}
+
+/// 64 hex digits.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A spec field that is not acceptable.

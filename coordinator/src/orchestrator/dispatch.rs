@@ -153,6 +153,7 @@ pub fn worker_task(
             delete_jobs: w.delete_jobs.iter().map(|k| k.to_string()).collect(),
             timeout_seconds: i32::try_from(helm_timeout.as_secs()).unwrap_or(i32::MAX),
             keep_failed_release: !plan.rollback_on_failure,
+            chart_sha256: plan.chart_digest(w.chart).unwrap_or_default(),
             ..Default::default()
         }),
         start_deadline_unix: jiff::Timestamp::now().as_second() + START_DEADLINE.as_secs() as i64,
@@ -189,6 +190,7 @@ pub(super) fn control_plane_spec(
     spec.delete_jobs = cp.delete_jobs.iter().map(|k| k.to_string()).collect();
     spec.timeout = helm_timeout;
     spec.rollback_on_failure = plan.rollback_on_failure;
+    spec.chart_sha256 = plan.chart_digest(cp.chart);
     spec
 }
 

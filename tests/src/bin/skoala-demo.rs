@@ -37,14 +37,16 @@ const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The plan the demo applies: the DESIGN.md example, with a window that is open now (every
 /// minute for an hour, in Shanghai time) so the demo does not wait for Saturday.
-fn plan_yaml(repo_url: &str) -> String {
+fn plan_yaml(repo: &skoala_sim::chart_repo::ChartRepo) -> String {
+    let repo_url = repo.url();
+    let digests = skoala_e2e::charts::digests_yaml(repo, TO);
     format!(
         "apiVersion: fleet.skoala.io/v1alpha1
 kind: UpgradePlan
 metadata: {{name: {PLAN}}}
 spec:
   version: {TO}
-  repository: {{name: skoala, url: \"{repo_url}\"}}
+  repository: {{name: skoala, url: \"{repo_url}\", digests: {digests}}}
   chartSource: relay
   window: {{schedule: \"* * * * *\", duration: 1h, timeZone: Asia/Shanghai}}
   strategy: {{canary: 1, maxConcurrency: 2, maxFailures: 0, rollbackOnFailure: true}}
@@ -184,8 +186,8 @@ async fn main() -> anyhow::Result<()> {
         "applying a plan to {TO}: control plane first, one canary, then waves of 2"
     ));
     let plan_file = home.path().join("plan.yaml");
-    std::fs::write(&plan_file, plan_yaml(&repo.url()))?;
-    println!("\n{}", plan_yaml(&repo.url()));
+    std::fs::write(&plan_file, plan_yaml(&repo))?;
+    println!("\n{}", plan_yaml(&repo));
     ctl.ok(&["plan", "apply", "-f", &plan_file.display().to_string()])
         .await
         .context("skoalactl plan apply")?;

@@ -285,8 +285,8 @@ impl PlanView for PlanFleet {
         self.fleet.coordinator.ctl()
     }
 
-    fn repo_url(&self) -> String {
-        self.repo.url()
+    fn repo(&self) -> &ChartRepo {
+        &self.repo
     }
 
     fn scratch(&self) -> &Path {
@@ -325,8 +325,12 @@ impl PlanView for PlanFleet {
 pub trait PlanView {
     /// `skoalactl` with the operator credential.
     fn ctl(&self) -> super::Ctl;
+    /// The test chart repository (plain http: plans pin its digests).
+    fn repo(&self) -> &ChartRepo;
     /// The test chart repository's URL.
-    fn repo_url(&self) -> String;
+    fn repo_url(&self) -> String {
+        self.repo().url()
+    }
     /// A folder for plan files.
     fn scratch(&self) -> &Path;
     /// The coordinator's log, for failure messages.
@@ -339,8 +343,9 @@ pub trait PlanView {
     /// A plan document upgrading every cluster to `version` from the test repository.
     fn plan_yaml(&self, name: &str, version: &str, extra_spec: &str) -> String {
         let mut doc = format!(
-            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n  chartSource: repo\n  repository:\n    name: skoala\n    url: {}\n",
-            self.repo_url()
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata:\n  name: {name}\nspec:\n  version: {version}\n  chartSource: repo\n  repository:\n    name: skoala\n    url: {}\n    digests: {}\n",
+            self.repo_url(),
+            crate::charts::digests_yaml(self.repo(), version)
         );
         for line in extra_spec.lines() {
             doc.push_str("  ");

@@ -183,8 +183,8 @@ impl PlanView for RealFleet {
         self.coordinator.ctl()
     }
 
-    fn repo_url(&self) -> String {
-        self.repo.url()
+    fn repo(&self) -> &ChartRepo {
+        &self.repo
     }
 
     fn scratch(&self) -> &Path {

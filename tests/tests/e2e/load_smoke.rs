@@ -150,8 +150,9 @@ async fn a_plan_fans_out_to_fifty_simulated_agents_then_rolls_out_ten_at_a_time(
         .expect("all simulated agents connected");
     let plan = |name: &str, version: &str, spec: &str| {
         format!(
-            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n  chartSource: repo\n  repository: {{name: skoala, url: {}}}\n{spec}",
-            repo.url()
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  version: {version}\n  chartSource: repo\n  repository: {{name: skoala, url: {}, digests: {}}}\n{spec}",
+            repo.url(),
+            skoala_e2e::charts::digests_yaml(&repo, version)
         )
     };
 

@@ -61,6 +61,11 @@ async fn apply_refuses_an_empty_selection_and_a_skewed_fleet_without_force() -> 
     // With --force (built by `plan create`, applied in one go) the plan runs and converges
     // everything, the hand-upgraded cluster included.
     let url = pf.repo.url();
+    // The test repository is plain http: the plan pins each chart's digest.
+    let digest = |chart: &str| {
+        let c = pf.repo.chart(chart, "0.19.2").expect("in the repository");
+        format!("{chart}=sha256:{}", c.digest)
+    };
     let created = ctl
         .run(&[
             "plan",
@@ -74,6 +79,10 @@ async fn apply_refuses_an_empty_selection_and_a_skewed_fleet_without_force() -> 
             "100%",
             "--repository-url",
             &url,
+            "--chart-digest",
+            &digest("skoala"),
+            "--chart-digest",
+            &digest("skoala-init"),
             "--apply",
             "--force",
         ])
@@ -99,5 +108,72 @@ async fn apply_refuses_an_empty_selection_and_a_skewed_fleet_without_force() -> 
     }
     let skew = ctl.run(&["skew"]).await?;
     assert!(skew.success, "no skew at the end: {}", skew.stdout);
+    Ok(())
+}
+
+/// Issue 14, finding 9: a repository over plain `http://` (the test repository is one) could
+/// be answered by anyone on the path. A plan naming one without pinning each chart's sha256 is
+/// refused at apply, naming the field; one pinning a wrong digest fails at the executor's chart
+/// step, before anything in any cluster changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_repository_needs_pinned_digests_and_a_wrong_one_changes_nothing()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 1,
+        ..Default::default()
+    })
+    .await?;
+    let ctl = pf.ctl();
+    let pinned = pf.plan_yaml("unpinned", "0.19.2", "strategy: {canary: 0}");
+    let digests_line = pinned
+        .lines()
+        .find(|l| l.trim_start().starts_with("digests:"))
+        .expect("plan_yaml pins the test repository's digests")
+        .to_string();
+
+    let refused = pf.apply(&pinned.replace(&digests_line, "")).await?;
+    assert!(!refused.success, "an unpinned http repository is refused");
+    for needle in [
+        "spec.repository.digests.skoala:",
+        "spec.repository.digests.skoala-init:",
+        "plain http://",
+    ] {
+        assert!(
+            refused.stderr.contains(needle),
+            "{needle:?} missing: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(ctl.ok(&["plan", "list", "-o", "json"]).await?.trim(), "[]");
+
+    // The control plane's chart pinned to another digest: its executor refuses the archive it
+    // fetched, and the control plane failing ends the plan before any worker.
+    let good = pf
+        .repo
+        .chart("skoala", "0.19.2")
+        .expect("chart")
+        .digest
+        .clone();
+    let wrong = "0".repeat(64);
+    let applied = pf
+        .apply(
+            &pf.plan_yaml("wrong-digest", "0.19.2", "strategy: {canary: 0}")
+                .replace(&good, &wrong),
+        )
+        .await?;
+    assert!(applied.success, "well-formed: {}", applied.stderr);
+    let plan = pf
+        .wait_phase("wrong-digest", &["failed"], PLAN_TIMEOUT)
+        .await?;
+    let text = plan.to_string();
+    assert!(
+        text.contains(&format!("has sha256 {good}, but the plan pins {wrong}"))
+            && text.contains("spec.repository.digests.skoala"),
+        "the failure names both digests and the field: {plan:#}"
+    );
+    for name in pf.cluster_names() {
+        let h = pf.history(&name).await?;
+        assert_eq!(h.len(), 1, "{name} untouched (only its install): {h:#?}");
+    }
     Ok(())
 }

@@ -532,7 +532,11 @@ async fn the_crd_step_acts_at_the_moment_its_policy_names() {
 
 #[tokio::test]
 async fn preflight_reads_and_writes_nothing() {
-    let case = Case::new();
+    let mut case = Case::new();
+    // A pin that matches the archive passes (upper-case hex too).
+    if let ChartSource::Archive { sha256, .. } = &case.spec.source {
+        case.spec.chart_sha256 = Some(sha256.to_ascii_uppercase());
+    }
     let (report, _) = case.run_as(OP, Mode::Preflight).await;
     assert_eq!(report.outcome, Outcome::Succeeded, "{}", report.message);
     assert_eq!(steps(&report), [(Preflight, Succeeded), (Chart, Succeeded)]);
@@ -552,6 +556,9 @@ async fn refusals_come_before_the_first_write() {
     if let ChartSource::Archive { sha256, .. } = &mut wrong_sum.spec.source {
         *sha256 = "0".repeat(64);
     }
+    // The plan pins another digest than the archive has (a repository over plain http).
+    let mut wrong_pin = Case::new();
+    wrong_pin.spec.chart_sha256 = Some("1".repeat(64));
     let denied = Case::new();
     denied.world.lock().faults.denied = vec!["create core/secrets".into()];
     let missing = Case::new();
@@ -559,6 +566,11 @@ async fn refusals_come_before_the_first_write() {
 
     for (case, step, says) in [
         (wrong_sum, Chart, "expected 0000"),
+        (
+            wrong_pin,
+            Chart,
+            "but the plan pins 1111111111111111111111111111111111111111111111111111111111111111 (spec.repository.digests.skoala-init)",
+        ),
         (
             denied,
             Preflight,
