@@ -207,13 +207,7 @@ impl<S: Store> Session<S> {
                     .then(|| quota.chart())
                     .flatten();
                 let Some(permit) = permit else {
-                    // The agent's fetch waits for an answer, so the refusal waits for room like
-                    // a chunk does: the channel is full exactly while transfers stream, and a
-                    // refusal dropped there would leave the fetch waiting out its timeout. A
-                    // task of its own keeps this loop from stalling; at most
-                    // `Limits::hard_limit` of them, then the session closes.
-                    let (tx, refusal) = (self.tx.clone(), chart_refused(&req.sha256));
-                    tokio::spawn(async move { tx.send(Ok(refusal)).await });
+                    self.refuse(chart_refused(&req.sha256));
                     let detail = format!(
                         "chart request for {} over the rate or the transfers in flight; refused",
                         req.sha256
@@ -230,10 +224,10 @@ impl<S: Store> Session<S> {
             Some(Body::BackupUpload(upload)) => {
                 let op = upload.operation_id.clone();
                 if !ctx.orchestrator.sent_to(&self.cluster_id, &op) {
-                    let _ = self.tx.try_send(Ok(backup_refused(
+                    self.refuse(backup_refused(
                         &upload,
                         "no such operation for this cluster",
-                    )));
+                    ));
                     let detail = format!(
                         "backup upload for operation {op:?}, which was never sent to this cluster or has finished; not stored"
                     );
@@ -246,10 +240,7 @@ impl<S: Store> Session<S> {
                     .then(|| quota.upload(upload.values_yaml.len()))
                     .flatten();
                 let Some(permit) = permit else {
-                    let _ = self.tx.try_send(Ok(backup_refused(
-                        &upload,
-                        "over this agent's upload quota",
-                    )));
+                    self.refuse(backup_refused(&upload, "over this agent's upload quota"));
                     let detail = format!(
                         "backup upload for {op:?} ({} bytes) over the rate or the bytes in flight; not stored",
                         upload.values_yaml.len()
@@ -280,6 +271,16 @@ impl<S: Store> Session<S> {
             None => {}
         }
         Ok(())
+    }
+
+    /// Sends a refusal the agent waits for (a chart fetch, a backup upload's acknowledgement).
+    /// It waits for room like a chunk does: the channel is full exactly while transfers stream,
+    /// and a refusal dropped there would leave the agent waiting out its timeout. A task of its
+    /// own keeps the session loop from stalling; a refusal is also a strike, so at most
+    /// `Limits::hard_limit` of them wait before the session closes.
+    fn refuse(&self, refusal: CoordinatorMessage) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move { tx.send(Ok(refusal)).await });
     }
 
     /// Counts a dropped message: the first of its kind in this session is audited (throttled

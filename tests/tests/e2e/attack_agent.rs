@@ -254,40 +254,54 @@ const BIG_CHART: usize = 16 * 1024 * 1024;
 /// Chart requests sent at once; the coordinator's cap is 2 transfers per session.
 const REQUESTS: usize = 8;
 const CAP: usize = 2;
+/// Backup uploads for operations never sent, refused while the transfers fill the channel.
+const BACKUPS: usize = 3;
 
-/// What came back for the chart requests: whole transfers, refusals, bytes.
+/// What came back for the chart requests: whole transfers, refusals, bytes; and the refusals
+/// of backup uploads.
 #[derive(Debug, Default)]
 struct ChartAnswers {
     served: usize,
     refused: Vec<String>,
     bytes: usize,
+    backups_refused: Vec<String>,
 }
 
-/// Reads the session until `served` transfers ended and `refused` refusals came (pings and
-/// other messages skipped).
+/// Reads the session until `served` transfers ended, `refused` chart refusals and
+/// `backups_refused` backup refusals came (pings and other messages skipped).
 async fn chart_answers(
     session: &mut RawSession,
     sha256: &str,
     served: usize,
     refused: usize,
+    backups_refused: usize,
 ) -> anyhow::Result<ChartAnswers> {
     let mut got = ChartAnswers::default();
     tokio::time::timeout(Duration::from_secs(120), async {
-        while got.served < served || got.refused.len() < refused {
+        while got.served < served
+            || got.refused.len() < refused
+            || got.backups_refused.len() < backups_refused
+        {
             let m = session.inbound.message().await.map_err(|s| {
                 anyhow::anyhow!("the session closed: {s:?}; answers so far {got:?}")
             })?;
             let Some(m) = m else {
                 anyhow::bail!("the session ended: {got:?}");
             };
-            if let Some(coordinator_message::Body::ChartChunk(c)) = m.body {
-                assert_eq!(c.sha256, sha256);
-                if !c.error.is_empty() {
-                    got.refused.push(c.error);
-                } else {
-                    got.bytes += c.data.len();
-                    got.served += usize::from(c.last);
+            match m.body {
+                Some(coordinator_message::Body::ChartChunk(c)) => {
+                    assert_eq!(c.sha256, sha256);
+                    if !c.error.is_empty() {
+                        got.refused.push(c.error);
+                    } else {
+                        got.bytes += c.data.len();
+                        got.served += usize::from(c.last);
+                    }
                 }
+                Some(coordinator_message::Body::BackupStored(b)) => {
+                    got.backups_refused.push(b.error);
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -330,8 +344,24 @@ async fn chart_transfers_beyond_the_cap_are_refused_and_the_session_goes_on() ->
         || async { (coord.refusals("session.quota_exceeded").await >= over).then_some(()) },
     )
     .await?;
+    // Backup uploads refused while the channel is full: the agent waits for each answer too.
+    for i in 0..BACKUPS {
+        let op = format!("made-up.{EVIL}.upgrade-{i}");
+        evil.tx
+            .send(msg(Body::BackupUpload(upload(&op, 1))))
+            .await?;
+    }
+    wait::until(
+        "the backup uploads refused",
+        Duration::from_secs(60),
+        || async {
+            let n = coord.refusals("session.unexpected_operation").await;
+            (n >= BACKUPS as u64).then_some(())
+        },
+    )
+    .await?;
 
-    let got = chart_answers(&mut evil, &sha, CAP, REQUESTS - CAP).await?;
+    let got = chart_answers(&mut evil, &sha, CAP, REQUESTS - CAP, BACKUPS).await?;
     assert_eq!(got.served, CAP, "{got:?}");
     assert_eq!(got.bytes, CAP * BIG_CHART, "whole transfers: {got:?}");
     assert_eq!(got.refused.len(), REQUESTS - CAP, "{got:?}");
@@ -342,6 +372,11 @@ async fn chart_transfers_beyond_the_cap_are_refused_and_the_session_goes_on() ->
         );
     }
     assert_eq!(
+        got.backups_refused,
+        vec!["backup not stored: no such operation for this cluster"; BACKUPS],
+        "every refused upload answered: {got:?}"
+    );
+    assert_eq!(
         coord.refusals("session.quota_exceeded").await,
         over,
         "refused exactly the requests over the cap"
@@ -349,7 +384,7 @@ async fn chart_transfers_beyond_the_cap_are_refused_and_the_session_goes_on() ->
 
     // The session goes on: with the transfers done, a chart is served again.
     evil.tx.send(request()).await?;
-    let again = chart_answers(&mut evil, &sha, 1, 0).await?;
+    let again = chart_answers(&mut evil, &sha, 1, 0, 0).await?;
     assert_eq!((again.bytes, again.refused.len()), (BIG_CHART, 0));
 
     // Audited once for the session, naming the cap; the real agent never noticed.
