@@ -42,6 +42,10 @@ use crate::relay::ChartCache;
 /// it gives up on the operation (nothing changed but the backup Secret in the cluster).
 pub const BACKUP_ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the Hello waits for the operation records ([`TaskRunner::unfinished`]): one GET
+/// per tracked release, which a healthy API server answers in milliseconds.
+pub const RECORDS_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many messages may wait for a session. Progress is small and tasks are rare; if the
 /// coordinator is away this long, the oldest progress is what matters least.
 const OUTBOX: usize = 256;
@@ -181,11 +185,33 @@ impl TaskRunner {
     /// Operations recorded in the cluster as still running that this process is not running:
     /// a previous agent died mid-task. Hello lists them so the coordinator re-sends them, and
     /// the executor then recovers the release (invariant 2: never left stuck).
+    ///
+    /// Read within [`RECORDS_READ_TIMEOUT`]: the Hello waits for this list, so a hung API
+    /// server would otherwise keep the agent from reconnecting at all. Past the deadline the
+    /// list holds what was read by then, and a warning says so.
     pub async fn unfinished(&self) -> Vec<String> {
-        let Some((client, tracked)) = &self.records else {
-            return Vec::new();
-        };
+        self.unfinished_within(RECORDS_READ_TIMEOUT).await
+    }
+
+    async fn unfinished_within(&self, deadline: Duration) -> Vec<String> {
         let mut out = Vec::new();
+        if tokio::time::timeout(deadline, self.read_unfinished(&mut out))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listed = out.len(),
+                "the operation records could not all be read within {deadline:?} (API server slow or hung); the Hello lists only the unfinished operations read by then"
+            );
+        }
+        out
+    }
+
+    /// Appends to `out` as each record is read, so a deadline keeps what was found.
+    async fn read_unfinished(&self, out: &mut Vec<String>) {
+        let Some((client, tracked)) = &self.records else {
+            return;
+        };
         for t in tracked {
             let mut store = RecordStore::new(client, &t.namespace, &t.release);
             match store.load().await {
@@ -200,7 +226,6 @@ impl TaskRunner {
                 }
             }
         }
-        out
     }
 
     /// Handles a task; returns the immediate answer, if any.
@@ -559,6 +584,40 @@ fn set_values(values: &HashMap<String, String>) -> Result<Option<serde_yaml::Map
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An API server that accepts connections and never answers (kube's own read timeout is
+    /// minutes): the Hello's list must still come within its deadline, empty.
+    #[tokio::test]
+    async fn unfinished_operations_are_listed_within_a_deadline_when_the_api_server_hangs() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let tracked = TrackedRelease {
+            release: "skoala-init".into(),
+            namespace: "skoala-system".into(),
+            image_tag_keys: Vec::new(),
+        };
+        let (runner, _outbox) =
+            TaskRunner::new(Err("no helm".into()), Some((client, vec![tracked])));
+
+        let listed = tokio::time::timeout(
+            Duration::from_secs(20),
+            runner.unfinished_within(Duration::from_millis(300)),
+        )
+        .await
+        .expect("the list came within the deadline, not after kube's read timeout");
+        assert!(listed.is_empty(), "{listed:?}");
+        held.abort();
+    }
 
     fn task(kind: TaskKind, source: Option<pb::chart_source::Source>) -> Task {
         Task {
