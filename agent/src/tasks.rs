@@ -82,13 +82,21 @@ pub struct TaskRunner {
     records: Option<(kube::Client, Vec<TrackedRelease>)>,
     /// Relayed charts, by digest.
     charts: Arc<ChartCache>,
-    /// Backups uploaded and not yet acknowledged: (operation id, generation) → the waiting
-    /// executor.
+    /// Backups uploaded and not yet acknowledged: (operation id, generation) → the upload and
+    /// the waiting executor. Kept so a new session can send them again: the coordinator may
+    /// have died between storing one and confirming it. Bounded by the running tasks (each
+    /// waits for one acknowledgement at a time, and removes its entry when it stops waiting).
     acks: Arc<Mutex<PendingAcks>>,
 }
 
 /// Uploaded backups awaiting `BackupStored`, by (operation id, generation).
-type PendingAcks = HashMap<(String, i32), oneshot::Sender<Result<(), String>>>;
+type PendingAcks = HashMap<(String, i32), PendingAck>;
+
+/// One upload awaiting `BackupStored`: what to send again, and who waits for the answer.
+struct PendingAck {
+    upload: BackupUpload,
+    waiter: oneshot::Sender<Result<(), String>>,
+}
 
 /// What a task asks for, checked: the executor's spec and the kind's extras.
 #[derive(Debug)]
@@ -137,9 +145,21 @@ impl TaskRunner {
         self.charts.cached()
     }
 
-    /// A new session is up: ask again for relayed charts whose transfer the last one cut.
+    /// A new session is up: ask again for relayed charts whose transfer the last one cut, and
+    /// send again the backups not yet confirmed (the coordinator confirms an identical repeat).
     pub fn resume_transfers(&self) {
         self.charts.resume(&self.outbox);
+        let pending: Vec<BackupUpload> = self
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|p| p.upload.clone())
+            .collect();
+        for upload in pending {
+            tracing::info!(operation = %upload.operation_id, generation = upload.generation, "values backup not confirmed yet; sending it again");
+            let _ = self.outbox.try_send(Body::BackupUpload(upload));
+        }
     }
 
     /// A piece of a relayed chart arrived on the session.
@@ -161,7 +181,7 @@ impl TaskRunner {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(ack.operation_id.clone(), ack.generation));
         match waiter {
-            Some(w) => {
+            Some(PendingAck { waiter: w, .. }) => {
                 let _ = w.send(if ack.error.is_empty() {
                     Ok(())
                 } else {
@@ -406,19 +426,23 @@ impl TaskRunner {
                 (outbox.clone(), acks.clone(), id.clone(), release.clone());
             Box::pin(async move {
                 let generation = i32::try_from(backup.generation).unwrap_or(i32::MAX);
-                let (tx, rx) = oneshot::channel();
-                acks.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((id.clone(), generation), tx);
-                let upload = Body::BackupUpload(BackupUpload {
+                let (waiter, rx) = oneshot::channel();
+                let upload = BackupUpload {
                     operation_id: id.clone(),
                     release,
                     revision: 0,
                     values_yaml: backup.values,
                     sha256: backup.sha256,
                     generation,
-                });
-                if outbox.send(upload).await.is_err() {
+                };
+                acks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    (id.clone(), generation),
+                    PendingAck {
+                        upload: upload.clone(),
+                        waiter,
+                    },
+                );
+                if outbox.send(Body::BackupUpload(upload)).await.is_err() {
                     return Err("the agent is shutting down".to_string());
                 }
                 tracing::info!(operation = %id, generation, "values backup sent; waiting for the coordinator to store it");
@@ -637,6 +661,50 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// The coordinator may die between storing a backup and confirming it: the next session
+    /// sends the unconfirmed upload again, and its confirmation reaches the waiting executor.
+    #[tokio::test]
+    async fn an_unconfirmed_backup_is_sent_again_on_a_new_session() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let (runner, mut outbox) = TaskRunner::new(Err("no helm".into()), None);
+        let runner = runner.with_chart_cache(cache.path());
+        let spec = plan(&task(TaskKind::Upgrade, repo())).expect("plan").spec;
+        let upload = runner.uploader("op-1", &spec);
+        let waiting = tokio::spawn(upload(Backup {
+            secret: "skoala-init-values-1".into(),
+            generation: 1,
+            sha256: "ab".repeat(32),
+            values: b"a: 1\n".to_vec(),
+        }));
+        let Some(Body::BackupUpload(first)) = outbox.recv().await else {
+            panic!("the upload was not sent");
+        };
+
+        runner.resume_transfers();
+        let again = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        let Ok(Some(Body::BackupUpload(again))) = again else {
+            panic!("the unconfirmed upload was not sent again");
+        };
+        assert_eq!(again, first);
+
+        runner.backup_stored(BackupStored {
+            operation_id: "op-1".into(),
+            generation: 1,
+            sha256: first.sha256.clone(),
+            error: String::new(),
+        });
+        let stored = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the executor got the confirmation")
+            .expect("task");
+        assert_eq!(stored, Ok(()));
+        runner.resume_transfers();
+        assert!(
+            outbox.try_recv().is_err(),
+            "a confirmed upload is not sent again"
+        );
     }
 
     fn repo() -> Option<pb::chart_source::Source> {
