@@ -156,6 +156,10 @@ pub fn admin_messages(data: &[u8]) {
     let _ = round_trip::<pb::RevokeClusterRequest>(data);
     let _ = round_trip::<pb::WatchEventsRequest>(data);
     let _ = round_trip::<pb::ListAuditRequest>(data);
+    let _ = round_trip::<pb::UpdateClusterRequest>(data);
+    let _ = round_trip::<pb::AllowRejoinRequest>(data);
+    let _ = round_trip::<pb::CreateAdminRequest>(data);
+    let _ = round_trip::<pb::RevokeAdminRequest>(data);
 }
 
 /// A fleet CA to sign with, made once: generating a key per input would measure the key
