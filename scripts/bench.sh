@@ -7,6 +7,8 @@
 #   BENCH_IDLE_SECS=10 scripts/bench.sh 200   # shorter idle-CPU window (quick check)
 #   BENCH_STORM_OUTAGE=30 scripts/bench.sh 10000  # coordinator stays down 30 s before restart
 #   BENCH_BIN=/tmp/old scripts/bench.sh 10000      # binaries from that dir, no build (a before/after)
+#   BENCH_SERVE_ARGS="--max-concurrent-handshakes 100000" scripts/bench.sh 10000
+#                                    # extra `serve` flags (e.g. the edge's caps, for a with/without)
 #
 # For each N it prints every figure together with the command that produced it, and appends
 # one Markdown table row per N to $BENCH_RESULTS (default target/bench/results.md):
@@ -47,7 +49,7 @@ gauge() { { curl -s --max-time 5 "http://$METRICS/metrics" | awk '$1 == "skoala_
 
 serve() {
   spawn "$WORK/coordinator.$1" "$BIN/skoala-coordinator" serve --data-dir "$WORK/data" \
-    --listen "$LISTEN" --metrics-listen "$METRICS"
+    --listen "$LISTEN" --metrics-listen "$METRICS" ${BENCH_SERVE_ARGS:-}
   COORD=$LAST_PID
   wait_line "$WORK/coordinator.$1.out" "skoala-coordinator metrics on " >/dev/null
 }
