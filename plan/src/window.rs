@@ -132,6 +132,18 @@ impl Window {
         if fields != 5 {
             return Err(WindowError::ScheduleFields(schedule.to_string()));
         }
+        // croner reads an empty list item (`,` or `1,`) as nothing: `* * * * ,` never matches,
+        // and proving that costs a walk to croner's year 5000 on every plan apply. Refuse it
+        // as the typo it is.
+        if let Some(field) = schedule
+            .split_whitespace()
+            .find(|f| f.split(',').any(str::is_empty))
+        {
+            return Err(WindowError::Schedule {
+                expr: schedule.to_string(),
+                reason: format!("the field {field:?} has an empty item in its list"),
+            });
+        }
         let cron = Cron::from_str(schedule).map_err(|e| WindowError::Schedule {
             expr: schedule.to_string(),
             reason: e.to_string(),
@@ -344,6 +356,22 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().expect("timestamp literal")
+    }
+
+    #[test]
+    fn a_cron_list_with_an_empty_item_is_refused_at_once() {
+        // Found by the `window` fuzz target: `30 0 * * ,` was taken as "never" and took
+        // seconds under the fuzzer to prove it.
+        for schedule in ["30 0 * * ,", "0 2 * * 1,", "0 2 ,1 * *", "0,,30 2 * * *"] {
+            let started = std::time::Instant::now();
+            let err = Window::cron(schedule, "80m", "America/New_York").expect_err(schedule);
+            assert!(
+                matches!(&err, WindowError::Schedule { reason, .. } if reason.contains("empty item")),
+                "{schedule}: {err}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_millis(50), "{schedule}");
+        }
+        Window::cron("0,30 2 * * 1,5", "80m", "UTC").expect("lists without empty items");
     }
 
     #[test]
