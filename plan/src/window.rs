@@ -149,6 +149,14 @@ impl Window {
             reason: e.to_string(),
         })?;
         let duration = parse_duration(duration).map_err(WindowError::Duration)?;
+        // Openings are looked for this far ahead, and a longer one would reach past the range
+        // of a timestamp when the search starts `duration` before now.
+        let longest = SignedDuration::from_hours(24 * HORIZON_DAYS);
+        if duration > longest {
+            return Err(WindowError::Duration(format!(
+                "{duration:#} is longer than {HORIZON_DAYS} days, the furthest a window is looked ahead"
+            )));
+        }
         if !some_day_matches(schedule)? {
             return Err(WindowError::NeverOpens);
         }
@@ -399,6 +407,18 @@ mod tests {
             );
         }
         Window::cron("0,30 2 * * 1,5", "80m", "UTC").expect("lists without empty items");
+    }
+
+    #[test]
+    fn a_duration_longer_than_the_horizon_is_refused_not_a_panic() {
+        // A fuzz-found input: 21494589768 minutes (40,000 years) before now overflowed the
+        // timestamp range in the search.
+        let err = Window::cron("30 5 * * *", "21494589768m", "America/New_York").expect_err("long");
+        assert!(
+            matches!(&err, WindowError::Duration(m) if m.contains("400 days")),
+            "{err}"
+        );
+        Window::cron("30 5 * * *", "400d", "UTC").expect("as long as the horizon");
     }
 
     #[test]
