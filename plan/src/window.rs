@@ -128,17 +128,14 @@ pub enum WindowError {
 impl Window {
     /// A cron window: opens at each occurrence of `schedule` and stays open for `duration`.
     pub fn cron(schedule: &str, duration: &str, time_zone: &str) -> Result<Self, WindowError> {
-        let fields = schedule.split_whitespace().count();
-        if fields != 5 {
+        let Ok(fields) = <[&str; 5]>::try_from(schedule.split_whitespace().collect::<Vec<_>>())
+        else {
             return Err(WindowError::ScheduleFields(schedule.to_string()));
-        }
+        };
         // croner reads an empty list item (`,` or `1,`) as nothing: `* * * * ,` never matches,
         // and proving that costs a walk to croner's year 5000 on every plan apply. Refuse it
         // as the typo it is.
-        if let Some(field) = schedule
-            .split_whitespace()
-            .find(|f| f.split(',').any(str::is_empty))
-        {
+        if let Some(field) = fields.iter().find(|f| f.split(',').any(str::is_empty)) {
             return Err(WindowError::Schedule {
                 expr: schedule.to_string(),
                 reason: format!("the field {field:?} has an empty item in its list"),
@@ -157,7 +154,7 @@ impl Window {
                 "{duration:#} is longer than {HORIZON_DAYS} days, the furthest a window is looked ahead"
             )));
         }
-        if !some_day_matches(schedule)? {
+        if !some_day_matches(schedule, fields)? {
             return Err(WindowError::NeverOpens);
         }
         Self::build(
@@ -320,13 +317,13 @@ impl Window {
     }
 }
 
-/// Whether the date fields of a five-field `schedule` (day of month, month, day of week) match
-/// any day from two days ago to the horizon. A rule whose dates never come (`0 2 30 2 *`:
-/// 30 February) is refused by this count of at most 403 days instead of by croner's search,
-/// which walks day by day to its year 5000 before it gives up.
-fn some_day_matches(schedule: &str) -> Result<bool, WindowError> {
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    let dates = format!("0 0 {} {} {}", fields[2], fields[3], fields[4]);
+/// Whether the date fields of `schedule` (day of month, month, day of week, from its five
+/// `fields`) match any day from two days ago to the horizon. A rule whose dates never come
+/// (`0 2 30 2 *`: 30 February) is refused by this count of at most 403 days instead of by
+/// croner's search, which walks day by day to its year 5000 before it gives up.
+fn some_day_matches(schedule: &str, fields: [&str; 5]) -> Result<bool, WindowError> {
+    let [_, _, day, month, weekday] = fields;
+    let dates = format!("0 0 {day} {month} {weekday}");
     let dates = Cron::from_str(&dates).map_err(|e| WindowError::Schedule {
         expr: schedule.to_string(),
         reason: e.to_string(),
@@ -421,15 +418,21 @@ mod tests {
         Window::cron("30 5 * * *", "400d", "UTC").expect("as long as the horizon");
     }
 
+    fn some_day_matches_in(schedule: &str) -> bool {
+        let fields = <[&str; 5]>::try_from(schedule.split_whitespace().collect::<Vec<_>>())
+            .expect("five fields");
+        some_day_matches(schedule, fields).expect(schedule)
+    }
+
     #[test]
     fn dates_that_never_come_are_refused_by_counting_days_not_by_croners_search() {
         for schedule in ["0 2 30 2 *", "0 2 31 4,6,9,11 *", "0 2 31 2 *"] {
-            assert!(!some_day_matches(schedule).expect(schedule), "{schedule}");
+            assert!(!some_day_matches_in(schedule), "{schedule}");
             let err = Window::cron(schedule, "80m", "America/New_York").expect_err(schedule);
             assert!(matches!(err, WindowError::NeverOpens), "{schedule}: {err}");
         }
         for schedule in ["0 2 30 2 1", "0 2 L * *", "0 2 1 3 *", "0 2 * * *"] {
-            assert!(some_day_matches(schedule).expect(schedule), "{schedule}");
+            assert!(some_day_matches_in(schedule), "{schedule}");
         }
         // Day of month or day of week (cron's rule): 30 February or any Monday.
         Window::cron("0 2 30 2 1", "80m", "UTC").expect("Mondays come");
