@@ -82,6 +82,20 @@ fn window(text: &str) -> anyhow::Result<WindowSpec> {
     Ok(w)
 }
 
+/// `KEY=VALUE` flag values (`--selector`, `--chart-digest`) as a map; `shape` names the form
+/// in the error.
+fn pairs(items: &[String], flag: &str, shape: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            let (k, v) = item
+                .split_once('=')
+                .with_context(|| format!("{flag} {item:?}: expected {shape}"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// Builds and validates the document.
 pub fn build(a: &CreateArgs) -> anyhow::Result<UpgradePlan> {
     let mut doc = UpgradePlan::new(&a.name, &a.version);
@@ -101,28 +115,15 @@ pub fn build(a: &CreateArgs) -> anyhow::Result<UpgradePlan> {
         });
     }
     if !a.selectors.is_empty() {
-        let mut labels = BTreeMap::new();
-        for sel in &a.selectors {
-            let (k, v) = sel
-                .split_once('=')
-                .with_context(|| format!("--selector {sel:?}: expected KEY=VALUE"))?;
-            labels.insert(k.to_string(), v.to_string());
-        }
         s.clusters = Some(ClusterSelector {
-            match_labels: labels,
+            match_labels: pairs(&a.selectors, "--selector", "KEY=VALUE")?,
             names: Vec::new(),
         });
     }
     s.chart_source = a.chart_source.clone();
     s.require_approval = a.require_approval.clone();
     if let Some(url) = &a.repository_url {
-        let mut digests = BTreeMap::new();
-        for d in &a.chart_digests {
-            let (chart, sha) = d
-                .split_once('=')
-                .with_context(|| format!("--chart-digest {d:?}: expected CHART=SHA256"))?;
-            digests.insert(chart.to_string(), sha.to_string());
-        }
+        let digests = pairs(&a.chart_digests, "--chart-digest", "CHART=SHA256")?;
         s.repository = Some(Repository {
             name: "skoala".into(),
             url: url.clone(),
