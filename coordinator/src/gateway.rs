@@ -320,10 +320,11 @@ async fn authorize_session<S: Store>(
             format!("revoked certificate {serial} presented"),
         )));
     }
-    if cert.first_session_unix.is_none() {
+    let now = now_unix();
+    if cert.first_use_matters(now) {
         // From now on only its key (or an operator) can replace this certificate.
         ctx.store
-            .certificate_used(serial.to_string(), now_unix())
+            .certificate_used(serial.to_string(), now)
             .await
             .map_err(StoreDown)?;
     }

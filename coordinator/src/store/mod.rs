@@ -105,6 +105,16 @@ pub struct CertRecord {
     pub first_session_unix: Option<i64>,
 }
 
+impl CertRecord {
+    /// Whether a session at `now_unix` must record that it used this certificate. Only the
+    /// same-token retry reads the mark, and only for certificates issued less than
+    /// [`RETRY_GRACE_SECS`] ago; for older ones the write would change no decision, and after a
+    /// coordinator restart every reconnecting agent would otherwise make one.
+    pub fn first_use_matters(&self, now_unix: i64) -> bool {
+        self.first_session_unix.is_none() && self.issued_unix > now_unix - RETRY_GRACE_SECS
+    }
+}
+
 /// An operator's admin certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminRecord {

@@ -926,6 +926,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_first_use_is_recorded_exactly_while_a_same_token_retry_would_read_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
+        let mut t = token(5);
+        t.expires_unix = 10_000;
+        store.insert_token(t.clone()).await.expect("insert");
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("register");
+        let cert = store
+            .certificate("01".into())
+            .await
+            .expect("cert")
+            .expect("01");
+        let edge = cert.issued_unix + RETRY_GRACE_SECS;
+        let retry_at = |now| {
+            let mut r = registration(&t, "c1", "02");
+            r.claim.now_unix = now;
+            r.claim
+        };
+
+        // Inside the grace the unmarked certificate lets the same token replace it: a session
+        // must mark it.
+        assert!(cert.first_use_matters(edge - 1));
+        store
+            .admit(retry_at(edge - 1))
+            .await
+            .expect("retry inside the grace");
+        // From the edge on the retry is refused whether or not the mark exists: a session
+        // need not write it.
+        assert!(!cert.first_use_matters(edge));
+        assert!(matches!(
+            store.admit(retry_at(edge)).await,
+            Err(RegisterError::Takeover(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_live_cluster_is_registered_again_only_with_its_key_or_an_operator() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
