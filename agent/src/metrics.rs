@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use skoala_proto::v1::{Task, TaskKind, TaskOutcome, agent_message};
 use skoala_support::prometheus::{Kind, Writer};
+use skoala_support::time::now_unix;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -61,10 +62,6 @@ fn kind_label(kind: i32) -> &'static str {
         Ok(TaskKind::Preflight) => "preflight",
         _ => "unknown",
     }
-}
-
-fn now_unix() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 /// Increments a counter.

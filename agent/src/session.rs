@@ -13,6 +13,7 @@ use skoala_proto::v1::{
     AgentMessage, CertificateIssued, CertificateRenewal, ClusterIdentity, CoordinatorMessage,
     Heartbeat, Hello, agent_message, coordinator_message,
 };
+use skoala_support::time::now_ms;
 use skoala_upgrade::inventory::ReleaseInfo;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -314,8 +315,4 @@ fn until(at: jiff::Timestamp) -> tokio::time::Instant {
 fn lock(cell: &CredentialCell) -> std::sync::MutexGuard<'_, Credentials> {
     // A panic while holding this lock cannot leave credentials half-written (plain assignment).
     cell.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }

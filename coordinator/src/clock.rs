@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jiff::Timestamp;
 use skoala_plan::{Clock, SystemClock};
+pub use skoala_support::time::{now_ms, now_unix};
 
 /// Reads "now" from a file on every call. An unreadable or unparsable file keeps the last good
 /// time (a test rewriting the file must never make time jump to the real clock).
@@ -52,19 +52,6 @@ pub fn from_flag(clock_file: Option<PathBuf>) -> Arc<dyn Clock> {
         Some(p) => Arc::new(FileClock::new(p)),
         None => Arc::new(SystemClock),
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    now_ms() / 1000
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //! - [`prometheus`]: the Prometheus text exposition format, for every `/metrics`;
 //! - `rlimit` (feature `rlimit`): raising the open-files limit of a process holding many
 //!   connections;
-//! - `shutdown` (feature `shutdown`): waiting for SIGTERM or SIGINT.
+//! - `shutdown` (feature `shutdown`): waiting for SIGTERM or SIGINT;
+//! - [`time`]: now, as records store it (seconds or milliseconds since the Unix epoch).
 
 pub mod admin_config;
 pub mod duration;
@@ -23,3 +24,4 @@ pub mod prometheus;
 pub mod rlimit;
 #[cfg(feature = "shutdown")]
 pub mod shutdown;
+pub mod time;

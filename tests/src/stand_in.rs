@@ -298,8 +298,4 @@ pub fn repo_source(url: &str) -> Option<chart_source::Source> {
 }
 
 /// Seconds since the Unix epoch, as task deadlines count them.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub use skoala_support::time::now_unix;
