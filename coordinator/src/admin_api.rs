@@ -27,8 +27,8 @@ use crate::clock::now_unix;
 use crate::context::Context;
 use crate::identity::{Refusal, remote_of, require_admin};
 use crate::orchestrator::{self, Verb};
-use crate::store::{AdminRecord, ClusterRecord, Store, StoreError, TokenRecord};
 use crate::tokens;
+use skoala_store::{AdminRecord, ClusterRecord, Store, StoreError, TokenRecord};
 
 /// Default lifetime of an operator's admin certificate (`skoalactl admin create`).
 const DEFAULT_ADMIN_TTL: Duration = Duration::from_secs(90 * 86400);

@@ -13,7 +13,7 @@ use tonic::Status;
 
 use crate::context::Context;
 use crate::orchestrator::check::{DEFAULT_DEADLINE, MAX_DEADLINE};
-use crate::store::{PlanEventRecord, Store};
+use skoala_store::{PlanEventRecord, Store};
 
 /// Events read from the store per page of a stream.
 const PAGE: u32 = 500;

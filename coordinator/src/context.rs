@@ -11,8 +11,8 @@ use crate::metrics::{self, Metrics};
 use crate::orchestrator::{self, Orchestrator};
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
-use crate::store::{NewAudit, Store};
 use crate::throttle::{Throttle, Verdict};
+use skoala_store::{NewAudit, Store};
 
 /// Tunables of the gateway.
 #[derive(Debug, Clone)]

@@ -19,10 +19,10 @@ use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
 use crate::identity::{Peer, Refusal, peer_of, remote_of, require_agent};
 use crate::sessions::LiveAgent;
-use crate::store::{
+use crate::tokens;
+use skoala_store::{
     CertRecord, Claim, ClusterRecord, RegisterError, Registered, Registration, Store,
 };
-use crate::tokens;
 
 /// The gateway service.
 pub struct Gateway<S> {
@@ -46,7 +46,7 @@ fn register_status(e: &RegisterError) -> Status {
     }
 }
 
-fn store_unavailable(e: &crate::store::StoreError) -> Status {
+fn store_unavailable(e: &skoala_store::StoreError) -> Status {
     tracing::error!(error = %e, "registration failed in the store");
     Status::unavailable("the coordinator's store is unavailable; retry later")
 }
@@ -275,7 +275,7 @@ impl<S: Store> AgentGateway for Gateway<S> {
 }
 
 /// A store failure while authorizing; the caller sees UNAVAILABLE, not a refusal.
-struct StoreDown(crate::store::StoreError);
+struct StoreDown(skoala_store::StoreError);
 
 impl StoreDown {
     fn into_status(self) -> Status {

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use crate::data_dir::{DataDir, write_private, write_public};
 use crate::pki::FleetCa;
-use crate::store::{AdminRecord, Store};
+use skoala_store::{AdminRecord, Store};
 use skoala_support::admin_config::AdminConfig;
 
 /// What `init` creates.

@@ -3,7 +3,7 @@
 //! One TLS port serves two gRPC services: `gateway` (agents: `Register`, `Session`) and
 //! `admin_api` (operators: `FleetAdmin`). Identity is mutual TLS with certificates from the
 //! fleet CA ([`pki`]), checked per RPC (`identity`); refused connections and calls land in the
-//! audit log. Durable state sits behind the `store::Store` trait (SQLite by default); live
+//! audit log. Durable state sits behind [`skoala_store::Store`] (SQLite by default); live
 //! session state stays in memory (`sessions`). Plans are carried out by the `orchestrator`.
 //!
 //! # Layout
@@ -11,7 +11,7 @@
 //! Dependencies between the modules point one way (the testkit's `layering` test fails on an
 //! import cycle):
 //!
-//! - at the bottom, what everything else builds on: `clock` (time), `store`, `sessions`,
+//! - at the bottom, what everything else builds on: `clock` (time), `sessions`,
 //!   `control_plane` (the watch of the coordinator's own cluster), [`data_dir`], [`pki`],
 //!   `tokens`, `throttle`, `quota` (what one agent may cost), `identity`, [`relay`] and
 //!   [`backups`]; `metrics` is a leaf that is
@@ -91,6 +91,5 @@ mod orchestrator;
 mod quota;
 mod session;
 mod sessions;
-mod store;
 mod throttle;
 mod tokens;

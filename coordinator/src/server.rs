@@ -23,9 +23,9 @@ use crate::orchestrator::dispatch::{ControlPlaneRunner, Dispatcher};
 use crate::orchestrator::{Orchestrator, Parts};
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
-use crate::store::SqliteStore;
 use crate::tls;
 use crate::{clock, control_plane};
+use skoala_store::sqlite::SqliteStore;
 
 /// What `serve` needs.
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
 use crate::quota::{Dropped, Limits, Quota, Strike};
 use crate::relay;
-use crate::store::{CertRecord, ClusterState, Identity, Store};
+use skoala_store::{CertRecord, ClusterState, Identity, Store};
 
 /// The state of one session task.
 pub(crate) struct Session<S> {

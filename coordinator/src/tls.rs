@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::context::Context;
 use crate::edge::EdgeSettings;
 use crate::edge::conns::{Caps, Guarded};
-use crate::store::Store;
+use skoala_store::Store;
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;

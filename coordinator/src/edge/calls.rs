@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 
 use super::EdgeSettings;
 use crate::context::Context;
-use crate::store::Store;
+use skoala_store::Store;
 
 /// The agents' long-lived stream: neither a byte bound of its own nor a body deadline.
 const SESSION_PATH: &str = "/skoala.fleet.v1.AgentGateway/Session";

@@ -9,7 +9,7 @@ use skoala_upgrade::Helm;
 use super::fleet::Snapshot;
 use super::{Active, Error, Orchestrator, Result, charts, status};
 use crate::clock::now_ms;
-use crate::store::{PlanEventRecord, PlanRecord, Store, StoreError};
+use skoala_store::{PlanEventRecord, PlanRecord, Store, StoreError};
 
 impl<S: Store> Orchestrator<S> {
     /// `ApplyPlan`: validates, checks the fleet and the charts, then stores the plan as the

@@ -43,7 +43,7 @@ use super::dispatch::{self, ControlPlaneRunner};
 use super::fleet::{CONTROL_PLANE, Snapshot};
 use super::{Error, Orchestrator, Result};
 use crate::clock::now_ms;
-use crate::store::Store;
+use skoala_store::Store;
 
 /// Default time to wait for the clusters' answers.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 //! Domain errors, not transport ones: the admin API maps each kind to a gRPC code in one place
 //! (`crate::admin_api`), and the messages are what the operator reads.
 
-use crate::store::StoreError;
+use skoala_store::StoreError;
 
 use super::charts::ChartsError;
 

@@ -12,7 +12,7 @@ use skoala_proto::v1::{Inventory, ReleaseInventory};
 
 use crate::control_plane::ControlPlane;
 use crate::sessions::Sessions;
-use crate::store::{Store, StoreError};
+use skoala_store::{Store, StoreError};
 
 /// The id the control plane has in plans and events.
 pub const CONTROL_PLANE: &str = skoala_plan::Target::CONTROL_PLANE;
@@ -255,8 +255,9 @@ mod tests {
 
     use super::*;
     use crate::sessions::LiveAgent;
-    use crate::store::sqlite::fixtures::{registration, token};
-    use crate::store::{ClusterState, SqliteStore};
+    use skoala_store::sqlite::SqliteStore;
+    use skoala_store::sqlite::fixtures::{registration, token};
+    use skoala_store::{ClusterState, IdentityStore};
 
     fn inventory(version: &str) -> Inventory {
         Inventory {

@@ -58,12 +58,12 @@ use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
-use crate::store::{Store, StoreError};
 pub use admin::Verb;
 use dispatch::{ControlPlaneRunner, Dispatch};
 pub use error::{Error, Result};
 use fleet::{FleetCache, Snapshot};
 pub use retain::Retention;
+use skoala_store::{Store, StoreError};
 
 /// How often the rollout is stepped with no other change (windows open and close).
 const TICK: Duration = Duration::from_secs(1);

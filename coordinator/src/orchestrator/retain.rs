@@ -28,8 +28,8 @@ use skoala_plan::validate::ChartSource;
 
 use super::Orchestrator;
 use crate::clock::{now_ms, now_unix};
-use crate::store::{Cutoffs, Store};
 use crate::{backups, relay};
+use skoala_store::{Cutoffs, Store};
 
 /// How long things are kept (`serve --retain-*`, `--keep-backups`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use skoala_upgrade::Helm;
 use super::fleet::{CONTROL_PLANE, Snapshot};
 use super::{Active, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status};
 use crate::clock::now_ms;
-use crate::store::plans::TASK_RESULT;
-use crate::store::{PlanEventRecord, Store, StoreError};
+use skoala_store::TASK_RESULT;
+use skoala_store::{PlanEventRecord, Store, StoreError};
 
 impl<S: Store> Orchestrator<S> {
     /// Runs until the process ends: loads the active plan, then steps on every change.

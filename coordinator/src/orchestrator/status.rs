@@ -7,7 +7,7 @@ use skoala_plan::{Phase, Rollout, TargetState, UpgradePlan, validate};
 use skoala_proto::v1::{PlanStatus, PlanTarget};
 
 use super::fleet::{CONTROL_PLANE, Snapshot};
-use crate::store::{PlanEventRecord, PlanRecord};
+use skoala_store::{PlanEventRecord, PlanRecord};
 
 /// A phase's short name and its reason (empty when it has none).
 pub fn phase(p: &Phase) -> (&'static str, String) {

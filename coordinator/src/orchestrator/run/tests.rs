@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 use crate::orchestrator::dispatch::Dispatch;
 use crate::orchestrator::{Parts, Verb};
 use crate::sessions::{LiveAgent, Sessions};
-use crate::store::sqlite::fixtures::{registration, token};
-use crate::store::{ClusterState, PlanRecord, SqliteStore};
+use skoala_store::sqlite::SqliteStore;
+use skoala_store::sqlite::fixtures::{registration, token};
+use skoala_store::{ClusterState, IdentityStore, PlanRecord, PlanStore};
 
 const PLAN: &str = "apiVersion: fleet.skoala.io/v1alpha1
 kind: UpgradePlan

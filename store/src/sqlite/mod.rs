@@ -11,20 +11,24 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::clock::now_ms;
+use skoala_support::time::now_ms;
 
-use super::{
-    AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity,
-    NewAudit, PlanEventRecord, PlanRecord, Pruned, RETRY_GRACE_SECS, RegisterError, Registered,
-    Registration, Store, StoreError, TokenRecord, migrations, plans,
+use crate::{
+    AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
+    Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
+    RETRY_GRACE_SECS, RegisterError, Registered, Registration, Retention, StoreError, TokenRecord,
 };
-use crate::tokens;
+
+mod migrations;
+mod plans;
+#[cfg(test)]
+mod sweep_cost;
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    /// [`Store::clusters_version`]: bumped after every write that changes which clusters
+    /// [`IdentityStore::clusters_version`]: bumped after every write that changes which clusters
     /// exist or what they are called and labelled.
     clusters_version: Arc<AtomicU64>,
 }
@@ -175,7 +179,7 @@ fn proposal_of(c: &Connection, id: &str, claim: &Claim) -> rusqlite::Result<Opti
     )
 }
 
-/// What [`admit_in`] decided, for [`Store::register`] to write.
+/// What [`admit_in`] decided, for [`IdentityStore::register`] to write.
 struct Admitted {
     token_id: String,
     outcome: Registered,
@@ -197,7 +201,7 @@ fn admit_in(c: &Connection, r: &Claim) -> Result<Admitted, RegisterError> {
         return Err(RegisterError::UnknownToken);
     };
     // Compare hashes, never secrets; the hash of a wrong secret reveals nothing.
-    if !tokens::hashes_match(&token.secret_sha256, &r.token_sha256) {
+    if !token.secret_matches(&r.token_sha256) {
         return Err(RegisterError::UnknownToken);
     }
     if token.revoked {
@@ -296,7 +300,7 @@ fn unused_since(c: &Connection, serial: &str, since: i64) -> Result<bool, StoreE
     .is_some())
 }
 
-impl Store for SqliteStore {
+impl IdentityStore for SqliteStore {
     async fn insert_token(&self, t: TokenRecord) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
@@ -472,6 +476,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn clusters_version(&self) -> u64 {
+        self.clusters_version.load(Ordering::Acquire)
+    }
+
     async fn set_cluster_state(&self, id: String, s: ClusterState) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
@@ -527,10 +535,6 @@ impl Store for SqliteStore {
         // No `clusters_changed`: a proposal selects nothing, the fleet view does not show it.
         self.run(move |c| Ok(write_proposal(c, &id, proposed.as_ref())?))
             .await
-    }
-
-    fn clusters_version(&self) -> u64 {
-        self.clusters_version.load(Ordering::Acquire)
     }
 
     async fn revoke_cluster(&self, id: String, now_unix: i64) -> Result<bool, StoreError> {
@@ -674,7 +678,9 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+impl AuditLog for SqliteStore {
     async fn append_audit(&self, e: NewAudit) -> Result<i64, StoreError> {
         self.run(move |c| {
             c.execute(
@@ -705,7 +711,9 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+impl PlanStore for SqliteStore {
     async fn put_plan(
         &self,
         plan: PlanRecord,
@@ -747,7 +755,9 @@ impl Store for SqliteStore {
     async fn mean_upgrade_ms(&self) -> Result<Option<i64>, StoreError> {
         self.run(plans::mean_upgrade_ms).await
     }
+}
 
+impl Retention for SqliteStore {
     async fn prune(&self, cutoffs: Cutoffs) -> Result<Pruned, StoreError> {
         self.run(move |c| {
             let tx = c.transaction()?;
@@ -778,10 +788,12 @@ impl Store for SqliteStore {
 }
 
 /// Records for tests of the store and of what reads it.
-#[cfg(test)]
-pub(crate) mod fixtures {
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures {
     use super::*;
 
+    /// A registration of `cluster` with `token` at t = 1,000 s, its certificate `serial`
+    /// valid until 2,000 s.
     pub fn registration(token: &TokenRecord, cluster: &str, serial: &str) -> Registration {
         Registration {
             claim: Claim {
@@ -805,6 +817,7 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// Token `abcd` with `uses` uses, valid from 900 s to 1,500 s.
     pub fn token(uses: u32) -> TokenRecord {
         TokenRecord {
             id: "abcd".into(),

@@ -7,39 +7,7 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::StoreError;
-
-/// A plan as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanRecord {
-    pub name: String,
-    /// The UpgradePlan document (YAML) as applied.
-    pub document: String,
-    /// The rollout, as JSON.
-    pub rollout: String,
-    pub active: bool,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-}
-
-/// One event of a plan (`id` and `at_unix_ms` are assigned by the store when appending).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PlanEventRecord {
-    pub id: i64,
-    pub at_unix_ms: i64,
-    pub plan: String,
-    pub kind: String,
-    pub target: String,
-    pub target_name: String,
-    pub operation_id: String,
-    pub step: String,
-    pub state: String,
-    pub message: String,
-    pub duration_ms: i64,
-}
-
-/// The event kind of a finished task; its `duration_ms` is the upgrade's duration.
-pub const TASK_RESULT: &str = "task.result";
+use crate::{PlanEventRecord, PlanRecord, StoreError, TASK_RESULT};
 
 pub(super) fn put_plan(
     c: &mut Connection,
@@ -97,7 +65,7 @@ fn insert_events(
     let mut last = 0;
     // Prepared once per batch, not per row: a fan-out to 10,000 clusters writes 10,000
     // events in one transaction, and parsing the statement for each row was about half of
-    // it (the round's persist fell from 65 to 34–39 ms, BENCHMARKS.md).
+    // it (BENCHMARKS.md).
     let mut insert = c.prepare_cached(
         "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
          step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
@@ -195,8 +163,9 @@ pub(super) fn mean_upgrade_ms(c: &mut Connection) -> Result<Option<i64>, StoreEr
 
 #[cfg(test)]
 mod tests {
-    use super::super::{SqliteStore, Store};
     use super::*;
+    use crate::PlanStore;
+    use crate::sqlite::SqliteStore;
 
     fn plan(name: &str, active: bool) -> PlanRecord {
         PlanRecord {

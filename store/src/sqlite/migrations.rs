@@ -7,7 +7,7 @@
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use crate::StoreError;
 
 /// The migrations, in order. Index + 1 is the schema version after applying it.
 pub const MIGRATIONS: &[&str] = &[
@@ -110,7 +110,7 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE clusters ADD COLUMN proposed_name TEXT;
     ALTER TABLE clusters ADD COLUMN proposed_labels_json TEXT;
     "#,
-    // 7: the retention sweep deletes by time (`Store::prune`). Without an index on the column
+    // 7: the retention sweep deletes by time (`Retention::prune`). Without an index on the column
     // it compares, each hourly sweep reads every row of the audit log and the plan events
     // (millions at 10,000 clusters) while it holds the store's write lock, which every
     // registration, renewal and plan round waits on. With one, it reads only what it deletes.

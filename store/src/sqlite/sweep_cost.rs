@@ -1,4 +1,4 @@
-//! What the retention sweep ([`Store::prune`]) costs on a large store, and the indexes that
+//! What the retention sweep ([`Retention::prune`](crate::Retention::prune)) costs on a large store, and the indexes that
 //! keep it to the rows it deletes (migration 7).
 //!
 //! `the_sweep_reads_only_what_it_deletes` runs with every `cargo test` on a small store. It is
@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
-use super::{Cutoffs, SqliteStore, Store};
-use crate::clock::now_ms;
+use skoala_support::time::now_ms;
+
+use super::SqliteStore;
+use crate::{Cutoffs, Retention};
 
 const DAY_MS: i64 = 86_400_000;
 

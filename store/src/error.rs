@@ -1,0 +1,80 @@
+//! What can go wrong: the backend itself ([`StoreError`]), or a registration the rules refuse
+//! ([`RegisterError`]).
+
+/// Errors of the storage backend itself (not business refusals).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[cfg(feature = "sqlite")]
+    #[error("sqlite: {0}")]
+    /// The SQLite backend failed (I/O, a full disk, a locked or damaged file).
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store's worker thread failed: {0}")]
+    /// The backend's blocking worker panicked or went away.
+    Worker(String),
+    #[error("the store holds data this coordinator cannot read: {0}")]
+    /// A record could not be decoded: written by something else, or damaged.
+    Corrupt(String),
+    #[error(
+        "the store's schema version {found} is newer than this coordinator supports ({supported}); upgrade the coordinator"
+    )]
+    /// Written by a newer coordinator: reading on could lose what it added.
+    TooNew {
+        /// The schema version the store was written with.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the join token is not valid")]
+    /// No token has this id and secret.
+    UnknownToken,
+    #[error("join token {0} has expired")]
+    /// The token's expiry has passed.
+    Expired(String),
+    #[error("join token {0} has no uses left")]
+    /// Every use of the token has been spent.
+    UsedUp(String),
+    #[error("join token {0} has been revoked")]
+    /// An operator revoked the token.
+    Revoked(String),
+    #[error("cluster {0} has been revoked; it cannot register again")]
+    /// An operator revoked the cluster: it stays out whatever token it shows.
+    ClusterRevoked(String),
+    #[error(
+        "cluster {0} is already registered and its certificate is live: registering it again needs its current client certificate, or an operator's `skoalactl cluster rejoin`"
+    )]
+    /// The cluster's certificate is live and the caller proved neither its key nor an operator's
+    /// consent.
+    Takeover(String),
+    #[error("cluster name {name:?} is taken by cluster {other}; choose another --cluster-name")]
+    /// Another cluster has the name.
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The cluster that has it.
+        other: String,
+    },
+    #[error(transparent)]
+    /// The store could not answer.
+    Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    /// Short machine-readable kind for the audit log.
+    pub fn audit_kind(&self) -> &'static str {
+        match self {
+            RegisterError::UnknownToken => "register.unknown_token",
+            RegisterError::Expired(_) => "register.token_expired",
+            RegisterError::UsedUp(_) => "register.token_used_up",
+            RegisterError::Revoked(_) => "register.token_revoked",
+            RegisterError::ClusterRevoked(_) => "register.cluster_revoked",
+            RegisterError::Takeover(_) => "register.takeover_refused",
+            RegisterError::NameTaken { .. } => "register.name_taken",
+            RegisterError::Store(_) => "register.store_error",
+        }
+    }
+}

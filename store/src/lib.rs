@@ -1,0 +1,36 @@
+//! The coordinator's durable state: what it records, the contract every backend keeps, and the
+//! embedded SQLite backend.
+//!
+//! Only state *transitions* are written: a token created, redeemed or revoked; a cluster
+//! registered, its inventory or versions changed, revoked; a certificate issued; an audit event;
+//! a plan's rollout. Heartbeats and "connected" stay in the coordinator's memory — writing them
+//! would turn thousands of agents into a constant write load for facts that are stale a minute
+//! later. Every write a backend acknowledges is durable: a coordinator killed right after a
+//! call returned still has it on restart.
+//!
+//! # Layout
+//!
+//! - `records.rs`: the records ([`TokenRecord`], [`ClusterRecord`], [`CertRecord`],
+//!   [`PlanRecord`], ...), plain data;
+//! - `error.rs`: [`StoreError`] (the backend failed) and [`RegisterError`] (the rules refused);
+//! - `traits.rs`: the contract, by who needs what — [`IdentityStore`] (tokens, registration,
+//!   clusters, certificates, admins), [`AuditLog`], [`PlanStore`], [`Retention`] — and
+//!   [`Store`], all four, which the coordinator's components take;
+//! - [`sqlite`] (feature `sqlite`, on by default): one file, `store.db`, with its migrations.
+//!
+//! **Invariant:** this crate knows no transport and no Kubernetes: no proto, tonic or kube
+//! type appears in a record or a signature, so a backend on the API server (`skoala-kubestore`)
+//! implements the same traits without the coordinator changing.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod records;
+mod traits;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use error::{RegisterError, StoreError};
+pub use records::*;
+pub use traits::{AuditLog, IdentityStore, PlanStore, Retention, Store};

@@ -1,0 +1,308 @@
+//! The records the store keeps, as plain data: no backend type appears here.
+
+use std::collections::BTreeMap;
+
+/// A join token, as stored: only the SHA-256 of the secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (the part before the dot in the token), used to list and revoke.
+    pub id: String,
+    /// SHA-256 of the secret, hex: what a presented secret is compared with.
+    pub secret_sha256: String,
+    /// When it was created (s since the epoch).
+    pub created_unix: i64,
+    /// After this (s) it admits nobody.
+    pub expires_unix: i64,
+    /// How many clusters may join with it.
+    pub uses_allowed: u32,
+    /// What is left of `uses_allowed`; a same-token retry spends none.
+    pub uses_left: u32,
+    /// Set by an operator; never cleared.
+    pub revoked: bool,
+    /// Free text from the operator who created it (`token create --description`).
+    pub description: String,
+}
+
+/// A cluster's name and labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// Unique across the fleet; plans select and order clusters by it.
+    pub name: String,
+    /// Kubernetes-style labels that plans select on.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A registered cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterRecord {
+    /// UID of the cluster's `kube-system` namespace.
+    pub id: String,
+    /// Fixed when the cluster registers (a join an operator sanctioned with a token); after
+    /// that only an operator changes it ([`IdentityStore::set_cluster_identity`](crate::IdentityStore::set_cluster_identity)): plans select and
+    /// order clusters by name and labels, so a cluster must not choose its own.
+    pub name: String,
+    /// As `name`.
+    pub labels: BTreeMap<String, String>,
+    /// What the agent asked for since (a Hello or a re-registration proving its key) when it
+    /// differs from `name` and `labels`: shown to operators, never applied by itself.
+    pub proposed: Option<Identity>,
+    /// When it first registered (s).
+    pub registered_unix: i64,
+    /// When an operator revoked it (s); a revoked cluster never comes back.
+    pub revoked_unix: Option<i64>,
+    /// Last state the agent reported (persisted only when it changes).
+    pub state: ClusterState,
+    /// The newest certificate issued to the cluster's agent.
+    pub cert_serial: String,
+    /// When that certificate expires (s).
+    pub cert_not_after_unix: i64,
+}
+
+/// What an agent reports about its cluster and itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterState {
+    /// The agent's own version.
+    pub agent_version: String,
+    /// The version of the helm the agent runs.
+    pub helm_version: String,
+    /// The `skoala.fleet.v1.Inventory` message, protobuf-encoded (the store does not need to
+    /// understand it, and protobuf keeps it forward compatible).
+    pub inventory: Vec<u8>,
+}
+
+/// A certificate the CA issued to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// The certificate's serial, lowercase hex: how sessions find it.
+    pub serial_hex: String,
+    /// The cluster it was issued to.
+    pub cluster_id: String,
+    /// When it was issued (s).
+    pub issued_unix: i64,
+    /// When it expires (s).
+    pub not_after_unix: i64,
+    /// Set when the cluster registered again or an operator allowed it to: the TLS layer still
+    /// accepts the certificate until it expires, so `Session` checks this.
+    pub revoked_unix: Option<i64>,
+    /// When a session first used it: a certificate never used may be replaced by a retry with
+    /// the same token (its answer was lost), one used may not.
+    pub first_session_unix: Option<i64>,
+}
+
+impl TokenRecord {
+    /// Whether `presented` (the SHA-256 of the secret a caller showed) is this token's, in
+    /// time that depends only on the lengths: how long a refusal takes says nothing about how
+    /// much of a guessed secret's hash was right.
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.secret_sha256.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl CertRecord {
+    /// Whether a session at `now_unix` must record that it used this certificate. Only the
+    /// same-token retry reads the mark, and only for certificates issued less than
+    /// [`RETRY_GRACE_SECS`] ago; for older ones the write would change no decision, and after a
+    /// coordinator restart every reconnecting agent would otherwise make one.
+    pub fn first_use_matters(&self, now_unix: i64) -> bool {
+        self.first_session_unix.is_none() && self.issued_unix > now_unix - RETRY_GRACE_SECS
+    }
+}
+
+/// An operator's admin certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminRecord {
+    /// Who: named in every audit line of their calls.
+    pub name: String,
+    /// The certificate's serial, lowercase hex.
+    pub serial_hex: String,
+    /// When it was recorded (s).
+    pub created_unix: i64,
+    /// When the certificate expires (s).
+    pub not_after_unix: i64,
+    /// When it was revoked (s): refused from then on, though TLS still accepts it.
+    pub revoked_unix: Option<i64>,
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit {
+    /// Machine-readable kind (`cluster.registered`, `plan.paused`, ...).
+    pub kind: String,
+    /// The cluster it concerns, or empty.
+    pub cluster_id: String,
+    /// Who caused it: an admin's name, a cluster's address, `coordinator`.
+    pub peer: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// An audit event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Increasing id, the cursor of `audit --after`.
+    pub id: i64,
+    /// When it was recorded (ms since the epoch).
+    pub at_unix_ms: i64,
+    /// As in [`NewAudit`].
+    pub kind: String,
+    /// As in [`NewAudit`].
+    pub cluster_id: String,
+    /// As in [`NewAudit`].
+    pub peer: String,
+    /// As in [`NewAudit`].
+    pub detail: String,
+}
+
+/// What retention lets go: rows older than these are deleted by [`Retention::prune`](crate::Retention::prune).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Audit entries written before this (ms since the epoch).
+    pub audit_before_ms: i64,
+    /// Events of plans that are not the active one, recorded before this (ms).
+    pub events_before_ms: i64,
+    /// Certificate records that expired before this (s since the epoch).
+    pub certificates_expired_before_unix: i64,
+    /// Admin identities whose certificate expired before this (s), revoked or not. A revoked
+    /// identity whose certificate is still valid is kept: its row is what refuses it (and
+    /// what keeps `init`'s `admin.yaml`, once revoked, from being recorded again at start).
+    pub admins_expired_before_unix: i64,
+}
+
+/// How many rows [`Retention::prune`](crate::Retention::prune) deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Audit entries deleted.
+    pub audit: usize,
+    /// Plan events deleted.
+    pub events: usize,
+    /// Certificate records deleted.
+    pub certificates: usize,
+    /// Admin identities deleted.
+    pub admins: usize,
+}
+
+/// What a `Register` call claims, checked before any work is done for it
+/// ([`IdentityStore::admit`](crate::IdentityStore::admit)) and again, atomically, when it is recorded ([`IdentityStore::register`](crate::IdentityStore::register)).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The token's public id.
+    pub token_id: String,
+    /// SHA-256 of the secret the caller presented.
+    pub token_sha256: String,
+    /// The time the claim is judged at (s): expiry, grace and liveness are measured from it.
+    pub now_unix: i64,
+    /// The cluster's id (its `kube-system` namespace UID).
+    pub cluster_id: String,
+    /// The name the agent asks for.
+    pub name: String,
+    /// The labels the agent asks for.
+    pub labels: BTreeMap<String, String>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The serial of a client certificate for this very cluster presented on the call: proof
+    /// of the cluster's current key, which re-registering a cluster with a live certificate
+    /// needs.
+    pub proven_serial: Option<String>,
+}
+
+/// One registration: redeem a token and record the cluster and its first certificate, in one
+/// transaction (a crash never leaves a used token without its cluster, or the reverse).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// What is claimed.
+    pub claim: Claim,
+    /// The certificate signed for the caller, recorded with the registration.
+    pub cert: CertRecord,
+}
+
+/// How long after its certificate was issued a cluster may register again with the token it
+/// joined with and no proof of its key (its answer was lost), provided no session ever used
+/// that certificate. Longer would widen the window for anyone else holding a shared token.
+pub const RETRY_GRACE_SECS: i64 = 600;
+
+/// Whether a registration created the cluster or renewed an existing, non-revoked one (an agent
+/// that lost its key and was given a new token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Not registered before.
+    New,
+    /// Registered before, now with a different token (a use was spent).
+    Again,
+    /// Registered before with this very token (a retry; no use was spent).
+    SameToken,
+    /// Registered before, and the caller proved the cluster's current key.
+    Proved,
+}
+
+/// A plan as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRecord {
+    /// The plan's name: unique, never reused, part of every operation id of the plan.
+    pub name: String,
+    /// The UpgradePlan document (YAML) as applied.
+    pub document: String,
+    /// The rollout, as JSON.
+    pub rollout: String,
+    /// Whether it is the one plan the orchestrator runs.
+    pub active: bool,
+    /// When it was first stored (ms).
+    pub created_ms: i64,
+    /// When it was last written (ms).
+    pub updated_ms: i64,
+}
+
+/// One event of a plan (`id` and `at_unix_ms` are assigned by the store when appending).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanEventRecord {
+    /// Increasing id, the cursor of `plan watch` and `events --after`.
+    pub id: i64,
+    /// When it was recorded (ms).
+    pub at_unix_ms: i64,
+    /// The plan it belongs to.
+    pub plan: String,
+    /// Machine-readable kind (`target`, `task.sent`, [`TASK_RESULT`], `step`, ...).
+    pub kind: String,
+    /// The cluster id it concerns, or empty for the plan as a whole.
+    pub target: String,
+    /// That cluster's name when the event was recorded.
+    pub target_name: String,
+    /// The operation it reports on, or empty.
+    pub operation_id: String,
+    /// The executor's step (`backup`, `upgrade`, `verify`, ...), or empty.
+    pub step: String,
+    /// The target's or step's state after the event.
+    pub state: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// How long the step or task took, 0 when not timed.
+    pub duration_ms: i64,
+}
+
+/// The event kind of a finished task; its `duration_ms` is the upgrade's duration.
+pub const TASK_RESULT: &str = "task.result";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_secret_matches_only_its_own_hash() {
+        let token = TokenRecord {
+            id: "abcd".into(),
+            secret_sha256: "9f".repeat(32),
+            created_unix: 0,
+            expires_unix: 1,
+            uses_allowed: 1,
+            uses_left: 1,
+            revoked: false,
+            description: String::new(),
+        };
+        assert!(token.secret_matches(&"9f".repeat(32)));
+        let mut other = "9f".repeat(32).into_bytes();
+        other[63] = b'0';
+        assert!(!token.secret_matches(&String::from_utf8(other).expect("hex")));
+        assert!(!token.secret_matches(&"9f".repeat(32)[..63]));
+        assert!(!token.secret_matches(""));
+    }
+}
