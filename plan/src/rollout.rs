@@ -30,6 +30,9 @@ pub use crate::target::Target;
 use crate::validate::{Approval, Convergence, Plan};
 use crate::window::StartDecision;
 
+mod split;
+pub use split::{RolloutHead, TargetEntry};
+
 /// An operation the rollout started and has not seen finish: what the coordinator must have
 /// running. The rollout as persisted is the whole truth of it, so the same list serves right
 /// after a step, after an agent reconnects, and after the coordinator restarts.
