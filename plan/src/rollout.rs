@@ -823,11 +823,11 @@ impl Rollout {
             if !skewed.is_empty() {
                 parts.push(format!(
                     "reported success but skewed: {}",
-                    skewed.join(", ")
+                    some_names(&skewed)
                 ));
             }
             if !failed.is_empty() {
-                parts.push(format!("failed: {}", failed.join(", ")));
+                parts.push(format!("failed: {}", some_names(&failed)));
             }
             if !offline.is_empty() {
                 let then = if plan.convergence == Convergence::Auto {
@@ -835,7 +835,7 @@ impl Rollout {
                 } else {
                     ""
                 };
-                parts.push(format!("offline: {}{then}", offline.join(", ")));
+                parts.push(format!("offline: {}{then}", some_names(&offline)));
             }
             Phase::Degraded {
                 reason: parts.join("; "),
@@ -933,6 +933,20 @@ impl Rollout {
             TargetState::RollingBack { .. } => {}
             _ => self.phase = Phase::RolledBack,
         }
+    }
+}
+
+/// How many names a phase's reason lists per kind: the reason is stored with the plan (one
+/// object on the kube store, with a size limit) and read by a human, and neither wants ten
+/// thousand names. The counts and `skoalactl plan get` give the rest.
+pub const REASON_NAMES: usize = 20;
+
+/// `names` joined with commas, the first [`REASON_NAMES`] of them, then `and N more`.
+fn some_names(names: &[String]) -> String {
+    let shown = names[..names.len().min(REASON_NAMES)].join(", ");
+    match names.len().saturating_sub(REASON_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
     }
 }
 

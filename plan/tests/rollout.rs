@@ -1020,3 +1020,26 @@ fn a_join_places_renumbered_entries_deterministically_and_keeps_one_entry_per_cl
     assert_eq!(ids, ["uid-w1", "uid-w2", "uid-w3"]);
     assert!(joined.enrolled_once, "every enrolled cluster is there");
 }
+
+#[test]
+fn a_degraded_reason_names_twenty_offline_clusters_and_counts_the_rest() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 5}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(30);
+    for w in &mut sim.fleet.workers {
+        w.release.connected = false;
+    }
+    sim.run(&mut r, &plan);
+    let Phase::Degraded { reason } = &r.phase else {
+        panic!("degraded expected: {:?}", r.phase)
+    };
+    let listed = reason
+        .strip_prefix("offline: ")
+        .and_then(|rest| rest.split_once(" and 10 more"))
+        .map(|(names, _)| names.split(", ").count());
+    assert_eq!(listed, Some(20), "{reason}");
+    assert!(
+        reason.ends_with(" and 10 more (upgraded in their next window when they return)"),
+        "{reason}"
+    );
+}
