@@ -102,6 +102,9 @@ pub enum Phase {
     /// Stopped starting new upgrades; in-flight ones finish.
     Paused {
         reason: String,
+        /// Who paused it, which decides what may lift the pause (see [`PauseOrigin`]).
+        #[serde(default)]
+        origin: PauseOrigin,
     },
     /// Every selected cluster is on the target version, healthy.
     Succeeded,
@@ -118,6 +121,33 @@ pub enum Phase {
     /// `plan rollback`: workers first, then the control plane.
     RollingBack,
     RolledBack,
+}
+
+/// Who or what paused a plan. `skoalactl plan resume` (and the `fleet.skoala.io/resume`
+/// annotation) lifts any pause and acknowledges the failures so far; the level annotation
+/// `fleet.skoala.io/paused` only lifts the pauses a human asked for, so that a manifest in git
+/// saying `paused: "false"` never overrides the failure budget or a failed canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PauseOrigin {
+    /// `skoalactl plan pause`. The default for rollouts stored before the origin was: lifting
+    /// such a pause as an operator's is safe, because lifting one does not acknowledge failures,
+    /// so a pause that was really the budget's or a canary's comes back at the next step.
+    #[default]
+    Operator,
+    /// More clusters failed than `maxFailures` allows.
+    Budget,
+    /// A canary failed.
+    Canary,
+    /// The `fleet.skoala.io/paused: "true"` annotation on the plan's object.
+    Annotation,
+}
+
+impl PauseOrigin {
+    /// Whether a human asked for the pause, so that a human's "not paused" lifts it.
+    pub fn is_requested(self) -> bool {
+        matches!(self, PauseOrigin::Operator | PauseOrigin::Annotation)
+    }
 }
 
 /// A [`Phase`] without its details: the one vocabulary of phase names, as the store (the
@@ -461,12 +491,14 @@ impl Rollout {
         }
     }
 
-    pub fn pause(&mut self, reason: &str) -> Result<(), TransitionError> {
+    /// Stops starting new upgrades, for `reason`, recording who asked.
+    pub fn pause(&mut self, reason: &str, origin: PauseOrigin) -> Result<(), TransitionError> {
         if self.phase.is_terminal() {
             return Err(TransitionError::CannotPause(self.phase.kind()));
         }
         self.phase = Phase::Paused {
             reason: reason.to_string(),
+            origin,
         };
         Ok(())
     }
@@ -662,6 +694,7 @@ impl Rollout {
             if canary_failed && self.failures_acknowledged == 0 {
                 self.phase = Phase::Paused {
                     reason: "a canary cluster failed; no other worker was started".into(),
+                    origin: PauseOrigin::Canary,
                 };
                 return;
             }
@@ -672,6 +705,7 @@ impl Rollout {
                         failures - self.failures_acknowledged,
                         plan.max_failures
                     ),
+                    origin: PauseOrigin::Budget,
                 };
                 return;
             }
@@ -967,7 +1001,10 @@ mod tests {
             PhaseKind::ControlPlane => Phase::ControlPlane,
             PhaseKind::AwaitingApproval => Phase::AwaitingApproval { stage: 2 },
             PhaseKind::Workers => Phase::Workers,
-            PhaseKind::Paused => Phase::Paused { reason },
+            PhaseKind::Paused => Phase::Paused {
+                reason,
+                origin: PauseOrigin::Budget,
+            },
             PhaseKind::Succeeded => Phase::Succeeded,
             PhaseKind::Degraded => Phase::Degraded { reason },
             PhaseKind::Failed => Phase::Failed { reason },

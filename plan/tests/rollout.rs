@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use jiff::SignedDuration;
 use skoala_plan::profile::SKOALA;
 use skoala_plan::{
-    ClusterRelease, FleetView, InFlight, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
-    TargetState, UpgradePlan, WorkerView, validate,
+    ClusterRelease, FleetView, InFlight, Outcome, PauseOrigin, Phase, Plan, ReleaseState, Rollout,
+    Target, TargetState, UpgradePlan, WorkerView, validate,
 };
 
 const OLD: &str = "0.19.0";
@@ -214,7 +214,7 @@ fn a_failed_canary_pauses_the_plan_before_any_other_worker() {
     sim.run(&mut r, &plan);
     assert_eq!(sim.names_started(), ["cp", "w1"]);
     assert!(
-        matches!(&r.phase, Phase::Paused { reason } if reason.contains("canary")),
+        matches!(&r.phase, Phase::Paused { reason, origin: PauseOrigin::Canary } if reason.contains("canary")),
         "{:?}",
         r.phase
     );
@@ -243,7 +243,7 @@ fn more_failures_than_the_budget_pause_the_plan() {
         "stops after the second failure"
     );
     assert!(
-        matches!(&r.phase, Phase::Paused { reason } if reason.contains("maxFailures=1")),
+        matches!(&r.phase, Phase::Paused { reason, origin: PauseOrigin::Budget } if reason.contains("maxFailures=1")),
         "{:?}",
         r.phase
     );
@@ -700,7 +700,7 @@ fn random_event(rng: &mut Rng, r: &mut Rollout, sim: &mut Sim, late: &mut usize)
             let _ = r.approve();
         }
         1 => {
-            let _ = r.pause("paused by an operator");
+            let _ = r.pause("paused by an operator", PauseOrigin::Operator);
         }
         2 | 3 => {
             let _ = r.resume();
@@ -1042,4 +1042,29 @@ fn a_degraded_reason_names_twenty_offline_clusters_and_counts_the_rest() {
         reason.ends_with(" and 10 more (upgraded in their next window when they return)"),
         "{reason}"
     );
+}
+
+#[test]
+fn a_paused_rollout_stored_before_pauses_had_an_origin_still_loads() {
+    // A rollout as SQLite stored it before `origin` existed, paused by the failure budget.
+    let stored = r#"{"plan":"p","phase":{"phase":"paused","reason":"3 clusters failed, more than maxFailures=2"},"control_plane":{"state":{"state":"succeeded","revision_before":4},"attempts":1,"stage":0},"workers":[["uid-w1",{"state":{"state":"failed","message":"verify failed"},"attempts":1,"stage":1}]],"approved":[],"failures_acknowledged":0,"enrolled_once":true,"rollback_ignores_windows":false}"#;
+    let r: Rollout = serde_json::from_str(stored).expect("today's form loads");
+    assert_eq!(
+        r.phase,
+        Phase::Paused {
+            reason: "3 clusters failed, more than maxFailures=2".into(),
+            origin: PauseOrigin::Operator,
+        }
+    );
+    // Written again, the origin is there, and reads back the same.
+    let again = serde_json::to_string(&r).expect("json");
+    assert!(again.contains(r#""origin":"operator""#), "{again}");
+    assert_eq!(
+        serde_json::from_str::<Rollout>(&again).expect("reads back"),
+        r
+    );
+    // And `plan resume` lifts it as it did.
+    let mut r = r;
+    r.resume().expect("a paused plan resumes");
+    assert_eq!(r.phase, Phase::Workers);
 }
