@@ -148,6 +148,16 @@ impl PauseOrigin {
     pub fn is_requested(self) -> bool {
         matches!(self, PauseOrigin::Operator | PauseOrigin::Annotation)
     }
+
+    /// Who paused, for messages (`the failure budget`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            PauseOrigin::Operator => "an operator",
+            PauseOrigin::Budget => "the failure budget",
+            PauseOrigin::Canary => "a failed canary",
+            PauseOrigin::Annotation => "the fleet.skoala.io/paused annotation",
+        }
+    }
 }
 
 /// A [`Phase`] without its details: the one vocabulary of phase names, as the store (the
@@ -307,6 +317,8 @@ pub enum TransitionError {
     AlreadyRollingBack,
     #[error("upgrades are still running: pause the plan and wait for them to finish")]
     StillRunning,
+    #[error("the plan was paused by {}: only an explicit resume, which acknowledges the failures, lifts it", .0.describe())]
+    NeedsResume(PauseOrigin),
 }
 
 /// One cluster's progress within the plan.
@@ -503,18 +515,40 @@ impl Rollout {
         Ok(())
     }
 
-    /// Resumes a paused plan. Failures so far are acknowledged: the budget counts new ones.
+    /// Resumes a paused plan, whoever paused it. Failures so far are acknowledged: the budget
+    /// counts new ones.
     pub fn resume(&mut self) -> Result<(), TransitionError> {
         if !matches!(self.phase, Phase::Paused { .. }) {
             return Err(TransitionError::NotPaused(self.phase.kind()));
         }
         self.failures_acknowledged = self.failures();
-        self.phase = if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
+        self.phase = self.unpaused_phase();
+        Ok(())
+    }
+
+    /// Lifts a pause a human asked for ([`PauseOrigin::is_requested`]) and acknowledges
+    /// nothing: failures past the budget, or a failed canary, that happened while it was paused
+    /// pause the plan again at the next step, this time for what they are. What a level "not
+    /// paused" (`fleet.skoala.io/paused: "false"`) does; [`Rollout::resume`] is the explicit
+    /// resume.
+    pub fn unpause(&mut self) -> Result<(), TransitionError> {
+        match self.phase {
+            Phase::Paused { origin, .. } if origin.is_requested() => {
+                self.phase = self.unpaused_phase();
+                Ok(())
+            }
+            Phase::Paused { origin, .. } => Err(TransitionError::NeedsResume(origin)),
+            ref other => Err(TransitionError::NotPaused(other.kind())),
+        }
+    }
+
+    /// Where a paused plan goes on: the workers once the control plane is done.
+    fn unpaused_phase(&self) -> Phase {
+        if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
             Phase::Workers
         } else {
             Phase::ControlPlane
-        };
-        Ok(())
+        }
     }
 
     pub fn abort(&mut self) -> Result<(), TransitionError> {

@@ -1068,3 +1068,34 @@ fn a_paused_rollout_stored_before_pauses_had_an_origin_still_loads() {
     r.resume().expect("a paused plan resumes");
     assert_eq!(r.phase, Phase::Workers);
 }
+
+#[test]
+fn lifting_an_operators_pause_does_not_forgive_failures_that_came_meanwhile() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 3, maxFailures: 0}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.fail.push("w1".into());
+    sim.step(&mut r, &plan);
+    sim.finish_all(&mut r); // the control plane
+    assert_eq!(sim.step(&mut r, &plan).len(), 3, "one wave of three");
+    r.pause("paused by an operator", PauseOrigin::Operator)
+        .expect("pauses");
+    sim.finish_all(&mut r); // w1 fails while the plan is paused
+    r.unpause().expect("an operator's pause is lifted");
+    sim.step(&mut r, &plan);
+    assert!(
+        matches!(
+            r.phase,
+            Phase::Paused {
+                origin: PauseOrigin::Budget,
+                ..
+            }
+        ),
+        "{:?}",
+        r.phase
+    );
+    assert!(r.unpause().is_err(), "only an explicit resume lifts that");
+    r.resume().expect("resumes");
+    sim.run(&mut r, &plan);
+    assert!(matches!(r.phase, Phase::Degraded { .. }), "{:?}", r.phase);
+}
