@@ -40,6 +40,21 @@ pub struct Metadata {
     /// Free-form annotations, kept with the plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Accepted and not kept, so the manifest `kubectl apply -f` takes from git (which names
+    /// its namespace) is also one `skoalactl plan apply -f` takes.
+    #[serde(default, skip_serializing)]
+    pub namespace: Namespace,
+}
+
+/// `metadata.namespace`: any string, thrown away. A plan lives where its coordinator is, and
+/// two documents that differ only here are the same plan (re-applying one is not a change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Namespace;
+
+impl<'de> Deserialize<'de> for Namespace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|_| Namespace)
+    }
 }
 
 /// `spec`: the fields `docs/plan-reference.md` lists.

@@ -8,6 +8,20 @@
 //! [`OperationId`] (formats and parses the ids of operations) and [`ReleaseStatus`] (Helm's
 //! release status).
 //!
+//! # Layout
+//!
+//! - [`document`]: the `UpgradePlan` document as written (shape only); [`validate`](mod@validate): its
+//!   meaning, a checked [`Plan`];
+//! - [`window`]: maintenance windows and whether an upgrade may start; [`waiting`]: why a plan
+//!   with nothing in flight waits;
+//! - [`rollout`]: the rollout state machine, and its split into a head and per-worker entries
+//!   for stores that keep them apart;
+//! - [`control`]: the verbs a plan's object asks for through its `fleet.skoala.io/*`
+//!   annotations;
+//! - [`skew`](mod@skew): which clusters are not on the version; [`profile`]: what "on the version" means
+//!   for the release;
+//! - [`operation`], [`target`], [`release_status`], [`clock`]: the shared words and the clock.
+//!
 //! ```
 //! use skoala_plan::{UpgradePlan, validate};
 //!
@@ -32,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod control;
 pub mod document;
 pub mod operation;
 pub mod profile;
@@ -48,8 +63,8 @@ pub use document::UpgradePlan;
 pub use operation::{OperationId, OperationKind};
 pub use release_status::ReleaseStatus;
 pub use rollout::{
-    FleetView, InFlight, Outcome, Phase, PhaseKind, Rollout, Target, TargetState, TransitionError,
-    WorkerView,
+    FleetView, InFlight, Outcome, PauseOrigin, Phase, PhaseKind, Rollout, RolloutHead, Target,
+    TargetEntry, TargetState, TransitionError, WorkerView,
 };
 pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};

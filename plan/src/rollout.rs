@@ -30,6 +30,9 @@ pub use crate::target::Target;
 use crate::validate::{Approval, Convergence, Plan};
 use crate::window::StartDecision;
 
+mod split;
+pub use split::{RolloutHead, TargetEntry};
+
 /// An operation the rollout started and has not seen finish: what the coordinator must have
 /// running. The rollout as persisted is the whole truth of it, so the same list serves right
 /// after a step, after an agent reconnects, and after the coordinator restarts.
@@ -99,6 +102,9 @@ pub enum Phase {
     /// Stopped starting new upgrades; in-flight ones finish.
     Paused {
         reason: String,
+        /// Who paused it, which decides what may lift the pause (see [`PauseOrigin`]).
+        #[serde(default)]
+        origin: PauseOrigin,
     },
     /// Every selected cluster is on the target version, healthy.
     Succeeded,
@@ -115,6 +121,43 @@ pub enum Phase {
     /// `plan rollback`: workers first, then the control plane.
     RollingBack,
     RolledBack,
+}
+
+/// Who or what paused a plan. `skoalactl plan resume` (and the `fleet.skoala.io/resume`
+/// annotation) lifts any pause and acknowledges the failures so far; the level annotation
+/// `fleet.skoala.io/paused` only lifts the pauses a human asked for, so that a manifest in git
+/// saying `paused: "false"` never overrides the failure budget or a failed canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PauseOrigin {
+    /// `skoalactl plan pause`. The default for rollouts stored before the origin was: lifting
+    /// such a pause as an operator's is safe, because lifting one does not acknowledge failures,
+    /// so a pause that was really the budget's or a canary's comes back at the next step.
+    #[default]
+    Operator,
+    /// More clusters failed than `maxFailures` allows.
+    Budget,
+    /// A canary failed.
+    Canary,
+    /// The `fleet.skoala.io/paused: "true"` annotation on the plan's object.
+    Annotation,
+}
+
+impl PauseOrigin {
+    /// Whether a human asked for the pause, so that a human's "not paused" lifts it.
+    pub fn is_requested(self) -> bool {
+        matches!(self, PauseOrigin::Operator | PauseOrigin::Annotation)
+    }
+
+    /// Who paused, for messages (`the failure budget`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            PauseOrigin::Operator => "an operator",
+            PauseOrigin::Budget => "the failure budget",
+            PauseOrigin::Canary => "a failed canary",
+            PauseOrigin::Annotation => "the fleet.skoala.io/paused annotation",
+        }
+    }
 }
 
 /// A [`Phase`] without its details: the one vocabulary of phase names, as the store (the
@@ -274,6 +317,8 @@ pub enum TransitionError {
     AlreadyRollingBack,
     #[error("upgrades are still running: pause the plan and wait for them to finish")]
     StillRunning,
+    #[error("the plan was paused by {}: only an explicit resume, which acknowledges the failures, lifts it", .0.describe())]
+    NeedsResume(PauseOrigin),
 }
 
 /// One cluster's progress within the plan.
@@ -458,28 +503,52 @@ impl Rollout {
         }
     }
 
-    pub fn pause(&mut self, reason: &str) -> Result<(), TransitionError> {
+    /// Stops starting new upgrades, for `reason`, recording who asked.
+    pub fn pause(&mut self, reason: &str, origin: PauseOrigin) -> Result<(), TransitionError> {
         if self.phase.is_terminal() {
             return Err(TransitionError::CannotPause(self.phase.kind()));
         }
         self.phase = Phase::Paused {
             reason: reason.to_string(),
+            origin,
         };
         Ok(())
     }
 
-    /// Resumes a paused plan. Failures so far are acknowledged: the budget counts new ones.
+    /// Resumes a paused plan, whoever paused it. Failures so far are acknowledged: the budget
+    /// counts new ones.
     pub fn resume(&mut self) -> Result<(), TransitionError> {
         if !matches!(self.phase, Phase::Paused { .. }) {
             return Err(TransitionError::NotPaused(self.phase.kind()));
         }
         self.failures_acknowledged = self.failures();
-        self.phase = if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
+        self.phase = self.unpaused_phase();
+        Ok(())
+    }
+
+    /// Lifts a pause a human asked for ([`PauseOrigin::is_requested`]) and acknowledges
+    /// nothing: failures past the budget, or a failed canary, that happened while it was paused
+    /// pause the plan again at the next step, this time for what they are. What a level "not
+    /// paused" (`fleet.skoala.io/paused: "false"`) does; [`Rollout::resume`] is the explicit
+    /// resume.
+    pub fn unpause(&mut self) -> Result<(), TransitionError> {
+        match self.phase {
+            Phase::Paused { origin, .. } if origin.is_requested() => {
+                self.phase = self.unpaused_phase();
+                Ok(())
+            }
+            Phase::Paused { origin, .. } => Err(TransitionError::NeedsResume(origin)),
+            ref other => Err(TransitionError::NotPaused(other.kind())),
+        }
+    }
+
+    /// Where a paused plan goes on: the workers once the control plane is done.
+    fn unpaused_phase(&self) -> Phase {
+        if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
             Phase::Workers
         } else {
             Phase::ControlPlane
-        };
-        Ok(())
+        }
     }
 
     pub fn abort(&mut self) -> Result<(), TransitionError> {
@@ -659,6 +728,7 @@ impl Rollout {
             if canary_failed && self.failures_acknowledged == 0 {
                 self.phase = Phase::Paused {
                     reason: "a canary cluster failed; no other worker was started".into(),
+                    origin: PauseOrigin::Canary,
                 };
                 return;
             }
@@ -669,6 +739,7 @@ impl Rollout {
                         failures - self.failures_acknowledged,
                         plan.max_failures
                     ),
+                    origin: PauseOrigin::Budget,
                 };
                 return;
             }
@@ -820,11 +891,11 @@ impl Rollout {
             if !skewed.is_empty() {
                 parts.push(format!(
                     "reported success but skewed: {}",
-                    skewed.join(", ")
+                    some_names(&skewed)
                 ));
             }
             if !failed.is_empty() {
-                parts.push(format!("failed: {}", failed.join(", ")));
+                parts.push(format!("failed: {}", some_names(&failed)));
             }
             if !offline.is_empty() {
                 let then = if plan.convergence == Convergence::Auto {
@@ -832,7 +903,7 @@ impl Rollout {
                 } else {
                     ""
                 };
-                parts.push(format!("offline: {}{then}", offline.join(", ")));
+                parts.push(format!("offline: {}{then}", some_names(&offline)));
             }
             Phase::Degraded {
                 reason: parts.join("; "),
@@ -933,6 +1004,20 @@ impl Rollout {
     }
 }
 
+/// How many names a phase's reason lists per kind: the reason is stored with the plan (one
+/// object on the kube store, with a size limit) and read by a human, and neither wants ten
+/// thousand names. The counts and `skoalactl plan get` give the rest.
+pub const REASON_NAMES: usize = 20;
+
+/// `names` joined with commas, the first [`REASON_NAMES`] of them, then `and N more`.
+fn some_names(names: &[String]) -> String {
+    let shown = names[..names.len().min(REASON_NAMES)].join(", ");
+    match names.len().saturating_sub(REASON_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 /// Whether a cluster already runs the plan's version, deployed, with matching tags.
 fn at_target(r: &ClusterRelease, plan: &Plan, keys: &[&str]) -> bool {
     r.release.as_ref().is_some_and(|rel| {
@@ -950,7 +1035,10 @@ mod tests {
             PhaseKind::ControlPlane => Phase::ControlPlane,
             PhaseKind::AwaitingApproval => Phase::AwaitingApproval { stage: 2 },
             PhaseKind::Workers => Phase::Workers,
-            PhaseKind::Paused => Phase::Paused { reason },
+            PhaseKind::Paused => Phase::Paused {
+                reason,
+                origin: PauseOrigin::Budget,
+            },
             PhaseKind::Succeeded => Phase::Succeeded,
             PhaseKind::Degraded => Phase::Degraded { reason },
             PhaseKind::Failed => Phase::Failed { reason },

@@ -8,9 +8,12 @@ use std::path::Path;
 
 use serde_json::Value;
 use skoala_plan::document::{
-    ClusterSelector, IntOrPercent, Metadata, PlanSpec, Repository, Strategy, WindowSpec,
+    ClusterSelector, IntOrPercent, Metadata, Namespace, PlanSpec, Repository, Strategy, WindowSpec,
 };
 use skoala_plan::{UpgradePlan, validate};
+
+/// Fields the parser accepts and does not keep, so serialising shows them nowhere.
+const ACCEPTED_NOT_KEPT: &[&str] = &["metadata.namespace"];
 
 /// Fields whose values are free-form maps: their keys are data, not fields.
 const MAP_FIELDS: &[&str] = &[
@@ -44,6 +47,7 @@ fn everything() -> UpgradePlan {
             name: "n".into(),
             labels: map.clone(),
             annotations: map.clone(),
+            namespace: Namespace,
         },
         spec: PlanSpec {
             version: "0.19.2".into(),
@@ -99,6 +103,7 @@ fn the_field_table_lists_exactly_the_fields_of_the_format() {
         &serde_json::to_value(everything()).expect("serialises"),
         &mut actual,
     );
+    actual.extend(ACCEPTED_NOT_KEPT.iter().map(|f| f.to_string()));
     // Window objects are documented once, under spec.window; spec.windows is a map of them.
     let documented: BTreeSet<String> = reference()
         .lines()
@@ -160,4 +165,20 @@ fn every_example_on_the_page_validates() {
             panic!("example does not validate: {e}\n{block}");
         }
     }
+}
+
+#[test]
+fn a_namespace_in_the_metadata_is_accepted_and_not_kept() {
+    let with = "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: p, namespace: skoala-fleet}\nspec: {version: 0.19.2}\n";
+    let without = with.replace(", namespace: skoala-fleet", "");
+    let doc = UpgradePlan::from_yaml(with).expect("a manifest from git parses");
+    assert_eq!(
+        Some(&doc),
+        UpgradePlan::from_yaml(&without).ok().as_ref(),
+        "the same plan"
+    );
+    assert!(!doc.to_yaml().contains("namespace"), "{}", doc.to_yaml());
+    // Still a string, as Kubernetes has it: anything else is a mistake worth an error.
+    let odd = with.replace("namespace: skoala-fleet", "namespace: {a: 1}");
+    assert!(UpgradePlan::from_yaml(&odd).is_err());
 }

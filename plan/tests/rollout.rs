@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use jiff::SignedDuration;
 use skoala_plan::profile::SKOALA;
 use skoala_plan::{
-    ClusterRelease, FleetView, InFlight, Outcome, Phase, Plan, ReleaseState, Rollout, Target,
-    TargetState, UpgradePlan, WorkerView, validate,
+    ClusterRelease, FleetView, InFlight, Outcome, PauseOrigin, Phase, Plan, ReleaseState, Rollout,
+    Target, TargetState, UpgradePlan, WorkerView, validate,
 };
 
 const OLD: &str = "0.19.0";
@@ -214,7 +214,7 @@ fn a_failed_canary_pauses_the_plan_before_any_other_worker() {
     sim.run(&mut r, &plan);
     assert_eq!(sim.names_started(), ["cp", "w1"]);
     assert!(
-        matches!(&r.phase, Phase::Paused { reason } if reason.contains("canary")),
+        matches!(&r.phase, Phase::Paused { reason, origin: PauseOrigin::Canary } if reason.contains("canary")),
         "{:?}",
         r.phase
     );
@@ -243,7 +243,7 @@ fn more_failures_than_the_budget_pause_the_plan() {
         "stops after the second failure"
     );
     assert!(
-        matches!(&r.phase, Phase::Paused { reason } if reason.contains("maxFailures=1")),
+        matches!(&r.phase, Phase::Paused { reason, origin: PauseOrigin::Budget } if reason.contains("maxFailures=1")),
         "{:?}",
         r.phase
     );
@@ -649,4 +649,453 @@ fn a_rollbacks_revision_in_flight_is_read_from_the_stored_rollout() {
         "{:?}",
         old.in_flight()
     );
+}
+
+/// A small deterministic generator (splitmix64): the properties below run the same cases on
+/// every machine, and a failing seed is printed so it can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True once in `n` times.
+    fn one_in(&mut self, n: usize) -> bool {
+        self.below(n) == 0
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// A random plan: canaries, concurrency, budget, approvals and convergence all vary.
+fn random_plan(rng: &mut Rng) -> Plan {
+    let approval = ["none", "beforeWorkers", "beforeEachWave"][rng.below(3)];
+    let convergence = ["auto", "manual"][rng.below(2)];
+    plan(&format!(
+        "  strategy: {{canary: {}, maxConcurrency: {}, maxFailures: {}}}\n  requireApproval: {approval}\n  convergence: {convergence}\n",
+        rng.below(3),
+        1 + rng.below(3),
+        rng.below(3),
+    ))
+}
+
+/// One random event between two steps, as an operator, the fleet or the executor makes it.
+fn random_event(rng: &mut Rng, r: &mut Rollout, sim: &mut Sim, late: &mut usize) {
+    match rng.below(12) {
+        0 => {
+            let _ = r.approve();
+        }
+        1 => {
+            let _ = r.pause("paused by an operator", PauseOrigin::Operator);
+        }
+        2 | 3 => {
+            let _ = r.resume();
+        }
+        4 if rng.one_in(8) => {
+            let _ = r.abort();
+        }
+        5 if rng.one_in(4) => {
+            let _ = r.start_rollback(rng.one_in(2));
+        }
+        6 => {
+            let i = rng.below(sim.fleet.workers.len());
+            let w = &mut sim.fleet.workers[i].release;
+            w.connected = !w.connected;
+        }
+        7 if rng.one_in(3) => {
+            *late += 1;
+            let mut w = sim.fleet.workers[0].clone();
+            w.release.name = format!("late{late}");
+            w.release.cluster_id = format!("uid-late{late}");
+            w.release.connected = true;
+            w.release.release = Some(release(OLD));
+            sim.fleet.workers.push(w);
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn a_split_rollout_joins_back_to_itself_whatever_the_order_of_its_targets() {
+    for seed in 0..200 {
+        let mut rng = Rng(seed);
+        let plan = random_plan(&mut rng);
+        let mut r = Rollout::new(&plan);
+        let mut sim = Sim::new(1 + rng.below(10));
+        sim.fail = (1..=10)
+            .filter(|_| rng.one_in(4))
+            .map(|i| format!("w{i}"))
+            .collect();
+        let mut late = 0;
+        for round in 0..60 {
+            random_event(&mut rng, &mut r, &mut sim, &mut late);
+            sim.step(&mut r, &plan);
+            if rng.one_in(2) {
+                sim.finish_all(&mut r);
+            }
+            let (head, mut targets) = r.split();
+            assert_eq!(
+                targets.iter().map(|t| t.order).collect::<Vec<_>>(),
+                (0..r.workers.len() as u32).collect::<Vec<_>>(),
+                "seed {seed} round {round}: order is the enrolment index"
+            );
+            rng.shuffle(&mut targets);
+            // What a store hands back is JSON, not the values split made.
+            let head = serde_json::from_value(serde_json::to_value(&head).expect("json"))
+                .expect("the head reads back");
+            let targets = serde_json::from_value(serde_json::to_value(&targets).expect("json"))
+                .expect("the targets read back");
+            assert_eq!(Rollout::join(head, targets), r, "seed {seed} round {round}");
+        }
+    }
+}
+
+/// What a store split per object holds for one plan: the head and one entry per worker.
+struct SplitStore {
+    head: skoala_plan::RolloutHead,
+    targets: BTreeMap<String, skoala_plan::TargetEntry>,
+}
+
+/// One write of a round: the head, or one worker's entry.
+enum Write {
+    Head(skoala_plan::RolloutHead),
+    Target(skoala_plan::TargetEntry),
+}
+
+impl SplitStore {
+    /// The writes that store `r`, in the order a round makes them: the head first (it holds
+    /// the control plane and the decisions), then the workers' entries, those that start an
+    /// operation last, so a stored `running` entry is never next to a stale one that finished.
+    fn writes(&self, r: &Rollout) -> Vec<Write> {
+        let (head, targets) = r.split();
+        let mut writes = Vec::new();
+        if head != self.head {
+            writes.push(Write::Head(head));
+        }
+        let (mut starts, rest): (Vec<_>, Vec<_>) = targets
+            .into_iter()
+            .filter(|t| self.targets.get(&t.cluster_id) != Some(t))
+            .partition(|t| busy(&t.progress.state));
+        let mut rest = rest;
+        rest.append(&mut starts);
+        writes.extend(rest.into_iter().map(Write::Target));
+        writes
+    }
+
+    fn apply(&mut self, w: Write) {
+        match w {
+            Write::Head(h) => self.head = h,
+            Write::Target(t) => {
+                self.targets.insert(t.cluster_id.clone(), t);
+            }
+        }
+    }
+
+    /// What a new leader reads back.
+    fn load(&self, rng: &mut Rng) -> Rollout {
+        let mut targets: Vec<_> = self.targets.values().cloned().collect();
+        rng.shuffle(&mut targets);
+        Rollout::join(self.head.clone(), targets)
+    }
+
+    /// The rules a stored state must keep at every point, crash or not.
+    fn check(&self, canary: usize, concurrency: usize, why: &str) {
+        let running: Vec<_> = self
+            .targets
+            .values()
+            .filter(|t| busy(&t.progress.state))
+            .collect();
+        assert!(
+            running.len() <= canary.max(concurrency),
+            "{why}: {} stored running, canary {canary}, maxConcurrency {concurrency}",
+            running.len()
+        );
+        let upgrading = || {
+            running
+                .iter()
+                .filter(|t| matches!(t.progress.state, TargetState::Running { .. }))
+        };
+        if upgrading().any(|t| t.progress.stage == Some(0)) {
+            assert!(
+                upgrading().all(|t| t.progress.stage == Some(0)),
+                "{why}: a wave is stored running next to a running canary"
+            );
+        }
+        if upgrading().next().is_some() {
+            assert!(
+                matches!(self.head.control_plane.state, TargetState::Succeeded { .. }),
+                "{why}: a worker is stored running before the control plane's success: {:?}",
+                self.head.control_plane.state
+            );
+        }
+    }
+}
+
+fn busy(s: &TargetState) -> bool {
+    matches!(
+        s,
+        TargetState::Running { .. } | TargetState::RollingBack { .. }
+    )
+}
+
+/// The executor across every coordinator life: it runs an operation id once and answers a
+/// re-sent one with its recorded outcome.
+#[derive(Default)]
+struct Executor {
+    done: BTreeMap<String, (Target, Outcome)>,
+}
+
+impl Executor {
+    fn execute(&mut self, op: &InFlight, sim: &mut Sim, rng: &mut Rng, why: &str) {
+        let (target, id) = (op.target(), op.operation_id());
+        if self.done.contains_key(id) {
+            return; // a re-send: the recorded outcome is reported again
+        }
+        let parsed: skoala_plan::OperationId = id.parse().expect("a well-formed id");
+        assert_eq!(
+            parsed.target(),
+            target,
+            "{why}: {id} sent for another target"
+        );
+        let rollback = matches!(op, InFlight::Rollback { .. });
+        let twice = self.done.iter().find(|(other, (t, _))| {
+            t == target && other.contains(".rollback-") == rollback && other.as_str() != id
+        });
+        assert!(
+            twice.is_none(),
+            "{why}: {target:?} got {id} after {:?}",
+            twice.map(|(o, _)| o)
+        );
+        let name = match target {
+            Target::ControlPlane => "control-plane".to_string(),
+            Target::Worker(w) => {
+                assert!(
+                    self.done
+                        .iter()
+                        .any(|(o, (t, out))| *t == Target::ControlPlane
+                            && !o.contains(".rollback-")
+                            && matches!(out, Outcome::Succeeded { .. })),
+                    "{why}: worker operation {id} before the control plane succeeded"
+                );
+                w.trim_start_matches("uid-").to_string()
+            }
+        };
+        let fails = if rollback {
+            false
+        } else if *target == Target::ControlPlane {
+            rng.one_in(15)
+        } else {
+            sim.fail.contains(&name)
+        };
+        let outcome = if fails {
+            Outcome::RolledBack {
+                message: "verify failed".into(),
+            }
+        } else {
+            let slot = match target {
+                Target::ControlPlane => &mut sim.fleet.control_plane.release,
+                Target::Worker(_) => &mut sim.worker(&name).release.release,
+            };
+            *slot = Some(release(if rollback { OLD } else { NEW }));
+            Outcome::Succeeded {
+                revision_before: Some(1),
+            }
+        };
+        self.done.insert(id.to_string(), (target.clone(), outcome));
+    }
+}
+
+#[test]
+fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_many_at_once() {
+    for seed in 0..300 {
+        let mut rng = Rng(seed);
+        let canary = rng.below(3);
+        let concurrency = 1 + rng.below(3);
+        let approval = ["none", "beforeWorkers", "beforeEachWave"][rng.below(3)];
+        let convergence = ["auto", "manual"][rng.below(2)];
+        let plan = plan(&format!(
+            "  strategy: {{canary: {canary}, maxConcurrency: {concurrency}, maxFailures: {}}}\n  requireApproval: {approval}\n  convergence: {convergence}\n",
+            rng.below(3)
+        ));
+        let mut sim = Sim::new(1 + rng.below(10));
+        sim.fail = (1..=10)
+            .filter(|_| rng.one_in(4))
+            .map(|i| format!("w{i}"))
+            .collect();
+        let mut r = Rollout::new(&plan);
+        let (head, _) = r.split();
+        let mut store = SplitStore {
+            head,
+            targets: BTreeMap::new(),
+        };
+        let mut executor = Executor::default();
+        let (mut late, mut crashes) = (0, 0);
+        for round in 0..80 {
+            let why = format!("seed {seed} round {round}");
+            random_event(&mut rng, &mut r, &mut sim, &mut late);
+            // Results arrive (again, after a re-send) for what the executor ran.
+            for (id, (target, outcome)) in &executor.done {
+                if rng.one_in(2) {
+                    r.record(target, id, outcome.clone());
+                }
+            }
+            r.step(&plan, &SKOALA, &sim.fleet);
+            let mut writes = store.writes(&r);
+            let crash = rng.one_in(5);
+            if crash {
+                writes.truncate(rng.below(writes.len() + 1));
+            }
+            for w in writes {
+                store.apply(w);
+                store.check(canary, concurrency, &why);
+            }
+            if crash {
+                crashes += 1;
+                r = store.load(&mut rng);
+                continue;
+            }
+            // Persisted: now send what is in flight, to agents that are connected.
+            for op in r.in_flight() {
+                let connected = match op.target() {
+                    Target::ControlPlane => sim.fleet.control_plane.connected,
+                    Target::Worker(id) => sim
+                        .fleet
+                        .workers
+                        .iter()
+                        .any(|w| &w.release.cluster_id == id && w.release.connected),
+                };
+                if connected {
+                    executor.execute(&op, &mut sim, &mut rng, &why);
+                }
+            }
+        }
+        assert!(crashes > 0, "seed {seed}: no crash was tried");
+        // No cluster is lost: one more step enrols every one the plan selected, even a
+        // cluster whose pending entry a crash never let it store (`convergence: manual`).
+        r.step(&plan, &SKOALA, &sim.fleet);
+        let initial = sim
+            .fleet
+            .workers
+            .iter()
+            .filter(|w| !w.release.name.starts_with("late"));
+        for w in initial {
+            assert!(
+                r.workers.iter().any(|(id, _)| *id == w.release.cluster_id),
+                "seed {seed}: {} was never enrolled",
+                w.release.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_join_places_renumbered_entries_deterministically_and_keeps_one_entry_per_cluster() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 3}\n  convergence: manual\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.step(&mut r, &plan);
+    let (head, targets) = r.split();
+    // A later split renumbered w3 to 1 and was stored only in part: w2 still says 1, and w3
+    // was handed back twice (as a store listing during a rewrite might).
+    let [w1, mut w2, w3] = <[_; 3]>::try_from(targets).expect("three workers");
+    w2.order = 1;
+    let mut w3_renumbered = w3.clone();
+    w3_renumbered.order = 1;
+    let joined = Rollout::join(head, vec![w3.clone(), w3_renumbered, w2, w1]);
+    let ids: Vec<&str> = joined.workers.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["uid-w1", "uid-w2", "uid-w3"]);
+    assert!(joined.enrolled_once, "every enrolled cluster is there");
+}
+
+#[test]
+fn a_degraded_reason_names_twenty_offline_clusters_and_counts_the_rest() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 5}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(30);
+    for w in &mut sim.fleet.workers {
+        w.release.connected = false;
+    }
+    sim.run(&mut r, &plan);
+    let Phase::Degraded { reason } = &r.phase else {
+        panic!("degraded expected: {:?}", r.phase)
+    };
+    let listed = reason
+        .strip_prefix("offline: ")
+        .and_then(|rest| rest.split_once(" and 10 more"))
+        .map(|(names, _)| names.split(", ").count());
+    assert_eq!(listed, Some(20), "{reason}");
+    assert!(
+        reason.ends_with(" and 10 more (upgraded in their next window when they return)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_paused_rollout_stored_before_pauses_had_an_origin_still_loads() {
+    // A rollout as SQLite stored it before `origin` existed, paused by the failure budget.
+    let stored = r#"{"plan":"p","phase":{"phase":"paused","reason":"3 clusters failed, more than maxFailures=2"},"control_plane":{"state":{"state":"succeeded","revision_before":4},"attempts":1,"stage":0},"workers":[["uid-w1",{"state":{"state":"failed","message":"verify failed"},"attempts":1,"stage":1}]],"approved":[],"failures_acknowledged":0,"enrolled_once":true,"rollback_ignores_windows":false}"#;
+    let r: Rollout = serde_json::from_str(stored).expect("today's form loads");
+    assert_eq!(
+        r.phase,
+        Phase::Paused {
+            reason: "3 clusters failed, more than maxFailures=2".into(),
+            origin: PauseOrigin::Operator,
+        }
+    );
+    // Written again, the origin is there, and reads back the same.
+    let again = serde_json::to_string(&r).expect("json");
+    assert!(again.contains(r#""origin":"operator""#), "{again}");
+    assert_eq!(
+        serde_json::from_str::<Rollout>(&again).expect("reads back"),
+        r
+    );
+    // And `plan resume` lifts it as it did.
+    let mut r = r;
+    r.resume().expect("a paused plan resumes");
+    assert_eq!(r.phase, Phase::Workers);
+}
+
+#[test]
+fn lifting_an_operators_pause_does_not_forgive_failures_that_came_meanwhile() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 3, maxFailures: 0}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(3);
+    sim.fail.push("w1".into());
+    sim.step(&mut r, &plan);
+    sim.finish_all(&mut r); // the control plane
+    assert_eq!(sim.step(&mut r, &plan).len(), 3, "one wave of three");
+    r.pause("paused by an operator", PauseOrigin::Operator)
+        .expect("pauses");
+    sim.finish_all(&mut r); // w1 fails while the plan is paused
+    r.unpause().expect("an operator's pause is lifted");
+    sim.step(&mut r, &plan);
+    assert!(
+        matches!(
+            r.phase,
+            Phase::Paused {
+                origin: PauseOrigin::Budget,
+                ..
+            }
+        ),
+        "{:?}",
+        r.phase
+    );
+    assert!(r.unpause().is_err(), "only an explicit resume lifts that");
+    r.resume().expect("resumes");
+    sim.run(&mut r, &plan);
+    assert!(matches!(r.phase, Phase::Degraded { .. }), "{:?}", r.phase);
 }

@@ -2,7 +2,7 @@
 //! (plans, their status, skew). Errors are [`Error`]s; the admin API turns them into gRPC
 //! codes.
 
-use skoala_plan::{PhaseKind, Plan, Rollout, UpgradePlan, validate};
+use skoala_plan::{PauseOrigin, PhaseKind, Plan, Rollout, UpgradePlan, validate};
 use skoala_proto::v1::PlanStatus;
 use skoala_upgrade::Helm;
 
@@ -139,7 +139,7 @@ impl<S: Store> Orchestrator<S> {
                 .approve()
                 .map(|stage| format!("stage {stage} approved")),
             Verb::Pause => rollout
-                .pause("paused by an operator")
+                .pause("paused by an operator", PauseOrigin::Operator)
                 .map(|()| "paused by an operator; running upgrades finish".into()),
             Verb::Resume => rollout.resume().map(|()| "resumed".into()),
             Verb::Abort => rollout

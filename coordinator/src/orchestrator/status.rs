@@ -18,7 +18,7 @@ pub fn phase(p: &Phase) -> (&'static str, String) {
         Phase::AwaitingApproval { stage } => {
             format!("approve wave {stage}: skoalactl plan approve")
         }
-        Phase::Paused { reason } | Phase::Degraded { reason } | Phase::Failed { reason } => {
+        Phase::Paused { reason, .. } | Phase::Degraded { reason } | Phase::Failed { reason } => {
             reason.clone()
         }
         _ => String::new(),
