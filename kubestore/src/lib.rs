@@ -3,9 +3,14 @@
 //!
 //! # Layout
 //!
-//! Filled as the pieces land; each module has one job and its own error type.
+//! - [`crd`]: the fleet's CustomResourceDefinitions (`UpgradePlan`, `FleetCluster`,
+//!   `FleetLog`), generated from the Rust types of their spec and status, and those types.
+//!   `crds.yaml` next to this crate is [`crd::crds_yaml`], checked in so it can be reviewed
+//!   and applied without building anything (a test fails when it drifts).
 //!
 //! **Invariant:** this crate never depends on `skoala-proto`, `tonic` or `skoala-coordinator`.
 //! It speaks Kubernetes and the plan crate's own types; the coordinator adapts.
 
 #![forbid(unsafe_code)]
+
+pub mod crd;
