@@ -1,4 +1,5 @@
-//! `skoala-coordinator`: `init` creates a fleet's data dir; `serve` runs the coordinator.
+//! `skoala-coordinator`: `init` creates a fleet's data dir; `serve` runs the coordinator;
+//! `crds` prints the fleet's CustomResourceDefinitions.
 
 #![forbid(unsafe_code)]
 
@@ -69,6 +70,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Print the fleet's CustomResourceDefinitions (UpgradePlan, FleetCluster, FleetLog) as
+    /// YAML, for `kubectl apply -f -` where CRDs are managed outside the chart.
+    ///
+    /// They are for the Kubernetes store (plans as objects on the control-plane cluster's API
+    /// server), which is not released yet: nothing acts on these objects today.
+    ///
+    /// Example: skoala-coordinator crds | kubectl apply --server-side -f -
+    Crds,
     /// Serve agents and operators on one TLS port until SIGTERM.
     ///
     /// Prints "skoala-coordinator listening on ADDR" once the port is open.
@@ -238,6 +247,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             use std::io::Write;
             std::io::stdout().write_all(&bytes)?;
+            Ok(())
+        }
+        Command::Crds => {
+            use std::io::Write;
+            std::io::stdout().write_all(skoala_kubestore::crd::crds_yaml().as_bytes())?;
             Ok(())
         }
         Command::Serve {

@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //!
-//! Filled as the pieces land; each module has one job and its own error type.
-//!
+//! - [`crd`]: the fleet's CustomResourceDefinitions (`UpgradePlan`, `FleetCluster`,
+//!   `FleetLog`), generated from the Rust types of their spec and status, and those types.
+//!   `crds.yaml` next to this crate is [`crd::crds_yaml`], checked in so it can be reviewed
+//!   and applied without building anything (a test fails when it drifts);
 //! - [`write`]: writes to the API server — one lane per object (at most one request in flight,
 //!   what queues behind it merged into one), served by urgency under one rate budget.
 //!
@@ -13,4 +15,5 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crd;
 pub mod write;

@@ -59,6 +59,7 @@ impl<'de> Deserialize<'de> for Namespace {
 
 /// `spec`: the fields `docs/plan-reference.md` lists.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanSpec {
     /// Chart version `X.Y.Z`; image tags default to `vX.Y.Z`.
@@ -99,6 +100,7 @@ pub struct PlanSpec {
 
 /// `spec.repository`: where the charts come from.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Repository {
     /// The name `helm repo add` gives it (`skoala`).
@@ -116,6 +118,7 @@ pub struct Repository {
 /// A maintenance window: either a cron `schedule` with a `duration`, or `days` with a
 /// `startTime` and `endTime`; always in an IANA `timeZone`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowSpec {
     /// Five-field cron expression (minute hour day-of-month month day-of-week), e.g.
@@ -141,6 +144,7 @@ pub struct WindowSpec {
 
 /// `spec.strategy`: how fast, and how much failure is tolerated.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Strategy {
     /// How many clusters are upgraded alone first. Default 1.
@@ -160,6 +164,7 @@ pub struct Strategy {
 
 /// `10` or `"10%"`, as in Kubernetes' `IntOrString`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum IntOrPercent {
     /// A count.
@@ -170,6 +175,7 @@ pub enum IntOrPercent {
 
 /// `spec.clusters`: which working clusters the plan covers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSelector {
     /// Only clusters carrying all these labels.

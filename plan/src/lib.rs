@@ -58,6 +58,11 @@ pub mod validate;
 pub mod waiting;
 pub mod window;
 
+/// Why an accepted plan's document cannot change, after "plan NAME ": the coordinator's
+/// refusal of `plan apply` and the `UpgradePlan` CRD's rule say the same words.
+pub const IMMUTABLE_PLAN: &str =
+    "exists with a different document; plans are immutable, apply it under a new name";
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use document::UpgradePlan;
 pub use operation::{OperationId, OperationKind};

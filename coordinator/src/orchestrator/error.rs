@@ -51,9 +51,7 @@ pub enum Error {
     )]
     Busy { active: String, phase: &'static str },
     /// A plan of that name exists with another document.
-    #[error(
-        "plan {0} exists with a different document; plans are immutable, apply it under a new name"
-    )]
+    #[error("plan {0} {why}", why = skoala_plan::IMMUTABLE_PLAN)]
     Immutable(String),
     /// The plan exists, but a newer one superseded it.
     #[error("plan {0} is not the active plan (a newer plan superseded it)")]
