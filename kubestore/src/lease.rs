@@ -489,6 +489,7 @@ impl Elector {
                 state: state_rx,
                 term,
             },
+            since: start,
             identity: self.config.identity,
             predecessor,
             stop: Some(stop),
@@ -597,6 +598,8 @@ impl Fence {
 /// at its deadline and a standby takes over once the lease expires.
 pub struct Leadership {
     fence: Fence,
+    /// When the acquiring write was sent; see [`Leadership::since`].
+    since: Instant,
     identity: String,
     predecessor: Option<String>,
     /// Asks the renewer to stop; dropped (with the renewer aborted) on drop.
@@ -613,6 +616,12 @@ impl Leadership {
     /// This leadership's term.
     pub fn term(&self) -> Term {
         self.fence.term
+    }
+
+    /// When the write that took the Lease was sent: the API server applied it no earlier, so
+    /// the term started no earlier than this instant.
+    pub fn since(&self) -> Instant {
+        self.since
     }
 
     /// Our holder identity.

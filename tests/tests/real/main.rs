@@ -14,6 +14,7 @@ mod agent_token;
 mod agent_upgrade;
 mod cluster;
 mod coordinator_in_cluster;
+mod lease;
 mod mixed_fleet;
 mod rbac;
 mod sim_parity;
