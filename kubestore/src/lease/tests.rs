@@ -200,6 +200,13 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// `f`, or a panic after a minute of (paused) time: a broken elector fails a test, never hangs it.
+async fn within_a_minute<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("did not happen within a minute")
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_write_is_allowed_after_the_deadline_while_the_renewal_is_still_in_flight() {
     let fake = Fake::default();
@@ -224,7 +231,7 @@ async fn no_write_is_allowed_after_the_deadline_while_the_renewal_is_still_in_fl
         "the deadline is start of the acquiring write + 10 s: {:?}",
         fence.check()
     );
-    let lost = fence.lost().await;
+    let lost = within_a_minute(fence.lost()).await;
     assert!(matches!(lost, Lost::Deadline), "{lost:?}");
     assert_eq!(
         Instant::now(),
@@ -255,17 +262,16 @@ async fn a_renewal_answered_after_the_deadline_never_reopens_the_fence() {
     let t0 = Instant::now();
     let leader = elector(&fake, "a").acquire().await.unwrap();
     let fence = leader.fence();
-    // Renewals reach the server (its record moves on) but the answers come 11 s late.
-    fake.server().puts = Puts::AnswerAfter(secs(11.0));
-    let lost = fence.lost().await;
+    // Renewals reach the server (its record moves on) but the answers come 9 s late: the
+    // first one, sent at 2 s, would answer at 11 s with a deadline of 12 s if it counted.
+    fake.server().puts = Puts::AnswerAfter(secs(9.0));
+    let lost = within_a_minute(fence.lost()).await;
     assert!(matches!(lost, Lost::Deadline), "{lost:?}");
     assert_eq!(Instant::now(), t0 + secs(10.0));
-    // Long after the late answer would have arrived, the fence is still closed.
+    sleep_until(t0 + secs(11.5)).await;
+    assert!(fake.server().writes.len() >= 2, "the server applied the renewal");
+    assert!(fence.check().is_err(), "a late answer reopened the fence");
     sleep_until(t0 + secs(30.0)).await;
-    assert!(
-        fake.server().writes.len() >= 2,
-        "the server applied the renewal"
-    );
     assert!(fence.check().is_err(), "a closed fence stays closed");
 }
 
@@ -288,7 +294,7 @@ async fn a_candidate_waits_a_lease_duration_from_when_it_saw_the_record_change_n
     let tomorrow =
         k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24);
     fake.edit(|s| s.renew_time = Some(MicroTime(tomorrow)));
-    let leader = candidate.await.unwrap().unwrap();
+    let leader = within_a_minute(candidate).await.unwrap().unwrap();
     let taken = Instant::now();
     // Seen changed at the first attempt at or after 10 s (attempts are ≤ 2.4 s apart).
     assert!(
@@ -329,7 +335,7 @@ async fn a_released_lease_is_taken_at_the_standbys_next_attempt_with_the_next_te
     assert_eq!(record.holder_identity, None, "released: no holder");
     assert_eq!(record.lease_duration_seconds, Some(1));
     assert_eq!(record.lease_transitions, Some(0), "the term is kept");
-    let b = b.await.unwrap().unwrap();
+    let b = within_a_minute(b).await.unwrap().unwrap();
     assert!(
         Instant::now() - released <= secs(2.4),
         "one jittered retry period"
@@ -347,7 +353,7 @@ async fn a_renewal_that_meets_another_holder_ends_the_term_at_once() {
         s.holder_identity = Some("thief".into());
         s.lease_transitions = Some(1);
     });
-    let lost = a.lost().await;
+    let lost = within_a_minute(a.lost()).await;
     assert!(
         matches!(&lost, Lost::Superseded { holder } if holder == "thief"),
         "{lost:?}"
@@ -371,7 +377,7 @@ async fn a_dropped_leadership_stops_renewing_and_its_fence_closes_at_its_deadlin
     assert_eq!(deadline, t0 + secs(12.0), "renewed once, at 2 s");
     drop(a);
     let writes = fake.server().writes.len();
-    let lost = fence.lost().await;
+    let lost = within_a_minute(fence.lost()).await;
     assert!(matches!(lost, Lost::Deadline), "{lost:?}");
     assert_eq!(Instant::now(), deadline);
     assert_eq!(
@@ -392,7 +398,10 @@ async fn an_rbac_refusal_is_an_error_naming_the_verb_not_a_wait() {
     let fake = Fake::default();
     fake.store(held_by("", 2, k8s_openapi::jiff::Timestamp::now()));
     fake.server().puts = Puts::Forbidden;
-    let err = elector(&fake, "a").acquire().await.err().expect("refused");
+    let err = within_a_minute(elector(&fake, "a").acquire())
+        .await
+        .err()
+        .expect("refused");
     assert!(
         matches!(
             err,
@@ -415,7 +424,7 @@ async fn an_rbac_refusal_is_an_error_naming_the_verb_not_a_wait() {
     let t0 = Instant::now();
     let a = elector(&fake, "a").acquire().await.unwrap();
     fake.server().puts = Puts::Forbidden;
-    let lost = a.lost().await;
+    let lost = within_a_minute(a.lost()).await;
     assert!(
         matches!(&lost, Lost::Denied(e) if matches!(**e, Error::Denied { verb: Verb::Update, .. })),
         "{lost:?}"
