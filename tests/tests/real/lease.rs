@@ -141,15 +141,22 @@ async fn lease_record(cluster: &RealCluster) -> anyhow::Result<LeaseSpec> {
     Ok(leases.get(LEASE_NAME).await?.spec.unwrap_or_default())
 }
 
-/// Waits until the leader's fence deadline is past `instant`: it renewed after it.
+/// Waits until the leader's fence deadline is past `instant + renew deadline`: it renewed
+/// after `instant`. Fails at once, with the reason, if its term ends instead.
 async fn renewed_after(leader: &Leadership, instant: Instant) -> anyhow::Result<()> {
     let fence = leader.fence();
     let later = instant + timing().renew_deadline;
     wait::until("a renewal", PATIENCE, || {
         let fence = fence.clone();
-        async move { (fence.deadline() > later).then_some(()) }
+        async move {
+            match fence.check() {
+                Err(e) => Some(Err(e)),
+                Ok(_) => (fence.deadline() > later).then_some(Ok(())),
+            }
+        }
     })
-    .await
+    .await?
+    .context("the leader's term ended while it should have been renewing")
 }
 
 async fn joined(task: JoinHandle<lease::Result<Leadership>>) -> anyhow::Result<Leadership> {
