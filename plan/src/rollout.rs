@@ -67,7 +67,7 @@ impl InFlight {
     }
 
     /// The one of `target` in `state`, if it is in flight.
-    fn of(target: Target, state: &TargetState) -> Option<InFlight> {
+    pub fn of(target: Target, state: &TargetState) -> Option<InFlight> {
         match state {
             TargetState::Running { operation_id, .. } => Some(InFlight::Upgrade {
                 target,

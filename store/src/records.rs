@@ -242,14 +242,113 @@ pub struct PlanRecord {
     pub name: String,
     /// The UpgradePlan document (YAML) as applied.
     pub document: String,
-    /// The rollout, as JSON.
-    pub rollout: String,
+    /// The rollout as stored, in parts: the orchestrator joins them
+    /// (`skoala_plan::Rollout::join`).
+    pub rollout: RolloutRecord,
     /// Whether it is the one plan the orchestrator runs.
     pub active: bool,
     /// When it was first stored (ms).
     pub created_ms: i64,
     /// When it was last written (ms).
     pub updated_ms: i64,
+}
+
+/// A plan's rollout as a store keeps it: the head and one entry per working cluster, so a
+/// round that changes one cluster writes one entry, and no stored object grows with the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutRecord {
+    /// The head (`skoala_plan::RolloutHead`) as JSON; empty only in records made by tests
+    /// that never read it back as a rollout.
+    pub head: String,
+    /// Every stored target, in no particular order (a store lists them as it keeps them).
+    pub targets: Vec<TargetRecord>,
+}
+
+/// One working cluster's entry in a plan's rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRecord {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// Its place in the enrolment order (`skoala_plan::TargetEntry::order`).
+    pub order: u32,
+    /// Its state, passed beside the JSON so a store can show it (a printer column, a field
+    /// selector) without knowing the plan crate's types.
+    pub phase: TargetPhase,
+    /// The `skoala_plan::rollout::Progress` as JSON: opaque to the store.
+    pub progress: String,
+}
+
+/// The state of one target, as a store shows it (`skoala_plan::rollout::TargetState` without
+/// its details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetPhase {
+    /// Not started.
+    Pending,
+    /// Upgrading.
+    Running,
+    /// Upgraded.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Failed, then rolled back.
+    RolledBack,
+    /// Returning to its previous revision.
+    RollingBack,
+    /// Returned to its previous revision by `plan rollback`.
+    Reverted,
+}
+
+impl TargetPhase {
+    /// Every phase, for parsing and tests.
+    pub const ALL: [TargetPhase; 7] = [
+        TargetPhase::Pending,
+        TargetPhase::Running,
+        TargetPhase::Succeeded,
+        TargetPhase::Failed,
+        TargetPhase::RolledBack,
+        TargetPhase::RollingBack,
+        TargetPhase::Reverted,
+    ];
+
+    /// The phase as the plan crate's serde tag spells it, which is also how a store writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetPhase::Pending => "pending",
+            TargetPhase::Running => "running",
+            TargetPhase::Succeeded => "succeeded",
+            TargetPhase::Failed => "failed",
+            TargetPhase::RolledBack => "rolledBack",
+            TargetPhase::RollingBack => "rollingBack",
+            TargetPhase::Reverted => "reverted",
+        }
+    }
+
+    /// The phase spelled `s` by [`TargetPhase::as_str`].
+    pub fn parse(s: &str) -> Option<TargetPhase> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether a target in this phase has an operation its agent may be running: a target
+    /// entering it is stored only after the round's other targets (design `kube-store.md`
+    /// §3.3), so a crash never leaves more stored as running than the rollout allowed.
+    pub fn is_starting(self) -> bool {
+        matches!(self, TargetPhase::Running | TargetPhase::RollingBack)
+    }
+}
+
+/// One write of a plan's rollout: the head if it changed, the targets that changed, and the
+/// events that go with them. A store applies one write atomically, or reports that it did
+/// not; the orchestrator orders several writes of a round (head, then targets, then starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutWrite {
+    /// The plan's name.
+    pub plan: String,
+    /// The new head as JSON (`None`: unchanged).
+    pub head: Option<String>,
+    /// Targets to create or replace (by cluster id); the others are left as stored.
+    pub targets: Vec<TargetRecord>,
+    /// Events recorded with the write.
+    pub events: Vec<PlanEventRecord>,
 }
 
 /// One event of a plan (`id` and `at_unix_ms` are assigned by the store when appending).

@@ -6,7 +6,7 @@ use std::future::Future;
 use crate::{
     AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity,
     NewAudit, PlanEventRecord, PlanRecord, Pruned, RegisterError, Registered, Registration,
-    StoreError, TokenRecord,
+    RolloutWrite, StoreError, TokenRecord,
 };
 
 /// Who may talk to the coordinator: join tokens, registrations, clusters, their
@@ -147,13 +147,14 @@ pub trait PlanStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Every plan, oldest first.
     fn plans(&self) -> impl Future<Output = Result<Vec<PlanRecord>, StoreError>> + Send;
-    /// Saves a plan's rollout and appends `events`, in one transaction: the coordinator acts on
-    /// a step only after this returned (invariant 2). Returns the id of the last event.
+    /// Applies one write of a plan's rollout — its head if given, each given target (created or
+    /// replaced by cluster id; the others stay as stored) — and appends its events, all or
+    /// nothing: the coordinator acts on a target only after the write that holds it returned
+    /// (invariant 2). Returns the id of the last event (0 without events). An unknown plan is
+    /// an error.
     fn save_rollout(
         &self,
-        name: String,
-        rollout: String,
-        events: Vec<PlanEventRecord>,
+        write: RolloutWrite,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Appends events (progress that changes no rollout state). Returns the last id.
     fn append_plan_events(

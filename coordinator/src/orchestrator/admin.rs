@@ -7,9 +7,10 @@ use skoala_proto::v1::PlanStatus;
 use skoala_upgrade::Helm;
 
 use super::fleet::Snapshot;
+use super::saved::{self, Saved};
 use super::{Active, Error, Orchestrator, Result, charts, status};
 use crate::clock::now_ms;
-use skoala_store::{PlanEventRecord, PlanRecord, Store, StoreError};
+use skoala_store::{PlanEventRecord, PlanRecord, Store};
 
 impl<S: Store> Orchestrator<S> {
     /// `ApplyPlan`: validates, checks the fleet and the charts, then stores the plan as the
@@ -77,18 +78,15 @@ impl<S: Store> Orchestrator<S> {
             if !same {
                 return Err(Error::Immutable(plan.name));
             }
-            let rollout: Rollout = serde_json::from_str(&old.rollout)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let rollout = saved::joined(&old.name, &old.rollout)?;
             return Ok(status::plan_status(old, &plan.version, &rollout, &snap));
         }
         let rollout = Rollout::new(&plan);
-        let json = serde_json::to_string(&rollout)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the rollout: {e}")))?;
         let now = now_ms();
         let record = PlanRecord {
             name: plan.name.clone(),
             document: text.to_string(),
-            rollout: json.clone(),
+            rollout: saved::record(&rollout)?,
             active: true,
             created_ms: now,
             updated_ms: now,
@@ -114,11 +112,11 @@ impl<S: Store> Orchestrator<S> {
         self.last_event.send_replace(last);
         tracing::info!(plan = %plan.name, version = %plan.version, selected, "plan applied");
         let status = status::plan_status(&record, &plan.version, &rollout, &snap);
-        self.assigned.replace(Some(&rollout));
+        self.assigned.replace(rollout.in_flight());
         st.active = Some(Active {
             plan,
+            saved: Saved::all(&rollout),
             rollout,
-            saved: json,
             charts,
         });
         drop(st);
@@ -243,7 +241,7 @@ impl<S: Store> Orchestrator<S> {
 /// before anything is acted on).
 fn stored_status(r: &PlanRecord, snap: &Snapshot) -> Option<PlanStatus> {
     let version = UpgradePlan::from_yaml(&r.document).ok()?.spec.version;
-    let rollout: Rollout = serde_json::from_str(&r.rollout).ok()?;
+    let rollout = saved::joined(&r.name, &r.rollout).ok()?;
     Some(status::plan_status(r, &version, &rollout, snap))
 }
 

@@ -7,14 +7,15 @@
 //! else — another cluster's operation, a made-up one, one already finished — is dropped before
 //! it reaches the rollout, the store or `plan watch` (the session audits it).
 //!
-//! The set is rebuilt from the rollout whenever a changed rollout is stored (and when a plan is
-//! loaded or applied), so it is the persisted truth: after a coordinator restart an agent may
-//! still report the operation it was running, because the stored rollout has it in flight.
+//! The set is rebuilt from the operations the store holds in flight whenever a round stored a
+//! part (and when a plan is loaded or applied), so it is the persisted truth: after a
+//! coordinator restart an agent may still report the operation it was running, because the
+//! stored rollout has it in flight.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
-use skoala_plan::{Rollout, Target};
+use skoala_plan::{InFlight, Target};
 
 /// Operation ids in flight, by working cluster.
 #[derive(Default)]
@@ -23,10 +24,10 @@ pub struct Assigned {
 }
 
 impl Assigned {
-    /// Replaces the set with the workers' operations in flight in `rollout` (none: `None`).
-    pub fn replace(&self, rollout: Option<&Rollout>) {
+    /// Replaces the set with the workers' operations among `in_flight`.
+    pub fn replace(&self, in_flight: impl IntoIterator<Item = InFlight>) {
         let mut next: HashMap<String, HashSet<String>> = HashMap::new();
-        for op in rollout.map(Rollout::in_flight).unwrap_or_default() {
+        for op in in_flight {
             if let Target::Worker(cluster) = op.target() {
                 next.entry(cluster.clone())
                     .or_default()

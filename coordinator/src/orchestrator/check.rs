@@ -29,7 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use skoala_plan::validate::ChartSource as PlanSource;
-use skoala_plan::{ClusterRelease, OperationId, Plan, Rollout, Target, TargetState};
+use skoala_plan::{ClusterRelease, OperationId, Plan, Target, TargetState};
 use skoala_proto::v1::{
     self as pb, CoordinatorMessage, PreflightResult, TaskKind, TaskOutcome, TaskResult,
     agent_message::Body, coordinator_message,
@@ -394,7 +394,7 @@ async fn busy(store: &impl Store) -> HashMap<String, String> {
     let Some(active) = active else {
         return out;
     };
-    let Ok(rollout) = serde_json::from_str::<Rollout>(&active.rollout) else {
+    let Ok(rollout) = super::saved::joined(&active.name, &active.rollout) else {
         return out;
     };
     let targets = std::iter::once((CONTROL_PLANE, &rollout.control_plane))

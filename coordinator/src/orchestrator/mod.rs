@@ -7,12 +7,15 @@
 //!
 //! 1. records results into the rollout,
 //! 2. steps the rollout against a fresh [`fleet::Snapshot`],
-//! 3. persists the rollout together with the events of the change (one transaction), and
-//! 4. only then sends the work: every operation in flight (`Rollout::in_flight`) not yet
-//!    delivered on its agent's *current* session gets its `Task` (again). A crash between 3 and 4 re-sends rather than
-//!    forgets; a reconnect re-sends too. The operation ids are deterministic and the executor
-//!    is idempotent per id, so a duplicate is harmless (invariant 2). A round whose persist
-//!    fails sends nothing: its work goes out with the next round that stores it.
+//! 3. persists what changed, per part (`saved.rs`): the head if it changed, then the clusters
+//!    whose entry changed and start nothing, then those entering `running` or `rollingBack`,
+//!    the round's events with the last write, and
+//! 4. only then sends the work: every operation in flight (`Rollout::in_flight`) whose own
+//!    entry the store holds and that is not yet delivered on its agent's *current* session
+//!    gets its `Task` (again). A crash between 3 and 4 re-sends rather than forgets; a
+//!    reconnect re-sends too. The operation ids are deterministic and the executor is
+//!    idempotent per id, so a duplicate is harmless (invariant 2). An operation whose write
+//!    fails is not sent: it goes out with the next round that stores it.
 //!
 //! The control plane's own `skoala` is upgraded in-process with the executor
 //! ([`dispatch::ControlPlaneRunner`]).
@@ -21,6 +24,7 @@
 //!
 //! - `run.rs`: the loop (load, rounds, persist, send), unit-tested with fakes in
 //!   `run/tests.rs`;
+//! - `saved.rs`: the rollout's parts as stored, and what a round must write;
 //! - `admin.rs`: apply, the operator's verbs and the reads `skoalactl` makes, returning
 //!   [`Error`] (`error.rs`), which the admin API maps to gRPC codes;
 //! - [`check`]: `skoalactl plan check`, the fleet-wide preflight;
@@ -42,6 +46,7 @@ mod error;
 pub mod fleet;
 mod retain;
 mod run;
+mod saved;
 pub mod status;
 
 use std::collections::HashMap;
@@ -92,8 +97,9 @@ pub enum Input {
 struct Active {
     plan: Plan,
     rollout: Rollout,
-    /// The rollout JSON as last persisted: work is sent only when memory equals the store.
-    saved: String,
+    /// The rollout's parts as last stored: a round writes what differs, and an operation is
+    /// sent only once its own part is stored.
+    saved: saved::Saved,
     /// A relay plan's charts (`None` for a repo plan, or while they are being prepared after
     /// a restart: its tasks wait for them).
     charts: Option<charts::PlanCharts>,

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource;
-use skoala_plan::{OperationId, Plan, Rollout, Target, UpgradePlan, validate};
+use skoala_plan::{OperationId, Plan, Target, UpgradePlan, validate};
 use skoala_proto::v1::{TaskResult, agent_message::Body};
 use skoala_upgrade::Helm;
 
 use super::fleet::{CONTROL_PLANE, Snapshot};
+use super::saved::{self, Round, Saved};
 use super::{Active, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status};
 use crate::clock::now_ms;
 use skoala_store::TASK_RESULT;
-use skoala_store::{PlanEventRecord, Store, StoreError};
+use skoala_store::{PlanEventRecord, RolloutWrite, Store, StoreError};
 
 impl<S: Store> Orchestrator<S> {
     /// Runs until the process ends: loads the active plan, then steps on every change.
@@ -53,18 +54,17 @@ impl<S: Store> Orchestrator<S> {
         };
         let doc = UpgradePlan::from_yaml(&record.document).map_err(Error::Document)?;
         let plan = validate(&doc)?;
-        let rollout: Rollout = serde_json::from_str(&record.rollout).map_err(|e| {
-            StoreError::Corrupt(format!("the rollout of plan {}: {e}", record.name))
-        })?;
+        let (rollout, saved) = Saved::load(&record.name, &record.rollout)?;
         tracing::info!(plan = %plan.name, "resuming the active plan");
         if plan.chart_source == ChartSource::Relay {
             self.prepare_charts_later(plan.clone());
         }
-        self.assigned.replace(Some(&rollout));
+        self.assigned
+            .replace(rollout.in_flight().into_iter().filter(|op| saved.holds(op)));
         self.state.lock().await.active = Some(Active {
             plan,
             rollout,
-            saved: record.rollout,
+            saved,
             charts: None,
         });
         Ok(())
@@ -167,40 +167,91 @@ impl<S: Store> Orchestrator<S> {
         laps.lap("step");
         events.extend(status::diff(&before, &active.rollout, snap));
         laps.lap("diff");
-        // Invariant 2: nothing is sent that the store does not have. The stepped rollout
-        // stays in memory, ahead of the store, and the next round (a tick at most away)
-        // stores it and sends; this round's events are lost, the state is not.
+        // Invariant 2: nothing is sent that the store does not have. What could not be
+        // stored stays in memory, ahead of the store, and the next round (a tick at most
+        // away) stores it and sends it; this round's events are lost, the state is not. What
+        // is stored (this round or before) is sent all the same.
         let lost = events.len();
         if let Err(e) = self.persist(active, events).await {
-            tracing::error!(error = %e, plan = %active.plan.name, events_lost = lost, "cannot persist the rollout; sending nothing until it is stored");
-            return;
+            tracing::error!(error = %e, plan = %active.plan.name, events_lost = lost, "cannot persist the rollout; sending only what is stored");
         }
         laps.lap("persist");
         self.send(&mut st, snap, laps).await;
     }
 
-    /// Saves the rollout (if changed) with `events` in one transaction, then tells watchers.
-    /// Until this returned `Ok`, what the rollout started must not be sent.
+    /// Stores what changed in the rollout, per part and in the order of [`Round`] (the head,
+    /// the targets that start nothing, the targets that start something), `events` with the
+    /// last write, then tells watchers. A failed write ends the round's writes: what it held
+    /// is written by the next round. Whatever was stored is recorded in [`Active::saved`],
+    /// which is what [`Orchestrator::send`] checks each operation against.
     pub(super) async fn persist(
         &self,
         active: &mut Active,
         events: Vec<PlanEventRecord>,
     ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(&active.rollout)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the rollout: {e}")))?;
-        if json == active.saved && events.is_empty() {
+        let round = active.saved.round(&active.rollout);
+        if round.is_empty() {
+            if !events.is_empty() {
+                let last = self.store.append_plan_events(events).await?;
+                self.last_event.send_replace(last);
+            }
             return Ok(());
         }
-        let changed = json != active.saved;
-        let last = self
-            .store
-            .save_rollout(active.plan.name.clone(), json.clone(), events)
-            .await?;
-        active.saved = json;
-        if changed {
-            // What the agents may report on follows the stored rollout.
-            self.assigned.replace(Some(&active.rollout));
+        let Round {
+            head,
+            settled,
+            starting,
+        } = round;
+        let mut writes = Vec::with_capacity(3);
+        if let Some(head) = head {
+            writes.push((Some(head), Vec::new()));
         }
+        for targets in [settled, starting] {
+            if !targets.is_empty() {
+                writes.push((None, targets));
+            }
+        }
+        let mut events = Some(events);
+        let last_write = writes.len() - 1;
+        let mut outcome = Ok(0);
+        for (i, (head, targets)) in writes.into_iter().enumerate() {
+            let write = RolloutWrite {
+                plan: active.plan.name.clone(),
+                head: head.as_ref().map(saved::head_json).transpose()?,
+                targets: targets
+                    .iter()
+                    .map(saved::target_record)
+                    .collect::<Result<_, _>>()?,
+                events: if i == last_write {
+                    events.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            };
+            match self.store.save_rollout(write).await {
+                Ok(last) => {
+                    if let Some(head) = head {
+                        active.saved.head_stored(head);
+                    }
+                    active.saved.stored(targets);
+                    outcome = Ok(last);
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        // What the agents may report on follows the store, including a round stored in part.
+        let saved = &active.saved;
+        self.assigned.replace(
+            active
+                .rollout
+                .in_flight()
+                .into_iter()
+                .filter(|op| saved.holds(op)),
+        );
+        let last = outcome?;
         if last > 0 {
             self.last_event.send_replace(last);
         }
@@ -283,6 +334,9 @@ impl<S: Store> Orchestrator<S> {
         let charts = active.charts.clone();
         let mut sent = Vec::new();
         for op in active.rollout.in_flight() {
+            if !active.saved.holds(&op) {
+                continue; // its write failed: sent once a round stores it
+            }
             let rollback_to = dispatch::rollback_to(&op);
             let id = op.operation_id().to_string();
             match op.target() {

@@ -45,9 +45,9 @@ pub struct TargetEntry {
 }
 
 impl Rollout {
-    /// The head and one entry per worker, `order` = the worker's index.
-    pub fn split(&self) -> (RolloutHead, Vec<TargetEntry>) {
-        let head = RolloutHead {
+    /// The head alone: what a store compares every round, without copying every worker.
+    pub fn head(&self) -> RolloutHead {
+        RolloutHead {
             plan: self.plan.clone(),
             phase: self.phase.clone(),
             control_plane: self.control_plane.clone(),
@@ -56,18 +56,26 @@ impl Rollout {
             enrolled_once: self.enrolled_once,
             rollback_ignores_windows: self.rollback_ignores_windows,
             next_order: order(self.workers.len()),
-        };
-        let targets = self
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(i, (id, p))| TargetEntry {
-                cluster_id: id.clone(),
-                order: order(i),
-                progress: p.clone(),
-            })
+        }
+    }
+
+    /// The head and one entry per worker, `order` = the worker's index.
+    pub fn split(&self) -> (RolloutHead, Vec<TargetEntry>) {
+        let targets = (0..self.workers.len())
+            .filter_map(|i| self.entry(i))
             .collect();
-        (head, targets)
+        (self.head(), targets)
+    }
+
+    /// Worker `i`'s entry as [`Rollout::split`] makes it: for a store that writes only the
+    /// workers that changed.
+    pub fn entry(&self, i: usize) -> Option<TargetEntry> {
+        let (id, progress) = self.workers.get(i)?;
+        Some(TargetEntry {
+            cluster_id: id.clone(),
+            order: order(i),
+            progress: progress.clone(),
+        })
     }
 
     /// The rollout `head` and `targets` were split from, whatever order the targets come in

@@ -120,6 +120,30 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX certificates_by_expiry ON certificates(not_after_unix);
     CREATE INDEX admins_by_expiry ON admins(not_after_unix);
     "#,
+    // 8: a rollout in parts (`plans.head` and one `rollout_targets` row per working cluster),
+    // so a round writes the clusters it changed rather than the whole rollout. A stored
+    // rollout (`{..., "workers": [[id, progress], ...]}`) is split the way
+    // `skoala_plan::Rollout::split` splits it: entry `i` gets order `i`, and the head is the
+    // rest with `next_order` = the number of workers.
+    r#"
+    CREATE TABLE rollout_targets (
+        plan       TEXT NOT NULL REFERENCES plans(name),
+        cluster_id TEXT NOT NULL,
+        ord        INTEGER NOT NULL,
+        phase      TEXT NOT NULL,
+        progress   TEXT NOT NULL,
+        PRIMARY KEY (plan, cluster_id)
+    ) WITHOUT ROWID;
+    INSERT INTO rollout_targets (plan, cluster_id, ord, phase, progress)
+        SELECT p.name, json_extract(w.value, '$[0]'), w.key,
+               json_extract(w.value, '$[1].state.state'), json(json_extract(w.value, '$[1]'))
+        FROM (SELECT name, rollout FROM plans WHERE json_valid(rollout)) p,
+             json_each(p.rollout, '$.workers') w;
+    UPDATE plans SET rollout = json_set(json_remove(rollout, '$.workers'),
+                                        '$.next_order', json_array_length(rollout, '$.workers'))
+        WHERE json_valid(rollout) AND json_type(rollout, '$.workers') = 'array';
+    ALTER TABLE plans RENAME COLUMN rollout TO head;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -178,5 +202,72 @@ mod tests {
             .expect("version");
         assert_eq!(version, latest());
         migrate(&mut conn).expect("migrating twice is a no-op");
+    }
+
+    #[test]
+    fn a_whole_stored_rollout_is_split_into_its_head_and_targets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(dir.path().join("store.db")).expect("open");
+        for (i, sql) in MIGRATIONS[..7].iter().enumerate() {
+            conn.execute_batch(sql).expect("schema");
+            conn.pragma_update(None, "user_version", i as i64 + 1)
+                .expect("version");
+        }
+        let running = r#"{"state":{"state":"running","operation_id":"p.w2.upgrade-1","started":"2026-01-01T00:00:00Z"},"attempts":1,"stage":0}"#;
+        let rollout = format!(
+            r#"{{"plan":"p","phase":{{"phase":"workers"}},"workers":[["w1",{{"state":{{"state":"pending"}},"attempts":0,"stage":null}}],["w2",{running}]],"enrolled_once":true}}"#
+        );
+        conn.execute(
+            "INSERT INTO plans (name, document, rollout, active, created_ms, updated_ms)
+             VALUES ('p', 'doc', ?1, 1, 1, 1), ('empty', 'doc', '', 0, 1, 1)",
+            [&rollout],
+        )
+        .expect("v7 plans");
+        migrate(&mut conn).expect("migrate");
+
+        let head: serde_json::Value = conn
+            .query_row("SELECT head FROM plans WHERE name = 'p'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map(|h| serde_json::from_str(&h).expect("json"))
+            .expect("head");
+        assert_eq!(
+            head,
+            serde_json::json!({"plan": "p", "phase": {"phase": "workers"},
+                "enrolled_once": true, "next_order": 2})
+        );
+        let mut st = conn
+            .prepare("SELECT cluster_id, ord, phase, progress FROM rollout_targets ORDER BY ord")
+            .expect("select");
+        let targets: Vec<(String, u32, String, serde_json::Value)> = st
+            .query_map([], |r| {
+                let progress: String = r.get(3)?;
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    serde_json::from_str(&progress).expect("json"),
+                ))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            targets,
+            [
+                (
+                    "w1".to_string(),
+                    0,
+                    "pending".to_string(),
+                    serde_json::json!({"state": {"state": "pending"}, "attempts": 0, "stage": null})
+                ),
+                (
+                    "w2".to_string(),
+                    1,
+                    "running".to_string(),
+                    serde_json::from_str(running).expect("json")
+                ),
+            ]
+        );
     }
 }

@@ -16,7 +16,8 @@ use skoala_support::time::now_ms;
 use crate::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
     Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
-    RETRY_GRACE_SECS, RegisterError, Registered, Registration, Retention, StoreError, TokenRecord,
+    RETRY_GRACE_SECS, RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError,
+    TokenRecord,
 };
 
 mod migrations;
@@ -727,13 +728,8 @@ impl PlanStore for SqliteStore {
         self.run(plans::plans).await
     }
 
-    async fn save_rollout(
-        &self,
-        name: String,
-        rollout: String,
-        events: Vec<PlanEventRecord>,
-    ) -> Result<i64, StoreError> {
-        self.run(move |c| plans::save_rollout(c, now_ms(), &name, &rollout, &events))
+    async fn save_rollout(&self, write: RolloutWrite) -> Result<i64, StoreError> {
+        self.run(move |c| plans::save_rollout(c, now_ms(), &write))
             .await
     }
 
@@ -1314,7 +1310,7 @@ mod tests {
             let plan = PlanRecord {
                 name: name.into(),
                 document: String::new(),
-                rollout: String::new(),
+                rollout: Default::default(),
                 active,
                 created_ms: 1,
                 updated_ms: 1,

@@ -1,13 +1,25 @@
 //! Upgrade plans and their event log in SQLite.
 //!
-//! A plan row holds the document as the operator applied it and the rollout (the
-//! `skoala_plan::Rollout` state machine) serialized as JSON: the orchestrator owns their
-//! meaning, the store only keeps them durable. Events are append-only and feed `plan watch`,
-//! `events` and the expected-duration history.
+//! A plan row holds the document as the operator applied it and the head of its rollout (the
+//! `skoala_plan::Rollout` state machine without its workers) as JSON; each working cluster's
+//! entry is a row of `rollout_targets`. The orchestrator owns their meaning, the store only
+//! keeps them durable: it never parses them.
+//!
+//! Why parts rather than the joined rollout in one column, as the kube store keeps them too:
+//! joining is `Rollout::join`'s job (order, duplicates, an enrolment a crash cut short), and
+//! the store does not know the plan crate. Keeping the joined JSON would mean a second join
+//! written against the rollout's JSON here, which drifts from the first; and a round that
+//! changes one cluster would still rewrite (and re-parse) the whole rollout, about 150 bytes
+//! per cluster. So [`plans`] returns the parts and the orchestrator joins them.
+//!
+//! Events are append-only and feed `plan watch`, `events` and the expected-duration history.
 
 use rusqlite::{Connection, Row, params};
 
-use crate::{PlanEventRecord, PlanRecord, StoreError, TASK_RESULT};
+use crate::{
+    PlanEventRecord, PlanRecord, RolloutRecord, RolloutWrite, StoreError, TASK_RESULT, TargetPhase,
+    TargetRecord,
+};
 
 pub(super) fn put_plan(
     c: &mut Connection,
@@ -23,18 +35,24 @@ pub(super) fn put_plan(
         )?;
     }
     tx.execute(
-        "INSERT INTO plans (name, document, rollout, active, created_ms, updated_ms)
+        "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(name) DO UPDATE SET document = ?2, rollout = ?3, active = ?4, updated_ms = ?6",
+         ON CONFLICT(name) DO UPDATE SET document = ?2, head = ?3, active = ?4, updated_ms = ?6",
         params![
             p.name,
             p.document,
-            p.rollout,
+            p.rollout.head,
             p.active,
             p.created_ms,
             p.updated_ms
         ],
     )?;
+    // A replaced plan's rollout is the record's, whole.
+    tx.execute(
+        "DELETE FROM rollout_targets WHERE plan = ?1",
+        params![p.name],
+    )?;
+    put_targets(&tx, &p.name, &p.rollout.targets)?;
     let last = insert_events(&tx, now_ms, events)?;
     tx.commit()?;
     Ok(last)
@@ -42,19 +60,61 @@ pub(super) fn put_plan(
 
 pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
     let mut st = c.prepare(
-        "SELECT name, document, rollout, active, created_ms, updated_ms FROM plans ORDER BY created_ms, name",
+        "SELECT name, document, head, active, created_ms, updated_ms FROM plans ORDER BY created_ms, name",
     )?;
     let rows = st.query_map([], |r| {
         Ok(PlanRecord {
             name: r.get(0)?,
             document: r.get(1)?,
-            rollout: r.get(2)?,
+            rollout: RolloutRecord {
+                head: r.get(2)?,
+                targets: Vec::new(),
+            },
             active: r.get(3)?,
             created_ms: r.get(4)?,
             updated_ms: r.get(5)?,
         })
     })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let mut plans = rows.collect::<Result<Vec<_>, _>>()?;
+    let mut st = c.prepare("SELECT plan, cluster_id, ord, phase, progress FROM rollout_targets")?;
+    let mut rows = st.query([])?;
+    let mut by_plan: std::collections::HashMap<String, Vec<TargetRecord>> = Default::default();
+    while let Some(r) = rows.next()? {
+        let plan: String = r.get(0)?;
+        let phase: String = r.get(3)?;
+        let phase = TargetPhase::parse(&phase).ok_or_else(|| {
+            StoreError::Corrupt(format!("plan {plan:?}: a target in phase {phase:?}"))
+        })?;
+        by_plan.entry(plan).or_default().push(TargetRecord {
+            cluster_id: r.get(1)?,
+            order: r.get(2)?,
+            phase,
+            progress: r.get(4)?,
+        });
+    }
+    for p in &mut plans {
+        p.rollout.targets = by_plan.remove(&p.name).unwrap_or_default();
+    }
+    Ok(plans)
+}
+
+/// Creates or replaces `targets` of `plan`, leaving its other targets as they are.
+fn put_targets(c: &Connection, plan: &str, targets: &[TargetRecord]) -> Result<(), StoreError> {
+    let mut put = c.prepare_cached(
+        "INSERT INTO rollout_targets (plan, cluster_id, ord, phase, progress)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(plan, cluster_id) DO UPDATE SET ord = ?3, phase = ?4, progress = ?5",
+    )?;
+    for t in targets {
+        put.execute(params![
+            plan,
+            t.cluster_id,
+            t.order,
+            t.phase.as_str(),
+            t.progress
+        ])?;
+    }
+    Ok(())
 }
 
 fn insert_events(
@@ -91,19 +151,24 @@ fn insert_events(
 pub(super) fn save_rollout(
     c: &mut Connection,
     now_ms: i64,
-    name: &str,
-    rollout: &str,
-    events: &[PlanEventRecord],
+    w: &RolloutWrite,
 ) -> Result<i64, StoreError> {
     let tx = c.transaction()?;
-    let n = tx.execute(
-        "UPDATE plans SET rollout = ?2, updated_ms = ?3 WHERE name = ?1",
-        params![name, rollout, now_ms],
-    )?;
+    let n = match &w.head {
+        Some(head) => tx.execute(
+            "UPDATE plans SET head = ?2, updated_ms = ?3 WHERE name = ?1",
+            params![w.plan, head, now_ms],
+        )?,
+        None => tx.execute(
+            "UPDATE plans SET updated_ms = ?2 WHERE name = ?1",
+            params![w.plan, now_ms],
+        )?,
+    };
     if n == 0 {
-        return Err(StoreError::Corrupt(format!("no plan named {name:?}")));
+        return Err(StoreError::Corrupt(format!("no plan named {:?}", w.plan)));
     }
-    let last = insert_events(&tx, now_ms, events)?;
+    put_targets(&tx, &w.plan, &w.targets)?;
+    let last = insert_events(&tx, now_ms, &w.events)?;
     tx.commit()?;
     Ok(last)
 }
@@ -167,11 +232,32 @@ mod tests {
     use crate::PlanStore;
     use crate::sqlite::SqliteStore;
 
+    fn target(id: &str, order: u32, progress: &str) -> TargetRecord {
+        TargetRecord {
+            cluster_id: id.into(),
+            order,
+            phase: TargetPhase::Pending,
+            progress: progress.into(),
+        }
+    }
+
+    fn write(plan: &str, head: Option<&str>, targets: Vec<TargetRecord>) -> RolloutWrite {
+        RolloutWrite {
+            plan: plan.into(),
+            head: head.map(Into::into),
+            targets,
+            events: Vec::new(),
+        }
+    }
+
     fn plan(name: &str, active: bool) -> PlanRecord {
         PlanRecord {
             name: name.into(),
             document: "doc".into(),
-            rollout: "{}".into(),
+            rollout: RolloutRecord {
+                head: "{}".into(),
+                targets: vec![target("w1", 0, "{}")],
+            },
             active,
             created_ms: 1,
             updated_ms: 1,
@@ -209,23 +295,22 @@ mod tests {
             ..Default::default()
         };
         let last = store
-            .save_rollout(
-                "b".into(),
-                "{\"x\":1}".into(),
-                vec![
+            .save_rollout(RolloutWrite {
+                events: vec![
                     result("b.w1.upgrade-1", 1000),
                     result("b.control-plane.upgrade-1", 3000),
                     // A rollback is not an upgrade: it does not count towards the expected
                     // duration that windows are planned with.
                     result("b.w1.rollback-1", 60_000),
                 ],
-            )
+                ..write("b", Some("{\"x\":1}"), vec![])
+            })
             .await
             .expect("save");
         assert!(last > 0);
         assert!(
             store
-                .save_rollout("nope".into(), "{}".into(), vec![])
+                .save_rollout(write("nope", Some("{}"), vec![]))
                 .await
                 .is_err(),
             "an unknown plan is an error, not a silent no-op"
@@ -244,7 +329,95 @@ mod tests {
         drop(store);
         let again = SqliteStore::open(&dir.path().join("s.db")).expect("reopen");
         let b = again.plans().await.expect("plans").pop().expect("b");
-        assert_eq!(b.rollout, "{\"x\":1}", "the rollout survives a restart");
+        assert_eq!(b.rollout.head, "{\"x\":1}", "the head survives a restart");
+        assert_eq!(b.rollout.targets, [target("w1", 0, "{}")]);
+    }
+
+    #[tokio::test]
+    async fn a_write_changes_the_targets_it_names_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
+        let mut p = plan("p", true);
+        p.rollout.targets = vec![target("w1", 0, "1"), target("w2", 1, "2")];
+        store.put_plan(p, vec![]).await.expect("plan");
+
+        let mut w2 = target("w2", 1, "2 running");
+        w2.phase = TargetPhase::Running;
+        let added = target("w3", 2, "3");
+        store
+            .save_rollout(write("p", None, vec![w2.clone(), added.clone()]))
+            .await
+            .expect("targets");
+        let stored = store.plans().await.expect("plans").pop().expect("p");
+        assert_eq!(
+            stored.rollout.head, "{}",
+            "no head given: the stored one stays"
+        );
+        let mut targets = stored.rollout.targets;
+        targets.sort_by_key(|t| t.order);
+        assert_eq!(targets, [target("w1", 0, "1"), w2, added]);
+
+        store
+            .save_rollout(write("p", Some("{\"h\":2}"), vec![]))
+            .await
+            .expect("head");
+        let stored = store.plans().await.expect("plans").pop().expect("p");
+        assert_eq!(stored.rollout.head, "{\"h\":2}");
+        assert_eq!(
+            stored.rollout.targets.len(),
+            3,
+            "a head alone keeps every target"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_stores_none_of_its_parts_and_keeps_the_earlier_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).expect("open");
+        store.put_plan(plan("p", true), vec![]).await.expect("plan");
+        // A round's head is stored; then the disk refuses its targets.
+        store
+            .save_rollout(write("p", Some("{\"h\":1}"), vec![]))
+            .await
+            .expect("head");
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON rollout_targets
+                 WHEN NEW.cluster_id = 'w3'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .expect("trigger");
+        let refused = store
+            .save_rollout(RolloutWrite {
+                events: vec![PlanEventRecord {
+                    plan: "p".into(),
+                    kind: "target".into(),
+                    ..Default::default()
+                }],
+                ..write(
+                    "p",
+                    Some("{\"h\":2}"),
+                    vec![target("w2", 1, "2"), target("w3", 2, "3")],
+                )
+            })
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let stored = store.plans().await.expect("plans").pop().expect("p");
+        assert_eq!(
+            (stored.rollout.head.as_str(), stored.rollout.targets),
+            ("{\"h\":1}", vec![target("w1", 0, "{}")]),
+            "what the earlier writes stored, none of the refused one"
+        );
+        assert!(
+            store
+                .plan_events("p".into(), 0, 10)
+                .await
+                .expect("events")
+                .is_empty(),
+            "nor its events"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use jiff::Timestamp;
 use prost::Message;
-use skoala_plan::{ManualClock, Plan};
+use skoala_plan::{ManualClock, Plan, Rollout};
 use skoala_proto::v1::{
     Cluster, ClusterIdentity, CoordinatorMessage, Inventory, ReleaseInventory, Task, TaskOutcome,
 };
@@ -24,7 +24,9 @@ use crate::orchestrator::{Parts, Verb};
 use crate::sessions::{LiveAgent, Sessions};
 use skoala_store::sqlite::SqliteStore;
 use skoala_store::sqlite::fixtures::{registration, token};
-use skoala_store::{ClusterState, IdentityStore, PlanRecord, PlanStore};
+use skoala_store::{
+    ClusterState, IdentityStore, PlanRecord, PlanStore, RolloutRecord, TargetPhase, TargetRecord,
+};
 
 const PLAN: &str = "apiVersion: fleet.skoala.io/v1alpha1
 kind: UpgradePlan
@@ -98,27 +100,80 @@ impl Dispatch for Recorder {
     }
 }
 
-/// The active plan's rollout as the store has it, read on a connection of its own.
+/// The active plan's rollout as the store has it, read on a connection of its own and joined
+/// as a restarted coordinator would join it.
 fn stored_rollout(db: &Path) -> Rollout {
     let c = rusqlite::Connection::open(db).expect("a second connection");
-    let json: String = c
-        .query_row("SELECT rollout FROM plans WHERE active = 1", [], |r| {
-            r.get(0)
+    let (plan, head): (String, String) = c
+        .query_row("SELECT name, head FROM plans WHERE active = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })
         .expect("the active plan");
-    serde_json::from_str(&json).expect("a rollout")
+    let mut st = c
+        .prepare("SELECT cluster_id, ord, phase, progress FROM rollout_targets WHERE plan = ?1")
+        .expect("select");
+    let targets = st
+        .query_map([&plan], |r| {
+            let phase: String = r.get(2)?;
+            Ok(TargetRecord {
+                cluster_id: r.get(0)?,
+                order: r.get(1)?,
+                phase: TargetPhase::parse(&phase).expect("a phase"),
+                progress: r.get(3)?,
+            })
+        })
+        .expect("targets")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    crate::orchestrator::saved::joined(&plan, &RolloutRecord { head, targets }).expect("a rollout")
 }
 
-/// Makes the store refuse (or accept again) every rollout write, as a full disk would.
+/// Makes the store refuse (or accept again) every rollout write, head or target, as a full
+/// disk would.
 fn refuse_rollout_writes(db: &Path, refuse: bool) {
     let c = rusqlite::Connection::open(db).expect("a second connection");
     let sql = if refuse {
-        "CREATE TRIGGER refuse BEFORE UPDATE OF rollout ON plans
+        "CREATE TRIGGER refuse_head BEFORE UPDATE OF head ON plans
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+         CREATE TRIGGER refuse_new BEFORE INSERT ON rollout_targets
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+         CREATE TRIGGER refuse_changed BEFORE UPDATE ON rollout_targets
          BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
     } else {
-        "DROP TRIGGER refuse;"
+        "DROP TRIGGER refuse_head; DROP TRIGGER refuse_new; DROP TRIGGER refuse_changed;"
     };
     c.execute_batch(sql).expect("trigger");
+}
+
+/// Records, in a table `written`, every part of a rollout the store writes, in order: `head`
+/// or the cluster id.
+fn log_rollout_writes(db: &Path) {
+    let c = rusqlite::Connection::open(db).expect("a second connection");
+    c.execute_batch(
+        "CREATE TABLE written (n INTEGER PRIMARY KEY AUTOINCREMENT, part TEXT NOT NULL);
+         CREATE TRIGGER log_head AFTER UPDATE OF head ON plans
+         BEGIN INSERT INTO written (part) VALUES ('head'); END;
+         CREATE TRIGGER log_new AFTER INSERT ON rollout_targets
+         BEGIN INSERT INTO written (part) VALUES (NEW.cluster_id); END;
+         CREATE TRIGGER log_changed AFTER UPDATE ON rollout_targets
+         BEGIN INSERT INTO written (part) VALUES (NEW.cluster_id); END;",
+    )
+    .expect("triggers");
+}
+
+/// What [`log_rollout_writes`] recorded since the last call.
+fn written(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).expect("a second connection");
+    let mut st = c
+        .prepare("SELECT part FROM written ORDER BY n")
+        .expect("select");
+    let parts = st
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<Vec<String>, _>>()
+        .expect("rows");
+    c.execute("DELETE FROM written", []).expect("delete");
+    parts
 }
 
 fn inventory(release: &str, version: &str) -> Inventory {
@@ -169,7 +224,7 @@ impl World {
         let record = PlanRecord {
             name: "p".into(),
             document: PLAN.into(),
-            rollout: serde_json::to_string(&rollout).expect("json"),
+            rollout: crate::orchestrator::saved::record(&rollout).expect("record"),
             active: true,
             created_ms: 1,
             updated_ms: 1,
@@ -379,4 +434,170 @@ async fn an_agent_may_report_only_on_its_own_operations_in_flight() {
     again.load().await.expect("load");
     assert!(again.sent_to("c2", "p.c2.upgrade-1"));
     assert!(!again.sent_to("c1", "p.c1.upgrade-1"));
+}
+
+/// A [`World`] whose plan `p` has `n` workers (`w0000`, ...) enrolled and pending, stored
+/// whole and loaded, with every later rollout write logged ([`log_rollout_writes`]).
+async fn world_of(n: usize) -> World {
+    let w = World::new().await;
+    let doc = UpgradePlan::from_yaml(PLAN).expect("plan");
+    let mut rollout = Rollout::new(&validate(&doc).expect("valid"));
+    let pending = rollout.control_plane.clone();
+    rollout.phase = skoala_plan::Phase::Workers;
+    rollout.workers = (0..n)
+        .map(|i| (format!("w{i:04}"), pending.clone()))
+        .collect();
+    rollout.enrolled_once = true;
+    let record = PlanRecord {
+        name: "p".into(),
+        document: PLAN.into(),
+        rollout: crate::orchestrator::saved::record(&rollout).expect("record"),
+        active: true,
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    let store = SqliteStore::open(&w.db).expect("open");
+    store.put_plan(record, Vec::new()).await.expect("plan");
+    w.orchestrator.load().await.expect("load");
+    log_rollout_writes(&w.db);
+    w
+}
+
+fn running(operation_id: &str) -> skoala_plan::TargetState {
+    skoala_plan::TargetState::Running {
+        operation_id: operation_id.into(),
+        started: Timestamp::UNIX_EPOCH,
+    }
+}
+
+#[tokio::test]
+async fn a_round_that_changes_one_target_of_a_thousand_writes_that_target_alone() {
+    let w = world_of(1000).await;
+    let o = w.orchestrator.clone();
+    let mut st = o.state.lock().await;
+    let active = st.active.as_mut().expect("active");
+    active.rollout.workers[500].1.state = skoala_plan::TargetState::Failed {
+        message: "boom".into(),
+    };
+    o.persist(active, Vec::new()).await.expect("persist");
+    let memory = active.rollout.clone();
+    drop(st);
+    assert_eq!(
+        written(&w.db),
+        ["w0500"],
+        "one target, no head, no other target"
+    );
+    assert_eq!(
+        stored_rollout(&w.db),
+        memory,
+        "and the store has the rollout"
+    );
+}
+
+#[tokio::test]
+async fn the_head_is_stored_first_and_a_start_after_the_rounds_other_targets() {
+    let w = world_of(3).await;
+    let o = w.orchestrator.clone();
+    let mut st = o.state.lock().await;
+    let active = st.active.as_mut().expect("active");
+    // One round: the control plane's result is in the head, w0000 starts, w0001 finished.
+    active.rollout.control_plane.state = skoala_plan::TargetState::Succeeded {
+        revision_before: Some(1),
+    };
+    active.rollout.workers[0].1.state = running("p.w0000.upgrade-1");
+    active.rollout.workers[1].1.state = skoala_plan::TargetState::Failed {
+        message: "boom".into(),
+    };
+
+    // The finished target cannot be stored: the start is not stored either.
+    let c = rusqlite::Connection::open(&w.db).expect("a second connection");
+    c.execute_batch(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON rollout_targets WHEN NEW.cluster_id = 'w0001'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .expect("trigger");
+    assert!(o.persist(active, Vec::new()).await.is_err());
+    assert_eq!(written(&w.db), ["head"]);
+    let stored = stored_rollout(&w.db);
+    assert_eq!(stored.control_plane, active.rollout.control_plane);
+    assert!(stored.in_flight().is_empty(), "{:?}", stored.in_flight());
+
+    c.execute_batch("DROP TRIGGER refuse;").expect("drop");
+    o.persist(active, Vec::new()).await.expect("persist");
+    assert_eq!(
+        written(&w.db),
+        ["w0001", "w0000"],
+        "the result, then the start"
+    );
+    assert_eq!(stored_rollout(&w.db), active.rollout);
+}
+
+#[tokio::test]
+async fn an_operation_stored_earlier_is_sent_even_when_this_rounds_write_fails() {
+    let mut w = World::new().await;
+    let o = w.orchestrator.clone();
+    o.tick(Vec::new()).await;
+    o.tick(vec![succeeded(CP_UPGRADE)]).await;
+    assert_eq!(w.recorder.take().len(), 3);
+
+    // c2 finishes, but its result cannot be stored; c1's agent reconnects meanwhile.
+    refuse_rollout_writes(&w.db, true);
+    w.connect("c1");
+    let done = Input::Agent {
+        cluster_id: "c2".into(),
+        body: Body::TaskResult(TaskResult {
+            operation_id: "p.c2.upgrade-1".into(),
+            outcome: TaskOutcome::Succeeded as i32,
+            ..Default::default()
+        }),
+    };
+    o.tick(vec![done]).await;
+    assert_eq!(
+        w.recorder.take(),
+        [World::sent("c1", "p.c1.upgrade-1")],
+        "c1's operation is stored: its new session gets it whatever this round's write did"
+    );
+}
+
+#[tokio::test]
+async fn a_round_stored_in_part_before_a_crash_is_taken_up_again() {
+    let w = World::new().await;
+    let o = w.orchestrator.clone();
+    o.tick(Vec::new()).await;
+    assert_eq!(w.recorder.take().len(), 1);
+    // The crash: the head (enrolment of two) is stored, one of its two targets is not.
+    let c = rusqlite::Connection::open(&w.db).expect("a second connection");
+    c.execute("DELETE FROM rollout_targets WHERE cluster_id = 'c2'", [])
+        .expect("delete");
+    // Only the clusters enrolled when the plan started: no later step would enrol c2 on its
+    // own, only the join's "fewer entries than enrolled" can.
+    let manual = PLAN.replace(
+        "requireApproval: none",
+        "requireApproval: none\n  convergence: manual",
+    );
+    c.execute("UPDATE plans SET document = ?1", [&manual])
+        .expect("manual");
+    assert_eq!(stored_rollout(&w.db).workers.len(), 1);
+
+    let again = Orchestrator::new(Parts {
+        store: SqliteStore::open(&w.db).expect("open"),
+        sessions: w.sessions.clone(),
+        control_plane: o.control_plane.clone(),
+        runner: None,
+        dispatch: w.recorder.clone(),
+        data_dir: DataDir::new(w.db.parent().expect("dir")),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
+        helm_timeout: Duration::from_secs(60),
+    });
+    again.load().await.expect("load");
+    again.tick(vec![succeeded(CP_UPGRADE)]).await;
+    assert_eq!(
+        w.recorder.take(),
+        [
+            World::sent("c1", "p.c1.upgrade-1"),
+            World::sent("c2", "p.c2.upgrade-1"),
+        ],
+        "c2 is enrolled again and starts with its first attempt"
+    );
 }

@@ -1,0 +1,234 @@
+//! What the store holds of the active plan's rollout, per part, and the writes of a round that
+//! bring it level with the rollout in memory (design `kube-store.md` §3.3).
+//!
+//! The rollout is stored as a head and one entry per working cluster
+//! (`skoala_plan::Rollout::split`), so a round writes the head only when it changed and only
+//! the clusters that changed: at 10,000 clusters the whole rollout is about 1.5 MB, a round
+//! usually changes a handful of entries. What was stored is tracked per part, and an operation
+//! is sent once *its own* part holds it ([`Saved::holds`]), which is invariant 2 per operation.
+
+use std::collections::HashMap;
+
+use skoala_plan::rollout::Progress;
+use skoala_plan::{InFlight, Rollout, RolloutHead, Target, TargetEntry, TargetState};
+use skoala_store::{RolloutRecord, StoreError, TargetPhase, TargetRecord};
+
+/// The parts of the active plan's rollout as last stored.
+pub(super) struct Saved {
+    head: RolloutHead,
+    /// Cluster id → its stored order and progress.
+    targets: HashMap<String, (u32, Progress)>,
+}
+
+/// What one round must write, in the order it must be stored: the head first (it holds the
+/// control plane, whose success must be stored before any worker starts, invariant 5), then
+/// the targets that start nothing, then those that start something, so a crash never leaves a
+/// start stored beside a finished target whose result is not (which would show more running
+/// than `maxConcurrency` allows).
+#[derive(Debug, Default)]
+pub(super) struct Round {
+    /// The head, if it changed.
+    pub head: Option<RolloutHead>,
+    /// Changed targets that start nothing: results, newly enrolled clusters.
+    pub settled: Vec<TargetEntry>,
+    /// Changed targets entering `running` or `rollingBack`.
+    pub starting: Vec<TargetEntry>,
+}
+
+impl Round {
+    /// Whether the store already has everything.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none() && self.settled.is_empty() && self.starting.is_empty()
+    }
+}
+
+impl Saved {
+    /// `rollout` as stored whole (a plan just stored with it).
+    pub fn all(rollout: &Rollout) -> Saved {
+        let (head, targets) = rollout.split();
+        let mut saved = Saved {
+            head,
+            targets: HashMap::with_capacity(targets.len()),
+        };
+        saved.stored(targets);
+        saved
+    }
+
+    /// The rollout of plan `plan` from its stored parts, and those parts.
+    pub fn load(plan: &str, record: &RolloutRecord) -> Result<(Rollout, Saved), StoreError> {
+        let (head, entries) = parts(plan, record)?;
+        let mut saved = Saved {
+            head: head.clone(),
+            targets: HashMap::with_capacity(entries.len()),
+        };
+        saved.stored(entries.iter().cloned());
+        Ok((Rollout::join(head, entries), saved))
+    }
+
+    /// What differs between `rollout` and the store. Compares in place: cloning only what
+    /// changed keeps a round over 10,000 clusters cheap.
+    pub fn round(&self, rollout: &Rollout) -> Round {
+        let head = rollout.head();
+        let mut round = Round {
+            head: (head != self.head).then_some(head),
+            ..Round::default()
+        };
+        for (i, (id, progress)) in rollout.workers.iter().enumerate() {
+            let same = self
+                .targets
+                .get(id)
+                .is_some_and(|(order, p)| *order as usize == i && p == progress);
+            if same {
+                continue;
+            }
+            let Some(entry) = rollout.entry(i) else {
+                continue;
+            };
+            if phase(&progress.state).is_starting() {
+                round.starting.push(entry);
+            } else {
+                round.settled.push(entry);
+            }
+        }
+        round
+    }
+
+    /// The store acknowledged `head`.
+    pub fn head_stored(&mut self, head: RolloutHead) {
+        self.head = head;
+    }
+
+    /// The store acknowledged `entries`.
+    pub fn stored(&mut self, entries: impl IntoIterator<Item = TargetEntry>) {
+        for e in entries {
+            self.targets.insert(e.cluster_id, (e.order, e.progress));
+        }
+    }
+
+    /// Whether the store holds `op` in flight on its own target: only then may it be sent
+    /// (invariant 2), whatever happened to the round's other writes.
+    pub fn holds(&self, op: &InFlight) -> bool {
+        let state = match op.target() {
+            Target::ControlPlane => Some(&self.head.control_plane.state),
+            Target::Worker(id) => self.targets.get(id).map(|(_, p)| &p.state),
+        };
+        state
+            .and_then(|s| InFlight::of(op.target().clone(), s))
+            .is_some_and(|stored| stored.operation_id() == op.operation_id())
+    }
+}
+
+/// The rollout of plan `plan` from its stored parts.
+pub(super) fn joined(plan: &str, record: &RolloutRecord) -> Result<Rollout, StoreError> {
+    let (head, entries) = parts(plan, record)?;
+    Ok(Rollout::join(head, entries))
+}
+
+fn parts(
+    plan: &str,
+    record: &RolloutRecord,
+) -> Result<(RolloutHead, Vec<TargetEntry>), StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("the rollout of plan {plan}: {what}: {e}"))
+    };
+    let head = serde_json::from_str(&record.head).map_err(|e| corrupt("its head", e))?;
+    let entries = record
+        .targets
+        .iter()
+        .map(|t| {
+            Ok(TargetEntry {
+                cluster_id: t.cluster_id.clone(),
+                order: t.order,
+                progress: serde_json::from_str(&t.progress)
+                    .map_err(|e| corrupt(&format!("target {}", t.cluster_id), e))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok((head, entries))
+}
+
+/// A whole rollout as the store keeps it (a new plan).
+pub(super) fn record(rollout: &Rollout) -> Result<RolloutRecord, StoreError> {
+    let (head, targets) = rollout.split();
+    Ok(RolloutRecord {
+        head: head_json(&head)?,
+        targets: targets
+            .iter()
+            .map(target_record)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The head as the store keeps it.
+pub(super) fn head_json(head: &RolloutHead) -> Result<String, StoreError> {
+    serde_json::to_string(head)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialize the rollout's head: {e}")))
+}
+
+/// A target as the store keeps it.
+pub(super) fn target_record(entry: &TargetEntry) -> Result<TargetRecord, StoreError> {
+    Ok(TargetRecord {
+        cluster_id: entry.cluster_id.clone(),
+        order: entry.order,
+        phase: phase(&entry.progress.state),
+        progress: serde_json::to_string(&entry.progress).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "cannot serialize the progress of {}: {e}",
+                entry.cluster_id
+            ))
+        })?,
+    })
+}
+
+/// A target's state as a store shows it.
+pub(super) fn phase(state: &TargetState) -> TargetPhase {
+    match state {
+        TargetState::Pending => TargetPhase::Pending,
+        TargetState::Running { .. } => TargetPhase::Running,
+        TargetState::Succeeded { .. } => TargetPhase::Succeeded,
+        TargetState::Failed { .. } => TargetPhase::Failed,
+        TargetState::RolledBack { .. } => TargetPhase::RolledBack,
+        TargetState::RollingBack { .. } => TargetPhase::RollingBack,
+        TargetState::Reverted => TargetPhase::Reverted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn a_stored_phase_is_spelled_as_the_plan_crate_tags_the_state() {
+        // The store's migration reads the phase from a stored progress's tag; a store shows
+        // it to people, who read the same word in `status.rollout`.
+        let states = [
+            TargetState::Pending,
+            TargetState::Running {
+                operation_id: "p.c.upgrade-1".into(),
+                started: Timestamp::UNIX_EPOCH,
+            },
+            TargetState::Succeeded {
+                revision_before: None,
+            },
+            TargetState::Failed {
+                message: "m".into(),
+            },
+            TargetState::RolledBack {
+                message: "m".into(),
+            },
+            TargetState::RollingBack {
+                operation_id: "p.c.rollback-1".into(),
+                started: Timestamp::UNIX_EPOCH,
+                to_revision: None,
+            },
+            TargetState::Reverted,
+        ];
+        for state in states {
+            let tag = serde_json::to_value(&state).expect("json")["state"].clone();
+            assert_eq!(tag, phase(&state).as_str(), "{state:?}");
+        }
+        assert_eq!(TargetPhase::ALL.len(), 7, "one phase per state");
+    }
+}
