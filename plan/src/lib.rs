@@ -69,7 +69,7 @@ pub use operation::{OperationId, OperationKind};
 pub use release_status::ReleaseStatus;
 pub use rollout::{
     FleetView, InFlight, Outcome, PauseOrigin, Phase, PhaseKind, Rollout, RolloutHead, Target,
-    TargetEntry, TargetState, TransitionError, WorkerView,
+    TargetEntry, TargetPhase, TargetState, TransitionError, WorkerView,
 };
 pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};

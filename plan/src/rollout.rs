@@ -354,6 +354,81 @@ pub enum TargetState {
     Reverted,
 }
 
+/// Which [`TargetState`] a target is in, without its details: what stores show (a printer
+/// column, a field selector, a column of their own) and order writes by, spelled as the
+/// state's serde tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum TargetPhase {
+    /// Not started.
+    Pending,
+    /// Upgrading.
+    Running,
+    /// Upgraded.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Failed, then rolled back.
+    RolledBack,
+    /// Returning to its previous revision.
+    RollingBack,
+    /// Returned to its previous revision by `plan rollback`.
+    Reverted,
+}
+
+impl TargetPhase {
+    /// Every phase, for parsing and tests.
+    pub const ALL: [TargetPhase; 7] = [
+        TargetPhase::Pending,
+        TargetPhase::Running,
+        TargetPhase::Succeeded,
+        TargetPhase::Failed,
+        TargetPhase::RolledBack,
+        TargetPhase::RollingBack,
+        TargetPhase::Reverted,
+    ];
+
+    /// The phase as [`TargetState`]'s serde tag spells it, which is also how stores write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetPhase::Pending => "pending",
+            TargetPhase::Running => "running",
+            TargetPhase::Succeeded => "succeeded",
+            TargetPhase::Failed => "failed",
+            TargetPhase::RolledBack => "rolledBack",
+            TargetPhase::RollingBack => "rollingBack",
+            TargetPhase::Reverted => "reverted",
+        }
+    }
+
+    /// The phase spelled `s` by [`TargetPhase::as_str`].
+    pub fn parse(s: &str) -> Option<TargetPhase> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether a target in this phase has an operation its agent may be running: a target
+    /// entering it is stored only after the round's other targets (design `kube-store.md`
+    /// §3.3), so a crash never leaves more stored as running than the rollout allowed.
+    pub fn is_starting(self) -> bool {
+        matches!(self, TargetPhase::Running | TargetPhase::RollingBack)
+    }
+}
+
+impl From<&TargetState> for TargetPhase {
+    fn from(state: &TargetState) -> Self {
+        match state {
+            TargetState::Pending => TargetPhase::Pending,
+            TargetState::Running { .. } => TargetPhase::Running,
+            TargetState::Succeeded { .. } => TargetPhase::Succeeded,
+            TargetState::Failed { .. } => TargetPhase::Failed,
+            TargetState::RolledBack { .. } => TargetPhase::RolledBack,
+            TargetState::RollingBack { .. } => TargetPhase::RollingBack,
+            TargetState::Reverted => TargetPhase::Reverted,
+        }
+    }
+}
+
 /// Per-target bookkeeping kept with the rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
@@ -1028,6 +1103,43 @@ fn at_target(r: &ClusterRelease, plan: &Plan, keys: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_phase_is_spelled_as_its_states_own_tag() {
+        // Stores write the phase beside the state's JSON and read it back; people meet both
+        // spellings in `kubectl get` and `plan get -o yaml`.
+        let at = Timestamp::UNIX_EPOCH;
+        let states = [
+            TargetState::Pending,
+            TargetState::Running {
+                operation_id: "p.c.upgrade-1".into(),
+                started: at,
+            },
+            TargetState::Succeeded {
+                revision_before: None,
+            },
+            TargetState::Failed {
+                message: "m".into(),
+            },
+            TargetState::RolledBack {
+                message: "m".into(),
+            },
+            TargetState::RollingBack {
+                operation_id: "p.c.rollback-1".into(),
+                started: at,
+                to_revision: None,
+            },
+            TargetState::Reverted,
+        ];
+        for state in &states {
+            let tag = serde_json::to_value(state).expect("json")["state"].clone();
+            let phase = TargetPhase::from(state);
+            assert_eq!(tag, phase.as_str(), "{state:?}");
+            assert_eq!(serde_json::to_value(phase).expect("json"), tag);
+            assert_eq!(TargetPhase::parse(phase.as_str()), Some(phase));
+        }
+        assert_eq!(TargetPhase::ALL.len(), states.len(), "one phase per state");
+    }
 
     fn with_details(kind: PhaseKind) -> Phase {
         let reason = "why".to_string();

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use skoala_plan::TargetPhase;
+
 /// A join token, as stored: only the SHA-256 of the secret, never the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -276,64 +278,6 @@ pub struct TargetRecord {
     pub phase: TargetPhase,
     /// The `skoala_plan::rollout::Progress` as JSON: opaque to the store.
     pub progress: String,
-}
-
-/// The state of one target, as a store shows it (`skoala_plan::rollout::TargetState` without
-/// its details).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TargetPhase {
-    /// Not started.
-    Pending,
-    /// Upgrading.
-    Running,
-    /// Upgraded.
-    Succeeded,
-    /// Failed.
-    Failed,
-    /// Failed, then rolled back.
-    RolledBack,
-    /// Returning to its previous revision.
-    RollingBack,
-    /// Returned to its previous revision by `plan rollback`.
-    Reverted,
-}
-
-impl TargetPhase {
-    /// Every phase, for parsing and tests.
-    pub const ALL: [TargetPhase; 7] = [
-        TargetPhase::Pending,
-        TargetPhase::Running,
-        TargetPhase::Succeeded,
-        TargetPhase::Failed,
-        TargetPhase::RolledBack,
-        TargetPhase::RollingBack,
-        TargetPhase::Reverted,
-    ];
-
-    /// The phase as the plan crate's serde tag spells it, which is also how a store writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetPhase::Pending => "pending",
-            TargetPhase::Running => "running",
-            TargetPhase::Succeeded => "succeeded",
-            TargetPhase::Failed => "failed",
-            TargetPhase::RolledBack => "rolledBack",
-            TargetPhase::RollingBack => "rollingBack",
-            TargetPhase::Reverted => "reverted",
-        }
-    }
-
-    /// The phase spelled `s` by [`TargetPhase::as_str`].
-    pub fn parse(s: &str) -> Option<TargetPhase> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// Whether a target in this phase has an operation its agent may be running: a target
-    /// entering it is stored only after the round's other targets (design `kube-store.md`
-    /// §3.3), so a crash never leaves more stored as running than the rollout allowed.
-    pub fn is_starting(self) -> bool {
-        matches!(self, TargetPhase::Running | TargetPhase::RollingBack)
-    }
 }
 
 /// One write of a plan's rollout: the head if it changed, the targets that changed, and the

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use skoala_plan::rollout::Progress;
-use skoala_plan::{InFlight, Rollout, RolloutHead, Target, TargetEntry, TargetState};
-use skoala_store::{RolloutRecord, StoreError, TargetPhase, TargetRecord};
+use skoala_plan::{InFlight, Rollout, RolloutHead, Target, TargetEntry, TargetPhase};
+use skoala_store::{RolloutRecord, StoreError, TargetRecord};
 
 /// The parts of the active plan's rollout as last stored.
 pub(super) struct Saved {
@@ -84,7 +84,7 @@ impl Saved {
             let Some(entry) = rollout.entry(i) else {
                 continue;
             };
-            if phase(&progress.state).is_starting() {
+            if TargetPhase::from(&progress.state).is_starting() {
                 round.starting.push(entry);
             } else {
                 round.settled.push(entry);
@@ -170,7 +170,7 @@ pub(super) fn target_record(entry: &TargetEntry) -> Result<TargetRecord, StoreEr
     Ok(TargetRecord {
         cluster_id: entry.cluster_id.clone(),
         order: entry.order,
-        phase: phase(&entry.progress.state),
+        phase: TargetPhase::from(&entry.progress.state),
         progress: serde_json::to_string(&entry.progress).map_err(|e| {
             StoreError::Corrupt(format!(
                 "cannot serialize the progress of {}: {e}",
@@ -178,57 +178,4 @@ pub(super) fn target_record(entry: &TargetEntry) -> Result<TargetRecord, StoreEr
             ))
         })?,
     })
-}
-
-/// A target's state as a store shows it.
-pub(super) fn phase(state: &TargetState) -> TargetPhase {
-    match state {
-        TargetState::Pending => TargetPhase::Pending,
-        TargetState::Running { .. } => TargetPhase::Running,
-        TargetState::Succeeded { .. } => TargetPhase::Succeeded,
-        TargetState::Failed { .. } => TargetPhase::Failed,
-        TargetState::RolledBack { .. } => TargetPhase::RolledBack,
-        TargetState::RollingBack { .. } => TargetPhase::RollingBack,
-        TargetState::Reverted => TargetPhase::Reverted,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use jiff::Timestamp;
-
-    use super::*;
-
-    #[test]
-    fn a_stored_phase_is_spelled_as_the_plan_crate_tags_the_state() {
-        // The store's migration reads the phase from a stored progress's tag; a store shows
-        // it to people, who read the same word in `status.rollout`.
-        let states = [
-            TargetState::Pending,
-            TargetState::Running {
-                operation_id: "p.c.upgrade-1".into(),
-                started: Timestamp::UNIX_EPOCH,
-            },
-            TargetState::Succeeded {
-                revision_before: None,
-            },
-            TargetState::Failed {
-                message: "m".into(),
-            },
-            TargetState::RolledBack {
-                message: "m".into(),
-            },
-            TargetState::RollingBack {
-                operation_id: "p.c.rollback-1".into(),
-                started: Timestamp::UNIX_EPOCH,
-                to_revision: None,
-            },
-            TargetState::Reverted,
-        ];
-        for state in states {
-            let tag = serde_json::to_value(&state).expect("json")["state"].clone();
-            assert_eq!(tag, phase(&state).as_str(), "{state:?}");
-        }
-        assert_eq!(TargetPhase::ALL.len(), 7, "one phase per state");
-    }
 }

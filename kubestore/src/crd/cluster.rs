@@ -9,7 +9,7 @@ use kube::core::Object;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skoala_plan::{ReleaseStatus, TargetState};
+use skoala_plan::{ReleaseStatus, TargetPhase};
 use skoala_support::names;
 
 use super::schema::{self, Bounds};
@@ -184,40 +184,6 @@ pub struct ClusterPlan {
     /// `UpgradePlan`'s `status.rollout`.
     #[schemars(schema_with = "schema::opaque")]
     pub progress: Value,
-}
-
-/// The name of a [`TargetState`], as its serde tag spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum TargetPhase {
-    /// Not started.
-    Pending,
-    /// Upgrading.
-    Running,
-    /// Upgraded.
-    Succeeded,
-    /// Failed.
-    Failed,
-    /// Failed, then rolled back.
-    RolledBack,
-    /// Returning to its previous revision.
-    RollingBack,
-    /// Returned to its previous revision by `plan rollback`.
-    Reverted,
-}
-
-impl From<&TargetState> for TargetPhase {
-    fn from(state: &TargetState) -> Self {
-        match state {
-            TargetState::Pending => TargetPhase::Pending,
-            TargetState::Running { .. } => TargetPhase::Running,
-            TargetState::Succeeded { .. } => TargetPhase::Succeeded,
-            TargetState::Failed { .. } => TargetPhase::Failed,
-            TargetState::RolledBack { .. } => TargetPhase::RolledBack,
-            TargetState::RollingBack { .. } => TargetPhase::RollingBack,
-            TargetState::Reverted => TargetPhase::Reverted,
-        }
-    }
 }
 
 /// The condition types of a `FleetCluster`.

@@ -31,7 +31,6 @@ use serde_json::{Value, json};
 pub use cluster::{
     Agent, CertificateRecord, ClusterCondition, ClusterPlan, Connection, ConnectionState,
     FleetCluster, FleetClusterSpec, FleetClusterStatus, Proposed, Registration, Release,
-    TargetPhase,
 };
 pub use log::{Encoding, FleetLog, FleetLogSpec, Stream};
 pub use plan::{

@@ -1,5 +1,5 @@
 use serde_json::{Value, json};
-use skoala_plan::{PhaseKind, TargetState, UpgradePlan as PlanDocument};
+use skoala_plan::{PhaseKind, TargetPhase, UpgradePlan as PlanDocument};
 
 use super::*;
 
@@ -331,38 +331,6 @@ fn every_field_of_a_full_cluster_status_is_declared() {
         serde_json::from_value::<FleetClusterStatus>(value).unwrap(),
         status
     );
-}
-
-#[test]
-fn a_target_phase_is_spelled_as_the_target_states_own_tag() {
-    let states = [
-        TargetState::Pending,
-        TargetState::Running {
-            operation_id: "o".into(),
-            started: at(1),
-        },
-        TargetState::Succeeded {
-            revision_before: None,
-        },
-        TargetState::Failed {
-            message: "m".into(),
-        },
-        TargetState::RolledBack {
-            message: "m".into(),
-        },
-        TargetState::RollingBack {
-            operation_id: "o".into(),
-            started: at(1),
-            to_revision: None,
-        },
-        TargetState::Reverted,
-    ];
-    for state in &states {
-        assert_eq!(
-            serde_json::to_value(TargetPhase::from(state)).unwrap(),
-            serde_json::to_value(state).unwrap()["state"]
-        );
-    }
 }
 
 #[test]

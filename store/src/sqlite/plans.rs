@@ -16,9 +16,10 @@
 
 use rusqlite::{Connection, Row, params};
 
+use skoala_plan::TargetPhase;
+
 use crate::{
-    PlanEventRecord, PlanRecord, RolloutRecord, RolloutWrite, StoreError, TASK_RESULT, TargetPhase,
-    TargetRecord,
+    PlanEventRecord, PlanRecord, RolloutRecord, RolloutWrite, StoreError, TASK_RESULT, TargetRecord,
 };
 
 pub(super) fn put_plan(

@@ -14,9 +14,9 @@ use skoala_e2e::tools::workspace_root;
 use skoala_e2e::wait;
 use skoala_kubestore::crd::{
     self, Accepted, ClusterPlan, Condition, ConditionStatus, Connection, ConnectionState, Counts,
-    FleetClusterStatus, Kind, PlanCondition, Proposed, Release, TargetPhase, UpgradePlanStatus,
+    FleetClusterStatus, Kind, PlanCondition, Proposed, Release, UpgradePlanStatus,
 };
-use skoala_plan::{PhaseKind, UpgradePlan as PlanDocument, validate};
+use skoala_plan::{PhaseKind, TargetPhase, UpgradePlan as PlanDocument, validate};
 use skoala_realkube::RealCluster;
 
 /// The namespace the objects live in (the coordinator's, as in the README).

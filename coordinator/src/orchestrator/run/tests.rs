@@ -22,10 +22,11 @@ use crate::metrics::Metrics;
 use crate::orchestrator::dispatch::Dispatch;
 use crate::orchestrator::{Parts, Verb};
 use crate::sessions::{LiveAgent, Sessions};
+use skoala_plan::TargetPhase;
 use skoala_store::sqlite::SqliteStore;
 use skoala_store::sqlite::fixtures::{registration, token};
 use skoala_store::{
-    ClusterState, IdentityStore, PlanRecord, PlanStore, RolloutRecord, TargetPhase, TargetRecord,
+    ClusterState, IdentityStore, PlanRecord, PlanStore, RolloutRecord, TargetRecord,
 };
 
 const PLAN: &str = "apiVersion: fleet.skoala.io/v1alpha1
