@@ -1,5 +1,6 @@
-//! Keeping `sim/` honest: one list of scenarios, run against a real cluster and against the
-//! emulator, must end the same way. A divergence we accept is listed in `KNOWN` (and in
+//! Keeping `sim/` honest: two lists of scenarios (what helm and kubectl do to our charts, and
+//! the custom-resource semantics the kube store relies on, in [`crs`]), each run against a real
+//! cluster and against the emulator, must end the same way. A divergence we accept is listed in `KNOWN` (and in
 //! `sim/README.md`, with why); the test also fails when a listed divergence disappears, so the
 //! list never goes stale.
 
