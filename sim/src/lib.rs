@@ -47,7 +47,8 @@
 //!   finalizer may be added then, and removing the last one deletes the object;
 //! - schemas: unknown fields are pruned or refused, kept under
 //!   `x-kubernetes-preserve-unknown-fields`, `default`s filled in, `required`, `enum` and `type`
-//!   enforced, on `/status` writes too.
+//!   enforced, on `/status` writes too;
+//! - metadata-only gets, lists and watches (`Accept: ...;as=PartialObjectMetadata[List]`).
 //!
 //! Not emulated: **CEL rules** (`x-kubernetes-validations`) are never evaluated, so on sim a
 //! spec change to an accepted plan or to a sealed log segment is stored. Sim trusts the

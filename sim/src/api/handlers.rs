@@ -77,6 +77,9 @@ fn get(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body>
             &table::render(rt, &[obj], &rv, req.q("includeObject")),
         ));
     }
+    if table::metadata_wanted(&req.accept) {
+        return Ok(json_response(200, &table::partial(&obj)));
+    }
     Ok(json_response(200, &obj))
 }
 
@@ -148,6 +151,18 @@ fn list(state: &ApiState, req: &Req, target: &Target) -> ApiResult<Response<Body
         return Ok(json_response(
             200,
             &table::render(rt, &items, &rv.to_string(), req.q("includeObject")),
+        ));
+    }
+    if table::metadata_wanted(&req.accept) {
+        let items: Vec<Value> = items.iter().map(table::partial).collect();
+        return Ok(json_response(
+            200,
+            &json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": rv.to_string()},
+                "items": items,
+            }),
         ));
     }
     Ok(json_response(

@@ -415,7 +415,8 @@ mod crs {
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{
-        Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+        Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+        WatchParams,
     };
     use kube::core::ApiResource;
     use serde_json::{Value, json};
@@ -435,6 +436,7 @@ mod crs {
         "cr-finalizers-and-deletion-timestamp",
         "cr-delete-without-finalizers",
         "cr-preserved-and-pruned-fields",
+        "cr-metadata-only",
     ];
 
     /// Installs the fleet's CRDs as `skoala-coordinator crds | kubectl apply --server-side`
@@ -947,6 +949,59 @@ mod crs {
                         .as_object()
                         .map(|m| m.keys().collect::<Vec<_>>())
                 ));
+            }
+            "cr-metadata-only" => {
+                let mut p = plan("meta")?;
+                p.metadata.labels = Some([("env".to_string(), "prod".to_string())].into());
+                let created = plans.create(&pp, &p).await?;
+                let list = plans
+                    .list_metadata(&ListParams::default().labels("env=prod"))
+                    .await?;
+                let raw = serde_json::to_value(&list.items)?;
+                out.push(format!(
+                    "list: {}/{} items={}",
+                    list.types.api_version,
+                    list.types.kind,
+                    raw.as_array().map_or(0, Vec::len)
+                ));
+                let item = &raw[0];
+                out.push(format!(
+                    "item: {}/{} name={} generation={}",
+                    item["apiVersion"],
+                    item["kind"],
+                    item["metadata"]["name"],
+                    item["metadata"]["generation"]
+                ));
+                let one = serde_json::to_value(plans.get_metadata("meta").await?)?;
+                out.push(format!("get: {}/{}", one["apiVersion"], one["kind"]));
+                let mut events = plans
+                    .watch_metadata(
+                        &WatchParams::default()
+                            .fields("metadata.name=meta")
+                            .timeout(30),
+                        created.metadata.resource_version.as_deref().unwrap_or("0"),
+                    )
+                    .await?
+                    .boxed();
+                merge(
+                    &plans,
+                    "meta",
+                    json!({"metadata": {"annotations": {"a": "b"}}}),
+                )
+                .await?;
+                match tokio::time::timeout(Duration::from_secs(30), events.try_next())
+                    .await
+                    .context("watch event")??
+                {
+                    Some(WatchEvent::Modified(o)) => {
+                        let v = serde_json::to_value(&o)?;
+                        out.push(format!(
+                            "watch: MODIFIED {}/{} annotations={}",
+                            v["apiVersion"], v["kind"], v["metadata"]["annotations"]
+                        ));
+                    }
+                    other => out.push(format!("watch: {other:?}")),
+                }
             }
             other => anyhow::bail!("no scenario {other}"),
         }
