@@ -30,11 +30,40 @@
 //! `:broken`). The binary `skoala-sim cluster` runs the same thing as a process and exposes the
 //! fault injector at `/_sim/faults` (see [`faults::FaultCommand`]).
 //!
+//! # What it emulates, and what it does not
+//!
+//! One generic store serves every type (built-ins, and custom resources as soon as their CRD is
+//! created): resource versions, `generation`, watches, optimistic concurrency, finalizers. What
+//! a coordinator storing its state in custom resources relies on behaves as on a real
+//! kube-apiserver, and `tests/tests/real/sim_parity.rs` runs each behaviour on both:
+//!
+//! - a CRD's resources are served (discovery, namespaced or cluster-scoped) once it is created;
+//! - with a status subresource, a create and main-resource writes drop `status`, `/status`
+//!   writes change only `status`; `generation` moves with a spec change only (not with labels,
+//!   annotations, finalizers or status), `resourceVersion` with every stored change;
+//! - `metadata.resourceVersion` in an update or patch body is a precondition (409 `Conflict`),
+//!   and a custom resource cannot be updated (PUT) without one (422);
+//! - deleting an object with finalizers sets `deletionTimestamp` (and bumps `generation`), no
+//!   finalizer may be added then, and removing the last one deletes the object;
+//! - schemas: unknown fields are pruned or refused, kept under
+//!   `x-kubernetes-preserve-unknown-fields`, `default`s filled in, `required`, `enum` and `type`
+//!   enforced, on `/status` writes too;
+//! - metadata-only gets, lists and watches (`Accept: ...;as=PartialObjectMetadata[List]`).
+//!
+//! Not emulated: **CEL rules** (`x-kubernetes-validations`) are never evaluated, so on sim a
+//! spec change to an accepted plan or to a sealed log segment is stored. Sim trusts the
+//! coordinator's own checks (it ignores such changes itself); what CEL refuses is tested on a
+//! real API server only (`tests/tests/real/crds.rs`). Also absent: field ownership in
+//! server-side apply (never a conflict), RBAC (one all-powerful user), admission webhooks,
+//! pagination, aggregated discovery; `sim/README.md` lists the rest.
+//!
 //! # Layout
 //!
 //! - [`cluster`]: start/stop, kubeconfig, bootstrap objects;
 //! - `server`: HTTPS, bearer-token auth, fault verdicts, the admin endpoint;
-//! - `api`: routing, discovery, OpenAPI, the generic verbs, patches, watches, protobuf bodies;
+//! - `api`: routing, discovery, OpenAPI, the generic verbs, what happens to an object on its
+//!   way in (`object`: identity, status and finalizer rules, `generation`; `schema`: a custom
+//!   resource's validation, pruning and defaults), patches, watches, protobuf bodies;
 //! - `registry`: which types are served (built-ins + CRDs);
 //! - `store`: objects, resourceVersions, the watch event log;
 //! - `controllers`: Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/Pods status;

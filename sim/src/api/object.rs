@@ -205,6 +205,14 @@ pub fn prepare_create(
     validation: &FieldValidation,
 ) -> ApiResult<Value> {
     identity(target, &mut obj, true)?;
+    // A custom resource with a status subresource is created without status: status is
+    // written only through `/status` (checked against a real server by `sim_parity`).
+    if target.rt.crd.is_some()
+        && target.rt.status
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
+    }
     validate_fields(target, &mut obj, None, validation)?;
     defaults(&target.rt, &mut obj, None);
     if has_generation(&target.rt, &obj) {
@@ -223,6 +231,7 @@ pub fn prepare_update(
 ) -> ApiResult<Value> {
     identity(target, &mut new, false)?;
     check_resource_version(&target.rt, old, &new)?;
+    check_new_finalizers(&target.rt, old, &new)?;
     validate_fields(target, &mut new, Some(old), validation)?;
     // With a status subresource, writes to the main resource cannot change status.
     if target.rt.status {
@@ -254,8 +263,14 @@ pub fn prepare_update(
     Ok(new)
 }
 
-/// Prepares a `/status` write: only `status` is taken from `new`.
-pub fn prepare_status_update(target: &Target, old: &Value, new: &Value) -> ApiResult<Value> {
+/// Prepares a `/status` write: only `status` is taken from `new`. A custom resource's status
+/// is validated and pruned against its schema, as the main resource is.
+pub fn prepare_status_update(
+    target: &Target,
+    old: &Value,
+    new: &Value,
+    validation: &FieldValidation,
+) -> ApiResult<Value> {
     check_resource_version(&target.rt, old, new)?;
     let mut out = old.clone();
     if let Some(m) = out.as_object_mut() {
@@ -264,7 +279,66 @@ pub fn prepare_status_update(target: &Target, old: &Value, new: &Value) -> ApiRe
             None => m.remove("status"),
         };
     }
+    if target.rt.crd.is_some() {
+        validate_fields(target, &mut out, Some(old), validation)?;
+    }
     Ok(out)
+}
+
+/// A custom resource cannot be replaced without a `resourceVersion` (its strategy does not
+/// allow unconditional updates); patches are applied to the current object, so they can.
+pub fn require_resource_version(target: &Target, body: &Value) -> ApiResult<()> {
+    let rt = &target.rt;
+    if rt.crd.is_some()
+        && body["metadata"]["resourceVersion"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::invalid(
+            &rt.group,
+            &rt.plural,
+            target.name.as_deref().unwrap_or_default(),
+            "metadata.resourceVersion: Invalid value: 0: must be specified for an update",
+        ));
+    }
+    Ok(())
+}
+
+/// An object being deleted may lose finalizers but not gain any: otherwise its deletion could
+/// be held forever by whoever keeps adding them.
+fn check_new_finalizers(rt: &ResourceType, old: &Value, new: &Value) -> ApiResult<()> {
+    if old["metadata"]["deletionTimestamp"].is_null() {
+        return Ok(());
+    }
+    let list = |o: &Value| -> Vec<String> {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = list(old);
+    let added: Vec<String> = list(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .map(|f| format!("{f:?}"))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    // The real server's words, Go's `%#v` of a string slice included.
+    Err(ApiError::invalid(
+        &rt.group,
+        &rt.kind,
+        &name_of(old),
+        format!(
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+            added.join(", ")
+        ),
+    ))
 }
 
 /// Optimistic concurrency: a write that names a resourceVersion must name the current one.

@@ -4,7 +4,9 @@
 //! silently) unless the request asks for `fieldValidation=Strict`, in which case they are an
 //! error; `required`, `enum` and `type` are enforced always. This is what makes "the new chart
 //! uses a field the old CRD does not know" visible: the field vanishes (or the request fails),
-//! exactly as on a cluster whose CRDs were not re-applied before `helm upgrade`.
+//! exactly as on a cluster whose CRDs were not re-applied before `helm upgrade`. Fields with
+//! a schema `default` are filled in when absent. CEL rules (`x-kubernetes-validations`) are
+//! not evaluated: see the crate doc.
 
 use serde_json::Value;
 
@@ -92,6 +94,15 @@ fn walk(
                 }
             }
             let props = schema["properties"].as_object();
+            // Structural defaulting: a declared field with a `default` is filled in when
+            // absent (the real server does this before validation, on every write).
+            for (k, sub) in props.into_iter().flatten() {
+                if let Some(d) = sub.get("default")
+                    && !map.contains_key(k)
+                {
+                    map.insert(k.clone(), d.clone());
+                }
+            }
             let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
             let additional = &schema["additionalProperties"];
             let keys: Vec<String> = map.keys().cloned().collect();
@@ -173,6 +184,18 @@ mod tests {
         let mut o = json!({"spec": {"size": 1, "newField": true}});
         let e = validate_and_prune(&schema(), &mut o, true).expect_err("strict");
         assert!(e.contains("unknown field \"spec.newField\""), "{e}");
+    }
+
+    #[test]
+    fn an_absent_field_with_a_default_is_filled_in() {
+        let schema = json!({"type": "object", "properties": {"status": {"type": "object",
+            "properties": {"active": {"type": "boolean", "default": false}}}}});
+        let mut o = json!({"status": {}});
+        validate_and_prune(&schema, &mut o, false).expect("valid");
+        assert_eq!(o["status"]["active"], false);
+        let mut o = json!({"status": {"active": true}});
+        validate_and_prune(&schema, &mut o, false).expect("valid");
+        assert_eq!(o["status"]["active"], true);
     }
 
     #[test]

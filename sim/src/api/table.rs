@@ -14,6 +14,23 @@ pub fn wanted(accept: &str) -> bool {
     accept.contains("as=Table")
 }
 
+/// Whether the `Accept` header asks for metadata only (`as=PartialObjectMetadata` or
+/// `as=PartialObjectMetadataList`, what kube-rs' `list_metadata` and metadata watches send):
+/// a client that needs only names, labels and versions of thousands of objects is not sent
+/// their specs and statuses.
+pub fn metadata_wanted(accept: &str) -> bool {
+    !wanted(accept) && accept.contains("as=PartialObjectMetadata")
+}
+
+/// An object reduced to its metadata, as `meta.k8s.io/v1` `PartialObjectMetadata`.
+pub fn partial(o: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": o["metadata"],
+    })
+}
+
 /// Age as kubectl prints it (`45s`, `5m30s`, `3h`, `2d`).
 fn age(created: &Value) -> String {
     let Some(ts) = created
@@ -312,11 +329,7 @@ pub fn render(
             let object = match include_object {
                 Some("Object") => o.clone(),
                 Some("None") => Value::Null,
-                _ => json!({
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o["metadata"],
-                }),
+                _ => partial(o),
             };
             json!({"cells": cells(rt, o), "object": object})
         })
@@ -334,6 +347,23 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    #[test]
+    fn metadata_only_is_asked_for_by_its_own_accept_header_not_by_a_tables() {
+        assert!(metadata_wanted(
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+        ));
+        assert!(!metadata_wanted(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!metadata_wanted("application/json"));
+        let p = partial(&json!({"kind": "ConfigMap", "metadata": {"name": "a"}, "data": {}}));
+        assert_eq!(
+            p,
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                             "metadata": {"name": "a"}})
+        );
+    }
 
     #[test]
     fn deployment_rows_show_readiness() {

@@ -40,6 +40,8 @@ struct Filter {
     rt: ResourceType,
     /// Send each object as a one-row Table (`kubectl get -w`); the value is `includeObject`.
     table: Option<Option<String>>,
+    /// Send each object as `PartialObjectMetadata` (a metadata watch).
+    metadata_only: bool,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -92,6 +94,9 @@ impl Filter {
                     table::render(&self.rt, &[obj], &rv, include.as_deref()),
                 )
             }
+            _ if self.metadata_only && matches!(kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                line(kind, table::partial(&obj))
+            }
             _ => line(kind, obj),
         }
     }
@@ -110,6 +115,7 @@ pub fn serve(state: Arc<ApiState>, req: &Req, target: &Target) -> ApiResult<Resp
     let filter = Filter {
         rt: target.rt.clone(),
         table: table::wanted(&req.accept).then(|| req.q("includeObject").map(String::from)),
+        metadata_only: table::metadata_wanted(&req.accept),
         namespace: target.namespace.clone(),
         labels,
         fields,
@@ -270,6 +276,7 @@ mod tests {
                 .lookup("", "v1", "configmaps")
                 .expect("configmaps"),
             table: None,
+            metadata_only: false,
             namespace: Some("default".into()),
             labels: LabelSelector::default(),
             fields: FieldSelector::default(),

@@ -1,5 +1,6 @@
-//! Keeping `sim/` honest: one list of scenarios, run against a real cluster and against the
-//! emulator, must end the same way. A divergence we accept is listed in `KNOWN` (and in
+//! Keeping `sim/` honest: two lists of scenarios (what helm and kubectl do to our charts, and
+//! the custom-resource semantics the kube store relies on, in [`crs`]), each run against a real
+//! cluster and against the emulator, must end the same way. A divergence we accept is listed in `KNOWN` (and in
 //! `sim/README.md`, with why); the test also fails when a listed divergence disappears, so the
 //! list never goes stale.
 
@@ -355,8 +356,7 @@ async fn the_emulator_and_a_real_cluster_end_every_scenario_the_same_way() -> an
     let repo = start_repo().await?;
     let cluster = real::cluster("parity").await?;
     let sim = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("parity")).await?;
-    let mut report = String::new();
-    let mut diverged = Vec::new();
+    let mut ends = Vec::new();
     for scenario in SCENARIOS {
         let real_end = run(scenario, cluster.admin_kubeconfig(), &repo.url())
             .await
@@ -364,13 +364,32 @@ async fn the_emulator_and_a_real_cluster_end_every_scenario_the_same_way() -> an
         let sim_end = run(scenario, sim.kubeconfig_path(), &repo.url())
             .await
             .with_context(|| format!("{scenario} on the emulator"))?;
-        report.push_str(&format!("{scenario}: real={real_end:?} sim={sim_end:?}\n"));
-        if real_end != sim_end {
+        ends.push((*scenario, real_end, sim_end));
+    }
+    judge(&ends)
+}
+
+/// Fails unless every scenario ended the same way on both, but for those listed in `KNOWN`,
+/// which must still diverge (so the list never goes stale).
+fn judge(ends: &[(&str, String, String)]) -> anyhow::Result<()> {
+    let mut report = String::new();
+    let mut diverged = Vec::new();
+    for (scenario, real_end, sim_end) in ends {
+        if real_end == sim_end {
+            report.push_str(&format!("{scenario}: both {real_end}\n"));
+        } else {
+            report.push_str(&format!(
+                "{scenario}: DIVERGED\n  real: {real_end}\n  sim:  {sim_end}\n"
+            ));
             diverged.push(*scenario);
         }
     }
     eprintln!("{report}");
-    let known: Vec<&str> = KNOWN.iter().map(|(s, _)| *s).collect();
+    let known: Vec<&str> = KNOWN
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| ends.iter().any(|(e, _, _)| e == s))
+        .collect();
     let unexpected: Vec<_> = diverged.iter().filter(|s| !known.contains(s)).collect();
     assert!(
         unexpected.is_empty(),
@@ -382,4 +401,630 @@ async fn the_emulator_and_a_real_cluster_end_every_scenario_the_same_way() -> an
         "{healed:?} no longer diverge: remove them from KNOWN and sim/README.md:\n{report}"
     );
     Ok(())
+}
+
+/// The custom-resource semantics the kube store relies on (docs/design/kube-store.md §3, §4,
+/// §8), on the fleet's own CRDs: each scenario's ending is what the store can observe (status
+/// codes, reasons, which parts of an object changed, how `generation` and `resourceVersion`
+/// moved), so a server that words or numbers things its own way still compares equal.
+mod crs {
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{
+        Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+        WatchParams,
+    };
+    use kube::core::ApiResource;
+    use serde_json::{Value, json};
+    use skoala_e2e::wait;
+    use skoala_kubestore::crd::{self, Kind};
+
+    const NS: &str = "parity-crs";
+
+    /// The scenarios, in the order they run (each uses objects of its own).
+    pub const SCENARIOS: &[&str] = &[
+        "cr-discovery",
+        "cr-create-ignores-status",
+        "cr-main-writes-ignore-status",
+        "cr-status-writes-change-only-status",
+        "cr-generation-moves-with-spec-only",
+        "cr-stale-resource-version",
+        "cr-finalizers-and-deletion-timestamp",
+        "cr-delete-without-finalizers",
+        "cr-preserved-and-pruned-fields",
+        "cr-metadata-only",
+    ];
+
+    /// Installs the fleet's CRDs as `skoala-coordinator crds | kubectl apply --server-side`
+    /// does, waits until the group is served, and creates the scenarios' namespace.
+    pub async fn install(client: &kube::Client) -> anyhow::Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for c in crd::crds() {
+            let name = c.metadata.name.clone().context("crd name")?;
+            crds.patch(
+                &name,
+                &PatchParams::apply("sim-parity").force(),
+                &Patch::Apply(&c),
+            )
+            .await?;
+        }
+        wait::until(
+            "the fleet's resources to be served",
+            Duration::from_secs(60),
+            || async {
+                let list = client
+                    .list_api_group_resources(&format!("{}/{}", crd::GROUP, crd::VERSION))
+                    .await
+                    .ok()?;
+                (list.resources.len() >= Kind::ALL.len()).then_some(())
+            },
+        )
+        .await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn api(client: &kube::Client, kind: Kind) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), NS, &kind.api_resource())
+    }
+
+    fn object(kind: Kind, name: &str, rest: Value) -> anyhow::Result<DynamicObject> {
+        let ar: ApiResource = kind.api_resource();
+        let mut v = json!({"apiVersion": ar.api_version, "kind": ar.kind,
+                           "metadata": {"name": name, "namespace": NS}});
+        for (k, val) in rest.as_object().into_iter().flatten() {
+            match (k.as_str(), val) {
+                ("metadata", Value::Object(m)) => {
+                    for (mk, mv) in m {
+                        v["metadata"][mk] = mv.clone();
+                    }
+                }
+                _ => v[k] = val.clone(),
+            }
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// An API refusal as `code reason: message`; success as `ok`.
+    fn refusal<T>(r: Result<T, kube::Error>) -> anyhow::Result<String> {
+        match r {
+            Ok(_) => Ok("ok".into()),
+            Err(kube::Error::Api(e)) => Ok(format!("{} {}: {}", e.code, e.reason, e.message)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn rv(o: &Value) -> u64 {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// What changed from `before` to `after`, in the words the store cares about.
+    fn changes(before: &DynamicObject, after: &DynamicObject) -> String {
+        let (b, a) = (
+            serde_json::to_value(before).unwrap_or_default(),
+            serde_json::to_value(after).unwrap_or_default(),
+        );
+        let mut out = vec![];
+        let generation = |o: &Value| o["metadata"]["generation"].as_i64().unwrap_or(0);
+        match generation(&a) - generation(&b) {
+            0 => {}
+            d => out.push(format!("generation {d:+}")),
+        }
+        if rv(&a) != rv(&b) {
+            out.push(if rv(&a) > rv(&b) {
+                "resourceVersion grew".into()
+            } else {
+                "resourceVersion shrank".into()
+            });
+        }
+        for part in ["spec", "status"] {
+            if a.get(part) != b.get(part) {
+                out.push(format!("{part} changed"));
+            }
+        }
+        for field in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            if a["metadata"].get(field) != b["metadata"].get(field) {
+                out.push(format!("metadata.{field} changed"));
+            }
+        }
+        if out.is_empty() {
+            "nothing changed".into()
+        } else {
+            out.join(", ")
+        }
+    }
+
+    async fn merge(
+        api: &Api<DynamicObject>,
+        name: &str,
+        patch: Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+    }
+
+    async fn merge_status(
+        api: &Api<DynamicObject>,
+        name: &str,
+        patch: Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+    }
+
+    fn plan(name: &str) -> anyhow::Result<DynamicObject> {
+        object(
+            Kind::UpgradePlan,
+            name,
+            json!({"spec": {"version": "0.19.2"}}),
+        )
+    }
+
+    /// One scenario's ending, one line per step.
+    pub async fn run(name: &str, client: &kube::Client) -> anyhow::Result<String> {
+        let plans = api(client, Kind::UpgradePlan);
+        let pp = PostParams::default();
+        let mut out: Vec<String> = vec![];
+        match name {
+            "cr-discovery" => {
+                let list = client
+                    .list_api_group_resources(&format!("{}/{}", crd::GROUP, crd::VERSION))
+                    .await?;
+                let mut rows: Vec<String> = list
+                    .resources
+                    .iter()
+                    .map(|r| {
+                        let mut verbs = r.verbs.clone();
+                        verbs.sort();
+                        format!(
+                            "{} kind={} namespaced={} categories={:?} shortNames={:?} verbs={verbs:?}",
+                            r.name, r.kind, r.namespaced, r.categories, r.short_names
+                        )
+                    })
+                    .collect();
+                rows.sort();
+                out.extend(rows);
+                // Namespaced: served under a namespace, listed across all of them.
+                plans.create(&pp, &plan("listed")?).await?;
+                let all: Api<DynamicObject> =
+                    Api::all_with(client.clone(), &Kind::UpgradePlan.api_resource());
+                let names: Vec<String> = all
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter_map(|o| o.metadata.name)
+                    .collect();
+                out.push(format!("listed in all namespaces: {names:?}"));
+            }
+            "cr-create-ignores-status" => {
+                let mut p = plan("with-status")?;
+                p.data["status"] = json!({"phase": "failed", "active": true});
+                let created = plans.create(&pp, &p).await?;
+                let v = serde_json::to_value(&created)?;
+                out.push(format!(
+                    "created: generation={} status={}",
+                    v["metadata"]["generation"], v["status"]
+                ));
+            }
+            "cr-main-writes-ignore-status" => {
+                let created = plans.create(&pp, &plan("main-status")?).await?;
+                let after = merge(
+                    &plans,
+                    "main-status",
+                    json!({"status": {"phase": "failed"}}),
+                )
+                .await?;
+                out.push(format!("status only: {}", changes(&created, &after)));
+                let after2 = merge(
+                    &plans,
+                    "main-status",
+                    json!({"spec": {"version": "0.19.3"}, "status": {"phase": "failed"}}),
+                )
+                .await?;
+                out.push(format!("spec and status: {}", changes(&after, &after2)));
+                let mut whole = after2.clone();
+                whole.data["status"] = json!({"phase": "failed"});
+                let replaced = plans.replace("main-status", &pp, &whole).await?;
+                out.push(format!(
+                    "update with status: {}",
+                    changes(&after2, &replaced)
+                ));
+            }
+            "cr-status-writes-change-only-status" => {
+                let created = plans.create(&pp, &plan("status-only")?).await?;
+                let after = merge_status(
+                    &plans,
+                    "status-only",
+                    json!({"spec": {"version": "9.9.9"},
+                           "metadata": {"labels": {"x": "y"}, "annotations": {"a": "b"}},
+                           "status": {"phase": "workers"}}),
+                )
+                .await?;
+                out.push(format!("status patch: {}", changes(&created, &after)));
+                let same = merge_status(
+                    &plans,
+                    "status-only",
+                    json!({"status": {"phase": "workers"}}),
+                )
+                .await?;
+                out.push(format!("same status again: {}", changes(&after, &same)));
+                let mut whole = same.clone();
+                whole.data["status"] = json!({"phase": "paused"});
+                whole.data["spec"] = json!({"version": "1.0.0"});
+                let replaced = plans.replace_status("status-only", &pp, &whole).await?;
+                out.push(format!("status update: {}", changes(&same, &replaced)));
+                let cleared = merge_status(&plans, "status-only", json!({"status": null})).await?;
+                out.push(format!(
+                    "status removed: {} status={}",
+                    changes(&replaced, &cleared),
+                    cleared.data["status"]
+                ));
+            }
+            "cr-generation-moves-with-spec-only" => {
+                let created = plans.create(&pp, &plan("generation")?).await?;
+                let mut last = created.clone();
+                for (what, patch) in [
+                    (
+                        "annotation",
+                        json!({"metadata": {"annotations": {"fleet.skoala.io/paused": "true"}}}),
+                    ),
+                    ("label", json!({"metadata": {"labels": {"env": "prod"}}})),
+                    (
+                        "finalizer",
+                        json!({"metadata": {"finalizers": ["fleet.skoala.io/in-flight"]}}),
+                    ),
+                    ("spec", json!({"spec": {"version": "0.19.3"}})),
+                    ("same spec", json!({"spec": {"version": "0.19.3"}})),
+                    ("new spec field", json!({"spec": {"maxConcurency": 2}})),
+                ] {
+                    let after = merge(&plans, "generation", patch).await?;
+                    out.push(format!("{what}: {}", changes(&last, &after)));
+                    last = after;
+                }
+                out.push(format!(
+                    "generation at creation: {:?}",
+                    created.metadata.generation
+                ));
+            }
+            "cr-stale-resource-version" => {
+                let created = plans.create(&pp, &plan("stale")?).await?;
+                let stale = created.metadata.resource_version.clone().context("rv")?;
+                let fresh = merge(
+                    &plans,
+                    "stale",
+                    json!({"metadata": {"annotations": {"a": "1"}}}),
+                )
+                .await?;
+                let current = fresh.metadata.resource_version.clone().context("rv")?;
+                let with_rv = |rv: &str, body: Value| {
+                    let mut b = body;
+                    b["metadata"]["resourceVersion"] = json!(rv);
+                    b
+                };
+                out.push(format!(
+                    "merge patch, stale: {}",
+                    refusal(
+                        merge(
+                            &plans,
+                            "stale",
+                            with_rv(&stale, json!({"spec": {"version": "1.0.0"}}))
+                        )
+                        .await
+                    )?
+                ));
+                out.push(format!(
+                    "status merge patch, stale: {}",
+                    refusal(
+                        merge_status(
+                            &plans,
+                            "stale",
+                            with_rv(&stale, json!({"status": {"phase": "workers"}}))
+                        )
+                        .await
+                    )?
+                ));
+                let mut old = created.clone();
+                old.data["spec"] = json!({"version": "2.0.0"});
+                out.push(format!(
+                    "update, stale: {}",
+                    refusal(plans.replace("stale", &pp, &old).await)?
+                ));
+                out.push(format!(
+                    "status update, stale: {}",
+                    refusal(plans.replace_status("stale", &pp, &old).await)?
+                ));
+                let mut unconditional = old.clone();
+                unconditional.metadata.resource_version = None;
+                out.push(format!(
+                    "update without resourceVersion: {}",
+                    refusal(plans.replace("stale", &pp, &unconditional).await)?
+                ));
+                out.push(format!(
+                    "merge patch without resourceVersion: {}",
+                    refusal(
+                        merge(
+                            &plans,
+                            "stale",
+                            json!({"metadata": {"annotations": {"b": "2"}}})
+                        )
+                        .await
+                    )?
+                ));
+                let now = plans.get("stale").await?;
+                let ok = merge(
+                    &plans,
+                    "stale",
+                    with_rv(
+                        now.metadata.resource_version.as_deref().unwrap_or_default(),
+                        json!({"spec": {"version": "1.0.0"}}),
+                    ),
+                )
+                .await?;
+                out.push(format!("merge patch, current: {}", changes(&now, &ok)));
+                out.push(format!("stale != current: {}", stale != current));
+            }
+            "cr-finalizers-and-deletion-timestamp" => {
+                let clusters = api(client, Kind::FleetCluster);
+                let c = object(
+                    Kind::FleetCluster,
+                    "held",
+                    json!({"metadata": {"finalizers": ["fleet.skoala.io/in-flight"]},
+                           "spec": {"name": "held", "labels": {}}}),
+                )?;
+                let created = clusters.create(&pp, &c).await?;
+                let mut events = clusters
+                    .watch(
+                        &WatchParams::default()
+                            .fields("metadata.name=held")
+                            .timeout(30),
+                        created.metadata.resource_version.as_deref().unwrap_or("0"),
+                    )
+                    .await?
+                    .boxed();
+                let deleted = clusters.delete("held", &DeleteParams::default()).await?;
+                let deleted = match deleted.either(Ok, Err) {
+                    Ok(o) => {
+                        out.push(format!("delete: object, {}", changes(&created, &o)));
+                        o
+                    }
+                    Err(s) => anyhow::bail!("delete answered a Status: {s:?}"),
+                };
+                out.push(format!(
+                    "deletionGracePeriodSeconds={:?}",
+                    deleted.metadata.deletion_grace_period_seconds
+                ));
+                let got = clusters.get("held").await?;
+                out.push(format!("still there: {}", changes(&deleted, &got)));
+                let again = clusters.delete("held", &DeleteParams::default()).await?;
+                match again.either(Ok, Err) {
+                    Ok(o) => out.push(format!("delete again: object, {}", changes(&got, &o))),
+                    Err(s) => out.push(format!("delete again: status {:?}", s.reason)),
+                }
+                out.push(format!(
+                    "add a finalizer while terminating: {}",
+                    refusal(merge(&clusters, "held", json!({"metadata": {"finalizers": ["fleet.skoala.io/in-flight", "other.io/x"]}})).await)?
+                ));
+                let before = clusters.get("held").await?;
+                let edited = merge(&clusters, "held", json!({"spec": {"name": "renamed"}})).await?;
+                out.push(format!(
+                    "spec change while terminating: {}",
+                    changes(&before, &edited)
+                ));
+                let status = merge_status(
+                    &clusters,
+                    "held",
+                    json!({"status": {"revokedAt": "2026-12-03T10:00:00Z"}}),
+                )
+                .await?;
+                out.push(format!(
+                    "status change while terminating: {}",
+                    changes(&edited, &status)
+                ));
+                let last =
+                    merge(&clusters, "held", json!({"metadata": {"finalizers": null}})).await?;
+                out.push(format!(
+                    "last finalizer removed: answer {}",
+                    changes(&status, &last)
+                ));
+                out.push(format!(
+                    "get after: {}",
+                    refusal(clusters.get("held").await)?
+                ));
+                let mut kinds = vec![];
+                while let Some(e) = tokio::time::timeout(Duration::from_secs(30), events.try_next())
+                    .await
+                    .context("watch event")??
+                {
+                    let (kind, o) = match e {
+                        WatchEvent::Added(o) => ("ADDED", o),
+                        WatchEvent::Modified(o) => ("MODIFIED", o),
+                        WatchEvent::Deleted(o) => ("DELETED", o),
+                        other => {
+                            kinds.push(format!("{other:?}"));
+                            break;
+                        }
+                    };
+                    let v = serde_json::to_value(&o)?;
+                    kinds.push(format!(
+                        "{kind}(finalizers={} deleting={})",
+                        v["metadata"]["finalizers"],
+                        !v["metadata"]["deletionTimestamp"].is_null()
+                    ));
+                    if kind == "DELETED" {
+                        break;
+                    }
+                }
+                out.push(format!("watch: {}", kinds.join(" ")));
+            }
+            "cr-delete-without-finalizers" => {
+                plans.create(&pp, &plan("gone")?).await?;
+                let answer = match plans
+                    .delete("gone", &DeleteParams::default())
+                    .await?
+                    .either(Ok, Err)
+                {
+                    Ok(o) => format!(
+                        "object deleting={}",
+                        o.metadata.deletion_timestamp.is_some()
+                    ),
+                    Err(s) => format!("status {:?}", s.status),
+                };
+                out.push(format!("delete: {answer}"));
+                out.push(format!("get after: {}", refusal(plans.get("gone").await)?));
+                out.push(format!(
+                    "delete again: {}",
+                    refusal(plans.delete("gone", &DeleteParams::default()).await)?
+                ));
+            }
+            "cr-preserved-and-pruned-fields" => {
+                let mut p = plan("fields")?;
+                p.data["spec"]["strategy"] =
+                    json!({"maxConcurency": 3, "nested": {"deep": [1, {"x": true}]}});
+                p.data["spec"]["typo"] = json!("kept?");
+                p.data["topLevel"] = json!("pruned?");
+                let created = plans.create(&pp, &p).await?;
+                out.push(format!("spec: {}", created.data["spec"]));
+                out.push(format!(
+                    "top level kept: {}",
+                    created.data.get("topLevel").is_some()
+                ));
+                let st = merge_status(
+                    &plans,
+                    "fields",
+                    json!({"status": {"phase": "workers", "bogus": 1,
+                                      "rollout": {"plan": "fields", "unknown": {"x": 1}},
+                                      "counts": {"total": 3, "pending": 3, "offline": 0,
+                                                 "running": 0, "succeeded": 0, "failed": 0,
+                                                 "rollingBack": 0, "rolledBack": 0,
+                                                 "reverted": 0, "bogus": 2}}}),
+                )
+                .await?;
+                out.push(format!("status: {}", st.data["status"]));
+                // Status is validated like the rest: required fields of a status part.
+                let refused = merge_status(
+                    &plans,
+                    "fields",
+                    json!({"status": {"counts": {"total": 3, "pending": null}}}),
+                )
+                .await;
+                out.push(format!(
+                    "status missing a required field: {}",
+                    match refused {
+                        Err(kube::Error::Api(e)) => format!("{} {}", e.code, e.reason),
+                        other => format!("{other:?}"),
+                    }
+                ));
+                let logs = api(client, Kind::FleetLog);
+                let l = object(
+                    Kind::FleetLog,
+                    "events-fields-1",
+                    json!({"spec": {"stream": "events", "plan": "fields", "firstId": 1, "lastId": 1,
+                                    "fromMs": 1, "toMs": 2, "sealed": false, "encoding": "gzip+jsonl",
+                                    "data": "H4sIAAAAAAAAAwMAAAAAAAAAAAA=", "bogus": 1}}),
+                )?;
+                let created = logs.create(&pp, &l).await?;
+                out.push(format!(
+                    "log spec keys: {:?}",
+                    created.data["spec"]
+                        .as_object()
+                        .map(|m| m.keys().collect::<Vec<_>>())
+                ));
+            }
+            "cr-metadata-only" => {
+                let mut p = plan("meta")?;
+                p.metadata.labels = Some([("env".to_string(), "prod".to_string())].into());
+                let created = plans.create(&pp, &p).await?;
+                let list = plans
+                    .list_metadata(&ListParams::default().labels("env=prod"))
+                    .await?;
+                let raw = serde_json::to_value(&list.items)?;
+                out.push(format!(
+                    "list: {}/{} items={}",
+                    list.types.api_version,
+                    list.types.kind,
+                    raw.as_array().map_or(0, Vec::len)
+                ));
+                let item = &raw[0];
+                out.push(format!(
+                    "item: {}/{} name={} generation={}",
+                    item["apiVersion"],
+                    item["kind"],
+                    item["metadata"]["name"],
+                    item["metadata"]["generation"]
+                ));
+                let one = serde_json::to_value(plans.get_metadata("meta").await?)?;
+                out.push(format!("get: {}/{}", one["apiVersion"], one["kind"]));
+                let mut events = plans
+                    .watch_metadata(
+                        &WatchParams::default()
+                            .fields("metadata.name=meta")
+                            .timeout(30),
+                        created.metadata.resource_version.as_deref().unwrap_or("0"),
+                    )
+                    .await?
+                    .boxed();
+                merge(
+                    &plans,
+                    "meta",
+                    json!({"metadata": {"annotations": {"a": "b"}}}),
+                )
+                .await?;
+                match tokio::time::timeout(Duration::from_secs(30), events.try_next())
+                    .await
+                    .context("watch event")??
+                {
+                    Some(WatchEvent::Modified(o)) => {
+                        let v = serde_json::to_value(&o)?;
+                        out.push(format!(
+                            "watch: MODIFIED {}/{} annotations={}",
+                            v["apiVersion"], v["kind"], v["metadata"]["annotations"]
+                        ));
+                    }
+                    other => out.push(format!("watch: {other:?}")),
+                }
+            }
+            other => anyhow::bail!("no scenario {other}"),
+        }
+        Ok(out.join("\n  "))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_and_a_real_cluster_treat_the_fleets_custom_resources_the_same_way()
+-> anyhow::Result<()> {
+    let cluster = real::cluster("parity-crs").await?;
+    let sim = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("parity-crs")).await?;
+    let real_client = cluster.client().await?;
+    let sim_client = sim.client().await?;
+    crs::install(&real_client).await.context("real")?;
+    crs::install(&sim_client).await.context("emulator")?;
+    let mut ends = Vec::new();
+    for scenario in crs::SCENARIOS {
+        // A step the server refuses unexpectedly is an ending too, compared like any other.
+        let end = |r: anyhow::Result<String>| r.unwrap_or_else(|e| format!("error: {e:?}"));
+        let real_end = end(crs::run(scenario, &real_client).await);
+        let sim_end = end(crs::run(scenario, &sim_client).await);
+        ends.push((*scenario, real_end, sim_end));
+    }
+    judge(&ends)
 }
