@@ -426,6 +426,8 @@ struct Fake {
     objects: Arc<Mutex<BTreeMap<String, FleetLogSpec>>>,
     writes: Arc<Mutex<Vec<(String, FleetLogSpec, Instant)>>>,
     fail: Arc<Mutex<Option<Failing>>>,
+    /// Whether a failing write is stored anyway (its answer lost, as at a timeout).
+    lands: Arc<Mutex<bool>>,
 }
 
 impl Fake {
@@ -433,8 +435,14 @@ impl Fake {
         *self.fail.lock().expect("lock") = Some(Box::new(f));
     }
 
+    fn lose_answer_when(&self, f: impl Fn(&str, &FleetLogSpec) -> bool + Send + 'static) {
+        self.fail_when(f);
+        *self.lands.lock().expect("lock") = true;
+    }
+
     fn heal(&self) {
         *self.fail.lock().expect("lock") = None;
+        *self.lands.lock().expect("lock") = false;
     }
 
     fn writes(&self) -> Vec<(String, FleetLogSpec, Instant)> {
@@ -461,13 +469,13 @@ impl Fake {
 
 impl SegmentSink for Fake {
     async fn put(&self, name: &str, spec: &FleetLogSpec) -> Result<(), SinkError> {
-        if self
+        let fails = self
             .fail
             .lock()
             .expect("lock")
             .as_ref()
-            .is_some_and(|f| f(name, spec))
-        {
+            .is_some_and(|f| f(name, spec));
+        if fails && !*self.lands.lock().expect("lock") {
             return Err("the server said no".into());
         }
         let mut objects = self.objects.lock().expect("lock");
@@ -482,6 +490,9 @@ impl SegmentSink for Fake {
             .lock()
             .expect("lock")
             .push((name.to_string(), spec.clone(), Instant::now()));
+        if fails {
+            return Err("no answer".into());
+        }
         Ok(())
     }
 }
@@ -634,32 +645,28 @@ async fn a_failed_flush_fails_its_entries_and_their_ids_go_to_the_next() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_seal_is_retried_with_the_same_entries_before_new_ones() {
+async fn a_seal_whose_answer_was_lost_is_retried_as_it_was_before_any_new_entry() {
     let fake = Fake::default();
     let writer = start(&fake).await;
     append_all(&writer, (1..=16).map(bulky)).await;
-    fake.fail_when(|_, spec| spec.sealed);
-    // The 17th does not fit: the first segment is stored full, its seal fails, so does the
-    // entry that would open the next segment.
+    // The seal lands, but its answer is lost (a timeout): the writer cannot know.
+    fake.lose_answer_when(|_, spec| spec.sealed);
     let outcome = append_all(&writer, [bulky(17)]).await;
     assert!(
         matches!(&outcome[0], Err(writer::Error::Store { .. })),
         "{outcome:?}"
     );
     let first = fake.specs()[0].clone();
-    assert!(!first.sealed);
-    assert_eq!(first.last_id, 16);
+    assert_eq!((first.last_id, first.sealed), (16, true));
     fake.heal();
-    assert_eq!(ok_ids(&append_all(&writer, [bulky(18)]).await), [17]);
+    // A small entry would still fit in the first segment; it must not go there.
+    assert_eq!(ok_ids(&append_all(&writer, [audit(18)]).await), [17]);
     let specs = fake.specs();
+    assert_eq!(specs[0], first);
     assert_eq!(
-        specs[0],
-        FleetLogSpec {
-            sealed: true,
-            ..first
-        }
+        (specs[1].first_id, specs[1].last_id, specs[1].sealed),
+        (17, 17, false)
     );
-    assert_eq!((specs[1].first_id, specs[1].sealed), (17, false));
 }
 
 #[tokio::test(start_paused = true)]
