@@ -19,7 +19,7 @@
 //!   ([`LogStream`]), reading `after_id` across segments ([`read`]), and retention
 //!   ([`expired`]); all pure;
 //! - [`writer`]: the stream writer (group commit, sealing, a new leader continuing the ids),
-//!   generic over [`writer::SegmentSink`] ("store this object"); [`writer::KubeSink`] is the
+//!   generic over [`writer::SegmentSink`] ("store this object"); [`writer::FleetLogs`] is the
 //!   one that reaches the API server through the write lanes, behind the fence.
 //!
 //! Decoding trusts nothing: a segment is read back from the API server, where anyone with
@@ -306,7 +306,7 @@ pub fn line<B: Body>(entry: &Entry<B>) -> Result<Vec<u8>> {
     Ok(line)
 }
 
-/// `data` for the given JSON lines (each from [`line`]): gzip, then base64.
+/// `data` for the given JSON lines (each from [`line()`]): gzip, then base64.
 pub fn encode_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     for l in lines {

@@ -7,7 +7,7 @@
 //! few writes a second, not one per entry.
 //!
 //! A flush rewrites the open segment whole. When the next entry would take it past
-//! [`SEAL_AT`](super::SEAL_AT), the segment is first stored with its entries unsealed, then
+//! [`SEAL_AT`], the segment is first stored with its entries unsealed, then
 //! stored again with `sealed: true` and nothing else changed, and the entry opens the next
 //! segment. Sealing never adds entries in the same write, so a seal whose answer was lost (it
 //! may have landed) is retried with identical content, which the CRD's rule accepts, instead of
