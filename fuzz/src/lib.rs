@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pem", pem),
     ("admin_config", admin_config),
     ("names", names),
+    ("log_segment", log_segment),
 ];
 
 pub mod seeds;
@@ -217,4 +218,64 @@ pub fn names(data: &[u8]) {
             "a control character survives escaping: {shown:?}"
         );
     }
+}
+
+/// A `FleetLog` segment as the coordinator reads it back from the API server, where anyone
+/// with `update` on `fleetlogs` could have written it. Byte 0 picks the stream (bit 0) and
+/// whether the rest after the ids is `data` itself (bit 1) or the bytes `data` is the base64
+/// of, so the fuzzer mutates the gzip stream directly too; bytes 1..5 are `firstId` and
+/// `lastId` (16 bits each, little-endian). A segment that decodes must hold exactly its id
+/// range and survive encoding again.
+pub fn log_segment(data: &[u8]) {
+    use base64::Engine as _;
+    use skoala_kubestore::crd::{Encoding, FleetLogSpec, Stream};
+    use skoala_kubestore::log::{self, Audit, Event};
+
+    fn round_trip<B: log::Body>(spec: &FleetLogSpec) {
+        let Ok(entries) = log::decode::<B>(spec) else {
+            return;
+        };
+        assert_eq!(
+            entries.len() as u64,
+            spec.last_id - spec.first_id + 1,
+            "a decoded segment holds its whole id range"
+        );
+        let again = FleetLogSpec {
+            data: log::encode(&entries).expect("decoded entries encode"),
+            ..spec.clone()
+        };
+        let back = log::decode::<B>(&again).expect("an encoded segment decodes");
+        assert_eq!(back, entries, "a segment survives encoding again");
+    }
+
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((ids, payload)) = rest.split_at_checked(4) else {
+        return;
+    };
+    let first_id = u64::from(u16::from_le_bytes([ids[0], ids[1]]));
+    let last_id = u64::from(u16::from_le_bytes([ids[2], ids[3]]));
+    let events = flags & 1 == 1;
+    let spec = FleetLogSpec {
+        stream: if events {
+            Stream::Events
+        } else {
+            Stream::Audit
+        },
+        plan: events.then(|| "p".to_string()),
+        first_id,
+        last_id,
+        from_ms: 0,
+        to_ms: 0,
+        sealed: true,
+        encoding: Encoding::GzipJsonl,
+        data: if flags & 2 == 0 {
+            base64::engine::general_purpose::STANDARD.encode(payload)
+        } else {
+            String::from_utf8_lossy(payload).into_owned()
+        },
+    };
+    round_trip::<Audit>(&spec);
+    round_trip::<Event>(&spec);
 }

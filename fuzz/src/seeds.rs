@@ -39,6 +39,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 .to_vec(),
             b"uid-1\ngke_project_zone_prod\nenv\nprod".to_vec(),
         ],
+        "log_segment" => log_segments(),
         _ => Vec::new(),
     }
 }
@@ -196,4 +197,59 @@ fn admin_config() -> Vec<u8> {
     serde_yaml::to_string(&config)
         .expect("admin.yaml as YAML")
         .into_bytes()
+}
+
+/// Segments as the writer stores them: an audit segment (as the bytes its `data` is the
+/// base64 of, and as `data` itself) and a plan's events.
+fn log_segments() -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    use skoala_kubestore::log::{self, Audit, Entry, Event};
+
+    fn seed(flags: u8, first: u16, last: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![flags];
+        out.extend(first.to_le_bytes());
+        out.extend(last.to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let audit: Vec<Entry<Audit>> = (1..=3)
+        .map(|id| Entry {
+            id,
+            at_ms: 1_796_000_000_000 + id as i64,
+            body: Audit {
+                kind: "cluster.registered".into(),
+                cluster_id: "0a1b2c3d-aaaa-bbbb-cccc-0123456789ab".into(),
+                peer: "10.0.0.7:4411".into(),
+                detail: format!("token {id}"),
+            },
+        })
+        .collect();
+    let events: Vec<Entry<Event>> = (7..=8)
+        .map(|id| Entry {
+            id,
+            at_ms: 1_796_000_000_000,
+            body: Event {
+                kind: "task.result".into(),
+                target: "0a1b2c3d".into(),
+                target_name: "prod-eu-1".into(),
+                operation_id: "skoala-0-19-2.0a1b2c3d.upgrade-1".into(),
+                step: "verify".into(),
+                state: "succeeded".into(),
+                message: "upgraded".into(),
+                duration_ms: 93_000,
+            },
+        })
+        .collect();
+    let audit_data = log::encode(&audit).expect("seed entries encode");
+    let events_data = log::encode(&events).expect("seed entries encode");
+    let raw = |data: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("our own base64")
+    };
+    vec![
+        seed(0, 1, 3, &raw(&audit_data)),
+        seed(2, 1, 3, audit_data.as_bytes()),
+        seed(1, 7, 8, &raw(&events_data)),
+    ]
 }

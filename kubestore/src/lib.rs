@@ -7,8 +7,10 @@
 //!   `FleetLog`), generated from the Rust types of their spec and status, and those types.
 //!   `crds.yaml` next to this crate is [`crd::crds_yaml`], checked in so it can be reviewed
 //!   and applied without building anything (a test fails when it drifts);
+//! - [`log`]: the audit log and the plans' events as `FleetLog` segments — their encoding,
+//!   ids, sealing, reads and retention, and the group-committing stream writer;
 //! - [`lease`]: leader election on a Lease, and the fence every write checks (§5.1, §5.3);
-//! - [`write`]: writes to the API server — one lane per object (at most one request in flight,
+//! - [`write`](mod@write): writes to the API server — one lane per object (at most one request in flight,
 //!   what queues behind it merged into one), served by urgency under one rate budget.
 //!
 //! **Invariant:** this crate never depends on `skoala-proto`, `tonic` or `skoala-coordinator`.
@@ -18,4 +20,5 @@
 
 pub mod crd;
 pub mod lease;
+pub mod log;
 pub mod write;

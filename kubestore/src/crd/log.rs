@@ -14,7 +14,7 @@ pub type FleetLog = Object<FleetLogSpec, NotUsed>;
 
 /// The largest `data` of a segment: sealed at 256 KiB of raw entries, whose gzip (in base64)
 /// is smaller; the bound also keeps the immutability rule's estimated cost low.
-const MAX_DATA: i64 = 512 * 1024;
+pub(crate) const MAX_DATA: i64 = 512 * 1024;
 
 /// `spec`: one segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -13,7 +13,7 @@
 //! only through `/status` (the status subresource), which the operator role cannot do.
 
 mod cluster;
-mod log;
+pub(crate) mod log;
 mod plan;
 mod schema;
 

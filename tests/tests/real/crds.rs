@@ -24,7 +24,7 @@ const NS: &str = real::FLEET_NAMESPACE;
 
 /// A real cluster with the CRDs installed (server-side apply, as `skoala-coordinator crds |
 /// kubectl apply --server-side -f -` does) and established, and the fleet namespace.
-async fn cluster_with_crds(name: &str) -> anyhow::Result<RealCluster> {
+pub(crate) async fn cluster_with_crds(name: &str) -> anyhow::Result<RealCluster> {
     let cluster = real::cluster(name).await?;
     let file = cluster.dir().join("crds.yaml");
     std::fs::write(&file, crd::crds_yaml())?;

@@ -50,28 +50,30 @@ fn rule(verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {
 
 /// The coordinator's rights on its Lease (see the `lease` module's doc): `create` cannot be
 /// narrowed by name, so it is a rule of its own.
-fn coordinator_rules() -> Vec<PolicyRule> {
+pub(crate) fn coordinator_rules() -> Vec<PolicyRule> {
     vec![
         rule(&["get", "update"], Some(&[LEASE_NAME])),
         rule(&["create"], None),
     ]
 }
 
-/// Creates ServiceAccount `sa` in [`NS`] with a Role of `rules` bound to it, waits until the
-/// API server's authorizer applies them, and returns the ServiceAccount's kubeconfig.
-async fn account(
+/// Creates ServiceAccount `sa` in `ns` with a Role of `rules` bound to it, waits until the
+/// API server's authorizer applies them (the first verb of the first rule), and returns the
+/// ServiceAccount's kubeconfig.
+pub(crate) async fn account(
     cluster: &RealCluster,
+    ns: &str,
     sa: &str,
     rules: Vec<PolicyRule>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let admin = cluster.client().await?;
     let meta = |name: &str| ObjectMeta {
         name: Some(name.into()),
-        namespace: Some(NS.into()),
+        namespace: Some(ns.into()),
         ..Default::default()
     };
     let pp = PostParams::default();
-    Api::<ServiceAccount>::namespaced(admin.clone(), NS)
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
         .create(
             &pp,
             &ServiceAccount {
@@ -81,7 +83,7 @@ async fn account(
         )
         .await?;
     let first = rules.first().context("a rule")?.clone();
-    Api::<Role>::namespaced(admin.clone(), NS)
+    Api::<Role>::namespaced(admin.clone(), ns)
         .create(
             &pp,
             &Role {
@@ -90,7 +92,7 @@ async fn account(
             },
         )
         .await?;
-    Api::<RoleBinding>::namespaced(admin.clone(), NS)
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
         .create(
             &pp,
             &RoleBinding {
@@ -103,30 +105,40 @@ async fn account(
                 subjects: Some(vec![Subject {
                     kind: "ServiceAccount".into(),
                     name: sa.into(),
-                    namespace: Some(NS.into()),
+                    namespace: Some(ns.into()),
                     ..Default::default()
                 }]),
             },
         )
         .await?;
     // The authorizer reads RBAC from a cache: wait until the binding shows.
+    let group = first
+        .api_groups
+        .as_deref()
+        .and_then(<[_]>::first)
+        .context("a group")?;
+    let kind = first
+        .resources
+        .as_deref()
+        .and_then(<[_]>::first)
+        .context("a resource")?;
     let resource = match first.resource_names.as_deref() {
-        Some([name, ..]) => format!("leases.coordination.k8s.io/{name}"),
-        _ => "leases.coordination.k8s.io".into(),
+        Some([name, ..]) => format!("{kind}.{group}/{name}"),
+        _ => format!("{kind}.{group}"),
     };
-    let who = format!("--as=system:serviceaccount:{NS}:{sa}");
+    let who = format!("--as=system:serviceaccount:{ns}:{sa}");
     let verb = first.verbs[0].clone();
     wait::until("the Role to apply", PATIENCE, || {
         let (verb, resource, who) = (verb.clone(), resource.clone(), who.clone());
         async move {
             let out = cluster
-                .kubectl(&["auth", "can-i", &verb, &resource, "-n", NS, &who])
+                .kubectl(&["auth", "can-i", &verb, &resource, "-n", ns, &who])
                 .await;
             out.ok().filter(|o| o.trim() == "yes").map(|_| ())
         }
     })
     .await?;
-    Ok(cluster.service_account_kubeconfig(NS, sa).await?)
+    Ok(cluster.service_account_kubeconfig(ns, sa).await?)
 }
 
 /// An elector speaking with `client`, as `<sa>_<random>`.
@@ -170,7 +182,7 @@ async fn of_two_electors_one_leads_and_after_a_crash_the_other_leads_only_once_t
 -> anyhow::Result<()> {
     let cluster = real::cluster("lease-crash").await?;
     real::namespace(&cluster, NS, &[]).await?;
-    let kubeconfig = account(&cluster, "coordinator", coordinator_rules()).await?;
+    let kubeconfig = account(&cluster, NS, "coordinator", coordinator_rules()).await?;
     let client = real::client(&kubeconfig).await?;
 
     // (a) Both start together; exactly one leads.
@@ -247,7 +259,7 @@ async fn a_released_lease_is_taken_by_the_standby_within_about_one_retry_period(
 -> anyhow::Result<()> {
     let cluster = real::cluster("lease-release").await?;
     real::namespace(&cluster, NS, &[]).await?;
-    let kubeconfig = account(&cluster, "coordinator", coordinator_rules()).await?;
+    let kubeconfig = account(&cluster, NS, "coordinator", coordinator_rules()).await?;
     let client = real::client(&kubeconfig).await?;
     let leader = elector(client.clone(), "pod-a")?.acquire().await?;
     let standby = tokio::spawn(elector(client.clone(), "pod-b")?.acquire());
@@ -345,7 +357,7 @@ async fn a_leader_cut_off_from_the_api_server_fences_itself_by_its_deadline() ->
 {
     let cluster = real::cluster("lease-cut").await?;
     real::namespace(&cluster, NS, &[]).await?;
-    let kubeconfig = account(&cluster, "coordinator", coordinator_rules()).await?;
+    let kubeconfig = account(&cluster, NS, "coordinator", coordinator_rules()).await?;
     let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], cluster.port()))).await?;
     // The same ServiceAccount, through the relay (the serving certificate names 127.0.0.1).
     let mut kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
@@ -402,6 +414,7 @@ async fn without_the_update_right_the_elector_fails_naming_it_instead_of_waiting
     let leases: Api<Lease> = Api::namespaced(cluster.client().await?, NS);
     let no_update = account(
         &cluster,
+        NS,
         "no-update",
         vec![rule(&["get"], Some(&[LEASE_NAME])), rule(&["create"], None)],
     )
@@ -464,6 +477,7 @@ async fn without_the_update_right_the_elector_fails_naming_it_instead_of_waiting
     leases.delete(LEASE_NAME, &DeleteParams::default()).await?;
     let named = account(
         &cluster,
+        NS,
         "named-create",
         vec![rule(&["get", "update", "create"], Some(&[LEASE_NAME]))],
     )

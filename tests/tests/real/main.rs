@@ -15,6 +15,7 @@ mod agent_upgrade;
 mod cluster;
 mod coordinator_in_cluster;
 mod crds;
+mod fleet_log;
 mod lease;
 mod mixed_fleet;
 mod rbac;
