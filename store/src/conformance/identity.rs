@@ -580,3 +580,55 @@ pub async fn clusters_version_moves_on_identity_changes_and_not_on_state<F: Fact
         .expect("revoke");
     moved(&store, "a revocation");
 }
+
+/// A cluster without a live certificate (expired, or an operator allowed it to rejoin) joins
+/// again with another token, which spends one of that token's uses and none of the first's.
+pub async fn joining_again_with_another_token_spends_one_of_its_uses<F: Factory>(f: &F) {
+    let store = f.fresh().await;
+    let mut first = token(5);
+    first.expires_unix = 10_000;
+    let mut second = token(2);
+    second.id = "efgh".into();
+    second.expires_unix = 10_000;
+    for t in [&first, &second] {
+        store.insert_token(t.clone()).await.expect("insert");
+    }
+    let uses = || async {
+        let mut uses: Vec<(String, u32)> = store
+            .tokens()
+            .await
+            .expect("tokens")
+            .into_iter()
+            .map(|t| (t.id, t.uses_left))
+            .collect();
+        uses.sort();
+        uses
+    };
+    store
+        .register(registration(&first, "c1", "01"))
+        .await
+        .expect("register");
+
+    // An operator allowed it to rejoin.
+    store
+        .allow_rejoin("c1".into(), 1_001)
+        .await
+        .expect("rejoin");
+    let again = store.register(registration(&second, "c1", "02")).await;
+    assert!(matches!(again, Ok(Registered::Again)), "{again:?}");
+    assert_eq!(uses().await, [("abcd".into(), 4), ("efgh".into(), 1)]);
+
+    // Its certificate (valid until 2,000 s) expired.
+    let mut expired = registration(&second, "c1", "03");
+    expired.claim.now_unix = 2_000;
+    // The same token as the last registration: a retry, which spends nothing.
+    let retry = store.register(expired).await;
+    assert!(matches!(retry, Ok(Registered::SameToken)), "{retry:?}");
+    let mut expired = registration(&first, "c1", "04");
+    expired.claim.now_unix = 2_000;
+    let again = store.register(expired).await;
+    assert!(matches!(again, Ok(Registered::Again)), "{again:?}");
+    assert_eq!(uses().await, [("abcd".into(), 3), ("efgh".into(), 1)]);
+    let c1 = store.cluster("c1".into()).await.expect("get").expect("c1");
+    assert_eq!(c1.cert_serial, "04");
+}

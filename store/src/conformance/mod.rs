@@ -89,6 +89,7 @@ macro_rules! conformance_tests {
             retention_deletes_admins_once_their_certificate_expired_revoked_or_not,
             revocations_are_answered_kept_and_never_undone,
             clusters_version_moves_on_identity_changes_and_not_on_state,
+            joining_again_with_another_token_spends_one_of_its_uses,
             // plans.rs
             one_active_plan_rollouts_and_events_persist,
             a_write_changes_the_targets_it_names_and_no_other,
@@ -141,5 +142,34 @@ fn plan(name: &str, active: bool) -> PlanRecord {
         active,
         created_ms: 1,
         updated_ms: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A contract missing from [`conformance_tests!`](crate::conformance_tests)'s list would
+    /// run on no backend (a name in the list without a function does not compile).
+    #[test]
+    fn every_contract_is_in_the_suites_list() {
+        let source = include_str!("mod.rs");
+        let list = &source[source
+            .find("macro_rules! conformance_tests")
+            .expect("the macro")..];
+        let list = &list[..list.find("($factory:expr; $(").expect("its second arm")];
+        let mut contracts = 0;
+        for module in [include_str!("identity.rs"), include_str!("plans.rs")] {
+            for line in module.lines() {
+                let Some(signature) = line.strip_prefix("pub async fn ") else {
+                    continue;
+                };
+                let name = signature.split('<').next().unwrap_or(signature);
+                assert!(
+                    list.contains(&format!(" {name},\n")),
+                    "{name} is not in the list"
+                );
+                contracts += 1;
+            }
+        }
+        assert!(contracts > 10, "the contracts were found: {contracts}");
     }
 }
