@@ -4,6 +4,10 @@
 //! the coordinator acknowledged survives SIGKILL and power loss. One connection behind a mutex,
 //! used from `spawn_blocking` so SQLite's blocking I/O never stalls the async runtime; the
 //! write volume is small by design (transitions only).
+//!
+//! Its tests run the whole conformance suite (`crate::conformance`) and add only what is
+//! SQLite's own: the schema version, exact per-row retention, the sweep's indexes
+//! (`sweep_cost.rs`) and the migrations (`migrations.rs`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
