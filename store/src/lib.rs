@@ -16,7 +16,14 @@
 //! - `traits.rs`: the contract, by who needs what — [`IdentityStore`] (tokens, registration,
 //!   clusters, certificates, admins), [`AuditLog`], [`PlanStore`], [`Retention`] — and
 //!   [`Store`], all four, which the coordinator's components take;
-//! - [`sqlite`] (feature `sqlite`, on by default): one file, `store.db`, with its migrations.
+//! - [`sqlite`] (feature `sqlite`, on by default): one file, `store.db`, with its migrations;
+//!   it runs the whole conformance suite (`sqlite/mod.rs`'s tests), and keeps only what is
+//!   SQLite's own (migrations, the schema version, the sweep's indexes, exact retention);
+//! - `conformance/` (feature `conformance`): the store conformance suite, every contract of
+//!   the traits as a test generic over a `conformance::Factory`, and the
+//!   `conformance_tests!` macro that gives a backend the whole suite in one line;
+//! - `fixtures.rs` (feature `fixtures`): the token and registration records the suite and the
+//!   coordinator's tests share.
 //!
 //! **Invariant:** this crate knows no transport and no Kubernetes: no proto, tonic or kube
 //! type appears in a record or a signature, so a backend on the API server (`skoala-kubestore`)
@@ -30,6 +37,11 @@ mod traits;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 
 pub use error::{RegisterError, StoreError};
 pub use records::*;

@@ -49,10 +49,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Every cluster, revoked ones included.
     fn clusters(&self) -> impl Future<Output = Result<Vec<ClusterRecord>, StoreError>> + Send;
     /// A number that changes whenever a cluster is added, renamed, relabelled, re-registered
-    /// or revoked — not when its state (inventory, versions) is written. The orchestrator keeps
-    /// its fleet view between rounds and reads every row again only when this moved
-    /// (`orchestrator::fleet::FleetCache`): at 10,000 clusters the full read was most of a
-    /// round's cost (BENCHMARKS.md).
+    /// or revoked — not when its state (inventory, versions), a proposal or a certificate's
+    /// first use is written. The orchestrator keeps its fleet view between rounds and reads
+    /// every row again only when this moved (`orchestrator::fleet::FleetCache`): at 10,000
+    /// clusters the full read was most of a round's cost (BENCHMARKS.md).
     fn clusters_version(&self) -> u64;
     /// Persists a changed state (callers compare first; this is not a heartbeat).
     fn set_cluster_state(

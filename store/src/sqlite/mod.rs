@@ -4,6 +4,10 @@
 //! the coordinator acknowledged survives SIGKILL and power loss. One connection behind a mutex,
 //! used from `spawn_blocking` so SQLite's blocking I/O never stalls the async runtime; the
 //! write volume is small by design (transitions only).
+//!
+//! Its tests run the whole conformance suite (`crate::conformance`) and add only what is
+//! SQLite's own: the schema version, exact per-row retention, the sweep's indexes
+//! (`sweep_cost.rs`) and the migrations (`migrations.rs`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -783,492 +787,65 @@ impl Retention for SqliteStore {
     }
 }
 
-/// Records for tests of the store and of what reads it.
+/// The records of [`crate::fixtures`], beside the backend the coordinator's tests run on.
 #[cfg(any(test, feature = "fixtures"))]
-pub mod fixtures {
-    use super::*;
-
-    /// A registration of `cluster` with `token` at t = 1,000 s, its certificate `serial`
-    /// valid until 2,000 s.
-    pub fn registration(token: &TokenRecord, cluster: &str, serial: &str) -> Registration {
-        Registration {
-            claim: Claim {
-                token_id: token.id.clone(),
-                token_sha256: token.secret_sha256.clone(),
-                now_unix: 1_000,
-                cluster_id: cluster.into(),
-                name: format!("name-{cluster}"),
-                labels: [("env".to_string(), "prod".to_string())].into(),
-                agent_version: "0.1.0".into(),
-                proven_serial: None,
-            },
-            cert: CertRecord {
-                serial_hex: serial.into(),
-                cluster_id: cluster.into(),
-                issued_unix: 1_000,
-                not_after_unix: 2_000,
-                revoked_unix: None,
-                first_session_unix: None,
-            },
-        }
-    }
-
-    /// Token `abcd` with `uses` uses, valid from 900 s to 1,500 s.
-    pub fn token(uses: u32) -> TokenRecord {
-        TokenRecord {
-            id: "abcd".into(),
-            secret_sha256: "hash".into(),
-            created_unix: 900,
-            expires_unix: 1_500,
-            uses_allowed: uses,
-            uses_left: uses,
-            revoked: false,
-            description: String::new(),
-        }
-    }
-}
+pub use crate::fixtures;
 
 #[cfg(test)]
 mod tests {
     use super::fixtures::{registration, token};
     use super::*;
+    use crate::conformance::{Factory, Refusal};
 
-    #[tokio::test]
-    async fn tokens_are_used_up_and_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("store.db");
-        let store = SqliteStore::open(&path).expect("open");
-        let t = token(1);
-        store.insert_token(t.clone()).await.expect("insert");
-        let first = store.register(registration(&t, "c1", "01")).await;
-        assert!(matches!(first, Ok(Registered::New)), "{first:?}");
-        let second = store.register(registration(&t, "c2", "02")).await;
-        assert!(
-            matches!(second, Err(RegisterError::UsedUp(_))),
-            "{second:?}"
-        );
-        drop(store);
-
-        let store = SqliteStore::open(&path).expect("reopen");
-        let clusters = store.clusters().await.expect("clusters");
-        assert_eq!(clusters.len(), 1);
-        assert_eq!(
-            clusters[0].labels.get("env").map(String::as_str),
-            Some("prod")
-        );
-        assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 0);
-        let cert = store.certificate("01".into()).await.expect("cert");
-        assert_eq!(cert.map(|c| c.cluster_id), Some("c1".to_string()));
+    /// Stores in a folder of their own; `reopen` opens the file again, as a restarted
+    /// coordinator does.
+    struct Sqlite {
+        dir: tempfile::TempDir,
     }
 
-    #[tokio::test]
-    async fn the_same_cluster_may_retry_with_its_own_token() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let t = token(1);
-        store.insert_token(t.clone()).await.expect("insert");
-        assert!(matches!(
-            store.register(registration(&t, "c1", "01")).await,
-            Ok(Registered::New)
-        ));
-        // The answer was lost; the agent retries with a new key and the same token.
-        assert!(matches!(
-            store.register(registration(&t, "c1", "02")).await,
-            Ok(Registered::SameToken)
-        ));
-        assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 0);
-        // Another cluster cannot ride on it.
-        assert!(matches!(
-            store.register(registration(&t, "c2", "03")).await,
-            Err(RegisterError::UsedUp(_))
-        ));
-        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
-        assert_eq!(c.cert_serial, "02");
-    }
-
-    #[tokio::test]
-    async fn refusals_are_distinguished() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let t = token(5);
-        store.insert_token(t.clone()).await.expect("insert");
-
-        let mut wrong = registration(&t, "c1", "01");
-        wrong.claim.token_sha256 = "other".into();
-        assert!(matches!(
-            store.register(wrong).await,
-            Err(RegisterError::UnknownToken)
-        ));
-
-        let mut late = registration(&t, "c1", "01");
-        late.claim.now_unix = 1_500;
-        assert!(matches!(
-            store.register(late).await,
-            Err(RegisterError::Expired(_))
-        ));
-
-        store
-            .register(registration(&t, "c1", "01"))
-            .await
-            .expect("register");
-        assert!(
-            store
-                .revoke_cluster("c1".into(), 1_100)
-                .await
-                .expect("revoke")
-        );
-        assert!(matches!(
-            store.register(registration(&t, "c1", "02")).await,
-            Err(RegisterError::ClusterRevoked(_))
-        ));
-
-        assert!(
-            store
-                .revoke_token("abcd".into())
-                .await
-                .expect("revoke token")
-        );
-        assert!(matches!(
-            store.register(registration(&t, "c3", "03")).await,
-            Err(RegisterError::Revoked(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_first_use_is_recorded_exactly_while_a_same_token_retry_would_read_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let mut t = token(5);
-        t.expires_unix = 10_000;
-        store.insert_token(t.clone()).await.expect("insert");
-        store
-            .register(registration(&t, "c1", "01"))
-            .await
-            .expect("register");
-        let cert = store
-            .certificate("01".into())
-            .await
-            .expect("cert")
-            .expect("01");
-        let edge = cert.issued_unix + RETRY_GRACE_SECS;
-        let retry_at = |now| {
-            let mut r = registration(&t, "c1", "02");
-            r.claim.now_unix = now;
-            r.claim
-        };
-
-        // Inside the grace the unmarked certificate lets the same token replace it: a session
-        // must mark it.
-        assert!(cert.first_use_matters(edge - 1));
-        store
-            .admit(retry_at(edge - 1))
-            .await
-            .expect("retry inside the grace");
-        // From the edge on the retry is refused whether or not the mark exists: a session
-        // need not write it.
-        assert!(!cert.first_use_matters(edge));
-        assert!(matches!(
-            store.admit(retry_at(edge)).await,
-            Err(RegisterError::Takeover(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_live_cluster_is_registered_again_only_with_its_key_or_an_operator() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let mut t = token(5);
-        t.expires_unix = 10_000;
-        store.insert_token(t.clone()).await.expect("insert");
-        store
-            .register(registration(&t, "c1", "01"))
-            .await
-            .expect("register");
-
-        // Another token holder, or the same token while the cluster is connected or past the
-        // retry grace: refused, and nothing is written.
-        let mut other = registration(&t, "c1", "02");
-        other.claim.token_id = "other".into();
-        let mut late = registration(&t, "c1", "02");
-        late.claim.now_unix = 1_000 + RETRY_GRACE_SECS + 1;
-        store
-            .certificate_used("01".into(), 1_001)
-            .await
-            .expect("used");
-        for (what, r) in [
-            ("connected once", registration(&t, "c1", "02")),
-            ("late", late),
-        ] {
-            assert!(
-                matches!(
-                    store.admit(r.claim.clone()).await,
-                    Err(RegisterError::Takeover(_))
-                ),
-                "{what}"
-            );
-            assert!(
-                matches!(store.register(r).await, Err(RegisterError::Takeover(_))),
-                "{what}"
-            );
-        }
-        assert!(matches!(
-            store.register(other).await,
-            Err(RegisterError::UnknownToken)
-        ));
-        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
-        assert_eq!(c.cert_serial, "01");
-        assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 4);
-
-        // Proof of the key: allowed, and the old certificate is revoked.
-        let mut proved = registration(&t, "c1", "02");
-        proved.claim.proven_serial = Some("01".into());
-        assert!(matches!(
-            store.register(proved).await,
-            Ok(Registered::Proved)
-        ));
-        let old = store
-            .certificate("01".into())
-            .await
-            .expect("cert")
-            .expect("01");
-        assert!(old.revoked_unix.is_some());
-        // A revoked certificate proves nothing.
-        store
-            .certificate_used("02".into(), 1_002)
-            .await
-            .expect("used");
-        let mut stale = registration(&t, "c1", "03");
-        stale.claim.proven_serial = Some("01".into());
-        assert!(matches!(
-            store.register(stale).await,
-            Err(RegisterError::Takeover(_))
-        ));
-
-        // An operator's consent: the next registration needs no proof.
-        assert!(
-            store
-                .allow_rejoin("c1".into(), 1_001)
-                .await
-                .expect("rejoin")
-        );
-        assert!(
-            !store
-                .allow_rejoin("nope".into(), 1_001)
-                .await
-                .expect("rejoin")
-        );
-        let new = store
-            .certificate("02".into())
-            .await
-            .expect("cert")
-            .expect("02");
-        assert!(new.revoked_unix.is_some());
-        let mut again = registration(&t, "c1", "03");
-        again.claim.now_unix = 1_000 + RETRY_GRACE_SECS + 1;
-        again.claim.token_id = t.id.clone();
-        assert!(matches!(
-            store.register(again).await,
-            Ok(Registered::SameToken)
-        ));
-        let c = store.cluster("c1".into()).await.expect("get").expect("c1");
-        assert_eq!((c.cert_serial.as_str(), c.registered_unix), ("03", 1_000));
-    }
-
-    #[tokio::test]
-    async fn admins_are_named_unique_while_live_and_revoked_by_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let alice = |serial: &str| AdminRecord {
-            name: "alice".into(),
-            serial_hex: serial.into(),
-            created_unix: 1_000,
-            not_after_unix: 2_000,
-            revoked_unix: None,
-        };
-        assert!(
-            store
-                .insert_admin(alice("a1"), 1_000)
-                .await
-                .expect("insert")
-        );
-        assert!(
-            !store
-                .insert_admin(alice("a2"), 1_000)
-                .await
-                .expect("insert")
-        );
-        assert_eq!(
-            store
-                .revoke_admin("alice".into(), 1_500)
-                .await
-                .expect("revoke"),
-            1
-        );
-        assert_eq!(
-            store
-                .revoke_admin("alice".into(), 1_600)
-                .await
-                .expect("revoke"),
-            0
-        );
-        let a1 = store.admin("a1".into()).await.expect("get").expect("a1");
-        assert_eq!(a1.revoked_unix, Some(1_500));
-        assert!(
-            store
-                .insert_admin(alice("a3"), 1_700)
-                .await
-                .expect("a new alice")
-        );
-        assert_eq!(store.admins().await.expect("list").len(), 2);
-        assert_eq!(store.admin("nope".into()).await.expect("get"), None);
-    }
-
-    #[tokio::test]
-    async fn retention_deletes_admins_once_their_certificate_expired_revoked_or_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let admin = |name: &str, not_after_unix: i64| AdminRecord {
-            name: name.into(),
-            serial_hex: format!("{name}-serial"),
-            created_unix: 1_000,
-            not_after_unix,
-            revoked_unix: None,
-        };
-        // At 10,000 s with a cutoff of 5,000 s (the window): "gone" and "gone-revoked"
-        // expired before it; "recent" expired after it; "live" and "revoked" are valid.
-        for (a, revoke) in [
-            (admin("gone", 4_000), false),
-            (admin("gone-revoked", 4_500), true),
-            (admin("recent", 6_000), false),
-            (admin("live", 20_000), false),
-            (admin("revoked", 20_000), true),
-        ] {
-            let name = a.name.clone();
-            assert!(store.insert_admin(a, 1_000).await.expect("insert"));
-            if revoke {
-                store.revoke_admin(name, 2_000).await.expect("revoke");
+    impl Sqlite {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().expect("tempdir"),
             }
         }
-        let pruned = store
-            .prune(Cutoffs {
-                audit_before_ms: 0,
-                events_before_ms: 0,
-                certificates_expired_before_unix: 0,
-                admins_expired_before_unix: 5_000,
-            })
-            .await
-            .expect("prune");
-        assert_eq!(pruned.admins, 2);
-        let mut left: Vec<(String, bool)> = store
-            .admins()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|a| (a.name, a.revoked_unix.is_some()))
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [
-                ("live".to_string(), false),
-                ("recent".into(), false),
-                ("revoked".into(), true)
-            ],
-            "a revoked certificate still valid keeps the row that refuses it"
-        );
+
+        fn path(&self) -> std::path::PathBuf {
+            self.dir.path().join("store.db")
+        }
     }
 
-    #[tokio::test]
-    async fn names_are_unique() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let t = token(5);
-        store.insert_token(t.clone()).await.expect("insert");
-        store
-            .register(registration(&t, "c1", "01"))
-            .await
-            .expect("register");
-        let mut twin = registration(&t, "c2", "02");
-        twin.claim.name = "name-c1".into();
-        assert!(matches!(
-            store.register(twin).await,
-            Err(RegisterError::NameTaken { other, .. }) if other == "c1"
-        ));
-        assert_eq!(store.clusters().await.expect("clusters").len(), 1);
+    impl Factory for Sqlite {
+        type Store = SqliteStore;
+
+        async fn fresh(&self) -> SqliteStore {
+            SqliteStore::open(&self.path()).expect("open")
+        }
+
+        async fn reopen(&self, store: SqliteStore) -> SqliteStore {
+            drop(store);
+            SqliteStore::open(&self.path()).expect("reopen")
+        }
+
+        /// A trigger, created from a second connection: the store's own sees it at its next
+        /// statement, as it would a full disk.
+        async fn refuse(&self, _: &SqliteStore, refusal: Refusal) {
+            let trigger = match refusal {
+                Refusal::Events => "CREATE TRIGGER refuse_events BEFORE INSERT ON plan_events
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+                    .to_string(),
+                Refusal::Target(id) => format!(
+                    "CREATE TRIGGER refuse_target BEFORE INSERT ON rollout_targets
+                     WHEN NEW.cluster_id = '{id}'
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+                ),
+            };
+            let other = Connection::open(self.path()).expect("second connection");
+            other.execute_batch(&trigger).expect("trigger");
+        }
     }
 
-    /// Name and labels are set by a join with a token and by an operator; proving the key
-    /// and a Hello only propose, and an operator's change that equals the proposal clears it.
-    #[tokio::test]
-    async fn only_a_join_or_an_operator_sets_name_and_labels() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("store.db")).expect("open");
-        let mut t = token(5);
-        t.expires_unix = 10_000;
-        store.insert_token(t.clone()).await.expect("insert");
-        store
-            .register(registration(&t, "c1", "01"))
-            .await
-            .expect("register");
-        let canary = Identity {
-            name: "a-first".into(),
-            labels: [("ring".to_string(), "canary".to_string())].into(),
-        };
-        let get = || async { store.cluster("c1".into()).await.expect("get").expect("c1") };
-
-        // Registering again proving the key: the claim is only proposed.
-        let mut proved = registration(&t, "c1", "02");
-        proved.claim.proven_serial = Some("01".into());
-        proved.claim.name = canary.name.clone();
-        proved.claim.labels = canary.labels.clone();
-        assert!(matches!(
-            store.register(proved).await,
-            Ok(Registered::Proved)
-        ));
-        let c = get().await;
-        assert_eq!(c.name, "name-c1");
-        assert_eq!(c.labels, registration(&t, "c1", "01").claim.labels);
-        assert_eq!(c.proposed.as_ref(), Some(&canary));
-
-        store
-            .propose_identity("c1".into(), None)
-            .await
-            .expect("clear");
-        assert_eq!(get().await.proposed, None);
-        store
-            .propose_identity("c1".into(), Some(canary.clone()))
-            .await
-            .expect("propose");
-        let version = store.clusters_version();
-
-        // The operator applies it: the identity changes, the proposal is done.
-        store
-            .set_cluster_identity("c1".into(), canary.name.clone(), canary.labels.clone())
-            .await
-            .expect("set")
-            .map_or(Ok(()), Err)
-            .expect("the name is free");
-        let c = get().await;
-        assert_eq!((c.name.as_str(), &c.labels), ("a-first", &canary.labels));
-        assert_eq!(c.proposed, None);
-        assert!(store.clusters_version() > version, "the fleet view rereads");
-
-        // A join an operator sanctioned (the cluster may rejoin) sets the claim's identity.
-        store
-            .allow_rejoin("c1".into(), 1_001)
-            .await
-            .expect("rejoin");
-        store
-            .propose_identity("c1".into(), Some(canary.clone()))
-            .await
-            .expect("propose");
-        store
-            .register(registration(&t, "c1", "03"))
-            .await
-            .expect("rejoin");
-        let c = get().await;
-        assert_eq!((c.name.as_str(), c.proposed), ("name-c1", None));
-    }
+    crate::conformance_tests!(Sqlite::new());
 
     #[tokio::test]
     async fn newer_schema_is_refused() {
@@ -1284,8 +861,10 @@ mod tests {
         ));
     }
 
+    /// SQLite-only: it deletes each row older than its cutoff, where the kube store deletes
+    /// whole sealed segments and certificate records on the cluster's next write (§2.2).
     #[tokio::test]
-    async fn retention_deletes_old_rows_and_keeps_recent_ones_and_the_active_plan() {
+    async fn retention_deletes_exactly_the_rows_older_than_the_cutoffs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.db");
         let store = SqliteStore::open(&path).expect("open");
