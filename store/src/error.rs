@@ -8,6 +8,18 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     /// The SQLite backend failed (I/O, a full disk, a locked or damaged file).
     Sqlite(#[from] rusqlite::Error),
+    #[error("the API server: {what}: {source}")]
+    /// A request to the control plane's API server failed or was refused (the kube store).
+    Api {
+        /// What the store was doing.
+        what: String,
+        /// The client's or the server's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("this coordinator no longer leads, so it writes nothing more: {0}")]
+    /// The kube store's fence closed: another replica may lead now (design §5.3).
+    Fenced(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the store's worker thread failed: {0}")]
     /// The backend's blocking worker panicked or went away.
     Worker(String),
