@@ -44,6 +44,7 @@ use shared::Shared;
 /// Fleet state on the API server. Cheap to clone; the clones share caches and writers.
 #[derive(Clone)]
 pub struct KubeStore {
+    shared: Arc<Shared>,
     identity: Arc<identity::Identities>,
     audit: Arc<audit::Audit>,
     plans: Arc<plans::Plans>,
@@ -62,10 +63,23 @@ impl KubeStore {
         let audit = Arc::new(audit::Audit::load(Arc::clone(&shared)).await?);
         let plans = Arc::new(plans::Plans::load(Arc::clone(&shared)).await?);
         Ok(KubeStore {
+            shared,
             identity,
             audit,
             plans,
         })
+    }
+}
+
+impl KubeStore {
+    /// The namespace the fleet's objects live in.
+    pub fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+
+    /// The client it speaks with (the coordinator's ServiceAccount).
+    pub fn client(&self) -> &kube::Client {
+        &self.shared.client
     }
 }
 

@@ -61,6 +61,7 @@ mod sim_faults;
 mod sim_helm;
 mod sim_kube;
 mod sim_validation;
+mod store_kube;
 mod test_charts_install;
 mod test_charts_repo;
 mod upgrade_backups;
