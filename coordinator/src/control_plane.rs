@@ -96,7 +96,8 @@ async fn follow(source: &Source, cp: &ControlPlane) -> anyhow::Result<()> {
     }
 }
 
-async fn client(source: &Source) -> anyhow::Result<kube::Client> {
+/// A client for the control-plane cluster.
+pub(crate) async fn client(source: &Source) -> anyhow::Result<kube::Client> {
     let config = match source {
         Source::Kubeconfig(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

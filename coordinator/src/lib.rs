@@ -91,5 +91,6 @@ mod orchestrator;
 mod quota;
 mod session;
 mod sessions;
+mod store;
 mod throttle;
 mod tokens;

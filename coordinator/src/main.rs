@@ -94,6 +94,20 @@ enum Command {
         /// Kubeconfig of the control-plane cluster (in-cluster config when running in a pod).
         #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
+        /// Where the fleet's state is kept. `sqlite`: `store.db` in the data dir, for one
+        /// replica. `kube`: objects in the coordinator's namespace on the control-plane
+        /// cluster (`kubectl get fleetclusters`), written only by the replica holding the
+        /// `skoala-fleet-leader` Lease; the others wait without serving. The CA, server
+        /// credential and values backups stay in the data dir on either store for now.
+        #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+        store: StoreArg,
+        /// The coordinator's namespace on the control-plane cluster (`--store kube`).
+        #[arg(long, value_name = "NAME", env = "POD_NAMESPACE", default_value = "skoala-fleet")]
+        namespace: String,
+        /// This replica's name, the prefix of its identity on the leader Lease (`--store
+        /// kube`). The chart sets it to the Pod's name.
+        #[arg(long, value_name = "NAME", env = "POD_NAME", default_value = "skoala-coordinator")]
+        pod_name: String,
         /// Lifetime of agent certificates; agents renew them over their session.
         #[arg(long, value_parser = duration::parse, default_value = "24h")]
         cert_ttl: Duration,
@@ -123,6 +137,15 @@ enum Command {
         #[command(flatten)]
         http2: Http2Args,
     },
+}
+
+/// `serve --store`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreArg {
+    /// `store.db` in the data dir.
+    Sqlite,
+    /// Objects on the control-plane cluster's API server.
+    Kube,
 }
 
 /// What `serve` deletes, and when (docs/operating.md, *Retention*).
@@ -259,6 +282,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             kubeconfig,
+            store,
+            namespace,
+            pod_name,
             cert_ttl,
             ping_interval,
             agent_timeout,
@@ -287,6 +313,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 metrics_listen,
                 kubeconfig,
+                store: match store {
+                    StoreArg::Sqlite => server::StoreChoice::Sqlite,
+                    StoreArg::Kube => server::StoreChoice::Kube {
+                        namespace,
+                        pod: pod_name,
+                    },
+                },
                 settings: Settings {
                     cert_ttl,
                     ping_interval,

@@ -25,6 +25,9 @@ use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::tls;
 use crate::{clock, control_plane};
+use crate::store::AnyStore;
+use skoala_kubestore::lease::{self, Elector, Leadership};
+use skoala_kubestore::store::{KubeStore, Options as KubeOptions};
 use skoala_store::sqlite::SqliteStore;
 
 /// What `serve` needs.
@@ -38,6 +41,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// The control-plane cluster; `None`: `KUBECONFIG`, then in-cluster.
     pub kubeconfig: Option<PathBuf>,
+    /// Where the fleet's state is kept.
+    pub store: StoreChoice,
     /// Certificate lifetimes, session timing, message size limit.
     pub settings: Settings,
     /// The helm that upgrades the control plane.
@@ -50,6 +55,21 @@ pub struct ServeOptions {
     pub http2: Http2Settings,
     /// What a peer may cost before and after it authenticates ([`crate::edge`]).
     pub edge: EdgeSettings,
+}
+
+/// Where `serve` keeps the fleet's state (`--store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `store.db` in the data dir: one replica.
+    Sqlite,
+    /// Objects in `namespace` of the control-plane cluster; this process serves only while it
+    /// holds the leader Lease there, as `pod` (the holder identity's prefix).
+    Kube {
+        /// The coordinator's namespace.
+        namespace: String,
+        /// This replica's name (the Pod's name in a cluster).
+        pod: String,
+    },
 }
 
 /// How often the summaries of refusal floods are written once their window is over.
@@ -76,8 +96,43 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let tls_config =
         tls::server_config(&ca_pem, &read(dir.server_cert())?, &read(dir.server_key())?)
             .context("building the TLS configuration")?;
-    let store = SqliteStore::open(&dir.store())
-        .with_context(|| format!("opening the store {}", dir.store().display()))?;
+    let mut stop = Box::pin(
+        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?,
+    );
+    let (store, leadership) = match &opts.store {
+        StoreChoice::Sqlite => {
+            let store = SqliteStore::open(&dir.store())
+                .with_context(|| format!("opening the store {}", dir.store().display()))?;
+            (AnyStore::Sqlite(store), None)
+        }
+        StoreChoice::Kube { namespace, pod } => {
+            let source = control_plane::Source::detect(opts.kubeconfig.clone()).context(
+                "--store kube keeps the fleet on the control-plane cluster: give --kubeconfig, \
+                 set KUBECONFIG, or run in a pod",
+            )?;
+            let client = control_plane::client(&source).await?;
+            let elector = Elector::new(
+                client.clone(),
+                lease::Config::new(namespace.clone(), lease::identity(pod)),
+            )?;
+            // A standby waits here: it neither serves nor writes until it leads.
+            let leadership = tokio::select! {
+                held = elector.acquire() => held.with_context(|| {
+                    format!("taking the leader Lease {namespace}/{}", lease::LEASE_NAME)
+                })?,
+                _ = &mut stop => return Ok(()),
+            };
+            tracing::info!(term = ?leadership.term(), predecessor = ?leadership.predecessor(), "leading");
+            let options = KubeOptions {
+                namespace: namespace.clone(),
+                ..KubeOptions::default()
+            };
+            let store = KubeStore::open(client, options, leadership.fence())
+                .await
+                .with_context(|| format!("loading the fleet from namespace {namespace}"))?;
+            (AnyStore::Kube(store), Some(leadership))
+        }
+    };
     crate::init::record_bootstrap_admin(&store, dir).await?;
 
     let sessions = Arc::new(Sessions::default());
@@ -172,8 +227,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let admin = FleetAdminServer::new(Admin::new(ctx.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let stop =
-        skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?;
     let incoming = tls::incoming(listener, tls_config, opts.edge, ctx.clone());
     let server = opts
         .http2
@@ -183,14 +236,37 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(admin)
         .serve_with_incoming(incoming);
 
+    let deposed = async {
+        match &leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = server => r.context("the gRPC server failed")?,
+        lost = deposed => {
+            // Deposed means exit (design §5.3): a process that kept serving could act on
+            // state a new leader is already changing. The restart stands by.
+            sessions.kick_all(&tonic::Status::unavailable("the coordinator lost its leadership"));
+            anyhow::bail!("no longer the leader ({lost}); exiting so the restart stands by");
+        }
         _ = stop => {
             tracing::info!("shutting down: closing agent sessions");
             sessions.kick_all(&tonic::Status::unavailable("the coordinator is shutting down"));
             // Give the closing statuses a moment to reach the agents.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            release(leadership).await;
         }
     }
     Ok(())
+}
+
+/// Hands the Lease over on a graceful stop, so a standby leads at its next try instead of
+/// after the lease duration.
+async fn release(leadership: Option<Leadership>) {
+    if let Some(l) = leadership
+        && let Err(e) = l.release().await
+    {
+        tracing::warn!(error = %e, "releasing the leader Lease failed; a standby takes over when it expires");
+    }
 }
