@@ -1,0 +1,106 @@
+//! `serve --store kube` over an emulated control-plane cluster: the coordinator keeps the
+//! fleet in `FleetCluster` objects (nothing in its data dir), takes the leader Lease before it
+//! serves, and after a crash the next process waits out the dead holder's Lease, loads the
+//! fleet from the API server and takes its agents back without any of them joining again.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::{DynamicObject, ObjectMeta};
+use skoala_e2e::fleet::{CoordinatorOptions, Fleet};
+use skoala_e2e::{kstore, real};
+use skoala_kubestore::crd::Kind;
+
+const NS: &str = "skoala-fleet";
+
+/// An emulated control-plane cluster with the fleet's CRDs and the coordinator's namespace.
+async fn control_plane() -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
+    let cluster =
+        skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
+    let client = real::client(cluster.kubeconfig_path()).await?;
+    kstore::install_crds(&client).await?;
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok((cluster, client))
+}
+
+fn on_kube(cp: &skoala_sim::Cluster) -> CoordinatorOptions {
+    CoordinatorOptions {
+        metrics: true,
+        kubeconfig: Some(cp.kubeconfig_path().to_path_buf()),
+        args: ["--store", "kube", "--namespace", NS]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// `spec.name` of every `FleetCluster` in the fleet's namespace.
+async fn fleet_clusters(client: &kube::Client) -> anyhow::Result<BTreeSet<String>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &Kind::FleetCluster.api_resource());
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|o| o.data["spec"]["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn ids(clusters: &[serde_json::Value]) -> BTreeSet<String> {
+    clusters
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator()
+-> anyhow::Result<()> {
+    let (cp, client) = control_plane().await?;
+    let mut fleet = Fleet::start_with(2, on_kube(&cp)).await?;
+    let before = ids(&fleet.wait_connected(2).await?);
+
+    let names = fleet_clusters(&client).await?;
+    assert_eq!(
+        names,
+        BTreeSet::from(["work-1".to_string(), "work-2".to_string()]),
+        "every registered cluster is a FleetCluster"
+    );
+    assert!(
+        !fleet.coordinator.data_dir().join("store.db").exists(),
+        "--store kube keeps no SQLite file"
+    );
+
+    // SIGKILL: the Lease is not released, so the new process waits for it to expire.
+    fleet.coordinator.restart().await?;
+    let after = ids(&fleet.wait_connected(2).await?);
+    assert_eq!(before, after, "the same clusters came back");
+    let joins = fleet
+        .coordinator
+        .ctl()
+        .audit_of("cluster.registered")
+        .await?;
+    assert_eq!(
+        joins.len(),
+        2,
+        "no agent joined again after the restart: {joins:?}\n{}",
+        fleet.logs()
+    );
+    assert!(
+        fleet.coordinator.log().contains("leading"),
+        "the coordinator says when it leads"
+    );
+    Ok(())
+}
