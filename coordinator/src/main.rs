@@ -102,11 +102,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
         store: StoreArg,
         /// The coordinator's namespace on the control-plane cluster (`--store kube`).
-        #[arg(long, value_name = "NAME", env = "POD_NAMESPACE", default_value = "skoala-fleet")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            env = "POD_NAMESPACE",
+            default_value = "skoala-fleet"
+        )]
         namespace: String,
         /// This replica's name, the prefix of its identity on the leader Lease (`--store
         /// kube`). The chart sets it to the Pod's name.
-        #[arg(long, value_name = "NAME", env = "POD_NAME", default_value = "skoala-coordinator")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            env = "POD_NAME",
+            default_value = "skoala-coordinator"
+        )]
         pod_name: String,
         /// Lifetime of agent certificates; agents renew them over their session.
         #[arg(long, value_parser = duration::parse, default_value = "24h")]

@@ -49,6 +49,9 @@ pub struct CoordinatorOptions {
     pub listen_ip: Option<std::net::IpAddr>,
     /// `init --san` each: more names and addresses in the server certificate.
     pub sans: Vec<String>,
+    /// Start `serve` without waiting for its address: a standby on the kube store prints it
+    /// only once it leads ([`Coordinator::wait_serving`]).
+    pub standby: bool,
 }
 
 /// A coordinator's data dir before it is served: a temporary folder, on a tmpfs of a set
@@ -106,6 +109,7 @@ impl DataDirSetup {
             addr: "127.0.0.1:0".parse()?,
             metrics_addr: None,
             child: None,
+            lines: None,
             starts: 0,
         };
         c.spawn().await?;
@@ -122,6 +126,8 @@ pub struct Coordinator {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     child: Option<Child>,
+    /// The process's stdout lines not read yet, while its address is awaited.
+    lines: Option<mpsc::Receiver<String>>,
     starts: u32,
 }
 
@@ -146,6 +152,37 @@ impl Coordinator {
             );
         }
         setup.serve(opts).await
+    }
+
+    /// A second replica of `leader` on the kube store: a data dir with a copy of the
+    /// leader's files (its CA, server credential and admin config: what replicas share), the
+    /// same flags, and the same address, as a Service in front of both would give agents.
+    /// Started as a standby: it serves only once it leads ([`Coordinator::wait_serving`]).
+    pub async fn standby_of(leader: &Coordinator) -> anyhow::Result<Self> {
+        let setup = DataDirSetup::new(None)?;
+        let (from, to) = (leader.data_dir(), setup.path());
+        std::fs::create_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            }
+        }
+        let mut c = Coordinator {
+            _data_mount: None,
+            dir: setup.dir,
+            opts: CoordinatorOptions {
+                standby: true,
+                ..leader.opts.clone()
+            },
+            addr: leader.addr,
+            metrics_addr: None,
+            child: None,
+            lines: None,
+            starts: 0,
+        };
+        c.spawn().await?;
+        Ok(c)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
@@ -221,9 +258,24 @@ impl Coordinator {
                 let _ = tx.send(line);
             }
         });
+        self.child = Some(child);
+        self.lines = Some(rx);
+        if self.opts.standby {
+            return Ok(());
+        }
+        self.wait_serving(START_TIMEOUT).await
+    }
+
+    /// Waits until `serve` printed its address (and its metrics address, when asked): the
+    /// process is the one serving. A standby on the kube store prints it once it leads.
+    pub async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let rx = self
+            .lines
+            .take()
+            .context("the coordinator's output is not being read")?;
         let want_metrics = self.opts.metrics;
         let found = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + START_TIMEOUT;
+            let deadline = std::time::Instant::now() + timeout;
             let (mut addr, mut metrics) = (None, None);
             while addr.is_none() || (want_metrics && metrics.is_none()) {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -247,7 +299,6 @@ impl Coordinator {
             (addr, metrics)
         })
         .await?;
-        self.child = Some(child);
         match found {
             (Some(addr), metrics) => {
                 self.addr = addr;
@@ -259,7 +310,7 @@ impl Coordinator {
             (None, _) => {
                 self.kill();
                 bail!(
-                    "skoala-coordinator did not print its address within {START_TIMEOUT:?}; log:\n{}",
+                    "skoala-coordinator did not print its address within {timeout:?}; log:\n{}",
                     self.log()
                 )
             }

@@ -1,15 +1,18 @@
 //! `serve --store kube` over an emulated control-plane cluster: the coordinator keeps the
 //! fleet in `FleetCluster` objects (nothing in its data dir), takes the leader Lease before it
 //! serves, and after a crash the next process waits out the dead holder's Lease, loads the
-//! fleet from the API server and takes its agents back without any of them joining again.
+//! fleet from the API server and takes its agents back without any of them joining again. A
+//! second replica stands by without serving until the leader dies, then leads and the agents
+//! follow it (the failover time is printed; BENCHMARKS.md measures it at scale).
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::{DynamicObject, ObjectMeta};
-use skoala_e2e::fleet::{CoordinatorOptions, Fleet};
-use skoala_e2e::{kstore, real};
+use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, FLEET_TIMEOUT, Fleet};
+use skoala_e2e::{kstore, real, wait};
 use skoala_kubestore::crd::Kind;
 
 const NS: &str = "skoala-fleet";
@@ -66,8 +69,8 @@ fn ids(clusters: &[serde_json::Value]) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator()
--> anyhow::Result<()> {
+async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator() -> anyhow::Result<()>
+{
     let (cp, client) = control_plane().await?;
     let mut fleet = Fleet::start_with(2, on_kube(&cp)).await?;
     let before = ids(&fleet.wait_connected(2).await?);
@@ -102,5 +105,42 @@ async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator()
         fleet.coordinator.log().contains("leading"),
         "the coordinator says when it leads"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_standby_serves_only_once_the_leader_dies_and_the_agents_follow_it() -> anyhow::Result<()>
+{
+    let (cp, _client) = control_plane().await?;
+    let fleet = Fleet::start_with(2, on_kube(&cp)).await?;
+    let before = ids(&fleet.wait_connected(2).await?);
+    let mut leader = fleet.coordinator;
+
+    let mut standby = Coordinator::standby_of(&leader).await?;
+    wait::until("the standby to wait for the Lease", FLEET_TIMEOUT, || {
+        let waiting = standby.log().contains("waiting to lead");
+        async move { waiting.then_some(()) }
+    })
+    .await?;
+    // While the leader lives and renews, the standby must not lead.
+    assert!(
+        !standby.log().contains("leading"),
+        "a standby leads while the leader lives:\n{}",
+        standby.log()
+    );
+
+    leader.kill();
+    let killed = Instant::now();
+    standby.wait_serving(FLEET_TIMEOUT).await?;
+    let serving = killed.elapsed();
+    let after = ids(&standby.wait_connected(2, FLEET_TIMEOUT).await?);
+    let back = killed.elapsed();
+    eprintln!("failover: serving {serving:?} after the kill, every agent back after {back:?}");
+    assert_eq!(
+        before, after,
+        "the same clusters are connected to the new leader"
+    );
+    let joins = standby.ctl().audit_of("cluster.registered").await?;
+    assert_eq!(joins.len(), 2, "no agent joined again: {joins:?}");
     Ok(())
 }
