@@ -109,15 +109,12 @@ enum Command {
             default_value = "skoala-fleet"
         )]
         namespace: String,
-        /// This replica's name, the prefix of its identity on the leader Lease (`--store
-        /// kube`). The chart sets it to the Pod's name.
-        #[arg(
-            long,
-            value_name = "NAME",
-            env = "POD_NAME",
-            default_value = "skoala-coordinator"
-        )]
-        pod_name: String,
+        /// This replica's Pod (`--store kube`; the chart sets it from the downward API): while
+        /// it leads, the Pod is labelled `fleet.skoala.io/role=leader`, which the agents'
+        /// Service selects. Without it the host name names the replica on the Lease and no
+        /// Pod is labelled.
+        #[arg(long, value_name = "NAME", env = "POD_NAME")]
+        pod_name: Option<String>,
         /// Lifetime of agent certificates; agents renew them over their session.
         #[arg(long, value_parser = duration::parse, default_value = "24h")]
         cert_ttl: Duration,

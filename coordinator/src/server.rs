@@ -67,9 +67,27 @@ pub enum StoreChoice {
     Kube {
         /// The coordinator's namespace.
         namespace: String,
-        /// This replica's name (the Pod's name in a cluster).
-        pod: String,
+        /// This replica's Pod, when it runs in one: labelled while it leads, so the agents'
+        /// Service sends agents to it (design §5.4). Outside a Pod, the host name names it.
+        pod: Option<String>,
     },
+}
+
+/// A term on the kube store, and what marks this replica's Pod as the leader's.
+struct Term {
+    leadership: Leadership,
+    client: kube::Client,
+    namespace: String,
+    pod: Option<String>,
+}
+
+/// Who this process is on the Lease when not in a Pod.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skoala-coordinator".into())
 }
 
 /// How often the summaries of refusal floods are written once their window is over.
@@ -99,7 +117,24 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut stop = Box::pin(
         skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?,
     );
-    let (store, leadership) = match &opts.store {
+    // Health and metrics answer from the start: a standby is healthy and Ready (design §5.4);
+    // the leader's routes replace the standby's once it serves.
+    let (routes, current_routes) = tokio::sync::watch::channel(metrics::standby_router());
+    if let Some(addr) = opts.metrics_listen {
+        let ml = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        println!(
+            "skoala-coordinator metrics on http://{}/metrics",
+            ml.local_addr()?
+        );
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve_switching(ml, current_routes).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    let (store, term) = match &opts.store {
         StoreChoice::Sqlite => {
             let store = SqliteStore::open(&dir.store())
                 .with_context(|| format!("opening the store {}", dir.store().display()))?;
@@ -111,9 +146,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                  set KUBECONFIG, or run in a pod",
             )?;
             let client = control_plane::client(&source).await?;
+            if let Some(pod) = pod {
+                // A restarted ex-leader must not keep receiving agents while it stands by.
+                skoala_kubestore::pod::unmark(&client, namespace, pod).await?;
+            }
+            let name = pod.clone().unwrap_or_else(host_name);
             let elector = Elector::new(
                 client.clone(),
-                lease::Config::new(namespace.clone(), lease::identity(pod)),
+                lease::Config::new(namespace.clone(), lease::identity(&name)),
             )?;
             // A standby waits here: it neither serves nor writes until it leads.
             let leadership = tokio::select! {
@@ -127,10 +167,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 namespace: namespace.clone(),
                 ..KubeOptions::default()
             };
-            let store = KubeStore::open(client, options, leadership.fence())
+            let store = KubeStore::open(client.clone(), options, leadership.fence())
                 .await
                 .with_context(|| format!("loading the fleet from namespace {namespace}"))?;
-            (AnyStore::Kube(store), Some(leadership))
+            let term = Term {
+                leadership,
+                client,
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+            };
+            (AnyStore::Kube(store), Some(term))
         }
     };
     crate::init::record_bootstrap_admin(&store, dir).await?;
@@ -203,20 +249,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("skoala-coordinator listening on {local}");
-    if let Some(addr) = opts.metrics_listen {
-        let ml = TcpListener::bind(addr)
+    routes.send_modify(|r| *r = metrics::leader_router(ctx.clone()));
+    if let Some(term) = &term
+        && let Some(pod) = &term.pod
+    {
+        let predecessor = term.leadership.predecessor().map(lease::pod_of);
+        skoala_kubestore::pod::mark_leader(&term.client, &term.namespace, pod, predecessor)
             .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        println!(
-            "skoala-coordinator metrics on http://{}/metrics",
-            ml.local_addr()?
-        );
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(ml, ctx).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
+            .context("marking this Pod as the leader's, which the agents' Service selects")?;
     }
     tracing::info!(%local, "serving");
 
@@ -237,8 +277,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .serve_with_incoming(incoming);
 
     let deposed = async {
-        match &leadership {
-            Some(l) => l.lost().await,
+        match &term {
+            Some(t) => t.leadership.lost().await,
             None => std::future::pending().await,
         }
     };
@@ -255,7 +295,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             sessions.kick_all(&tonic::Status::unavailable("the coordinator is shutting down"));
             // Give the closing statuses a moment to reach the agents.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            release(leadership).await;
+            release(term.map(|t| t.leadership)).await;
         }
     }
     Ok(())

@@ -249,6 +249,11 @@ pub fn identity(pod_name: &str) -> String {
     format!("{pod_name}_{:016x}", rand::random::<u64>())
 }
 
+/// The Pod name in a holder identity made by [`identity`].
+pub fn pod_of(identity: &str) -> &str {
+    identity.rsplit_once('_').map_or(identity, |(pod, _)| pod)
+}
+
 /// Where the Lease is and who we are.
 #[derive(Clone, Debug)]
 pub struct Config {

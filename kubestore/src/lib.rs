@@ -10,6 +10,7 @@
 //! - [`log`]: the audit log and the plans' events as `FleetLog` segments — their encoding,
 //!   ids, sealing, reads and retention, and the group-committing stream writer;
 //! - [`lease`]: leader election on a Lease, and the fence every write checks (§5.1, §5.3);
+//! - [`pod`]: the leader's label on its own Pod, which the agents' Service selects;
 //! - [`store`]: [`store::KubeStore`], the backend of `skoala-store`'s traits on these objects;
 //! - [`write`](mod@write): writes to the API server — one lane per object (at most one request in flight,
 //!   what queues behind it merged into one), served by urgency under one rate budget.
@@ -22,5 +23,6 @@
 pub mod crd;
 pub mod lease;
 pub mod log;
+pub mod pod;
 pub mod store;
 pub mod write;

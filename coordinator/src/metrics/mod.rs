@@ -310,17 +310,62 @@ pub async fn scrape(source: &impl Source) -> String {
         "1 if this scrape could read the fleet state (clusters, plans) from the store; the fleet gauges are missing when 0.",
         if readable { 1.0 } else { 0.0 },
     );
+    leader(&mut w, true);
     process::render(&mut w);
     w.finish()
 }
 
-/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` on `listener` until the process
-/// ends.
-pub async fn serve<T: Source>(
+/// `skoala_coordinator_leader`: whether this process serves agents and runs plans. Always 1 on
+/// SQLite; on the kube store, 0 while a replica stands by, so two leaders (fencing failed) or
+/// none show in one query over both replicas.
+fn leader(w: &mut Writer, leading: bool) {
+    w.single(
+        "skoala_coordinator_leader",
+        Kind::Gauge,
+        "1 while this replica leads (serves agents and runs plans); 0 while it stands by for the leader Lease.",
+        if leading { 1.0 } else { 0.0 },
+    );
+}
+
+/// What a standby answers (design §5.4): healthy and Ready, so rolling updates and
+/// PodDisruptionBudgets count it, with only the leader gauge and process metrics, since it
+/// holds no fleet state it could vouch for.
+pub fn standby_router() -> Router {
+    Router::new()
+        .route("/metrics", get(standby_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+}
+
+async fn standby_metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let mut w = Writer::default();
+    leader(&mut w, false);
+    process::render(&mut w);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        w.finish(),
+    )
+}
+
+/// Serves whichever router `current` holds at each request on `listener` until the process
+/// ends: the standby's until this replica leads, then the leader's, on the same port.
+pub async fn serve_switching(
     listener: tokio::net::TcpListener,
-    source: Arc<T>,
+    current: tokio::sync::watch::Receiver<Router>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(source)).await
+    let switch = tower::service_fn(move |request: axum::extract::Request| {
+        let router = current.borrow().clone();
+        async move { tower::ServiceExt::oneshot(router, request).await }
+    });
+    axum::serve(listener, Router::new().fallback_service(switch)).await
+}
+
+/// The leader's routes, over `source`.
+pub fn leader_router<T: Source>(source: Arc<T>) -> Router {
+    router(source)
 }
 
 fn router<T: Source>(source: Arc<T>) -> Router {
@@ -536,6 +581,45 @@ mod tests {
         async fn fleet(&self) -> Result<fleet::FleetState, Self::Error> {
             std::future::pending().await
         }
+    }
+
+    #[tokio::test]
+    async fn a_standby_is_healthy_and_ready_and_says_it_does_not_lead_until_the_leaders_routes_replace_its_own()
+     {
+        let (routes, current) = tokio::sync::watch::channel(standby_router());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_switching(listener, current));
+        let fetch = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+            let mut out = String::new();
+            stream.read_to_string(&mut out).await.expect("read");
+            out
+        };
+        assert!(fetch("/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(fetch("/healthz").await.starts_with("HTTP/1.1 200"));
+        let standby = fetch("/metrics").await;
+        assert!(standby.contains("skoala_coordinator_leader 0"), "{standby}");
+
+        routes.send_modify(|r| *r = leader_router(Arc::new(Stuck(Metrics::default()))));
+        // The leader's routes now answer on the same port: /metrics is the leader's (held by
+        // the fake), /healthz still answers.
+        let leading = tokio::time::timeout(Duration::from_millis(300), fetch("/metrics")).await;
+        assert!(
+            leading.is_err(),
+            "the leader's /metrics is served after the switch"
+        );
+        assert!(fetch("/healthz").await.starts_with("HTTP/1.1 200"));
     }
 
     #[tokio::test]

@@ -471,3 +471,15 @@ fn an_identity_is_the_pod_name_and_a_random_suffix() {
     assert_eq!(pod, "coordinator-7d9-x2");
     assert_eq!(suffix.len(), 16);
 }
+
+#[test]
+fn the_pod_is_read_back_out_of_a_holder_identity() {
+    let id = identity("skoala-coordinator-7d9f8-x2x4q");
+    assert_eq!(pod_of(&id), "skoala-coordinator-7d9f8-x2x4q");
+    assert_ne!(
+        id,
+        identity("skoala-coordinator-7d9f8-x2x4q"),
+        "random per start"
+    );
+    assert_eq!(pod_of("no-suffix"), "no-suffix");
+}

@@ -154,11 +154,14 @@ impl Coordinator {
         setup.serve(opts).await
     }
 
-    /// A second replica of `leader` on the kube store: a data dir with a copy of the
-    /// leader's files (its CA, server credential and admin config: what replicas share), the
-    /// same flags, and the same address, as a Service in front of both would give agents.
-    /// Started as a standby: it serves only once it leads ([`Coordinator::wait_serving`]).
-    pub async fn standby_of(leader: &Coordinator) -> anyhow::Result<Self> {
+    /// A second replica of `leader` on the kube store, with `opts`: a data dir with a copy of
+    /// the leader's files (its CA, server credential and admin config: what replicas share)
+    /// and the leader's address, as a Service in front of both would give agents. Started as
+    /// a standby: it serves only once it leads ([`Coordinator::wait_serving`]).
+    pub async fn standby_of(
+        leader: &Coordinator,
+        opts: CoordinatorOptions,
+    ) -> anyhow::Result<Self> {
         let setup = DataDirSetup::new(None)?;
         let (from, to) = (leader.data_dir(), setup.path());
         std::fs::create_dir_all(&to)?;
@@ -173,7 +176,7 @@ impl Coordinator {
             dir: setup.dir,
             opts: CoordinatorOptions {
                 standby: true,
-                ..leader.opts.clone()
+                ..opts
             },
             addr: leader.addr,
             metrics_addr: None,

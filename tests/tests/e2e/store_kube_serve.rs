@@ -8,12 +8,13 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::{DynamicObject, ObjectMeta};
 use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, FLEET_TIMEOUT, Fleet};
 use skoala_e2e::{kstore, real, wait};
 use skoala_kubestore::crd::Kind;
+use skoala_kubestore::pod;
 
 const NS: &str = "skoala-fleet";
 
@@ -36,16 +37,43 @@ async fn control_plane() -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> 
     Ok((cluster, client))
 }
 
-fn on_kube(cp: &skoala_sim::Cluster) -> CoordinatorOptions {
+fn on_kube(cp: &skoala_sim::Cluster, more: &[&str]) -> CoordinatorOptions {
     CoordinatorOptions {
         metrics: true,
         kubeconfig: Some(cp.kubeconfig_path().to_path_buf()),
         args: ["--store", "kube", "--namespace", NS]
             .iter()
+            .chain(more)
             .map(|s| s.to_string())
             .collect(),
         ..Default::default()
     }
+}
+
+/// A Pod named `name` in the fleet's namespace, as the coordinator's Deployment would make.
+async fn pod(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "skoala-coordinator"}},
+        "spec": {"containers": [{"name": "coordinator", "image": "skoala-coordinator:test"}]},
+    }))?;
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await?;
+    Ok(())
+}
+
+/// The Pods the agents' Service would select: those labelled as the leader's.
+async fn leader_pods(client: &kube::Client) -> anyhow::Result<BTreeSet<String>> {
+    let selector = format!("{}={}", pod::ROLE_LABEL, pod::LEADER);
+    Ok(Api::<Pod>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
 }
 
 /// `spec.name` of every `FleetCluster` in the fleet's namespace.
@@ -72,7 +100,7 @@ fn ids(clusters: &[serde_json::Value]) -> BTreeSet<String> {
 async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator() -> anyhow::Result<()>
 {
     let (cp, client) = control_plane().await?;
-    let mut fleet = Fleet::start_with(2, on_kube(&cp)).await?;
+    let mut fleet = Fleet::start_with(2, on_kube(&cp, &[])).await?;
     let before = ids(&fleet.wait_connected(2).await?);
 
     let names = fleet_clusters(&client).await?;
@@ -111,12 +139,20 @@ async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator() 
 #[tokio::test]
 async fn a_standby_serves_only_once_the_leader_dies_and_the_agents_follow_it() -> anyhow::Result<()>
 {
-    let (cp, _client) = control_plane().await?;
-    let fleet = Fleet::start_with(2, on_kube(&cp)).await?;
+    let (cp, client) = control_plane().await?;
+    pod(&client, "coordinator-a").await?;
+    pod(&client, "coordinator-b").await?;
+    let fleet = Fleet::start_with(2, on_kube(&cp, &["--pod-name", "coordinator-a"])).await?;
     let before = ids(&fleet.wait_connected(2).await?);
     let mut leader = fleet.coordinator;
+    assert_eq!(
+        leader_pods(&client).await?,
+        BTreeSet::from(["coordinator-a".to_string()]),
+        "the leader's Pod is the Service's endpoint"
+    );
 
-    let mut standby = Coordinator::standby_of(&leader).await?;
+    let mut standby =
+        Coordinator::standby_of(&leader, on_kube(&cp, &["--pod-name", "coordinator-b"])).await?;
     wait::until("the standby to wait for the Lease", FLEET_TIMEOUT, || {
         let waiting = standby.log().contains("waiting to lead");
         async move { waiting.then_some(()) }
