@@ -39,6 +39,12 @@ fn coordinator_values() -> Vec<&'static str> {
     vec!["--set", "serverNames={fleet.example.com}"]
 }
 
+fn coordinator_kube_values() -> Vec<&'static str> {
+    let mut v = coordinator_values();
+    v.extend(["--set", "store.type=kube"]);
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_charts_lint_clean_with_both_helm_majors() -> anyhow::Result<()> {
     let home = HelmHome::new()?;
@@ -46,6 +52,7 @@ async fn both_charts_lint_clean_with_both_helm_majors() -> anyhow::Result<()> {
         for (name, values) in [
             ("skoala-fleet-agent", agent_values()),
             ("skoala-fleet-coordinator", coordinator_values()),
+            ("skoala-fleet-coordinator", coordinator_kube_values()),
         ] {
             let mut args = vec!["lint", "--strict"];
             let path = chart(name);
@@ -61,6 +68,111 @@ async fn both_charts_lint_clean_with_both_helm_majors() -> anyhow::Result<()> {
                 "{label} lint {name}: {text}"
             );
         }
+    }
+    Ok(())
+}
+
+/// The objects `helm template` renders.
+fn objects(manifest: &str) -> Vec<serde_yaml::Value> {
+    manifest
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+        .filter(|v| v.is_mapping())
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_kube_store_the_coordinator_chart_runs_a_leader_and_a_standby_behind_a_pdb()
+-> anyhow::Result<()> {
+    let home = HelmHome::new()?;
+    for (label, helm) in helm_versions() {
+        let path = chart("skoala-fleet-coordinator");
+        let render = |values: Vec<&'static str>| {
+            let (home, helm, path) = (&home, &helm, &path);
+            async move {
+                let mut args = vec![
+                    "template",
+                    "skoala-fleet",
+                    path.as_str(),
+                    "-n",
+                    "skoala-fleet",
+                ];
+                args.extend(values);
+                let out = home.run(helm, None, &args).await?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                anyhow::Ok(objects(&String::from_utf8_lossy(&out.stdout)))
+            }
+        };
+        let kube = render(coordinator_kube_values()).await?;
+        let deployment = of_kind(&kube, "Deployment")[0];
+        assert_eq!(deployment["spec"]["replicas"], 2, "{label}");
+        assert_eq!(
+            deployment["spec"]["strategy"]["type"], "RollingUpdate",
+            "{label}"
+        );
+        assert!(
+            deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_mapping(),
+            "{label}: replicas spread over nodes"
+        );
+        let serve = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert!(
+            serve["args"]
+                .as_sequence()
+                .is_some_and(|a| a.iter().any(|x| x == "--store=kube")),
+            "{label}"
+        );
+        assert_eq!(of_kind(&kube, "PodDisruptionBudget").len(), 1, "{label}");
+        assert_eq!(
+            of_kind(&kube, "PersistentVolumeClaim").len(),
+            0,
+            "{label}: no volume"
+        );
+        assert_eq!(
+            of_kind(&kube, "CustomResourceDefinition").len(),
+            3,
+            "{label}"
+        );
+        for crd in of_kind(&kube, "CustomResourceDefinition") {
+            assert_eq!(
+                crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+                "{label}: uninstalling the chart must not delete every plan"
+            );
+        }
+        let agents = of_kind(&kube, "Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == "skoala-fleet-coordinator")
+            .expect("the agents' Service");
+        assert_eq!(
+            agents["spec"]["selector"]["fleet.skoala.io/role"], "leader",
+            "{label}: agents reach only the leader"
+        );
+
+        let sqlite = render(coordinator_values()).await?;
+        let deployment = of_kind(&sqlite, "Deployment")[0];
+        assert_eq!(deployment["spec"]["replicas"], 1, "{label}");
+        assert_eq!(
+            deployment["spec"]["strategy"]["type"], "Recreate",
+            "{label}"
+        );
+        assert_eq!(of_kind(&sqlite, "PodDisruptionBudget").len(), 0, "{label}");
+        assert_eq!(
+            of_kind(&sqlite, "CustomResourceDefinition").len(),
+            0,
+            "{label}"
+        );
+        assert_eq!(
+            of_kind(&sqlite, "PersistentVolumeClaim").len(),
+            1,
+            "{label}"
+        );
     }
     Ok(())
 }
