@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
@@ -60,9 +61,14 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Makes namespace `ns` on a given API server and returns a client that speaks there as the
+/// coordinator would (its ServiceAccount's rights only).
+pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send + Sync>;
+
 /// Where the stores live: an emulated cluster this factory starts, or a given API server.
 enum Server {
     Sim(OnceCell<(skoala_sim::Cluster, kube::Client)>),
+    Given(Account),
 }
 
 /// Kube stores for the conformance suite.
@@ -84,6 +90,43 @@ impl KubeStores {
         }
     }
 
+    /// Stores on a given API server (a real control plane): `account` makes each store's
+    /// namespace and the client it is opened with. Such a server cannot be made to refuse a
+    /// write, so [`Factory::refuse`] panics.
+    pub fn given(account: Account) -> Self {
+        KubeStores {
+            server: Server::Given(account),
+            leaders: Mutex::new(HashMap::new()),
+            next: Mutex::new(0),
+        }
+    }
+
+    /// A new namespace, and the client a store opens there.
+    async fn namespace(&self) -> (kube::Client, String) {
+        let namespace = {
+            let mut next = self.next.lock().expect("lock");
+            *next += 1;
+            format!("fleet-{}", *next)
+        };
+        if let Server::Given(account) = &self.server {
+            return (account(namespace.clone()).await, namespace);
+        }
+        let client = self.client().await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the namespace");
+        (client, namespace)
+    }
+
     async fn client(&self) -> kube::Client {
         match &self.server {
             Server::Sim(cell) => {
@@ -103,12 +146,14 @@ impl KubeStores {
                     .await;
                 client.clone()
             }
+            Server::Given(_) => unreachable!("a given server's clients come from its account"),
         }
     }
 
     fn sim_cluster(&self) -> &skoala_sim::Cluster {
         match &self.server {
             Server::Sim(cell) => &cell.get().expect("a store was made").0,
+            Server::Given(_) => panic!("a given API server cannot be made to refuse writes"),
         }
     }
 
@@ -140,24 +185,7 @@ impl Factory for KubeStores {
     type Store = KubeStore;
 
     async fn fresh(&self) -> KubeStore {
-        let client = self.client().await;
-        let namespace = {
-            let mut next = self.next.lock().expect("lock");
-            *next += 1;
-            format!("fleet-{}", *next)
-        };
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the namespace");
+        let (client, namespace) = self.namespace().await;
         self.open(client, &namespace).await
     }
 
