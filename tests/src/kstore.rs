@@ -67,7 +67,7 @@ pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send
 
 /// Where the stores live: an emulated cluster this factory starts, or a given API server.
 enum Server {
-    Sim(OnceCell<(skoala_sim::Cluster, kube::Client)>),
+    Sim(Box<OnceCell<(skoala_sim::Cluster, kube::Client)>>),
     Given(Account),
 }
 
@@ -84,7 +84,7 @@ impl KubeStores {
     /// Stores on an emulated cluster, started at the first `fresh`.
     pub fn sim() -> Self {
         KubeStores {
-            server: Server::Sim(OnceCell::new()),
+            server: Server::Sim(Box::default()),
             leaders: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
         }
