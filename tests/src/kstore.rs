@@ -202,18 +202,25 @@ impl Factory for KubeStores {
 
     /// The emulator's fault rules: every matching request fails with a 500 from now on.
     async fn refuse(&self, store: &KubeStore, refusal: Refusal) {
-        let ns = store.namespace();
         let path = match refusal {
-            Refusal::Events => format!("/namespaces/{ns}/{}", Kind::FleetLog.plural()),
-            Refusal::Target(id) => {
-                format!(
-                    "/namespaces/{ns}/{}/{id}/status",
-                    Kind::FleetCluster.plural()
-                )
-            }
+            Refusal::Events => Kind::FleetLog.plural().to_string(),
+            Refusal::Target(id) => format!("{}/{id}/status", Kind::FleetCluster.plural()),
         };
-        self.sim_cluster()
-            .faults()
-            .fail_next(None, &path, 500, u32::MAX);
+        self.fail_next(store, &path, u32::MAX);
+    }
+}
+
+impl KubeStores {
+    /// Makes the emulator fail the next `count` requests in `store`'s namespace whose path
+    /// there contains `path` (`fleetclusters/c1/status`) with a 500, storing nothing: to the
+    /// store, a coordinator that crashed before the request looks the same.
+    pub fn fail_next(&self, store: &KubeStore, path: &str, count: u32) {
+        let ns = store.namespace();
+        self.sim_cluster().faults().fail_next(
+            None,
+            &format!("/namespaces/{ns}/{path}"),
+            500,
+            count,
+        );
     }
 }

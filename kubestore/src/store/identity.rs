@@ -433,14 +433,22 @@ impl Identities {
         Ok(allowed?.is_some())
     }
 
+    /// A cluster whose registration was never stored (its create was, its status write was
+    /// not) is no registered cluster: reads do not show it, and its agent's retry registers it
+    /// as new.
     pub async fn cluster(&self, id: String) -> Result<Option<ClusterRecord>, StoreError> {
-        Ok(self.cache().cluster(&id).map(|c| c.record(&id)))
+        Ok(self
+            .cache()
+            .cluster(&id)
+            .filter(|c| c.registered())
+            .map(|c| c.record(&id)))
     }
 
     pub async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         let mut all: Vec<ClusterRecord> = self
             .cache()
             .clusters()
+            .filter(|(_, c)| c.registered())
             .map(|(id, c)| c.record(id))
             .collect();
         all.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));

@@ -6,7 +6,9 @@
 use skoala_e2e::kstore::KubeStores;
 use skoala_store::conformance::Factory;
 use skoala_store::fixtures::{registration, token};
-use skoala_store::{AuditLog, CertRecord, Cutoffs, IdentityStore, NewAudit, Retention};
+use skoala_store::{
+    AuditLog, CertRecord, Cutoffs, IdentityStore, NewAudit, RegisterError, Registered, Retention,
+};
 
 skoala_store::conformance_tests!(KubeStores::sim());
 
@@ -100,4 +102,33 @@ async fn retention_deletes_whole_sealed_segments_and_expired_certificates_but_th
     assert_eq!(next, 21, "ids go on after the last stored one");
     let c1 = store.cluster("c1".into()).await.expect("c1").expect("c1");
     assert_eq!(c1.cert_serial, "02");
+}
+
+/// A registration cut off between the create of its cluster and the status write (a crash,
+/// or a write the API server failed) leaves no registered cluster and spends no use; the
+/// agent's retry with the same token, after a restart too, registers it as new and spends one
+/// (design §3.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_cut_off_after_its_create_is_finished_by_the_agents_retry() {
+    let stores = KubeStores::sim();
+    let store = stores.fresh().await;
+    let t = token(2);
+    store.insert_token(t.clone()).await.expect("token");
+    stores.fail_next(&store, "fleetclusters/c1/status", 1);
+    let cut = store.register(registration(&t, "c1", "01")).await;
+    assert!(matches!(cut, Err(RegisterError::Store(_))), "{cut:?}");
+    assert_eq!(store.clusters().await.expect("clusters"), []);
+    assert_eq!(store.cluster("c1".into()).await.expect("c1"), None);
+    assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 2);
+
+    let store = stores.reopen(store).await;
+    assert_eq!(store.clusters().await.expect("clusters"), []);
+    let retry = store.register(registration(&t, "c1", "02")).await;
+    assert!(matches!(retry, Ok(Registered::New)), "{retry:?}");
+    assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 1);
+    let c1 = store.cluster("c1".into()).await.expect("c1").expect("c1");
+    assert_eq!(
+        (c1.name.as_str(), c1.cert_serial.as_str()),
+        ("name-c1", "02")
+    );
 }
