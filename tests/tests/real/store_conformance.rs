@@ -1,6 +1,6 @@
 //! The kube store (`skoala_kubestore::store::KubeStore`) on a real API server: the identity
-//! contracts of the store conformance suite and the audit log's, each on a namespace of its
-//! own, the store speaking as a ServiceAccount whose Role grants only what the coordinator's
+//! contracts of the store conformance suite, the audit log's, and the kube store's own
+//! retention, each on a namespace of its own, the store speaking as a ServiceAccount whose Role grants only what the coordinator's
 //! does for these objects (design §5.8). What the emulator cannot prove is shown here: RBAC
 //! allows every request the store makes, and the real server's status subresource, merge
 //! patches, label selectors on Secrets, `resourceVersion` preconditions and server-side apply
@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use skoala_e2e::kstore::KubeStores;
+use skoala_e2e::kstore::{self, KubeStores};
 use skoala_e2e::real;
 use skoala_kubestore::crd::{self, Kind};
 use skoala_store::conformance as contract;
@@ -88,5 +88,9 @@ async fn the_identity_and_audit_contracts_hold_on_a_real_api_server_as_the_coord
     contract::clusters_version_moves_on_identity_changes_and_not_on_state(&stores).await;
     contract::joining_again_with_another_token_spends_one_of_its_uses(&stores).await;
     contract::audit_ids_increase_and_pages_follow_after_id_and_limit(&stores).await;
+    kstore::retention_deletes_whole_sealed_segments_and_expired_certificates_but_the_current(
+        &stores,
+    )
+    .await;
     Ok(())
 }
