@@ -370,9 +370,10 @@ impl Identities {
         &self,
         id: &str,
         old: &Cluster,
-        new: Cluster,
+        mut new: Cluster,
         class: Class,
     ) -> Result<(), StoreError> {
+        new.settle_conditions(jiff::Timestamp::now());
         let key = |target| Key {
             kind: KindKey::FleetCluster,
             name: id.to_string(),

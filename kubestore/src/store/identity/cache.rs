@@ -14,7 +14,10 @@ use jiff::Timestamp;
 use skoala_store::{AdminRecord, CertRecord, ClusterRecord, ClusterState, Identity, TokenRecord};
 
 use super::secrets::{Admin, Token};
-use crate::crd::{CertificateRecord, FleetCluster, FleetClusterSpec, FleetClusterStatus, Proposed};
+use crate::crd::{
+    CertificateRecord, ClusterCondition, Condition, ConditionStatus, FleetCluster,
+    FleetClusterSpec, FleetClusterStatus, Proposed,
+};
 
 /// The label every `FleetCluster` carries with its cluster's name, when the name is a valid
 /// label value (`kubectl get fleetclusters -l fleet.skoala.io/name=prod-eu`).
@@ -88,6 +91,71 @@ impl Cluster {
             },
             cert_serial: self.current().map(|c| c.serial.clone()).unwrap_or_default(),
             cert_not_after_unix: self.cert_not_after_unix(),
+        }
+    }
+
+    /// Sets `status.conditions` from the facts they summarise for `kubectl` and kstatus:
+    /// `Revoked` once the cluster is, `IdentityProposed` while its agent asks for another
+    /// identity (`False` once that was settled). A condition whose status did not change keeps
+    /// its transition time; other parts' conditions are left as they are.
+    pub fn settle_conditions(&mut self, now: Timestamp) {
+        let s = &mut self.status;
+        let revoked = s.revoked_at.map(|_| {
+            (
+                ConditionStatus::True,
+                "Revoked",
+                "an operator revoked the cluster; its certificates are refused".to_string(),
+            )
+        });
+        let proposed = match &s.proposed {
+            Some(p) => Some((
+                ConditionStatus::True,
+                "AgentAsked",
+                format!(
+                    "its agent asks to be named {:?} with {} label(s); an operator decides",
+                    p.name.as_deref().unwrap_or_default(),
+                    p.labels.len()
+                ),
+            )),
+            None => s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == ClusterCondition::IdentityProposed)
+                .then(|| {
+                    (
+                        ConditionStatus::False,
+                        "Settled",
+                        "its agent asks for the identity it has".to_string(),
+                    )
+                }),
+        };
+        for (type_, wanted) in [
+            (ClusterCondition::Revoked, revoked),
+            (ClusterCondition::IdentityProposed, proposed),
+        ] {
+            let at = s.conditions.iter().position(|c| c.type_ == type_);
+            let Some((status, reason, message)) = wanted else {
+                if let Some(i) = at {
+                    s.conditions.remove(i);
+                }
+                continue;
+            };
+            let last_transition_time = match at.map(|i| &s.conditions[i]) {
+                Some(c) if c.status == status => c.last_transition_time,
+                _ => now,
+            };
+            let condition = Condition {
+                type_,
+                status,
+                observed_generation: None,
+                last_transition_time,
+                reason: reason.into(),
+                message,
+            };
+            match at {
+                Some(i) => s.conditions[i] = condition,
+                None => s.conditions.push(condition),
+            }
         }
     }
 
@@ -354,6 +422,40 @@ mod tests {
         assert_eq!(
             (record.cert_serial.as_str(), record.cert_not_after_unix),
             ("01", 0)
+        );
+    }
+
+    #[test]
+    fn conditions_follow_revocation_and_proposal_and_keep_their_transition_times() {
+        let mut c = cluster("one", &["01"], &["abcd"]);
+        c.settle_conditions(at(1_000));
+        assert!(c.status.conditions.is_empty(), "nothing to say yet");
+        c.status.proposed = Some(Proposed {
+            name: Some("two".into()),
+            labels: BTreeMap::new(),
+        });
+        c.settle_conditions(at(1_100));
+        c.status.revoked_at = Some(at(1_200));
+        c.settle_conditions(at(1_200));
+        c.status.proposed = None;
+        c.settle_conditions(at(1_300));
+        c.settle_conditions(at(1_400));
+        let shown: Vec<(ClusterCondition, ConditionStatus, i64)> = c
+            .status
+            .conditions
+            .iter()
+            .map(|c| (c.type_, c.status, c.last_transition_time.as_second()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    ClusterCondition::IdentityProposed,
+                    ConditionStatus::False,
+                    1_300
+                ),
+                (ClusterCondition::Revoked, ConditionStatus::True, 1_200),
+            ]
         );
     }
 
