@@ -422,16 +422,25 @@ impl Identities {
         Ok(Some(answer))
     }
 
-    pub async fn allow_rejoin(&self, id: String, now: i64) -> Result<bool, StoreError> {
-        let allowed = self
-            .update_cluster(&id, Class::Durable, |c| {
-                for cert in &mut c.status.certificates {
-                    cert.revoked_at.get_or_insert(at(now));
-                }
-            })
-            .await;
+    /// [`Identities::update_cluster`] for a change the fleet view shows: the version moves
+    /// whatever the outcome. Returns whether the cluster exists.
+    async fn update_shown(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Cluster),
+    ) -> Result<bool, StoreError> {
+        let updated = self.update_cluster(id, Class::Durable, change).await;
         self.clusters_changed();
-        Ok(allowed?.is_some())
+        Ok(updated?.is_some())
+    }
+
+    pub async fn allow_rejoin(&self, id: String, now: i64) -> Result<bool, StoreError> {
+        self.update_shown(&id, |c| {
+            for cert in &mut c.status.certificates {
+                cert.revoked_at.get_or_insert(at(now));
+            }
+        })
+        .await
     }
 
     /// A cluster whose registration was never stored (its create was, its status write was
@@ -484,21 +493,18 @@ impl Identities {
         if taken.is_some() {
             return Ok(taken);
         }
-        let written = self
-            .update_cluster(&id, Class::Durable, |c| {
-                let identity = Identity { name, labels };
-                // The proposal has been applied.
-                if proposal(Some(&identity)) == c.status.proposed {
-                    c.status.proposed = None;
-                }
-                c.spec = FleetClusterSpec {
-                    name: identity.name,
-                    labels: identity.labels,
-                };
-            })
-            .await;
-        self.clusters_changed();
-        written?;
+        self.update_shown(&id, |c| {
+            let identity = Identity { name, labels };
+            // The proposal has been applied.
+            if proposal(Some(&identity)) == c.status.proposed {
+                c.status.proposed = None;
+            }
+            c.spec = FleetClusterSpec {
+                name: identity.name,
+                labels: identity.labels,
+            };
+        })
+        .await?;
         Ok(None)
     }
 
@@ -516,13 +522,10 @@ impl Identities {
     }
 
     pub async fn revoke_cluster(&self, id: String, now: i64) -> Result<bool, StoreError> {
-        let revoked = self
-            .update_cluster(&id, Class::Durable, |c| {
-                c.status.revoked_at.get_or_insert(at(now));
-            })
-            .await;
-        self.clusters_changed();
-        Ok(revoked?.is_some())
+        self.update_shown(&id, |c| {
+            c.status.revoked_at.get_or_insert(at(now));
+        })
+        .await
     }
 
     pub async fn certificate(&self, serial: String) -> Result<Option<CertRecord>, StoreError> {
