@@ -49,3 +49,82 @@ async fn a_registration_cut_off_after_its_create_is_finished_by_the_agents_retry
         ("name-c1", "02")
     );
 }
+
+/// Registrations racing for a token's last use, or for one name, are serialised by the
+/// leader's locks as SQLite's transactions serialise them: one wins, the others are refused
+/// with the reason, and nothing of theirs is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_registrations_spend_a_token_once_and_a_name_once() {
+    let stores = KubeStores::sim();
+    let store = stores.fresh().await;
+    let race = |registrations: Vec<skoala_store::Registration>| {
+        let store = store.clone();
+        async move {
+            let joins: Vec<_> = registrations
+                .into_iter()
+                .map(|r| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.register(r).await })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for j in joins {
+                outcomes.push(j.await.expect("the task"));
+            }
+            outcomes
+        }
+    };
+
+    let one = token(1);
+    store.insert_token(one.clone()).await.expect("token");
+    let outcomes = race(
+        (1..=5)
+            .map(|n| registration(&one, &format!("c{n}"), &format!("0{n}")))
+            .collect(),
+    )
+    .await;
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    let used_up = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(RegisterError::UsedUp(_))))
+        .count();
+    assert_eq!((won, used_up), (1, 4), "{outcomes:?}");
+    assert_eq!(store.tokens().await.expect("tokens")[0].uses_left, 0);
+    assert_eq!(store.clusters().await.expect("clusters").len(), 1);
+
+    let mut many = token(5);
+    many.id = "efgh".into();
+    store.insert_token(many.clone()).await.expect("token");
+    let outcomes = race(
+        (6..=8)
+            .map(|n| {
+                let mut r = registration(&many, &format!("c{n}"), &format!("0{n}"));
+                r.claim.name = "twin".into();
+                r
+            })
+            .collect(),
+    )
+    .await;
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    let taken = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(RegisterError::NameTaken { .. })))
+        .count();
+    assert_eq!((won, taken), (1, 2), "{outcomes:?}");
+    let twins = store
+        .clusters()
+        .await
+        .expect("clusters")
+        .into_iter()
+        .filter(|c| c.name == "twin")
+        .count();
+    assert_eq!(twins, 1);
+    let uses: Vec<u32> = store
+        .tokens()
+        .await
+        .expect("tokens")
+        .iter()
+        .map(|t| t.uses_left)
+        .collect();
+    assert_eq!(uses, [0, 4], "a refused registration spends nothing");
+}
