@@ -1,7 +1,8 @@
 //! The store conformance suite on the kube store over the emulator: every contract the
 //! coordinator relies on, kept by fleet state on an API server as it is by SQLite. Then what
 //! the kube store does its own way: retention by whole log segments and certificate records
-//! within their cluster.
+//! within their cluster, a registration cut off between its two writes, and the leader's locks
+//! in place of SQLite's transactions.
 
 use skoala_e2e::kstore::{self, KubeStores};
 use skoala_store::conformance::Factory;
