@@ -216,6 +216,15 @@ impl Factory for KubeStores {
 }
 
 impl KubeStores {
+    /// Releases the Lease `store` was opened under, as a leader that stepped down: its fence
+    /// closes, and `store` may write nothing more. [`Factory::reopen`] leads again.
+    pub async fn depose(&self, store: &KubeStore) {
+        let held = self.leaders.lock().expect("lock").remove(store.namespace());
+        if let Some(held) = held {
+            held.release().await.expect("release the Lease");
+        }
+    }
+
     /// Makes the emulator fail the next `count` requests in `store`'s namespace whose path
     /// there contains `path` (`fleetclusters/c1/status`) with a 500, storing nothing: to the
     /// store, a coordinator that crashed before the request looks the same.

@@ -100,6 +100,9 @@ impl Audit {
     }
 
     pub async fn append(&self, event: NewAudit) -> Result<i64, StoreError> {
+        // The writer's sink checks the fence too; checked here, a deposed leader's caller is
+        // told so.
+        self.shared.check_fence()?;
         let id = self
             .writer
             .append(now_ms(), event.into())

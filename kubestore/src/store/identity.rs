@@ -373,6 +373,8 @@ impl Identities {
         mut new: Cluster,
         class: Class,
     ) -> Result<(), StoreError> {
+        // The lanes check the fence too; checked here, a deposed leader's caller is told so.
+        self.shared.check_fence()?;
         new.settle_conditions(jiff::Timestamp::now());
         let key = |target| Key {
             kind: KindKey::FleetCluster,

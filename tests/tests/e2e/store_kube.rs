@@ -7,7 +7,7 @@
 use skoala_e2e::kstore::{self, KubeStores};
 use skoala_store::conformance::Factory;
 use skoala_store::fixtures::{registration, token};
-use skoala_store::{IdentityStore, RegisterError, Registered};
+use skoala_store::{AuditLog, IdentityStore, NewAudit, RegisterError, Registered, StoreError};
 
 skoala_store::conformance_tests!(KubeStores::sim());
 
@@ -128,4 +128,45 @@ async fn racing_registrations_spend_a_token_once_and_a_name_once() {
         .map(|t| t.uses_left)
         .collect();
     assert_eq!(uses, [0, 4], "a refused registration spends nothing");
+}
+
+/// A store whose leader stepped down writes nothing more, and its callers are told why; the
+/// next leader finds only what was stored before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_store_writes_nothing_and_says_so() {
+    let stores = KubeStores::sim();
+    let store = stores.fresh().await;
+    let t = token(2);
+    store.insert_token(t.clone()).await.expect("token");
+    store
+        .register(registration(&t, "c1", "01"))
+        .await
+        .expect("c1");
+    stores.depose(&store).await;
+
+    let fenced = |e: &StoreError| matches!(e, StoreError::Fenced(_));
+    let joined = store.register(registration(&t, "c2", "02")).await;
+    assert!(
+        matches!(&joined, Err(RegisterError::Store(e)) if fenced(e)),
+        "{joined:?}"
+    );
+    let revoked = store.revoke_cluster("c1".into(), 1_100).await;
+    assert!(revoked.as_ref().is_err_and(fenced), "{revoked:?}");
+    let revoked = store.revoke_token(t.id.clone()).await;
+    assert!(revoked.as_ref().is_err_and(fenced), "{revoked:?}");
+    let audited = store.append_audit(NewAudit::default()).await;
+    assert!(audited.as_ref().is_err_and(fenced), "{audited:?}");
+
+    let store = stores.reopen(store).await;
+    let clusters: Vec<(String, Option<i64>)> = store
+        .clusters()
+        .await
+        .expect("clusters")
+        .into_iter()
+        .map(|c| (c.id, c.revoked_unix))
+        .collect();
+    assert_eq!(clusters, [("c1".to_string(), None)]);
+    let tokens = store.tokens().await.expect("tokens");
+    assert_eq!((tokens[0].revoked, tokens[0].uses_left), (false, 1));
+    assert_eq!(store.audit(0, 10).await.expect("audit"), []);
 }
