@@ -4,10 +4,15 @@
 //! within their cluster, a registration cut off between its two writes, and the leader's locks
 //! in place of SQLite's transactions.
 
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
 use skoala_e2e::kstore::{self, KubeStores};
+use skoala_kubestore::crd::{FleetCluster, Kind};
 use skoala_store::conformance::Factory;
 use skoala_store::fixtures::{registration, token};
-use skoala_store::{AuditLog, IdentityStore, NewAudit, RegisterError, Registered, StoreError};
+use skoala_store::{
+    AuditLog, ClusterState, IdentityStore, NewAudit, RegisterError, Registered, StoreError,
+};
 
 skoala_store::conformance_tests!(KubeStores::sim());
 
@@ -169,4 +174,61 @@ async fn a_deposed_leaders_store_writes_nothing_and_says_so() {
     let tokens = store.tokens().await.expect("tokens");
     assert_eq!((tokens[0].revoked, tokens[0].uses_left), (false, 1));
     assert_eq!(store.audit(0, 10).await.expect("audit"), []);
+}
+
+/// The identity part writes its own status fields only: a cluster's progress in plans,
+/// written beside them by the plan part, survives a registration again, a state, a proposal, a
+/// rename and a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_writes_leave_a_clusters_plan_entries_alone() {
+    let stores = KubeStores::sim();
+    let store = stores.fresh().await;
+    let mut t = token(5);
+    t.expires_unix = 10_000;
+    store.insert_token(t.clone()).await.expect("token");
+    store
+        .register(registration(&t, "c1", "01"))
+        .await
+        .expect("c1");
+    let api: Api<FleetCluster> = Api::namespaced_with(
+        store.client().clone(),
+        store.namespace(),
+        &Kind::FleetCluster.api_resource(),
+    );
+    let entry = json!([{"plan": "p1", "order": 0, "state": "pending", "progress": {"x": 1}}]);
+    api.patch_status(
+        "c1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"plans": entry}})),
+    )
+    .await
+    .expect("a plan entry");
+
+    let mut proved = registration(&t, "c1", "02");
+    proved.claim.proven_serial = Some("01".into());
+    store.register(proved).await.expect("proved");
+    let state = ClusterState {
+        agent_version: "0.2.0".into(),
+        helm_version: "v3".into(),
+        inventory: vec![1, 2, 3],
+    };
+    store
+        .set_cluster_state("c1".into(), state)
+        .await
+        .expect("state");
+    store
+        .set_cluster_identity("c1".into(), "renamed".into(), Default::default())
+        .await
+        .expect("rename");
+    store
+        .revoke_cluster("c1".into(), 1_100)
+        .await
+        .expect("revoke");
+
+    let stored = api.get("c1").await.expect("c1");
+    let status = stored.status.expect("a status");
+    assert_eq!(json!(status.plans), entry);
+    assert_eq!(stored.spec.name, "renamed");
+    assert!(status.revoked_at.is_some());
+    assert_eq!(status.certificates.len(), 2);
 }
