@@ -366,6 +366,33 @@ pub fn compose(first: &Value, second: &Value) -> Option<Value> {
     Some(Value::Object(out))
 }
 
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`, or `None` when they are
+/// equal. Objects are patched field by field (a field `new` lacks becomes `null`), anything
+/// else is replaced whole: a store that knows an object part as it wrote it sends only what
+/// changed, and leaves fields other writers own (another part's status fields) untouched.
+pub fn diff(old: &Value, new: &Value) -> Option<Value> {
+    if old == new {
+        return None;
+    }
+    let (Value::Object(a), Value::Object(b)) = (old, new) else {
+        return Some(new.clone());
+    };
+    let mut out = Map::new();
+    for (k, v) in b {
+        let changed = match a.get(k) {
+            Some(was) => diff(was, v),
+            None => Some(v.clone()),
+        };
+        if let Some(c) = changed {
+            out.insert(k.clone(), c);
+        }
+    }
+    for k in a.keys().filter(|k| !b.contains_key(*k)) {
+        out.insert(k.clone(), Value::Null);
+    }
+    Some(Value::Object(out))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -682,5 +709,44 @@ mod tests {
         }
         // Most pairs compose; refusing everything would pass the check above.
         assert!(composed > 10_000, "{composed}");
+    }
+
+    /// A stored document as merge patches leave it: no `null` field (a patch's `null`
+    /// deletes).
+    fn without_nulls(v: Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, without_nulls(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_diff_applied_to_the_old_document_gives_the_new_one() {
+        let mut rng = StdRng::seed_from_u64(16);
+        for _ in 0..20_000 {
+            let old = without_nulls(random_value(&mut rng, 3));
+            let new = without_nulls(random_value(&mut rng, 3));
+            match diff(&old, &new) {
+                Some(patch) => {
+                    let mut patched = old.clone();
+                    json_patch::merge(&mut patched, &patch);
+                    assert_eq!(patched, new, "{old} to {new} by {patch}");
+                }
+                None => assert_eq!(old, new),
+            }
+        }
+        assert_eq!(
+            diff(
+                &json!({"a": {"b": 1, "c": 2}, "d": 1}),
+                &json!({"a": {"b": 1}, "d": 1})
+            ),
+            Some(json!({"a": {"c": null}})),
+            "only what changed"
+        );
     }
 }

@@ -5,11 +5,15 @@
 //!
 //! `reopen` is a coordinator restart: the old store is dropped, its Lease released, and a new
 //! leader opens the namespace again from what the API server holds.
+//!
+//! What the kube store does its own way, beyond the suite's contracts, is here too, so the
+//! emulator's tests and the real control plane's run the same checks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
@@ -18,6 +22,8 @@ use skoala_kubestore::crd::{self, Kind};
 use skoala_kubestore::lease::{self, Config, Elector, Leadership, Timing};
 use skoala_kubestore::store::{KubeStore, Options};
 use skoala_store::conformance::{Factory, Refusal};
+use skoala_store::fixtures::{registration, token};
+use skoala_store::{AuditLog, CertRecord, Cutoffs, IdentityStore, NewAudit, Retention};
 use tokio::sync::OnceCell;
 
 /// Short Lease durations, so a restart in a test takes over at once (the old leader released
@@ -60,9 +66,14 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Makes namespace `ns` on a given API server and returns a client that speaks there as the
+/// coordinator would (its ServiceAccount's rights only).
+pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send + Sync>;
+
 /// Where the stores live: an emulated cluster this factory starts, or a given API server.
 enum Server {
-    Sim(OnceCell<(skoala_sim::Cluster, kube::Client)>),
+    Sim(Box<OnceCell<(skoala_sim::Cluster, kube::Client)>>),
+    Given(Account),
 }
 
 /// Kube stores for the conformance suite.
@@ -78,10 +89,47 @@ impl KubeStores {
     /// Stores on an emulated cluster, started at the first `fresh`.
     pub fn sim() -> Self {
         KubeStores {
-            server: Server::Sim(OnceCell::new()),
+            server: Server::Sim(Box::default()),
             leaders: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
         }
+    }
+
+    /// Stores on a given API server (a real control plane): `account` makes each store's
+    /// namespace and the client it is opened with. Such a server cannot be made to refuse a
+    /// write, so [`Factory::refuse`] panics.
+    pub fn given(account: Account) -> Self {
+        KubeStores {
+            server: Server::Given(account),
+            leaders: Mutex::new(HashMap::new()),
+            next: Mutex::new(0),
+        }
+    }
+
+    /// A new namespace, and the client a store opens there.
+    async fn namespace(&self) -> (kube::Client, String) {
+        let namespace = {
+            let mut next = self.next.lock().expect("lock");
+            *next += 1;
+            format!("fleet-{}", *next)
+        };
+        if let Server::Given(account) = &self.server {
+            return (account(namespace.clone()).await, namespace);
+        }
+        let client = self.client().await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the namespace");
+        (client, namespace)
     }
 
     async fn client(&self) -> kube::Client {
@@ -103,12 +151,14 @@ impl KubeStores {
                     .await;
                 client.clone()
             }
+            Server::Given(_) => unreachable!("a given server's clients come from its account"),
         }
     }
 
     fn sim_cluster(&self) -> &skoala_sim::Cluster {
         match &self.server {
             Server::Sim(cell) => &cell.get().expect("a store was made").0,
+            Server::Given(_) => panic!("a given API server cannot be made to refuse writes"),
         }
     }
 
@@ -140,24 +190,7 @@ impl Factory for KubeStores {
     type Store = KubeStore;
 
     async fn fresh(&self) -> KubeStore {
-        let client = self.client().await;
-        let namespace = {
-            let mut next = self.next.lock().expect("lock");
-            *next += 1;
-            format!("fleet-{}", *next)
-        };
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the namespace");
+        let (client, namespace) = self.namespace().await;
         self.open(client, &namespace).await
     }
 
@@ -174,18 +207,126 @@ impl Factory for KubeStores {
 
     /// The emulator's fault rules: every matching request fails with a 500 from now on.
     async fn refuse(&self, store: &KubeStore, refusal: Refusal) {
-        let ns = store.namespace();
         let path = match refusal {
-            Refusal::Events => format!("/namespaces/{ns}/{}", Kind::FleetLog.plural()),
-            Refusal::Target(id) => {
-                format!(
-                    "/namespaces/{ns}/{}/{id}/status",
-                    Kind::FleetCluster.plural()
-                )
-            }
+            Refusal::Events => Kind::FleetLog.plural().to_string(),
+            Refusal::Target(id) => format!("{}/{id}/status", Kind::FleetCluster.plural()),
         };
-        self.sim_cluster()
-            .faults()
-            .fail_next(None, &path, 500, u32::MAX);
+        self.fail_next(store, &path, u32::MAX);
     }
+}
+
+impl KubeStores {
+    /// Releases the Lease `store` was opened under, as a leader that stepped down: its fence
+    /// closes, and `store` may write nothing more. [`Factory::reopen`] leads again.
+    pub async fn depose(&self, store: &KubeStore) {
+        let held = self.leaders.lock().expect("lock").remove(store.namespace());
+        if let Some(held) = held {
+            held.release().await.expect("release the Lease");
+        }
+    }
+
+    /// Makes the emulator fail the next `count` requests in `store`'s namespace whose path
+    /// there contains `path` (`fleetclusters/c1/status`) with a 500, storing nothing: to the
+    /// store, a coordinator that crashed before the request looks the same.
+    pub fn fail_next(&self, store: &KubeStore, path: &str, count: u32) {
+        let ns = store.namespace();
+        self.sim_cluster().faults().fail_next(
+            None,
+            &format!("/namespaces/{ns}/{path}"),
+            500,
+            count,
+        );
+    }
+}
+
+/// An audit entry whose JSON line is about 16 KiB, so 16 of them fill a segment.
+fn bulky(n: usize) -> NewAudit {
+    NewAudit {
+        kind: "admin.created".into(),
+        peer: "bootstrap".into(),
+        detail: format!("{n:>16000}"),
+        ..NewAudit::default()
+    }
+}
+
+/// Retention deletes sealed audit segments past the cutoff, counting their entries, and keeps
+/// the newest, so ids go on after a restart; of a cluster's certificate records it drops the
+/// expired ones but the current, which the cluster's record names.
+pub async fn retention_deletes_whole_sealed_segments_and_expired_certificates_but_the_current(
+    stores: &KubeStores,
+) {
+    let store = stores.fresh().await;
+    // Appended at once, so the group commit stores them in a few writes: one sealed segment,
+    // the rest in the open one.
+    let appends: Vec<_> = (0..20)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_audit(bulky(n)).await })
+        })
+        .collect();
+    for a in appends {
+        a.await.expect("the task").expect("appended");
+    }
+
+    let t = token(2);
+    store.insert_token(t.clone()).await.expect("token");
+    // c1 renewed: its first certificate expired at 2,000 s, the renewal runs until far ahead.
+    store
+        .register(registration(&t, "c1", "01"))
+        .await
+        .expect("c1");
+    store
+        .record_certificate(CertRecord {
+            serial_hex: "02".into(),
+            not_after_unix: 1_000_000_000,
+            ..registration(&t, "c1", "02").cert
+        })
+        .await
+        .expect("renewal");
+    // c2's only certificate expired too.
+    store
+        .register(registration(&t, "c2", "03"))
+        .await
+        .expect("c2");
+
+    let pruned = store
+        .prune(Cutoffs {
+            audit_before_ms: i64::MAX,
+            events_before_ms: 0,
+            certificates_expired_before_unix: 1_000_000,
+            admins_expired_before_unix: 0,
+        })
+        .await
+        .expect("prune");
+    let left: Vec<i64> = store
+        .audit(0, 100)
+        .await
+        .expect("audit")
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert!(
+        pruned.audit > 0 && left.len() + pruned.audit == 20,
+        "{pruned:?} {left:?}"
+    );
+    assert_eq!(
+        left,
+        ((pruned.audit as i64 + 1)..=20).collect::<Vec<_>>(),
+        "the newest segment stays whole"
+    );
+    assert_eq!(pruned.certificates, 1);
+    assert_eq!(store.certificate("01".into()).await.expect("01"), None);
+    for (serial, cluster) in [("02", "c1"), ("03", "c2")] {
+        let kept = store.certificate(serial.into()).await.expect("cert");
+        assert_eq!(kept.map(|c| c.cluster_id), Some(cluster.to_string()));
+    }
+
+    let store = stores.reopen(store).await;
+    let next = store
+        .append_audit(bulky(20))
+        .await
+        .expect("after a restart");
+    assert_eq!(next, 21, "ids go on after the last stored one");
+    let c1 = store.cluster("c1".into()).await.expect("c1").expect("c1");
+    assert_eq!(c1.cert_serial, "02");
 }

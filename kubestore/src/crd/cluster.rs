@@ -77,14 +77,16 @@ pub struct FleetClusterStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Registration {
-    /// When the agent registered (last time).
+    /// When the agent first registered.
     pub registered_at: jiff::Timestamp,
-    /// The join token it registered with last; absent for a re-registration by certificate.
+    /// The join token of its last registration: registering again with it (the answer was
+    /// lost) spends no use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub token_id: Option<String>,
-    /// Every join token this cluster ever spent a use of: a token's remaining uses are derived
-    /// from these lists, so redeeming a token writes only this object (design §3.2).
+    /// The join tokens this cluster spent a use of, once per use (joining again with a token
+    /// used before spends another): a token's remaining uses are derived from these lists, so
+    /// redeeming a token writes only this object (design §3.2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)))]
     pub tokens_used: Vec<String>,

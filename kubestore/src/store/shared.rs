@@ -1,7 +1,9 @@
 //! What every part of the store uses: the client, the namespace, the fence, and one writer for
 //! merge patches of our objects.
 
-use kube::api::{Api, Patch, PatchParams};
+use std::future::Future;
+
+use kube::api::{Api, ListParams, ObjectList, Patch, PatchParams};
 use kube::core::{DynamicObject, ObjectMeta};
 use serde_json::Value;
 use skoala_store::StoreError;
@@ -166,6 +168,50 @@ pub(crate) fn api_error(
     StoreError::Api {
         what: what.into(),
         source: Box::new(source),
+    }
+}
+
+/// Every object a list returns, page by page (`list` is called with each page's
+/// parameters): a fleet's thousands of objects in one response would be one huge allocation
+/// on both ends.
+pub(crate) async fn list_all<K, F, Fut>(
+    what: &str,
+    params: ListParams,
+    list: F,
+) -> Result<Vec<K>, StoreError>
+where
+    K: Clone,
+    F: Fn(ListParams) -> Fut,
+    Fut: Future<Output = kube::Result<ObjectList<K>>>,
+{
+    let mut out = Vec::new();
+    list_each(what, params, list, |k| out.push(k)).await?;
+    Ok(out)
+}
+
+/// [`list_all`], handing each object to `each` as its page arrives, for a caller that keeps
+/// only part of each.
+pub(crate) async fn list_each<K, F, Fut>(
+    what: &str,
+    params: ListParams,
+    list: F,
+    mut each: impl FnMut(K),
+) -> Result<(), StoreError>
+where
+    K: Clone,
+    F: Fn(ListParams) -> Fut,
+    Fut: Future<Output = kube::Result<ObjectList<K>>>,
+{
+    let mut params = params.limit(100);
+    loop {
+        let page = list(params.clone())
+            .await
+            .map_err(|e| api_error(format!("listing {what}"), e))?;
+        page.items.into_iter().for_each(&mut each);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(()),
+        }
     }
 }
 
