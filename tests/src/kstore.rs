@@ -43,10 +43,20 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     }
     let probe: Api<DynamicObject> =
         Api::all_with(client.clone(), &Kind::FleetCluster.api_resource());
-    crate::wait::until("the fleet's CRDs to be served", Duration::from_secs(60), || {
-        let probe = probe.clone();
-        async move { probe.list(&ListParams::default().limit(1)).await.ok().map(|_| ()) }
-    })
+    crate::wait::until(
+        "the fleet's CRDs to be served",
+        Duration::from_secs(60),
+        || {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .list(&ListParams::default().limit(1))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        },
+    )
     .await
 }
 
@@ -79,9 +89,9 @@ impl KubeStores {
             Server::Sim(cell) => {
                 let (_, client) = cell
                     .get_or_init(|| async {
-                        let cluster = skoala_sim::Cluster::start(
-                            skoala_sim::ClusterConfig::new("fleet-store"),
-                        )
+                        let cluster = skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new(
+                            "fleet-store",
+                        ))
                         .await
                         .expect("start the emulated cluster");
                         let client = crate::real::client(cluster.kubeconfig_path())
@@ -168,7 +178,10 @@ impl Factory for KubeStores {
         let path = match refusal {
             Refusal::Events => format!("/namespaces/{ns}/{}", Kind::FleetLog.plural()),
             Refusal::Target(id) => {
-                format!("/namespaces/{ns}/{}/{id}/status", Kind::FleetCluster.plural())
+                format!(
+                    "/namespaces/{ns}/{}/{id}/status",
+                    Kind::FleetCluster.plural()
+                )
             }
         };
         self.sim_cluster()
