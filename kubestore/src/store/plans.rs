@@ -6,7 +6,8 @@
 //! **A plan is stored once its name is in the registry.** `put_plan` writes the object and its
 //! status, its targets and its events, and the registry and pointer last, in one write: that
 //! write is the commit point. A plan whose write failed before it is not listed, whatever
-//! parts of it landed, so "a plan is stored with its events or not at all" needs no undo.
+//! parts of it landed, so "a plan is stored with its events or not at all" holds even after a
+//! crash; on a refusal, what landed is taken back only so that it takes no room.
 //!
 //! **One write of a rollout is undone when a part of it fails.** Its head, its targets and its
 //! events go to different objects, which no request changes together; so the parts are

@@ -82,11 +82,7 @@ impl EventLog {
             streams.insert(plan, writer);
         }
         Ok(EventLog {
-            api: Api::namespaced_with(
-                shared.client.clone(),
-                &shared.namespace,
-                &Kind::FleetLog.api_resource(),
-            ),
+            api: super::typed(shared, Kind::FleetLog),
             sink,
             next: tokio::sync::Mutex::new(last + 1),
             settled: AtomicU64::new(last),
@@ -245,11 +241,7 @@ impl EventLog {
 
 /// The fleet's `FleetLog` segments, as stored.
 pub(super) async fn list(shared: &Shared) -> Result<Vec<FleetLog>, StoreError> {
-    let api: Api<FleetLog> = Api::namespaced_with(
-        shared.client.clone(),
-        &shared.namespace,
-        &Kind::FleetLog.api_resource(),
-    );
+    let api: Api<FleetLog> = super::typed(shared, Kind::FleetLog);
     api.list(&ListParams::default())
         .await
         .map(|l| l.items)
