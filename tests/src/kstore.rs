@@ -60,9 +60,10 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     .await
 }
 
-/// Where the stores live: an emulated cluster this factory starts, or a given API server.
+/// Where the stores live: an emulated cluster or a real control plane this factory starts.
 enum Server {
-    Sim(OnceCell<(skoala_sim::Cluster, kube::Client)>),
+    Sim(Box<OnceCell<(skoala_sim::Cluster, kube::Client)>>),
+    Real(Box<OnceCell<(skoala_realkube::RealCluster, kube::Client)>>),
 }
 
 /// Kube stores for the conformance suite.
@@ -78,7 +79,18 @@ impl KubeStores {
     /// Stores on an emulated cluster, started at the first `fresh`.
     pub fn sim() -> Self {
         KubeStores {
-            server: Server::Sim(OnceCell::new()),
+            server: Server::Sim(Box::default()),
+            leaders: Mutex::new(HashMap::new()),
+            next: Mutex::new(0),
+        }
+    }
+
+    /// Stores on a real control plane (`skoala_realkube`), started at the first `fresh`. It
+    /// cannot be made to refuse a write: leave the contracts that need [`Factory::refuse`] out
+    /// of its list.
+    pub fn real() -> Self {
+        KubeStores {
+            server: Server::Real(Box::default()),
             leaders: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
         }
@@ -86,6 +98,19 @@ impl KubeStores {
 
     async fn client(&self) -> kube::Client {
         match &self.server {
+            Server::Real(cell) => {
+                let (_, client) = cell
+                    .get_or_init(|| async {
+                        let cluster = crate::real::cluster("fleet-store")
+                            .await
+                            .expect("start the real cluster");
+                        let client = cluster.client().await.expect("a client");
+                        install_crds(&client).await.expect("install the CRDs");
+                        (cluster, client)
+                    })
+                    .await;
+                client.clone()
+            }
             Server::Sim(cell) => {
                 let (_, client) = cell
                     .get_or_init(|| async {
@@ -109,6 +134,9 @@ impl KubeStores {
     fn sim_cluster(&self) -> &skoala_sim::Cluster {
         match &self.server {
             Server::Sim(cell) => &cell.get().expect("a store was made").0,
+            Server::Real(_) => panic!(
+                "a real API server cannot be made to refuse a write: leave the contracts that need one out of the real tier's list"
+            ),
         }
     }
 

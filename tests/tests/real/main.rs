@@ -20,3 +20,4 @@ mod lease;
 mod mixed_fleet;
 mod rbac;
 mod sim_parity;
+mod store_kube;
