@@ -766,11 +766,7 @@ fn event_segment(entries: &[Entry<Event>]) -> FleetLogSpec {
         plan: Some("p".into()),
         first_id: entries.first().map_or(1, |e| e.id),
         last_id: entries.last().map_or(1, |e| e.id),
-        from_ms: 0,
-        to_ms: 0,
-        sealed: true,
-        encoding: Encoding::GzipJsonl,
-        data: encode(entries).expect("encodes"),
+        ..spec_of(&[], encode(entries).expect("encodes"))
     }
 }
 

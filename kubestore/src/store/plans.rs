@@ -812,7 +812,7 @@ impl Plans {
     }
 }
 
-/// An `Api` of one of the fleet's kinds, typed.
+/// An `Api` of one of the fleet's kinds in the fleet's namespace, typed.
 fn typed<K>(shared: &Shared, kind: Kind) -> Api<K>
 where
     K: kube::Resource<
@@ -820,11 +820,7 @@ where
             Scope = kube::core::DynamicResourceScope,
         >,
 {
-    Api::namespaced_with(
-        shared.client.clone(),
-        &shared.namespace,
-        &kind.api_resource(),
-    )
+    kind.api(shared.client.clone(), &shared.namespace)
 }
 
 /// The document a stored plan shows (`plan get -o yaml`): rebuilt from its object (design

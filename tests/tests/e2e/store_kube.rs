@@ -26,11 +26,7 @@ where
             Scope = kube::core::DynamicResourceScope,
         >,
 {
-    Api::namespaced_with(
-        store.client().clone(),
-        store.namespace(),
-        &kind.api_resource(),
-    )
+    kind.api(store.client().clone(), store.namespace())
 }
 
 fn record(name: &str, targets: &[&str]) -> PlanRecord {
