@@ -85,9 +85,7 @@ impl KubeStores {
         }
     }
 
-    /// Stores on a real control plane (`skoala_realkube`), started at the first `fresh`. It
-    /// cannot be made to refuse a write: leave the contracts that need [`Factory::refuse`] out
-    /// of its list.
+    /// Stores on a real control plane (`skoala_realkube`), started at the first `fresh`.
     pub fn real() -> Self {
         KubeStores {
             server: Server::Real(Box::default()),
@@ -128,15 +126,6 @@ impl KubeStores {
                     .await;
                 client.clone()
             }
-        }
-    }
-
-    fn sim_cluster(&self) -> &skoala_sim::Cluster {
-        match &self.server {
-            Server::Sim(cell) => &cell.get().expect("a store was made").0,
-            Server::Real(_) => panic!(
-                "a real API server cannot be made to refuse a write: leave the contracts that need one out of the real tier's list"
-            ),
         }
     }
 
@@ -200,20 +189,168 @@ impl Factory for KubeStores {
         self.open(client, &namespace).await
     }
 
-    /// The emulator's fault rules: every matching request fails with a 500 from now on.
+    /// On the emulator, its fault rules: every matching request fails with a 500 from now
+    /// on. On a real API server, a `ValidatingAdmissionPolicy` bound to the store's namespace
+    /// denies the writes, as an admission webhook or a policy of the cluster's owner would.
     async fn refuse(&self, store: &KubeStore, refusal: Refusal) {
         let ns = store.namespace();
-        let path = match refusal {
-            Refusal::Events => format!("/namespaces/{ns}/{}", Kind::FleetLog.plural()),
-            Refusal::Target(id) => {
-                format!(
-                    "/namespaces/{ns}/{}/{id}/status",
-                    Kind::FleetCluster.plural()
-                )
+        match &self.server {
+            Server::Sim(cell) => {
+                let path = match refusal {
+                    Refusal::Events => format!("/namespaces/{ns}/{}", Kind::FleetLog.plural()),
+                    Refusal::Target(id) => {
+                        format!(
+                            "/namespaces/{ns}/{}/{id}/status",
+                            Kind::FleetCluster.plural()
+                        )
+                    }
+                };
+                let (cluster, _) = cell.get().expect("a store was made");
+                cluster.faults().fail_next(None, &path, 500, u32::MAX);
             }
+            Server::Real(_) => admission::refuse(store.client(), ns, refusal)
+                .await
+                .expect("refuse through admission"),
+        }
+    }
+}
+
+/// Refusals on a real API server, by admission policy.
+mod admission {
+    use std::time::Duration;
+
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    use serde_json::json;
+    use skoala_kubestore::crd::{self, FleetCluster, FleetLog, Kind};
+    use skoala_store::conformance::Refusal;
+
+    /// A `FleetCluster` whose status writes the policy refuses too: written (dry run) until
+    /// refused, it tells when the API server enforces the policy.
+    const PROBE: &str = "refusal-probe";
+    /// What the policy answers: a probe refused with another message was refused for another
+    /// reason.
+    const MESSAGE: &str = "refused by the conformance suite";
+
+    /// Whether `outcome` is the policy's refusal.
+    fn refused<T>(outcome: Result<T, kube::Error>) -> Option<()> {
+        outcome
+            .err()
+            .filter(|e| e.to_string().contains(MESSAGE))
+            .map(|_| ())
+    }
+
+    fn resource(kind: &str) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    }
+
+    /// Installs a policy denying what `refusal` names in `ns`, and returns once it is enforced.
+    pub async fn refuse(client: &kube::Client, ns: &str, refusal: Refusal) -> anyhow::Result<()> {
+        let (name, resource_name, operations, expression) = match &refusal {
+            Refusal::Events => (
+                format!("{ns}-refuse-events"),
+                Kind::FleetLog.plural().to_string(),
+                vec!["CREATE", "UPDATE"],
+                "false".to_string(),
+            ),
+            Refusal::Target(id) => (
+                format!("{ns}-refuse-{id}"),
+                format!("{}/status", Kind::FleetCluster.plural()),
+                vec!["UPDATE"],
+                format!("!(object.metadata.name in ['{id}', '{PROBE}'])"),
+            ),
         };
-        self.sim_cluster()
-            .faults()
-            .fail_next(None, &path, 500, u32::MAX);
+        let policy = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": name },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": [{
+                    "apiGroups": [crd::GROUP],
+                    "apiVersions": [crd::VERSION],
+                    "operations": operations,
+                    "resources": [resource_name],
+                }]},
+                "validations": [{ "expression": expression, "message": MESSAGE }],
+            },
+        });
+        let binding = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": name },
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": { "namespaceSelector": {
+                    "matchLabels": { "kubernetes.io/metadata.name": ns },
+                }},
+            },
+        });
+        for (kind, object) in [
+            ("ValidatingAdmissionPolicy", policy),
+            ("ValidatingAdmissionPolicyBinding", binding),
+        ] {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
+            api.create(&PostParams::default(), &serde_json::from_value(object)?)
+                .await?;
+        }
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        match refusal {
+            Refusal::Events => {
+                let logs: Api<FleetLog> = Kind::FleetLog.api(client.clone(), ns);
+                let probe: FleetLog = serde_json::from_value(json!({
+                    "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
+                    "kind": Kind::FleetLog.name(),
+                    "metadata": { "name": PROBE },
+                    "spec": { "stream": "events", "plan": PROBE, "firstId": 1, "lastId": 1,
+                              "fromMs": 0, "toMs": 0, "encoding": "gzip+jsonl", "data": "AA==" },
+                }))?;
+                crate::wait::until(
+                    "the policy to refuse log writes",
+                    Duration::from_secs(60),
+                    || {
+                        let (logs, probe, dry) = (logs.clone(), probe.clone(), dry.clone());
+                        async move { refused(logs.create(&dry, &probe).await) }
+                    },
+                )
+                .await
+            }
+            Refusal::Target(_) => {
+                let clusters: Api<FleetCluster> = Kind::FleetCluster.api(client.clone(), ns);
+                let probe: FleetCluster = serde_json::from_value(json!({
+                    "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
+                    "kind": Kind::FleetCluster.name(),
+                    "metadata": { "name": PROBE },
+                    "spec": { "name": PROBE },
+                }))?;
+                clusters.create(&PostParams::default(), &probe).await?;
+                let params = PatchParams {
+                    dry_run: true,
+                    ..PatchParams::default()
+                };
+                crate::wait::until(
+                    "the policy to refuse target writes",
+                    Duration::from_secs(60),
+                    || {
+                        let (clusters, params) = (clusters.clone(), params.clone());
+                        async move {
+                            let patch = Patch::Merge(json!({ "status": { "plans": [] } }));
+                            refused(clusters.patch_status(PROBE, &params, &patch).await)
+                        }
+                    },
+                )
+                .await?;
+                clusters.delete(PROBE, &Default::default()).await?;
+                Ok(())
+            }
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The store conformance suite's plan contracts on the kube store over a real API server:
 //! the CRDs' schemas, status subresources and CEL rules judge every object the store writes
-//! (the emulator checks less). The contracts that need a refused write stay on the emulator
-//! (`e2e::store_kube`): a real API server cannot be made to refuse one. The identity and audit
-//! contracts join this list once their parts are built.
+//! (the emulator checks less), and a refused write is refused by admission (a
+//! `ValidatingAdmissionPolicy`, `KubeStores::refuse`), as a cluster owner's policy would. The
+//! identity and audit contracts join this list once their parts are built.
 
 use skoala_e2e::kstore::KubeStores;
 
@@ -11,4 +11,6 @@ skoala_store::conformance_tests!(
     one_active_plan_rollouts_and_events_persist,
     a_write_changes_the_targets_it_names_and_no_other,
     plan_events_are_paged_by_plan_after_id_and_limit,
+    a_refused_write_stores_none_of_its_parts_and_keeps_the_earlier_ones,
+    a_plan_is_stored_with_its_events_or_not_at_all,
 );
