@@ -15,7 +15,9 @@
 //!
 //! A failed write fails the entries it carried, and the ids not stored are given again to the
 //! next entries: an entry whose append failed was never acknowledged. Its write may still have
-//! landed (a timeout); the next flush then rewrites the open segment without it.
+//! landed (a timeout); the next flush then rewrites the open segment without it. A stream whose
+//! ids the caller gives ([`StreamWriter::append_as`], a plan's events) takes whatever ids come
+//! next; a segment then starts at its first entry's id and ends at its last's.
 //!
 //! A new leader starts a writer with the segments stored for the stream
 //! ([`StreamWriter::start`]): it seals the open one its predecessor left, then continues after
