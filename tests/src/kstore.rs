@@ -70,9 +70,11 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
 /// coordinator would (its ServiceAccount's rights only).
 pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send + Sync>;
 
-/// Where the stores live: an emulated cluster this factory starts, or a given API server.
+/// Where the stores live: an emulated cluster or a real control plane this factory starts
+/// (speaking as admin), or a given API server (speaking as the coordinator's account).
 enum Server {
     Sim(Box<OnceCell<(skoala_sim::Cluster, kube::Client)>>),
+    Real(Box<OnceCell<(skoala_realkube::RealCluster, kube::Client)>>),
     Given(Account),
 }
 
@@ -90,6 +92,16 @@ impl KubeStores {
     pub fn sim() -> Self {
         KubeStores {
             server: Server::Sim(Box::default()),
+            leaders: Mutex::new(HashMap::new()),
+            next: Mutex::new(0),
+        }
+    }
+
+    /// Stores on a real control plane (`skoala_realkube`), started at the first `fresh`; it
+    /// refuses writes through an admission policy ([`Factory::refuse`]).
+    pub fn real() -> Self {
+        KubeStores {
+            server: Server::Real(Box::default()),
             leaders: Mutex::new(HashMap::new()),
             next: Mutex::new(0),
         }
@@ -134,6 +146,19 @@ impl KubeStores {
 
     async fn client(&self) -> kube::Client {
         match &self.server {
+            Server::Real(cell) => {
+                let (_, client) = cell
+                    .get_or_init(|| async {
+                        let cluster = crate::real::cluster("fleet-store")
+                            .await
+                            .expect("start the real cluster");
+                        let client = cluster.client().await.expect("a client");
+                        install_crds(&client).await.expect("install the CRDs");
+                        (cluster, client)
+                    })
+                    .await;
+                client.clone()
+            }
             Server::Sim(cell) => {
                 let (_, client) = cell
                     .get_or_init(|| async {
@@ -158,7 +183,9 @@ impl KubeStores {
     fn sim_cluster(&self) -> &skoala_sim::Cluster {
         match &self.server {
             Server::Sim(cell) => &cell.get().expect("a store was made").0,
-            Server::Given(_) => panic!("a given API server cannot be made to refuse writes"),
+            Server::Real(_) | Server::Given(_) => {
+                panic!("only the emulator has fault rules")
+            }
         }
     }
 
@@ -205,13 +232,24 @@ impl Factory for KubeStores {
         self.open(client, &namespace).await
     }
 
-    /// The emulator's fault rules: every matching request fails with a 500 from now on.
+    /// On the emulator, its fault rules: every matching request fails with a 500 from now
+    /// on. On a real control plane, a `ValidatingAdmissionPolicy` bound to the store's
+    /// namespace denies the writes, as an admission webhook or a policy of the cluster's owner
+    /// would. A given server (the coordinator's account, no admin) cannot refuse.
     async fn refuse(&self, store: &KubeStore, refusal: Refusal) {
-        let path = match refusal {
-            Refusal::Events => Kind::FleetLog.plural().to_string(),
-            Refusal::Target(id) => format!("{}/{id}/status", Kind::FleetCluster.plural()),
-        };
-        self.fail_next(store, &path, u32::MAX);
+        match &self.server {
+            Server::Sim(_) => {
+                let path = match refusal {
+                    Refusal::Events => Kind::FleetLog.plural().to_string(),
+                    Refusal::Target(id) => format!("{}/{id}/status", Kind::FleetCluster.plural()),
+                };
+                self.fail_next(store, &path, u32::MAX);
+            }
+            Server::Real(_) => admission::refuse(store.client(), store.namespace(), refusal)
+                .await
+                .expect("refuse through admission"),
+            Server::Given(_) => panic!("a given API server cannot be made to refuse writes"),
+        }
     }
 }
 
@@ -329,4 +367,144 @@ pub async fn retention_deletes_whole_sealed_segments_and_expired_certificates_bu
     assert_eq!(next, 21, "ids go on after the last stored one");
     let c1 = store.cluster("c1".into()).await.expect("c1").expect("c1");
     assert_eq!(c1.cert_serial, "02");
+}
+
+/// Refusals on a real API server, by admission policy.
+mod admission {
+    use std::time::Duration;
+
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    use serde_json::json;
+    use skoala_kubestore::crd::{self, FleetCluster, FleetLog, Kind};
+    use skoala_store::conformance::Refusal;
+
+    /// A `FleetCluster` whose status writes the policy refuses too: written (dry run) until
+    /// refused, it tells when the API server enforces the policy.
+    const PROBE: &str = "refusal-probe";
+    /// What the policy answers: a probe refused with another message was refused for another
+    /// reason.
+    const MESSAGE: &str = "refused by the conformance suite";
+
+    /// Whether `outcome` is the policy's refusal.
+    fn refused<T>(outcome: Result<T, kube::Error>) -> Option<()> {
+        outcome
+            .err()
+            .filter(|e| e.to_string().contains(MESSAGE))
+            .map(|_| ())
+    }
+
+    fn resource(kind: &str) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    }
+
+    /// Installs a policy denying what `refusal` names in `ns`, and returns once it is enforced.
+    pub async fn refuse(client: &kube::Client, ns: &str, refusal: Refusal) -> anyhow::Result<()> {
+        let (name, resource_name, operations, expression) = match &refusal {
+            Refusal::Events => (
+                format!("{ns}-refuse-events"),
+                Kind::FleetLog.plural().to_string(),
+                vec!["CREATE", "UPDATE"],
+                "false".to_string(),
+            ),
+            Refusal::Target(id) => (
+                format!("{ns}-refuse-{id}"),
+                format!("{}/status", Kind::FleetCluster.plural()),
+                vec!["UPDATE"],
+                format!("!(object.metadata.name in ['{id}', '{PROBE}'])"),
+            ),
+        };
+        let policy = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": name },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": [{
+                    "apiGroups": [crd::GROUP],
+                    "apiVersions": [crd::VERSION],
+                    "operations": operations,
+                    "resources": [resource_name],
+                }]},
+                "validations": [{ "expression": expression, "message": MESSAGE }],
+            },
+        });
+        let binding = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": name },
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": { "namespaceSelector": {
+                    "matchLabels": { "kubernetes.io/metadata.name": ns },
+                }},
+            },
+        });
+        for (kind, object) in [
+            ("ValidatingAdmissionPolicy", policy),
+            ("ValidatingAdmissionPolicyBinding", binding),
+        ] {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
+            api.create(&PostParams::default(), &serde_json::from_value(object)?)
+                .await?;
+        }
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        match refusal {
+            Refusal::Events => {
+                let logs: Api<FleetLog> = Kind::FleetLog.api(client.clone(), ns);
+                let probe: FleetLog = serde_json::from_value(json!({
+                    "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
+                    "kind": Kind::FleetLog.name(),
+                    "metadata": { "name": PROBE },
+                    "spec": { "stream": "events", "plan": PROBE, "firstId": 1, "lastId": 1,
+                              "fromMs": 0, "toMs": 0, "encoding": "gzip+jsonl", "data": "AA==" },
+                }))?;
+                crate::wait::until(
+                    "the policy to refuse log writes",
+                    Duration::from_secs(60),
+                    || {
+                        let (logs, probe, dry) = (logs.clone(), probe.clone(), dry.clone());
+                        async move { refused(logs.create(&dry, &probe).await) }
+                    },
+                )
+                .await
+            }
+            Refusal::Target(_) => {
+                let clusters: Api<FleetCluster> = Kind::FleetCluster.api(client.clone(), ns);
+                let probe: FleetCluster = serde_json::from_value(json!({
+                    "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
+                    "kind": Kind::FleetCluster.name(),
+                    "metadata": { "name": PROBE },
+                    "spec": { "name": PROBE },
+                }))?;
+                clusters.create(&PostParams::default(), &probe).await?;
+                let params = PatchParams {
+                    dry_run: true,
+                    ..PatchParams::default()
+                };
+                crate::wait::until(
+                    "the policy to refuse target writes",
+                    Duration::from_secs(60),
+                    || {
+                        let (clusters, params) = (clusters.clone(), params.clone());
+                        async move {
+                            let patch = Patch::Merge(json!({ "status": { "plans": [] } }));
+                            refused(clusters.patch_status(PROBE, &params, &patch).await)
+                        }
+                    },
+                )
+                .await?;
+                clusters.delete(PROBE, &Default::default()).await?;
+                Ok(())
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub struct FleetLogSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub plan: Option<String>,
-    /// The id of the first entry (ids are contiguous per stream).
+    /// The id of the first entry (ids increase within a stream; the audit log's are contiguous).
     pub first_id: u64,
     /// The id of the last entry.
     pub last_id: u64,

@@ -87,6 +87,15 @@ impl Kind {
         }
     }
 
+    /// An `Api` of the kind's objects in `namespace`, typed as `K` ([`UpgradePlan`],
+    /// [`FleetCluster`], [`FleetLog`]).
+    pub fn api<K>(self, client: kube::Client, namespace: &str) -> kube::Api<K>
+    where
+        K: kube::Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
+    {
+        kube::Api::namespaced_with(client, namespace, &self.api_resource())
+    }
+
     fn definition(self) -> Definition {
         match self {
             Kind::UpgradePlan => plan::definition(),

@@ -1,8 +1,11 @@
 //! The audit log and the plans' event logs as `FleetLog` segments (design §2.2 *Audit*, *Plan
 //! events*, *Retention*; §4.3).
 //!
-//! A *stream* (the audit log, or one plan's events) is a run of entries with contiguous ids
-//! `1, 2, 3, …`, assigned by the leader's [`StreamWriter`]. It is stored as segments: each a
+//! A *stream* (the audit log, or one plan's events) is a run of entries with increasing ids.
+//! The audit log's are contiguous, `1, 2, 3, …`, assigned by the leader's [`StreamWriter`]; a
+//! plan's events carry the fleet-wide event ids the store assigns across every plan's stream
+//! (one cursor for `events --follow` over all plans), so they have gaps where another plan's
+//! events went ([`Body::CONTIGUOUS`]). It is stored as segments: each a
 //! `FleetLog` object holding the entries `firstId..=lastId` as gzip-compressed JSON lines in
 //! base64. The newest segment is *open* and rewritten whole on each flush; once its raw JSON
 //! would pass [`SEAL_AT`] it is *sealed* (the CRD's CEL rule then refuses any change) and the
@@ -10,8 +13,8 @@
 //!
 //! A segment is named after its stream and its first id, zero-padded so names sort by id
 //! (`audit-00000000000000000001`, `events-<plan>-00000000000000000001`): a reader that watches
-//! only metadata knows where each segment starts, and a segment's last id is the next one's
-//! first id minus one.
+//! only metadata knows where each segment starts, and every id of a segment is below the next
+//! one's first id.
 //!
 //! # Layout
 //!
@@ -105,7 +108,8 @@ pub enum Error {
         /// `lastId`.
         last: u64,
     },
-    /// An entry's id is not the next of the spec's range.
+    /// An entry's id does not follow the one before it (contiguous streams: is not the next of
+    /// the spec's range).
     #[error("line {line} has id {found}, expected {expected}")]
     Id {
         /// 1-based.
@@ -129,6 +133,14 @@ pub enum Error {
         /// 1-based.
         line: usize,
         /// `lastId`.
+        last: u64,
+    },
+    /// An id given to a writer is not past the stream's last one; the entry is refused.
+    #[error("id {id} is not past the stream's last id {last}")]
+    OutOfOrder {
+        /// The id given.
+        id: u64,
+        /// The stream's last id.
         last: u64,
     },
     /// One entry's JSON line is longer than [`MAX_ENTRY`]; it is refused, not stored.
@@ -157,6 +169,9 @@ pub trait Body:
 {
     /// The stream these entries belong to.
     const STREAM: Stream;
+    /// Whether the stream's ids go up by one. Otherwise they only increase: a plan's events
+    /// share one id sequence with every other plan's.
+    const CONTIGUOUS: bool;
 }
 
 /// One entry of a stream, as one JSON line of a segment.
@@ -191,6 +206,7 @@ pub struct Audit {
 
 impl Body for Audit {
     const STREAM: Stream = Stream::Audit;
+    const CONTIGUOUS: bool = true;
 }
 
 impl From<NewAudit> for Audit {
@@ -254,6 +270,7 @@ fn is_zero(n: &i64) -> bool {
 
 impl Body for Event {
     const STREAM: Stream = Stream::Events;
+    const CONTIGUOUS: bool = false;
 }
 
 impl From<PlanEventRecord> for Event {
@@ -322,7 +339,8 @@ pub fn encode<B: Body>(entries: &[Entry<B>]) -> Result<String> {
 }
 
 /// The entries of a stored segment, checked against its spec: the stream, `data`'s encoding
-/// and size, and ids exactly `firstId..=lastId` in order.
+/// and size, and ids from `firstId` to `lastId` in order (every one of them for a contiguous
+/// stream).
 pub fn decode<B: Body>(spec: &FleetLogSpec) -> Result<Vec<Entry<B>>> {
     if spec.stream != B::STREAM {
         return Err(Error::WrongStream {
@@ -344,21 +362,25 @@ pub fn decode<B: Body>(spec: &FleetLogSpec) -> Result<Vec<Entry<B>>> {
     }
     let gz = BASE64.decode(&spec.data).map_err(Error::Base64)?;
     let raw = inflate(&gz)?;
-    // `first_id >= 1`, so the count of ids fits.
-    let count = spec.last_id - spec.first_id + 1;
-    let mut entries = Vec::new();
+    let mut entries: Vec<Entry<B>> = Vec::new();
     for (n, text) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
         let line = n + 1;
         let entry: Entry<B> =
             serde_json::from_slice(text).map_err(|source| Error::Line { line, source })?;
-        if entries.len() as u64 == count {
+        let previous = entries.last().map(|e| e.id);
+        if previous == Some(spec.last_id) {
             return Err(Error::Long {
                 line,
                 last: spec.last_id,
             });
         }
-        let expected = spec.first_id + entries.len() as u64;
-        if entry.id != expected {
+        let expected = previous.map_or(spec.first_id, |id| id + 1);
+        let follows = if B::CONTIGUOUS || previous.is_none() {
+            entry.id == expected
+        } else {
+            (expected..=spec.last_id).contains(&entry.id)
+        };
+        if !follows {
             return Err(Error::Id {
                 line,
                 expected,
@@ -367,9 +389,11 @@ pub fn decode<B: Body>(spec: &FleetLogSpec) -> Result<Vec<Entry<B>>> {
         }
         entries.push(entry);
     }
-    if (entries.len() as u64) < count {
+    // `first_id >= 1`, so one less fits.
+    let found = entries.last().map_or(spec.first_id - 1, |e| e.id);
+    if found < spec.last_id {
         return Err(Error::Short {
-            found: spec.first_id + entries.len() as u64 - 1,
+            found,
             last: spec.last_id,
         });
     }

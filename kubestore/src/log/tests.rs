@@ -751,3 +751,92 @@ async fn streams_of_other_plans_are_left_alone_by_a_new_writer() {
             .any(|s| s.stream == Stream::Events && !s.sealed)
     );
 }
+
+fn event(kind: &str) -> Event {
+    Event::from(PlanEventRecord {
+        kind: kind.into(),
+        ..PlanEventRecord::default()
+    })
+}
+
+/// A segment of plan `p`'s events holding `entries`.
+fn event_segment(entries: &[Entry<Event>]) -> FleetLogSpec {
+    FleetLogSpec {
+        stream: Stream::Events,
+        plan: Some("p".into()),
+        first_id: entries.first().map_or(1, |e| e.id),
+        last_id: entries.last().map_or(1, |e| e.id),
+        ..spec_of(&[], encode(entries).expect("encodes"))
+    }
+}
+
+#[test]
+fn a_plans_events_may_skip_ids_and_the_audit_log_may_not() {
+    let at = |id| Entry {
+        id,
+        at_ms: 1,
+        body: event("target"),
+    };
+    let gappy = event_segment(&[at(2), at(5), at(9)]);
+    let ids: Vec<u64> = decode::<Event>(&gappy)
+        .expect("decodes")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, [2, 5, 9]);
+    assert!(matches!(
+        decode::<Event>(&event_segment(&[at(5), at(2), at(9)])),
+        Err(Error::Id {
+            line: 2,
+            expected: 6,
+            found: 2
+        })
+    ));
+    let mut audit = with_raw(2, 5, &jsonl(&[entries(2..=2), entries(5..=5)].concat()));
+    audit.stream = Stream::Audit;
+    assert!(matches!(
+        decode::<Audit>(&audit),
+        Err(Error::Id {
+            line: 2,
+            expected: 3,
+            found: 5
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_keeps_the_ids_it_is_given_and_refuses_one_not_past_the_last() {
+    let fake = Fake::default();
+    let stream = LogStream::Events { plan: "p".into() };
+    let writer = StreamWriter::start(fake.clone(), stream.clone(), &[], GroupCommit::default())
+        .await
+        .expect("starts");
+    let (a, b) = tokio::join!(
+        writer.append_as(3, 7, event("one")),
+        writer.append_as(8, 7, event("two"))
+    );
+    assert_eq!((a.expect("3"), b.expect("8")), (3, 8));
+    let specs = fake.specs();
+    assert_eq!(
+        specs
+            .iter()
+            .map(|s| (s.first_id, s.last_id))
+            .collect::<Vec<_>>(),
+        [(3, 8)],
+        "one segment, named and bounded by the ids given"
+    );
+    assert_eq!(
+        writer.segments(),
+        BTreeMap::from([(3, stream.segment_name(3))])
+    );
+    let refused = writer.append_as(8, 7, event("again")).await;
+    assert!(
+        matches!(&refused, Err(writer::Error::Entry(e)) if matches!(**e, Error::OutOfOrder { id: 8, last: 8 })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        writer.append_as(9, 7, event("three")).await.expect("9"),
+        9,
+        "the refusal took nothing"
+    );
+}

@@ -15,13 +15,16 @@
 //!
 //! A failed write fails the entries it carried, and the ids not stored are given again to the
 //! next entries: an entry whose append failed was never acknowledged. Its write may still have
-//! landed (a timeout); the next flush then rewrites the open segment without it.
+//! landed (a timeout); the next flush then rewrites the open segment without it. A stream whose
+//! ids the caller gives ([`StreamWriter::append_as`], a plan's events) takes whatever ids come
+//! next; a segment then starts at its first entry's id and ends at its last's.
 //!
 //! A new leader starts a writer with the segments stored for the stream
 //! ([`StreamWriter::start`]): it seals the open one its predecessor left, then continues after
 //! the last stored id. The predecessor cannot write any more (its fence closed before this
 //! leader took the Lease), so nothing races the seal.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +107,7 @@ impl Default for GroupCommit {
 pub struct StreamWriter<B: Body> {
     tx: mpsc::UnboundedSender<Append<B>>,
     stored: Arc<Mutex<Vec<Entry<B>>>>,
+    segments: Arc<Mutex<BTreeSet<u64>>>,
     stream: LogStream,
 }
 
@@ -112,12 +116,15 @@ impl<B: Body> Clone for StreamWriter<B> {
         StreamWriter {
             tx: self.tx.clone(),
             stored: Arc::clone(&self.stored),
+            segments: Arc::clone(&self.segments),
             stream: self.stream.clone(),
         }
     }
 }
 
 struct Append<B> {
+    /// Given by the caller ([`StreamWriter::append_as`]), or `None`: the next of the stream.
+    id: Option<u64>,
     at_ms: i64,
     body: B,
     /// When it was buffered: the flush is due `delay` after the first.
@@ -154,6 +161,7 @@ impl<B: Body> StreamWriter<B> {
         let next_id = mine.iter().map(|s| s.last_id).max().unwrap_or(0) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let stored = Arc::new(Mutex::new(Vec::new()));
+        let segments = Arc::new(Mutex::new(mine.iter().map(|s| s.first_id).collect()));
         let task = Task {
             sink,
             stream: stream.clone(),
@@ -161,14 +169,33 @@ impl<B: Body> StreamWriter<B> {
             next_id,
             open: None,
             shown: Arc::clone(&stored),
+            segments: Arc::clone(&segments),
         };
         tokio::spawn(task.run(rx));
-        Ok(StreamWriter { tx, stored, stream })
+        Ok(StreamWriter {
+            tx,
+            stored,
+            segments,
+            stream,
+        })
     }
 
     /// Appends an entry recorded at `at_ms`; returns its id once the segment holding it is
     /// stored.
     pub async fn append(&self, at_ms: i64, body: B) -> Result<u64> {
+        self.send(None, at_ms, body).await
+    }
+
+    /// Appends an entry under `id`, which the caller assigns: past every id appended before,
+    /// not necessarily the next (a plan's events take ids from the fleet-wide sequence of every
+    /// plan's events). Entries are stored in the order they are appended; an id not past the
+    /// last is refused ([`super::Error::OutOfOrder`]). Returns once the segment holding it is
+    /// stored.
+    pub async fn append_as(&self, id: u64, at_ms: i64, body: B) -> Result<u64> {
+        self.send(Some(id), at_ms, body).await
+    }
+
+    async fn send(&self, id: Option<u64>, at_ms: i64, body: B) -> Result<u64> {
         // Refused here, before it takes an id or a place in a batch.
         line(&Entry {
             id: u64::MAX,
@@ -179,6 +206,7 @@ impl<B: Body> StreamWriter<B> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Append {
+                id,
                 at_ms,
                 body,
                 since: Instant::now(),
@@ -197,6 +225,26 @@ impl<B: Body> StreamWriter<B> {
     /// The stream this writer appends to.
     pub fn stream(&self) -> &LogStream {
         &self.stream
+    }
+
+    /// Every segment of the stream stored, by first id: those it started with and those it
+    /// wrote since, less those [`forget`](Self::forget) was told of. What [`super::read`]
+    /// takes, without listing the server.
+    pub fn segments(&self) -> BTreeMap<u64, String> {
+        self.segments
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|first| (*first, self.stream.segment_name(*first)))
+            .collect()
+    }
+
+    /// Segments retention deleted, by first id: reads no longer look for them.
+    pub fn forget(&self, first_ids: &[u64]) {
+        let mut segments = self.segments.lock().expect("lock");
+        for first in first_ids {
+            segments.remove(first);
+        }
     }
 }
 
@@ -223,7 +271,9 @@ impl<B: Body> Segment<B> {
     }
 
     fn last_id(&self) -> u64 {
-        self.first_id + self.entries.len() as u64 - 1
+        self.entries
+            .last()
+            .map_or(self.first_id.saturating_sub(1), |e| e.id)
     }
 
     fn spec(&self, stream: &LogStream, sealed: bool) -> FleetLogSpec {
@@ -251,6 +301,8 @@ struct Task<B, S> {
     open: Option<Segment<B>>,
     /// `open`'s entries, for [`StreamWriter::open_entries`].
     shown: Arc<Mutex<Vec<Entry<B>>>>,
+    /// The first ids of the segments stored, for [`StreamWriter::segments`].
+    segments: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl<B: Body, S: SegmentSink> Task<B, S> {
@@ -299,12 +351,23 @@ impl<B: Body, S: SegmentSink> Task<B, S> {
         }
         let mut changed = false;
         let mut waiters = Vec::with_capacity(batch.len());
-        for (n, a) in batch.into_iter().enumerate() {
+        let mut next = self.next_id;
+        for a in batch {
+            let id = a.id.unwrap_or(next);
+            if id < next {
+                let refused = super::Error::OutOfOrder { id, last: next - 1 };
+                let _ = a.done.send(Err(Error::Entry(Arc::new(refused))));
+                continue;
+            }
+            next = id + 1;
             let entry = Entry {
-                id: self.next_id + n as u64,
+                id,
                 at_ms: a.at_ms,
                 body: a.body,
             };
+            if cur.entries.is_empty() {
+                cur.first_id = id;
+            }
             let line = line(&entry).expect("checked by append");
             if !cur.entries.is_empty() && cur.raw + line.len() > SEAL_AT {
                 if changed {
@@ -332,6 +395,7 @@ impl<B: Body, S: SegmentSink> Task<B, S> {
                 .await
             {
                 Ok(()) => {
+                    self.segments.lock().expect("lock").insert(segment.first_id);
                     self.next_id = segment.last_id() + 1;
                     self.open = (!sealed).then_some(segment);
                 }

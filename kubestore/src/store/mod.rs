@@ -14,7 +14,7 @@
 //! - `identity.rs`: tokens, registration, clusters, certificates, admins
 //!   ([`IdentityStore`]);
 //! - `audit.rs`: the audit log on `FleetLog` ([`AuditLog`]);
-//! - `plans.rs`: plans, rollout writes and plan events ([`PlanStore`]).
+//! - `plans.rs`: plans and rollout writes ([`PlanStore`]); `plans/events.rs`: their events.
 //!
 //! **Invariant:** a `KubeStore` writes only while its [`Fence`] is open: it is opened by the
 //! leader, with the leader's fence, and every write checks it first. There is no kube store

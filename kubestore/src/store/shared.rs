@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use kube::api::{Api, ListParams, ObjectList, Patch, PatchParams};
-use kube::core::{DynamicObject, ObjectMeta};
+use kube::core::DynamicObject;
 use serde_json::Value;
 use skoala_store::StoreError;
 
@@ -131,11 +131,6 @@ impl Shared {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// An `Api` of one of the fleet's kinds, as dynamic objects.
-    pub fn fleet_api(&self, kind: Kind) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, &kind.api_resource())
-    }
-
     /// Fails with [`StoreError::Fenced`] once this process no longer leads: called before
     /// every write that does not go through [`Shared::objects`].
     pub fn check_fence(&self) -> Result<(), StoreError> {
@@ -212,14 +207,5 @@ where
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(()),
         }
-    }
-}
-
-/// Metadata of a new object of ours named `name` in the fleet's namespace.
-pub(crate) fn meta(shared: &Shared, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: Some(shared.namespace.clone()),
-        ..ObjectMeta::default()
     }
 }

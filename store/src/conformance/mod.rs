@@ -110,13 +110,15 @@ macro_rules! conformance_tests {
     };
 }
 
-/// Target `id` of a rollout, pending, at place `order`, with `progress` as its opaque state.
-fn target(id: &str, order: u32, progress: &str) -> TargetRecord {
+/// Target `id` of a rollout, pending, at place `order`, its progress a JSON object that notes
+/// `note`. A progress is always the JSON of an object (`skoala_plan::rollout::Progress`), and
+/// a store may keep it as one: the kube store keeps it as a field of the cluster's status.
+fn target(id: &str, order: u32, note: &str) -> TargetRecord {
     TargetRecord {
         cluster_id: id.into(),
         order,
         phase: TargetPhase::Pending,
-        progress: progress.into(),
+        progress: format!("{{\"note\":\"{note}\"}}"),
     }
 }
 
@@ -130,11 +132,15 @@ fn write(plan: &str, head: Option<&str>, targets: Vec<TargetRecord>) -> RolloutW
     }
 }
 
-/// Plan `name` with head `{}` and one target, `w1`.
+/// Plan `name` with head `{}` and one target, `w1`. Its document is a plan document, as every
+/// document the coordinator stores is one it parsed: the kube store keeps its spec as the
+/// `UpgradePlan`'s.
 fn plan(name: &str, active: bool) -> PlanRecord {
     PlanRecord {
         name: name.into(),
-        document: "doc".into(),
+        document: format!(
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec: {{version: 1.2.3}}\n"
+        ),
         rollout: RolloutRecord {
             head: "{}".into(),
             targets: vec![target("w1", 0, "{}")],

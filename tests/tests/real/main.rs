@@ -21,3 +21,4 @@ mod mixed_fleet;
 mod rbac;
 mod sim_parity;
 mod store_conformance;
+mod store_kube;

@@ -124,6 +124,33 @@ async fn each_charts_service_account_has_exactly_the_rights_in_its_table() -> an
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_kube_store_the_coordinator_has_exactly_the_rights_in_its_table()
+-> anyhow::Result<()> {
+    let cluster = real::cluster("rbac-kube").await?;
+    real::namespace(&cluster, FLEET_NAMESPACE, &[]).await?;
+    real::namespace(&cluster, RELEASE_NAMESPACE, &[]).await?;
+    let coordinator = real::product_chart("skoala-fleet-coordinator");
+    real::helm(
+        &cluster,
+        Helm::V4,
+        &[
+            "install",
+            "skoala-fleet",
+            coordinator.to_str().unwrap(),
+            "-n",
+            FLEET_NAMESPACE,
+            "--set",
+            "store.type=kube",
+        ],
+    )
+    .await?;
+    let table = rights(&cluster, "skoala-fleet-coordinator").await?;
+    assert_never("coordinator on the kube store", &table);
+    compare("coordinator-kube", &table);
+    Ok(())
+}
+
 /// Pods our charts' Deployments made in `ns`, or the ReplicaSets' FailedCreate messages.
 async fn pods_or_refusals(cluster: &RealCluster, ns: &str) -> anyhow::Result<(usize, String)> {
     let pods = cluster

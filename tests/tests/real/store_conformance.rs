@@ -1,6 +1,6 @@
-//! The kube store (`skoala_kubestore::store::KubeStore`) on a real API server: the identity
-//! contracts of the store conformance suite, the audit log's, and the kube store's own
-//! retention, each on a namespace of its own, the store speaking as a ServiceAccount whose Role grants only what the coordinator's
+//! The kube store (`skoala_kubestore::store::KubeStore`) on a real API server: every contract
+//! of the store conformance suite but the two that need a refused write (`store_kube.rs` runs
+//! those, refused by an admission policy), and the kube store's own retention, each on a namespace of its own, the store speaking as a ServiceAccount whose Role grants only what the coordinator's
 //! does for these objects (design §5.8). What the emulator cannot prove is shown here: RBAC
 //! allows every request the store makes, and the real server's status subresource, merge
 //! patches, label selectors on Secrets, `resourceVersion` preconditions and server-side apply
@@ -27,20 +27,27 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// The coordinator's rights on the objects the identity and audit parts use, as §5.8 lists
-/// them, and its Lease's.
+/// The coordinator's rights on the fleet's objects, as the chart's Role on the kube store
+/// grants them (§5.8), and its Lease's.
 fn store_rules() -> Vec<PolicyRule> {
-    let clusters = Kind::FleetCluster.plural();
+    let (clusters, plans) = (Kind::FleetCluster.plural(), Kind::UpgradePlan.plural());
     let mut rules = vec![
         rule(
             crd::GROUP,
-            &[clusters],
-            &["get", "list", "watch", "create", "patch", "update"],
+            &[plans],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
         ),
         rule(
             crd::GROUP,
-            &[&format!("{clusters}/status")],
-            &["patch", "update"],
+            &[clusters],
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        rule(
+            crd::GROUP,
+            &[&format!("{clusters}/status"), &format!("{plans}/status")],
+            &["update", "patch"],
         ),
         rule(
             crd::GROUP,
@@ -49,8 +56,10 @@ fn store_rules() -> Vec<PolicyRule> {
         ),
         rule(
             "",
-            &["secrets"],
-            &["get", "list", "watch", "create", "update", "delete"],
+            &["secrets", "configmaps"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
         ),
     ];
     rules.extend(coordinator_rules());
@@ -58,7 +67,7 @@ fn store_rules() -> Vec<PolicyRule> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_identity_and_audit_contracts_hold_on_a_real_api_server_as_the_coordinators_service_account()
+async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_service_account()
 -> anyhow::Result<()> {
     let cluster = Arc::new(cluster_with_crds("store").await?);
     let server = Arc::clone(&cluster);
@@ -88,6 +97,10 @@ async fn the_identity_and_audit_contracts_hold_on_a_real_api_server_as_the_coord
     contract::clusters_version_moves_on_identity_changes_and_not_on_state(&stores).await;
     contract::joining_again_with_another_token_spends_one_of_its_uses(&stores).await;
     contract::audit_ids_increase_and_pages_follow_after_id_and_limit(&stores).await;
+    contract::one_active_plan_rollouts_and_events_persist(&stores).await;
+    contract::a_write_changes_the_targets_it_names_and_no_other(&stores).await;
+    contract::plan_events_are_paged_by_plan_after_id_and_limit(&stores).await;
+    contract::retention_keeps_recent_rows_and_the_active_plans_whole_history(&stores).await;
     kstore::retention_deletes_whole_sealed_segments_and_expired_certificates_but_the_current(
         &stores,
     )

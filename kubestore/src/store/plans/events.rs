@@ -1,0 +1,249 @@
+//! The plans' events: one `FleetLog` stream per plan, ids from one fleet-wide sequence
+//! (design §2.2 *Plan events*).
+//!
+//! Why one sequence over per-plan streams: `events --follow` without `--plan` reads every
+//! plan's events with one cursor, so an id must say where an event stands among all of them,
+//! as SQLite's global ids do. Why still a stream per plan: retention lets a finished plan's
+//! segments go whole and keeps the active plan's, and `plan watch` reads one plan's segments
+//! only.
+//!
+//! **Invariant:** a reader never sees an id before every smaller id is stored or failed, or its
+//! cursor would pass an event stored a moment later. Appends are serialised (an id is taken
+//! only after every earlier append was answered), and reads stop at [`EventLog::settled`]:
+//! one call's events go to several streams at once, which may land in any order.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, ListParams};
+use skoala_store::{Cutoffs, PlanEventRecord, StoreError};
+
+use crate::crd::{FleetLog, Kind, Stream};
+use crate::log::writer::{FleetLogs, GroupCommit};
+use crate::log::{self, Event, LogStream, StreamWriter};
+use crate::store::shared::{Shared, api_error};
+use crate::write::Writer;
+
+/// When a plan's stream flushes. A call hands all its events at once, so a short delay
+/// gathers them into one write; five flushes a second per stream at most, as for the audit
+/// log; a fan-out's events (one per cluster) go in one flush however many.
+const TIMING: GroupCommit = GroupCommit {
+    delay: Duration::from_millis(20),
+    max_batch: 20_000,
+    min_interval: Duration::from_millis(200),
+};
+
+/// The plans' event log.
+pub(super) struct EventLog {
+    /// Segment reads and retention's lists and deletes.
+    api: Api<FleetLog>,
+    /// The lanes every stream's segments are written through.
+    sink: Writer<FleetLogs>,
+    /// The next id to give; held for the whole of an append.
+    next: tokio::sync::Mutex<u64>,
+    /// Every id up to this one is stored or failed: what reads may return.
+    settled: AtomicU64,
+    /// A writer per plan whose stream exists or was appended to.
+    streams: Mutex<BTreeMap<String, StreamWriter<Event>>>,
+}
+
+impl EventLog {
+    /// Starts a writer for every plan stream stored in `segments` (sealing each open segment
+    /// a previous leader left) and continues the ids after the highest stored.
+    pub async fn load(shared: &Shared, segments: &[FleetLog]) -> Result<Self, StoreError> {
+        let sink = Writer::start(
+            FleetLogs::new(
+                shared.client.clone(),
+                &shared.namespace,
+                shared.fence.clone(),
+            ),
+            shared.budget,
+        );
+        let specs: Vec<_> = segments
+            .iter()
+            .filter(|s| s.spec.stream == Stream::Events)
+            .map(|s| s.spec.clone())
+            .collect();
+        let last = specs.iter().map(|s| s.last_id).max().unwrap_or(0);
+        let mut streams = BTreeMap::new();
+        for spec in &specs {
+            let stream = LogStream::of(spec);
+            let Some(plan) = stream.plan().map(str::to_string) else {
+                continue;
+            };
+            if streams.contains_key(&plan) {
+                continue;
+            }
+            let writer = StreamWriter::start(sink.clone(), stream, &specs, TIMING)
+                .await
+                .map_err(|e| api_error(format!("opening the event log of plan {plan}"), e))?;
+            streams.insert(plan, writer);
+        }
+        Ok(EventLog {
+            api: super::typed(shared, Kind::FleetLog),
+            sink,
+            next: tokio::sync::Mutex::new(last + 1),
+            settled: AtomicU64::new(last),
+            streams: Mutex::new(streams),
+        })
+    }
+
+    /// The writer of `plan`'s stream, started when the plan has none yet.
+    async fn writer(&self, plan: &str) -> Result<StreamWriter<Event>, StoreError> {
+        if let Some(w) = self.streams.lock().expect("lock").get(plan) {
+            return Ok(w.clone());
+        }
+        let stream = LogStream::Events {
+            plan: plan.to_string(),
+        };
+        let writer = StreamWriter::start(self.sink.clone(), stream, &[], TIMING)
+            .await
+            .map_err(|e| api_error(format!("opening the event log of plan {plan}"), e))?;
+        self.streams
+            .lock()
+            .expect("lock")
+            .insert(plan.to_string(), writer.clone());
+        Ok(writer)
+    }
+
+    /// Appends `events` stamped `now_ms`, each to its plan's stream; returns the last id (0
+    /// without events) once all are stored. A failure fails the call, but events of other
+    /// plans in it may be stored: a log cannot take an entry back.
+    pub async fn append(
+        &self,
+        events: Vec<PlanEventRecord>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut writers = Vec::with_capacity(events.len());
+        for event in &events {
+            writers.push(self.writer(&event.plan).await?);
+        }
+        let mut next = self.next.lock().await;
+        let first = *next;
+        let last = first + events.len() as u64 - 1;
+        // Taken whether stored or not: an id a failed write may have landed with is never
+        // given to another event.
+        *next = last + 1;
+        let appends = (first..).zip(writers.into_iter().zip(events)).map(
+            |(id, (writer, event))| async move {
+                writer.append_as(id, now_ms, Event::from(event)).await
+            },
+        );
+        // Polled in order, each append is queued on its stream before any is awaited: a
+        // stream stores its events in id order, in as few writes as its timing allows.
+        let outcomes = futures::future::join_all(appends).await;
+        self.settled.store(last, Ordering::SeqCst);
+        drop(next);
+        for outcome in outcomes {
+            outcome.map_err(|e| api_error("appending plan events", e))?;
+        }
+        Ok(i64::try_from(last).unwrap_or(i64::MAX))
+    }
+
+    /// Events with `id > after_id` of `plan` (every plan's when empty), oldest first, at most
+    /// `limit`.
+    pub async fn read(
+        &self,
+        plan: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PlanEventRecord>, StoreError> {
+        let settled = self.settled.load(Ordering::SeqCst);
+        let writers: Vec<StreamWriter<Event>> = {
+            let streams = self.streams.lock().expect("lock");
+            if plan.is_empty() {
+                streams.values().cloned().collect()
+            } else {
+                streams.get(plan).cloned().into_iter().collect()
+            }
+        };
+        let after = u64::try_from(after_id).unwrap_or(0);
+        let limit = limit as usize;
+        let mut out = Vec::new();
+        for writer in writers {
+            let Some(plan) = writer.stream().plan().map(str::to_string) else {
+                continue;
+            };
+            let api = self.api.clone();
+            let entries = log::read(
+                &writer.segments(),
+                &writer.open_entries(),
+                after,
+                limit,
+                |name| {
+                    let api = api.clone();
+                    async move { api.get(&name).await.map(|s| s.spec) }
+                },
+            )
+            .await
+            .map_err(|e| api_error(format!("reading the events of plan {plan}"), e))?;
+            out.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| e.id <= settled)
+                    .map(|e| e.into_record(&plan)),
+            );
+        }
+        out.sort_by_key(|e| e.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Deletes the sealed segments retention lets go (never the active plan's); returns how
+    /// many events they held.
+    pub async fn prune(
+        &self,
+        shared: &Shared,
+        cutoffs: &Cutoffs,
+        active: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let stored = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error("listing the plans' event logs", e))?;
+        let segments: Vec<FleetLog> = stored
+            .items
+            .into_iter()
+            .filter(|s| s.spec.stream == Stream::Events)
+            .collect();
+        let mut deleted = 0;
+        for name in log::expired(&segments, cutoffs, active) {
+            let Some(segment) = segments
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+            else {
+                continue;
+            };
+            // A segment that does not decode is deleted all the same; it counts for nothing.
+            let held = log::decode::<Event>(&segment.spec).map_or(0, |e| e.len());
+            shared.check_fence()?;
+            match self.api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => deleted += held,
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(api_error(format!("deleting log segment {name}"), e)),
+            }
+            let stream = LogStream::of(&segment.spec);
+            if let Some(plan) = stream.plan()
+                && let Some(w) = self.streams.lock().expect("lock").get(plan)
+            {
+                w.forget(&[segment.spec.first_id]);
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// The fleet's `FleetLog` segments, as stored.
+pub(super) async fn list(shared: &Shared) -> Result<Vec<FleetLog>, StoreError> {
+    let api: Api<FleetLog> = super::typed(shared, Kind::FleetLog);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| api_error("listing the plans' event logs", e))
+}
