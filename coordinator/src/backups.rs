@@ -14,6 +14,12 @@
 //! Values hold every cluster's secrets in plain text, so they are not kept forever: [`prune`]
 //! keeps the newest generations of each cluster's release (the retention sweep, and after every
 //! upload, so no flood of generations fills the disk between sweeps).
+//!
+//! [`Backups`] is where they go: these files on the SQLite store, immutable Secrets on the kube
+//! store ([`skoala_kubestore::secrets::BackupSecrets`], design §2.2 *Backups*), so a backup an
+//! agent uploaded survives the leader's node. Both keep the same rules: checked before storing
+//! (size, digest, names), never overwritten, the same bytes again acknowledged, the newest
+//! generations kept.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -21,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
+use skoala_kubestore::secrets::{BackupKey, BackupSecrets};
 use skoala_proto::v1::{BackupStored, BackupUpload};
 
 use crate::data_dir::DataDir;
@@ -31,23 +38,7 @@ pub const MAX_VALUES: usize = 1024 * 1024;
 /// Where the backup of `upload` for `cluster_id` is stored; `Err` if a name is not safe as a
 /// path component (they come from the agent).
 pub fn path_for(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result<PathBuf, String> {
-    for (what, s) in [
-        ("cluster id", cluster_id),
-        ("release", upload.release.as_str()),
-        ("operation id", upload.operation_id.as_str()),
-    ] {
-        if !safe(s) {
-            return Err(format!(
-                "the backup's {what} is not a safe name (1-128 of [A-Za-z0-9._-], not starting with '.')"
-            ));
-        }
-    }
-    if upload.generation < 1 {
-        return Err(format!(
-            "the backup has generation {}; generations start at 1",
-            upload.generation
-        ));
-    }
+    check_names(cluster_id, upload)?;
     Ok(dir
         .root()
         .join("backups")
@@ -70,9 +61,9 @@ fn safe(s: &str) -> bool {
 /// The executor's upload hook for the coordinator's own upgrades (the control plane's `skoala`,
 /// run in-process): each backup is stored here, as `cluster_id`'s, before the upgrade starts,
 /// exactly like an agent's upload. Plug it in with
-/// `Executor::new(..).with_backup_upload(backups::local_upload(dir, "control-plane", op, release))`.
+/// `Executor::new(..).with_backup_upload(backups::local_upload(backups, "control-plane", op, release))`.
 pub fn local_upload(
-    dir: DataDir,
+    backups: Backups,
     cluster_id: impl Into<String>,
     operation_id: impl Into<String>,
     release: impl Into<String>,
@@ -88,11 +79,9 @@ pub fn local_upload(
             sha256: backup.sha256,
             generation: i32::try_from(backup.generation).unwrap_or(i32::MAX),
         };
-        let (dir, cluster_id) = (dir.clone(), cluster_id.clone());
+        let (backups, cluster_id) = (backups.clone(), cluster_id.clone());
         Box::pin(async move {
-            let ack = tokio::task::spawn_blocking(move || store(&dir, &cluster_id, &upload))
-                .await
-                .map_err(|e| format!("storing the backup: {e}"))?;
+            let ack = backups.store(&cluster_id, &upload).await;
             if ack.error.is_empty() {
                 Ok(())
             } else {
@@ -102,16 +91,89 @@ pub fn local_upload(
     })
 }
 
-/// Stores `upload` for `cluster_id` and says how it went, as the answer for the agent. Never
-/// overwrites; never logs or returns the values.
+/// Where values backups are kept: chosen with the store (`serve --store`).
+#[derive(Debug, Clone)]
+pub enum Backups {
+    /// Files in the data dir (`--store sqlite`).
+    Files(DataDir),
+    /// Immutable Secrets in the coordinator's namespace (`--store kube`).
+    Secrets(BackupSecrets),
+}
+
+impl Backups {
+    /// Stores `upload` for `cluster_id` and says how it went, as the answer for the agent.
+    /// Never overwrites; never logs or returns the values.
+    pub async fn store(&self, cluster_id: &str, upload: &BackupUpload) -> BackupStored {
+        let stored = match self {
+            Backups::Files(dir) => {
+                let (dir, id, upload) = (dir.clone(), cluster_id.to_string(), upload.clone());
+                tokio::task::spawn_blocking(move || store_inner(&dir, &id, &upload))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("storing the backup: {e}")))
+            }
+            Backups::Secrets(secrets) => store_secret(secrets, cluster_id, upload).await,
+        };
+        acknowledge(cluster_id, upload, stored)
+    }
+
+    /// Keeps the newest `keep` generations of `cluster_id`'s `release` (after an upload to
+    /// it); returns how many backups were deleted. Best effort: failures are logged and left to
+    /// the sweep.
+    pub async fn prune_release(&self, cluster_id: &str, release: &str, keep: usize) -> usize {
+        match self {
+            Backups::Files(dir) => {
+                let (dir, id, release) = (dir.clone(), cluster_id.to_string(), release.to_string());
+                tokio::task::spawn_blocking(move || prune_release(&dir, &id, &release, keep))
+                    .await
+                    .unwrap_or_default()
+            }
+            Backups::Secrets(secrets) => secrets
+                .prune_release(cluster_id, release, keep)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(cluster_id, release, error = %e, "cannot prune old backups");
+                    0
+                }),
+        }
+    }
+
+    /// Keeps the newest `keep` generations of every cluster's release backups (the retention
+    /// sweep); returns how many were deleted.
+    pub async fn prune(&self, keep: usize) -> usize {
+        match self {
+            Backups::Files(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || prune(&dir, keep))
+                    .await
+                    .unwrap_or_default()
+            }
+            Backups::Secrets(secrets) => secrets.prune(keep).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "retention: cannot prune old backups");
+                0
+            }),
+        }
+    }
+}
+
+/// Stores `upload` for `cluster_id` in the data dir `dir` and says how it went, as the answer
+/// for the agent. Never overwrites; never logs or returns the values.
 pub fn store(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> BackupStored {
+    acknowledge(cluster_id, upload, store_inner(dir, cluster_id, upload))
+}
+
+/// The answer for the agent, logged.
+fn acknowledge(
+    cluster_id: &str,
+    upload: &BackupUpload,
+    stored: Result<(), String>,
+) -> BackupStored {
     let mut ack = BackupStored {
         operation_id: upload.operation_id.clone(),
         generation: upload.generation,
         sha256: upload.sha256.clone(),
         error: String::new(),
     };
-    if let Err(e) = store_inner(dir, cluster_id, upload) {
+    if let Err(e) = stored {
         tracing::error!(cluster_id, operation = %upload.operation_id, release = %upload.release,
             generation = upload.generation, error = %e, "backup not stored");
         ack.error = e;
@@ -122,7 +184,9 @@ pub fn store(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> BackupSt
     ack
 }
 
-fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result<(), String> {
+/// What every store refuses before storing anything: too large, damaged, or
+/// [`check_names`].
+fn check(cluster_id: &str, upload: &BackupUpload) -> Result<(), String> {
     if upload.values_yaml.len() > MAX_VALUES {
         return Err(format!(
             "the backup is {} bytes; at most {MAX_VALUES} are accepted",
@@ -136,6 +200,54 @@ fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result
             upload.sha256
         ));
     }
+    check_names(cluster_id, upload)
+}
+
+/// Refuses names that are not safe as path components (they come from the agent) and
+/// generations below 1.
+fn check_names(cluster_id: &str, upload: &BackupUpload) -> Result<(), String> {
+    for (what, s) in [
+        ("cluster id", cluster_id),
+        ("release", upload.release.as_str()),
+        ("operation id", upload.operation_id.as_str()),
+    ] {
+        if !safe(s) {
+            return Err(format!(
+                "the backup's {what} is not a safe name (1-128 of [A-Za-z0-9._-], not starting with '.')"
+            ));
+        }
+    }
+    if upload.generation < 1 {
+        return Err(format!(
+            "the backup has generation {}; generations start at 1",
+            upload.generation
+        ));
+    }
+    Ok(())
+}
+
+async fn store_secret(
+    secrets: &BackupSecrets,
+    cluster_id: &str,
+    upload: &BackupUpload,
+) -> Result<(), String> {
+    check(cluster_id, upload)?;
+    let key = BackupKey {
+        cluster_id: cluster_id.to_string(),
+        release: upload.release.clone(),
+        generation: i64::from(upload.generation),
+        operation_id: upload.operation_id.clone(),
+    };
+    let sha256 = upload.sha256.to_ascii_lowercase();
+    secrets
+        .put(&key, &upload.values_yaml, &sha256)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+}
+
+fn store_inner(dir: &DataDir, cluster_id: &str, upload: &BackupUpload) -> Result<(), String> {
+    check(cluster_id, upload)?;
     let path = path_for(dir, cluster_id, upload)?;
     let folder = path.parent().ok_or("backup path has no folder")?;
     std::fs::DirBuilder::new()
@@ -352,7 +464,12 @@ mod tests {
     async fn the_local_hook_stores_like_an_upload() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = DataDir::new(tmp.path());
-        let hook = local_upload(dir.clone(), "control-plane", "op-9", "skoala");
+        let hook = local_upload(
+            Backups::Files(dir.clone()),
+            "control-plane",
+            "op-9",
+            "skoala",
+        );
         let values = b"hive:\n  password: x\n".to_vec();
         let backup = skoala_upgrade::Backup {
             secret: "skoala-fleet-backup-skoala-1".into(),

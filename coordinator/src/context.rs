@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backups::Backups;
 use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::identity::Refusal;
@@ -49,9 +50,10 @@ pub struct Context<S> {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub control_plane: Option<Arc<ControlPlane>>,
-    /// The data dir: relayed charts ([`crate::relay`]) and uploaded backups
-    /// ([`crate::backups`]) live there.
+    /// The data dir: relayed charts ([`crate::relay`]) live there.
     pub data_dir: DataDir,
+    /// Where uploaded values backups go.
+    pub backups: Backups,
     /// Limits audit entries per refusal kind.
     pub throttle: Throttle,
     /// Fleet upgrade plans ([`crate::orchestrator`]).

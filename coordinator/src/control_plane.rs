@@ -6,6 +6,7 @@
 //! as an agent does for `skoala-init`. A control-plane API that is down at start is retried
 //! until it answers.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,6 +98,16 @@ async fn follow(source: &Source, cp: &ControlPlane) -> anyhow::Result<()> {
 }
 
 /// A client for the control-plane cluster.
+/// A client of the control-plane cluster for `--store kube`: `kubeconfig`, else `KUBECONFIG`'s,
+/// else the pod's own.
+pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let source = Source::detect(kubeconfig).context(
+        "--store kube keeps the fleet on the control-plane cluster: give --kubeconfig, set \
+         KUBECONFIG, or run in a pod",
+    )?;
+    client(&source).await
+}
+
 pub(crate) async fn client(source: &Source) -> anyhow::Result<kube::Client> {
     let config = match source {
         Source::Kubeconfig(path) => {

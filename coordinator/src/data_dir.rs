@@ -13,6 +13,17 @@
 
 use std::path::{Path, PathBuf};
 
+/// The fleet CA certificate's file name (also its key in the kube store's PKI Secret).
+pub const CA_CERT: &str = "ca.pem";
+/// The fleet CA key's file name.
+pub const CA_KEY: &str = "ca-key.pem";
+/// The server certificate's file name.
+pub const SERVER_CERT: &str = "server.pem";
+/// The server key's file name.
+pub const SERVER_KEY: &str = "server-key.pem";
+/// The operator credential's file name.
+pub const ADMIN_CONFIG: &str = "admin.yaml";
+
 /// Paths inside a data dir.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -30,23 +41,23 @@ impl DataDir {
     }
     /// `ca.pem`: the fleet CA certificate, the trust bundle agents and `skoalactl` get.
     pub fn ca_cert(&self) -> PathBuf {
-        self.root.join("ca.pem")
+        self.root.join(CA_CERT)
     }
     /// `ca-key.pem`: the fleet CA's private key (0600).
     pub fn ca_key(&self) -> PathBuf {
-        self.root.join("ca-key.pem")
+        self.root.join(CA_KEY)
     }
     /// `server.pem`: the coordinator's serving certificate.
     pub fn server_cert(&self) -> PathBuf {
-        self.root.join("server.pem")
+        self.root.join(SERVER_CERT)
     }
     /// `server-key.pem`: its private key (0600).
     pub fn server_key(&self) -> PathBuf {
-        self.root.join("server-key.pem")
+        self.root.join(SERVER_KEY)
     }
     /// `admin.yaml`: the operator's credential for `skoalactl` (0600).
     pub fn admin_config(&self) -> PathBuf {
-        self.root.join("admin.yaml")
+        self.root.join(ADMIN_CONFIG)
     }
     /// `.init/`: the staging folder of `init`, where it writes before publishing.
     pub fn staging(&self) -> PathBuf {

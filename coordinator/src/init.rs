@@ -1,8 +1,12 @@
-//! `skoala-coordinator init`: creates a fleet's trust root in a fresh data dir.
+//! `skoala-coordinator init`: creates a fleet's trust root in a fresh data dir, or with
+//! `--store kube` in the Secret `skoala-fleet-pki` ([`run_kube`]).
 //!
 //! Writes the CA, the coordinator's server certificate and the operator's `admin.yaml`. An
 //! existing CA is never replaced silently: replacing it invalidates every agent's certificate,
 //! so the operator must say `--overwrite-ca`.
+//!
+//! On the kube store the Secret is made in one create request, which is all-or-nothing by
+//! itself: of two replicas' init containers racing, the API server lets exactly one create it.
 //!
 //! **Invariant:** the data dir holds all of `init`'s files or none of this run's. A crash or an
 //! error half-way (a full disk) must not leave a CA without its server certificate: `serve`
@@ -21,21 +25,21 @@ use anyhow::{Context, bail};
 
 use crate::data_dir::{DataDir, write_private, write_public};
 use crate::pki::FleetCa;
+use crate::pki_store::{Pki, PkiStore};
+use skoala_kubestore::secrets::{self, Created, PKI_SECRET};
 use skoala_store::{AdminRecord, Store};
 use skoala_support::admin_config::AdminConfig;
 
 /// What `init` creates.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
-    /// Where the CA, the server credential and `admin.yaml` go.
-    pub data_dir: DataDir,
     /// Extra DNS names / IPs for the server certificate (localhost and loopback are always in).
     pub sans: Vec<String>,
     /// Endpoint written to admin.yaml; defaults to `https://<first SAN or localhost>:7443`.
     pub endpoint: Option<String>,
     /// Replace an existing CA. Off by default: a new CA orphans every agent certificate.
     pub overwrite_ca: bool,
-    /// Do nothing when the data dir already holds a CA (init containers run on every start).
+    /// Do nothing when a CA exists already (init containers run on every start).
     pub if_missing: bool,
     /// Lifetime of the fleet CA.
     pub ca_ttl: Duration,
@@ -50,7 +54,9 @@ pub struct InitOptions {
 pub enum Initialised {
     /// A new CA and credentials; the path of `admin.yaml`.
     Created(std::path::PathBuf),
-    /// The data dir already held a CA and `if_missing` was set: nothing was written.
+    /// A new CA and credentials in the Secret [`PKI_SECRET`] of this namespace.
+    CreatedSecret(String),
+    /// A CA existed and `if_missing` was set: nothing was written.
     AlreadyThere,
 }
 
@@ -73,9 +79,8 @@ fn published(dir: &DataDir) -> [std::path::PathBuf; 5] {
 /// is finished by [`recover`] rather than thrown away.
 const COMPLETE: &str = "complete";
 
-/// Runs `init`.
-pub fn run(opts: &InitOptions) -> anyhow::Result<Initialised> {
-    let dir = &opts.data_dir;
+/// Runs `init` on the data dir `dir`.
+pub fn run(dir: &DataDir, opts: &InitOptions) -> anyhow::Result<Initialised> {
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create data dir {}", dir.root().display()))?;
     recover(dir)?;
@@ -92,6 +97,76 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<Initialised> {
             );
         }
     }
+    let pki = generate(opts)?;
+    let staging = DataDir::new(dir.staging());
+    let staged = (|| -> anyhow::Result<()> {
+        std::fs::create_dir(staging.root())
+            .with_context(|| format!("creating {}", staging.root().display()))?;
+        write_private(&staging.ca_key(), pki.ca_key_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.ca_key().display()))?;
+        write_public(&staging.ca_cert(), pki.ca_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.ca_cert().display()))?;
+        write_private(&staging.server_key(), pki.server_key_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.server_key().display()))?;
+        write_public(&staging.server_cert(), pki.server_pem.as_bytes())
+            .with_context(|| format!("writing {}", staging.server_cert().display()))?;
+        let admin = pki.admin_yaml.as_deref().unwrap_or_default();
+        write_private(&staging.admin_config(), admin.as_bytes())
+            .with_context(|| format!("writing {}", staging.admin_config().display()))?;
+        sync_dir(staging.root())?;
+        let marker = staging.root().join(COMPLETE);
+        write_private(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+        sync_dir(staging.root())
+    })();
+    if let Err(e) = staged {
+        // Best effort: what is left is removed by the next `init` or `serve` anyway.
+        let _ = std::fs::remove_dir_all(staging.root());
+        return Err(e.context(format!(
+            "init failed; nothing was published to {}",
+            dir.root().display()
+        )));
+    }
+    publish(dir)?;
+    Ok(Initialised::Created(dir.admin_config()))
+}
+
+/// Runs `init` on the PKI's home: [`run`] on a data dir, [`run_kube`] on the Secret.
+pub async fn run_in(home: &PkiStore, opts: &InitOptions) -> anyhow::Result<Initialised> {
+    match home {
+        PkiStore::DataDir(dir) => run(dir, opts),
+        PkiStore::Secret { client, namespace } => run_kube(client, namespace, opts).await,
+    }
+}
+
+/// Runs `init --store kube`: the PKI as the Secret [`PKI_SECRET`] in `namespace`, made in one
+/// create. An existing Secret is never replaced: with `if_missing` that is success, without it
+/// an error.
+pub async fn run_kube(
+    client: &kube::Client,
+    namespace: &str,
+    opts: &InitOptions,
+) -> anyhow::Result<Initialised> {
+    if opts.overwrite_ca {
+        bail!(
+            "--overwrite-ca is not supported with --store kube: to start the fleet over with a \
+             new CA (every agent certificate stops working), delete Secret \
+             {namespace}/{PKI_SECRET} and run init again"
+        );
+    }
+    let pki = generate(opts)?;
+    match secrets::create_pki(client, namespace, &pki.files()).await? {
+        Created::Created => Ok(Initialised::CreatedSecret(namespace.to_string())),
+        Created::AlreadyExists if opts.if_missing => Ok(Initialised::AlreadyThere),
+        Created::AlreadyExists => bail!(
+            "Secret {namespace}/{PKI_SECRET} already holds a fleet CA; refusing to replace it \
+             because every agent certificate it signed would stop working (pass --if-missing \
+             to accept the one there)"
+        ),
+    }
+}
+
+/// A new CA, the server credential it signs for `opts.sans` and the operator's `admin.yaml`.
+fn generate(opts: &InitOptions) -> anyhow::Result<Pki> {
     let (ca, ca_key_pem) = FleetCa::generate("skoala-fleet CA", opts.ca_ttl)?;
     let mut hosts: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
     for san in &opts.sans {
@@ -111,35 +186,13 @@ pub fn run(opts: &InitOptions) -> anyhow::Result<Initialised> {
         client_certificate: admin.issued.cert_pem,
         client_key: admin.key_pem,
     };
-
-    let staging = DataDir::new(dir.staging());
-    let staged = (|| -> anyhow::Result<()> {
-        std::fs::create_dir(staging.root())
-            .with_context(|| format!("creating {}", staging.root().display()))?;
-        write_private(&staging.ca_key(), ca_key_pem.as_bytes())
-            .with_context(|| format!("writing {}", staging.ca_key().display()))?;
-        write_public(&staging.ca_cert(), ca.cert_pem().as_bytes())
-            .with_context(|| format!("writing {}", staging.ca_cert().display()))?;
-        write_private(&staging.server_key(), server.key_pem.as_bytes())
-            .with_context(|| format!("writing {}", staging.server_key().display()))?;
-        write_public(&staging.server_cert(), server.issued.cert_pem.as_bytes())
-            .with_context(|| format!("writing {}", staging.server_cert().display()))?;
-        config.save(&staging.admin_config())?;
-        sync_dir(staging.root())?;
-        let marker = staging.root().join(COMPLETE);
-        write_private(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
-        sync_dir(staging.root())
-    })();
-    if let Err(e) = staged {
-        // Best effort: what is left is removed by the next `init` or `serve` anyway.
-        let _ = std::fs::remove_dir_all(staging.root());
-        return Err(e.context(format!(
-            "init failed; nothing was published to {}",
-            dir.root().display()
-        )));
-    }
-    publish(dir)?;
-    Ok(Initialised::Created(dir.admin_config()))
+    Ok(Pki {
+        ca_pem: ca.cert_pem().to_string(),
+        ca_key_pem,
+        server_pem: server.issued.cert_pem,
+        server_key_pem: server.key_pem,
+        admin_yaml: Some(config.to_yaml().context("writing admin.yaml")?),
+    })
 }
 
 /// Clears what an interrupted `init` left in the data dir (see the module doc): a staging
@@ -194,20 +247,20 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 /// The admin `init` writes to `admin.yaml`, as the store knows it.
 pub const BOOTSTRAP_ADMIN: &str = "bootstrap";
 
-/// Records the certificate in `DATA/admin.yaml` as the admin `bootstrap` when the store does
-/// not know it yet: after `init` (also `--overwrite-ca`, which replaces the earlier bootstrap
-/// certificate), or in a data dir from before admins were recorded, whose operator would
-/// otherwise be locked out. A bootstrap certificate once revoked stays revoked. Every other
-/// admin is made with `skoalactl admin create`. (Whoever can write the data dir owns the
-/// coordinator anyway: docs/security.md.)
+/// Records the certificate in the PKI's `admin.yaml` as the admin `bootstrap` when the store
+/// does not know it yet: after `init` (also `--overwrite-ca`, which replaces the earlier
+/// bootstrap certificate), or in a data dir from before admins were recorded, whose operator
+/// would otherwise be locked out. A bootstrap certificate once revoked stays revoked. Every
+/// other admin is made with `skoalactl admin create`. (Whoever can write the data dir, or the
+/// PKI Secret, owns the coordinator anyway: docs/security.md.)
 pub(crate) async fn record_bootstrap_admin<S: Store>(
     store: &S,
-    dir: &DataDir,
+    admin_yaml: Option<&str>,
 ) -> anyhow::Result<()> {
-    if !dir.admin_config().exists() {
+    let Some(admin_yaml) = admin_yaml else {
         return Ok(());
-    }
-    let config = AdminConfig::load(&dir.admin_config())?;
+    };
+    let config = AdminConfig::from_yaml(admin_yaml).context("parsing admin.yaml")?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(config.client_certificate.as_bytes())
         .map_err(|e| anyhow::anyhow!("the certificate in admin.yaml: {e}"))?;
     let cert = pem
@@ -239,9 +292,8 @@ pub(crate) async fn record_bootstrap_admin<S: Store>(
 mod tests {
     use super::*;
 
-    fn options(dir: &Path) -> InitOptions {
+    fn options() -> InitOptions {
         InitOptions {
-            data_dir: DataDir::new(dir),
             sans: vec!["fleet.example.com".into()],
             endpoint: None,
             overwrite_ca: false,
@@ -272,13 +324,14 @@ mod tests {
     #[test]
     fn init_publishes_every_file_once_and_never_replaces_a_ca_unasked() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let opts = options(tmp.path());
-        let done = run(&opts).expect("init");
+        let dir = DataDir::new(tmp.path());
+        let opts = options();
+        let done = run(&dir, &opts).expect("init");
         assert_eq!(done, Initialised::Created(tmp.path().join("admin.yaml")));
         assert_eq!(entries(tmp.path()), ALL, "no staging folder left");
         let ca = std::fs::read(tmp.path().join("ca.pem")).expect("ca");
 
-        let again = run(&opts).expect_err("a second init");
+        let again = run(&dir, &opts).expect_err("a second init");
         assert!(
             again.to_string().contains("already holds a fleet CA"),
             "{again}"
@@ -287,7 +340,10 @@ mod tests {
             if_missing: true,
             ..opts.clone()
         };
-        assert_eq!(run(&if_missing).expect("init"), Initialised::AlreadyThere);
+        assert_eq!(
+            run(&dir, &if_missing).expect("init"),
+            Initialised::AlreadyThere
+        );
         assert_eq!(std::fs::read(tmp.path().join("ca.pem")).expect("ca"), ca);
     }
 
@@ -305,9 +361,9 @@ mod tests {
         assert_eq!(entries(tmp.path()), Vec::<String>::new());
         let opts = InitOptions {
             if_missing: true,
-            ..options(tmp.path())
+            ..options()
         };
-        assert!(matches!(run(&opts), Ok(Initialised::Created(_))));
+        assert!(matches!(run(&dir, &opts), Ok(Initialised::Created(_))));
         assert_eq!(entries(tmp.path()), ALL);
 
         // Killed while publishing: the marker written, two files already renamed. The run is

@@ -13,6 +13,7 @@
 //!
 //! - at the bottom, what everything else builds on: `clock` (time), `sessions`,
 //!   `control_plane` (the watch of the coordinator's own cluster), [`data_dir`], [`pki`],
+//!   [`pki_store`] (where the CA and server credential are kept),
 //!   `tokens`, `throttle`, `quota` (what one agent may cost), `identity`, [`relay`] and
 //!   [`backups`]; `metrics` is a leaf that is
 //!   handed what it counts;
@@ -72,6 +73,7 @@ pub mod http2;
 pub mod init;
 pub mod malloc;
 pub mod pki;
+pub mod pki_store;
 pub mod relay;
 pub mod server;
 pub mod tls;

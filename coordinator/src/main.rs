@@ -7,12 +7,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skoala_coordinator::data_dir::DataDir;
 use skoala_coordinator::edge::EdgeArgs;
 use skoala_coordinator::http2::Http2Args;
+use skoala_coordinator::pki_store::PkiStore;
 use skoala_coordinator::{Retention, Settings};
 use skoala_coordinator::{init, server};
+use skoala_kubestore::secrets::PKI_SECRET;
 use skoala_support::duration;
 
 /// The skoala-fleet coordinator: agents dial in over mutual TLS, operators use skoalactl.
@@ -31,14 +34,19 @@ struct Cli {
     reason = "one value, parsed once at start; boxing would only obscure the flags"
 )]
 enum Command {
-    /// Create a data dir: fleet CA, server certificate, and DIR/admin.yaml for skoalactl.
+    /// Create the fleet's trust root: fleet CA, server certificate, and admin.yaml for
+    /// skoalactl, in a data dir or (`--store kube`) in the Secret skoala-fleet-pki.
     ///
     /// Example: skoala-coordinator init --data-dir /var/lib/skoala --san fleet.example.com
     ///          --endpoint https://fleet.example.com:7443
+    ///
+    /// With `--store kube` the Secret is created in one request in the coordinator's
+    /// namespace, so of two replicas' init containers exactly one creates it; with
+    /// `--if-missing` the other does nothing and succeeds. Read the credential with
+    /// `show admin-config --store kube`.
     Init {
-        /// Where the CA, certificates and the store live.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        home: PkiHomeArgs,
         /// Extra DNS name or IP address agents and operators use to reach the coordinator
         /// (repeatable; localhost, 127.0.0.1 and ::1 are always included).
         #[arg(long = "san", value_name = "HOST")]
@@ -49,26 +57,29 @@ enum Command {
         /// Replace an existing CA. Every agent certificate it signed stops working.
         #[arg(long, conflicts_with = "if_missing")]
         overwrite_ca: bool,
-        /// Do nothing when the data dir already holds a CA (for init containers that run on
-        /// every pod start).
+        /// Do nothing when the data dir (or the namespace, `--store kube`) already holds a CA
+        /// (for init containers that run on every pod start).
         #[arg(long)]
         if_missing: bool,
         /// Lifetime of the admin certificate in admin.yaml.
         #[arg(long, value_parser = duration::parse, default_value = "365d")]
         admin_ttl: Duration,
     },
-    /// Print a file operators need from the data dir to stdout: the operator credential for
-    /// skoalactl, or the fleet CA that agents are installed with.
+    /// Print a file operators need from the data dir (or the Secret skoala-fleet-pki,
+    /// `--store kube`) to stdout: the operator credential for skoalactl, or the fleet CA that
+    /// agents are installed with.
     ///
     /// For images without a shell (`cat` is not there):
     ///   kubectl -n skoala-fleet exec deploy/skoala-fleet-coordinator -- \
     ///     skoala-coordinator show admin-config --data-dir=/data > admin.yaml
+    /// On the kube store, from anywhere with a kubeconfig that may read the Secret:
+    ///   skoala-coordinator show admin-config --store kube --namespace skoala-fleet > admin.yaml
     Show {
         /// What to print.
         #[arg(value_enum)]
         what: Show,
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        home: PkiHomeArgs,
     },
     /// Print the fleet's CustomResourceDefinitions (UpgradePlan, FleetCluster, FleetLog) as
     /// YAML, for `kubectl apply -f -` where CRDs are managed outside the chart.
@@ -97,8 +108,9 @@ enum Command {
         /// Where the fleet's state is kept. `sqlite`: `store.db` in the data dir, for one
         /// replica. `kube`: objects in the coordinator's namespace on the control-plane
         /// cluster (`kubectl get fleetclusters`), written only by the replica holding the
-        /// `skoala-fleet-leader` Lease; the others wait without serving. The CA, server
-        /// credential and values backups stay in the data dir on either store for now.
+        /// `skoala-fleet-leader` Lease; the others wait without serving. On `kube` the CA and
+        /// server credential are read from the Secret skoala-fleet-pki (`init --store kube`)
+        /// and values backups are Secrets; the data dir is only a cache.
         #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
         store: StoreArg,
         /// The coordinator's namespace on the control-plane cluster (`--store kube`).
@@ -144,6 +156,45 @@ enum Command {
         #[command(flatten)]
         http2: Http2Args,
     },
+}
+
+/// Where `init` makes the PKI and `show` reads it.
+#[derive(clap::Args)]
+struct PkiHomeArgs {
+    /// The data dir (`--store sqlite`): the CA, certificates, admin.yaml and the store.
+    #[arg(long, value_name = "DIR", required_unless_present = "store")]
+    data_dir: Option<PathBuf>,
+    /// `sqlite`: the PKI is files in the data dir. `kube`: it is the Secret skoala-fleet-pki
+    /// in `--namespace` on the control-plane cluster, shared by every replica of `serve
+    /// --store kube`.
+    #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+    store: StoreArg,
+    /// The coordinator's namespace on the control-plane cluster (`--store kube`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "POD_NAMESPACE",
+        default_value = "skoala-fleet"
+    )]
+    namespace: String,
+    /// Kubeconfig of the control-plane cluster (`--store kube`; in-cluster config when
+    /// running in a pod).
+    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl PkiHomeArgs {
+    async fn pki_store(self) -> anyhow::Result<PkiStore> {
+        match self.store {
+            StoreArg::Sqlite => {
+                let dir = self
+                    .data_dir
+                    .context("--data-dir is required unless --store kube")?;
+                Ok(PkiStore::DataDir(DataDir::new(dir)))
+            }
+            StoreArg::Kube => PkiStore::secret(self.kubeconfig, self.namespace).await,
+        }
+    }
 }
 
 /// `serve --store`.
@@ -200,7 +251,7 @@ impl RetentionArgs {
 /// The files `show` prints.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Show {
-    /// DIR/admin.yaml: endpoint, CA and the operator's client certificate (a secret).
+    /// admin.yaml: endpoint, CA and the operator's client certificate (a secret).
     AdminConfig,
     /// The fleet CA certificate (public): `--set-file coordinator.caBundle=` of the agent chart.
     Ca,
@@ -234,15 +285,14 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init {
-            data_dir,
+            home,
             sans,
             endpoint,
             overwrite_ca,
             if_missing,
             admin_ttl,
         } => {
-            let done = init::run(&init::InitOptions {
-                data_dir: DataDir::new(data_dir.clone()),
+            let opts = init::InitOptions {
                 sans,
                 endpoint,
                 overwrite_ca,
@@ -250,12 +300,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca_ttl: Duration::from_secs(10 * 365 * 86400),
                 server_ttl: Duration::from_secs(2 * 365 * 86400),
                 admin_ttl,
-            })?;
+            };
+            let home = block_on(home.pki_store())?;
+            let done = block_on(init::run_in(&home, &opts))?;
+            let place = match &home {
+                PkiStore::DataDir(dir) => dir.root().display().to_string(),
+                PkiStore::Secret { namespace, .. } => format!("namespace {namespace}"),
+            };
             match done {
-                init::Initialised::AlreadyThere => println!(
-                    "{} already holds a fleet CA; nothing to do",
-                    data_dir.display()
-                ),
+                init::Initialised::AlreadyThere => {
+                    println!("{place} already holds a fleet CA; nothing to do")
+                }
                 init::Initialised::Created(path) => {
                     println!("fleet CA created; operator credential: {}", path.display());
                     println!(
@@ -263,20 +318,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         path.display()
                     );
                 }
+                init::Initialised::CreatedSecret(namespace) => {
+                    println!("fleet CA created in Secret {namespace}/{PKI_SECRET}");
+                    println!(
+                        "next: skoala-coordinator show admin-config --store kube --namespace \
+                         {namespace} > admin.yaml, then serve --store kube --namespace {namespace}"
+                    );
+                }
             }
             Ok(())
         }
-        Command::Show { what, data_dir } => {
-            let dir = DataDir::new(data_dir);
-            let path = match what {
-                Show::AdminConfig => dir.admin_config(),
-                Show::Ca => dir.ca_cert(),
+        Command::Show { what, home } => {
+            let pki = block_on(async { home.pki_store().await?.load().await })?;
+            let text = match what {
+                Show::AdminConfig => pki
+                    .admin_yaml
+                    .context("the PKI holds no admin.yaml (it was deleted after init)")?,
+                Show::Ca => pki.ca_pem,
             };
-            let bytes = std::fs::read(&path).map_err(|e| {
-                anyhow::anyhow!("cannot read {}: {e} (has `init` run?)", path.display())
-            })?;
             use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
+            std::io::stdout().write_all(text.as_bytes())?;
             Ok(())
         }
         Command::Crds => {
@@ -342,6 +403,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
     }
+}
+
+/// Runs one future of `init` or `show` (a kube request at most) on a small runtime.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 /// Every connected agent holds a socket, so the soft open-files limit (often 1,024) would cap

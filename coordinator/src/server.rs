@@ -1,5 +1,6 @@
-//! `skoala-coordinator serve`: loads the data dir, opens the store and serves the gateway and
-//! the admin API on one TLS port (plus `/metrics` on its own plaintext port if asked).
+//! `skoala-coordinator serve`: loads the PKI (from the data dir, or on `--store kube` from the
+//! Secret every replica shares), opens the store and serves the gateway and the admin API on
+//! one TLS port (plus `/metrics` on its own plaintext port if asked).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use skoala_proto::v1::fleet_admin_server::FleetAdminServer;
 use tokio::net::TcpListener;
 
 use crate::admin_api::Admin;
+use crate::backups::Backups;
 use crate::context::{Context, Settings};
 use crate::data_dir::DataDir;
 use crate::edge::EdgeSettings;
@@ -22,18 +24,21 @@ use crate::metrics::{self, Metrics};
 use crate::orchestrator::dispatch::{ControlPlaneRunner, Dispatcher};
 use crate::orchestrator::{Orchestrator, Parts};
 use crate::pki::FleetCa;
+use crate::pki_store::PkiStore;
 use crate::sessions::Sessions;
 use crate::store::AnyStore;
 use crate::tls;
 use crate::{clock, control_plane};
 use skoala_kubestore::lease::{self, Elector, Leadership};
+use skoala_kubestore::secrets::BackupSecrets;
 use skoala_kubestore::store::{KubeStore, Options as KubeOptions};
 use skoala_store::sqlite::SqliteStore;
 
 /// What `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The data dir `init` made (CA, server credential, store).
+    /// The data dir: on `--store sqlite` the one `init` made (CA, server credential, store,
+    /// backups); on `--store kube` a cache (relayed charts, helm's home).
     pub data_dir: DataDir,
     /// The one TLS port for agents and operators.
     pub listen: SocketAddr,
@@ -93,27 +98,27 @@ fn host_name() -> String {
 /// How often the summaries of refusal floods are written once their window is over.
 const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
-fn read(path: PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} (did you run `skoala-coordinator init --data-dir {}`?)",
-            path.display(),
-            path.parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        )
-    })
-}
-
 /// Runs the coordinator until SIGINT/SIGTERM.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let dir = &opts.data_dir;
     crate::init::recover(dir)?;
-    let ca_pem = read(dir.ca_cert())?;
-    let ca = FleetCa::from_pem(&ca_pem, &read(dir.ca_key())?).context("loading the fleet CA")?;
-    let tls_config =
-        tls::server_config(&ca_pem, &read(dir.server_cert())?, &read(dir.server_key())?)
-            .context("building the TLS configuration")?;
+    let (pki_home, kube) = match &opts.store {
+        StoreChoice::Sqlite => (PkiStore::DataDir(dir.clone()), None),
+        StoreChoice::Kube { namespace, pod } => {
+            let client = control_plane::connect(opts.kubeconfig.clone()).await?;
+            let home = PkiStore::Secret {
+                client: client.clone(),
+                namespace: namespace.clone(),
+            };
+            (home, Some((client, namespace, pod)))
+        }
+    };
+    // Every replica loads the CA (a standby is ready to sign the moment it leads); only the
+    // leader signs.
+    let pki = pki_home.load().await?;
+    let ca = FleetCa::from_pem(&pki.ca_pem, &pki.ca_key_pem).context("loading the fleet CA")?;
+    let tls_config = tls::server_config(&pki.ca_pem, &pki.server_pem, &pki.server_key_pem)
+        .context("building the TLS configuration")?;
     let mut stop = Box::pin(
         skoala_support::shutdown::requested().context("installing SIGTERM/SIGINT handlers")?,
     );
@@ -134,18 +139,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
-    let (store, term) = match &opts.store {
-        StoreChoice::Sqlite => {
+    let (store, backups, term) = match kube {
+        None => {
             let store = SqliteStore::open(&dir.store())
                 .with_context(|| format!("opening the store {}", dir.store().display()))?;
-            (AnyStore::Sqlite(store), None)
+            (AnyStore::Sqlite(store), Backups::Files(dir.clone()), None)
         }
-        StoreChoice::Kube { namespace, pod } => {
-            let source = control_plane::Source::detect(opts.kubeconfig.clone()).context(
-                "--store kube keeps the fleet on the control-plane cluster: give --kubeconfig, \
-                 set KUBECONFIG, or run in a pod",
-            )?;
-            let client = control_plane::client(&source).await?;
+        Some((client, namespace, pod)) => {
             if let Some(pod) = pod {
                 // A restarted ex-leader must not keep receiving agents while it stands by.
                 skoala_kubestore::pod::unmark(&client, namespace, pod).await?;
@@ -167,6 +167,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 namespace: namespace.clone(),
                 ..KubeOptions::default()
             };
+            let backups = Backups::Secrets(BackupSecrets::new(
+                client.clone(),
+                namespace.clone(),
+                leadership.fence(),
+            ));
             let store = KubeStore::open(client.clone(), options, leadership.fence())
                 .await
                 .with_context(|| format!("loading the fleet from namespace {namespace}"))?;
@@ -176,10 +181,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 namespace: namespace.clone(),
                 pod: pod.clone(),
             };
-            (AnyStore::Kube(store), Some(term))
+            (AnyStore::Kube(store), backups, Some(term))
         }
     };
-    crate::init::record_bootstrap_admin(&store, dir).await?;
+    crate::init::record_bootstrap_admin(&store, pki.admin_yaml.as_deref()).await?;
 
     let sessions = Arc::new(Sessions::default());
     let metrics = Arc::new(Metrics::default());
@@ -202,7 +207,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         helm: opts.helm.clone(),
         kubeconfig,
         helm_timeout: opts.helm_timeout,
-        data_dir: dir.clone(),
+        backups: backups.clone(),
     });
     let control_plane = source.map(control_plane::start);
     let orchestrator = Orchestrator::new(Parts {
@@ -215,6 +220,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             runner,
         }),
         data_dir: dir.clone(),
+        backups: backups.clone(),
         metrics: metrics.clone(),
         clock: clock::from_flag(opts.clock_file.clone()),
         helm_timeout: opts.helm_timeout,
@@ -227,6 +233,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         settings: opts.settings.clone(),
         control_plane,
         data_dir: dir.clone(),
+        backups,
         throttle: Default::default(),
         orchestrator: orchestrator.clone(),
     });

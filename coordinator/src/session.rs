@@ -247,23 +247,17 @@ impl<S: Store> Session<S> {
                     );
                     return self.dropped(quota, Dropped::OverQuota, detail).await;
                 };
-                let (dir, tx, id) = (
-                    ctx.data_dir.clone(),
+                let (backups, tx, id) = (
+                    ctx.backups.clone(),
                     self.tx.clone(),
                     self.cluster_id.clone(),
                 );
                 let keep = ctx.settings.retention.backups_per_release;
                 tokio::spawn(async move {
-                    let stored = tokio::task::spawn_blocking(move || {
-                        let ack = crate::backups::store(&dir, &id, &upload);
-                        crate::backups::prune_release(&dir, &id, &upload.release, keep);
-                        ack
-                    });
-                    let stored = stored.await;
+                    let ack = backups.store(&id, &upload).await;
+                    backups.prune_release(&id, &upload.release, keep).await;
                     drop(permit);
-                    if let Ok(ack) = stored {
-                        let _ = tx.send(Ok(backup_stored(ack))).await;
-                    }
+                    let _ = tx.send(Ok(backup_stored(ack))).await;
                 });
             }
             // An empty message (a newer agent's body this build does not know) is counted and

@@ -11,6 +11,7 @@
 //!   ids, sealing, reads and retention, and the group-committing stream writer;
 //! - [`lease`]: leader election on a Lease, and the fence every write checks (§5.1, §5.3);
 //! - [`pod`]: the leader's label on its own Pod, which the agents' Service selects;
+//! - [`secrets`]: the PKI Secret and values backups as immutable Secrets (files, not records);
 //! - [`store`]: [`store::KubeStore`], the backend of `skoala-store`'s traits on these objects;
 //! - [`write`](mod@write): writes to the API server — one lane per object (at most one request in flight,
 //!   what queues behind it merged into one), served by urgency under one rate budget.
@@ -24,5 +25,6 @@ pub mod crd;
 pub mod lease;
 pub mod log;
 pub mod pod;
+pub mod secrets;
 pub mod store;
 pub mod write;

@@ -92,11 +92,18 @@ impl AdminConfig {
             path: path.display().to_string(),
             source,
         };
-        let text = serde_yaml::to_string(self)
+        let text = self
+            .to_yaml()
             .map_err(|e| write_err(std::io::Error::other(e.to_string())))?;
-        let text = format!(
-            "# skoalactl credential for this fleet (admin certificate and key). Keep it secret.\n{text}"
-        );
         crate::fs::write_private(path, text.as_bytes()).map_err(write_err)
+    }
+
+    /// The text of an `admin.yaml`, as [`AdminConfig::save`] writes it (and as the kube
+    /// store's PKI Secret holds it).
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        let text = serde_yaml::to_string(self)?;
+        Ok(format!(
+            "# skoalactl credential for this fleet (admin certificate and key). Keep it secret.\n{text}"
+        ))
     }
 }

@@ -21,8 +21,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::Input;
 use super::fleet::CONTROL_PLANE;
-use crate::backups;
-use crate::data_dir::DataDir;
+use crate::backups::{self, Backups};
 use crate::sessions::Sessions;
 
 /// How work reaches its target.
@@ -202,7 +201,7 @@ pub struct ControlPlaneRunner {
     /// Bound on one `helm upgrade --wait` (and on its rollback).
     pub helm_timeout: Duration,
     /// Where the control plane's values backups are stored, like an agent's uploads.
-    pub data_dir: DataDir,
+    pub backups: Backups,
 }
 
 impl ControlPlaneRunner {
@@ -259,7 +258,7 @@ impl ControlPlaneRunner {
         };
         // No upgrade without a stored backup: the same rule as for an agent's upload.
         let executor = Executor::new(client, helm).with_backup_upload(backups::local_upload(
-            self.data_dir.clone(),
+            self.backups.clone(),
             CONTROL_PLANE,
             operation_id,
             &spec.release,

@@ -59,6 +59,7 @@ use skoala_plan::{Clock, Plan, Rollout};
 use skoala_proto::v1::agent_message::Body;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::backups::Backups;
 use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
@@ -131,8 +132,10 @@ pub struct Parts<S> {
     pub runner: Option<ControlPlaneRunner>,
     /// Where the loop's work goes ([`dispatch::Dispatcher`]: the sessions and the runner).
     pub dispatch: Arc<dyn Dispatch>,
-    /// Relayed charts and the control plane's backups live there.
+    /// Relayed charts live there.
     pub data_dir: DataDir,
+    /// Where values backups are kept (pruned by the retention sweep).
+    pub backups: Backups,
     /// Executor step durations and task results are counted as they arrive.
     pub metrics: Arc<Metrics>,
     /// "Now" for windows and deadlines (a file in tests, `serve --clock-file`).
@@ -147,6 +150,7 @@ pub struct Orchestrator<S> {
     sessions: Arc<Sessions>,
     control_plane: Option<Arc<ControlPlane>>,
     data_dir: DataDir,
+    backups: Backups,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     /// Bound on one `helm upgrade --wait` in a working cluster.
@@ -195,6 +199,7 @@ impl<S: Store> Orchestrator<S> {
             sessions: parts.sessions,
             control_plane: parts.control_plane,
             data_dir: parts.data_dir,
+            backups: parts.backups,
             metrics: parts.metrics,
             clock: parts.clock,
             helm_timeout: parts.helm_timeout,

@@ -15,7 +15,7 @@
 //!   what refuses its certificate),
 //! - relayed charts the active plan does not use, untouched for [`Retention::charts`],
 //! - values backups beyond the newest [`Retention::backups_per_release`] generations of each
-//!   cluster's release (also right after every upload, [`crate::backups::prune_release`]).
+//!   cluster's release (also right after every upload, [`crate::backups::Backups::prune_release`]).
 //!
 //! docs/operating.md has the defaults, the flags and the disk use they give at 10,000
 //! clusters.
@@ -28,7 +28,7 @@ use skoala_plan::validate::ChartSource;
 
 use super::Orchestrator;
 use crate::clock::{now_ms, now_unix};
-use crate::{backups, relay};
+use crate::relay;
 use skoala_store::{Cutoffs, Store};
 
 /// How long things are kept (`serve --retain-*`, `--keep-backups`).
@@ -103,12 +103,12 @@ impl<S: Store> Orchestrator<S> {
         let older_than = SystemTime::now()
             .checked_sub(r.charts)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let files = tokio::task::spawn_blocking(move || {
-            let charts = in_use.map_or(0, |used| relay::prune(&dir, &used, older_than));
-            (charts, backups::prune(&dir, keep))
+        let charts = tokio::task::spawn_blocking(move || {
+            in_use.map_or(0, |used| relay::prune(&dir, &used, older_than))
         })
-        .await;
-        let (charts, backups) = files.unwrap_or_default();
+        .await
+        .unwrap_or_default();
+        let backups = self.backups.prune(keep).await;
         tracing::info!(
             audit = pruned.audit,
             plan_events = pruned.events,

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::*;
+use crate::backups::Backups;
 use crate::control_plane::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
@@ -256,6 +257,7 @@ impl World {
             runner: None,
             dispatch: recorder.clone(),
             data_dir: DataDir::new(dir.path()),
+            backups: Backups::Files(DataDir::new(dir.path())),
             metrics: Arc::new(Metrics::default()),
             clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
             helm_timeout: Duration::from_secs(60),
@@ -428,6 +430,7 @@ async fn an_agent_may_report_only_on_its_own_operations_in_flight() {
         runner: None,
         dispatch: w.recorder.clone(),
         data_dir: DataDir::new(w.db.parent().expect("dir")),
+        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
         helm_timeout: Duration::from_secs(60),
@@ -587,6 +590,7 @@ async fn a_round_stored_in_part_before_a_crash_is_taken_up_again() {
         runner: None,
         dispatch: w.recorder.clone(),
         data_dir: DataDir::new(w.db.parent().expect("dir")),
+        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
         helm_timeout: Duration::from_secs(60),
