@@ -301,8 +301,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server_ttl: Duration::from_secs(2 * 365 * 86400),
                 admin_ttl,
             };
-            let home = block_on(home.pki_store())?;
-            let done = block_on(init::run_in(&home, &opts))?;
+            // One runtime for both: the kube client's worker task lives on the runtime that
+            // made it.
+            let (home, done) = block_on(async {
+                let home = home.pki_store().await?;
+                let done = init::run_in(&home, &opts).await?;
+                Ok((home, done))
+            })?;
             let place = match &home {
                 PkiStore::DataDir(dir) => dir.root().display().to_string(),
                 PkiStore::Secret { namespace, .. } => format!("namespace {namespace}"),

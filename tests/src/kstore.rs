@@ -508,3 +508,29 @@ mod admission {
         }
     }
 }
+
+/// An emulated control-plane cluster with the fleet's CRDs and the coordinator's namespace
+/// `namespace`, and a client of it.
+pub async fn control_plane(namespace: &str) -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
+    let cluster =
+        skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
+    let client = crate::real::client(cluster.kubeconfig_path()).await?;
+    install_crds(&client).await?;
+    create_namespace(&client, namespace).await?;
+    Ok((cluster, client))
+}
+
+/// Creates the namespace `name`.
+pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}

@@ -14,6 +14,27 @@ use super::ctl::Ctl;
 use super::{die_with_parent, tail};
 use crate::tools::our_bin;
 
+/// Beside the data dir: the operator's copies of `ca.pem` and `admin.yaml` when the PKI is
+/// kept in a Secret ([`CoordinatorOptions::kube_store`]).
+const OPERATOR: &str = "operator";
+
+/// `skoala-coordinator <command> --store kube` on the namespace `namespace` of the cluster of
+/// `kubeconfig` (`init` and `show`). Awaited, not waited for: the emulated cluster it talks to
+/// runs on the test's runtime.
+pub fn kube_pki_command(
+    command: &str,
+    kubeconfig: &Path,
+    namespace: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(our_bin("skoala-coordinator"));
+    cmd.arg(command)
+        .args(["--store", "kube", "--namespace", namespace])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    cmd
+}
+
 /// How long `serve` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -52,6 +73,11 @@ pub struct CoordinatorOptions {
     /// Start `serve` without waiting for its address: a standby on the kube store prints it
     /// only once it leads ([`Coordinator::wait_serving`]).
     pub standby: bool,
+    /// `--store kube --namespace NS` on the control-plane cluster of `kubeconfig`: `init
+    /// --store kube --if-missing` makes (or finds) the PKI Secret there and `serve` keeps the
+    /// fleet, its PKI and its backups there; the data dir holds no CA. The operator's
+    /// `ca.pem` and `admin.yaml` are read with `show --store kube` into the scratch dir.
+    pub kube_store: Option<String>,
 }
 
 /// A coordinator's data dir before it is served: a temporary folder, on a tmpfs of a set
@@ -89,6 +115,57 @@ impl DataDirSetup {
             init.arg("--san").arg(san);
         }
         init.output().context("running skoala-coordinator init")
+    }
+
+    /// `init` as `opts` ask: in the data dir, or with [`CoordinatorOptions::kube_store`] the
+    /// PKI Secret (if missing), whose CA and `admin.yaml` are then copied out for the tests.
+    async fn init_for(&self, opts: &CoordinatorOptions) -> anyhow::Result<()> {
+        let Some(namespace) = &opts.kube_store else {
+            let out = self.init(&opts.sans)?;
+            if !out.status.success() {
+                bail!(
+                    "skoala-coordinator init failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            return Ok(());
+        };
+        let kubeconfig = opts
+            .kubeconfig
+            .as_deref()
+            .context("kube_store needs the control plane's kubeconfig")?;
+        let mut init = kube_pki_command("init", kubeconfig, namespace);
+        init.arg("--if-missing");
+        for san in &opts.sans {
+            init.arg("--san").arg(san);
+        }
+        let out = init
+            .output()
+            .await
+            .context("running skoala-coordinator init")?;
+        if !out.status.success() {
+            bail!(
+                "skoala-coordinator init --store kube failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let operator = self.dir.path().join(OPERATOR);
+        std::fs::create_dir_all(&operator)?;
+        for (what, file) in [("ca", "ca.pem"), ("admin-config", "admin.yaml")] {
+            let out = kube_pki_command("show", kubeconfig, namespace)
+                .arg(what)
+                .output()
+                .await
+                .context("running skoala-coordinator show")?;
+            if !out.status.success() {
+                bail!(
+                    "skoala-coordinator show {what} --store kube failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::fs::write(operator.join(file), out.stdout)?;
+        }
+        Ok(())
     }
 
     /// Gives the tmpfs `bytes` of room (its files stay).
@@ -144,33 +221,24 @@ impl Coordinator {
     /// Init + serve with `opts`.
     pub async fn start_with(opts: CoordinatorOptions) -> anyhow::Result<Self> {
         let setup = DataDirSetup::new(opts.data_dir_bytes)?;
-        let out = setup.init(&opts.sans)?;
-        if !out.status.success() {
-            bail!(
-                "skoala-coordinator init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        setup.init_for(&opts).await?;
         setup.serve(opts).await
     }
 
-    /// A second replica of `leader` on the kube store, with `opts`: a data dir with a copy of
-    /// the leader's files (its CA, server credential and admin config: what replicas share)
-    /// and the leader's address, as a Service in front of both would give agents. Started as
-    /// a standby: it serves only once it leads ([`Coordinator::wait_serving`]).
+    /// A second replica of `leader` on the kube store ([`CoordinatorOptions::kube_store`]),
+    /// with `opts`: a fresh data dir, as on another node (its `init --if-missing` finds the PKI
+    /// Secret the leader's made, which both serve from), and the leader's address, as a
+    /// Service in front of both would give agents. Started as a standby: it serves only once
+    /// it leads ([`Coordinator::wait_serving`]).
     pub async fn standby_of(
         leader: &Coordinator,
         opts: CoordinatorOptions,
     ) -> anyhow::Result<Self> {
-        let setup = DataDirSetup::new(None)?;
-        let (from, to) = (leader.data_dir(), setup.path());
-        std::fs::create_dir_all(&to)?;
-        for entry in std::fs::read_dir(&from)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-            }
+        if opts.kube_store.is_none() {
+            bail!("a standby needs the kube store: set CoordinatorOptions::kube_store");
         }
+        let setup = DataDirSetup::new(None)?;
+        setup.init_for(&opts).await?;
         let mut c = Coordinator {
             _data_mount: None,
             dir: setup.dir,
@@ -234,6 +302,9 @@ impl Coordinator {
         }
         if let Some(c) = &o.clock_file {
             cmd.arg("--clock-file").arg(c);
+        }
+        if let Some(namespace) = &o.kube_store {
+            cmd.args(["--store", "kube", "--namespace", namespace]);
         }
         cmd.args(&o.args);
         if let Some(k) = &o.kubeconfig {
@@ -387,14 +458,23 @@ impl Coordinator {
         self.dir.path().join("data")
     }
 
+    /// Where the operator's files are: the data dir, or on the kube store the copies read
+    /// from the PKI Secret.
+    fn operator_dir(&self) -> PathBuf {
+        match self.opts.kube_store {
+            Some(_) => self.dir.path().join(OPERATOR),
+            None => self.data_dir(),
+        }
+    }
+
     /// The fleet CA certificate (what agents get as `--ca-file`).
     pub fn ca_file(&self) -> PathBuf {
-        self.data_dir().join("ca.pem")
+        self.operator_dir().join("ca.pem")
     }
 
     /// The admin credential written by `init`.
     pub fn admin_config(&self) -> PathBuf {
-        self.data_dir().join("admin.yaml")
+        self.operator_dir().join("admin.yaml")
     }
 
     /// A scratch dir that lives as long as the coordinator (agent logs, extra files).

@@ -63,6 +63,7 @@ mod sim_kube;
 mod sim_validation;
 mod store_kube;
 mod store_kube_plans;
+mod store_kube_secrets;
 mod store_kube_serve;
 mod test_charts_install;
 mod test_charts_repo;

@@ -8,44 +8,22 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
-use kube::core::{DynamicObject, ObjectMeta};
+use kube::core::DynamicObject;
 use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, FLEET_TIMEOUT, Fleet};
-use skoala_e2e::{kstore, real, wait};
+use skoala_e2e::{kstore, wait};
 use skoala_kubestore::crd::Kind;
 use skoala_kubestore::pod;
 
 const NS: &str = "skoala-fleet";
 
-/// An emulated control-plane cluster with the fleet's CRDs and the coordinator's namespace.
-async fn control_plane() -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
-    let cluster =
-        skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
-    let client = real::client(cluster.kubeconfig_path()).await?;
-    kstore::install_crds(&client).await?;
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NS.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok((cluster, client))
-}
-
 fn on_kube(cp: &skoala_sim::Cluster, more: &[&str]) -> CoordinatorOptions {
     CoordinatorOptions {
         metrics: true,
         kubeconfig: Some(cp.kubeconfig_path().to_path_buf()),
-        args: ["--store", "kube", "--namespace", NS]
-            .iter()
-            .chain(more)
-            .map(|s| s.to_string())
-            .collect(),
+        kube_store: Some(NS.to_string()),
+        args: more.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }
@@ -99,7 +77,7 @@ fn ids(clusters: &[serde_json::Value]) -> BTreeSet<String> {
 #[tokio::test]
 async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator() -> anyhow::Result<()>
 {
-    let (cp, client) = control_plane().await?;
+    let (cp, client) = kstore::control_plane(NS).await?;
     let mut fleet = Fleet::start_with(2, on_kube(&cp, &[])).await?;
     let before = ids(&fleet.wait_connected(2).await?);
 
@@ -139,7 +117,7 @@ async fn the_fleet_lives_on_the_api_server_and_survives_a_crashed_coordinator() 
 #[tokio::test]
 async fn a_standby_serves_only_once_the_leader_dies_and_the_agents_follow_it() -> anyhow::Result<()>
 {
-    let (cp, client) = control_plane().await?;
+    let (cp, client) = kstore::control_plane(NS).await?;
     pod(&client, "coordinator-a").await?;
     pod(&client, "coordinator-b").await?;
     let fleet = Fleet::start_with(2, on_kube(&cp, &["--pod-name", "coordinator-a"])).await?;
