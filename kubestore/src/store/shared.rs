@@ -142,7 +142,12 @@ impl Shared {
 
     /// Merge-patches `key` as a write of `class`; returns once stored.
     pub async fn patch(&self, key: Key, class: Class, patch: Value) -> Result<(), StoreError> {
-        let what = format!("writing {} {} ({:?})", key.kind.kind().name(), key.name, key.target);
+        let what = format!(
+            "writing {} {} ({:?})",
+            key.kind.kind().name(),
+            key.name,
+            key.target
+        );
         self.objects
             .write(key, class, patch)
             .await
