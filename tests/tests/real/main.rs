@@ -16,6 +16,7 @@ mod cluster;
 mod coordinator_in_cluster;
 mod crds;
 mod fleet_log;
+mod fleet_secrets;
 mod lease;
 mod mixed_fleet;
 mod rbac;
