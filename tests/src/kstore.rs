@@ -70,6 +70,32 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
 /// coordinator would (its ServiceAccount's rights only).
 pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send + Sync>;
 
+/// An emulated control-plane cluster with the fleet's CRDs and the coordinator's namespace
+/// `namespace`, and a client of it.
+pub async fn control_plane(namespace: &str) -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
+    let cluster =
+        skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
+    let client = crate::real::client(cluster.kubeconfig_path()).await?;
+    install_crds(&client).await?;
+    create_namespace(&client, namespace).await?;
+    Ok((cluster, client))
+}
+
+/// Creates the namespace `name`.
+pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
 /// Where the stores live: an emulated cluster or a real control plane this factory starts
 /// (speaking as admin), or a given API server (speaking as the coordinator's account).
 enum Server {
@@ -129,16 +155,7 @@ impl KubeStores {
             return (account(namespace.clone()).await, namespace);
         }
         let client = self.client().await;
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &ns)
+        create_namespace(&client, &namespace)
             .await
             .expect("create the namespace");
         (client, namespace)
@@ -507,30 +524,4 @@ mod admission {
             }
         }
     }
-}
-
-/// An emulated control-plane cluster with the fleet's CRDs and the coordinator's namespace
-/// `namespace`, and a client of it.
-pub async fn control_plane(namespace: &str) -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
-    let cluster =
-        skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
-    let client = crate::real::client(cluster.kubeconfig_path()).await?;
-    install_crds(&client).await?;
-    create_namespace(&client, namespace).await?;
-    Ok((cluster, client))
-}
-
-/// Creates the namespace `name`.
-pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
 }
