@@ -105,22 +105,8 @@ enum Command {
         /// Kubeconfig of the control-plane cluster (in-cluster config when running in a pod).
         #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
-        /// Where the fleet's state is kept. `sqlite`: `store.db` in the data dir, for one
-        /// replica. `kube`: objects in the coordinator's namespace on the control-plane
-        /// cluster (`kubectl get fleetclusters`), written only by the replica holding the
-        /// `skoala-fleet-leader` Lease; the others wait without serving. On `kube` the CA and
-        /// server credential are read from the Secret skoala-fleet-pki (`init --store kube`)
-        /// and values backups are Secrets; the data dir is only a cache.
-        #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
-        store: StoreArg,
-        /// The coordinator's namespace on the control-plane cluster (`--store kube`).
-        #[arg(
-            long,
-            value_name = "NAME",
-            env = "POD_NAMESPACE",
-            default_value = "skoala-fleet"
-        )]
-        namespace: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// This replica's Pod (`--store kube`; the chart sets it from the downward API): while
         /// it leads, the Pod is labelled `fleet.skoala.io/role=leader`, which the agents'
         /// Service selects. Without it the host name names the replica on the Lease and no
@@ -164,9 +150,23 @@ struct PkiHomeArgs {
     /// The data dir (`--store sqlite`): the CA, certificates, admin.yaml and the store.
     #[arg(long, value_name = "DIR", required_unless_present = "store")]
     data_dir: Option<PathBuf>,
-    /// `sqlite`: the PKI is files in the data dir. `kube`: it is the Secret skoala-fleet-pki
-    /// in `--namespace` on the control-plane cluster, shared by every replica of `serve
-    /// --store kube`.
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Kubeconfig of the control-plane cluster (`--store kube`; in-cluster config when
+    /// running in a pod).
+    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// Where the fleet is kept: `init`, `show` and `serve` take the same two flags.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Where the fleet is kept. `sqlite`: the data dir (`store.db`, the CA and server
+    /// credential, values backups), for one replica. `kube`: the coordinator's namespace on
+    /// the control-plane cluster: the fleet as objects (`kubectl get fleetclusters`), the CA,
+    /// server credential and admin.yaml as the Secret skoala-fleet-pki (`init --store kube`),
+    /// values backups as Secrets; the data dir is only a cache. `serve` writes there only
+    /// while it holds the `skoala-fleet-leader` Lease; the other replicas wait without serving.
     #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
     store: StoreArg,
     /// The coordinator's namespace on the control-plane cluster (`--store kube`).
@@ -177,22 +177,18 @@ struct PkiHomeArgs {
         default_value = "skoala-fleet"
     )]
     namespace: String,
-    /// Kubeconfig of the control-plane cluster (`--store kube`; in-cluster config when
-    /// running in a pod).
-    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
 }
 
 impl PkiHomeArgs {
     async fn pki_store(self) -> anyhow::Result<PkiStore> {
-        match self.store {
+        match self.store.store {
             StoreArg::Sqlite => {
                 let dir = self
                     .data_dir
                     .context("--data-dir is required unless --store kube")?;
                 Ok(PkiStore::DataDir(DataDir::new(dir)))
             }
-            StoreArg::Kube => PkiStore::secret(self.kubeconfig, self.namespace).await,
+            StoreArg::Kube => PkiStore::secret(self.kubeconfig, self.store.namespace).await,
         }
     }
 }
@@ -356,7 +352,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
             kubeconfig,
             store,
-            namespace,
             pod_name,
             cert_ttl,
             ping_interval,
@@ -386,10 +381,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 metrics_listen,
                 kubeconfig,
-                store: match store {
+                store: match store.store {
                     StoreArg::Sqlite => server::StoreChoice::Sqlite,
                     StoreArg::Kube => server::StoreChoice::Kube {
-                        namespace,
+                        namespace: store.namespace,
                         pod: pod_name,
                     },
                 },

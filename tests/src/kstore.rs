@@ -81,6 +81,20 @@ pub async fn control_plane(namespace: &str) -> anyhow::Result<(skoala_sim::Clust
     Ok((cluster, client))
 }
 
+/// An agent's values backup of `skoala-init` at `generation`, uploaded by operation `op-1`,
+/// with the right digest.
+pub fn backup_upload(generation: i32, values: &[u8]) -> skoala_proto::v1::BackupUpload {
+    use sha2::Digest as _;
+    skoala_proto::v1::BackupUpload {
+        operation_id: "op-1".into(),
+        release: "skoala-init".into(),
+        revision: 1,
+        values_yaml: values.to_vec(),
+        sha256: hex::encode(sha2::Sha256::digest(values)),
+        generation,
+    }
+}
+
 /// Creates the namespace `name`.
 pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let ns = Namespace {

@@ -35,6 +35,21 @@ pub fn kube_pki_command(
     cmd
 }
 
+/// Runs `skoala-coordinator <what>`; its stdout, or an error with its stderr.
+async fn succeeded(what: &str, cmd: &mut tokio::process::Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running skoala-coordinator {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "skoala-coordinator {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// How long `serve` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -139,31 +154,14 @@ impl DataDirSetup {
         for san in &opts.sans {
             init.arg("--san").arg(san);
         }
-        let out = init
-            .output()
-            .await
-            .context("running skoala-coordinator init")?;
-        if !out.status.success() {
-            bail!(
-                "skoala-coordinator init --store kube failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        succeeded("init --store kube", &mut init).await?;
         let operator = self.dir.path().join(OPERATOR);
         std::fs::create_dir_all(&operator)?;
         for (what, file) in [("ca", "ca.pem"), ("admin-config", "admin.yaml")] {
-            let out = kube_pki_command("show", kubeconfig, namespace)
-                .arg(what)
-                .output()
-                .await
-                .context("running skoala-coordinator show")?;
-            if !out.status.success() {
-                bail!(
-                    "skoala-coordinator show {what} --store kube failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::fs::write(operator.join(file), out.stdout)?;
+            let mut show = kube_pki_command("show", kubeconfig, namespace);
+            show.arg(what);
+            let printed = succeeded(&format!("show {what} --store kube"), &mut show).await?;
+            std::fs::write(operator.join(file), printed)?;
         }
         Ok(())
     }

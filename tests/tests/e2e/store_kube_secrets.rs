@@ -7,14 +7,12 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
-use sha2::{Digest, Sha256};
 use skoala_coordinator::backups::Backups;
 use skoala_e2e::fleet::coordinator::kube_pki_command;
 use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, h2raw};
 use skoala_e2e::kstore;
 use skoala_kubestore::lease::{self, Config, Elector};
 use skoala_kubestore::secrets::{BackupKey, BackupSecrets, PKI_SECRET, VALUES_KEY};
-use skoala_proto::v1::BackupUpload;
 use skoala_support::admin_config::AdminConfig;
 
 const NS: &str = "skoala-fleet";
@@ -163,18 +161,7 @@ async fn replicas_on_the_kube_store_serve_with_the_one_server_credential_of_the_
     Ok(())
 }
 
-fn upload(generation: i32, values: &[u8]) -> BackupUpload {
-    BackupUpload {
-        operation_id: "op-1".into(),
-        release: "skoala-init".into(),
-        revision: 3,
-        values_yaml: values.to_vec(),
-        sha256: hex::encode(Sha256::digest(values)),
-        generation,
-    }
-}
-
-fn key(cluster: &str, u: &BackupUpload) -> BackupKey {
+fn key(cluster: &str, u: &skoala_proto::v1::BackupUpload) -> BackupKey {
     BackupKey {
         cluster_id: cluster.into(),
         release: u.release.clone(),
@@ -208,7 +195,7 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
         .await?;
     let backups = Backups::Secrets(BackupSecrets::new(client.clone(), NS, leader.fence()));
 
-    let first = upload(2, b"password: s3cret\n");
+    let first = kstore::backup_upload(2, b"password: s3cret\n");
     let ack = backups.store("cluster-a", &first).await;
     assert_eq!(ack.error, "");
     assert_eq!(
@@ -231,7 +218,7 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
     // The same upload again is acknowledged; different bytes under its name are refused, and
     // the refusal does not echo them.
     assert_eq!(backups.store("cluster-a", &first).await.error, "");
-    let other = upload(2, b"password: other\n");
+    let other = kstore::backup_upload(2, b"password: other\n");
     let refused = backups.store("cluster-a", &other).await;
     assert!(
         refused.error.contains("never overwritten"),
@@ -246,7 +233,7 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
     );
 
     // Damaged or unsafe uploads never reach the API server.
-    let mut damaged = upload(5, b"a: 1\n");
+    let mut damaged = kstore::backup_upload(5, b"a: 1\n");
     damaged.values_yaml = b"a: 2\n".to_vec();
     assert!(
         backups
@@ -255,7 +242,7 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
             .error
             .contains("damaged")
     );
-    let mut unsafe_name = upload(5, b"a: 1\n");
+    let mut unsafe_name = kstore::backup_upload(5, b"a: 1\n");
     unsafe_name.release = "../x".into();
     assert!(
         !backups
@@ -276,7 +263,7 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
         ("cluster-a", 3),
         ("cluster-b", 1),
     ] {
-        let u = upload(generation, format!("g: {generation}\n").as_bytes());
+        let u = kstore::backup_upload(generation, format!("g: {generation}\n").as_bytes());
         assert_eq!(backups.store(cluster, &u).await.error, "");
     }
     assert_eq!(
@@ -302,8 +289,10 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
     // A new leader (the first one's node is gone) finds the backup: an agent re-sending it
     // after the failover is acknowledged. The deposed one writes nothing.
     leader.release().await?;
-    let ten = upload(10, b"g: 10\n");
-    let deposed = backups.store("cluster-a", &upload(11, b"g: 11\n")).await;
+    let ten = kstore::backup_upload(10, b"g: 10\n");
+    let deposed = backups
+        .store("cluster-a", &kstore::backup_upload(11, b"g: 11\n"))
+        .await;
     assert!(!deposed.error.is_empty(), "a deposed leader stores nothing");
     let next = Elector::new(client.clone(), Config::new(NS, lease::identity("second")))?
         .acquire()

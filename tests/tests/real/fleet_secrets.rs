@@ -10,13 +10,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use sha2::{Digest, Sha256};
 use skoala_coordinator::backups::Backups;
 use skoala_e2e::fleet::coordinator::kube_pki_command;
-use skoala_e2e::real;
+use skoala_e2e::{kstore, real};
 use skoala_kubestore::lease::{self, Config, Elector};
 use skoala_kubestore::secrets::{BackupKey, BackupSecrets, PKI_SECRET, VALUES_KEY};
-use skoala_proto::v1::BackupUpload;
 
 use crate::lease::{account, coordinator_rules};
 
@@ -32,17 +30,6 @@ fn secret_rules() -> PolicyRule {
             .map(|v| v.to_string())
             .collect(),
         ..Default::default()
-    }
-}
-
-fn upload(generation: i32, values: &[u8]) -> BackupUpload {
-    BackupUpload {
-        operation_id: "op-1".into(),
-        release: "skoala-init".into(),
-        revision: 1,
-        values_yaml: values.to_vec(),
-        sha256: hex::encode(Sha256::digest(values)),
-        generation,
     }
 }
 
@@ -97,14 +84,16 @@ async fn the_pki_and_backups_live_in_secrets_with_only_create_get_list_and_delet
         .acquire()
         .await?;
     let backups = Backups::Secrets(BackupSecrets::new(client.clone(), NS, leader.fence()));
-    let first = upload(1, b"password: s3cret\n");
+    let first = kstore::backup_upload(1, b"password: s3cret\n");
     assert_eq!(backups.store("c1", &first).await.error, "");
     assert_eq!(
         backups.store("c1", &first).await.error,
         "",
         "the same again"
     );
-    let refused = backups.store("c1", &upload(1, b"password: other\n")).await;
+    let refused = backups
+        .store("c1", &kstore::backup_upload(1, b"password: other\n"))
+        .await;
     assert!(
         refused.error.contains("never overwritten"),
         "{}",
@@ -139,7 +128,7 @@ async fn the_pki_and_backups_live_in_secrets_with_only_create_get_list_and_delet
     );
 
     for generation in 2..=4 {
-        let u = upload(generation, format!("g: {generation}\n").as_bytes());
+        let u = kstore::backup_upload(generation, format!("g: {generation}\n").as_bytes());
         assert_eq!(backups.store("c1", &u).await.error, "");
     }
     assert_eq!(backups.prune_release("c1", "skoala-init", 2).await, 2);
