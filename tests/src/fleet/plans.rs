@@ -49,6 +49,9 @@ pub struct PlanFleetOptions {
     /// How long after creation the working clusters' workloads become ready (the emulator's
     /// default otherwise): a longer `helm upgrade --wait`.
     pub worker_readiness_delay: Option<Duration>,
+    /// Keep the fleet on the control-plane cluster (`serve --store kube`, namespace
+    /// [`crate::real::FLEET_NAMESPACE`], the fleet's CRDs installed first).
+    pub kube_store: bool,
 }
 
 impl Default for PlanFleetOptions {
@@ -65,6 +68,7 @@ impl Default for PlanFleetOptions {
             data_dir_bytes: None,
             linked: Vec::new(),
             worker_readiness_delay: None,
+            kube_store: false,
         }
     }
 }
@@ -200,6 +204,14 @@ impl PlanFleet {
             ));
         }
         futures::future::try_join_all(installs).await?;
+        let kube_store = if opts.kube_store {
+            let client = crate::real::client(control_plane.kubeconfig_path()).await?;
+            crate::kstore::install_crds(&client).await?;
+            crate::kstore::create_namespace(&client, crate::real::FLEET_NAMESPACE).await?;
+            Some(crate::real::FLEET_NAMESPACE.to_string())
+        } else {
+            None
+        };
 
         let coordinator = Coordinator::start_with(CoordinatorOptions {
             metrics: true,
@@ -215,6 +227,7 @@ impl PlanFleet {
                 .iter()
                 .map(|(_, _, l)| l.host_ip.to_string())
                 .collect(),
+            kube_store,
             ..Default::default()
         })
         .await?;

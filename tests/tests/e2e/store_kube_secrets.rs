@@ -1,21 +1,27 @@
 //! The kube store's file-like Secrets on an emulated control-plane cluster: the fleet's PKI
 //! (`init --store kube`, `show --store kube`, `serve --store kube` reading it) and values
 //! backups as immutable Secrets, so two replicas on different nodes share one CA and a backup
-//! survives the node of the leader that stored it.
+//! survives the node of the leader that stored it. A plan run on the kube store stores every
+//! agent's upload, and the control plane's own, that way.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use skoala_coordinator::backups::Backups;
 use skoala_e2e::fleet::coordinator::kube_pki_command;
+use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, h2raw};
-use skoala_e2e::kstore;
+use skoala_e2e::{kstore, real};
 use skoala_kubestore::lease::{self, Config, Elector};
 use skoala_kubestore::secrets::{BackupKey, BackupSecrets, PKI_SECRET, VALUES_KEY};
 use skoala_support::admin_config::AdminConfig;
 
-const NS: &str = "skoala-fleet";
+const NS: &str = real::FLEET_NAMESPACE;
+
+/// Bound on one plan in the emulated fleet.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -302,6 +308,44 @@ async fn backups_are_immutable_secrets_never_overwritten_pruned_and_kept_across_
     assert_eq!(
         generations(&client, "cluster-a").await?,
         BTreeSet::from([10])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_on_the_kube_store_keeps_every_values_backup_as_a_secret_and_none_on_disk()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let applied = pf.apply(&pf.plan_yaml("up", "0.19.2", "")).await?;
+    assert!(applied.success, "apply: {}", applied.stderr);
+    pf.wait_phase("up", &["succeeded"], PLAN_TIMEOUT).await?;
+
+    // Each agent's upload, and the coordinator's own for the control plane, before each
+    // upgrade: one backup of generation 1 per cluster.
+    let client = real::client(pf.control_plane.kubeconfig_path()).await?;
+    let stored = secrets(&client, "fleet.skoala.io/kind=backup").await?;
+    let mut releases = BTreeSet::new();
+    for s in &stored {
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations["fleet.skoala.io/generation"], "1");
+        let values = &s.data.clone().unwrap_or_default()[VALUES_KEY].0;
+        serde_yaml::from_slice::<serde_yaml::Value>(values)?;
+        releases.insert(labels["fleet.skoala.io/release"].clone());
+    }
+    assert_eq!(stored.len(), 3, "a backup per cluster: {stored:?}");
+    assert_eq!(
+        releases,
+        BTreeSet::from(["skoala".to_string(), "skoala-init".to_string()])
+    );
+    assert!(
+        !pf.fleet.coordinator.data_dir().join("backups").exists(),
+        "no backup in the data dir on --store kube"
     );
     Ok(())
 }
