@@ -49,7 +49,13 @@ pub struct PlanFleetOptions {
     /// How long after creation the working clusters' workloads become ready (the emulator's
     /// default otherwise): a longer `helm upgrade --wait`.
     pub worker_readiness_delay: Option<Duration>,
+    /// Keep the fleet on the control-plane cluster (`serve --store kube`, namespace
+    /// [`KUBE_STORE_NAMESPACE`]), with the fleet's CRDs installed there first.
+    pub kube_store: bool,
 }
+
+/// The coordinator's namespace on the control-plane cluster with [`PlanFleetOptions::kube_store`].
+pub const KUBE_STORE_NAMESPACE: &str = "skoala-fleet";
 
 impl Default for PlanFleetOptions {
     fn default() -> Self {
@@ -65,6 +71,7 @@ impl Default for PlanFleetOptions {
             data_dir_bytes: None,
             linked: Vec::new(),
             worker_readiness_delay: None,
+            kube_store: false,
         }
     }
 }
@@ -201,13 +208,21 @@ impl PlanFleet {
         }
         futures::future::try_join_all(installs).await?;
 
+        let mut coordinator_args = opts.coordinator_args.clone();
+        if opts.kube_store {
+            let client = crate::real::client(control_plane.kubeconfig_path()).await?;
+            crate::kstore::install_crds(&client).await?;
+            crate::kstore::create_namespace(&client, KUBE_STORE_NAMESPACE).await?;
+            coordinator_args
+                .extend(["--store", "kube", "--namespace", KUBE_STORE_NAMESPACE].map(String::from));
+        }
         let coordinator = Coordinator::start_with(CoordinatorOptions {
             metrics: true,
             kubeconfig: Some(control_plane.kubeconfig_path().to_path_buf()),
             helm: Some(tool("helm")),
             helm_timeout: Some(opts.helm_timeout.clone()),
             clock_file: opts.clock.as_ref().map(|_| clock_file.clone()),
-            args: opts.coordinator_args.clone(),
+            args: coordinator_args,
             data_dir_bytes: opts.data_dir_bytes,
             // Linked agents dial the host end of their link.
             listen_ip: (!links.is_empty()).then_some(std::net::Ipv4Addr::UNSPECIFIED.into()),

@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
-use kube::core::{DynamicObject, ObjectMeta};
+use kube::core::DynamicObject;
 use skoala_e2e::fleet::{Coordinator, CoordinatorOptions, FLEET_TIMEOUT, Fleet};
 use skoala_e2e::{kstore, real, wait};
 use skoala_kubestore::crd::Kind;
@@ -24,16 +24,7 @@ async fn control_plane() -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> 
         skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
     let client = real::client(cluster.kubeconfig_path()).await?;
     kstore::install_crds(&client).await?;
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NS.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
+    kstore::create_namespace(&client, NS).await?;
     Ok((cluster, client))
 }
 
