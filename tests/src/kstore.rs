@@ -66,6 +66,21 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Creates namespace `name`.
+pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
 /// Makes namespace `ns` on a given API server and returns a client that speaks there as the
 /// coordinator would (its ServiceAccount's rights only).
 pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send + Sync>;
@@ -93,21 +108,6 @@ pub fn backup_upload(generation: i32, values: &[u8]) -> skoala_proto::v1::Backup
         sha256: hex::encode(sha2::Sha256::digest(values)),
         generation,
     }
-}
-
-/// Creates the namespace `name`.
-pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
 }
 
 /// Where the stores live: an emulated cluster or a real control plane this factory starts

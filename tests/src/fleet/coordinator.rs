@@ -389,6 +389,11 @@ impl Coordinator {
         }
     }
 
+    /// The options it was started with.
+    pub fn options(&self) -> &CoordinatorOptions {
+        &self.opts
+    }
+
     /// SIGKILL: no shutdown path runs, exactly like a crash or an OOM kill.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

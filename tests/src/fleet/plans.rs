@@ -50,9 +50,12 @@ pub struct PlanFleetOptions {
     /// default otherwise): a longer `helm upgrade --wait`.
     pub worker_readiness_delay: Option<Duration>,
     /// Keep the fleet on the control-plane cluster (`serve --store kube`, namespace
-    /// [`crate::real::FLEET_NAMESPACE`], the fleet's CRDs installed first).
+    /// [`KUBE_STORE_NAMESPACE`]), with the fleet's CRDs installed there first.
     pub kube_store: bool,
 }
+
+/// The coordinator's namespace on the control-plane cluster with [`PlanFleetOptions::kube_store`].
+pub const KUBE_STORE_NAMESPACE: &str = "skoala-fleet";
 
 impl Default for PlanFleetOptions {
     fn default() -> Self {
@@ -204,15 +207,15 @@ impl PlanFleet {
             ));
         }
         futures::future::try_join_all(installs).await?;
+
         let kube_store = if opts.kube_store {
             let client = crate::real::client(control_plane.kubeconfig_path()).await?;
             crate::kstore::install_crds(&client).await?;
-            crate::kstore::create_namespace(&client, crate::real::FLEET_NAMESPACE).await?;
-            Some(crate::real::FLEET_NAMESPACE.to_string())
+            crate::kstore::create_namespace(&client, KUBE_STORE_NAMESPACE).await?;
+            Some(KUBE_STORE_NAMESPACE.to_string())
         } else {
             None
         };
-
         let coordinator = Coordinator::start_with(CoordinatorOptions {
             metrics: true,
             kubeconfig: Some(control_plane.kubeconfig_path().to_path_buf()),

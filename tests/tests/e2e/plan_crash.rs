@@ -1,9 +1,11 @@
 //! SIGKILL the coordinator in the middle of a plan and start it again: the plan completes from
 //! its persisted rollout, and `helm history` proves every release was upgraded exactly once
-//! (a re-sent task is recognised by its operation id, never run twice).
+//! (a re-sent task is recognised by its operation id, never run twice). On the kube store, the
+//! plan is finished by the standby replica instead.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use skoala_e2e::fleet::Coordinator;
 use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
 use skoala_e2e::wait;
 
@@ -53,5 +55,80 @@ async fn a_killed_coordinator_finishes_the_plan_upgrading_each_release_once() ->
     }
     let skew = pf.ctl().run(&["skew"]).await?;
     assert!(skew.success, "{}", skew.stdout);
+    Ok(())
+}
+
+/// The same on the kube store with two replicas: the leader is SIGKILLed mid-rollout, the
+/// standby (started beforehand, waiting for the Lease) leads, loads the rollout from the API
+/// server and finishes the plan; every release is upgraded exactly once. The time from the kill
+/// to the plan moving again is printed (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_kube_store_the_standby_finishes_a_killed_leaders_plan_upgrading_each_release_once()
+-> anyhow::Result<()> {
+    let mut pf = PlanFleet::start(PlanFleetOptions {
+        workers: 4,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let standby_opts = pf.fleet.coordinator.options().clone();
+    let mut standby = Coordinator::standby_of(&pf.fleet.coordinator, standby_opts).await?;
+    let yaml = pf.plan_yaml(
+        "failover",
+        "0.19.2",
+        "strategy: {canary: 1, maxConcurrency: 1}",
+    );
+    let applied = pf.apply(&yaml).await?;
+    assert!(applied.success, "apply: {}", applied.stderr);
+    let progress = |p: &serde_json::Value| -> Option<(usize, usize)> {
+        let t = p["targets"].as_array()?;
+        let state = |s: &str| t.iter().filter(|t| t["state"] == s).count();
+        Some((state("succeeded"), state("running")))
+    };
+    let before = wait::until(
+        "a worker upgraded and another sent",
+        PLAN_TIMEOUT,
+        || async {
+            let p = pf.plan("failover").await.ok()?;
+            progress(&p).filter(|(done, running)| *done >= 2 && *running >= 1)
+        },
+    )
+    .await?;
+    assert!(
+        standby.log().contains("waiting to lead") && !standby.log().contains("leading"),
+        "the standby waits while the leader lives:\n{}",
+        standby.log()
+    );
+
+    pf.fleet.coordinator.kill();
+    let killed = Instant::now();
+    standby.wait_serving(PLAN_TIMEOUT).await?;
+    let serving = killed.elapsed();
+    // From here on, skoalactl and the agents reach the new leader (same address).
+    let old = std::mem::replace(&mut pf.fleet.coordinator, standby);
+    wait::until("the plan to move again", PLAN_TIMEOUT, || async {
+        let p = pf.plan("failover").await.ok()?;
+        progress(&p).filter(|(done, _)| *done > before.0)
+    })
+    .await?;
+    let moving = killed.elapsed();
+    eprintln!(
+        "failover mid-rollout: the standby served {serving:?} after the kill, the plan moved \
+         again {moving:?} after it"
+    );
+
+    let plan = pf
+        .wait_phase("failover", &["succeeded"], PLAN_TIMEOUT)
+        .await?;
+    for t in plan["targets"].as_array().expect("targets") {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+        assert_eq!(t["attempts"], 1, "{t:#}");
+    }
+    for name in ["control-plane", "work-1", "work-2", "work-3", "work-4"] {
+        let h = pf.history(name).await?;
+        assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
+        assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
+    }
+    drop(old);
     Ok(())
 }
