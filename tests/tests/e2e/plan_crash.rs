@@ -3,11 +3,15 @@
 //! (a re-sent task is recognised by its operation id, never run twice). On the kube store, the
 //! plan is finished by the standby replica instead.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+
 use skoala_e2e::fleet::Coordinator;
-use skoala_e2e::fleet::plans::{PlanFleet, PlanFleetOptions, PlanView};
-use skoala_e2e::wait;
+use skoala_e2e::fleet::plans::{KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::{real, wait};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -129,6 +133,29 @@ async fn on_the_kube_store_the_standby_finishes_a_killed_leaders_plan_upgrading_
         assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
         assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
     }
+    // No backup lost: each release's values were saved before its one upgrade, those taken
+    // under the dead leader included, as Secrets on the control-plane cluster.
+    let client = real::client(pf.control_plane.kubeconfig_path()).await?;
+    let backups: Api<Secret> = Api::namespaced(client, KUBE_STORE_NAMESPACE);
+    let stored = backups
+        .list(&ListParams::default().labels("fleet.skoala.io/kind=backup"))
+        .await?
+        .items;
+    let clusters: BTreeSet<String> = stored
+        .iter()
+        .filter_map(|s| {
+            s.metadata
+                .labels
+                .as_ref()?
+                .get("fleet.skoala.io/cluster")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        (stored.len(), clusters.len()),
+        (5, 5),
+        "one backup per upgraded release, the control plane's and each worker's: {clusters:?}"
+    );
     drop(old);
     Ok(())
 }
