@@ -29,7 +29,7 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 
 /// The coordinator's rights on the fleet's objects, as the chart's Role on the kube store
 /// grants them (§5.8), and its Lease's.
-fn store_rules() -> Vec<PolicyRule> {
+pub(crate) fn store_rules() -> Vec<PolicyRule> {
     let (clusters, plans) = (Kind::FleetCluster.plural(), Kind::UpgradePlan.plural());
     let mut rules = vec![
         rule(
