@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use skoala_e2e::kstore::{self, KubeStores};
-use skoala_e2e::real;
+use skoala_e2e::kstore;
 use skoala_store::conformance::Factory;
 
 use crate::crds::{cells, cluster_with_crds};
-use crate::lease::account;
-use crate::store_conformance::store_rules;
+use crate::store_conformance::coordinators_stores;
 
 /// The cell of `table` (as [`cells`] gives it) in the row named `name`, column `header`.
 fn cell<'a>(table: &'a str, name: &str, header: &str) -> &'a str {
@@ -29,19 +27,7 @@ fn cell<'a>(table: &'a str, name: &str, header: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_shows_the_progress_and_versions_the_store_wrote() -> anyhow::Result<()> {
     let cluster = Arc::new(cluster_with_crds("store-columns").await?);
-    let server = Arc::clone(&cluster);
-    let stores = KubeStores::given(Box::new(move |ns| {
-        let cluster = Arc::clone(&server);
-        Box::pin(async move {
-            real::namespace(&cluster, &ns, &[])
-                .await
-                .expect("the store's namespace");
-            let kubeconfig = account(&cluster, &ns, "coordinator", store_rules())
-                .await
-                .expect("the coordinator's ServiceAccount");
-            real::client(&kubeconfig).await.expect("a client")
-        })
-    }));
+    let stores = coordinators_stores(&cluster);
     let store = stores.fresh().await;
     kstore::a_rollout_awaiting_approval(&store).await?;
     let ns = store.namespace().to_string();

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use skoala_plan::rollout::Progress;
 use skoala_plan::{RolloutHead, TargetPhase};
@@ -57,14 +58,14 @@ pub(super) fn fields(
     // The highest stage a target started in; a progress the plan crate cannot read started
     // nothing it could name.
     let stage = entries()
-        .filter_map(|e| serde_json::from_value::<Progress>(e.progress.clone()).ok())
+        .filter_map(|e| Progress::deserialize(&e.progress).ok())
         .filter_map(|p| p.stage)
         .max();
     let mut out = Map::new();
     out.insert("counts".into(), json!(counts));
     out.insert("stage".into(), json!(stage));
     let mut unread = None;
-    match head.map(|h| serde_json::from_value::<RolloutHead>(h.clone())) {
+    match head.map(RolloutHead::deserialize) {
         None => {
             out.insert("phase".into(), Value::Null);
             out.insert("waiting".into(), Value::Null);
