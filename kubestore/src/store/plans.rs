@@ -228,6 +228,7 @@ impl Plans {
             .await
             .map_err(|e| api_error("listing upgrade plans", e))?;
         let mut plans = BTreeMap::new();
+        let mut shown = HashMap::new();
         for object in objects.items {
             let Some(name) = object.metadata.name.clone() else {
                 continue;
@@ -236,6 +237,7 @@ impl Plans {
                 continue;
             }
             let status = object.status.clone().unwrap_or_default();
+            shown.insert(name.clone(), display::stored(&status));
             let created_ms = status
                 .accepted
                 .as_ref()
@@ -278,6 +280,7 @@ impl Plans {
                 Arc::clone(&shared),
                 Arc::clone(&state),
                 Arc::clone(&writing),
+                shown,
             ),
             shared,
             writing,

@@ -21,7 +21,7 @@ use skoala_plan::{RolloutHead, TargetPhase};
 use tokio::time::Instant;
 
 use super::{State, plan_key};
-use crate::crd::{ClusterPlan, Counts};
+use crate::crd::{ClusterPlan, Counts, UpgradePlanStatus};
 use crate::store::shared::Shared;
 use crate::write::Class;
 
@@ -79,6 +79,17 @@ pub(super) fn fields(
     (Value::Object(out), unread)
 }
 
+/// The display fields `status` holds, as [`fields`] spells them: a leader that takes over
+/// writes them again only when they differ.
+pub(super) fn stored(status: &UpgradePlanStatus) -> Value {
+    json!({
+        "counts": status.counts,
+        "stage": status.stage,
+        "phase": status.phase.map(|p| p.as_str()),
+        "waiting": (!status.waiting.is_empty()).then_some(&status.waiting),
+    })
+}
+
 /// Per plan: what its display fields hold, and when the last write of them alone went.
 #[derive(Default)]
 struct Shown {
@@ -102,16 +113,28 @@ pub(super) struct Shows {
 }
 
 impl Shows {
+    /// `stored`: each plan's display fields as loaded ([`stored`]).
     pub fn new(
         shared: Arc<Shared>,
         state: Arc<Mutex<State>>,
         writing: Arc<tokio::sync::Mutex<()>>,
+        stored: HashMap<String, Value>,
     ) -> Self {
+        let plans = stored
+            .into_iter()
+            .map(|(plan, fields)| {
+                let shown = Shown {
+                    written: Some(fields),
+                    ..Shown::default()
+                };
+                (plan, shown)
+            })
+            .collect();
         Shows {
             shared,
             state,
             writing,
-            plans: Arc::default(),
+            plans: Arc::new(Mutex::new(plans)),
         }
     }
 
@@ -222,5 +245,93 @@ impl Shows {
             }
             at = now + INTERVAL;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skoala_plan::rollout::{Phase, Progress, TargetState};
+
+    use super::*;
+
+    fn entry(plan: &str, state: TargetState, stage: Option<u32>) -> ClusterPlan {
+        ClusterPlan {
+            plan: plan.into(),
+            order: 0,
+            state: TargetPhase::from(&state),
+            progress: json!(Progress {
+                state,
+                attempts: 1,
+                stage,
+            }),
+        }
+    }
+
+    fn head(phase: Phase) -> Value {
+        json!(RolloutHead {
+            plan: "p".into(),
+            phase,
+            control_plane: Progress {
+                state: TargetState::Pending,
+                attempts: 0,
+                stage: None,
+            },
+            approved: vec![],
+            failures_acknowledged: 0,
+            enrolled_once: true,
+            rollback_ignores_windows: false,
+            next_order: 2,
+        })
+    }
+
+    /// What a new leader loads compares equal to what it computes from the same store, so a
+    /// takeover writes no display that did not change.
+    #[test]
+    fn the_fields_read_back_from_a_status_are_the_fields_that_were_written() {
+        let clusters: HashMap<String, Vec<ClusterPlan>> = [
+            (
+                "w1".to_string(),
+                vec![entry(
+                    "p",
+                    TargetState::Succeeded {
+                        revision_before: None,
+                    },
+                    Some(1),
+                )],
+            ),
+            (
+                "w2".to_string(),
+                vec![
+                    entry("p", TargetState::Pending, None),
+                    entry("other", TargetState::Reverted, Some(3)),
+                ],
+            ),
+        ]
+        .into();
+        for phase in [
+            Some(head(Phase::AwaitingApproval { stage: 2 })),
+            Some(head(Phase::Workers)),
+            None,
+        ] {
+            let (written, unread) = fields("p", phase.as_ref(), &clusters);
+            assert!(unread.is_none());
+            // A merge patch's `null` deletes the field.
+            let mut applied = written.clone();
+            applied.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            let status: UpgradePlanStatus = serde_json::from_value(applied).unwrap();
+            assert_eq!(stored(&status), written, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_the_plan_crate_cannot_read_leaves_its_fields_out() {
+        let (written, unread) = fields("p", Some(&json!({"phase": "later"})), &HashMap::new());
+        assert!(unread.is_some());
+        assert_eq!(
+            written
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["counts".to_string(), "stage".to_string()])
+        );
     }
 }
