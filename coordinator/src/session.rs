@@ -27,6 +27,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::clock::{now_ms, now_unix};
 use crate::context::Context;
+use crate::orchestrator::fleet::release_summary;
 use crate::quota::{Dropped, Limits, Quota, Strike};
 use crate::relay;
 use skoala_store::{CertRecord, ClusterState, Identity, Store};
@@ -170,6 +171,7 @@ impl<S: Store> Session<S> {
                     agent_version: hello.agent_version,
                     helm_version: hello.helm_version,
                     inventory: encode_inventory(&inventory),
+                    release: release_summary(&inventory),
                 };
                 self.persist(state).await;
             }
@@ -392,6 +394,7 @@ impl<S: Store> Session<S> {
             });
         let state = ClusterState {
             inventory: encode_inventory(&inventory),
+            release: release_summary(&inventory),
             ..self.stored.clone()
         };
         self.persist(state).await;

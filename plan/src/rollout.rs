@@ -300,6 +300,30 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         self.kind().is_terminal()
     }
+
+    /// Why the plan stopped or fell short (paused, degraded, failed), as the phase records it.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Phase::Paused { reason, .. }
+            | Phase::Degraded { reason }
+            | Phase::Failed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// What an operator must do for the plan to go on, in words; the one spelling every surface
+    /// (the admin API, the event log, an `UpgradePlan`'s `status.waiting`) shows.
+    pub fn awaiting(&self) -> Option<String> {
+        match self {
+            Phase::AwaitingApproval { stage: 0 } => {
+                Some("approve the canaries: skoalactl plan approve".into())
+            }
+            Phase::AwaitingApproval { stage } => {
+                Some(format!("approve wave {stage}: skoalactl plan approve"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Why an operator's verb does not apply to the rollout as it is.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use skoala_plan::TargetPhase;
+use skoala_plan::{ReleaseStatus, TargetPhase};
 
 /// A join token, as stored: only the SHA-256 of the secret, never the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,22 @@ pub struct ClusterState {
     /// The `skoala.fleet.v1.Inventory` message, protobuf-encoded (the store does not need to
     /// understand it, and protobuf keeps it forward compatible).
     pub inventory: Vec<u8>,
+    /// The fleet's release in that inventory, summarised by the coordinator (which reads
+    /// protobuf) for stores that show it without decoding the inventory; `None`: the inventory
+    /// has no such release.
+    pub release: Option<ReleaseSummary>,
+}
+
+/// The fleet's release in a cluster (`skoala-init`) as the cluster's last inventory shows it:
+/// what `kubectl get fleetclusters` prints (design §2.2 *Clusters*).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReleaseSummary {
+    /// Its chart version.
+    pub chart_version: String,
+    /// Helm's status of its current revision.
+    pub status: ReleaseStatus,
+    /// Its current revision.
+    pub revision: i32,
 }
 
 /// A certificate the CA issued to an agent.

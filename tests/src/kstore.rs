@@ -18,12 +18,17 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::{DynamicObject, ObjectMeta};
-use skoala_kubestore::crd::{self, Kind};
+use skoala_kubestore::crd::{self, Kind, UpgradePlan};
 use skoala_kubestore::lease::{self, Config, Elector, Leadership, Timing};
 use skoala_kubestore::store::{KubeStore, Options};
+use skoala_plan::rollout::Progress;
+use skoala_plan::{ReleaseStatus, TargetPhase, TargetState};
 use skoala_store::conformance::{Factory, Refusal};
 use skoala_store::fixtures::{registration, token};
-use skoala_store::{AuditLog, CertRecord, Cutoffs, IdentityStore, NewAudit, Retention};
+use skoala_store::{
+    AuditLog, CertRecord, ClusterState, Cutoffs, IdentityStore, NewAudit, PlanRecord, PlanStore,
+    ReleaseSummary, Retention, RolloutRecord, RolloutWrite, TargetRecord,
+};
 use tokio::sync::OnceCell;
 
 /// Short Lease durations, so a restart in a test takes over at once (the old leader released
@@ -538,4 +543,124 @@ mod admission {
             }
         }
     }
+}
+
+/// A head whose phase is `phase`, its control plane upgraded, as the orchestrator writes it.
+pub fn head(plan: &str, phase: skoala_plan::Phase, next_order: u32) -> String {
+    let head = skoala_plan::RolloutHead {
+        plan: plan.into(),
+        phase,
+        control_plane: progress(TargetState::Succeeded {
+            revision_before: Some(3),
+        }),
+        approved: vec![0],
+        failures_acknowledged: 0,
+        enrolled_once: true,
+        rollback_ignores_windows: false,
+        next_order,
+    };
+    serde_json::to_string(&head).expect("a head serializes")
+}
+
+fn progress(state: TargetState) -> Progress {
+    let started = !matches!(state, TargetState::Pending);
+    Progress {
+        state,
+        attempts: u32::from(started),
+        stage: started.then_some(0),
+    }
+}
+
+/// Target `order` of a plan: `cluster` in `state`, started in the canary stage unless pending.
+pub fn target(cluster: &str, order: u32, state: TargetState) -> TargetRecord {
+    TargetRecord {
+        cluster_id: cluster.into(),
+        order,
+        phase: TargetPhase::from(&state),
+        progress: serde_json::to_string(&progress(state)).expect("a progress serializes"),
+    }
+}
+
+/// The plan [`a_rollout_awaiting_approval`] stores.
+pub const SHOWN_PLAN: &str = "skoala-0-20-0";
+
+/// Stores through `store` what a rollout of plan [`SHOWN_PLAN`] (version 0.20.0) leaves after
+/// its canaries: registered cluster `w1` upgraded (its inventory showing release 0.20.0,
+/// `deployed`, revision 5), `w2` failed, `w3` not started, and the plan awaiting approval of
+/// wave 1. Returns once the plan's status shows the three targets: what
+/// `kubectl get upgradeplans,fleetclusters` then prints is the store's to show.
+pub async fn a_rollout_awaiting_approval(store: &KubeStore) -> anyhow::Result<()> {
+    let t = token(1);
+    store.insert_token(t.clone()).await?;
+    store.register(registration(&t, "w1", "01")).await?;
+    let state = ClusterState {
+        agent_version: "0.2.0".into(),
+        helm_version: "v4.0.0".into(),
+        inventory: vec![1, 2, 3],
+        release: Some(ReleaseSummary {
+            chart_version: "0.20.0".into(),
+            status: ReleaseStatus::Deployed,
+            revision: 5,
+        }),
+    };
+    store.set_cluster_state("w1".into(), state).await?;
+    let plan = PlanRecord {
+        name: SHOWN_PLAN.into(),
+        document: format!(
+            "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {SHOWN_PLAN}}}\nspec: {{version: 0.20.0}}\n"
+        ),
+        rollout: RolloutRecord {
+            head: head(SHOWN_PLAN, skoala_plan::Phase::Workers, 3),
+            targets: vec![
+                target("w1", 0, TargetState::Pending),
+                target("w2", 1, TargetState::Pending),
+                target("w3", 2, TargetState::Pending),
+            ],
+        },
+        active: true,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+    };
+    store.put_plan(plan, Vec::new()).await?;
+    store
+        .save_rollout(RolloutWrite {
+            plan: SHOWN_PLAN.into(),
+            head: Some(head(
+                SHOWN_PLAN,
+                skoala_plan::Phase::AwaitingApproval { stage: 1 },
+                3,
+            )),
+            targets: vec![
+                target(
+                    "w1",
+                    0,
+                    TargetState::Succeeded {
+                        revision_before: Some(4),
+                    },
+                ),
+                target(
+                    "w2",
+                    1,
+                    TargetState::Failed {
+                        message: "the hook timed out".into(),
+                    },
+                ),
+            ],
+            events: Vec::new(),
+        })
+        .await?;
+    let plans: Api<UpgradePlan> = Kind::UpgradePlan.api(store.client().clone(), store.namespace());
+    crate::wait::until(
+        "the plan's status to count its targets",
+        Duration::from_secs(30),
+        || {
+            let plans = plans.clone();
+            async move {
+                let status = plans.get(SHOWN_PLAN).await.ok()?.status?;
+                let counts = status.counts?;
+                (counts.succeeded == 1 && counts.failed == 1 && counts.pending == 1).then_some(())
+            }
+        },
+    )
+    .await
 }

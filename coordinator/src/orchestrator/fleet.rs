@@ -12,7 +12,7 @@ use skoala_proto::v1::{Inventory, ReleaseInventory};
 
 use crate::control_plane::ControlPlane;
 use crate::sessions::Sessions;
-use skoala_store::{Store, StoreError};
+use skoala_store::{ReleaseSummary, Store, StoreError};
 
 /// The id the control plane has in plans and events.
 pub const CONTROL_PLANE: &str = skoala_plan::Target::CONTROL_PLANE;
@@ -61,19 +61,36 @@ impl Snapshot {
     }
 }
 
-fn release_state(releases: &[ReleaseInventory], profile: &ReleaseProfile) -> Option<ReleaseState> {
+/// The release `profile` names among `releases`.
+fn find<'a>(
+    releases: &'a [ReleaseInventory],
+    profile: &ReleaseProfile,
+) -> Option<&'a ReleaseInventory> {
     releases
         .iter()
         .find(|r| r.release == profile.release && r.namespace == profile.namespace)
-        .map(|r| ReleaseState {
-            chart_version: r.chart_version.clone(),
-            status: r.status.as_str().into(),
-            image_tags: r
-                .image_tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        })
+}
+
+/// A working cluster's `skoala-init` as its inventory shows it, for the store to show without
+/// decoding the inventory.
+pub fn release_summary(inventory: &Inventory) -> Option<ReleaseSummary> {
+    find(&inventory.releases, &SKOALA.worker).map(|r| ReleaseSummary {
+        chart_version: r.chart_version.clone(),
+        status: r.status.as_str().into(),
+        revision: r.revision,
+    })
+}
+
+fn release_state(releases: &[ReleaseInventory], profile: &ReleaseProfile) -> Option<ReleaseState> {
+    find(releases, profile).map(|r| ReleaseState {
+        chart_version: r.chart_version.clone(),
+        status: r.status.as_str().into(),
+        image_tags: r
+            .image_tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
 }
 
 /// Where the fleet view is read from: the store's rows, the live sessions and the control

@@ -11,18 +11,10 @@ use skoala_store::{PlanEventRecord, PlanRecord};
 
 /// A phase's short name and its reason (empty when it has none).
 pub fn phase(p: &Phase) -> (&'static str, String) {
-    let reason = match p {
-        Phase::AwaitingApproval { stage: 0 } => {
-            "approve the canaries: skoalactl plan approve".into()
-        }
-        Phase::AwaitingApproval { stage } => {
-            format!("approve wave {stage}: skoalactl plan approve")
-        }
-        Phase::Paused { reason, .. } | Phase::Degraded { reason } | Phase::Failed { reason } => {
-            reason.clone()
-        }
-        _ => String::new(),
-    };
+    let reason = p
+        .awaiting()
+        .or_else(|| p.reason().map(str::to_string))
+        .unwrap_or_default();
     (p.as_str(), reason)
 }
 

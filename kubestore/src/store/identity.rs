@@ -33,7 +33,7 @@ use skoala_store::{
 };
 
 use super::shared::{Key, KindKey, Shared, Target, api_error, list_all};
-use crate::crd::{self, Agent, CertificateRecord, FleetCluster, FleetClusterSpec, Kind};
+use crate::crd::{self, Agent, CertificateRecord, FleetCluster, FleetClusterSpec, Kind, Release};
 use crate::write::{Class, diff};
 
 mod cache;
@@ -479,6 +479,11 @@ impl Identities {
             };
             c.status.agent = (agent != Agent::default()).then_some(agent);
             c.status.inventory = (!s.inventory.is_empty()).then(|| BASE64.encode(&s.inventory));
+            c.status.release = s.release.map(|r| Release {
+                chart_version: r.chart_version,
+                status: r.status,
+                revision: r.revision,
+            });
         })
         .await?;
         Ok(())

@@ -39,6 +39,7 @@ use super::shared::{Key, KindKey, Shared, Target, api_error};
 use crate::crd::{self, ClusterPlan, FleetCluster, History, Kind, UpgradePlan};
 use crate::write::Class;
 
+mod display;
 mod events;
 
 /// The fleet's pointer object (design §2.1).
@@ -57,10 +58,12 @@ pub(super) struct Plans {
     shared: Arc<Shared>,
     /// Held by every write of this part, from the copy it computes from until it is stored
     /// (or undone): two writes computing from the same copy would undo each other.
-    writing: tokio::sync::Mutex<()>,
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// What is stored, as this leader wrote or loaded it.
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     events: events::EventLog,
+    /// The printer columns' fields of each plan's status.
+    shows: display::Shows,
 }
 
 #[derive(Default)]
@@ -189,6 +192,13 @@ fn history_deltas(events: &[PlanEventRecord]) -> BTreeMap<String, History> {
     out
 }
 
+/// `into` with the top-level fields of `fields` set: both are JSON objects.
+fn merge(into: &mut Value, fields: &Value) {
+    if let (Some(into), Some(fields)) = (into.as_object_mut(), fields.as_object()) {
+        into.extend(fields.clone());
+    }
+}
+
 fn history_value(h: &History) -> Value {
     serde_json::to_value(h).expect("history serializes")
 }
@@ -218,6 +228,7 @@ impl Plans {
             .await
             .map_err(|e| api_error("listing upgrade plans", e))?;
         let mut plans = BTreeMap::new();
+        let mut shown = HashMap::new();
         for object in objects.items {
             let Some(name) = object.metadata.name.clone() else {
                 continue;
@@ -226,6 +237,7 @@ impl Plans {
                 continue;
             }
             let status = object.status.clone().unwrap_or_default();
+            shown.insert(name.clone(), display::stored(&status));
             let created_ms = status
                 .accepted
                 .as_ref()
@@ -256,15 +268,23 @@ impl Plans {
             .collect();
         let segments = events::list(&shared).await?;
         let events = events::EventLog::load(&shared, &segments).await?;
+        let writing = Arc::new(tokio::sync::Mutex::new(()));
+        let state = Arc::new(Mutex::new(State {
+            plans,
+            registry,
+            active: active.filter(|a| !a.is_empty()),
+            clusters,
+        }));
         Ok(Plans {
+            shows: display::Shows::new(
+                Arc::clone(&shared),
+                Arc::clone(&state),
+                Arc::clone(&writing),
+                shown,
+            ),
             shared,
-            writing: tokio::sync::Mutex::new(()),
-            state: Mutex::new(State {
-                plans,
-                registry,
-                active: active.filter(|a| !a.is_empty()),
-                clusters,
-            }),
+            writing,
+            state,
             events,
         })
     }
@@ -312,10 +332,12 @@ impl Plans {
                 if let Some(previous) = previous.filter(|p| *p != plan.name) {
                     self.show_inactive(&previous).await;
                 }
+                self.shows.follow(&plan.name);
                 Ok(last)
             }
             Err(e) => {
                 self.undo(done).await;
+                self.shows.follow(&plan.name);
                 Err(e)
             }
         }
@@ -360,7 +382,8 @@ impl Plans {
                 plan.name, plan.created_ms
             ))
         })?;
-        let status = json!({
+        let shown = self.shows.riding(&plan.name, head.as_ref());
+        let mut status = json!({
             "accepted": {
                 "generation": object.metadata.generation.unwrap_or(1),
                 "at": accepted_at,
@@ -369,6 +392,7 @@ impl Plans {
             "rollout": head,
             "history": history_value(&history),
         });
+        merge(&mut status, &shown);
         self.shared
             .patch(
                 plan_key(&plan.name),
@@ -376,6 +400,7 @@ impl Plans {
                 json!({ "status": status }),
             )
             .await?;
+        self.shows.rode(&plan.name, shown);
         if let Some(p) = &previous {
             done.push(Done::PlanStatus {
                 name: plan.name.clone(),
@@ -708,10 +733,12 @@ impl Plans {
                 if let Some(p) = self.state.lock().expect("lock").plans.get_mut(&write.plan) {
                     p.updated_ms = now_ms();
                 }
+                self.shows.follow(&write.plan);
                 Ok(last)
             }
             Err(e) => {
                 self.undo(done).await;
+                self.shows.follow(&write.plan);
                 Err(e)
             }
         }
@@ -742,11 +769,15 @@ impl Plans {
                 after.history.upgrade_millis += d.upgrade_millis;
             }
             let mut status = json!({ "history": history_value(&after.history) });
+            let mut shown = None;
             if name == plan
                 && let Some(h) = &head
             {
                 after.head = h.clone();
                 status["rollout"] = json!(h);
+                let fields = self.shows.riding(name, h.as_ref());
+                merge(&mut status, &fields);
+                shown = Some(fields);
             }
             let class = if head.is_some() && name == plan {
                 Class::Gating
@@ -756,6 +787,9 @@ impl Plans {
             self.shared
                 .patch(plan_key(name), class, json!({ "status": status }))
                 .await?;
+            if let Some(fields) = shown {
+                self.shows.rode(name, fields);
+            }
             done.push(Done::PlanStatus {
                 name: name.to_string(),
                 before: json!({

@@ -5,8 +5,9 @@ use super::Factory;
 use crate::fixtures::{registration, token};
 use crate::{
     AdminRecord, ClusterState, Cutoffs, Identity, IdentityStore, RETRY_GRACE_SECS, RegisterError,
-    Registered, Retention,
+    Registered, ReleaseSummary, Retention,
 };
+use skoala_plan::ReleaseStatus;
 
 /// A token admits as many clusters as it has uses, and what a registration spent and recorded
 /// survives a restart.
@@ -541,15 +542,18 @@ pub async fn clusters_version_moves_on_identity_changes_and_not_on_state<F: Fact
     moved(&store, "allowing a rejoin");
 
     let still = store.clusters_version();
+    let state = ClusterState {
+        agent_version: "0.2.0".into(),
+        helm_version: "v3".into(),
+        inventory: vec![1, 2, 3],
+        release: Some(ReleaseSummary {
+            chart_version: "0.20.0".into(),
+            status: ReleaseStatus::PendingUpgrade,
+            revision: 7,
+        }),
+    };
     store
-        .set_cluster_state(
-            "c1".into(),
-            ClusterState {
-                agent_version: "0.2.0".into(),
-                helm_version: "v3".into(),
-                inventory: vec![1, 2, 3],
-            },
-        )
+        .set_cluster_state("c1".into(), state.clone())
         .await
         .expect("state");
     store
@@ -572,7 +576,7 @@ pub async fn clusters_version_moves_on_identity_changes_and_not_on_state<F: Fact
         "a state, a proposal or a first use changes nothing the fleet view shows"
     );
     let c1 = store.cluster("c1".into()).await.expect("get").expect("c1");
-    assert_eq!(c1.state.inventory, [1, 2, 3], "the state was written");
+    assert_eq!(c1.state, state, "the state was written whole");
 
     store
         .revoke_cluster("c1".into(), 1_100)

@@ -144,6 +144,14 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE json_valid(rollout) AND json_type(rollout, '$.workers') = 'array';
     ALTER TABLE plans RENAME COLUMN rollout TO head;
     "#,
+    // 9: the fleet's release in each cluster as its inventory last showed it
+    // (`ClusterState::release`); a cluster has one iff `release_status` is not NULL. Clusters
+    // stored before have none until their agent reports again.
+    r#"
+    ALTER TABLE clusters ADD COLUMN release_chart_version TEXT;
+    ALTER TABLE clusters ADD COLUMN release_status TEXT;
+    ALTER TABLE clusters ADD COLUMN release_revision INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -20,8 +20,8 @@ use skoala_support::time::now_ms;
 use crate::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
     Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
-    RETRY_GRACE_SECS, RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError,
-    TokenRecord,
+    RETRY_GRACE_SECS, RegisterError, Registered, Registration, ReleaseSummary, Retention,
+    RolloutWrite, StoreError, TokenRecord,
 };
 
 mod migrations;
@@ -97,9 +97,12 @@ const TOKEN_COLUMNS: &str =
 const CLUSTER_COLUMNS: &str = "id, name, labels_json, registered_unix, revoked_unix, agent_version, \
      helm_version, inventory, cert_serial, cert_not_after_unix";
 
-/// What a read of a cluster selects: [`CLUSTER_COLUMNS`] and the proposal.
+/// What a read of a cluster selects: [`CLUSTER_COLUMNS`], the proposal and the release.
 fn cluster_select() -> String {
-    format!("{CLUSTER_COLUMNS}, proposed_name, proposed_labels_json")
+    format!(
+        "{CLUSTER_COLUMNS}, proposed_name, proposed_labels_json, release_chart_version, \
+         release_status, release_revision"
+    )
 }
 
 /// The labels stored as JSON in column `i`.
@@ -121,6 +124,14 @@ fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
         }),
         None => None,
     };
+    let release = match r.get::<_, Option<String>>(13)? {
+        Some(status) => Some(ReleaseSummary {
+            chart_version: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+            status: status.into(),
+            revision: r.get::<_, Option<i32>>(14)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
     Ok(ClusterRecord {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -132,6 +143,7 @@ fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
             agent_version: r.get(5)?,
             helm_version: r.get(6)?,
             inventory: r.get(7)?,
+            release,
         },
         cert_serial: r.get(8)?,
         cert_not_after_unix: r.get(9)?,
@@ -488,8 +500,18 @@ impl IdentityStore for SqliteStore {
     async fn set_cluster_state(&self, id: String, s: ClusterState) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
-                "UPDATE clusters SET agent_version = ?2, helm_version = ?3, inventory = ?4 WHERE id = ?1",
-                params![id, s.agent_version, s.helm_version, s.inventory],
+                "UPDATE clusters SET agent_version = ?2, helm_version = ?3, inventory = ?4, \
+                 release_chart_version = ?5, release_status = ?6, release_revision = ?7 \
+                 WHERE id = ?1",
+                params![
+                    id,
+                    s.agent_version,
+                    s.helm_version,
+                    s.inventory,
+                    s.release.as_ref().map(|r| r.chart_version.as_str()),
+                    s.release.as_ref().map(|r| r.status.as_str()),
+                    s.release.as_ref().map(|r| r.revision),
+                ],
             )?;
             Ok(())
         })

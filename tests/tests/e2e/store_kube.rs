@@ -211,6 +211,7 @@ async fn identity_writes_leave_a_clusters_plan_entries_alone() {
         agent_version: "0.2.0".into(),
         helm_version: "v3".into(),
         inventory: vec![1, 2, 3],
+        release: None,
     };
     store
         .set_cluster_state("c1".into(), state)

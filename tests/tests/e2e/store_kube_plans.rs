@@ -1,18 +1,25 @@
 //! What the kube store keeps beyond the contract for plans: where each part of a plan lives on
 //! the API server (design §2.2, §4), which `kubectl` users and the chart's printer columns
-//! read, the five plans a cluster keeps, event ids across plans and restarts, and retention of
-//! whole segments.
+//! read, the five plans a cluster keeps, event ids across plans and restarts, retention of
+//! whole segments, and the status fields the printer columns show (a plan's phase, stage,
+//! counts and what it waits for; a cluster's release), written without a write per target.
 
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams};
-use skoala_e2e::kstore::KubeStores;
-use skoala_kubestore::crd::{FleetCluster, FleetLog, Kind, UpgradePlan};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use skoala_e2e::kstore::{self, KubeStores};
+use skoala_e2e::wait;
+use skoala_kubestore::crd::{
+    Counts, FleetCluster, FleetLog, Kind, Release, UpgradePlan, UpgradePlanStatus,
+};
 use skoala_kubestore::store::KubeStore;
-use skoala_plan::TargetPhase;
+use skoala_plan::{Phase, PhaseKind, ReleaseStatus, TargetPhase, TargetState};
 use skoala_store::conformance::Factory;
 use skoala_store::{
-    Cutoffs, PlanEventRecord, PlanRecord, PlanStore, Retention, RolloutRecord, RolloutWrite,
-    TargetRecord,
+    Cutoffs, IdentityStore, PlanEventRecord, PlanRecord, PlanStore, Retention, RolloutRecord,
+    RolloutWrite, TargetRecord,
 };
 
 fn api<K>(store: &KubeStore, kind: Kind) -> Api<K>
@@ -219,5 +226,170 @@ async fn retention_deletes_a_finished_plans_sealed_segments_and_keeps_the_active
         logs.iter()
             .all(|l| l.spec.plan.as_deref() == Some("running")),
         "the finished plan's segment is gone from the server"
+    );
+}
+
+/// The plan [`kstore::a_rollout_awaiting_approval`] stored, as the API server holds it.
+async fn shown(store: &KubeStore) -> UpgradePlanStatus {
+    let plan: UpgradePlan = api(store, Kind::UpgradePlan)
+        .get(kstore::SHOWN_PLAN)
+        .await
+        .expect("the plan");
+    plan.status.expect("its status")
+}
+
+#[tokio::test]
+async fn a_plans_status_shows_its_heads_phase_the_stage_started_its_targets_counts_and_what_it_waits_for()
+ {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    kstore::a_rollout_awaiting_approval(&store)
+        .await
+        .expect("the rollout");
+
+    let status = shown(&store).await;
+    assert_eq!(status.phase, Some(PhaseKind::AwaitingApproval));
+    assert_eq!(status.stage, Some(0), "the canaries started");
+    assert_eq!(
+        status.counts,
+        Some(Counts {
+            total: 3,
+            pending: 1,
+            succeeded: 1,
+            failed: 1,
+            ..Counts::default()
+        })
+    );
+    assert_eq!(status.waiting, "approve wave 1: skoalactl plan approve");
+
+    let release = Release {
+        chart_version: "0.20.0".into(),
+        status: ReleaseStatus::Deployed,
+        revision: 5,
+    };
+    let cluster: FleetCluster = api(&store, Kind::FleetCluster).get("w1").await.expect("w1");
+    assert_eq!(cluster.status.expect("status").release, Some(release));
+    let again = f.reopen(store).await;
+    let w1 = again.cluster("w1".into()).await.expect("w1").expect("w1");
+    assert_eq!(
+        w1.state
+            .release
+            .map(|r| (r.chart_version, r.status, r.revision)),
+        Some(("0.20.0".into(), ReleaseStatus::Deployed, 5)),
+        "read back from status.release"
+    );
+}
+
+#[tokio::test]
+async fn a_head_the_plan_crate_cannot_read_leaves_the_phase_as_it_was_while_the_counts_follow() {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    kstore::a_rollout_awaiting_approval(&store)
+        .await
+        .expect("the rollout");
+    store
+        .save_rollout(RolloutWrite {
+            plan: kstore::SHOWN_PLAN.into(),
+            head: Some("{\"phase\":\"fromTheFuture\"}".into()),
+            targets: vec![kstore::target(
+                "w3",
+                2,
+                TargetState::Succeeded {
+                    revision_before: None,
+                },
+            )],
+            events: vec![],
+        })
+        .await
+        .expect("write");
+    let status = wait::until(
+        "the counts to follow the targets",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move {
+                let status = shown(&store).await;
+                (status.counts.as_ref()?.succeeded == 2).then_some(status)
+            }
+        },
+    )
+    .await
+    .expect("the counts");
+    assert_eq!(status.phase, Some(PhaseKind::AwaitingApproval));
+    assert_eq!(status.waiting, "approve wave 1: skoalactl plan approve");
+}
+
+#[tokio::test]
+async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_per_target() {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    let ids: Vec<String> = (0..12).map(|n| format!("w{n}")).collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut plan = record("p", &names);
+    plan.rollout.head = kstore::head("p", Phase::Workers, 12);
+    store.put_plan(plan, vec![]).await.expect("plan");
+    let plans: Api<UpgradePlan> = api(&store, Kind::UpgradePlan);
+    let counted = |succeeded: u32| {
+        let plans = plans.clone();
+        async move {
+            let plan = plans.get("p").await.ok()?;
+            let counts = plan.status.as_ref()?.counts.as_ref()?;
+            (counts.total == 12 && counts.succeeded == succeeded)
+                .then(|| plan.metadata.resource_version.clone())
+                .flatten()
+        }
+    };
+    let version = wait::until("the targets to be counted", Duration::from_secs(30), || {
+        counted(0)
+    })
+    .await
+    .expect("counted");
+
+    let mut changes = plans
+        .watch(&WatchParams::default(), &version)
+        .await
+        .expect("a watch")
+        .boxed();
+    let started = Instant::now();
+    for (order, id) in ids.iter().enumerate() {
+        let done = kstore::target(
+            id,
+            order as u32,
+            TargetState::Succeeded {
+                revision_before: Some(1),
+            },
+        );
+        store
+            .save_rollout(RolloutWrite {
+                plan: "p".into(),
+                head: None,
+                targets: vec![done],
+                events: vec![],
+            })
+            .await
+            .expect("a result");
+    }
+    wait::until(
+        "every result to be counted",
+        Duration::from_secs(30),
+        || counted(12),
+    )
+    .await
+    .expect("counted");
+    let elapsed = started.elapsed();
+    let mut writes = 0;
+    while let Some(change) = changes.next().await {
+        if let WatchEvent::Modified(plan) = change.expect("a change") {
+            writes += 1;
+            if plan.status.and_then(|s| s.counts).map(|c| c.succeeded) == Some(12) {
+                break;
+            }
+        }
+    }
+    let allowed = 2 + (elapsed.as_secs_f64() / 2.0).ceil() as usize;
+    assert!(
+        writes <= allowed && writes < ids.len(),
+        "{writes} writes of the plan in {elapsed:?} for {} results",
+        ids.len()
     );
 }

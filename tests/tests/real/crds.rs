@@ -297,7 +297,7 @@ async fn an_accepted_plans_spec_and_a_sealed_segment_cannot_change_and_status_mo
 
 /// `kubectl get` output as cells (split at the header's column starts, where kubectl's
 /// tabwriter aligns them), relative times masked, one ` | `-joined line per row.
-fn cells(table: &str) -> String {
+pub(crate) fn cells(table: &str) -> String {
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
     let starts: Vec<usize> = header

@@ -21,5 +21,6 @@ mod lease;
 mod mixed_fleet;
 mod rbac;
 mod sim_parity;
+mod store_columns;
 mod store_conformance;
 mod store_kube;

@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use skoala_e2e::kstore::{self, KubeStores};
 use skoala_e2e::real;
 use skoala_kubestore::crd::{self, Kind};
+use skoala_realkube::RealCluster;
 use skoala_store::conformance as contract;
 
 use crate::crds::cluster_with_crds;
@@ -66,12 +67,11 @@ fn store_rules() -> Vec<PolicyRule> {
     rules
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_service_account()
--> anyhow::Result<()> {
-    let cluster = Arc::new(cluster_with_crds("store").await?);
-    let server = Arc::clone(&cluster);
-    let stores = KubeStores::given(Box::new(move |ns| {
+/// Stores on `cluster`, each in a namespace of its own, speaking as the coordinator's
+/// ServiceAccount with only [`store_rules`].
+pub(crate) fn coordinators_stores(cluster: &Arc<RealCluster>) -> KubeStores {
+    let server = Arc::clone(cluster);
+    KubeStores::given(Box::new(move |ns| {
         let cluster = Arc::clone(&server);
         Box::pin(async move {
             real::namespace(&cluster, &ns, &[])
@@ -82,7 +82,14 @@ async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_serv
                 .expect("the coordinator's ServiceAccount");
             real::client(&kubeconfig).await.expect("a client")
         })
-    }));
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_service_account()
+-> anyhow::Result<()> {
+    let cluster = Arc::new(cluster_with_crds("store").await?);
+    let stores = coordinators_stores(&cluster);
 
     contract::tokens_are_used_up_and_survive_reopen(&stores).await;
     contract::the_same_cluster_may_retry_with_its_own_token(&stores).await;

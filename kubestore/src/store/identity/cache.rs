@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use jiff::Timestamp;
-use skoala_store::{AdminRecord, CertRecord, ClusterRecord, ClusterState, Identity, TokenRecord};
+use skoala_store::{
+    AdminRecord, CertRecord, ClusterRecord, ClusterState, Identity, ReleaseSummary, TokenRecord,
+};
 
 use super::secrets::{Admin, Token};
 use crate::crd::{
@@ -88,6 +90,11 @@ impl Cluster {
                     .as_deref()
                     .and_then(|b| BASE64.decode(b).ok())
                     .unwrap_or_default(),
+                release: s.release.as_ref().map(|r| ReleaseSummary {
+                    chart_version: r.chart_version.clone(),
+                    status: r.status.clone(),
+                    revision: r.revision,
+                }),
             },
             cert_serial: self.current().map(|c| c.serial.clone()).unwrap_or_default(),
             cert_not_after_unix: self.cert_not_after_unix(),
