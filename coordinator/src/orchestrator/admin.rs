@@ -156,11 +156,7 @@ impl<S: Store> Orchestrator<S> {
             message: done,
             ..Default::default()
         };
-        let before = std::mem::replace(&mut active.rollout, rollout);
-        if let Err(e) = self.persist(active, vec![event]).await {
-            active.rollout = before;
-            return Err(e.into());
-        }
+        self.commit(active, rollout, vec![event]).await?;
         tracing::info!(plan = name, verb = verb.as_str(), "plan transition");
         drop(st);
         self.poke();
@@ -170,6 +166,22 @@ impl<S: Store> Orchestrator<S> {
         // approval's fan-out waited for the reply (BENCHMARKS.md).
         tokio::task::yield_now().await;
         self.status(name).await
+    }
+
+    /// Makes `rollout` the active plan's once it is stored with `events`: a failed write
+    /// changes nothing.
+    pub(super) async fn commit(
+        &self,
+        active: &mut Active,
+        rollout: Rollout,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<()> {
+        let before = std::mem::replace(&mut active.rollout, rollout);
+        if let Err(e) = self.persist(active, events).await {
+            active.rollout = before;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     async fn not_active(&self, name: &str) -> Error {

@@ -1,0 +1,185 @@
+//! Plans from `kubectl apply` and GitOps tools (design §4.4–§4.5), on the kube store: the
+//! leader reads every `UpgradePlan` in its namespace and
+//!
+//! - accepts an object that is not a stored plan through the same path as `skoalactl plan
+//!   apply` (validation, selection, skew unless `fleet.skoala.io/force: "true"`, charts), or
+//!   writes why not into its status (`Accepted=False`), not retried until its spec changes;
+//!   an object waits while another plan runs, and is tried again when it finished;
+//! - applies the control annotations of the active plan (`paused`, `resume`,
+//!   `approved-stage`, `abort`, `rollback`) through the orchestrator's transitions, storing
+//!   what it handled in `status.control`.
+//!
+//! The objects are listed every [`INTERVAL`] rather than watched: one list of a handful of
+//! plans is cheap, and a list also re-evaluates a pre-approval after the plan reached its
+//! stage, which a watch on the object alone would not.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skoala_kubestore::store::{KubeStore, PlanObject, Refusal};
+use skoala_plan::control;
+use skoala_store::StoreError;
+
+use crate::context::Context;
+use crate::orchestrator::Error;
+use crate::store::AnyStore;
+
+/// How often the plan objects are read.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// Who the audit log names for what an object asked.
+const ACTOR: &str = "kubernetes";
+
+/// Runs while the process leads: the store refuses writes once the term ended, and the
+/// process exits then.
+pub async fn run(ctx: Arc<Context<AnyStore>>, store: KubeStore) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Refused annotations already logged: evaluated every tick, logged once.
+    let mut logged = HashSet::new();
+    loop {
+        tick.tick().await;
+        if let Err(e) = reconcile(&ctx, &store, &mut logged).await {
+            tracing::warn!(error = %e, "cannot read the UpgradePlan objects; trying again");
+        }
+    }
+}
+
+async fn reconcile(
+    ctx: &Context<AnyStore>,
+    store: &KubeStore,
+    logged: &mut HashSet<(String, String)>,
+) -> Result<(), StoreError> {
+    for object in store.plan_objects().await? {
+        if object.deleting {
+            continue;
+        }
+        if store.is_stored_plan(&object.name) {
+            control(ctx, store, &object, logged).await;
+        } else {
+            accept(ctx, store, &object).await;
+        }
+    }
+    Ok(())
+}
+
+/// The condition reason of a refused apply (design §4.5).
+fn reason(e: &Error) -> &'static str {
+    match e {
+        Error::Document(_) | Error::Invalid(_) | Error::Immutable(_) => "InvalidSpec",
+        Error::NothingSelected => "NothingSelected",
+        Error::Skewed { .. } => "Skewed",
+        Error::Helm { .. } | Error::Charts(_) => "ChartsUnavailable",
+        Error::NoControlPlane => "NoControlPlane",
+        _ => "Refused",
+    }
+}
+
+/// Accepts `object` as a plan, or records why not.
+async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject) {
+    if object.refused_generation == Some(object.generation) {
+        return;
+    }
+    let refusal = if store.is_registered_plan(&object.name) {
+        Refusal {
+            reason: "NameReused",
+            message: format!(
+                "plan names are never reused: a plan named {} was accepted and deleted before; \
+                 give this plan a new name",
+                object.name
+            ),
+        }
+    } else {
+        let text = match &object.document {
+            Ok(text) => text,
+            Err(message) => {
+                return refuse(store, object, "InvalidSpec", message.clone()).await;
+            }
+        };
+        let force = match control::force(&object.annotations) {
+            Ok(force) => force,
+            Err(e) => return refuse(store, object, "InvalidSpec", e.to_string()).await,
+        };
+        if let Some(active) = ctx.orchestrator.running().await {
+            tracing::debug!(plan = %object.name, %active, "plan object queued behind the active plan");
+            return;
+        }
+        match ctx.orchestrator.apply(text, force).await {
+            Ok(status) => {
+                let forced = if force { " (forced)" } else { "" };
+                ctx.audit(
+                    "plan.applied",
+                    "",
+                    ACTOR,
+                    format!("plan {} to {}{forced}", status.name, status.version),
+                )
+                .await;
+                return;
+            }
+            // Busy: another apply won the race; queued. Store: tried again next time.
+            Err(e @ (Error::Busy { .. } | Error::Store(_))) => {
+                tracing::info!(plan = %object.name, error = %e, "plan object not applied yet");
+                return;
+            }
+            Err(e) => Refusal {
+                reason: reason(&e),
+                message: e.to_string(),
+            },
+        }
+    };
+    refuse(store, object, refusal.reason, refusal.message).await;
+}
+
+async fn refuse(store: &KubeStore, object: &PlanObject, reason: &'static str, message: String) {
+    tracing::warn!(plan = %object.name, generation = object.generation, reason, %message, "plan object refused");
+    let refusal = Refusal { reason, message };
+    if let Err(e) = store
+        .refuse_plan_object(&object.name, object.generation, &refusal)
+        .await
+    {
+        tracing::warn!(plan = %object.name, error = %e, "cannot record the refusal in the plan's status");
+    }
+}
+
+/// Applies the control annotations of `object`, a stored plan, when it is the active one.
+async fn control(
+    ctx: &Context<AnyStore>,
+    store: &KubeStore,
+    object: &PlanObject,
+    logged: &mut HashSet<(String, String)>,
+) {
+    let done = match ctx
+        .orchestrator
+        .control(&object.name, &object.annotations, &object.observed)
+        .await
+    {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(plan = %object.name, error = %e, "cannot apply the plan's annotations; trying again");
+            return;
+        }
+    };
+    for kind in &done.applied {
+        ctx.audit(
+            kind,
+            "",
+            ACTOR,
+            format!("plan {} by its annotations", object.name),
+        )
+        .await;
+    }
+    for refused in done.refused {
+        if logged.insert((object.name.clone(), refused.clone())) {
+            tracing::warn!(plan = %object.name, %refused, "plan annotation refused");
+        }
+    }
+    if done.observed != object.observed
+        && let Err(e) = store
+            .observe_plan_control(&object.name, &done.observed)
+            .await
+    {
+        tracing::warn!(plan = %object.name, error = %e, "cannot store the handled annotations");
+    }
+}

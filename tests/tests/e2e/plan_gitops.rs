@@ -1,0 +1,153 @@
+//! Plans as objects on the kube store (design §4.4–§4.5): `kubectl apply -f plan.yaml` starts
+//! a plan as `skoalactl plan apply` does, its annotations pause and resume it, and an object
+//! the plan crate refuses gets the reason in its status while nothing runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use skoala_e2e::fleet::plans::{KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::sim::kubectl;
+use skoala_e2e::wait;
+
+const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `kubectl apply -f` of `yaml` in the coordinator's namespace.
+async fn kubectl_apply(pf: &PlanFleet, yaml: &str) -> anyhow::Result<()> {
+    let path = pf.plan_file(yaml)?;
+    let path = path.to_str().expect("utf-8 path");
+    kubectl(
+        pf.control_plane.kubeconfig_path(),
+        &["apply", "-n", KUBE_STORE_NAMESPACE, "-f", path],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The `UpgradePlan` object `name` as the API server holds it.
+async fn object(kubeconfig: &Path, name: &str) -> anyhow::Result<Value> {
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "upgradeplans.fleet.skoala.io",
+            name,
+            "-n",
+            KUBE_STORE_NAMESPACE,
+            "-o",
+            "json",
+        ],
+    )
+    .await?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `yaml` with `annotations` under its `metadata`.
+fn annotated(yaml: &str, annotations: &str) -> String {
+    yaml.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    {annotations}\n"),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_applied_with_kubectl_pauses_by_annotation_resumes_when_it_is_lifted_and_succeeds()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 3,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "gitops",
+        "0.19.2",
+        "strategy: {canary: 1, maxConcurrency: 1}",
+    );
+    kubectl_apply(&pf, &annotated(&yaml, "fleet.skoala.io/paused: \"true\"")).await?;
+    let paused = pf.wait_phase("gitops", &["paused"], PLAN_TIMEOUT).await?;
+    assert!(
+        paused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fleet.skoala.io/paused")),
+        "{paused:#}"
+    );
+
+    kubectl(
+        pf.control_plane.kubeconfig_path(),
+        &[
+            "annotate",
+            "--overwrite",
+            "-n",
+            KUBE_STORE_NAMESPACE,
+            "upgradeplans.fleet.skoala.io",
+            "gitops",
+            "fleet.skoala.io/paused=false",
+        ],
+    )
+    .await?;
+    let plan = pf
+        .wait_phase("gitops", &["succeeded"], PLAN_TIMEOUT)
+        .await?;
+    for t in plan["targets"].as_array().expect("targets") {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+    }
+    let events = pf
+        .ctl()
+        .ok(&["events", "--plan", "gitops", "-o", "json"])
+        .await?;
+    let events = events
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in ["plan.applied", "plan.paused", "plan.resumed"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let audit = pf.ctl().run(&["audit"]).await?;
+    assert!(
+        audit.stdout.contains("kubernetes"),
+        "the audit log names the actor:\n{}",
+        audit.stdout
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_plan_object_is_refused_in_its_status_and_nothing_runs() -> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 1,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml("typo", "0.19.2", "maxConcurency: 1");
+    kubectl_apply(&pf, &yaml).await?;
+    let kubeconfig = pf.control_plane.kubeconfig_path();
+    let condition = wait::until("the refusal in the status", PLAN_TIMEOUT, || async {
+        let o = object(kubeconfig, "typo").await.ok()?;
+        let c = o["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Accepted")?
+            .clone();
+        Some(c)
+    })
+    .await?;
+    assert_eq!(condition["status"], "False", "{condition:#}");
+    assert_eq!(condition["reason"], "InvalidSpec", "{condition:#}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maxConcurency")),
+        "the message names the field: {condition:#}"
+    );
+    let get = pf.ctl().run(&["plan", "get", "typo"]).await?;
+    assert!(!get.success, "no plan is stored: {}", get.stdout);
+    for name in ["control-plane", "work-1"] {
+        let h = pf.history(name).await?;
+        assert_eq!(h.len(), 1, "{name} was not upgraded: {h:#?}");
+    }
+    Ok(())
+}
