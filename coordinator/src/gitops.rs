@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_kubestore::store::{KubeStore, PlanObject, Refusal};
+use skoala_kubestore::store::{Judgement, KubeStore, PlanObject, Refusal};
 use skoala_plan::control;
 use skoala_store::StoreError;
 
@@ -78,7 +78,11 @@ fn reason(e: &Error) -> &'static str {
 
 /// Accepts `object` as a plan, or records why not.
 async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject) {
-    if object.refused_generation == Some(object.generation) {
+    let judged = object
+        .verdict
+        .as_ref()
+        .filter(|v| v.generation == Some(object.generation));
+    if judged.is_some_and(|v| v.accepted == Some(false)) {
         return;
     }
     let refusal = if store.is_registered_plan(&object.name) {
@@ -101,8 +105,11 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
             Ok(force) => force,
             Err(e) => return refuse(store, object, "InvalidSpec", e.to_string()).await,
         };
-        if let Some(active) = ctx.orchestrator.running().await {
-            tracing::debug!(plan = %object.name, %active, "plan object queued behind the active plan");
+        if let Some(behind) = ctx.orchestrator.running().await {
+            if judged.is_none_or(|v| v.reason != "Queued") {
+                tracing::info!(plan = %object.name, %behind, "plan object queued behind the active plan");
+                judge(store, object, Judgement::Queued { behind }).await;
+            }
             return;
         }
         match ctx.orchestrator.apply(text, force).await {
@@ -115,7 +122,7 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
                     format!("plan {} to {}{forced}", status.name, status.version),
                 )
                 .await;
-                return;
+                return judge(store, object, Judgement::Accepted).await;
             }
             // Busy: another apply won the race; queued. Store: tried again next time.
             Err(e @ (Error::Busy { .. } | Error::Store(_))) => {
@@ -133,12 +140,22 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
 
 async fn refuse(store: &KubeStore, object: &PlanObject, reason: &'static str, message: String) {
     tracing::warn!(plan = %object.name, generation = object.generation, reason, %message, "plan object refused");
-    let refusal = Refusal { reason, message };
+    judge(
+        store,
+        object,
+        Judgement::Refused(Refusal { reason, message }),
+    )
+    .await;
+}
+
+/// Writes `judgement` into the object's status; a failure is logged: a refusal not recorded
+/// is judged again next time, and the rest is only shown.
+async fn judge(store: &KubeStore, object: &PlanObject, judgement: Judgement) {
     if let Err(e) = store
-        .refuse_plan_object(&object.name, object.generation, &refusal)
+        .judge_plan_object(&object.name, object.generation, &judgement)
         .await
     {
-        tracing::warn!(plan = %object.name, error = %e, "cannot record the refusal in the plan's status");
+        tracing::warn!(plan = %object.name, error = %e, "cannot record the decision in the plan's status");
     }
 }
 

@@ -27,11 +27,36 @@ pub struct PlanObject {
     /// The plan document it holds, as `skoalactl plan apply -f` would send it, or why it holds
     /// none (a field the plan crate does not know, a wrong type).
     pub document: Result<String, String>,
-    /// The generation a refusal was written for (`Accepted=False`): not retried until the
-    /// spec moves past it.
-    pub refused_generation: Option<i64>,
+    /// The `Accepted` condition the leader wrote, if any.
+    pub verdict: Option<Verdict>,
     /// `status.control`: the control annotations the leader handled last.
     pub observed: Observed,
+}
+
+/// The `Accepted` condition of an object, as last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `Some(true)` accepted, `Some(false)` refused, `None` not decided yet (queued).
+    pub accepted: Option<bool>,
+    /// Its reason (`Queued`, `InvalidSpec`, …).
+    pub reason: String,
+    /// The `metadata.generation` it judged: a refusal is not retried until the spec moves
+    /// past it.
+    pub generation: Option<i64>,
+}
+
+/// What the leader decided about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Accepted: it is a stored plan now.
+    Accepted,
+    /// Waiting for the active plan to finish (design §4.5, *Busy*).
+    Queued {
+        /// The active plan.
+        behind: String,
+    },
+    /// Not accepted, and why.
+    Refused(Refusal),
 }
 
 /// Why an object was not accepted: `Accepted=False` with this reason and message.
@@ -54,11 +79,19 @@ fn status_key(name: &str) -> Key {
 fn plan_object(object: UpgradePlan) -> Option<PlanObject> {
     let name = object.metadata.name.clone()?;
     let status = object.status.clone().unwrap_or_default();
-    let refused_generation = status
+    let verdict = status
         .conditions
         .iter()
-        .find(|c| c.type_ == PlanCondition::Accepted && c.status == ConditionStatus::False)
-        .and_then(|c| c.observed_generation);
+        .find(|c| c.type_ == PlanCondition::Accepted)
+        .map(|c| Verdict {
+            accepted: match c.status {
+                ConditionStatus::True => Some(true),
+                ConditionStatus::False => Some(false),
+                ConditionStatus::Unknown => None,
+            },
+            reason: c.reason.clone(),
+            generation: c.observed_generation,
+        });
     let control = status.control.unwrap_or_default();
     Some(PlanObject {
         generation: object.metadata.generation.unwrap_or_default(),
@@ -67,7 +100,7 @@ fn plan_object(object: UpgradePlan) -> Option<PlanObject> {
         document: crd::document(&object)
             .map(|d| d.to_yaml())
             .map_err(|e| format!("invalid plan document: {e}")),
-        refused_generation,
+        verdict,
         observed: Observed {
             observed_resume: control.observed_resume,
             approved_through: control.approved_through,
@@ -86,21 +119,33 @@ pub(super) async fn list(shared: &Shared) -> Result<Vec<PlanObject>, StoreError>
     Ok(objects.items.into_iter().filter_map(plan_object).collect())
 }
 
-/// Writes `Accepted=False` for `generation` of plan `name`. Only for objects that are not
-/// stored plans: a stored plan's conditions are the plan part's.
-pub(super) async fn refuse(
+/// Writes the `Accepted` condition for `generation` of plan `name`.
+pub(super) async fn judge(
     shared: &Shared,
     name: &str,
     generation: i64,
-    refusal: &Refusal,
+    judgement: &Judgement,
 ) -> Result<(), StoreError> {
+    let (status, reason, message) = match judgement {
+        Judgement::Accepted => (
+            ConditionStatus::True,
+            "Accepted",
+            "accepted; the rollout is in status.phase".to_string(),
+        ),
+        Judgement::Queued { behind } => (
+            ConditionStatus::Unknown,
+            "Queued",
+            format!("waiting for plan {behind} to finish; one plan at a time"),
+        ),
+        Judgement::Refused(r) => (ConditionStatus::False, r.reason, r.message.clone()),
+    };
     let condition = json!({
         "type": PlanCondition::Accepted,
-        "status": ConditionStatus::False,
+        "status": status,
         "observedGeneration": generation,
         "lastTransitionTime": jiff::Timestamp::now(),
-        "reason": refusal.reason,
-        "message": cut(&refusal.message, 1024),
+        "reason": reason,
+        "message": cut(&message, 1024),
     });
     let patch = json!({ "status": {
         "observedGeneration": generation,

@@ -39,7 +39,7 @@ mod identity;
 mod plans;
 mod shared;
 
-pub use gitops::{PlanObject, Refusal};
+pub use gitops::{Judgement, PlanObject, Refusal, Verdict};
 pub use shared::Options;
 use shared::Shared;
 
@@ -100,15 +100,16 @@ impl KubeStore {
         self.plans.is_registered(name)
     }
 
-    /// Records on object `name` that `generation` of it was not accepted, and why.
-    pub async fn refuse_plan_object(
+    /// Records on object `name` what the leader decided about `generation` of it (its
+    /// `Accepted` condition).
+    pub async fn judge_plan_object(
         &self,
         name: &str,
         generation: i64,
-        refusal: &Refusal,
+        judgement: &Judgement,
     ) -> Result<(), StoreError> {
         self.shared.check_fence()?;
-        gitops::refuse(&self.shared, name, generation, refusal).await
+        gitops::judge(&self.shared, name, generation, judgement).await
     }
 
     /// Stores what the leader handled of plan `name`'s control annotations.

@@ -1,6 +1,7 @@
 //! Plans as objects on the kube store (design §4.4–§4.5): `kubectl apply -f plan.yaml` starts
-//! a plan as `skoalactl plan apply` does, its annotations pause and resume it, and an object
-//! the plan crate refuses gets the reason in its status while nothing runs.
+//! a plan as `skoalactl plan apply` does, its annotations pause and resume it, a second object
+//! waits for the first plan to finish, and an object the plan crate refuses gets the reason in
+//! its status while nothing runs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,8 +52,26 @@ fn annotated(yaml: &str, annotations: &str) -> String {
     )
 }
 
+/// The `Accepted` condition of object `name`, once it has one with `reason`.
+async fn accepted(pf: &PlanFleet, name: &str, reason: &str) -> anyhow::Result<Value> {
+    let kubeconfig = pf.control_plane.kubeconfig_path();
+    wait::until(
+        &format!("{name}: Accepted with reason {reason}"),
+        PLAN_TIMEOUT,
+        || async {
+            let o = object(kubeconfig, name).await.ok()?;
+            o["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Accepted" && c["reason"] == reason)
+                .cloned()
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_applied_with_kubectl_pauses_by_annotation_resumes_when_it_is_lifted_and_succeeds()
+async fn plans_applied_with_kubectl_pause_by_annotation_queue_behind_each_other_and_succeed()
 -> anyhow::Result<()> {
     let pf = PlanFleet::start(PlanFleetOptions {
         workers: 3,
@@ -62,7 +81,7 @@ async fn a_plan_applied_with_kubectl_pauses_by_annotation_resumes_when_it_is_lif
     .await?;
     let yaml = pf.plan_yaml(
         "gitops",
-        "0.19.2",
+        "0.19.1",
         "strategy: {canary: 1, maxConcurrency: 1}",
     );
     kubectl_apply(&pf, &annotated(&yaml, "fleet.skoala.io/paused: \"true\"")).await?;
@@ -72,6 +91,17 @@ async fn a_plan_applied_with_kubectl_pauses_by_annotation_resumes_when_it_is_lif
             .as_str()
             .is_some_and(|r| r.contains("fleet.skoala.io/paused")),
         "{paused:#}"
+    );
+    let condition = accepted(&pf, "gitops", "Accepted").await?;
+    assert_eq!(condition["status"], "True", "{condition:#}");
+
+    // A second plan while the first is paused: it waits, stored nowhere yet.
+    kubectl_apply(&pf, &pf.plan_yaml("gitops-next", "0.19.2", "")).await?;
+    let queued = accepted(&pf, "gitops-next", "Queued").await?;
+    assert_eq!(queued["status"], "Unknown", "{queued:#}");
+    assert!(
+        !pf.ctl().run(&["plan", "get", "gitops-next"]).await?.success,
+        "a queued plan is not stored"
     );
 
     kubectl(
@@ -93,6 +123,10 @@ async fn a_plan_applied_with_kubectl_pauses_by_annotation_resumes_when_it_is_lif
     for t in plan["targets"].as_array().expect("targets") {
         assert_eq!(t["state"], "succeeded", "{t:#}");
     }
+    let next = pf
+        .wait_phase("gitops-next", &["succeeded"], PLAN_TIMEOUT)
+        .await?;
+    assert_eq!(next["version"], "0.19.2", "{next:#}");
     let events = pf
         .ctl()
         .ok(&["events", "--plan", "gitops", "-o", "json"])
