@@ -28,6 +28,13 @@ use crate::store::AnyStore;
 /// How often the plan objects are read.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
+/// Refusals that depend on something outside the plan (the chart repository, the
+/// coordinator's helm and control plane), tried again every [`RETRY`] with the same spec.
+const RETRIED: [&str; 2] = ["ChartsUnavailable", "NoControlPlane"];
+
+/// How long a refusal in [`RETRIED`] stands before the object is tried again.
+const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
 /// Who the audit log names for what an object asked.
 const ACTOR: &str = "kubernetes";
 
@@ -82,7 +89,11 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
         .verdict
         .as_ref()
         .filter(|v| v.generation == Some(object.generation));
-    if judged.is_some_and(|v| v.accepted == Some(false)) {
+    if judged.is_some_and(|v| {
+        v.accepted == Some(false)
+            && !(RETRIED.contains(&v.reason.as_str())
+                && jiff::Timestamp::now().duration_since(v.at) >= RETRY)
+    }) {
         return;
     }
     let refusal = if store.is_registered_plan(&object.name) {

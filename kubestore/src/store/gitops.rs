@@ -43,6 +43,8 @@ pub struct Verdict {
     /// The `metadata.generation` it judged: a refusal is not retried until the spec moves
     /// past it.
     pub generation: Option<i64>,
+    /// When it was written.
+    pub at: jiff::Timestamp,
 }
 
 /// What the leader decided about an object.
@@ -91,6 +93,7 @@ fn plan_object(object: UpgradePlan) -> Option<PlanObject> {
             },
             reason: c.reason.clone(),
             generation: c.observed_generation,
+            at: c.last_transition_time,
         });
     let control = status.control.unwrap_or_default();
     Some(PlanObject {

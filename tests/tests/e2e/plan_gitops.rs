@@ -185,3 +185,86 @@ async fn a_malformed_plan_object_is_refused_in_its_status_and_nothing_runs() -> 
     }
     Ok(())
 }
+
+/// `kubectl annotate` of plan `name` with `annotation` (`key=value`).
+async fn annotate(pf: &PlanFleet, name: &str, annotation: &str) -> anyhow::Result<()> {
+    kubectl(
+        pf.control_plane.kubeconfig_path(),
+        &[
+            "annotate",
+            "--overwrite",
+            "-n",
+            KUBE_STORE_NAMESPACE,
+            "upgradeplans.fleet.skoala.io",
+            name,
+            annotation,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_stage_approves_the_canaries_and_abort_stops_the_plan_before_the_next_wave()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "gated",
+        "0.19.2",
+        "requireApproval: beforeEachWave\nstrategy: {canary: 1, maxConcurrency: 1}",
+    );
+    kubectl_apply(&pf, &yaml).await?;
+    let waiting = pf
+        .wait_phase("gated", &["awaitingApproval"], PLAN_TIMEOUT)
+        .await?;
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("canaries")),
+        "{waiting:#}"
+    );
+
+    annotate(&pf, "gated", "fleet.skoala.io/approved-stage=0").await?;
+    let waiting = wait::until(
+        "the canary upgraded and wave 1 awaited",
+        PLAN_TIMEOUT,
+        || async {
+            let p = pf.plan("gated").await.ok()?;
+            let wave = p["reason"].as_str()?.contains("wave 1");
+            (p["phase"] == "awaitingApproval" && wave).then_some(p)
+        },
+    )
+    .await?;
+
+    annotate(&pf, "gated", "fleet.skoala.io/abort=true").await?;
+    let aborted = pf.wait_phase("gated", &["aborted"], PLAN_TIMEOUT).await?;
+    let states: Vec<&str> = aborted["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "succeeded").count(),
+        2,
+        "the control plane and the canary, nothing after the abort: {aborted:#}\nbefore: {waiting:#}"
+    );
+    let workers = ["work-1", "work-2"];
+    let mut upgraded = 0;
+    for name in workers {
+        upgraded += pf.history(name).await?.len() - 1;
+    }
+    assert_eq!(upgraded, 1, "one working cluster upgraded: the canary");
+    let object = object(pf.control_plane.kubeconfig_path(), "gated").await?;
+    assert_eq!(
+        object["status"]["control"]["approvedThrough"], 0,
+        "what the leader handled is stored: {:#}",
+        object["status"]
+    );
+    Ok(())
+}
