@@ -7,7 +7,10 @@
 //!   an object waits while another plan runs, and is tried again when it finished;
 //! - applies the control annotations of the active plan (`paused`, `resume`,
 //!   `approved-stage`, `abort`, `rollback`) through the orchestrator's transitions, storing
-//!   what it handled in `status.control`.
+//!   what it handled in `status.control`;
+//! - keeps the finalizer `fleet.skoala.io/in-flight` on a stored plan's object while the plan
+//!   can still start or finish work, and aborts the plan when its object is deleted: the
+//!   object stays `Terminating` until the running upgrades ended.
 //!
 //! The objects are listed every [`INTERVAL`] rather than watched: one list of a handful of
 //! plans is cheap, and a list also re-evaluates a pre-approval after the plan reached its
@@ -17,12 +20,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_kubestore::store::{Judgement, KubeStore, PlanObject, Refusal};
+use skoala_kubestore::store::{IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal};
 use skoala_plan::control;
 use skoala_store::StoreError;
 
 use crate::context::Context;
-use crate::orchestrator::Error;
+use crate::orchestrator::{Error, Verb};
 use crate::store::AnyStore;
 
 /// How often the plan objects are read.
@@ -59,16 +62,56 @@ async fn reconcile(
     logged: &mut HashSet<(String, String)>,
 ) -> Result<(), StoreError> {
     for object in store.plan_objects().await? {
-        if object.deleting {
-            continue;
-        }
         if store.is_stored_plan(&object.name) {
-            control(ctx, store, &object, logged).await;
-        } else {
+            if object.deleting {
+                deleted(ctx, &object).await;
+            } else {
+                control(ctx, store, &object, logged).await;
+            }
+            finalize(ctx, store, &object).await;
+        } else if !object.deleting {
             accept(ctx, store, &object).await;
         }
     }
     Ok(())
+}
+
+/// Deleting a plan's object aborts the plan (design §4.5): nothing new starts, running
+/// upgrades finish, and the finalizer keeps the object until they did.
+async fn deleted(ctx: &Context<AnyStore>, object: &PlanObject) {
+    if ctx.orchestrator.running().await.as_deref() != Some(object.name.as_str()) {
+        return;
+    }
+    match ctx.orchestrator.transition(&object.name, Verb::Abort).await {
+        Ok(status) => {
+            ctx.audit(
+                "plan.aborted",
+                "",
+                ACTOR,
+                format!(
+                    "plan {} is now {}: its object was deleted",
+                    object.name, status.phase
+                ),
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(plan = %object.name, error = %e, "cannot abort the plan whose object was deleted; trying again");
+        }
+    }
+}
+
+/// Keeps [`IN_FLIGHT_FINALIZER`] on a stored plan's object exactly while the plan holds work.
+async fn finalize(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject) {
+    let held = object.finalizers.iter().any(|f| f == IN_FLIGHT_FINALIZER);
+    // A terminating object takes no new finalizer: only taking it off applies.
+    let wanted = ctx.orchestrator.holds_work(&object.name).await;
+    if held == wanted || (wanted && object.deleting) {
+        return;
+    }
+    if let Err(e) = store.hold_plan_object(object, wanted).await {
+        tracing::info!(plan = %object.name, error = %e, "cannot change the plan object's finalizer; trying again");
+    }
 }
 
 /// The condition reason of a refused apply (design §4.5).

@@ -59,6 +59,16 @@ fn event(verb: &control::Verb) -> (&'static str, String) {
 }
 
 impl<S: Store> Orchestrator<S> {
+    /// Whether plan `name` can still start or finish work: the active plan, not finished or
+    /// with operations in flight. Its object must not go away meanwhile.
+    pub async fn holds_work(&self, name: &str) -> bool {
+        let st = self.state.lock().await;
+        st.active.as_ref().is_some_and(|a| {
+            a.plan.name == name
+                && (!a.rollout.phase.is_finished() || !a.rollout.in_flight().is_empty())
+        })
+    }
+
     /// The active plan while it is not finished: another plan waits for it.
     pub async fn running(&self) -> Option<String> {
         let st = self.state.lock().await;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use skoala_plan::control::Observed;
 use skoala_store::StoreError;
@@ -22,6 +22,10 @@ pub struct PlanObject {
     pub generation: i64,
     /// Being deleted (`metadata.deletionTimestamp` set).
     pub deleting: bool,
+    /// `metadata.resourceVersion`, the precondition of a finalizer change.
+    pub resource_version: String,
+    /// `metadata.finalizers`.
+    pub finalizers: Vec<String>,
     /// Every annotation, the verbs' included.
     pub annotations: BTreeMap<String, String>,
     /// The plan document it holds, as `skoalactl plan apply -f` would send it, or why it holds
@@ -99,6 +103,8 @@ fn plan_object(object: UpgradePlan) -> Option<PlanObject> {
     Some(PlanObject {
         generation: object.metadata.generation.unwrap_or_default(),
         deleting: object.metadata.deletion_timestamp.is_some(),
+        resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+        finalizers: object.metadata.finalizers.clone().unwrap_or_default(),
         annotations: object.metadata.annotations.clone().unwrap_or_default(),
         document: crd::document(&object)
             .map(|d| d.to_yaml())
@@ -155,6 +161,44 @@ pub(super) async fn judge(
         "conditions": [condition],
     }});
     shared.patch(status_key(name), Class::Durable, patch).await
+}
+
+/// The finalizer on a plan's object while its rollout can still start or finish work
+/// (design §4.5): deleting the object then aborts the plan, and the object goes once nothing
+/// is in flight.
+pub const IN_FLIGHT_FINALIZER: &str = "fleet.skoala.io/in-flight";
+
+/// Adds or removes [`IN_FLIGHT_FINALIZER`] on `object`, keeping every other finalizer; the
+/// object's `resourceVersion` is the precondition, so a finalizer another controller added
+/// meanwhile is never lost (a conflict is an error: the caller reads again).
+pub(super) async fn hold(
+    shared: &Shared,
+    object: &PlanObject,
+    held: bool,
+) -> Result<(), StoreError> {
+    let mut finalizers: Vec<&str> = object
+        .finalizers
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f != IN_FLIGHT_FINALIZER)
+        .collect();
+    if held {
+        finalizers.push(IN_FLIGHT_FINALIZER);
+    }
+    let api: Api<UpgradePlan> = Kind::UpgradePlan.api(shared.client.clone(), &shared.namespace);
+    let patch = json!({ "metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.resource_version,
+    }});
+    api.patch(&object.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+        .map_err(|e| {
+            api_error(
+                format!("writing the finalizers of upgrade plan {}", object.name),
+                e,
+            )
+        })
 }
 
 /// Stores what the leader handled of plan `name`'s control annotations (`status.control`).

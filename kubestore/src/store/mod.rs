@@ -39,7 +39,7 @@ mod identity;
 mod plans;
 mod shared;
 
-pub use gitops::{Judgement, PlanObject, Refusal, Verdict};
+pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, Verdict};
 pub use shared::Options;
 use shared::Shared;
 
@@ -110,6 +110,16 @@ impl KubeStore {
     ) -> Result<(), StoreError> {
         self.shared.check_fence()?;
         gitops::judge(&self.shared, name, generation, judgement).await
+    }
+
+    /// Puts [`IN_FLIGHT_FINALIZER`] on `object` (`held`) or takes it off.
+    pub async fn hold_plan_object(
+        &self,
+        object: &PlanObject,
+        held: bool,
+    ) -> Result<(), StoreError> {
+        self.shared.check_fence()?;
+        gitops::hold(&self.shared, object, held).await
     }
 
     /// Stores what the leader handled of plan `name`'s control annotations.

@@ -1,7 +1,7 @@
 //! Plans as objects on the kube store (design §4.4–§4.5): `kubectl apply -f plan.yaml` starts
 //! a plan as `skoalactl plan apply` does, its annotations pause and resume it, a second object
-//! waits for the first plan to finish, and an object the plan crate refuses gets the reason in
-//! its status while nothing runs.
+//! waits for the first plan to finish, an object the plan crate refuses gets the reason in its
+//! status while nothing runs, and deleting a running plan's object aborts the plan.
 
 use std::path::Path;
 use std::time::Duration;
@@ -104,19 +104,7 @@ async fn plans_applied_with_kubectl_pause_by_annotation_queue_behind_each_other_
         "a queued plan is not stored"
     );
 
-    kubectl(
-        pf.control_plane.kubeconfig_path(),
-        &[
-            "annotate",
-            "--overwrite",
-            "-n",
-            KUBE_STORE_NAMESPACE,
-            "upgradeplans.fleet.skoala.io",
-            "gitops",
-            "fleet.skoala.io/paused=false",
-        ],
-    )
-    .await?;
+    annotate(&pf, "gitops", "fleet.skoala.io/paused=false").await?;
     let plan = pf
         .wait_phase("gitops", &["succeeded"], PLAN_TIMEOUT)
         .await?;
@@ -265,6 +253,91 @@ async fn approved_stage_approves_the_canaries_and_abort_stops_the_plan_before_th
         object["status"]["control"]["approvedThrough"], 0,
         "what the leader handled is stored: {:#}",
         object["status"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_plans_object_aborts_it_and_the_object_waits_for_the_running_upgrade()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        kube_store: true,
+        worker_readiness_delay: Some(Duration::from_secs(8)),
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "doomed",
+        "0.19.2",
+        "strategy: {canary: 1, maxConcurrency: 1}",
+    );
+    kubectl_apply(&pf, &yaml).await?;
+    wait::until("the canary upgrading", PLAN_TIMEOUT, || async {
+        let p = pf.plan("doomed").await.ok()?;
+        p["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == "work-1" && t["state"] == "running")
+            .then_some(())
+    })
+    .await?;
+    let kubeconfig = pf.control_plane.kubeconfig_path();
+    let held = object(kubeconfig, "doomed").await?;
+    assert_eq!(
+        held["metadata"]["finalizers"],
+        serde_json::json!(["fleet.skoala.io/in-flight"]),
+        "{:#}",
+        held["metadata"]
+    );
+
+    kubectl(
+        kubeconfig,
+        &[
+            "delete",
+            "--wait=false",
+            "-n",
+            KUBE_STORE_NAMESPACE,
+            "upgradeplans.fleet.skoala.io",
+            "doomed",
+        ],
+    )
+    .await?;
+    let aborted = pf.wait_phase("doomed", &["aborted"], PLAN_TIMEOUT).await?;
+    let terminating = object(kubeconfig, "doomed").await;
+    wait::until("the object gone", PLAN_TIMEOUT, || async {
+        let out = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "upgradeplans.fleet.skoala.io",
+                "-n",
+                KUBE_STORE_NAMESPACE,
+                "-o",
+                "name",
+            ],
+        )
+        .await
+        .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        terminating.is_ok_and(|o| o["metadata"]["deletionTimestamp"].is_string()),
+        "the object stays terminating while the canary's upgrade runs"
+    );
+    assert_eq!(
+        pf.history("work-1").await?.len(),
+        2,
+        "the running upgrade finished: {aborted:#}"
+    );
+    assert_eq!(
+        pf.history("work-2").await?.len(),
+        1,
+        "nothing new started after the deletion: {aborted:#}"
     );
     Ok(())
 }
