@@ -3,8 +3,9 @@
 //!
 //! - accepts an object that is not a stored plan through the same path as `skoalactl plan
 //!   apply` (validation, selection, skew unless `fleet.skoala.io/force: "true"`, charts), or
-//!   writes why not into its status (`Accepted=False`), not retried until its spec changes;
-//!   an object waits while another plan runs, and is tried again when it finished;
+//!   writes why not into its status (`Accepted=False`), not retried until its spec changes
+//!   (but for refusals in [`RETRIED`]); an object waits while another plan runs
+//!   (`Accepted=Unknown`, `Queued`), and is tried again when it finished;
 //! - applies the control annotations of the active plan (`paused`, `resume`,
 //!   `approved-stage`, `abort`, `rollback`) through the orchestrator's transitions, storing
 //!   what it handled in `status.control`;
@@ -166,8 +167,10 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
             }
             return;
         }
-        match ctx.orchestrator.apply(text, force).await {
-            Ok(status) => {
+        match ctx.orchestrator.apply_new(text, force).await {
+            // Stored meanwhile by `skoalactl plan apply`, which created this object.
+            Ok((_, false)) => return,
+            Ok((status, true)) => {
                 let forced = if force { " (forced)" } else { "" };
                 ctx.audit(
                     "plan.applied",
