@@ -87,6 +87,7 @@ mod clock;
 mod context;
 mod control_plane;
 mod gateway;
+mod gitops;
 mod identity;
 mod metrics;
 mod orchestrator;

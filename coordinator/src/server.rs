@@ -237,6 +237,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         throttle: Default::default(),
         orchestrator: orchestrator.clone(),
     });
+    if let AnyStore::Kube(store) = &ctx.store {
+        tokio::spawn(crate::gitops::run(ctx.clone(), store.clone()));
+    }
     tokio::spawn(orchestrator.clone().retain(opts.settings.retention));
     tokio::spawn(orchestrator.run());
     {

@@ -95,7 +95,7 @@ pub type Account = Box<dyn Fn(String) -> BoxFuture<'static, kube::Client> + Send
 pub async fn control_plane(namespace: &str) -> anyhow::Result<(skoala_sim::Cluster, kube::Client)> {
     let cluster =
         skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new("control-plane")).await?;
-    let client = crate::real::client(cluster.kubeconfig_path()).await?;
+    let client = crate::kubeapi::client(cluster.kubeconfig_path()).await?;
     install_crds(&client).await?;
     create_namespace(&client, namespace).await?;
     Ok((cluster, client))
@@ -185,7 +185,7 @@ impl KubeStores {
             Server::Real(cell) => {
                 let (_, client) = cell
                     .get_or_init(|| async {
-                        let cluster = crate::real::cluster("fleet-store")
+                        let cluster = crate::kubeapi::cluster("fleet-store")
                             .await
                             .expect("start the real cluster");
                         let client = cluster.client().await.expect("a client");
@@ -203,7 +203,7 @@ impl KubeStores {
                         ))
                         .await
                         .expect("start the emulated cluster");
-                        let client = crate::real::client(cluster.kubeconfig_path())
+                        let client = crate::kubeapi::client(cluster.kubeconfig_path())
                             .await
                             .expect("a client");
                         install_crds(&client).await.expect("install the CRDs");
@@ -663,4 +663,97 @@ pub async fn a_rollout_awaiting_approval(store: &KubeStore) -> anyhow::Result<()
         },
     )
     .await
+}
+/// What the GitOps reconciler reads and writes of an `UpgradePlan` the coordinator did not
+/// create: the document (or why there is none), the `Accepted` condition for a generation,
+/// `status.control`, and the in-flight finalizer next to another controller's, which stays.
+/// Run on sim and on a real API server, whose schema validation judges the status writes.
+pub async fn plan_objects_carry_the_leaders_decision_its_finalizer_and_what_it_handled(
+    stores: &KubeStores,
+) {
+    use skoala_kubestore::store::{IN_FLIGHT_FINALIZER, Judgement, Refusal as Refused};
+
+    let store = stores.fresh().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        store.client().clone(),
+        store.namespace(),
+        &Kind::UpgradePlan.api_resource(),
+    );
+    let object: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": format!("{}/{}", crd::GROUP, crd::VERSION),
+        "kind": Kind::UpgradePlan.name(),
+        "metadata": {
+            "name": "from-git",
+            "finalizers": ["example.com/keep"],
+            "annotations": { "fleet.skoala.io/paused": "true" },
+        },
+        "spec": { "version": "1.2.3", "maxConcurency": 1 },
+    }))
+    .expect("an object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    let read = |store: KubeStore| async move {
+        store
+            .plan_objects()
+            .await
+            .expect("list")
+            .into_iter()
+            .find(|o| o.name == "from-git")
+            .expect("listed")
+    };
+
+    let o = read(store.clone()).await;
+    assert!(!store.is_stored_plan("from-git"));
+    assert_eq!(o.annotations["fleet.skoala.io/paused"], "true");
+    let why = o.document.clone().expect_err("a typo is no document");
+    assert!(why.contains("maxConcurency"), "{why}");
+    assert_eq!(o.verdict, None);
+
+    let refused = Judgement::Refused(Refused {
+        reason: "InvalidSpec",
+        message: why,
+    });
+    store
+        .judge_plan_object("from-git", o.generation, &refused)
+        .await
+        .expect("refusal written");
+    let v = read(store.clone()).await.verdict.expect("a verdict");
+    assert_eq!(
+        (v.accepted, v.reason.as_str(), v.generation),
+        (Some(false), "InvalidSpec", Some(o.generation))
+    );
+    store
+        .judge_plan_object(
+            "from-git",
+            o.generation,
+            &Judgement::Queued {
+                behind: "earlier".into(),
+            },
+        )
+        .await
+        .expect("queued written");
+    let v = read(store.clone()).await.verdict.expect("a verdict");
+    assert_eq!((v.accepted, v.reason.as_str()), (None, "Queued"));
+
+    let observed = skoala_plan::control::Observed {
+        observed_resume: Some("2026-12-04T17:00".into()),
+        approved_through: Some(2),
+    };
+    store
+        .observe_plan_control("from-git", &observed)
+        .await
+        .expect("control written");
+    let o = read(store.clone()).await;
+    assert_eq!(o.observed, observed);
+
+    store.hold_plan_object(&o, true).await.expect("held");
+    let o = read(store.clone()).await;
+    assert_eq!(o.finalizers, ["example.com/keep", IN_FLIGHT_FINALIZER]);
+    // A stale read is refused rather than dropping a finalizer written since.
+    let stale = o.clone();
+    store.hold_plan_object(&o, false).await.expect("released");
+    assert!(store.hold_plan_object(&stale, true).await.is_err());
+    let o = read(store.clone()).await;
+    assert_eq!(o.finalizers, ["example.com/keep"]);
 }

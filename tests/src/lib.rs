@@ -10,6 +10,7 @@ pub mod charts;
 pub mod connect_proxy;
 pub mod fleet;
 pub mod kstore;
+pub mod kubeapi;
 pub mod layering;
 pub mod netns;
 pub mod pty;

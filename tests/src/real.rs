@@ -19,26 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use skoala_realkube::{Binaries, RealCluster};
+use skoala_realkube::RealCluster;
 
 use crate::fleet::Ctl;
+pub use crate::kubeapi::{binaries, client, cluster};
 use crate::tools::{tool, workspace_root};
 use pod::{Pod, PodSpec};
-
-/// The binaries `scripts/install-kube.sh` built; panics with what to run when they are missing.
-pub fn binaries() -> Binaries {
-    match Binaries::locate() {
-        Ok(b) => b,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// A fresh real cluster named `name`.
-pub async fn cluster(name: &str) -> anyhow::Result<RealCluster> {
-    RealCluster::start(name, &binaries())
-        .await
-        .with_context(|| format!("starting real cluster {name}"))
-}
 
 /// The two helm majors, as a user of each would install with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,15 +306,6 @@ impl InstalledAgent {
         let pod = Pod::start(cluster, spec).await?;
         Ok(InstalledAgent { pod })
     }
-}
-
-/// A kube client speaking as whoever `kubeconfig` names (e.g. a ServiceAccount's token).
-pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 /// `--set` values that let the agent chart install where its pod is never run (RBAC and

@@ -18,6 +18,14 @@ impl<S: Store> Orchestrator<S> {
     /// and nothing starts unless every check passed and that write succeeded; re-applying a
     /// stored plan with the same document answers its status and changes nothing.
     pub async fn apply(&self, text: &str, force: bool) -> Result<PlanStatus> {
+        self.apply_new(text, force).await.map(|(status, _)| status)
+    }
+
+    /// [`Orchestrator::apply`], and whether this call stored the plan (`false`: it was
+    /// stored already, by this document). A plan object the coordinator created for
+    /// `skoalactl plan apply` is seen by the GitOps reconciler too, which must not take the
+    /// operator's apply for its own.
+    pub async fn apply_new(&self, text: &str, force: bool) -> Result<(PlanStatus, bool)> {
         let doc = UpgradePlan::from_yaml(text).map_err(Error::Document)?;
         let plan = validate(&doc)?;
         if self.runner.is_none() {
@@ -79,7 +87,10 @@ impl<S: Store> Orchestrator<S> {
                 return Err(Error::Immutable(plan.name));
             }
             let rollout = saved::joined(&old.name, &old.rollout)?;
-            return Ok(status::plan_status(old, &plan.version, &rollout, &snap));
+            return Ok((
+                status::plan_status(old, &plan.version, &rollout, &snap),
+                false,
+            ));
         }
         let rollout = Rollout::new(&plan);
         let now = now_ms();
@@ -121,7 +132,7 @@ impl<S: Store> Orchestrator<S> {
         });
         drop(st);
         self.poke();
-        Ok(status)
+        Ok((status, true))
     }
 
     /// Approve, pause, resume, abort or roll back the active plan `name`. The verb takes
@@ -156,11 +167,7 @@ impl<S: Store> Orchestrator<S> {
             message: done,
             ..Default::default()
         };
-        let before = std::mem::replace(&mut active.rollout, rollout);
-        if let Err(e) = self.persist(active, vec![event]).await {
-            active.rollout = before;
-            return Err(e.into());
-        }
+        self.commit(active, rollout, vec![event]).await?;
         tracing::info!(plan = name, verb = verb.as_str(), "plan transition");
         drop(st);
         self.poke();
@@ -170,6 +177,22 @@ impl<S: Store> Orchestrator<S> {
         // approval's fan-out waited for the reply (BENCHMARKS.md).
         tokio::task::yield_now().await;
         self.status(name).await
+    }
+
+    /// Makes `rollout` the active plan's once it is stored with `events`: a failed write
+    /// changes nothing.
+    pub(super) async fn commit(
+        &self,
+        active: &mut Active,
+        rollout: Rollout,
+        events: Vec<PlanEventRecord>,
+    ) -> Result<()> {
+        let before = std::mem::replace(&mut active.rollout, rollout);
+        if let Err(e) = self.persist(active, events).await {
+            active.rollout = before;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     async fn not_active(&self, name: &str) -> Error {

@@ -41,6 +41,7 @@ mod admin;
 mod assigned;
 pub mod charts;
 pub mod check;
+mod control;
 pub mod dispatch;
 mod error;
 pub mod fleet;

@@ -34,10 +34,12 @@ use crate::lease::Fence;
 use crate::write::Budget;
 
 mod audit;
+mod gitops;
 mod identity;
 mod plans;
 mod shared;
 
+pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, Verdict};
 pub use shared::Options;
 use shared::Shared;
 
@@ -80,6 +82,54 @@ impl KubeStore {
     /// The client it speaks with (the coordinator's ServiceAccount).
     pub fn client(&self) -> &kube::Client {
         &self.shared.client
+    }
+
+    /// Every `UpgradePlan` object in the namespace, stored plans or not, read now: what
+    /// `kubectl apply` and GitOps tools asked for (design §4.5).
+    pub async fn plan_objects(&self) -> Result<Vec<PlanObject>, StoreError> {
+        gitops::list(&self.shared).await
+    }
+
+    /// Whether `name` is a stored plan (accepted, and its object still there).
+    pub fn is_stored_plan(&self, name: &str) -> bool {
+        self.plans.is_stored(name)
+    }
+
+    /// Whether `name` was ever accepted: names are never reused (design §4.5).
+    pub fn is_registered_plan(&self, name: &str) -> bool {
+        self.plans.is_registered(name)
+    }
+
+    /// Records on object `name` what the leader decided about `generation` of it (its
+    /// `Accepted` condition).
+    pub async fn judge_plan_object(
+        &self,
+        name: &str,
+        generation: i64,
+        judgement: &Judgement,
+    ) -> Result<(), StoreError> {
+        self.shared.check_fence()?;
+        gitops::judge(&self.shared, name, generation, judgement).await
+    }
+
+    /// Puts [`IN_FLIGHT_FINALIZER`] on `object` (`held`) or takes it off.
+    pub async fn hold_plan_object(
+        &self,
+        object: &PlanObject,
+        held: bool,
+    ) -> Result<(), StoreError> {
+        self.shared.check_fence()?;
+        gitops::hold(&self.shared, object, held).await
+    }
+
+    /// Stores what the leader handled of plan `name`'s control annotations.
+    pub async fn observe_plan_control(
+        &self,
+        name: &str,
+        observed: &skoala_plan::control::Observed,
+    ) -> Result<(), StoreError> {
+        self.shared.check_fence()?;
+        gitops::observe(&self.shared, name, observed).await
     }
 }
 

@@ -289,6 +289,21 @@ impl Plans {
         })
     }
 
+    /// Whether `name` is a stored plan.
+    pub fn is_stored(&self, name: &str) -> bool {
+        self.state.lock().expect("lock").plans.contains_key(name)
+    }
+
+    /// Whether `name` was ever accepted.
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.state
+            .lock()
+            .expect("lock")
+            .registry
+            .iter()
+            .any(|n| n == name)
+    }
+
     pub async fn put_plan(
         &self,
         plan: PlanRecord,

@@ -209,7 +209,7 @@ impl PlanFleet {
         futures::future::try_join_all(installs).await?;
 
         let kube_store = if opts.kube_store {
-            let client = crate::real::client(control_plane.kubeconfig_path()).await?;
+            let client = crate::kubeapi::client(control_plane.kubeconfig_path()).await?;
             crate::kstore::install_crds(&client).await?;
             crate::kstore::create_namespace(&client, KUBE_STORE_NAMESPACE).await?;
             Some(KUBE_STORE_NAMESPACE.to_string())

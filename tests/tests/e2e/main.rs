@@ -51,6 +51,7 @@ mod plan_canary;
 mod plan_check;
 mod plan_control_plane;
 mod plan_crash;
+mod plan_gitops;
 mod plan_offline;
 mod plan_relay;
 mod plan_rollback;

@@ -27,6 +27,15 @@ async fn retention_deletes_whole_sealed_segments_and_expired_certificates_but_th
     .await;
 }
 
+/// What the GitOps reconciler reads and writes of a plan object it did not create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_objects_carry_the_leaders_decision_its_finalizer_and_what_it_handled() {
+    kstore::plan_objects_carry_the_leaders_decision_its_finalizer_and_what_it_handled(
+        &KubeStores::sim(),
+    )
+    .await;
+}
+
 /// A registration cut off between the create of its cluster and the status write (a crash,
 /// or a write the API server failed) leaves no registered cluster and spends no use; the
 /// agent's retry with the same token, after a restart too, registers it as new and spends one

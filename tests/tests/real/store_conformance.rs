@@ -112,5 +112,7 @@ async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_serv
         &stores,
     )
     .await;
+    kstore::plan_objects_carry_the_leaders_decision_its_finalizer_and_what_it_handled(&stores)
+        .await;
     Ok(())
 }

@@ -1,0 +1,259 @@
+//! Plans from `kubectl apply` and GitOps tools (design §4.4–§4.5), on the kube store: the
+//! leader reads every `UpgradePlan` in its namespace and
+//!
+//! - accepts an object that is not a stored plan through the same path as `skoalactl plan
+//!   apply` (validation, selection, skew unless `fleet.skoala.io/force: "true"`, charts), or
+//!   writes why not into its status (`Accepted=False`), not retried until its spec changes
+//!   (but for refusals in [`RETRIED`]); an object waits while another plan runs
+//!   (`Accepted=Unknown`, `Queued`), and is tried again when it finished;
+//! - applies the control annotations of the active plan (`paused`, `resume`,
+//!   `approved-stage`, `abort`, `rollback`) through the orchestrator's transitions, storing
+//!   what it handled in `status.control`;
+//! - keeps the finalizer `fleet.skoala.io/in-flight` on a stored plan's object while the plan
+//!   can still start or finish work, and aborts the plan when its object is deleted: the
+//!   object stays `Terminating` until the running upgrades ended.
+//!
+//! The objects are listed every [`INTERVAL`] rather than watched: one list of a handful of
+//! plans is cheap, and a list also re-evaluates a pre-approval after the plan reached its
+//! stage, which a watch on the object alone would not.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skoala_kubestore::store::{IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal};
+use skoala_plan::control;
+use skoala_store::StoreError;
+
+use crate::context::Context;
+use crate::orchestrator::{Error, Verb};
+use crate::store::AnyStore;
+
+/// How often the plan objects are read.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// Refusals that depend on something outside the plan (the chart repository, the
+/// coordinator's helm and control plane), tried again every [`RETRY`] with the same spec.
+const RETRIED: [&str; 2] = ["ChartsUnavailable", "NoControlPlane"];
+
+/// How long a refusal in [`RETRIED`] stands before the object is tried again.
+const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// Who the audit log names for what an object asked.
+const ACTOR: &str = "kubernetes";
+
+/// Runs while the process leads: the store refuses writes once the term ended, and the
+/// process exits then.
+pub async fn run(ctx: Arc<Context<AnyStore>>, store: KubeStore) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Refused annotations already logged: evaluated every tick, logged once.
+    let mut logged = HashSet::new();
+    loop {
+        tick.tick().await;
+        if let Err(e) = reconcile(&ctx, &store, &mut logged).await {
+            tracing::warn!(error = %e, "cannot read the UpgradePlan objects; trying again");
+        }
+    }
+}
+
+async fn reconcile(
+    ctx: &Context<AnyStore>,
+    store: &KubeStore,
+    logged: &mut HashSet<(String, String)>,
+) -> Result<(), StoreError> {
+    for object in store.plan_objects().await? {
+        if store.is_stored_plan(&object.name) {
+            if object.deleting {
+                deleted(ctx, &object).await;
+            } else {
+                control(ctx, store, &object, logged).await;
+            }
+            finalize(ctx, store, &object).await;
+        } else if !object.deleting {
+            accept(ctx, store, &object).await;
+        }
+    }
+    Ok(())
+}
+
+/// Deleting a plan's object aborts the plan (design §4.5): nothing new starts, running
+/// upgrades finish, and the finalizer keeps the object until they did.
+async fn deleted(ctx: &Context<AnyStore>, object: &PlanObject) {
+    if ctx.orchestrator.running().await.as_deref() != Some(object.name.as_str()) {
+        return;
+    }
+    match ctx.orchestrator.transition(&object.name, Verb::Abort).await {
+        Ok(status) => {
+            ctx.audit(
+                "plan.aborted",
+                "",
+                ACTOR,
+                format!(
+                    "plan {} is now {}: its object was deleted",
+                    object.name, status.phase
+                ),
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(plan = %object.name, error = %e, "cannot abort the plan whose object was deleted; trying again");
+        }
+    }
+}
+
+/// Keeps [`IN_FLIGHT_FINALIZER`] on a stored plan's object exactly while the plan holds work.
+async fn finalize(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject) {
+    let held = object.finalizers.iter().any(|f| f == IN_FLIGHT_FINALIZER);
+    // A terminating object takes no new finalizer: only taking it off applies.
+    let wanted = ctx.orchestrator.holds_work(&object.name).await;
+    if held == wanted || (wanted && object.deleting) {
+        return;
+    }
+    if let Err(e) = store.hold_plan_object(object, wanted).await {
+        tracing::info!(plan = %object.name, error = %e, "cannot change the plan object's finalizer; trying again");
+    }
+}
+
+/// The condition reason of a refused apply (design §4.5).
+fn reason(e: &Error) -> &'static str {
+    match e {
+        Error::Document(_) | Error::Invalid(_) | Error::Immutable(_) => "InvalidSpec",
+        Error::NothingSelected => "NothingSelected",
+        Error::Skewed { .. } => "Skewed",
+        Error::Helm { .. } | Error::Charts(_) => "ChartsUnavailable",
+        Error::NoControlPlane => "NoControlPlane",
+        _ => "Refused",
+    }
+}
+
+/// Accepts `object` as a plan, or records why not.
+async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject) {
+    let judged = object
+        .verdict
+        .as_ref()
+        .filter(|v| v.generation == Some(object.generation));
+    if judged.is_some_and(|v| {
+        v.accepted == Some(false)
+            && !(RETRIED.contains(&v.reason.as_str())
+                && jiff::Timestamp::now().duration_since(v.at) >= RETRY)
+    }) {
+        return;
+    }
+    let refusal = if store.is_registered_plan(&object.name) {
+        Refusal {
+            reason: "NameReused",
+            message: format!(
+                "plan names are never reused: a plan named {} was accepted and deleted before; \
+                 give this plan a new name",
+                object.name
+            ),
+        }
+    } else {
+        let text = match &object.document {
+            Ok(text) => text,
+            Err(message) => {
+                return refuse(store, object, "InvalidSpec", message.clone()).await;
+            }
+        };
+        let force = match control::force(&object.annotations) {
+            Ok(force) => force,
+            Err(e) => return refuse(store, object, "InvalidSpec", e.to_string()).await,
+        };
+        if let Some(behind) = ctx.orchestrator.running().await {
+            if judged.is_none_or(|v| v.reason != "Queued") {
+                tracing::info!(plan = %object.name, %behind, "plan object queued behind the active plan");
+                judge(store, object, Judgement::Queued { behind }).await;
+            }
+            return;
+        }
+        match ctx.orchestrator.apply_new(text, force).await {
+            // Stored meanwhile by `skoalactl plan apply`, which created this object.
+            Ok((_, false)) => return,
+            Ok((status, true)) => {
+                let forced = if force { " (forced)" } else { "" };
+                ctx.audit(
+                    "plan.applied",
+                    "",
+                    ACTOR,
+                    format!("plan {} to {}{forced}", status.name, status.version),
+                )
+                .await;
+                return judge(store, object, Judgement::Accepted).await;
+            }
+            // Busy: another apply won the race; queued. Store: tried again next time.
+            Err(e @ (Error::Busy { .. } | Error::Store(_))) => {
+                tracing::info!(plan = %object.name, error = %e, "plan object not applied yet");
+                return;
+            }
+            Err(e) => Refusal {
+                reason: reason(&e),
+                message: e.to_string(),
+            },
+        }
+    };
+    refuse(store, object, refusal.reason, refusal.message).await;
+}
+
+async fn refuse(store: &KubeStore, object: &PlanObject, reason: &'static str, message: String) {
+    tracing::warn!(plan = %object.name, generation = object.generation, reason, %message, "plan object refused");
+    judge(
+        store,
+        object,
+        Judgement::Refused(Refusal { reason, message }),
+    )
+    .await;
+}
+
+/// Writes `judgement` into the object's status; a failure is logged: a refusal not recorded
+/// is judged again next time, and the rest is only shown.
+async fn judge(store: &KubeStore, object: &PlanObject, judgement: Judgement) {
+    if let Err(e) = store
+        .judge_plan_object(&object.name, object.generation, &judgement)
+        .await
+    {
+        tracing::warn!(plan = %object.name, error = %e, "cannot record the decision in the plan's status");
+    }
+}
+
+/// Applies the control annotations of `object`, a stored plan, when it is the active one.
+async fn control(
+    ctx: &Context<AnyStore>,
+    store: &KubeStore,
+    object: &PlanObject,
+    logged: &mut HashSet<(String, String)>,
+) {
+    let done = match ctx
+        .orchestrator
+        .control(&object.name, &object.annotations, &object.observed)
+        .await
+    {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(plan = %object.name, error = %e, "cannot apply the plan's annotations; trying again");
+            return;
+        }
+    };
+    for kind in &done.applied {
+        ctx.audit(
+            kind,
+            "",
+            ACTOR,
+            format!("plan {} by its annotations", object.name),
+        )
+        .await;
+    }
+    for refused in done.refused {
+        if logged.insert((object.name.clone(), refused.clone())) {
+            tracing::warn!(plan = %object.name, %refused, "plan annotation refused");
+        }
+    }
+    if done.observed != object.observed
+        && let Err(e) = store
+            .observe_plan_control(&object.name, &done.observed)
+            .await
+    {
+        tracing::warn!(plan = %object.name, error = %e, "cannot store the handled annotations");
+    }
+}

@@ -1,0 +1,224 @@
+//! Plans as objects (design §4.4–§4.5): what the leader's GitOps reconciler reads of every
+//! `UpgradePlan` in the namespace, and the status it writes about objects the coordinator did
+//! not create. Plain records out, so no kube type reaches the orchestrator.
+
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use skoala_plan::control::Observed;
+use skoala_store::StoreError;
+
+use super::shared::{Key, KindKey, Shared, Target, api_error};
+use crate::crd::{self, ConditionStatus, Kind, PlanCondition, UpgradePlan};
+use crate::write::Class;
+
+/// An `UpgradePlan` object as the reconciler needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanObject {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`: moves when the spec changes (and once when deletion starts).
+    pub generation: i64,
+    /// Being deleted (`metadata.deletionTimestamp` set).
+    pub deleting: bool,
+    /// `metadata.resourceVersion`, the precondition of a finalizer change.
+    pub resource_version: String,
+    /// `metadata.finalizers`.
+    pub finalizers: Vec<String>,
+    /// Every annotation, the verbs' included.
+    pub annotations: BTreeMap<String, String>,
+    /// The plan document it holds, as `skoalactl plan apply -f` would send it, or why it holds
+    /// none (a field the plan crate does not know, a wrong type).
+    pub document: Result<String, String>,
+    /// The `Accepted` condition the leader wrote, if any.
+    pub verdict: Option<Verdict>,
+    /// `status.control`: the control annotations the leader handled last.
+    pub observed: Observed,
+}
+
+/// The `Accepted` condition of an object, as last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `Some(true)` accepted, `Some(false)` refused, `None` not decided yet (queued).
+    pub accepted: Option<bool>,
+    /// Its reason (`Queued`, `InvalidSpec`, …).
+    pub reason: String,
+    /// The `metadata.generation` it judged: a refusal is not retried until the spec moves
+    /// past it.
+    pub generation: Option<i64>,
+    /// When it was written.
+    pub at: jiff::Timestamp,
+}
+
+/// What the leader decided about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Accepted: it is a stored plan now.
+    Accepted,
+    /// Waiting for the active plan to finish (design §4.5, *Busy*).
+    Queued {
+        /// The active plan.
+        behind: String,
+    },
+    /// Not accepted, and why.
+    Refused(Refusal),
+}
+
+/// Why an object was not accepted: `Accepted=False` with this reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// A CamelCase word (`InvalidSpec`, `NameReused`, …).
+    pub reason: &'static str,
+    /// For humans: the same text `skoalactl plan apply` would print.
+    pub message: String,
+}
+
+fn status_key(name: &str) -> Key {
+    Key {
+        kind: KindKey::UpgradePlan,
+        name: name.to_string(),
+        target: Target::Status,
+    }
+}
+
+fn plan_object(object: UpgradePlan) -> Option<PlanObject> {
+    let name = object.metadata.name.clone()?;
+    let status = object.status.clone().unwrap_or_default();
+    let verdict = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PlanCondition::Accepted)
+        .map(|c| Verdict {
+            accepted: match c.status {
+                ConditionStatus::True => Some(true),
+                ConditionStatus::False => Some(false),
+                ConditionStatus::Unknown => None,
+            },
+            reason: c.reason.clone(),
+            generation: c.observed_generation,
+            at: c.last_transition_time,
+        });
+    let control = status.control.unwrap_or_default();
+    Some(PlanObject {
+        generation: object.metadata.generation.unwrap_or_default(),
+        deleting: object.metadata.deletion_timestamp.is_some(),
+        resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+        finalizers: object.metadata.finalizers.clone().unwrap_or_default(),
+        annotations: object.metadata.annotations.clone().unwrap_or_default(),
+        document: crd::document(&object)
+            .map(|d| d.to_yaml())
+            .map_err(|e| format!("invalid plan document: {e}")),
+        verdict,
+        observed: Observed {
+            observed_resume: control.observed_resume,
+            approved_through: control.approved_through,
+        },
+        name,
+    })
+}
+
+/// Every `UpgradePlan` in the namespace, read from the API server now.
+pub(super) async fn list(shared: &Shared) -> Result<Vec<PlanObject>, StoreError> {
+    let api: Api<UpgradePlan> = Kind::UpgradePlan.api(shared.client.clone(), &shared.namespace);
+    let objects = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("listing upgrade plans", e))?;
+    Ok(objects.items.into_iter().filter_map(plan_object).collect())
+}
+
+/// Writes the `Accepted` condition for `generation` of plan `name`.
+pub(super) async fn judge(
+    shared: &Shared,
+    name: &str,
+    generation: i64,
+    judgement: &Judgement,
+) -> Result<(), StoreError> {
+    let (status, reason, message) = match judgement {
+        Judgement::Accepted => (
+            ConditionStatus::True,
+            "Accepted",
+            "accepted; the rollout is in status.phase".to_string(),
+        ),
+        Judgement::Queued { behind } => (
+            ConditionStatus::Unknown,
+            "Queued",
+            format!("waiting for plan {behind} to finish; one plan at a time"),
+        ),
+        Judgement::Refused(r) => (ConditionStatus::False, r.reason, r.message.clone()),
+    };
+    let condition = json!({
+        "type": PlanCondition::Accepted,
+        "status": status,
+        "observedGeneration": generation,
+        "lastTransitionTime": jiff::Timestamp::now(),
+        "reason": reason,
+        "message": cut(&message, 1024),
+    });
+    let patch = json!({ "status": {
+        "observedGeneration": generation,
+        "conditions": [condition],
+    }});
+    shared.patch(status_key(name), Class::Durable, patch).await
+}
+
+/// The finalizer on a plan's object while its rollout can still start or finish work
+/// (design §4.5): deleting the object then aborts the plan, and the object goes once nothing
+/// is in flight.
+pub const IN_FLIGHT_FINALIZER: &str = "fleet.skoala.io/in-flight";
+
+/// Adds or removes [`IN_FLIGHT_FINALIZER`] on `object`, keeping every other finalizer; the
+/// object's `resourceVersion` is the precondition, so a finalizer another controller added
+/// meanwhile is never lost (a conflict is an error: the caller reads again).
+pub(super) async fn hold(
+    shared: &Shared,
+    object: &PlanObject,
+    held: bool,
+) -> Result<(), StoreError> {
+    let mut finalizers: Vec<&str> = object
+        .finalizers
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f != IN_FLIGHT_FINALIZER)
+        .collect();
+    if held {
+        finalizers.push(IN_FLIGHT_FINALIZER);
+    }
+    let api: Api<UpgradePlan> = Kind::UpgradePlan.api(shared.client.clone(), &shared.namespace);
+    let patch = json!({ "metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.resource_version,
+    }});
+    api.patch(&object.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+        .map_err(|e| {
+            api_error(
+                format!("writing the finalizers of upgrade plan {}", object.name),
+                e,
+            )
+        })
+}
+
+/// Stores what the leader handled of plan `name`'s control annotations (`status.control`).
+pub(super) async fn observe(
+    shared: &Shared,
+    name: &str,
+    observed: &Observed,
+) -> Result<(), StoreError> {
+    let patch = json!({ "status": { "control": {
+        "observedResume": observed.observed_resume,
+        "approvedThrough": observed.approved_through,
+    }}});
+    shared.patch(status_key(name), Class::Durable, patch).await
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
