@@ -177,16 +177,7 @@ impl DataDirSetup {
     /// Serves the data dir `init` made, with `opts` (`data_dir_bytes` is not used: the data
     /// dir exists).
     pub async fn serve(self, opts: CoordinatorOptions) -> anyhow::Result<Coordinator> {
-        let mut c = Coordinator {
-            _data_mount: self.data_mount,
-            dir: self.dir,
-            opts,
-            addr: "127.0.0.1:0".parse()?,
-            metrics_addr: None,
-            child: None,
-            lines: None,
-            starts: 0,
-        };
+        let mut c = Coordinator::unstarted(self, opts, "127.0.0.1:0".parse()?);
         c.spawn().await?;
         Ok(c)
     }
@@ -207,6 +198,20 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator on `setup`'s data dir that has not been started, to listen on `addr`.
+    fn unstarted(setup: DataDirSetup, opts: CoordinatorOptions, addr: SocketAddr) -> Self {
+        Coordinator {
+            _data_mount: setup.data_mount,
+            dir: setup.dir,
+            opts,
+            addr,
+            metrics_addr: None,
+            child: None,
+            lines: None,
+            starts: 0,
+        }
+    }
+
     /// Init + serve with default options and metrics on.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(CoordinatorOptions {
@@ -237,19 +242,11 @@ impl Coordinator {
         }
         let setup = DataDirSetup::new(None)?;
         setup.init_for(&opts).await?;
-        let mut c = Coordinator {
-            _data_mount: None,
-            dir: setup.dir,
-            opts: CoordinatorOptions {
-                standby: true,
-                ..opts
-            },
-            addr: leader.addr,
-            metrics_addr: None,
-            child: None,
-            lines: None,
-            starts: 0,
+        let opts = CoordinatorOptions {
+            standby: true,
+            ..opts
         };
+        let mut c = Coordinator::unstarted(setup, opts, leader.addr);
         c.spawn().await?;
         Ok(c)
     }

@@ -15,6 +15,22 @@ use skoala_e2e::{real, wait};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Waits for `plan` to succeed, then checks that every target took one attempt and that helm's
+/// history of each release shows the install and exactly one upgrade.
+async fn succeeds_upgrading_each_release_once(pf: &PlanFleet, plan: &str) -> anyhow::Result<()> {
+    let plan = pf.wait_phase(plan, &["succeeded"], PLAN_TIMEOUT).await?;
+    for t in plan["targets"].as_array().expect("targets") {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+        assert_eq!(t["attempts"], 1, "{t:#}");
+    }
+    for name in ["control-plane", "work-1", "work-2", "work-3", "work-4"] {
+        let h = pf.history(name).await?;
+        assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
+        assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_finishes_the_plan_upgrading_each_release_once() -> anyhow::Result<()>
 {
@@ -47,16 +63,7 @@ async fn a_killed_coordinator_finishes_the_plan_upgrading_each_release_once() ->
     pf.fleet.coordinator.restart().await?;
     assert_eq!(pf.fleet.coordinator.starts(), 2);
 
-    let plan = pf.wait_phase("crash", &["succeeded"], PLAN_TIMEOUT).await?;
-    for t in plan["targets"].as_array().expect("targets") {
-        assert_eq!(t["state"], "succeeded", "{t:#}");
-        assert_eq!(t["attempts"], 1, "{t:#}");
-    }
-    for name in ["control-plane", "work-1", "work-2", "work-3", "work-4"] {
-        let h = pf.history(name).await?;
-        assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
-        assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
-    }
+    succeeds_upgrading_each_release_once(&pf, "crash").await?;
     let skew = pf.ctl().run(&["skew"]).await?;
     assert!(skew.success, "{}", skew.stdout);
     Ok(())
@@ -121,18 +128,7 @@ async fn on_the_kube_store_the_standby_finishes_a_killed_leaders_plan_upgrading_
          again {moving:?} after it"
     );
 
-    let plan = pf
-        .wait_phase("failover", &["succeeded"], PLAN_TIMEOUT)
-        .await?;
-    for t in plan["targets"].as_array().expect("targets") {
-        assert_eq!(t["state"], "succeeded", "{t:#}");
-        assert_eq!(t["attempts"], 1, "{t:#}");
-    }
-    for name in ["control-plane", "work-1", "work-2", "work-3", "work-4"] {
-        let h = pf.history(name).await?;
-        assert_eq!(h.len(), 2, "{name}: install + exactly one upgrade: {h:#?}");
-        assert_eq!(h[1]["status"], "deployed", "{name}: {h:#?}");
-    }
+    succeeds_upgrading_each_release_once(&pf, "failover").await?;
     // No backup lost: each release's values were saved before its one upgrade, those taken
     // under the dead leader included, as Secrets on the control-plane cluster.
     let client = real::client(pf.control_plane.kubeconfig_path()).await?;
