@@ -263,7 +263,9 @@ async fn deleting_a_running_plans_object_aborts_it_and_the_object_waits_for_the_
     let pf = PlanFleet::start(PlanFleetOptions {
         workers: 2,
         kube_store: true,
-        worker_readiness_delay: Some(Duration::from_secs(8)),
+        // The canary's upgrade must outlast the reconciler's passes (2 s each) between its
+        // start and the read of the terminating object below, on a loaded machine too.
+        worker_readiness_delay: Some(Duration::from_secs(20)),
         ..Default::default()
     })
     .await?;
