@@ -334,7 +334,7 @@ impl Plans {
         let outcome = self
             .put_parts(&plan, &doc, head.clone(), targets, events, &mut done)
             .await;
-        match outcome {
+        let result = match outcome {
             Ok((document, history, last)) => {
                 let stored = Stored {
                     document,
@@ -347,15 +347,15 @@ impl Plans {
                 if let Some(previous) = previous.filter(|p| *p != plan.name) {
                     self.show_inactive(&previous).await;
                 }
-                self.shows.follow(&plan.name);
                 Ok(last)
             }
             Err(e) => {
                 self.undo(done).await;
-                self.shows.follow(&plan.name);
                 Err(e)
             }
-        }
+        };
+        self.shows.follow(&plan.name);
+        result
     }
 
     /// `put_plan`'s writes, in order; the registry last. Returns the document and the upgrade
@@ -743,20 +743,20 @@ impl Plans {
             self.events.append(write.events.clone(), now_ms()).await
         }
         .await;
-        match outcome {
+        let result = match outcome {
             Ok(last) => {
                 if let Some(p) = self.state.lock().expect("lock").plans.get_mut(&write.plan) {
                     p.updated_ms = now_ms();
                 }
-                self.shows.follow(&write.plan);
                 Ok(last)
             }
             Err(e) => {
                 self.undo(done).await;
-                self.shows.follow(&write.plan);
                 Err(e)
             }
-        }
+        };
+        self.shows.follow(&write.plan);
+        result
     }
 
     /// Writes `plan`'s head (when given) and the upgrade history `events` add to each stored
