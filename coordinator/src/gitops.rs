@@ -4,7 +4,7 @@
 //! - accepts an object that is not a stored plan through the same path as `skoalactl plan
 //!   apply` (validation, selection, skew unless `fleet.skoala.io/force: "true"`, charts), or
 //!   writes why not into its status (`Accepted=False`), not retried until its spec changes
-//!   (but for refusals in [`RETRIED`]); an object waits while another plan runs
+//!   (but for refusals [`RefusalReason::retried`] says depend on something else); an object waits while another plan runs
 //!   (`Accepted=Unknown`, `Queued`), and is tried again when it finished;
 //! - applies the control annotations of the active plan (`paused`, `resume`,
 //!   `approved-stage`, `abort`, `rollback`) through the orchestrator's transitions, storing
@@ -21,7 +21,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skoala_kubestore::store::{IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal};
+use skoala_kubestore::store::{
+    IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal, RefusalReason,
+};
 use skoala_plan::control;
 use skoala_store::StoreError;
 
@@ -32,11 +34,8 @@ use crate::store::AnyStore;
 /// How often the plan objects are read.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// Refusals that depend on something outside the plan (the chart repository, the
-/// coordinator's helm and control plane), tried again every [`RETRY`] with the same spec.
-const RETRIED: [&str; 2] = ["ChartsUnavailable", "NoControlPlane"];
-
-/// How long a refusal in [`RETRIED`] stands before the object is tried again.
+/// How long a refusal that [`RefusalReason::retried`] stands before the object is tried
+/// again with the same spec.
 const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
 
 /// Who the audit log names for what an object asked.
@@ -116,14 +115,14 @@ async fn finalize(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObjec
 }
 
 /// The condition reason of a refused apply (design §4.5).
-fn reason(e: &Error) -> &'static str {
+fn reason(e: &Error) -> RefusalReason {
     match e {
-        Error::Document(_) | Error::Invalid(_) | Error::Immutable(_) => "InvalidSpec",
-        Error::NothingSelected => "NothingSelected",
-        Error::Skewed { .. } => "Skewed",
-        Error::Helm { .. } | Error::Charts(_) => "ChartsUnavailable",
-        Error::NoControlPlane => "NoControlPlane",
-        _ => "Refused",
+        Error::Document(_) | Error::Invalid(_) | Error::Immutable(_) => RefusalReason::InvalidSpec,
+        Error::NothingSelected => RefusalReason::NothingSelected,
+        Error::Skewed { .. } => RefusalReason::Skewed,
+        Error::Helm { .. } | Error::Charts(_) => RefusalReason::ChartsUnavailable,
+        Error::NoControlPlane => RefusalReason::NoControlPlane,
+        _ => RefusalReason::Refused,
     }
 }
 
@@ -135,14 +134,14 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
         .filter(|v| v.generation == Some(object.generation));
     if judged.is_some_and(|v| {
         v.accepted == Some(false)
-            && !(RETRIED.contains(&v.reason.as_str())
+            && !(RefusalReason::parse(&v.reason).is_some_and(RefusalReason::retried)
                 && jiff::Timestamp::now().duration_since(v.at) >= RETRY)
     }) {
         return;
     }
     let refusal = if store.is_registered_plan(&object.name) {
         Refusal {
-            reason: "NameReused",
+            reason: RefusalReason::NameReused,
             message: format!(
                 "plan names are never reused: a plan named {} was accepted and deleted before; \
                  give this plan a new name",
@@ -153,12 +152,14 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
         let text = match &object.document {
             Ok(text) => text,
             Err(message) => {
-                return refuse(store, object, "InvalidSpec", message.clone()).await;
+                return refuse(store, object, RefusalReason::InvalidSpec, message.clone()).await;
             }
         };
         let force = match control::force(&object.annotations) {
             Ok(force) => force,
-            Err(e) => return refuse(store, object, "InvalidSpec", e.to_string()).await,
+            Err(e) => {
+                return refuse(store, object, RefusalReason::InvalidSpec, e.to_string()).await;
+            }
         };
         if let Some(behind) = ctx.orchestrator.running().await {
             if judged.is_none_or(|v| v.reason != "Queued") {
@@ -195,8 +196,8 @@ async fn accept(ctx: &Context<AnyStore>, store: &KubeStore, object: &PlanObject)
     refuse(store, object, refusal.reason, refusal.message).await;
 }
 
-async fn refuse(store: &KubeStore, object: &PlanObject, reason: &'static str, message: String) {
-    tracing::warn!(plan = %object.name, generation = object.generation, reason, %message, "plan object refused");
+async fn refuse(store: &KubeStore, object: &PlanObject, reason: RefusalReason, message: String) {
+    tracing::warn!(plan = %object.name, generation = object.generation, reason = reason.as_str(), %message, "plan object refused");
     judge(
         store,
         object,

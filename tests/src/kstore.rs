@@ -711,7 +711,7 @@ pub async fn plan_objects_carry_the_leaders_decision_its_finalizer_and_what_it_h
     assert_eq!(o.verdict, None);
 
     let refused = Judgement::Refused(Refused {
-        reason: "InvalidSpec",
+        reason: skoala_kubestore::store::RefusalReason::InvalidSpec,
         message: why,
     });
     store

@@ -68,10 +68,70 @@ pub enum Judgement {
 /// Why an object was not accepted: `Accepted=False` with this reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// A CamelCase word (`InvalidSpec`, `NameReused`, …).
-    pub reason: &'static str,
+    /// The condition's reason.
+    pub reason: RefusalReason,
     /// For humans: the same text `skoalactl plan apply` would print.
     pub message: String,
+}
+
+/// The `reason` of an `Accepted=False` condition (design §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The document does not parse or validate, or an annotation read at acceptance is
+    /// malformed.
+    InvalidSpec,
+    /// The selector matches no cluster.
+    NothingSelected,
+    /// The fleet is skewed and the plan is not forced.
+    Skewed,
+    /// The chart repository does not answer, or has no chart at the version.
+    ChartsUnavailable,
+    /// The coordinator has no control plane to upgrade first.
+    NoControlPlane,
+    /// A plan of that name was accepted before: names are never reused.
+    NameReused,
+    /// Refused for another reason; the message says which.
+    Refused,
+}
+
+impl RefusalReason {
+    /// Every reason.
+    pub const ALL: [RefusalReason; 7] = [
+        RefusalReason::InvalidSpec,
+        RefusalReason::NothingSelected,
+        RefusalReason::Skewed,
+        RefusalReason::ChartsUnavailable,
+        RefusalReason::NoControlPlane,
+        RefusalReason::NameReused,
+        RefusalReason::Refused,
+    ];
+
+    /// As written in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::InvalidSpec => "InvalidSpec",
+            RefusalReason::NothingSelected => "NothingSelected",
+            RefusalReason::Skewed => "Skewed",
+            RefusalReason::ChartsUnavailable => "ChartsUnavailable",
+            RefusalReason::NoControlPlane => "NoControlPlane",
+            RefusalReason::NameReused => "NameReused",
+            RefusalReason::Refused => "Refused",
+        }
+    }
+
+    /// The reason a condition read back names, if it is one of these.
+    pub fn parse(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == reason)
+    }
+
+    /// Whether the refusal depends on something outside the plan (the chart repository, the
+    /// coordinator's helm and control plane), so the same spec is worth trying again later.
+    pub fn retried(self) -> bool {
+        matches!(
+            self,
+            RefusalReason::ChartsUnavailable | RefusalReason::NoControlPlane
+        )
+    }
 }
 
 fn status_key(name: &str) -> Key {
@@ -146,7 +206,7 @@ pub(super) async fn judge(
             "Queued",
             format!("waiting for plan {behind} to finish; one plan at a time"),
         ),
-        Judgement::Refused(r) => (ConditionStatus::False, r.reason, r.message.clone()),
+        Judgement::Refused(r) => (ConditionStatus::False, r.reason.as_str(), r.message.clone()),
     };
     let condition = json!({
         "type": PlanCondition::Accepted,

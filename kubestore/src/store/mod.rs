@@ -39,7 +39,7 @@ mod identity;
 mod plans;
 mod shared;
 
-pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, Verdict};
+pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, RefusalReason, Verdict};
 pub use shared::Options;
 use shared::Shared;
 
