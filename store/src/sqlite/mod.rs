@@ -24,6 +24,7 @@ use crate::{
     RolloutWrite, StoreError, TokenRecord,
 };
 
+mod migrate;
 mod migrations;
 mod plans;
 #[cfg(test)]
@@ -823,35 +824,42 @@ mod tests {
     /// coordinator does.
     struct Sqlite {
         dir: tempfile::TempDir,
+        /// How many stores [`Factory::fresh`] made: each gets a file of its own.
+        made: AtomicU64,
     }
 
     impl Sqlite {
         fn new() -> Self {
             Self {
                 dir: tempfile::tempdir().expect("tempdir"),
+                made: AtomicU64::new(0),
             }
         }
+    }
 
-        fn path(&self) -> std::path::PathBuf {
-            self.dir.path().join("store.db")
-        }
+    /// The file `store` was opened from.
+    fn path_of(store: &SqliteStore) -> std::path::PathBuf {
+        let conn = store.conn.lock().expect("lock");
+        conn.path().expect("a file store").into()
     }
 
     impl Factory for Sqlite {
         type Store = SqliteStore;
 
         async fn fresh(&self) -> SqliteStore {
-            SqliteStore::open(&self.path()).expect("open")
+            let n = self.made.fetch_add(1, Ordering::Relaxed);
+            SqliteStore::open(&self.dir.path().join(format!("store-{n}.db"))).expect("open")
         }
 
         async fn reopen(&self, store: SqliteStore) -> SqliteStore {
+            let path = path_of(&store);
             drop(store);
-            SqliteStore::open(&self.path()).expect("reopen")
+            SqliteStore::open(&path).expect("reopen")
         }
 
         /// A trigger, created from a second connection: the store's own sees it at its next
         /// statement, as it would a full disk.
-        async fn refuse(&self, _: &SqliteStore, refusal: Refusal) {
+        async fn refuse(&self, store: &SqliteStore, refusal: Refusal) {
             let trigger = match refusal {
                 Refusal::Events => "CREATE TRIGGER refuse_events BEFORE INSERT ON plan_events
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
@@ -862,7 +870,7 @@ mod tests {
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
                 ),
             };
-            let other = Connection::open(self.path()).expect("second connection");
+            let other = Connection::open(path_of(store)).expect("second connection");
             other.execute_batch(&trigger).expect("trigger");
         }
     }

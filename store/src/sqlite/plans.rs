@@ -60,6 +60,11 @@ pub(super) fn put_plan(
 }
 
 pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
+    plans_in(c)
+}
+
+/// Every plan with its targets, read in the caller's transaction (or none).
+pub(super) fn plans_in(c: &Connection) -> Result<Vec<PlanRecord>, StoreError> {
     let mut st = c.prepare(
         "SELECT name, document, head, active, created_ms, updated_ms FROM plans ORDER BY created_ms, name",
     )?;
@@ -97,6 +102,23 @@ pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
         p.rollout.targets = by_plan.remove(&p.name).unwrap_or_default();
     }
     Ok(plans)
+}
+
+/// Stores `p` as it is, times included, into a store without it: the import of a migration.
+pub(super) fn insert_plan(c: &Connection, p: &PlanRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            p.name,
+            p.document,
+            p.rollout.head,
+            p.active,
+            p.created_ms,
+            p.updated_ms
+        ],
+    )?;
+    put_targets(c, &p.name, &p.rollout.targets)
 }
 
 /// Creates or replaces `targets` of `plan`, leaving its other targets as they are.
@@ -203,6 +225,16 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<PlanEventRecord> {
 
 pub(super) fn events(
     c: &mut Connection,
+    plan: &str,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<PlanEventRecord>, StoreError> {
+    events_in(c, plan, after_id, limit)
+}
+
+/// [`events`], read in the caller's transaction (or none).
+pub(super) fn events_in(
+    c: &Connection,
     plan: &str,
     after_id: i64,
     limit: u32,

@@ -1,0 +1,262 @@
+//! [`Migrate`] for SQLite: every table read in one read transaction (WAL gives it one
+//! snapshot), and written into an empty file in one write transaction with the source's ids,
+//! so the `AUTOINCREMENT` sequences continue after the highest imported id.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{ADMIN_COLUMNS, SqliteStore, TOKEN_COLUMNS, admin_from_row, cluster_from_row};
+use super::{cluster_select, labels_json, plans, token_from_row};
+use crate::{
+    AuditRecord, CertRecord, ClusterExport, Migrate, PlanEventRecord, Snapshot, StoreError,
+};
+
+/// The tables that hold records: a store with a row in any of them is not empty.
+const TABLES: [&str; 8] = [
+    "tokens",
+    "admins",
+    "clusters",
+    "certificates",
+    "plans",
+    "rollout_targets",
+    "plan_events",
+    "audit",
+];
+
+impl Migrate for SqliteStore {
+    async fn export(&self) -> Result<Snapshot, StoreError> {
+        self.run(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let snapshot = export(&tx)?;
+            tx.commit()?;
+            Ok(snapshot)
+        })
+        .await
+    }
+
+    async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let result = self
+            .run(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if let Some(table) = first_nonempty(&tx)? {
+                    return Err(StoreError::NotEmpty(format!("table {table} has rows")));
+                }
+                import(&tx, &snapshot)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        self.clusters_changed();
+        result
+    }
+}
+
+fn first_nonempty(c: &Connection) -> Result<Option<&'static str>, StoreError> {
+    for table in TABLES {
+        let any: Option<i64> = c
+            .query_row(&format!("SELECT 1 FROM {table} LIMIT 1"), [], |r| r.get(0))
+            .optional()?;
+        if any.is_some() {
+            return Ok(Some(table));
+        }
+    }
+    Ok(None)
+}
+
+fn export(c: &Connection) -> Result<Snapshot, StoreError> {
+    let tokens = c
+        .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"))?
+        .query_map([], token_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let admins = c
+        .prepare(&format!(
+            "SELECT {ADMIN_COLUMNS} FROM admins ORDER BY created_unix, serial_hex"
+        ))?
+        .query_map([], admin_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut clusters = c
+        .prepare(&format!(
+            "SELECT {}, token_id FROM clusters ORDER BY id",
+            cluster_select()
+        ))?
+        .query_map([], |r| {
+            Ok(ClusterExport {
+                record: cluster_from_row(r)?,
+                token_id: r.get(15)?,
+                certificates: Vec::new(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut st = c.prepare(
+        "SELECT serial_hex, cluster_id, issued_unix, not_after_unix, revoked_unix,
+         first_session_unix FROM certificates ORDER BY cluster_id, issued_unix, serial_hex",
+    )?;
+    let certificates = st
+        .query_map([], |r| {
+            Ok(CertRecord {
+                serial_hex: r.get(0)?,
+                cluster_id: r.get(1)?,
+                issued_unix: r.get(2)?,
+                not_after_unix: r.get(3)?,
+                revoked_unix: r.get(4)?,
+                first_session_unix: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for cert in certificates {
+        match clusters.binary_search_by(|x| x.record.id.as_str().cmp(cert.cluster_id.as_str())) {
+            Ok(i) => clusters[i].certificates.push(cert),
+            Err(_) => {
+                return Err(StoreError::Corrupt(format!(
+                    "certificate {} of cluster {} that does not exist",
+                    cert.serial_hex, cert.cluster_id
+                )));
+            }
+        }
+    }
+    let plans = plans::plans_in(c)?;
+    let plan_events = plans::events_in(c, "", 0, u32::MAX)?;
+    let audit = c
+        .prepare("SELECT id, at_unix_ms, kind, cluster_id, peer, detail FROM audit ORDER BY id")?
+        .query_map([], |r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                at_unix_ms: r.get(1)?,
+                kind: r.get(2)?,
+                cluster_id: r.get(3)?,
+                peer: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Snapshot {
+        tokens,
+        admins,
+        clusters,
+        plans,
+        plan_events,
+        audit,
+    })
+}
+
+fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
+    for t in &s.tokens {
+        c.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+            params![
+                t.id,
+                t.secret_sha256,
+                t.created_unix,
+                t.expires_unix,
+                t.uses_allowed,
+                t.uses_left,
+                t.revoked,
+                t.description
+            ],
+        )?;
+    }
+    for a in &s.admins {
+        c.execute(
+            &format!("INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?1,?2,?3,?4,?5)"),
+            params![
+                a.name,
+                a.serial_hex,
+                a.created_unix,
+                a.not_after_unix,
+                a.revoked_unix
+            ],
+        )?;
+    }
+    for x in &s.clusters {
+        let r = &x.record;
+        let release = r.state.release.as_ref();
+        c.execute(
+            "INSERT INTO clusters (id, name, labels_json, registered_unix, revoked_unix,
+             agent_version, helm_version, inventory, cert_serial, cert_not_after_unix, token_id,
+             proposed_name, proposed_labels_json, release_chart_version, release_status,
+             release_revision)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+            params![
+                r.id,
+                r.name,
+                labels_json(&r.labels),
+                r.registered_unix,
+                r.revoked_unix,
+                r.state.agent_version,
+                r.state.helm_version,
+                r.state.inventory,
+                r.cert_serial,
+                r.cert_not_after_unix,
+                x.token_id,
+                r.proposed.as_ref().map(|p| p.name.as_str()),
+                r.proposed.as_ref().map(|p| labels_json(&p.labels)),
+                release.map(|s| s.chart_version.as_str()),
+                release.map(|s| s.status.as_str()),
+                release.map(|s| s.revision),
+            ],
+        )?;
+        for cert in &x.certificates {
+            c.execute(
+                "INSERT INTO certificates (serial_hex, cluster_id, issued_unix, not_after_unix,
+                 revoked_unix, first_session_unix) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![
+                    cert.serial_hex,
+                    cert.cluster_id,
+                    cert.issued_unix,
+                    cert.not_after_unix,
+                    cert.revoked_unix,
+                    cert.first_session_unix
+                ],
+            )?;
+        }
+    }
+    for p in &s.plans {
+        plans::insert_plan(c, p)?;
+    }
+    let mut insert = c.prepare(
+        "INSERT INTO plan_events (id, at_unix_ms, plan, kind, target, target_name, operation_id,
+         step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+    )?;
+    for PlanEventRecord {
+        id,
+        at_unix_ms,
+        plan,
+        kind,
+        target,
+        target_name,
+        operation_id,
+        step,
+        state,
+        message,
+        duration_ms,
+    } in &s.plan_events
+    {
+        insert.execute(params![
+            id,
+            at_unix_ms,
+            plan,
+            kind,
+            target,
+            target_name,
+            operation_id,
+            step,
+            state,
+            message,
+            duration_ms
+        ])?;
+    }
+    let mut insert = c.prepare(
+        "INSERT INTO audit (id, at_unix_ms, kind, cluster_id, peer, detail)
+         VALUES (?1,?2,?3,?4,?5,?6)",
+    )?;
+    for a in &s.audit {
+        insert.execute(params![
+            a.id,
+            a.at_unix_ms,
+            a.kind,
+            a.cluster_id,
+            a.peer,
+            a.detail
+        ])?;
+    }
+    Ok(())
+}
