@@ -1,6 +1,7 @@
 //! [`Migrate`] for SQLite: every table read in one read transaction (WAL gives it one
 //! snapshot), and written into an empty file in one write transaction with the source's ids,
-//! so the `AUTOINCREMENT` sequences continue after the highest imported id.
+//! so the `AUTOINCREMENT` sequences continue after the highest imported id; the transaction
+//! reads every class back and commits only when the counts are those written.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -41,6 +42,12 @@ impl Migrate for SqliteStore {
                     return Err(StoreError::NotEmpty(format!("table {table} has rows")));
                 }
                 import(&tx, &snapshot)?;
+                let (wrote, found) = (snapshot.counts(), export(&tx)?.counts());
+                if found != wrote {
+                    return Err(StoreError::Unverified(format!(
+                        "wrote {wrote}; read back {found}"
+                    )));
+                }
                 tx.commit()?;
                 Ok(())
             })
@@ -259,4 +266,58 @@ fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
         ])?;
     }
     Ok(())
+}
+
+/// A write lock on a store file, held by a connection of its own until dropped: what keeps a
+/// coordinator that was not stopped from committing anything a migration's copy would miss
+/// (its writes wait, then fail) while reads, the copy's included, go on.
+pub struct WriteHold {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Takes the write lock of the store file at `path` (`BEGIN IMMEDIATE`), waiting up to the
+    /// store's busy timeout for a write in progress; fails when a writer keeps it.
+    pub fn hold_writes(path: &std::path::Path) -> Result<WriteHold, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(WriteHold { conn })
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        // Nothing was written: rolling back only lets the lock go.
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::token;
+    use crate::{IdentityStore, Migrate};
+
+    #[tokio::test]
+    async fn a_held_store_refuses_writes_and_still_exports() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).expect("open");
+        store.insert_token(token(1)).await.expect("token");
+        let hold = SqliteStore::hold_writes(&path).expect("hold");
+        let mut other = token(1);
+        other.id = "efgh".into();
+        assert!(
+            store.insert_token(other.clone()).await.is_err(),
+            "a write waits for the lock, then fails"
+        );
+        let snapshot = store.export().await.expect("a read goes on");
+        assert_eq!(snapshot.tokens.len(), 1);
+        drop(hold);
+        store
+            .insert_token(other)
+            .await
+            .expect("writes again once let go");
+    }
 }

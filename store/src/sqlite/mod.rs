@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod migrate;
+pub use migrate::WriteHold;
 mod migrations;
 mod plans;
 #[cfg(test)]
