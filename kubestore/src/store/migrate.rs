@@ -75,7 +75,7 @@ impl Migrate for KubeStore {
 impl KubeStore {
     /// What in the namespace makes it no migration target, if anything: a token, admin or
     /// cluster, a plan (accepted or only applied), a log segment, the state ConfigMap.
-    async fn holds_records(&self) -> Result<Option<String>, StoreError> {
+    pub async fn holds_records(&self) -> Result<Option<String>, StoreError> {
         if let Some(what) = self.identity.holds_records() {
             return Ok(Some(what));
         }
