@@ -104,30 +104,28 @@ impl Opened {
             tracing::warn!(error = %e, "releasing the leader Lease failed; it expires by itself");
         }
     }
-
 }
 
 /// The store at `place` opened anew (under the Lease `quiet` holds, on kube): what a
 /// coordinator started there reads.
 async fn reopen(quiet: &Quiet, place: &Place) -> anyhow::Result<Store> {
-        Ok(match (quiet, place) {
-            (Quiet::Lease(leadership, client), Place::Kube(namespace)) => {
-                let options = KubeOptions {
-                    namespace: namespace.clone(),
-                    ..KubeOptions::default()
-                };
-                Store::Kube(
-                    KubeStore::open(client.clone(), options, leadership.fence())
-                        .await
-                        .with_context(|| format!("loading the fleet from namespace {namespace}"))?,
-                )
-            }
-            (_, Place::Sqlite(dir)) => Store::Sqlite(
-                SqliteStore::open(&DataDir::new(dir).store())
-                    .context("opening the migrated store")?,
-            ),
-            (_, Place::Kube(namespace)) => bail!("namespace {namespace} was opened without its Lease"),
-        })
+    Ok(match (quiet, place) {
+        (Quiet::Lease(leadership, client), Place::Kube(namespace)) => {
+            let options = KubeOptions {
+                namespace: namespace.clone(),
+                ..KubeOptions::default()
+            };
+            Store::Kube(
+                KubeStore::open(client.clone(), options, leadership.fence())
+                    .await
+                    .with_context(|| format!("loading the fleet from namespace {namespace}"))?,
+            )
+        }
+        (_, Place::Sqlite(dir)) => Store::Sqlite(
+            SqliteStore::open(&DataDir::new(dir).store()).context("opening the migrated store")?,
+        ),
+        (_, Place::Kube(namespace)) => bail!("namespace {namespace} was opened without its Lease"),
+    })
 }
 
 enum Store {
@@ -168,6 +166,14 @@ pub async fn run(opts: MigrateOptions) -> anyhow::Result<Migrated> {
         bail!("--from and --to are the same place ({})", opts.from);
     }
     let source = open_source(&opts).await?;
+    let moved = copy(&opts, &source).await;
+    // Whatever happened: the Lease is handed back at once rather than left to expire.
+    source.close().await;
+    moved
+}
+
+/// The migration once the source is quiet.
+async fn copy(opts: &MigrateOptions, source: &Opened) -> anyhow::Result<Migrated> {
     let snapshot = source
         .store
         .export()
@@ -191,9 +197,48 @@ pub async fn run(opts: MigrateOptions) -> anyhow::Result<Migrated> {
     let read = snapshot.counts();
     eprintln!("read from {}: {read}", opts.from);
 
-    let target = open_target(&opts).await?;
-    check_empty(&target, &opts.to).await?;
-    put_pki(&target.pki, &pki, &opts.to).await?;
+    let target = open_target(opts).await?;
+    let written = write(opts, source, &target, snapshot, &pki).await;
+    let found = match (&written, &opts.to) {
+        (Err(_), _) => {
+            target.close().await;
+            None
+        }
+        (Ok(_), Place::Sqlite(dir)) => {
+            let dir = DataDir::new(dir);
+            let Opened { store, .. } = target;
+            drop(store);
+            std::fs::rename(migrating(&dir), dir.store()).with_context(|| {
+                format!("moving the store into place at {}", dir.store().display())
+            })?;
+            Some(read_back(&Quiet::None, &opts.to).await)
+        }
+        (Ok(_), Place::Kube(_)) => {
+            let found = read_back(&target.quiet, &opts.to).await;
+            target.close().await;
+            Some(found)
+        }
+    };
+    let backups = written?;
+    let found = found.context("read back")??;
+    Ok(Migrated {
+        read,
+        found,
+        backups,
+    })
+}
+
+/// Writes the PKI, the backups and the records into the empty target; returns how many
+/// backups.
+async fn write(
+    opts: &MigrateOptions,
+    source: &Opened,
+    target: &Opened,
+    snapshot: Snapshot,
+    pki: &Pki,
+) -> anyhow::Result<usize> {
+    check_empty(target, &opts.to).await?;
+    put_pki(&target.pki, pki, &opts.to).await?;
     let backups = copy_backups(&source.backups, &target.backups)
         .await
         .with_context(|| format!("copying values backups to {}", opts.to))?;
@@ -202,25 +247,7 @@ pub async fn run(opts: MigrateOptions) -> anyhow::Result<Migrated> {
         .import(snapshot)
         .await
         .with_context(|| format!("writing the fleet into {}", opts.to))?;
-    if let Place::Sqlite(dir) = &opts.to {
-        let dir = DataDir::new(dir);
-        let Opened { store, .. } = target;
-        drop(store);
-        std::fs::rename(migrating(&dir), dir.store())
-            .with_context(|| format!("moving the store into place at {}", dir.store().display()))?;
-        let found = read_back(&Quiet::None, &opts.to).await;
-        source.close().await;
-        return found.map(|found| Migrated { read, found, backups });
-    }
-    let found = read_back(&target.quiet, &opts.to).await;
-    target.close().await;
-    source.close().await;
-    let found = found?;
-    Ok(Migrated {
-        read,
-        found,
-        backups,
-    })
+    Ok(backups)
 }
 
 /// The file a migration into a data dir writes the store to, renamed to `store.db` last.
