@@ -114,9 +114,18 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
     let on_sqlite = seen(&pf).await?;
     let joined = joins(&pf).await?;
     assert_eq!(joined, 2, "each agent joined once");
+    assert_eq!(
+        on_sqlite.plans,
+        [("first".to_string(), "succeeded".to_string())]
+    );
+    assert_eq!(
+        on_sqlite.clusters.len(),
+        3,
+        "two workers and the control plane"
+    );
     assert!(
-        on_sqlite.events.len() > 2,
-        "the plan left events: {on_sqlite:?}"
+        on_sqlite.events.len() > 2 && on_sqlite.audit.len() > 2,
+        "the plan left events, the joins audit entries: {on_sqlite:?}"
     );
 
     // --- SQLite -> kube ------------------------------------------------------------------
@@ -154,6 +163,11 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
     );
     run_plan(&pf, "second", "0.19.2").await?;
     let on_kube = seen(&pf).await?;
+    assert_eq!(on_kube.plans.len(), 2, "{on_kube:?}");
+    assert!(
+        on_kube.events.len() > on_sqlite.events.len(),
+        "the new plan's events follow the old ones' ids: {on_kube:?}"
+    );
 
     // --- kube -> SQLite ------------------------------------------------------------------
     pf.fleet.coordinator.terminate().await?;
