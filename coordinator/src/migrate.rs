@@ -459,6 +459,10 @@ async fn read_back(quiet: &Quiet, to: &Place) -> anyhow::Result<Counts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skoala_store::fixtures::{registration, token};
+    use skoala_store::{
+        IdentityStore, PlanRecord, PlanStore, RolloutRecord, TargetRecord, sqlite::SqliteStore,
+    };
 
     #[test]
     fn a_place_is_a_store_and_where() {
@@ -473,5 +477,172 @@ mod tests {
         for bad in ["/data", "kube:", "etcd:x", ""] {
             assert!(bad.parse::<Place>().is_err(), "{bad}");
         }
+    }
+
+    /// A data dir `init` made, whose store holds a registered cluster, a values backup, and
+    /// plan `p` with cluster `c1` in `phase`.
+    async fn fleet(phase: skoala_plan::TargetPhase) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        crate::init::run(
+            &dir,
+            &crate::init::InitOptions {
+                sans: Vec::new(),
+                endpoint: None,
+                overwrite_ca: false,
+                if_missing: false,
+                ca_ttl: std::time::Duration::from_secs(86_400),
+                server_ttl: std::time::Duration::from_secs(86_400),
+                admin_ttl: std::time::Duration::from_secs(86_400),
+            },
+        )
+        .expect("init");
+        let store = SqliteStore::open(&dir.store()).expect("store");
+        let t = token(1);
+        store.insert_token(t.clone()).await.expect("token");
+        store
+            .register(registration(&t, "c1", "01"))
+            .await
+            .expect("register");
+        let plan = PlanRecord {
+            name: "p".into(),
+            document: "apiVersion: fleet.skoala.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: p}\nspec: {version: 1.2.3}\n".into(),
+            rollout: RolloutRecord {
+                head: "{}".into(),
+                targets: vec![TargetRecord {
+                    cluster_id: "c1".into(),
+                    order: 0,
+                    phase,
+                    progress: "{}".into(),
+                }],
+            },
+            active: true,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        store.put_plan(plan, Vec::new()).await.expect("plan");
+        let key = skoala_kubestore::secrets::BackupKey {
+            cluster_id: "c1".into(),
+            release: "skoala-init".into(),
+            generation: 3,
+            operation_id: "p.c1.upgrade-1".into(),
+        };
+        crate::backups::write_file(&dir, &key, b"password: s3cret\n").expect("backup");
+        tmp
+    }
+
+    fn between(from: &tempfile::TempDir, to: &std::path::Path) -> MigrateOptions {
+        MigrateOptions {
+            from: Place::Sqlite(from.path().into()),
+            to: Place::Sqlite(to.into()),
+            kubeconfig: None,
+            allow_in_flight: false,
+        }
+    }
+
+    /// The files of a data dir, with their contents.
+    fn files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let bytes = std::fs::read(&p).unwrap_or_default();
+                    out.push((p, bytes));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_moves_whole_pki_backups_and_records() {
+        let source = fleet(skoala_plan::TargetPhase::Succeeded).await;
+        let to = tempfile::tempdir().expect("tempdir");
+        let done = run(between(&source, to.path())).await.expect("migrate");
+        assert_eq!(done.read, done.found);
+        assert_eq!(
+            (done.found.clusters, done.found.plans, done.backups),
+            (1, 1, 1)
+        );
+        let target = DataDir::new(to.path());
+        for name in [
+            "ca.pem",
+            "ca-key.pem",
+            "server.pem",
+            "server-key.pem",
+            "admin.yaml",
+        ] {
+            assert_eq!(
+                std::fs::read(target.root().join(name)).expect(name),
+                std::fs::read(source.path().join(name)).expect(name),
+                "{name} moves verbatim"
+            );
+        }
+        assert!(
+            !migrating(&target).exists(),
+            "the store was renamed into place"
+        );
+        assert_eq!(
+            crate::backups::list_files(&target).expect("backups").len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_in_flight_plan_is_refused_unless_allowed_and_nothing_is_written() {
+        let source = fleet(skoala_plan::TargetPhase::Running).await;
+        let to = tempfile::tempdir().expect("tempdir");
+        let refused = run(between(&source, to.path()))
+            .await
+            .expect_err("in flight");
+        let why = format!("{refused:#}");
+        assert!(
+            why.contains("plan p has 1 operation(s) in flight") && why.contains("pause"),
+            "{why}"
+        );
+        assert!(
+            files(to.path()).is_empty(),
+            "nothing written: {:?}",
+            files(to.path())
+        );
+        let allowed = MigrateOptions {
+            allow_in_flight: true,
+            ..between(&source, to.path())
+        };
+        run(allowed).await.expect("allowed");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_holds_a_fleet_is_refused_and_neither_side_changes() {
+        let source = fleet(skoala_plan::TargetPhase::Succeeded).await;
+        let other = fleet(skoala_plan::TargetPhase::Succeeded).await;
+        let (before_source, before_other) = (files(source.path()), files(other.path()));
+        let refused = run(between(&source, other.path()))
+            .await
+            .expect_err("a fleet is there");
+        assert!(
+            format!("{refused:#}").contains("the target must hold no fleet"),
+            "{refused:#}"
+        );
+        assert_eq!(files(other.path()), before_other, "the target is as it was");
+        let after: Vec<_> = files(source.path())
+            .into_iter()
+            .filter(|(p, _)| !p.to_string_lossy().contains("store.db"))
+            .collect();
+        let before: Vec<_> = before_source
+            .into_iter()
+            .filter(|(p, _)| !p.to_string_lossy().contains("store.db"))
+            .collect();
+        assert_eq!(
+            after, before,
+            "the source's PKI and backups are as they were"
+        );
+        let store = SqliteStore::open(&DataDir::new(source.path()).store()).expect("open");
+        assert_eq!(store.export().await.expect("export").counts().clusters, 1);
     }
 }
