@@ -101,7 +101,8 @@ enum Command {
     /// certificates they have.
     ///
     /// Example: skoala-coordinator migrate --from sqlite:/data --to kube:skoala-fleet
-    /// Back:    skoala-coordinator migrate --from kube:skoala-fleet --to sqlite:/data
+    ///
+    /// And back: skoala-coordinator migrate --from kube:skoala-fleet --to sqlite:/data
     Migrate {
         /// Where the fleet is: sqlite:DATA_DIR or kube:NAMESPACE.
         #[arg(long, value_name = "STORE:WHERE")]

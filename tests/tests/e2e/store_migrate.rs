@@ -6,11 +6,15 @@
 //! changes nothing.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 use skoala_e2e::fleet::coordinator::migrate;
-use skoala_e2e::fleet::plans::{KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::fleet::plans::{
+    KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView, read_backups,
+};
 use skoala_e2e::{kstore, kubeapi};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -24,6 +28,8 @@ struct Seen {
     events: Vec<(i64, String)>,
     audit: Vec<(i64, String)>,
     clusters: BTreeSet<String>,
+    /// Each join token's id and uses left.
+    tokens: Vec<(String, u64)>,
 }
 
 async fn seen(pf: &PlanFleet) -> anyhow::Result<Seen> {
@@ -56,11 +62,19 @@ async fn seen(pf: &PlanFleet) -> anyhow::Result<Seen> {
         .iter()
         .map(|c| text(&c["id"]))
         .collect();
+    let tokens = ctl.json(&["token", "list"]).await?;
+    let tokens = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (text(&t["id"]), t["usesLeft"].as_u64().unwrap_or(u64::MAX)))
+        .collect();
     Ok(Seen {
         plans,
         events,
         audit,
         clusters,
+        tokens,
     })
 }
 
@@ -73,6 +87,7 @@ fn text(v: &Value) -> String {
 fn kept(before: &Seen, after: &Seen) {
     assert_eq!(after.plans, before.plans, "the plans");
     assert_eq!(after.clusters, before.clusters, "the clusters");
+    assert_eq!(after.tokens, before.tokens, "the tokens' uses left");
     for (what, old, new) in [
         ("events", &before.events, &after.events),
         ("audit", &before.audit, &after.audit),
@@ -124,8 +139,13 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
         "two workers and the control plane"
     );
     assert!(
-        on_sqlite.events.len() > 2 && on_sqlite.audit.len() > 2,
-        "the plan left events, the joins audit entries: {on_sqlite:?}"
+        on_sqlite.events.len() > 2 && on_sqlite.audit.len() > 2 && !on_sqlite.tokens.is_empty(),
+        "the plan left events, the joins audit entries and a token: {on_sqlite:?}"
+    );
+    let backups = read_backups(&pf.fleet.coordinator.data_dir())?;
+    assert!(
+        backups >= 2,
+        "each upgrade saved the values first: {backups}"
     );
 
     // --- SQLite -> kube ------------------------------------------------------------------
@@ -133,7 +153,9 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
     let data = pf.fleet.coordinator.data_dir();
     let sqlite = format!("sqlite:{}", data.display());
     let kube = format!("kube:{NS}");
+    let started = Instant::now();
     let out = migrate(&sqlite, &kube, &kubeconfig, &[]).await?;
+    eprintln!("migrate sqlite -> kube: {:?}", started.elapsed());
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -141,6 +163,15 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("2 clusters"), "the report counts: {said}");
+    assert!(
+        said.contains(&format!("{backups} values backups")),
+        "every backup moved: {said}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let stored = secrets
+        .list(&ListParams::default().labels("fleet.skoala.io/kind=backup"))
+        .await?;
+    assert_eq!(stored.items.len(), backups, "the backups are Secrets now");
 
     // Once more into the namespace that now holds the fleet: refused, nothing changed.
     let again = migrate(&sqlite, &kube, &kubeconfig, &[]).await?;
@@ -171,11 +202,15 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
 
     // --- kube -> SQLite ------------------------------------------------------------------
     pf.fleet.coordinator.terminate().await?;
-    // The operator moved the old store away when the fleet went to kube.
+    // The operator cleared the data dir when the fleet went to kube; the PKI may stay (it is
+    // this fleet's).
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(data.join(format!("store.db{suffix}")));
     }
+    std::fs::remove_dir_all(data.join("backups"))?;
+    let started = Instant::now();
     let out = migrate(&kube, &sqlite, &kubeconfig, &[]).await?;
+    eprintln!("migrate kube -> sqlite: {:?}", started.elapsed());
     assert!(
         out.status.success(),
         "migrate back: {}",
@@ -183,6 +218,10 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
     );
     pf.fleet.coordinator.serve_store(None).await?;
     pf.fleet.wait_connected(2).await?;
+    assert!(
+        read_backups(&data)? >= backups,
+        "the backups are files again, the kube store's included"
+    );
     let back = seen(&pf).await?;
     kept(&on_kube, &back);
     assert_eq!(
