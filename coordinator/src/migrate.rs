@@ -207,8 +207,18 @@ async fn copy(opts: &MigrateOptions, source: &Opened) -> anyhow::Result<Migrated
         (Ok(_), Place::Sqlite(dir)) => {
             let dir = DataDir::new(dir);
             let Opened { store, .. } = target;
+            if let Store::Sqlite(s) = &store {
+                s.checkpoint()
+                    .await
+                    .context("completing the migrated store")?;
+            }
             drop(store);
-            std::fs::rename(migrating(&dir), dir.store()).with_context(|| {
+            let path = migrating(&dir);
+            // Empty after the checkpoint; they must not be taken for another file's.
+            for log in [wal(&path, "-wal"), wal(&path, "-shm")] {
+                let _ = std::fs::remove_file(log);
+            }
+            std::fs::rename(&path, dir.store()).with_context(|| {
                 format!("moving the store into place at {}", dir.store().display())
             })?;
             Some(read_back(&Quiet::None, &opts.to).await)

@@ -268,6 +268,24 @@ fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl SqliteStore {
+    /// Moves everything committed into the main file and empties the write-ahead log, so the
+    /// file alone holds the store: what a migration needs before it renames the file it wrote
+    /// into place (a log left beside the old name would be lost).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.run(|c| {
+            let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy != 0 {
+                return Err(StoreError::Corrupt(
+                    "the write-ahead log could not be checkpointed: the file is in use".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// A write lock on a store file, held by a connection of its own until dropped: what keeps a
 /// coordinator that was not stopped from committing anything a migration's copy would miss
 /// (its writes wait, then fail) while reads, the copy's included, go on.
