@@ -5,11 +5,10 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{ADMIN_COLUMNS, SqliteStore, TOKEN_COLUMNS, admin_from_row, cluster_from_row};
-use super::{cluster_select, labels_json, plans, token_from_row};
-use crate::{
-    AuditRecord, CertRecord, ClusterExport, Migrate, PlanEventRecord, Snapshot, StoreError,
-};
+use super::{ADMIN_COLUMNS, AUDIT_COLUMNS, CERT_COLUMNS, SqliteStore, TOKEN_COLUMNS};
+use super::{admin_from_row, audit_from_row, cert_from_row, cluster_from_row, cluster_select};
+use super::{insert_token_row, labels_json, plans, token_from_row};
+use crate::{ClusterExport, Migrate, Snapshot, StoreError};
 
 /// The tables that hold records: a store with a row in any of them is not empty.
 const TABLES: [&str; 8] = [
@@ -93,21 +92,11 @@ fn export(c: &Connection) -> Result<Snapshot, StoreError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut st = c.prepare(
-        "SELECT serial_hex, cluster_id, issued_unix, not_after_unix, revoked_unix,
-         first_session_unix FROM certificates ORDER BY cluster_id, issued_unix, serial_hex",
-    )?;
-    let certificates = st
-        .query_map([], |r| {
-            Ok(CertRecord {
-                serial_hex: r.get(0)?,
-                cluster_id: r.get(1)?,
-                issued_unix: r.get(2)?,
-                not_after_unix: r.get(3)?,
-                revoked_unix: r.get(4)?,
-                first_session_unix: r.get(5)?,
-            })
-        })?
+    let certificates = c
+        .prepare(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY cluster_id, issued_unix, serial_hex"
+        ))?
+        .query_map([], cert_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     for cert in certificates {
         match clusters.binary_search_by(|x| x.record.id.as_str().cmp(cert.cluster_id.as_str())) {
@@ -123,17 +112,8 @@ fn export(c: &Connection) -> Result<Snapshot, StoreError> {
     let plans = plans::plans_in(c)?;
     let plan_events = plans::events_in(c, "", 0, u32::MAX)?;
     let audit = c
-        .prepare("SELECT id, at_unix_ms, kind, cluster_id, peer, detail FROM audit ORDER BY id")?
-        .query_map([], |r| {
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at_unix_ms: r.get(1)?,
-                kind: r.get(2)?,
-                cluster_id: r.get(3)?,
-                peer: r.get(4)?,
-                detail: r.get(5)?,
-            })
-        })?
+        .prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?
+        .query_map([], audit_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Snapshot {
         tokens,
@@ -147,19 +127,7 @@ fn export(c: &Connection) -> Result<Snapshot, StoreError> {
 
 fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
     for t in &s.tokens {
-        c.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
-            params![
-                t.id,
-                t.secret_sha256,
-                t.created_unix,
-                t.expires_unix,
-                t.uses_allowed,
-                t.uses_left,
-                t.revoked,
-                t.description
-            ],
-        )?;
+        insert_token_row(c, t)?;
     }
     for a in &s.admins {
         c.execute(
@@ -219,38 +187,7 @@ fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
     for p in &s.plans {
         plans::insert_plan(c, p)?;
     }
-    let mut insert = c.prepare(
-        "INSERT INTO plan_events (id, at_unix_ms, plan, kind, target, target_name, operation_id,
-         step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
-    )?;
-    for PlanEventRecord {
-        id,
-        at_unix_ms,
-        plan,
-        kind,
-        target,
-        target_name,
-        operation_id,
-        step,
-        state,
-        message,
-        duration_ms,
-    } in &s.plan_events
-    {
-        insert.execute(params![
-            id,
-            at_unix_ms,
-            plan,
-            kind,
-            target,
-            target_name,
-            operation_id,
-            step,
-            state,
-            message,
-            duration_ms
-        ])?;
-    }
+    plans::insert_events(c, None, &s.plan_events)?;
     let mut insert = c.prepare(
         "INSERT INTO audit (id, at_unix_ms, kind, cluster_id, peer, detail)
          VALUES (?1,?2,?3,?4,?5,?6)",

@@ -54,7 +54,7 @@ pub(super) fn put_plan(
         params![p.name],
     )?;
     put_targets(&tx, &p.name, &p.rollout.targets)?;
-    let last = insert_events(&tx, now_ms, events)?;
+    let last = insert_events(&tx, Some(now_ms), events)?;
     tx.commit()?;
     Ok(last)
 }
@@ -140,9 +140,11 @@ fn put_targets(c: &Connection, plan: &str, targets: &[TargetRecord]) -> Result<(
     Ok(())
 }
 
-fn insert_events(
+/// Appends `events`, stamped `now_ms` with new ids, or with `None` (a migration's import) as
+/// they are, ids and times included; returns the last id.
+pub(super) fn insert_events(
     c: &Connection,
-    now_ms: i64,
+    now_ms: Option<i64>,
     events: &[PlanEventRecord],
 ) -> Result<i64, StoreError> {
     let mut last = 0;
@@ -150,12 +152,16 @@ fn insert_events(
     // events in one transaction, and parsing the statement for each row was about half of
     // it (BENCHMARKS.md).
     let mut insert = c.prepare_cached(
-        "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
-         step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+        "INSERT INTO plan_events (id, at_unix_ms, plan, kind, target, target_name,
+         operation_id, step, state, message, duration_ms)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
     )?;
     for e in events {
+        // A NULL id is the next of the sequence.
+        let id = now_ms.is_none().then_some(e.id);
         insert.execute(params![
-            now_ms,
+            id,
+            now_ms.unwrap_or(e.at_unix_ms),
             e.plan,
             e.kind,
             e.target,
@@ -191,7 +197,7 @@ pub(super) fn save_rollout(
         return Err(StoreError::Corrupt(format!("no plan named {:?}", w.plan)));
     }
     put_targets(&tx, &w.plan, &w.targets)?;
-    let last = insert_events(&tx, now_ms, &w.events)?;
+    let last = insert_events(&tx, Some(now_ms), &w.events)?;
     tx.commit()?;
     Ok(last)
 }
@@ -202,7 +208,7 @@ pub(super) fn append_events(
     events: &[PlanEventRecord],
 ) -> Result<i64, StoreError> {
     let tx = c.transaction()?;
-    let last = insert_events(&tx, now_ms, events)?;
+    let last = insert_events(&tx, Some(now_ms), events)?;
     tx.commit()?;
     Ok(last)
 }
