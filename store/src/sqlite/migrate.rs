@@ -185,7 +185,7 @@ fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
         }
     }
     for p in &s.plans {
-        plans::insert_plan(c, p)?;
+        plans::store_plan(c, p)?;
     }
     plans::insert_events(c, None, &s.plan_events)?;
     let mut insert = c.prepare(

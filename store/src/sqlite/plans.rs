@@ -35,25 +35,12 @@ pub(super) fn put_plan(
             params![p.name],
         )?;
     }
-    tx.execute(
-        "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(name) DO UPDATE SET document = ?2, head = ?3, active = ?4, updated_ms = ?6",
-        params![
-            p.name,
-            p.document,
-            p.rollout.head,
-            p.active,
-            p.created_ms,
-            p.updated_ms
-        ],
-    )?;
     // A replaced plan's rollout is the record's, whole.
     tx.execute(
         "DELETE FROM rollout_targets WHERE plan = ?1",
         params![p.name],
     )?;
-    put_targets(&tx, &p.name, &p.rollout.targets)?;
+    store_plan(&tx, p)?;
     let last = insert_events(&tx, Some(now_ms), events)?;
     tx.commit()?;
     Ok(last)
@@ -104,11 +91,13 @@ pub(super) fn plans_in(c: &Connection) -> Result<Vec<PlanRecord>, StoreError> {
     Ok(plans)
 }
 
-/// Stores `p` as it is, times included, into a store without it: the import of a migration.
-pub(super) fn insert_plan(c: &Connection, p: &PlanRecord) -> Result<(), StoreError> {
+/// Creates plan `p` with its targets, or replaces its document, head, activity and targets
+/// (it keeps when it was created): `put_plan`'s write, and a migration's import of each plan.
+pub(super) fn store_plan(c: &Connection, p: &PlanRecord) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(name) DO UPDATE SET document = ?2, head = ?3, active = ?4, updated_ms = ?6",
         params![
             p.name,
             p.document,
