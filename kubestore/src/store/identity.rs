@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use serde_json::json;
@@ -49,6 +50,10 @@ use secrets::{ADMIN, Admin, JOIN_TOKEN, KIND_LABEL, SELECTOR, Token};
 /// certificates leave about a dozen within a week's retention, so only a cluster re-registered
 /// dozens of times within one reaches it, and then its oldest (revoked) records go.
 pub(super) const MAX_CERTIFICATES: usize = 32;
+
+/// How many clusters a migration's import writes at once: the default write budget's
+/// concurrency (`write::Budget`), which the requests queue behind anyway.
+pub(super) const IMPORTS_AT_ONCE: usize = 32;
 
 /// The identity part of the store.
 pub(super) struct Identities {
@@ -721,11 +726,15 @@ impl Identities {
             };
             self.put_secret(admin.secret()).await?;
         }
-        for c in &s.clusters {
-            self.import_cluster(c).await?;
-        }
+        // Each cluster is its own objects: they go side by side, as many as the write lanes
+        // take at once, since one after the other is a round trip per request.
+        let writes: Vec<_> = s.clusters.iter().map(|c| self.import_cluster(c)).collect();
+        let imported = futures::stream::iter(writes)
+            .buffer_unordered(IMPORTS_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await;
         self.clusters_changed();
-        Ok(())
+        imported.map(|_| ())
     }
 
     /// Creates cluster `c`'s object, then writes its status: registration, revocation, its

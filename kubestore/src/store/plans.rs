@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -922,12 +923,17 @@ impl Plans {
                 }
             }
         }
-        let mut targets = 0;
-        for (id, kept) in entries {
-            self.write_cluster(id, registered.contains(id), Class::Durable, &kept)
-                .await?;
-            targets += kept.len();
-        }
+        let targets = entries.values().map(Vec::len).sum();
+        let writes: Vec<_> = entries
+            .iter()
+            .map(|(id, kept)| {
+                self.write_cluster(id, registered.contains(*id), Class::Durable, kept)
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(super::identity::IMPORTS_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
         self.events.import(events).await?;
         Ok(targets)
     }
