@@ -26,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use skoala_kubestore::secrets::{BackupKey, BackupSecrets};
 use skoala_proto::v1::{BackupStored, BackupUpload};
@@ -332,6 +333,57 @@ pub fn prune_release(dir: &DataDir, cluster_id: &str, release: &str, keep: usize
         &dir.root().join("backups").join(cluster_id).join(release),
         keep,
     )
+}
+
+/// Every backup in the data dir with its values (a migration's copy), keyed as on the kube
+/// store.
+pub fn list_files(dir: &DataDir) -> anyhow::Result<Vec<(BackupKey, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for cluster in subdirs(&dir.root().join("backups")) {
+        for release in subdirs(&cluster) {
+            for entry in std::fs::read_dir(&release)? {
+                let path = entry?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                // Temporary files of a write in progress start with a dot.
+                let Some((generation, operation)) = name
+                    .strip_suffix(".yaml")
+                    .filter(|_| !name.starts_with('.'))
+                    .and_then(|stem| stem.split_once('-'))
+                else {
+                    continue;
+                };
+                let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(String::from);
+                let key = BackupKey {
+                    cluster_id: name_of(&cluster).unwrap_or_default(),
+                    release: name_of(&release).unwrap_or_default(),
+                    generation: generation
+                        .parse()
+                        .with_context(|| format!("the generation of {}", path.display()))?,
+                    operation_id: operation.to_string(),
+                };
+                let values =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                out.push((key, values));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stores backup `key` in the data dir as an agent's upload of it would be.
+pub fn write_file(dir: &DataDir, key: &BackupKey, values: &[u8]) -> anyhow::Result<()> {
+    let upload = BackupUpload {
+        operation_id: key.operation_id.clone(),
+        release: key.release.clone(),
+        revision: 0,
+        values_yaml: values.to_vec(),
+        sha256: hex::encode(Sha256::digest(values)),
+        generation: i32::try_from(key.generation)
+            .with_context(|| format!("backup generation {}", key.generation))?,
+    };
+    store_inner(dir, &key.cluster_id, &upload).map_err(anyhow::Error::msg)
 }
 
 fn subdirs(path: &Path) -> Vec<PathBuf> {

@@ -98,6 +98,13 @@ pub fn run(dir: &DataDir, opts: &InitOptions) -> anyhow::Result<Initialised> {
         }
     }
     let pki = generate(opts)?;
+    publish_pki(dir, &pki)?;
+    Ok(Initialised::Created(dir.admin_config()))
+}
+
+/// Writes `pki` into the data dir `dir` all or nothing: staged, synced, marked complete, then
+/// published (see the module doc). `init` writes a new one; `migrate` one from the kube store.
+pub fn publish_pki(dir: &DataDir, pki: &Pki) -> anyhow::Result<()> {
     let staging = DataDir::new(dir.staging());
     let staged = (|| -> anyhow::Result<()> {
         std::fs::create_dir(staging.root())
@@ -110,9 +117,10 @@ pub fn run(dir: &DataDir, opts: &InitOptions) -> anyhow::Result<Initialised> {
             .with_context(|| format!("writing {}", staging.server_key().display()))?;
         write_public(&staging.server_cert(), pki.server_pem.as_bytes())
             .with_context(|| format!("writing {}", staging.server_cert().display()))?;
-        let admin = pki.admin_yaml.as_deref().unwrap_or_default();
-        write_private(&staging.admin_config(), admin.as_bytes())
-            .with_context(|| format!("writing {}", staging.admin_config().display()))?;
+        if let Some(admin) = &pki.admin_yaml {
+            write_private(&staging.admin_config(), admin.as_bytes())
+                .with_context(|| format!("writing {}", staging.admin_config().display()))?;
+        }
         sync_dir(staging.root())?;
         let marker = staging.root().join(COMPLETE);
         write_private(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
@@ -122,12 +130,11 @@ pub fn run(dir: &DataDir, opts: &InitOptions) -> anyhow::Result<Initialised> {
         // Best effort: what is left is removed by the next `init` or `serve` anyway.
         let _ = std::fs::remove_dir_all(staging.root());
         return Err(e.context(format!(
-            "init failed; nothing was published to {}",
+            "writing the PKI failed; nothing was published to {}",
             dir.root().display()
         )));
     }
-    publish(dir)?;
-    Ok(Initialised::Created(dir.admin_config()))
+    publish(dir)
 }
 
 /// Runs `init` on the PKI's home: [`run`] on a data dir, [`run_kube`] on the Secret.

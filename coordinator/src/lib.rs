@@ -23,7 +23,8 @@
 //!   `session` (agents), `admin_api` and `admin_plans` (operators), [`tls`] (the accept loop),
 //!   [`edge`] (what a peer may cost: connection caps, per-call limits), and [`server`], which
 //!   builds all of it (`init` creates the data dir first, [`data_dir`], and `admin.yaml` with
-//!   [`skoala_support::admin_config`]; [`http2`] holds the HTTP/2 settings).
+//!   [`skoala_support::admin_config`]; [`http2`] holds the HTTP/2 settings); beside it,
+//!   [`migrate`] moves a stopped fleet from one store to the other.
 //!
 //! Only the modules the binaries, the load generator and the end-to-end tests use are public.
 //!
@@ -72,6 +73,7 @@ pub mod edge;
 pub mod http2;
 pub mod init;
 pub mod malloc;
+pub mod migrate;
 pub mod pki;
 pub mod pki_store;
 pub mod relay;

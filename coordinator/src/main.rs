@@ -1,5 +1,5 @@
 //! `skoala-coordinator`: `init` creates a fleet's data dir; `serve` runs the coordinator;
-//! `crds` prints the fleet's CustomResourceDefinitions.
+//! `migrate` moves a fleet between stores; `crds` prints the fleet's CustomResourceDefinitions.
 
 #![forbid(unsafe_code)]
 
@@ -89,6 +89,36 @@ enum Command {
     ///
     /// Example: skoala-coordinator crds | kubectl apply --server-side -f -
     Crds,
+    /// Move a fleet from one store to the other, without any agent joining again: the CA,
+    /// server credential and admin.yaml, values backups, and every record with its ids (tokens
+    /// with their uses left, clusters with their certificates, plans, events, audit).
+    ///
+    /// Stop the coordinator first (`kubectl scale deploy/skoala-fleet-coordinator
+    /// --replicas=0`): a SQLite source is locked against writes and a kube one's leader Lease is
+    /// taken for the copy, so nothing changes meanwhile. The target must hold no fleet. A plan
+    /// with operations in flight is refused: pause it first (or pass --allow-in-flight). Then
+    /// start the coordinator on the new store on the same address; agents reconnect with the
+    /// certificates they have.
+    ///
+    /// Example: skoala-coordinator migrate --from sqlite:/data --to kube:skoala-fleet
+    ///
+    /// And back: skoala-coordinator migrate --from kube:skoala-fleet --to sqlite:/data
+    Migrate {
+        /// Where the fleet is: sqlite:DATA_DIR or kube:NAMESPACE.
+        #[arg(long, value_name = "STORE:WHERE")]
+        from: skoala_coordinator::migrate::Place,
+        /// Where it goes (holds no fleet yet): sqlite:DATA_DIR or kube:NAMESPACE.
+        #[arg(long, value_name = "STORE:WHERE")]
+        to: skoala_coordinator::migrate::Place,
+        /// Kubeconfig of the control-plane cluster (either end on kube; in-cluster config when
+        /// running in a pod).
+        #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Migrate a plan whose operations are in flight: the new coordinator sends them
+        /// again under the same operation ids.
+        #[arg(long)]
+        allow_in_flight: bool,
+    },
     /// Serve agents and operators on one TLS port until SIGTERM.
     ///
     /// Prints "skoala-coordinator listening on ADDR" once the port is open.
@@ -339,6 +369,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             use std::io::Write;
             std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Command::Migrate {
+            from,
+            to,
+            kubeconfig,
+            allow_in_flight,
+        } => {
+            let opts = skoala_coordinator::migrate::MigrateOptions {
+                from,
+                to,
+                kubeconfig,
+                allow_in_flight,
+            };
+            let (from, to) = (opts.from.to_string(), opts.to.to_string());
+            let done = block_on(skoala_coordinator::migrate::run(opts))?;
+            println!(
+                "migrated {from} to {to}: {}; {} values backups",
+                done.found, done.backups
+            );
+            println!("next: start the coordinator on {to} at the same address");
             Ok(())
         }
         Command::Crds => {

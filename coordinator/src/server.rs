@@ -87,7 +87,7 @@ struct Term {
 }
 
 /// Who this process is on the Lease when not in a Pod.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -322,6 +322,36 @@ impl BackupSecrets {
         }))
     }
 
+    /// Every backup with its values (a migration's copy; the serving coordinator never lists
+    /// values, which would otherwise sit in its memory).
+    pub async fn list(&self) -> Result<Vec<(BackupKey, Vec<u8>)>> {
+        let listed = self
+            .api()
+            .list(&ListParams::default().labels(&format!("{KIND_LABEL}={BACKUP_KIND}")))
+            .await
+            .map_err(api_error(format!(
+                "listing the backup Secrets of namespace {}",
+                self.namespace
+            )))?;
+        Ok(listed
+            .items
+            .into_iter()
+            .filter_map(|secret| {
+                let stored = Stored::from_meta(secret.metadata)?;
+                let values = secret.data?.remove(VALUES_KEY)?.0;
+                Some((
+                    BackupKey {
+                        cluster_id: stored.cluster_id,
+                        release: stored.release,
+                        generation: stored.generation,
+                        operation_id: stored.operation_id,
+                    },
+                    values,
+                ))
+            })
+            .collect())
+    }
+
     /// Keeps the newest `keep` generations of `cluster_id`'s `release` and deletes the rest;
     /// returns how many were deleted.
     pub async fn prune_release(

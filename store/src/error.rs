@@ -26,6 +26,13 @@ pub enum StoreError {
     #[error("the store holds data this coordinator cannot read: {0}")]
     /// A record could not be decoded: written by something else, or damaged.
     Corrupt(String),
+    #[error("the target store is not empty ({0}); migrate only into an empty store")]
+    /// [`Migrate::import`](crate::Migrate::import) into a store that holds records.
+    NotEmpty(String),
+    #[error("the records read back differ from those written: {0}")]
+    /// [`Migrate::import`](crate::Migrate::import) read back other records than it wrote;
+    /// it did not commit.
+    Unverified(String),
     #[error(
         "the store's schema version {found} is newer than this coordinator supports ({supported}); upgrade the coordinator"
     )]

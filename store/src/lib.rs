@@ -15,7 +15,9 @@
 //! - `error.rs`: [`StoreError`] (the backend failed) and [`RegisterError`] (the rules refused);
 //! - `traits.rs`: the contract, by who needs what — [`IdentityStore`] (tokens, registration,
 //!   clusters, certificates, admins), [`AuditLog`], [`PlanStore`], [`Retention`] — and
-//!   [`Store`], all four, which the coordinator's components take;
+//!   [`Store`], all four, which the coordinator's components take; and [`Migrate`] (a
+//!   [`Snapshot`] of every record out of one backend and into another), which only
+//!   `skoala-coordinator migrate` uses;
 //! - [`sqlite`] (feature `sqlite`, on by default): one file, `store.db`, with its migrations;
 //!   it runs the whole conformance suite (`sqlite/mod.rs`'s tests), and keeps only what is
 //!   SQLite's own (migrations, the schema version, the sweep's indexes, exact retention);
@@ -45,4 +47,4 @@ pub mod fixtures;
 
 pub use error::{RegisterError, StoreError};
 pub use records::*;
-pub use traits::{AuditLog, IdentityStore, PlanStore, Retention, Store};
+pub use traits::{AuditLog, IdentityStore, Migrate, PlanStore, Retention, Store};

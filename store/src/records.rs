@@ -338,6 +338,133 @@ pub struct PlanEventRecord {
     pub duration_ms: i64,
 }
 
+/// Every record a store keeps, verbatim (ids, times, token hashes and uses, plan heads and
+/// targets, event ids): what `skoala-coordinator migrate` reads from one backend and writes
+/// into another ([`Migrate`](crate::Migrate)), so agents keep their certificates and cursors
+/// (`events --after`, `audit --after`) keep their meaning across the move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every join token; `uses_left` as the source counts it.
+    pub tokens: Vec<TokenRecord>,
+    /// Every admin certificate.
+    pub admins: Vec<AdminRecord>,
+    /// Every cluster with its certificate records.
+    pub clusters: Vec<ClusterExport>,
+    /// Every plan with its whole stored rollout.
+    pub plans: Vec<PlanRecord>,
+    /// Every plan event, oldest first.
+    pub plan_events: Vec<PlanEventRecord>,
+    /// Every audit entry, oldest first.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// One cluster as a [`Snapshot`] carries it: what [`ClusterRecord`] shows, plus what only the
+/// store reads (which token it last joined with, every certificate record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterExport {
+    /// The cluster.
+    pub record: ClusterRecord,
+    /// The token of its last registration that spent a use (empty: none known), which a
+    /// same-token retry is judged by.
+    pub token_id: String,
+    /// Every certificate record of the cluster, any order.
+    pub certificates: Vec<CertRecord>,
+}
+
+/// How many records of each class a [`Snapshot`] holds: what `migrate` compares after reading
+/// the target back, before it commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Join tokens.
+    pub tokens: usize,
+    /// Admin certificates.
+    pub admins: usize,
+    /// Clusters.
+    pub clusters: usize,
+    /// Certificate records of clusters.
+    pub certificates: usize,
+    /// Plans.
+    pub plans: usize,
+    /// Rollout targets over every plan.
+    pub targets: usize,
+    /// Plan events.
+    pub plan_events: usize,
+    /// Audit entries.
+    pub audit: usize,
+}
+
+impl Snapshot {
+    /// The number of records of each class.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            tokens: self.tokens.len(),
+            admins: self.admins.len(),
+            clusters: self.clusters.len(),
+            certificates: self.clusters.iter().map(|c| c.certificates.len()).sum(),
+            plans: self.plans.len(),
+            targets: self.plans.iter().map(|p| p.rollout.targets.len()).sum(),
+            plan_events: self.plan_events.len(),
+            audit: self.audit.len(),
+        }
+    }
+
+    /// The same records in one order whatever the backend listed them in: tokens by id, admins
+    /// by serial, clusters by id with their certificates by serial, plans by name with their
+    /// targets by order, events and audit by id. Two snapshots of the same state are equal
+    /// once sorted.
+    pub fn sorted(mut self) -> Self {
+        self.tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        self.admins.sort_by(|a, b| a.serial_hex.cmp(&b.serial_hex));
+        self.clusters.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        for c in &mut self.clusters {
+            c.certificates
+                .sort_by(|a, b| a.serial_hex.cmp(&b.serial_hex));
+        }
+        self.plans.sort_by(|a, b| a.name.cmp(&b.name));
+        for p in &mut self.plans {
+            p.rollout
+                .targets
+                .sort_by(|a, b| (a.order, &a.cluster_id).cmp(&(b.order, &b.cluster_id)));
+        }
+        self.plan_events.sort_by_key(|e| e.id);
+        self.audit.sort_by_key(|e| e.id);
+        self
+    }
+
+    /// The (plan, cluster) pairs with an operation in flight: a target upgrading or rolling
+    /// back (sent, not answered). Migrating one is safe (the new coordinator sends again under the same
+    /// operation ids), but `migrate` asks for the plan to be paused first.
+    pub fn in_flight(&self) -> Vec<(String, String)> {
+        self.plans
+            .iter()
+            .flat_map(|p| {
+                p.rollout
+                    .targets
+                    .iter()
+                    .filter(|t| matches!(t.phase, TargetPhase::Running | TargetPhase::RollingBack))
+                    .map(|t| (p.name.clone(), t.cluster_id.clone()))
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tokens, {} admins, {} clusters, {} certificates, {} plans, {} targets, {} plan events, {} audit entries",
+            self.tokens,
+            self.admins,
+            self.clusters,
+            self.certificates,
+            self.plans,
+            self.targets,
+            self.plan_events,
+            self.audit
+        )
+    }
+}
+
 /// The event kind of a finished task; its `duration_ms` is the upgrade's duration.
 pub const TASK_RESULT: &str = "task.result";
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use crate::{
     AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity,
     NewAudit, PlanEventRecord, PlanRecord, Pruned, RegisterError, Registered, Registration,
-    RolloutWrite, StoreError, TokenRecord,
+    RolloutWrite, Snapshot, StoreError, TokenRecord,
 };
 
 /// Who may talk to the coordinator: join tokens, registrations, clusters, their
@@ -178,6 +178,20 @@ pub trait Retention: Send + Sync + 'static {
     /// Deletes what retention lets go ([`Cutoffs`]), in one transaction. The active plan's
     /// events are kept whatever their age.
     fn prune(&self, cutoffs: Cutoffs) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
+}
+
+/// Moving a fleet between backends (`skoala-coordinator migrate`, design §6): every record out,
+/// verbatim, and into an empty store, verbatim. Not part of [`Store`]: a serving coordinator
+/// never calls it, and the caller keeps the source quiet meanwhile (SQLite: a write lock; kube:
+/// the leader Lease).
+pub trait Migrate: Send + Sync + 'static {
+    /// Every record, read as one consistent state.
+    fn export(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+    /// Writes `snapshot` as it is (ids, times, hashes, uses left, heads, targets, event ids),
+    /// so that every read of the traits answers as the source did. Refuses, writing nothing, a
+    /// store that holds any record ([`StoreError::NotEmpty`]): a merge could give two clusters
+    /// one name or two events one id.
+    fn import(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Everything a coordinator keeps: the four parts together. Methods are async so a backend

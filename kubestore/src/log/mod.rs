@@ -419,6 +419,65 @@ fn inflate(gz: &[u8]) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// `entries` (ids increasing) as sealed segments of `stream`, each named: a new segment where
+/// the next line would pass [`SEAL_AT`], and, in a contiguous stream, where an id is skipped.
+/// What `skoala-coordinator migrate` writes, so that records keep the ids they had in the
+/// store they come from; a writer started afterwards continues after the last.
+pub fn sealed_segments<B: Body>(
+    stream: &LogStream,
+    entries: &[Entry<B>],
+) -> Result<Vec<(String, FleetLogSpec)>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut raw = 0;
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let line = line(entry)?;
+        if let Some(previous) = i.checked_sub(1).map(|p| entries[p].id) {
+            if entry.id <= previous {
+                return Err(Error::OutOfOrder {
+                    id: entry.id,
+                    last: previous,
+                });
+            }
+            let gap = B::CONTIGUOUS && entry.id != previous + 1;
+            if gap || raw + line.len() > SEAL_AT {
+                out.push(sealed(stream, &entries[start..i], &lines));
+                start = i;
+                raw = 0;
+                lines.clear();
+            }
+        }
+        raw += line.len();
+        lines.push(line);
+    }
+    if !lines.is_empty() {
+        out.push(sealed(stream, &entries[start..], &lines));
+    }
+    Ok(out)
+}
+
+/// One sealed segment of `stream` holding `entries`, whose lines are `lines`.
+fn sealed<B>(
+    stream: &LogStream,
+    entries: &[Entry<B>],
+    lines: &[Vec<u8>],
+) -> (String, FleetLogSpec) {
+    let first_id = entries.first().map_or(0, |e| e.id);
+    let spec = FleetLogSpec {
+        stream: stream.stream(),
+        plan: stream.plan().map(str::to_string),
+        first_id,
+        last_id: entries.last().map_or(0, |e| e.id),
+        from_ms: entries.iter().map(|e| e.at_ms).min().unwrap_or(0),
+        to_ms: entries.iter().map(|e| e.at_ms).max().unwrap_or(0),
+        sealed: true,
+        encoding: Encoding::GzipJsonl,
+        data: encode_lines(lines.iter().map(Vec::as_slice)),
+    };
+    (stream.segment_name(first_id), spec)
+}
+
 /// A stream, and the names of its segments.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LogStream {

@@ -840,3 +840,58 @@ async fn a_writer_keeps_the_ids_it_is_given_and_refuses_one_not_past_the_last() 
         "the refusal took nothing"
     );
 }
+
+#[test]
+fn imported_entries_become_sealed_segments_split_where_an_audit_id_is_skipped_or_one_is_full() {
+    let mut all = entries(1..=3);
+    all.extend(entries(7..=8));
+    let big = |id: u64| Entry {
+        id,
+        at_ms: 5_000,
+        body: Audit {
+            detail: "x".repeat(MAX_ENTRY / 2),
+            ..audit(id)
+        },
+    };
+    all.extend((9..=20).map(big));
+    let segments = sealed_segments(&LogStream::Audit, &all).expect("segments");
+    let firsts: Vec<u64> = segments.iter().map(|(_, s)| s.first_id).collect();
+    // 7 and 8 are small, then seven half-entries fill the segment to just under SEAL_AT.
+    assert_eq!(
+        firsts,
+        [1, 7, 16],
+        "a skipped id starts a segment, and so does a line past a full one"
+    );
+    let mut read = Vec::new();
+    for (name, spec) in &segments {
+        assert!(spec.sealed);
+        assert_eq!(*name, LogStream::Audit.segment_name(spec.first_id));
+        assert!(spec.data.len() as i64 <= MAX_DATA);
+        read.extend(decode::<Audit>(spec).expect("a valid segment"));
+    }
+    assert_eq!(read, all, "every entry, with its id and time");
+
+    let events = [3u64, 9, 10].map(|id| Entry {
+        id,
+        at_ms: 1,
+        body: Event {
+            kind: "target".into(),
+            target: String::new(),
+            target_name: String::new(),
+            operation_id: String::new(),
+            step: String::new(),
+            state: String::new(),
+            message: String::new(),
+            duration_ms: 0,
+        },
+    });
+    let stream = LogStream::Events { plan: "p".into() };
+    let segments = sealed_segments(&stream, &events).expect("segments");
+    assert_eq!(segments.len(), 1, "a plan's ids may skip within a segment");
+    assert_eq!(segments[0].0, "events-p-00000000000000000003");
+    assert_eq!(decode::<Event>(&segments[0].1).expect("valid").len(), 3);
+    assert!(matches!(
+        sealed_segments(&stream, &[events[1].clone(), events[0].clone()]),
+        Err(Error::OutOfOrder { id: 3, last: 9 })
+    ));
+}

@@ -128,6 +128,54 @@ impl Audit {
             .collect())
     }
 
+    /// Writes a migration's audit entries as sealed segments with their ids and times; returns
+    /// how many segments. The store reads them once opened again, and continues the ids after
+    /// the last.
+    pub async fn import(&self, entries: &[AuditRecord]) -> Result<usize, StoreError> {
+        let mut log: Vec<log::Entry<log::Audit>> = entries
+            .iter()
+            .map(|a| {
+                Ok(log::Entry {
+                    id: u64::try_from(a.id)
+                        .map_err(|_| StoreError::Corrupt(format!("audit id {}", a.id)))?,
+                    at_ms: a.at_unix_ms,
+                    body: log::Audit {
+                        kind: a.kind.clone(),
+                        cluster_id: a.cluster_id.clone(),
+                        peer: a.peer.clone(),
+                        detail: a.detail.clone(),
+                    },
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        log.sort_by_key(|e| e.id);
+        let segments = log::sealed_segments(&LogStream::Audit, &log)
+            .map_err(|e| api_error("the audit log", e))?;
+        let sink = Writer::start(
+            FleetLogs::new(
+                self.shared.client.clone(),
+                &self.shared.namespace,
+                self.shared.fence.clone(),
+            ),
+            self.shared.budget,
+        );
+        let written = segments.len();
+        for (name, spec) in segments {
+            sink.put(&name, &spec)
+                .await
+                .map_err(|source| StoreError::Api {
+                    what: format!("writing log segment {name}"),
+                    source,
+                })?;
+        }
+        Ok(written)
+    }
+
+    /// Whether the audit log holds any segment.
+    pub fn holds_records(&self) -> bool {
+        !self.segments.lock().expect("lock").is_empty() || !self.writer.open_entries().is_empty()
+    }
+
     /// How many audit entries retention deleted: whole sealed segments older than the
     /// cutoff, never the newest ([`log::expired`]).
     pub async fn prune(&self, cutoffs: &Cutoffs) -> Result<usize, StoreError> {

@@ -24,12 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use serde_json::json;
 use skoala_store::{
-    AdminRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity, Pruned,
-    RETRY_GRACE_SECS, RegisterError, Registered, Registration, StoreError, TokenRecord,
+    AdminRecord, CertRecord, Claim, ClusterExport, ClusterRecord, ClusterState, Cutoffs, Identity,
+    Pruned, RETRY_GRACE_SECS, RegisterError, Registered, Registration, Snapshot, StoreError,
+    TokenRecord,
 };
 
 use super::shared::{Key, KindKey, Shared, Target, api_error, list_all};
@@ -47,7 +49,11 @@ use secrets::{ADMIN, Admin, JOIN_TOKEN, KIND_LABEL, SELECTOR, Token};
 /// The most certificate records a cluster keeps, the CRD's bound: renewals every 16 h of 24 h
 /// certificates leave about a dozen within a week's retention, so only a cluster re-registered
 /// dozens of times within one reaches it, and then its oldest (revoked) records go.
-const MAX_CERTIFICATES: usize = 32;
+pub(super) const MAX_CERTIFICATES: usize = 32;
+
+/// How many clusters a migration's import writes at once: the default write budget's
+/// concurrency (`write::Budget`), which the requests queue behind anyway.
+pub(super) const IMPORTS_AT_ONCE: usize = 32;
 
 /// The identity part of the store.
 pub(super) struct Identities {
@@ -646,6 +652,154 @@ impl Identities {
             self.put_secret(admin.secret()).await?;
         }
         Ok(live)
+    }
+
+    /// Every registered cluster with what only the store reads: the token of its last
+    /// registration and every certificate record.
+    pub fn export_clusters(&self) -> Vec<ClusterExport> {
+        let cache = self.cache();
+        let mut out: Vec<ClusterExport> = cache
+            .clusters()
+            .filter(|(_, c)| c.registered())
+            .map(|(id, c)| ClusterExport {
+                record: c.record(id),
+                token_id: c
+                    .status
+                    .registration
+                    .as_ref()
+                    .and_then(|r| r.token_id.clone())
+                    .unwrap_or_default(),
+                certificates: c
+                    .status
+                    .certificates
+                    .iter()
+                    .map(|cert| cert_record(id, cert))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        out
+    }
+
+    /// What this part holds, if anything: what a migration into the namespace refuses.
+    pub fn holds_records(&self) -> Option<String> {
+        let cache = self.cache();
+        if let Some(t) = cache.tokens().next() {
+            return Some(format!("join token {} exists", t.record.id));
+        }
+        if let Some(a) = cache.admins().next() {
+            return Some(format!("admin {} exists", a.name));
+        }
+        cache
+            .clusters()
+            .next()
+            .map(|(id, _)| format!("FleetCluster {id} exists"))
+    }
+
+    /// Writes the tokens, admins and clusters of a migration's snapshot as they are, into a
+    /// namespace that holds none. A cluster's use of its last token is listed once in
+    /// `tokensUsed` (so a same-token retry is recognised), and each token's other spent uses
+    /// go to `usesSpentBeforeMigration`: the uses left are the source's.
+    pub async fn import(&self, s: &Snapshot) -> Result<(), StoreError> {
+        for t in &s.tokens {
+            let listed = s.clusters.iter().filter(|c| c.token_id == t.id).count();
+            let token = Token {
+                spent_before_migration: t
+                    .uses_allowed
+                    .saturating_sub(t.uses_left)
+                    .saturating_sub(u32::try_from(listed).unwrap_or(u32::MAX)),
+                record: t.clone(),
+                resource_version: None,
+            };
+            self.put_secret(token.secret()).await?;
+        }
+        let mut admins: BTreeMap<&str, Vec<AdminRecord>> = BTreeMap::new();
+        for a in &s.admins {
+            admins.entry(&a.name).or_default().push(a.clone());
+        }
+        for (name, mut records) in admins {
+            records.sort_by_key(|a| a.created_unix);
+            let admin = Admin {
+                name: name.to_string(),
+                records,
+                resource_version: None,
+            };
+            self.put_secret(admin.secret()).await?;
+        }
+        // Each cluster is its own objects: they go side by side, as many as the write lanes
+        // take at once, since one after the other is a round trip per request.
+        let writes: Vec<_> = s.clusters.iter().map(|c| self.import_cluster(c)).collect();
+        let imported = futures::stream::iter(writes)
+            .buffer_unordered(IMPORTS_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await;
+        self.clusters_changed();
+        imported.map(|_| ())
+    }
+
+    /// Creates cluster `c`'s object, then writes its status: registration, revocation, its
+    /// certificate records (the current first), agent, inventory and proposal.
+    async fn import_cluster(&self, c: &ClusterExport) -> Result<(), StoreError> {
+        let r = &c.record;
+        let spec = FleetClusterSpec {
+            name: r.name.clone(),
+            labels: r.labels.clone(),
+        };
+        let Some(old) = self.create_cluster(&r.id, spec.clone()).await? else {
+            return Err(StoreError::NotEmpty(format!(
+                "FleetCluster {} exists",
+                r.id
+            )));
+        };
+        let mut certificates: Vec<&CertRecord> = c.certificates.iter().collect();
+        // The cluster's current certificate first, then the newest: what the reads take as
+        // current is the first record.
+        certificates.sort_by_key(|cert| {
+            (
+                cert.serial_hex != r.cert_serial,
+                std::cmp::Reverse(cert.issued_unix),
+            )
+        });
+        let mut new = Cluster {
+            spec,
+            status: old.status.clone(),
+        };
+        let s = &mut new.status;
+        s.registration = Some(crd::Registration {
+            registered_at: at(r.registered_unix),
+            token_id: (!c.token_id.is_empty()).then(|| c.token_id.clone()),
+            tokens_used: if c.token_id.is_empty() {
+                Vec::new()
+            } else {
+                vec![c.token_id.clone()]
+            },
+        });
+        s.revoked_at = r.revoked_unix.map(at);
+        s.certificates = certificates
+            .into_iter()
+            .take(MAX_CERTIFICATES)
+            .map(|cert| CertificateRecord {
+                serial: cert.serial_hex.clone(),
+                issued_at: at(cert.issued_unix),
+                not_after: at(cert.not_after_unix),
+                revoked_at: cert.revoked_unix.map(at),
+                first_session_at: cert.first_session_unix.map(at),
+            })
+            .collect();
+        let state = &r.state;
+        s.agent =
+            (!state.agent_version.is_empty() || !state.helm_version.is_empty()).then(|| Agent {
+                agent_version: state.agent_version.clone(),
+                helm_version: state.helm_version.clone(),
+            });
+        s.inventory = (!state.inventory.is_empty()).then(|| BASE64.encode(&state.inventory));
+        s.release = state.release.as_ref().map(|x| Release {
+            chart_version: x.chart_version.clone(),
+            status: x.status.clone(),
+            revision: x.revision,
+        });
+        s.proposed = proposal(r.proposed.as_ref());
+        self.write_cluster(&r.id, &old, new, Class::Durable).await
     }
 
     /// Certificate records and admins retention lets go; `audit` and `events` stay 0.

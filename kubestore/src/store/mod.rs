@@ -14,7 +14,9 @@
 //! - `identity.rs`: tokens, registration, clusters, certificates, admins
 //!   ([`IdentityStore`]);
 //! - `audit.rs`: the audit log on `FleetLog` ([`AuditLog`]);
-//! - `plans.rs`: plans and rollout writes ([`PlanStore`]); `plans/events.rs`: their events.
+//! - `plans.rs`: plans and rollout writes ([`PlanStore`]); `plans/events.rs`: their events;
+//! - `migrate.rs`: every record out and into an empty namespace ([`skoala_store::Migrate`],
+//!   `skoala-coordinator migrate`).
 //!
 //! **Invariant:** a `KubeStore` writes only while its [`Fence`] is open: it is opened by the
 //! leader, with the leader's fence, and every write checks it first. There is no kube store
@@ -36,10 +38,12 @@ use crate::write::Budget;
 mod audit;
 mod gitops;
 mod identity;
+mod migrate;
 mod plans;
 mod shared;
 
 pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, RefusalReason, Verdict};
+pub use migrate::MIGRATED_FROM;
 pub use shared::Options;
 use shared::Shared;
 

@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -48,6 +49,8 @@ pub const STATE_CONFIG_MAP: &str = "skoala-fleet-state";
 const ACTIVE_KEY: &str = "activePlan";
 /// Its key listing every plan name ever accepted, one a line, oldest first.
 const REGISTRY_KEY: &str = "plans";
+/// Its key naming the store a migration brought the fleet from (absent: none).
+const MIGRATED_FROM_KEY: &str = "migratedFrom";
 /// How many plans' entries a cluster keeps, the most recent first (design §2.2 *Plans*).
 pub const KEPT_PLANS: usize = 5;
 /// The label of a `FleetCluster` made only to hold a target's entry.
@@ -858,6 +861,120 @@ impl Plans {
         self.events
             .prune(&self.shared, cutoffs, active.as_deref())
             .await
+    }
+}
+
+impl Plans {
+    /// Writes a migration's plans as they are into a namespace that holds none, all but the
+    /// commit point ([`Plans::commit_import`]): each `UpgradePlan` from its document with its
+    /// status (accepted at `created_ms`, active, the head, the upgrade history of its
+    /// events), each cluster's entries of its [`KEPT_PLANS`] most recent plans (a placeholder
+    /// object for a cluster not in `registered`), and the events with their ids. Returns how
+    /// many targets were written. The store reads them once opened again.
+    pub async fn import(
+        &self,
+        plans: &[PlanRecord],
+        events: &[PlanEventRecord],
+        registered: &std::collections::HashSet<String>,
+    ) -> Result<usize, StoreError> {
+        let _writing = self.writing.lock().await;
+        let history = history_deltas(events);
+        for p in plans {
+            let doc = PlanDocument::from_yaml(&p.document).map_err(|e| {
+                invalid(format!(
+                    "the document of plan {} is not a plan document: {e}",
+                    p.name
+                ))
+            })?;
+            let (object, created) = self.plan_object(&doc).await?;
+            if !created {
+                return Err(StoreError::NotEmpty(format!(
+                    "UpgradePlan {} exists",
+                    p.name
+                )));
+            }
+            let accepted_at = jiff::Timestamp::from_millisecond(p.created_ms).map_err(|e| {
+                invalid(format!("plan {} created at {}: {e}", p.name, p.created_ms))
+            })?;
+            let status = json!({
+                "accepted": {
+                    "generation": object.metadata.generation.unwrap_or(1),
+                    "at": accepted_at,
+                },
+                "active": p.active,
+                "rollout": head_value(&p.name, &p.rollout.head)?,
+                "history": history_value(&history.get(&p.name).cloned().unwrap_or_default()),
+            });
+            self.shared
+                .patch(
+                    plan_key(&p.name),
+                    Class::Durable,
+                    json!({ "status": status }),
+                )
+                .await?;
+        }
+        let mut entries: BTreeMap<&str, Vec<ClusterPlan>> = BTreeMap::new();
+        // The most recent plan first, as `with_entry` keeps them.
+        for p in plans.iter().rev() {
+            for t in &p.rollout.targets {
+                let kept = entries.entry(&t.cluster_id).or_default();
+                if kept.len() < KEPT_PLANS {
+                    kept.push(entry(&p.name, t)?);
+                }
+            }
+        }
+        let targets = entries.values().map(Vec::len).sum();
+        let writes: Vec<_> = entries
+            .iter()
+            .map(|(id, kept)| {
+                self.write_cluster(id, registered.contains(*id), Class::Durable, kept)
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(super::identity::IMPORTS_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.events.import(events).await?;
+        Ok(targets)
+    }
+
+    /// The commit point of a migration into this namespace: the registry of `plans` (in
+    /// their order) and the active-plan pointer, in one create of the state ConfigMap, which
+    /// notes where the fleet came from. Plans are listed only once it is stored.
+    pub async fn commit_import(
+        &self,
+        plans: &[PlanRecord],
+        migrated_from: &str,
+    ) -> Result<(), StoreError> {
+        let active = plans.iter().find(|p| p.active).map(|p| p.name.as_str());
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": STATE_CONFIG_MAP },
+            "data": {
+                ACTIVE_KEY: active.unwrap_or_default(),
+                REGISTRY_KEY: plans.iter().map(|p| format!("{}\n", p.name)).collect::<String>(),
+                MIGRATED_FROM_KEY: migrated_from,
+            },
+        }))
+        .expect("a ConfigMap");
+        let api: Api<ConfigMap> = self.shared.api();
+        self.shared.check_fence()?;
+        api.create(&PostParams::default(), &map)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("creating the fleet's state ConfigMap", e))
+    }
+
+    /// Whether this part holds anything: a plan name ever accepted, or an entry of a plan in
+    /// any cluster. What a migration into the namespace refuses.
+    pub fn holds_records(&self) -> Option<String> {
+        let st = self.state.lock().expect("lock");
+        if let Some(name) = st.registry.first() {
+            return Some(format!("plan {name} is registered"));
+        }
+        st.clusters
+            .iter()
+            .find(|(_, entries)| !entries.is_empty())
+            .map(|(id, _)| format!("FleetCluster {id} holds plan entries"))
     }
 }
 

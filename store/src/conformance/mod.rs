@@ -29,24 +29,27 @@
 //!   `clusters_version` ([`IdentityStore`](crate::IdentityStore));
 //! - `plans.rs`: plans, rollout writes, plan events, the audit log and retention
 //!   ([`PlanStore`](crate::PlanStore), [`AuditLog`](crate::AuditLog),
-//!   [`Retention`](crate::Retention)).
+//!   [`Retention`](crate::Retention));
+//! - `migrate.rs`: a snapshot moved between stores ([`Migrate`](crate::Migrate)).
 
 use std::future::Future;
 
 use skoala_plan::TargetPhase;
 
-use crate::{PlanRecord, RolloutRecord, RolloutWrite, Store, TargetRecord};
+use crate::{Migrate, PlanRecord, RolloutRecord, RolloutWrite, Store, TargetRecord};
 
 mod identity;
+mod migrate;
 mod plans;
 
 pub use identity::*;
+pub use migrate::*;
 pub use plans::*;
 
 /// Makes the stores a contract runs against.
 pub trait Factory: Send + Sync {
     /// The backend under test.
-    type Store: Store;
+    type Store: Store + Migrate;
     /// A new, empty store.
     fn fresh(&self) -> impl Future<Output = Self::Store> + Send;
     /// The same store after the coordinator restarted: `store` is dropped and what it
@@ -98,6 +101,9 @@ macro_rules! conformance_tests {
             plan_events_are_paged_by_plan_after_id_and_limit,
             audit_ids_increase_and_pages_follow_after_id_and_limit,
             retention_keeps_recent_rows_and_the_active_plans_whole_history,
+            // migrate.rs
+            a_migration_copies_every_record_verbatim_and_ids_continue,
+            a_migration_into_a_store_that_holds_records_is_refused,
         );
     };
     ($factory:expr; $($contract:ident),+ $(,)?) => {
@@ -163,7 +169,11 @@ mod tests {
             .expect("the macro")..];
         let list = &list[..list.find("($factory:expr; $(").expect("its second arm")];
         let mut contracts = 0;
-        for module in [include_str!("identity.rs"), include_str!("plans.rs")] {
+        for module in [
+            include_str!("identity.rs"),
+            include_str!("plans.rs"),
+            include_str!("migrate.rs"),
+        ] {
             for line in module.lines() {
                 let Some(signature) = line.strip_prefix("pub async fn ") else {
                     continue;

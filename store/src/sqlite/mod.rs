@@ -24,6 +24,8 @@ use crate::{
     RolloutWrite, StoreError, TokenRecord,
 };
 
+mod migrate;
+pub use migrate::WriteHold;
 mod migrations;
 mod plans;
 #[cfg(test)]
@@ -147,6 +149,51 @@ fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
         },
         cert_serial: r.get(8)?,
         cert_not_after_unix: r.get(9)?,
+    })
+}
+
+/// Stores token `t` as it is (`uses_left` included).
+fn insert_token_row(c: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    c.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+        params![
+            t.id,
+            t.secret_sha256,
+            t.created_unix,
+            t.expires_unix,
+            t.uses_allowed,
+            t.uses_left,
+            t.revoked,
+            t.description
+        ],
+    )?;
+    Ok(())
+}
+
+const CERT_COLUMNS: &str =
+    "serial_hex, cluster_id, issued_unix, not_after_unix, revoked_unix, first_session_unix";
+
+fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial_hex: r.get(0)?,
+        cluster_id: r.get(1)?,
+        issued_unix: r.get(2)?,
+        not_after_unix: r.get(3)?,
+        revoked_unix: r.get(4)?,
+        first_session_unix: r.get(5)?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "id, at_unix_ms, kind, cluster_id, peer, detail";
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.get(0)?,
+        at_unix_ms: r.get(1)?,
+        kind: r.get(2)?,
+        cluster_id: r.get(3)?,
+        peer: r.get(4)?,
+        detail: r.get(5)?,
     })
 }
 
@@ -319,23 +366,7 @@ fn unused_since(c: &Connection, serial: &str, since: i64) -> Result<bool, StoreE
 
 impl IdentityStore for SqliteStore {
     async fn insert_token(&self, t: TokenRecord) -> Result<(), StoreError> {
-        self.run(move |c| {
-            c.execute(
-                &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
-                params![
-                    t.id,
-                    t.secret_sha256,
-                    t.created_unix,
-                    t.expires_unix,
-                    t.uses_allowed,
-                    t.uses_left,
-                    t.revoked,
-                    t.description
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.run(move |c| insert_token_row(c, &t)).await
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -594,19 +625,9 @@ impl IdentityStore for SqliteStore {
     async fn certificate(&self, serial_hex: String) -> Result<Option<CertRecord>, StoreError> {
         self.run(move |c| {
             Ok(c.query_row(
-                "SELECT serial_hex, cluster_id, issued_unix, not_after_unix, revoked_unix, first_session_unix \
-                 FROM certificates WHERE serial_hex = ?1",
+                &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial_hex = ?1"),
                 params![serial_hex],
-                |r| {
-                    Ok(CertRecord {
-                        serial_hex: r.get(0)?,
-                        cluster_id: r.get(1)?,
-                        issued_unix: r.get(2)?,
-                        not_after_unix: r.get(3)?,
-                        revoked_unix: r.get(4)?,
-                        first_session_unix: r.get(5)?,
-                    })
-                },
+                cert_from_row,
             )
             .optional()?)
         })
@@ -721,19 +742,10 @@ impl AuditLog for SqliteStore {
 
     async fn audit(&self, after_id: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         self.run(move |c| {
-            let mut st = c.prepare(
-                "SELECT id, at_unix_ms, kind, cluster_id, peer, detail FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![after_id, limit], |r| {
-                Ok(AuditRecord {
-                    id: r.get(0)?,
-                    at_unix_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    cluster_id: r.get(3)?,
-                    peer: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })?;
+            let mut st = c.prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![after_id, limit], audit_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -823,35 +835,42 @@ mod tests {
     /// coordinator does.
     struct Sqlite {
         dir: tempfile::TempDir,
+        /// How many stores [`Factory::fresh`] made: each gets a file of its own.
+        made: AtomicU64,
     }
 
     impl Sqlite {
         fn new() -> Self {
             Self {
                 dir: tempfile::tempdir().expect("tempdir"),
+                made: AtomicU64::new(0),
             }
         }
+    }
 
-        fn path(&self) -> std::path::PathBuf {
-            self.dir.path().join("store.db")
-        }
+    /// The file `store` was opened from.
+    fn path_of(store: &SqliteStore) -> std::path::PathBuf {
+        let conn = store.conn.lock().expect("lock");
+        conn.path().expect("a file store").into()
     }
 
     impl Factory for Sqlite {
         type Store = SqliteStore;
 
         async fn fresh(&self) -> SqliteStore {
-            SqliteStore::open(&self.path()).expect("open")
+            let n = self.made.fetch_add(1, Ordering::Relaxed);
+            SqliteStore::open(&self.dir.path().join(format!("store-{n}.db"))).expect("open")
         }
 
         async fn reopen(&self, store: SqliteStore) -> SqliteStore {
+            let path = path_of(&store);
             drop(store);
-            SqliteStore::open(&self.path()).expect("reopen")
+            SqliteStore::open(&path).expect("reopen")
         }
 
         /// A trigger, created from a second connection: the store's own sees it at its next
         /// statement, as it would a full disk.
-        async fn refuse(&self, _: &SqliteStore, refusal: Refusal) {
+        async fn refuse(&self, store: &SqliteStore, refusal: Refusal) {
             let trigger = match refusal {
                 Refusal::Events => "CREATE TRIGGER refuse_events BEFORE INSERT ON plan_events
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
@@ -862,7 +881,7 @@ mod tests {
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
                 ),
             };
-            let other = Connection::open(self.path()).expect("second connection");
+            let other = Connection::open(path_of(store)).expect("second connection");
             other.execute_batch(&trigger).expect("trigger");
         }
     }

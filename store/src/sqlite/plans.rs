@@ -35,31 +35,23 @@ pub(super) fn put_plan(
             params![p.name],
         )?;
     }
-    tx.execute(
-        "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(name) DO UPDATE SET document = ?2, head = ?3, active = ?4, updated_ms = ?6",
-        params![
-            p.name,
-            p.document,
-            p.rollout.head,
-            p.active,
-            p.created_ms,
-            p.updated_ms
-        ],
-    )?;
     // A replaced plan's rollout is the record's, whole.
     tx.execute(
         "DELETE FROM rollout_targets WHERE plan = ?1",
         params![p.name],
     )?;
-    put_targets(&tx, &p.name, &p.rollout.targets)?;
-    let last = insert_events(&tx, now_ms, events)?;
+    store_plan(&tx, p)?;
+    let last = insert_events(&tx, Some(now_ms), events)?;
     tx.commit()?;
     Ok(last)
 }
 
 pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
+    plans_in(c)
+}
+
+/// Every plan with its targets, read in the caller's transaction (or none).
+pub(super) fn plans_in(c: &Connection) -> Result<Vec<PlanRecord>, StoreError> {
     let mut st = c.prepare(
         "SELECT name, document, head, active, created_ms, updated_ms FROM plans ORDER BY created_ms, name",
     )?;
@@ -99,6 +91,25 @@ pub(super) fn plans(c: &mut Connection) -> Result<Vec<PlanRecord>, StoreError> {
     Ok(plans)
 }
 
+/// Creates plan `p` with its targets, or replaces its document, head, activity and targets
+/// (it keeps when it was created): `put_plan`'s write, and a migration's import of each plan.
+pub(super) fn store_plan(c: &Connection, p: &PlanRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO plans (name, document, head, active, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(name) DO UPDATE SET document = ?2, head = ?3, active = ?4, updated_ms = ?6",
+        params![
+            p.name,
+            p.document,
+            p.rollout.head,
+            p.active,
+            p.created_ms,
+            p.updated_ms
+        ],
+    )?;
+    put_targets(c, &p.name, &p.rollout.targets)
+}
+
 /// Creates or replaces `targets` of `plan`, leaving its other targets as they are.
 fn put_targets(c: &Connection, plan: &str, targets: &[TargetRecord]) -> Result<(), StoreError> {
     let mut put = c.prepare_cached(
@@ -118,9 +129,11 @@ fn put_targets(c: &Connection, plan: &str, targets: &[TargetRecord]) -> Result<(
     Ok(())
 }
 
-fn insert_events(
+/// Appends `events`, stamped `now_ms` with new ids, or with `None` (a migration's import) as
+/// they are, ids and times included; returns the last id.
+pub(super) fn insert_events(
     c: &Connection,
-    now_ms: i64,
+    now_ms: Option<i64>,
     events: &[PlanEventRecord],
 ) -> Result<i64, StoreError> {
     let mut last = 0;
@@ -128,12 +141,16 @@ fn insert_events(
     // events in one transaction, and parsing the statement for each row was about half of
     // it (BENCHMARKS.md).
     let mut insert = c.prepare_cached(
-        "INSERT INTO plan_events (at_unix_ms, plan, kind, target, target_name, operation_id,
-         step, state, message, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+        "INSERT INTO plan_events (id, at_unix_ms, plan, kind, target, target_name,
+         operation_id, step, state, message, duration_ms)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
     )?;
     for e in events {
+        // A NULL id is the next of the sequence.
+        let id = now_ms.is_none().then_some(e.id);
         insert.execute(params![
-            now_ms,
+            id,
+            now_ms.unwrap_or(e.at_unix_ms),
             e.plan,
             e.kind,
             e.target,
@@ -169,7 +186,7 @@ pub(super) fn save_rollout(
         return Err(StoreError::Corrupt(format!("no plan named {:?}", w.plan)));
     }
     put_targets(&tx, &w.plan, &w.targets)?;
-    let last = insert_events(&tx, now_ms, &w.events)?;
+    let last = insert_events(&tx, Some(now_ms), &w.events)?;
     tx.commit()?;
     Ok(last)
 }
@@ -180,7 +197,7 @@ pub(super) fn append_events(
     events: &[PlanEventRecord],
 ) -> Result<i64, StoreError> {
     let tx = c.transaction()?;
-    let last = insert_events(&tx, now_ms, events)?;
+    let last = insert_events(&tx, Some(now_ms), events)?;
     tx.commit()?;
     Ok(last)
 }
@@ -203,6 +220,16 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<PlanEventRecord> {
 
 pub(super) fn events(
     c: &mut Connection,
+    plan: &str,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<PlanEventRecord>, StoreError> {
+    events_in(c, plan, after_id, limit)
+}
+
+/// [`events`], read in the caller's transaction (or none).
+pub(super) fn events_in(
+    c: &Connection,
     plan: &str,
     after_id: i64,
     limit: u32,

@@ -50,6 +50,42 @@ async fn succeeded(what: &str, cmd: &mut tokio::process::Command) -> anyhow::Res
     Ok(out.stdout)
 }
 
+/// Copies the fleet CA and `admin.yaml` out of the PKI Secret in `namespace` into `operator`,
+/// as an operator reads them (`show --store kube`).
+async fn copy_operator_files(
+    operator: &Path,
+    kubeconfig: &Path,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(operator)?;
+    for (what, file) in [("ca", "ca.pem"), ("admin-config", "admin.yaml")] {
+        let mut show = kube_pki_command("show", kubeconfig, namespace);
+        show.arg(what);
+        let printed = succeeded(&format!("show {what} --store kube"), &mut show).await?;
+        std::fs::write(operator.join(file), printed)?;
+    }
+    Ok(())
+}
+
+/// `skoala-coordinator migrate --from FROM --to TO` (`sqlite:DIR` or `kube:NAMESPACE`) with
+/// the control plane's `kubeconfig` and `more` flags; its exit status and output.
+pub async fn migrate(
+    from: &str,
+    to: &str,
+    kubeconfig: &Path,
+    more: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    tokio::process::Command::new(our_bin("skoala-coordinator"))
+        .args(["migrate", "--from", from, "--to", to])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(more)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .context("running skoala-coordinator migrate")
+}
+
 /// How long `serve` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -155,15 +191,7 @@ impl DataDirSetup {
             init.arg("--san").arg(san);
         }
         succeeded("init --store kube", &mut init).await?;
-        let operator = self.dir.path().join(OPERATOR);
-        std::fs::create_dir_all(&operator)?;
-        for (what, file) in [("ca", "ca.pem"), ("admin-config", "admin.yaml")] {
-            let mut show = kube_pki_command("show", kubeconfig, namespace);
-            show.arg(what);
-            let printed = succeeded(&format!("show {what} --store kube"), &mut show).await?;
-            std::fs::write(operator.join(file), printed)?;
-        }
-        Ok(())
+        copy_operator_files(&self.dir.path().join(OPERATOR), kubeconfig, namespace).await
     }
 
     /// Gives the tmpfs `bytes` of room (its files stay).
@@ -425,6 +453,24 @@ impl Coordinator {
     /// Starts `serve` again on the same data dir and port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
+        self.spawn().await
+    }
+
+    /// Starts `serve` again on another store (`Some(namespace)`: the kube store there, `None`:
+    /// SQLite in the data dir), on the same data dir and address: what an operator does once
+    /// `skoala-coordinator migrate` moved the fleet (stop this one first,
+    /// [`Coordinator::terminate`]). On the kube store the operator's files are read from the
+    /// PKI Secret, as at start.
+    pub async fn serve_store(&mut self, kube_store: Option<String>) -> anyhow::Result<()> {
+        if let Some(namespace) = &kube_store {
+            let kubeconfig = self
+                .opts
+                .kubeconfig
+                .clone()
+                .context("the kube store needs the control plane's kubeconfig")?;
+            copy_operator_files(&self.dir.path().join(OPERATOR), &kubeconfig, namespace).await?;
+        }
+        self.opts.kube_store = kube_store;
         self.spawn().await
     }
 

@@ -66,6 +66,7 @@ mod store_kube;
 mod store_kube_plans;
 mod store_kube_secrets;
 mod store_kube_serve;
+mod store_migrate;
 mod test_charts_install;
 mod test_charts_repo;
 mod upgrade_backups;

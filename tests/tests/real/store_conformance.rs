@@ -108,6 +108,8 @@ async fn the_stores_contracts_hold_on_a_real_api_server_as_the_coordinators_serv
     contract::a_write_changes_the_targets_it_names_and_no_other(&stores).await;
     contract::plan_events_are_paged_by_plan_after_id_and_limit(&stores).await;
     contract::retention_keeps_recent_rows_and_the_active_plans_whole_history(&stores).await;
+    contract::a_migration_copies_every_record_verbatim_and_ids_continue(&stores).await;
+    contract::a_migration_into_a_store_that_holds_records_is_refused(&stores).await;
     kstore::retention_deletes_whole_sealed_segments_and_expired_certificates_but_the_current(
         &stores,
     )

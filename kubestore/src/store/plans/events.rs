@@ -21,7 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use skoala_store::{Cutoffs, PlanEventRecord, StoreError};
 
 use crate::crd::{FleetLog, Kind, Stream};
-use crate::log::writer::{FleetLogs, GroupCommit};
+use crate::log::writer::{FleetLogs, GroupCommit, SegmentSink as _};
 use crate::log::{self, Event, LogStream, StreamWriter};
 use crate::store::shared::{Shared, api_error};
 use crate::write::Writer;
@@ -236,6 +236,44 @@ impl EventLog {
             }
         }
         Ok(deleted)
+    }
+}
+
+impl EventLog {
+    /// Writes `events` (of a migration's snapshot) as sealed segments of their plans' streams,
+    /// keeping their ids and times; returns how many segments. The store reads them once opened
+    /// again.
+    pub async fn import(&self, events: &[PlanEventRecord]) -> Result<usize, StoreError> {
+        let mut by_plan: BTreeMap<&str, Vec<log::Entry<Event>>> = BTreeMap::new();
+        for e in events {
+            let id = u64::try_from(e.id)
+                .map_err(|_| StoreError::Corrupt(format!("plan event id {}", e.id)))?;
+            by_plan.entry(&e.plan).or_default().push(log::Entry {
+                id,
+                at_ms: e.at_unix_ms,
+                body: Event::from(e.clone()),
+            });
+        }
+        let mut written = 0;
+        for (plan, mut entries) in by_plan {
+            entries.sort_by_key(|e| e.id);
+            let stream = LogStream::Events {
+                plan: plan.to_string(),
+            };
+            let segments = log::sealed_segments(&stream, &entries)
+                .map_err(|e| api_error(format!("the events of plan {plan}"), e))?;
+            for (name, spec) in segments {
+                self.sink
+                    .put(&name, &spec)
+                    .await
+                    .map_err(|source| StoreError::Api {
+                        what: format!("writing log segment {name}"),
+                        source,
+                    })?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 }
 
