@@ -327,6 +327,12 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
     let accepted_c = accepted(&fleet, c, "decided", |c| c["reason"] != "Queued").await?;
     assert_eq!(accepted_c["status"], "True", "{accepted_c:#}");
     awaiting(&fleet, c, "canaries").await?;
+    // Paused and resumed by `kubectl annotate` while it waits, then aborted by skoalactl.
+    annotate(&fleet, c, "fleet.skoala.io/paused=true").await?;
+    fleet.wait_phase(c, &["paused"], PLAN_TIMEOUT).await?;
+    shown(&fleet, c, &[("PHASE", "paused")]).await?;
+    annotate(&fleet, c, "fleet.skoala.io/paused=false").await?;
+    awaiting(&fleet, c, "canaries").await?;
     ctl_verb(&fleet, "abort", c).await?;
     fleet.wait_phase(c, &["aborted"], PLAN_TIMEOUT).await?;
     shown(&fleet, c, &[("PHASE", "aborted"), ("SUCCEEDED", "0")]).await?;
@@ -339,16 +345,37 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
         );
     }
 
-    let events = fleet.events(b).await?;
-    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in [
-        "plan.applied",
-        "plan.approved",
-        "plan.paused",
-        "plan.resumed",
-        "plan.aborted",
+    for (plan, kinds) in [
+        (
+            b,
+            [
+                "plan.approved",
+                "plan.paused",
+                "plan.resumed",
+                "plan.aborted",
+            ],
+        ),
+        (
+            c,
+            [
+                "plan.applied",
+                "plan.paused",
+                "plan.resumed",
+                "plan.aborted",
+            ],
+        ),
     ] {
-        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        let events = fleet.events(plan).await?;
+        let seen: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+        for kind in kinds {
+            assert!(seen.contains(&kind), "{plan}: {kind} in {seen:?}");
+        }
     }
+    let audit = fleet.ctl().run(&["audit"]).await?;
+    assert!(
+        audit.stdout.contains("kubernetes"),
+        "the audit log names the annotations' actor:\n{}",
+        audit.stdout
+    );
     Ok(())
 }
