@@ -87,22 +87,51 @@ async fn a_killed_leaders_plan_is_finished_by_the_standby_upgrading_each_release
         .with_context(|| fleet.logs())?;
     let serving = killed.elapsed();
     assert_eq!(fleet.coordinator.pod.name(), standby);
-    fleet
-        .coordinator
-        .wait_labelled(&fleet.control_plane)
+    // Measured side by side, each when first seen: the label, every agent's new session, the
+    // next target done.
+    let workers = fleet.cluster_names().len() - 1;
+    let labelled = async {
+        fleet
+            .coordinator
+            .wait_labelled(&fleet.control_plane)
+            .await?;
+        anyhow::Ok(killed.elapsed())
+    };
+    let agents = async {
+        wait::until(
+            "every agent back on the new leader",
+            PLAN_TIMEOUT,
+            || async {
+                let opened = fleet
+                    .coordinator
+                    .pod
+                    .log()
+                    .matches("agent session opened")
+                    .count();
+                (opened >= workers).then_some(())
+            },
+        )
         .await?;
-    let labelled = killed.elapsed();
-    wait::until("the plan to move again", PLAN_TIMEOUT, || async {
-        let p = fleet.plan("failover").await.ok()?;
-        progress(&p).filter(|(done, _)| *done > before.0)
-    })
-    .await
-    .with_context(|| fleet.logs())?;
-    let moving = killed.elapsed();
+        anyhow::Ok(killed.elapsed())
+    };
+    let moving = async {
+        wait::until("the plan to move again", PLAN_TIMEOUT, || async {
+            let p = fleet.plan("failover").await.ok()?;
+            progress(&p).filter(|(done, _)| *done > before.0)
+        })
+        .await?;
+        anyhow::Ok(killed.elapsed())
+    };
+    let (labelled, agents, moving) = tokio::join!(labelled, agents, moving);
+    let (labelled, agents, moving) = (
+        labelled?,
+        agents.with_context(|| fleet.logs())?,
+        moving.with_context(|| fleet.logs())?,
+    );
     eprintln!(
         "failover mid-rollout on a real control plane: the standby served {serving:?} after \
-         the kill, its Pod was the only one labelled leader at {labelled:?}, the plan moved \
-         again at {moving:?}"
+         the kill, its Pod was the only one labelled leader at {labelled:?}, all {workers} \
+         agents were back at {agents:?}, the plan moved again at {moving:?}"
     );
 
     // The kubelet restarts the killed container: it stands by, unlabelled.
