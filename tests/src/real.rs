@@ -233,15 +233,25 @@ impl InstalledCoordinator {
         self.pod.kill().await;
     }
 
+    /// SIGTERMs the leader's process, as the kubelet does in a rolling update or a drain: it
+    /// closes its sessions, releases the Lease and exits.
+    pub fn stop_leader(&self) -> anyhow::Result<()> {
+        let pid = self.pod.pid().context("the leader is not running")?;
+        crate::signal::send(i32::try_from(pid)?, libc::SIGTERM)?;
+        Ok(())
+    }
+
     /// Waits until the standby serves on the shared address, then makes it [`Self::pod`] and
-    /// the killed leader [`Self::standby`].
+    /// the leader that went [`Self::standby`]. Call it as soon as the leader went: a standby
+    /// that led before (a restarted ex-leader) is waited for to serve once more than it had.
     pub async fn wait_standby_leads(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let standby = self
             .standby
             .as_mut()
             .context("no standby (kube store only)")?;
+        let served_before = standby.log().matches(LISTENING).count();
         let served = wait::until("the standby serving", timeout, || async {
-            listening_at(&standby.log(), 0)
+            listening_at(&standby.log(), served_before)
         })
         .await
         .with_context(|| format!("the standby's log:\n{}", standby.log()))?;

@@ -4,7 +4,8 @@
 //! emulated ones. The standby takes the Lease, the leader label moves to its Pod, the plan
 //! completes, helm's history shows exactly one upgrade per release, and every release's values
 //! backup (a Secret on the control plane) is there. The time from the kill to the standby
-//! serving and to the plan moving again is printed (`--nocapture`).
+//! serving and to the plan moving again is printed (`--nocapture`). Then a SIGTERM of the new
+//! leader hands over to the restarted ex-leader well within a lease duration.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -160,6 +161,35 @@ async fn a_killed_leaders_plan_is_finished_by_the_standby_upgrading_each_release
         .coordinator
         .wait_labelled(&fleet.control_plane)
         .await?;
+
+    // A graceful stop (a rolling update, a drain) hands over without waiting out the lease:
+    // the leader releases the Lease, the restarted ex-leader takes it at its next attempt.
+    fleet.coordinator.stop_leader()?;
+    let stopped = Instant::now();
+    fleet
+        .coordinator
+        .wait_standby_leads(Duration::from_secs(14))
+        .await
+        .context("taken over before a SIGKILLed leader's Lease could have expired")?;
+    let handed = stopped.elapsed();
+    fleet
+        .coordinator
+        .wait_labelled(&fleet.control_plane)
+        .await?;
+    let stopped_process = std::sync::Mutex::new(
+        fleet
+            .coordinator
+            .standby
+            .as_mut()
+            .context("the stopped one")?,
+    );
+    wait::until("the stopped leader exited", PLAN_TIMEOUT, || async {
+        let running = stopped_process.lock().ok()?.is_running();
+        (!running).then_some(())
+    })
+    .await?;
+    eprintln!("SIGTERM of the leader: the standby served {handed:?} after it");
+    fleet.wait_versions("0.19.2", PLAN_TIMEOUT).await?;
 
     // No backup lost: each release's values were saved before its one upgrade, those taken
     // under the killed leader included.
