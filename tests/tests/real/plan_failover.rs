@@ -79,6 +79,8 @@ async fn a_killed_leaders_plan_is_finished_by_the_standby_upgrading_each_release
         "the standby waits while the leader lives:\n{log}"
     );
 
+    let sent = |events: &[Value]| events.iter().filter(|e| e["kind"] == "task.sent").count();
+    let sent_before = sent(&fleet.events("failover").await?);
     fleet.coordinator.kill_leader().await;
     let killed = Instant::now();
     fleet
@@ -123,16 +125,27 @@ async fn a_killed_leaders_plan_is_finished_by_the_standby_upgrading_each_release
         .await?;
         anyhow::Ok(killed.elapsed())
     };
-    let (labelled, agents, moving) = tokio::join!(labelled, agents, moving);
-    let (labelled, agents, moving) = (
+    // The new leader sends the upgrade in flight again (its agent answers from its record).
+    let resent = async {
+        wait::until("the upgrade in flight sent again", PLAN_TIMEOUT, || async {
+            let events = fleet.events("failover").await.ok()?;
+            (sent(&events) > sent_before).then_some(())
+        })
+        .await?;
+        anyhow::Ok(killed.elapsed())
+    };
+    let (labelled, agents, resent, moving) = tokio::join!(labelled, agents, resent, moving);
+    let (labelled, agents, resent, moving) = (
         labelled?,
         agents.with_context(|| fleet.logs())?,
+        resent.with_context(|| fleet.logs())?,
         moving.with_context(|| fleet.logs())?,
     );
     eprintln!(
         "failover mid-rollout on a real control plane: the standby served {serving:?} after \
          the kill, its Pod was the only one labelled leader at {labelled:?}, all {workers} \
-         agents were back at {agents:?}, the plan moved again at {moving:?}"
+         agents were back at {agents:?}, the upgrade in flight was sent again at {resent:?}, \
+         the next worker finished at {moving:?}"
     );
 
     // The kubelet restarts the killed container: it stands by, unlabelled.
