@@ -305,10 +305,25 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             sessions.kick_all(&tonic::Status::unavailable("the coordinator is shutting down"));
             // Give the closing statuses a moment to reach the agents.
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(t) = &term {
+                unmark(t).await;
+            }
             release(term.map(|t| t.leadership)).await;
         }
     }
     Ok(())
+}
+
+/// Takes the leader label off this process's own Pod on a graceful stop. The Lease it then
+/// releases names no holder, so the next leader cannot tell whose label to take off, and the
+/// agents' Service would keep this Pod as an endpoint until it is deleted or restarted.
+async fn unmark(term: &Term) {
+    let Some(pod) = &term.pod else {
+        return;
+    };
+    if let Err(e) = skoala_kubestore::pod::unmark(&term.client, &term.namespace, pod).await {
+        tracing::warn!(error = %e, "cannot take the leader label off this Pod; the next leader's Pod is labelled as well");
+    }
 }
 
 /// Hands the Lease over on a graceful stop, so a standby leads at its next try instead of

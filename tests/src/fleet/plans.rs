@@ -556,6 +556,16 @@ pub trait PlanView {
     }
 }
 
+/// A plan document (`PlanView::plan_yaml`) with `annotations` (one `key: value` line) under
+/// its `metadata`, as a git repository would hold the object.
+pub fn annotated(yaml: &str, annotations: &str) -> String {
+    yaml.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    {annotations}\n"),
+        1,
+    )
+}
+
 /// The target called `name` of `plan get -o json`.
 pub fn target<'a>(plan: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
     plan["targets"]

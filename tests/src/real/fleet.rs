@@ -24,6 +24,22 @@ pub struct RealFleetOptions {
     pub sim_workers: usize,
     /// The version installed everywhere first.
     pub from: String,
+    /// Where the coordinator keeps the fleet (`store.type` of its chart).
+    pub store: Store,
+    /// How long after an upgrade the emulated workers' workloads become ready (the
+    /// emulator's default otherwise): a slower `helm upgrade --wait` there.
+    pub sim_readiness_delay: Option<std::time::Duration>,
+}
+
+/// The coordinator chart's `store.type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Store {
+    /// One replica on a SQLite file (the chart's default).
+    #[default]
+    Sqlite,
+    /// The fleet on the control-plane cluster's API server: two replicas, one leading
+    /// ([`InstalledCoordinator::install_kube`]).
+    Kube,
 }
 
 impl Default for RealFleetOptions {
@@ -33,6 +49,8 @@ impl Default for RealFleetOptions {
             real_workers: vec![Helm::V4],
             sim_workers: 0,
             from: "0.19.0".into(),
+            store: Store::Sqlite,
+            sim_readiness_delay: None,
         }
     }
 }
@@ -103,9 +121,15 @@ impl RealFleet {
         let scratch = tempfile::Builder::new().prefix("real-fleet-").tempdir()?;
         let control_plane = super::cluster("control-plane").await?;
         install_release(&control_plane, &repo, "skoala", &opts.from).await?;
-        let coordinator = InstalledCoordinator::install(&control_plane, opts.coordinator_helm)
-            .await
-            .with_context(|| format!("\n{}", control_plane.log_tails(800)))?;
+        let coordinator = match opts.store {
+            Store::Sqlite => {
+                InstalledCoordinator::install(&control_plane, opts.coordinator_helm).await
+            }
+            Store::Kube => {
+                InstalledCoordinator::install_kube(&control_plane, opts.coordinator_helm, &[]).await
+            }
+        }
+        .with_context(|| format!("\n{}", control_plane.log_tails(800)))?;
         let ctl = coordinator.ctl();
         let total = opts.real_workers.len() + opts.sim_workers;
         let token = ctl.token(total as u32, "1h").await?;
@@ -132,8 +156,11 @@ impl RealFleet {
         let mut sim = Vec::new();
         for i in 1..=opts.sim_workers {
             let name = format!("sim-{i}");
-            let cluster =
-                skoala_sim::Cluster::start(skoala_sim::ClusterConfig::new(name.clone())).await?;
+            let mut config = skoala_sim::ClusterConfig::new(name.clone());
+            if let Some(d) = opts.sim_readiness_delay {
+                config = config.readiness_delay(d);
+            }
+            let cluster = skoala_sim::Cluster::start(config).await?;
             prepare_cluster(&cluster).await?;
             install(&repo, cluster.kubeconfig_path(), "skoala-init", &opts.from).await?;
             let agent = Agent::start_at(
@@ -167,6 +194,12 @@ impl RealFleet {
     /// The coordinator's and every real agent's log, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = format!("--- coordinator ---\n{}\n", self.coordinator.pod.log());
+        if let Some(standby) = &self.coordinator.standby {
+            out.push_str(&format!(
+                "--- the other coordinator replica ---\n{}\n",
+                standby.log()
+            ));
+        }
         for w in &self.real {
             out.push_str(&format!(
                 "--- agent {} ---\n{}\n",

@@ -13,6 +13,12 @@
 //! What it changes, and only on request ([`PodSpec::rewrite`]): listen addresses. All "pods"
 //! share the host's network here, so `0.0.0.0:7443` becomes `127.0.0.1:0`.
 //!
+//! [`Pod::start`] runs one process for a single-replica Deployment, named `<deployment>-0`
+//! (the coordinator's SQLite Pod may wait for its volume and never be scheduled);
+//! [`Pod::start_replicas`] runs one process per Pod object the Deployment's ReplicaSet made
+//! (kwok marks them Running), each with that Pod's real name as `metadata.name`, so what a
+//! process does to "its own" Pod (the coordinator leader's label) lands on a real Pod object.
+//!
 //! The image is mapped to our binary by its repository's last path segment
 //! (`ghcr.io/skoala-fleet/skoala-agent` → `skoala-agent`), built fresh by [`our_bin`].
 
@@ -82,6 +88,8 @@ pub struct Pod {
     root: tempfile::TempDir,
     child: Option<tokio::process::Child>,
     starts: u32,
+    /// `metadata.name` as the container sees it (the downward API).
+    name: String,
     /// Port of the API server, for `KUBERNETES_SERVICE_PORT`.
     api_port: u16,
     template: Value,
@@ -94,20 +102,63 @@ impl Pod {
     /// Reads the Deployment, materialises its volumes and ServiceAccount token, runs its init
     /// containers to completion, then starts its first container.
     pub async fn start(cluster: &RealCluster, spec: PodSpec) -> anyhow::Result<Pod> {
-        let deploy: Value = serde_json::from_str(
-            &cluster
-                .kubectl(&[
-                    "get",
-                    "deployment",
-                    &spec.deployment,
-                    "-n",
-                    &spec.namespace,
-                    "-o",
-                    "json",
-                ])
-                .await?,
-        )?;
-        let template = deploy["spec"]["template"].clone();
+        let deploy = deployment(cluster, &spec).await?;
+        let name = format!("{}-0", spec.deployment);
+        Self::start_as(cluster, spec, deploy["spec"]["template"].clone(), name).await
+    }
+
+    /// One process per Pod object of the Deployment, once its `replicas` Pods exist and kwok
+    /// marked them Running, each named after its Pod; in the Pods' name order. Each pod's
+    /// init containers run before its main container starts; the pods start one after the
+    /// other.
+    pub async fn start_replicas(cluster: &RealCluster, spec: PodSpec) -> anyhow::Result<Vec<Pod>> {
+        let deploy = deployment(cluster, &spec).await?;
+        let replicas = deploy["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        let selector = deploy["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .context("a Deployment without matchLabels")?
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let names = crate::wait::until(
+            &format!("{replicas} running Pods of {}", spec.deployment),
+            Duration::from_secs(120),
+            || async {
+                let out = cluster
+                    .kubectl(&[
+                        "get",
+                        "pods",
+                        "-n",
+                        &spec.namespace,
+                        "-l",
+                        &selector,
+                        "--field-selector=status.phase=Running",
+                        "-o",
+                        "jsonpath={.items[*].metadata.name}",
+                    ])
+                    .await
+                    .ok()?;
+                let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
+                names.sort();
+                (names.len() == replicas).then_some(names)
+            },
+        )
+        .await?;
+        let mut pods = Vec::new();
+        for name in names {
+            let template = deploy["spec"]["template"].clone();
+            pods.push(Self::start_as(cluster, spec.clone(), template, name).await?);
+        }
+        Ok(pods)
+    }
+
+    async fn start_as(
+        cluster: &RealCluster,
+        spec: PodSpec,
+        template: Value,
+        name: String,
+    ) -> anyhow::Result<Pod> {
         // Not under /tmp (nor under a checkout that may live there): the pod mounts an
         // emptyDir on /tmp, which would hide its binary, its helm and its volumes' sources.
         let parent = PathBuf::from("/var/tmp/skoala-e2e-pods");
@@ -125,6 +176,7 @@ impl Pod {
             root,
             child: None,
             starts: 0,
+            name,
             api_port: cluster.port(),
             template,
         };
@@ -165,6 +217,11 @@ impl Pod {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
         }
+    }
+
+    /// The Pod object's name (`metadata.name` in the container).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The process id of the running container.
@@ -374,6 +431,8 @@ impl Pod {
         cmd.args(args)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", self.api_port.to_string())
             .current_dir("/")
             .stdin(Stdio::null());
         let (uid, gid) = self.pod_security();
@@ -430,7 +489,7 @@ impl Pod {
         if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
             return Ok(Some(match path {
                 "metadata.namespace" => ns.clone(),
-                "metadata.name" => format!("{}-0", self.spec.deployment),
+                "metadata.name" => self.name.clone(),
                 "spec.serviceAccountName" => self.template["spec"]["serviceAccountName"]
                     .as_str()
                     .unwrap_or("default")
@@ -463,6 +522,11 @@ fn install_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
         std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     }
     Ok(())
+}
+
+/// The Deployment `spec` names, as the API server holds it.
+async fn deployment(cluster: &RealCluster, spec: &PodSpec) -> anyhow::Result<Value> {
+    get_json(cluster, "deployment", &spec.namespace, &spec.deployment).await
 }
 
 async fn get_json(

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use skoala_e2e::fleet::plans::{KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::fleet::plans::{
+    KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView, annotated,
+};
 use skoala_e2e::sim::kubectl;
 use skoala_e2e::wait;
 
@@ -41,15 +43,6 @@ async fn object(kubeconfig: &Path, name: &str) -> anyhow::Result<Value> {
     )
     .await?;
     Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// `yaml` with `annotations` under its `metadata`.
-fn annotated(yaml: &str, annotations: &str) -> String {
-    yaml.replacen(
-        "metadata:\n",
-        &format!("metadata:\n  annotations:\n    {annotations}\n"),
-        1,
-    )
 }
 
 /// The `Accepted` condition of object `name`, once it has one with `reason`.

@@ -19,6 +19,8 @@ mod fleet_log;
 mod fleet_secrets;
 mod lease;
 mod mixed_fleet;
+mod plan_failover;
+mod plan_gitops;
 mod rbac;
 mod sim_parity;
 mod store_columns;

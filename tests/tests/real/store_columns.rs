@@ -13,15 +13,24 @@ use crate::store_conformance::coordinators_stores;
 
 /// The cell of `table` (as [`cells`] gives it) in the row named `name`, column `header`.
 fn cell<'a>(table: &'a str, name: &str, header: &str) -> &'a str {
+    cell_where(table, "NAME", name, header)
+}
+
+/// The cell of `table` (as [`cells`] gives it) in column `header` of the row whose `key`
+/// column holds `value`.
+pub(crate) fn cell_where<'a>(table: &'a str, key: &str, value: &str, header: &str) -> &'a str {
     let mut rows = table.lines().map(|l| l.split(" | ").collect::<Vec<_>>());
     let headers = rows.next().unwrap_or_default();
-    let at = headers
-        .iter()
-        .position(|h| *h == header)
-        .unwrap_or_else(|| panic!("no column {header} in\n{table}"));
-    rows.find(|r| r.first() == Some(&name))
+    let column = |h: &str| {
+        headers
+            .iter()
+            .position(|x| *x == h)
+            .unwrap_or_else(|| panic!("no column {h} in\n{table}"))
+    };
+    let (by, at) = (column(key), column(header));
+    rows.find(|r| r.get(by) == Some(&value))
         .and_then(|r| r.get(at).copied())
-        .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
+        .unwrap_or_else(|| panic!("no row with {key} {value} in\n{table}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
