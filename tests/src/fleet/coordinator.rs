@@ -547,7 +547,7 @@ impl Coordinator {
         Ctl::new(self.admin_config(), self.endpoint())
     }
 
-    /// Waits until `n` clusters are connected; returns `clusters -o json`.
+    /// Waits until `n` working clusters are connected; returns `clusters -o json`.
     pub async fn wait_connected(
         &self,
         n: usize,
@@ -556,9 +556,13 @@ impl Coordinator {
         let ctl = self.ctl();
         crate::wait::until(&format!("{n} connected clusters"), timeout, || async {
             let clusters = ctl.clusters().await.ok()?;
+            // The control plane's row is listed as connected once the coordinator has read
+            // its inventory, which races the agents: counting it would let `n` agents' wait
+            // end with one of them still away.
             let connected = clusters
                 .iter()
                 .filter(|c| c["connected"] == serde_json::Value::Bool(true))
+                .filter(|c| c["controlPlane"] != serde_json::Value::Bool(true))
                 .count();
             (connected >= n).then_some(clusters)
         })

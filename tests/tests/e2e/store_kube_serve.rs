@@ -67,9 +67,11 @@ async fn fleet_clusters(client: &kube::Client) -> anyhow::Result<BTreeSet<String
         .collect())
 }
 
+/// The working clusters' ids (the control plane's row appears whenever its inventory is read).
 fn ids(clusters: &[serde_json::Value]) -> BTreeSet<String> {
     clusters
         .iter()
+        .filter(|c| c["controlPlane"] != serde_json::Value::Bool(true))
         .filter_map(|c| c["id"].as_str().map(str::to_string))
         .collect()
 }
