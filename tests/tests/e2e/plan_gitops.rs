@@ -1,7 +1,10 @@
 //! Plans as objects on the kube store (design §4.4–§4.5): `kubectl apply -f plan.yaml` starts
 //! a plan as `skoalactl plan apply` does, its annotations pause and resume it, a second object
 //! waits for the first plan to finish, an object the plan crate refuses gets the reason in its
-//! status while nothing runs, and deleting a running plan's object aborts the plan.
+//! status while nothing runs, deleting a running plan's object aborts the plan, and
+//! `skoalactl`'s verbs write the object's annotations. Sim applies server-side apply as a
+//! merge and keeps no field ownership, so a verb's conflict with git's field manager is
+//! tested on the real tier only (`tests/real/plan_gitops.rs`).
 
 use std::path::Path;
 use std::time::Duration;

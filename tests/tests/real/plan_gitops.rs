@@ -4,7 +4,9 @@
 //! apply -f plan.yaml -n skoala-fleet`, their progress read with `kubectl get upgradeplans`
 //! and `kubectl get fleetclusters` (a plan's counts are of its working clusters, the control
 //! plane aside), and every verb is given once by `kubectl annotate` and once by `skoalactl`:
-//! pause, resume, approve, abort.
+//! pause, resume, approve, abort. `skoalactl`'s verbs write the object's annotations with
+//! server-side apply: refused, naming `kubectl-annotate`, where that manager owns them, taken
+//! over with `--force`; field ownership exists only on a real API server.
 //!
 //! `kubectl` speaks as the cluster's admin (the person who owns the control-plane cluster
 //! and its git repository); `skoalactl` with the operator credential read by `show
