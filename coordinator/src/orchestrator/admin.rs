@@ -293,7 +293,7 @@ fn stored_status(r: &PlanRecord, snap: &Snapshot) -> Option<PlanStatus> {
 }
 
 /// An operator's verb on a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Verb {
     Approve,
     Pause,
