@@ -319,13 +319,15 @@ pub async fn record_verb(
         }
     };
     let manager = admin_manager(operator);
-    store
+    let written = store
         .annotate_plan(name, &manager, &set, force)
         .await
         .map_err(|e| match e {
             AnnotateError::Managed { manager, .. } => Error::Managed { what, manager },
             AnnotateError::Store(e) => Error::Store(e),
         })?;
-    store.note_plan_control(name, &handled).await?;
+    if written {
+        store.note_plan_control(name, &handled).await?;
+    }
     Ok(())
 }

@@ -315,19 +315,21 @@ const ADMIN_MANAGER_PREFIX: &str = "skoala-coordinator/admin/";
 /// every control annotation the object has now besides: a manager's apply drops the fields it
 /// applied before and leaves out, and an earlier verb's annotation must stay. Another manager
 /// owning one of them with another value is a conflict ([`AnnotateError::Managed`]) unless
-/// `force`; another operator's earlier verb is never one.
+/// `force`; another operator's earlier verb is never one. `false` when the object is gone
+/// (a finished plan's, deleted): nothing is left to contradict the verb.
 pub(super) async fn annotate(
     shared: &Shared,
     name: &str,
     manager: &str,
     set: &BTreeMap<String, String>,
     force: bool,
-) -> Result<(), AnnotateError> {
+) -> Result<bool, AnnotateError> {
     let api: Api<UpgradePlan> = Kind::UpgradePlan.api(shared.client.clone(), &shared.namespace);
-    let current = api
-        .get(name)
-        .await
-        .map_err(|e| api_error(format!("reading upgrade plan {name}"), e))?;
+    let current = match api.get(name).await {
+        Ok(current) => current,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+        Err(e) => return Err(api_error(format!("reading upgrade plan {name}"), e).into()),
+    };
     let mut annotations: BTreeMap<String, String> = current
         .metadata
         .annotations
@@ -350,7 +352,7 @@ pub(super) async fn annotate(
         async move { api.patch(name, &params, &Patch::Apply(patch)).await }
     };
     let conflict = match apply(force).await {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => e,
         Err(e) => return Err(api_error(format!("annotating upgrade plan {name}"), e).into()),
     };
@@ -358,7 +360,7 @@ pub(super) async fn annotate(
     if !managers.is_empty() && managers.iter().all(|m| m.starts_with(ADMIN_MANAGER_PREFIX)) {
         return apply(true)
             .await
-            .map(drop)
+            .map(|_| true)
             .map_err(|e| api_error(format!("annotating upgrade plan {name}"), e).into());
     }
     Err(AnnotateError::Managed {

@@ -142,14 +142,15 @@ impl KubeStore {
     /// Writes an operator's verb on plan `name`'s object as its control annotations `set`,
     /// with server-side apply as `manager` ([`admin_manager`]), so the GitOps reconciler asks
     /// for what the verb did rather than undo it (design §4.4). Refused when another manager
-    /// (git's) owns the annotation, unless `force`.
+    /// (git's) owns the annotation, unless `force`. `false`: the object is gone, nothing was
+    /// written.
     pub async fn annotate_plan(
         &self,
         name: &str,
         manager: &str,
         set: &BTreeMap<String, String>,
         force: bool,
-    ) -> Result<(), AnnotateError> {
+    ) -> Result<bool, AnnotateError> {
         self.shared.check_fence()?;
         gitops::annotate(&self.shared, name, manager, set, force).await
     }
