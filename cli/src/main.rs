@@ -178,16 +178,30 @@ enum PlanCommand {
         name: String,
     },
     /// Approve the next stage (requireApproval).
-    Approve { name: String },
+    Approve(VerbArgs),
     /// Stop starting upgrades; running ones finish.
-    Pause { name: String },
+    Pause(VerbArgs),
     /// Resume a paused plan; failures so far are acknowledged.
-    Resume { name: String },
+    Resume(VerbArgs),
     /// Stop the plan for good; running upgrades finish.
-    Abort { name: String },
+    Abort(VerbArgs),
     /// Return every upgraded cluster to its previous revision: workers first, then the
     /// control plane.
-    Rollback { name: String },
+    Rollback(VerbArgs),
+}
+
+/// What every verb on a plan takes.
+#[derive(clap::Args)]
+struct VerbArgs {
+    /// The plan (see `plan list`).
+    name: String,
+    /// On the kube store the verb is also written as the plan object's `fleet.skoala.io/*`
+    /// annotation, so the object and the plan agree. When that annotation is managed by
+    /// someone else (a GitOps tool syncing it from git, `kubectl annotate`), the verb is
+    /// refused, naming the manager: change it there. --force takes the annotation over;
+    /// the GitOps tool may set it back at its next sync, and the plan follows git again.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -424,10 +438,10 @@ async fn plan(admin: &mut connect::Admin, cmd: PlanCommand) -> anyhow::Result<()
         }
         // Answered in `run` (it has its own exit code).
         PlanCommand::Check { .. } => Ok(()),
-        PlanCommand::Approve { name } => plans::verb(admin, "approve", name).await,
-        PlanCommand::Pause { name } => plans::verb(admin, "pause", name).await,
-        PlanCommand::Resume { name } => plans::verb(admin, "resume", name).await,
-        PlanCommand::Abort { name } => plans::verb(admin, "abort", name).await,
-        PlanCommand::Rollback { name } => plans::verb(admin, "rollback", name).await,
+        PlanCommand::Approve(a) => plans::verb(admin, "approve", a.name, a.force).await,
+        PlanCommand::Pause(a) => plans::verb(admin, "pause", a.name, a.force).await,
+        PlanCommand::Resume(a) => plans::verb(admin, "resume", a.name, a.force).await,
+        PlanCommand::Abort(a) => plans::verb(admin, "abort", a.name, a.force).await,
+        PlanCommand::Rollback(a) => plans::verb(admin, "rollback", a.name, a.force).await,
     }
 }

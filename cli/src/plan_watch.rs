@@ -244,7 +244,10 @@ pub async fn watch(admin: &mut Admin, name: String) -> anyhow::Result<()> {
         }
         let status = admin
             .client
-            .get_plan(PlanRef { name: name.clone() })
+            .get_plan(PlanRef {
+                name: name.clone(),
+                force: false,
+            })
             .await
             .map_err(|s| explain_status(&endpoint, s))?
             .into_inner();

@@ -161,7 +161,7 @@ pub async fn list(admin: &mut Admin, format: Format) -> anyhow::Result<()> {
 pub async fn get(admin: &mut Admin, name: String, format: Format) -> anyhow::Result<()> {
     let status = admin
         .client
-        .get_plan(PlanRef { name })
+        .get_plan(PlanRef { name, force: false })
         .await
         .map_err(|s| explain_status(&admin.endpoint, s))?
         .into_inner();
@@ -169,8 +169,8 @@ pub async fn get(admin: &mut Admin, name: String, format: Format) -> anyhow::Res
 }
 
 /// approve, pause, resume, abort, rollback.
-pub async fn verb(admin: &mut Admin, verb: &str, name: String) -> anyhow::Result<()> {
-    let req = PlanRef { name };
+pub async fn verb(admin: &mut Admin, verb: &str, name: String, force: bool) -> anyhow::Result<()> {
+    let req = PlanRef { name, force };
     let c = &mut admin.client;
     let result = match verb {
         "approve" => c.approve_plan(req).await,

@@ -77,6 +77,7 @@ impl From<orchestrator::Error> for Status {
             | E::Charts(ChartsError::Unavailable(_))
             | E::Busy { .. }
             | E::NotActive(_)
+            | E::Managed { .. }
             | E::Refused(_) => Status::failed_precondition(message),
             E::Immutable(_) => Status::already_exists(message),
             E::NotFound(_) => Status::not_found(message),
@@ -103,6 +104,14 @@ impl<S: Store> Admin<S> {
     /// records for a named operator, not revoked. Returns the caller's description for audit,
     /// naming the operator.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.authorize_operator(request).await.map(|(who, _)| who)
+    }
+
+    /// [`Admin::authorize`], and the operator's name.
+    async fn authorize_operator<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(String, String), Status> {
         let peer = remote_of(request);
         let serial = match require_admin(request) {
             Ok(serial) => serial,
@@ -122,7 +131,10 @@ impl<S: Store> Admin<S> {
         };
         let r = match admin {
             Some(a) if a.revoked_unix.is_none() => {
-                return Ok(format!("{peer} (admin {}, certificate {serial})", a.name));
+                return Ok((
+                    format!("{peer} (admin {}, certificate {serial})", a.name),
+                    a.name,
+                ));
             }
             Some(a) => refusal(
                 "admin.certificate_revoked",
@@ -694,16 +706,27 @@ impl<S: Store> FleetAdmin for Admin<S> {
 }
 
 impl<S: Store> Admin<S> {
-    /// An operator's verb on a plan, audited.
+    /// An operator's verb on a plan, audited; on the kube store written on the plan's object
+    /// first ([`crate::gitops::record_verb`]).
     async fn verb(
         &self,
         request: Request<PlanRef>,
         verb: Verb,
     ) -> Result<Response<PlanStatus>, Status> {
-        let who = self.authorize(&request).await?;
-        let name = request.into_inner().name;
+        let (who, operator) = self.authorize_operator(&request).await?;
+        let PlanRef { name, force } = request.into_inner();
         let ctx = &self.ctx;
-        let status = ctx.orchestrator.transition(&name, verb).await?;
+        let status = match &ctx.plan_objects {
+            Some(store) => {
+                let record = |approved| {
+                    crate::gitops::record_verb(store, &name, &operator, verb, approved, force)
+                };
+                ctx.orchestrator
+                    .transition_recorded(&name, verb, record)
+                    .await?
+            }
+            None => ctx.orchestrator.transition(&name, verb).await?,
+        };
         ctx.audit(
             &format!("plan.{}", verb.as_str()),
             "",

@@ -13,6 +13,7 @@ use crate::orchestrator::{self, Orchestrator};
 use crate::pki::FleetCa;
 use crate::sessions::Sessions;
 use crate::throttle::{Throttle, Verdict};
+use skoala_kubestore::store::KubeStore;
 use skoala_store::{NewAudit, Store};
 
 /// Tunables of the gateway.
@@ -58,6 +59,9 @@ pub struct Context<S> {
     pub throttle: Throttle,
     /// Fleet upgrade plans ([`crate::orchestrator`]).
     pub orchestrator: Arc<Orchestrator<S>>,
+    /// On the kube store, where the operators' verbs are written as the plan object's
+    /// annotations (design §4.4); `None` on SQLite.
+    pub plan_objects: Option<KubeStore>,
 }
 
 impl<S: Store> Context<S> {

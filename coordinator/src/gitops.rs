@@ -17,12 +17,13 @@
 //! plans is cheap, and a list also re-evaluates a pre-approval after the plan reached its
 //! stage, which a watch on the object alone would not.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use skoala_kubestore::store::{
-    IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal, RefusalReason,
+    AnnotateError, IN_FLIGHT_FINALIZER, Judgement, KubeStore, PlanObject, Refusal, RefusalReason,
+    admin_manager,
 };
 use skoala_plan::control;
 use skoala_store::StoreError;
@@ -61,12 +62,13 @@ async fn reconcile(
     store: &KubeStore,
     logged: &mut HashSet<(String, String)>,
 ) -> Result<(), StoreError> {
+    let recorded = ctx.orchestrator.verbs_recorded();
     for object in store.plan_objects().await? {
         if store.is_stored_plan(&object.name) {
             if object.deleting {
                 deleted(ctx, &object).await;
             } else {
-                control(ctx, store, &object, logged).await;
+                control(ctx, store, &object, recorded, logged).await;
             }
             finalize(ctx, store, &object).await;
         } else if !object.deleting {
@@ -222,11 +224,17 @@ async fn control(
     ctx: &Context<AnyStore>,
     store: &KubeStore,
     object: &PlanObject,
+    recorded: u64,
     logged: &mut HashSet<(String, String)>,
 ) {
     let done = match ctx
         .orchestrator
-        .control(&object.name, &object.annotations, &object.observed)
+        .control(
+            &object.name,
+            &object.annotations,
+            &object.observed,
+            recorded,
+        )
         .await
     {
         Ok(Some(done)) => done,
@@ -250,11 +258,76 @@ async fn control(
             tracing::warn!(plan = %object.name, %refused, "plan annotation refused");
         }
     }
-    if done.observed != object.observed
-        && let Err(e) = store
-            .observe_plan_control(&object.name, &done.observed)
-            .await
-    {
+    // Only what this pass handled: the rest may have been written since the object was read,
+    // by an operator's verb (`record_verb`).
+    let handled = control::Observed {
+        observed_resume: done
+            .observed
+            .observed_resume
+            .filter(|r| object.observed.observed_resume.as_ref() != Some(r)),
+        approved_through: done
+            .observed
+            .approved_through
+            .filter(|a| object.observed.approved_through != Some(*a)),
+    };
+    if let Err(e) = store.note_plan_control(&object.name, &handled).await {
         tracing::warn!(plan = %object.name, error = %e, "cannot store the handled annotations");
     }
+}
+
+/// Writes operator `operator`'s verb on plan `name`'s object before it takes effect (design
+/// §4.4): the annotation that asks for what the verb does, applied with the operator's own
+/// field manager, and in `status.control` what the verb handled, so the reconciler asks for
+/// nothing more. `approved` is the stage an approval approves. Without `force`, an annotation
+/// owned by another manager (git's) refuses the verb.
+pub async fn record_verb(
+    store: &KubeStore,
+    name: &str,
+    operator: &str,
+    verb: Verb,
+    approved: Option<u32>,
+    force: bool,
+) -> Result<(), Error> {
+    let mut set = BTreeMap::new();
+    let mut handled = control::Observed::default();
+    let what = match verb {
+        Verb::Pause => {
+            set.insert(control::PAUSED.to_string(), "true".to_string());
+            "pause"
+        }
+        Verb::Resume => {
+            // A resume acknowledges the failures so far: a new token, handled here.
+            let token = jiff::Timestamp::now().to_string();
+            set.insert(control::PAUSED.to_string(), "false".to_string());
+            set.insert(control::RESUME.to_string(), token.clone());
+            handled.observed_resume = Some(token);
+            "pause"
+        }
+        Verb::Approve => {
+            let stage = approved.unwrap_or_default();
+            set.insert(control::APPROVED_STAGE.to_string(), stage.to_string());
+            handled.approved_through = Some(stage);
+            "approval"
+        }
+        Verb::Abort => {
+            set.insert(control::ABORT.to_string(), "true".to_string());
+            "abort"
+        }
+        Verb::Rollback => {
+            set.insert(control::ROLLBACK.to_string(), "true".to_string());
+            "rollback"
+        }
+    };
+    let manager = admin_manager(operator);
+    let written = store
+        .annotate_plan(name, &manager, &set, force)
+        .await
+        .map_err(|e| match e {
+            AnnotateError::Managed { manager, .. } => Error::Managed { what, manager },
+            AnnotateError::Store(e) => Error::Store(e),
+        })?;
+    if written {
+        store.note_plan_control(name, &handled).await?;
+    }
+    Ok(())
 }

@@ -225,7 +225,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         clock: clock::from_flag(opts.clock_file.clone()),
         helm_timeout: opts.helm_timeout,
     });
+    let plan_objects = match &store {
+        AnyStore::Kube(store) => Some(store.clone()),
+        AnyStore::Sqlite(_) => None,
+    };
     let ctx = Arc::new(Context {
+        plan_objects,
         store,
         ca,
         sessions: sessions.clone(),

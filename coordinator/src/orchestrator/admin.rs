@@ -138,15 +138,36 @@ impl<S: Store> Orchestrator<S> {
     /// Approve, pause, resume, abort or roll back the active plan `name`. The verb takes
     /// effect once it is stored with its event: a failed write changes nothing.
     pub async fn transition(&self, name: &str, verb: Verb) -> Result<PlanStatus> {
+        self.transition_recorded(name, verb, |_| async { Ok(()) })
+            .await
+    }
+
+    /// [`Orchestrator::transition`], calling `record` once the verb passed on a copy of the
+    /// rollout and before it takes effect: a refusal from `record` changes nothing. `record`
+    /// is given the stage an approval approves. The kube store writes the verb on the plan's
+    /// object there (design §4.4), so the GitOps reconciler, which cannot evaluate the object
+    /// meanwhile, never reads an annotation that contradicts the verb.
+    pub async fn transition_recorded<F, Fut>(
+        &self,
+        name: &str,
+        verb: Verb,
+        record: F,
+    ) -> Result<PlanStatus>
+    where
+        F: FnOnce(Option<u32>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
         let mut st = self.state.lock().await;
         let Some(active) = st.active.as_mut().filter(|a| a.plan.name == name) else {
             return Err(self.not_active(name).await);
         };
         let mut rollout = active.rollout.clone();
+        let mut approved = None;
         let done = match verb {
-            Verb::Approve => rollout
-                .approve()
-                .map(|stage| format!("stage {stage} approved")),
+            Verb::Approve => rollout.approve().map(|stage| {
+                approved = Some(stage);
+                format!("stage {stage} approved")
+            }),
             Verb::Pause => rollout
                 .pause("paused by an operator", PauseOrigin::Operator)
                 .map(|()| "paused by an operator; running upgrades finish".into()),
@@ -159,6 +180,9 @@ impl<S: Store> Orchestrator<S> {
                 .map(|()| "rolling back: workers first, then the control plane".into()),
         }
         .map_err(Error::Refused)?;
+        record(approved).await?;
+        self.verbs_recorded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (phase, _) = status::phase(&rollout.phase);
         let event = PlanEventRecord {
             plan: name.to_string(),

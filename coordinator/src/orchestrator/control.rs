@@ -3,6 +3,7 @@
 //! transitions as `skoalactl`'s verbs, so both produce the same events.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use skoala_plan::control::{self, Observed};
 use skoala_plan::{PauseOrigin, Phase};
@@ -78,23 +79,36 @@ impl<S: Store> Orchestrator<S> {
             .map(|a| a.plan.name.clone())
     }
 
+    /// How many operators' verbs were recorded on their plans' objects so far: read before
+    /// reading the objects, and handed to [`Orchestrator::control`].
+    pub fn verbs_recorded(&self) -> u64 {
+        self.verbs_recorded.load(Ordering::SeqCst)
+    }
+
     /// Applies what `annotations` ask of plan `name` when it is the active plan, given what
-    /// was handled before (`observed`); `None` when it is not the active plan. The verbs take
-    /// effect once stored with their events, as `skoalactl`'s do; evaluating again after they
-    /// did asks for nothing, so this may run as often as the caller likes.
+    /// was handled before (`observed`); `None` when it is not the active plan, or when an
+    /// operator's verb was recorded since the object was read (`recorded`, from
+    /// [`Orchestrator::verbs_recorded`]): its annotations are older than the verb, and would
+    /// undo it. The verbs take effect once stored with their events, as `skoalactl`'s do;
+    /// evaluating again after they did asks for nothing, so this may run as often as the
+    /// caller likes.
     pub async fn control(
         &self,
         name: &str,
         annotations: &BTreeMap<String, String>,
         observed: &Observed,
+        recorded: u64,
     ) -> Result<Option<Controlled>> {
         let mut st = self.state.lock().await;
+        if self.verbs_recorded() != recorded {
+            return Ok(None);
+        }
         let Some(active) = st.active.as_mut().filter(|a| a.plan.name == name) else {
             return Ok(None);
         };
         let mut requested = control::requested(annotations, &active.rollout.head(), observed);
-        // `skoalactl plan pause` does not write the annotation yet (design §4.4), so an absent
-        // one must not lift an operator's pause; an explicit `"false"` still does.
+        // An operator's pause stored on SQLite, or before verbs were written on the object,
+        // has no annotation: an absent one must not lift it; an explicit `"false"` still does.
         let operator_paused = matches!(
             active.rollout.phase,
             Phase::Paused {

@@ -62,6 +62,16 @@ pub enum Error {
     /// The rollout does not allow the verb in its current phase.
     #[error(transparent)]
     Refused(skoala_plan::TransitionError),
+    /// On the kube store, the annotation a verb writes on the plan's object is owned by another
+    /// field manager (git's, or `kubectl`'s): the verb would be undone at its next sync.
+    #[error(
+        "this plan's {what} is managed by {manager}: change it there (in git), or pass --force (which that tool may undo at its next sync)"
+    )]
+    Managed {
+        /// What the verb changes (`pause`, `approval`, …).
+        what: &'static str,
+        manager: String,
+    },
     /// The stored plan is in a form this coordinator cannot read.
     #[error("plan {0} is stored in a form this coordinator cannot read")]
     Unreadable(String),

@@ -176,6 +176,9 @@ pub struct Orchestrator<S> {
     /// stored plans stays true until it stores its own. Applies are rare; one waiting for
     /// another's chart check is fine.
     applying: tokio::sync::Mutex<()>,
+    /// Operators' verbs let through [`Orchestrator::transition_recorded`]'s `record` so far:
+    /// the GitOps reconciler evaluates an object only if none was recorded since it read it.
+    verbs_recorded: std::sync::atomic::AtomicU64,
 }
 
 impl Input {
@@ -216,6 +219,7 @@ impl<S: Store> Orchestrator<S> {
             checks: Default::default(),
             assigned: Default::default(),
             applying: Default::default(),
+            verbs_recorded: Default::default(),
         })
     }
 

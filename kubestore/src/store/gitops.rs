@@ -282,3 +282,148 @@ fn cut(text: &str, max: usize) -> &str {
     }
     &text[..end]
 }
+
+/// Why an operator's verb could not be written on its plan's object.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotateError {
+    /// Another field manager owns the annotation with another value (a GitOps tool, `kubectl
+    /// annotate`): the API server refused the apply rather than take it over.
+    #[error("{annotation} on upgrade plan {plan} is managed by {manager}")]
+    Managed {
+        /// The plan's name.
+        plan: String,
+        /// The annotation the verb writes.
+        annotation: String,
+        /// The manager the API server named.
+        manager: String,
+    },
+    /// Reading or writing the object failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The field manager of the coordinator's own writes for operator `operator` (design §4.4).
+pub fn admin_manager(operator: &str) -> String {
+    format!("{ADMIN_MANAGER_PREFIX}{operator}")
+}
+
+/// What every [`admin_manager`] starts with: a conflict with another operator's verb is not a
+/// conflict with git, so it is taken over.
+const ADMIN_MANAGER_PREFIX: &str = "skoala-coordinator/admin/";
+
+/// Sets `set` on plan `name`'s object with server-side apply as `manager`. The apply carries
+/// every control annotation the object has now besides: a manager's apply drops the fields it
+/// applied before and leaves out, and an earlier verb's annotation must stay. Another manager
+/// owning one of them with another value is a conflict ([`AnnotateError::Managed`]) unless
+/// `force`; another operator's earlier verb is never one. `false` when the object is gone
+/// (a finished plan's, deleted): nothing is left to contradict the verb.
+pub(super) async fn annotate(
+    shared: &Shared,
+    name: &str,
+    manager: &str,
+    set: &BTreeMap<String, String>,
+    force: bool,
+) -> Result<bool, AnnotateError> {
+    let api: Api<UpgradePlan> = Kind::UpgradePlan.api(shared.client.clone(), &shared.namespace);
+    let current = match api.get(name).await {
+        Ok(current) => current,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+        Err(e) => return Err(api_error(format!("reading upgrade plan {name}"), e).into()),
+    };
+    let mut annotations: BTreeMap<String, String> = current
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| skoala_plan::control::ANNOTATIONS.contains(&k.as_str()))
+        .collect();
+    annotations.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let resource = Kind::UpgradePlan.api_resource();
+    let patch = json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": { "name": name, "annotations": annotations },
+    });
+    let apply = |force: bool| {
+        let mut params = PatchParams::apply(manager);
+        params.force = force;
+        let api = api.clone();
+        let patch = patch.clone();
+        async move { api.patch(name, &params, &Patch::Apply(patch)).await }
+    };
+    let conflict = match apply(force).await {
+        Ok(_) => return Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => e,
+        Err(e) => return Err(api_error(format!("annotating upgrade plan {name}"), e).into()),
+    };
+    let managers = conflicting_managers(&conflict.message);
+    if !managers.is_empty() && managers.iter().all(|m| m.starts_with(ADMIN_MANAGER_PREFIX)) {
+        return apply(true)
+            .await
+            .map(|_| true)
+            .map_err(|e| api_error(format!("annotating upgrade plan {name}"), e).into());
+    }
+    Err(AnnotateError::Managed {
+        plan: name.to_string(),
+        annotation: set.keys().next().cloned().unwrap_or_default(),
+        manager: if managers.is_empty() {
+            conflict.message
+        } else {
+            managers.join(", ")
+        },
+    })
+}
+
+/// The managers an apply conflict names: `Apply failed with 1 conflict: conflict with
+/// "kubectl-annotate" using fleet.skoala.io/v1: .metadata.annotations.…`.
+fn conflicting_managers(message: &str) -> Vec<String> {
+    let mut out: Vec<String> = message
+        .split(" with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Records in `status.control` what an operator's verb already did, so the annotation it
+/// wrote asks for nothing more (a resume token handled, stages approved): only the fields
+/// given are written.
+pub(super) async fn note(
+    shared: &Shared,
+    name: &str,
+    observed: &Observed,
+) -> Result<(), StoreError> {
+    let mut control = serde_json::Map::new();
+    if let Some(resume) = &observed.observed_resume {
+        control.insert("observedResume".into(), json!(resume));
+    }
+    if let Some(through) = observed.approved_through {
+        control.insert("approvedThrough".into(), json!(through));
+    }
+    if control.is_empty() {
+        return Ok(());
+    }
+    let patch = json!({ "status": { "control": control } });
+    shared.patch(status_key(name), Class::Durable, patch).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conflicting_managers;
+
+    #[test]
+    fn an_apply_conflict_names_each_manager_once() {
+        let one = "Apply failed with 1 conflict: conflict with \"kubectl-annotate\" using \
+                   fleet.skoala.io/v1: .metadata.annotations.fleet.skoala.io/paused";
+        assert_eq!(conflicting_managers(one), ["kubectl-annotate"]);
+        let two = "Apply failed with 2 conflicts: conflicts with \"argocd-controller\":\n- \
+                   .metadata.annotations.a\nconflicts with \"kubectl-client-side-apply\" using v1:\n- .b";
+        assert_eq!(
+            conflicting_managers(two),
+            ["argocd-controller", "kubectl-client-side-apply"]
+        );
+        assert!(conflicting_managers("the object has been modified").is_empty());
+    }
+}

@@ -42,7 +42,10 @@ mod migrate;
 mod plans;
 mod shared;
 
-pub use gitops::{IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, RefusalReason, Verdict};
+pub use gitops::{
+    AnnotateError, IN_FLIGHT_FINALIZER, Judgement, PlanObject, Refusal, RefusalReason, Verdict,
+    admin_manager,
+};
 pub use migrate::MIGRATED_FROM;
 pub use shared::Options;
 use shared::Shared;
@@ -134,6 +137,33 @@ impl KubeStore {
     ) -> Result<(), StoreError> {
         self.shared.check_fence()?;
         gitops::observe(&self.shared, name, observed).await
+    }
+
+    /// Writes an operator's verb on plan `name`'s object as its control annotations `set`,
+    /// with server-side apply as `manager` ([`admin_manager`]), so the GitOps reconciler asks
+    /// for what the verb did rather than undo it (design §4.4). Refused when another manager
+    /// (git's) owns the annotation, unless `force`. `false`: the object is gone, nothing was
+    /// written.
+    pub async fn annotate_plan(
+        &self,
+        name: &str,
+        manager: &str,
+        set: &BTreeMap<String, String>,
+        force: bool,
+    ) -> Result<bool, AnnotateError> {
+        self.shared.check_fence()?;
+        gitops::annotate(&self.shared, name, manager, set, force).await
+    }
+
+    /// Records the fields of `observed` that are set in plan `name`'s `status.control`: what
+    /// an operator's verb handled already.
+    pub async fn note_plan_control(
+        &self,
+        name: &str,
+        observed: &skoala_plan::control::Observed,
+    ) -> Result<(), StoreError> {
+        self.shared.check_fence()?;
+        gitops::note(&self.shared, name, observed).await
     }
 }
 

@@ -1,7 +1,10 @@
 //! Plans as objects on the kube store (design §4.4–§4.5): `kubectl apply -f plan.yaml` starts
 //! a plan as `skoalactl plan apply` does, its annotations pause and resume it, a second object
 //! waits for the first plan to finish, an object the plan crate refuses gets the reason in its
-//! status while nothing runs, and deleting a running plan's object aborts the plan.
+//! status while nothing runs, deleting a running plan's object aborts the plan, and
+//! `skoalactl`'s verbs write the object's annotations. Sim applies server-side apply as a
+//! merge and keeps no field ownership, so a verb's conflict with git's field manager is
+//! tested on the real tier only (`tests/real/plan_gitops.rs`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -337,6 +340,103 @@ async fn deleting_a_running_plans_object_aborts_it_and_the_object_waits_for_the_
         pf.history("work-2").await?.len(),
         1,
         "nothing new started after the deletion: {aborted:#}"
+    );
+    Ok(())
+}
+
+/// Waits until plan `name` has an event of `kind` whose message contains `text`.
+async fn event(pf: &PlanFleet, name: &str, kind: &str, text: &str) -> anyhow::Result<Value> {
+    wait::until(
+        &format!("{name}: {kind} event with {text:?}"),
+        PLAN_TIMEOUT,
+        || async {
+            pf.events(name).await.ok()?.into_iter().find(|e| {
+                e["kind"] == kind && e["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skoalactl_verbs_on_the_kube_store_write_the_plan_objects_annotations_which_the_reconciler_keeps()
+-> anyhow::Result<()> {
+    let pf = PlanFleet::start(PlanFleetOptions {
+        workers: 2,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let name = "verbs";
+    kubectl_apply(
+        &pf,
+        &pf.plan_yaml(name, "0.19.1", "requireApproval: beforeWorkers"),
+    )
+    .await?;
+    pf.wait_phase(name, &["awaitingApproval"], PLAN_TIMEOUT)
+        .await?;
+    let kubeconfig = pf.control_plane.kubeconfig_path();
+    let annotations = |o: &Value| o["metadata"]["annotations"].clone();
+
+    let out = pf.ctl().run(&["plan", "pause", name]).await?;
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    let o = object(kubeconfig, name).await?;
+    assert_eq!(annotations(&o)["fleet.skoala.io/paused"], "true", "{o:#}");
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "upgradeplans.fleet.skoala.io",
+            name,
+            "-n",
+            KUBE_STORE_NAMESPACE,
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    )
+    .await?;
+    let managers = String::from_utf8(out.stdout)?;
+    let managers: Vec<&str> = managers.split_whitespace().collect();
+    assert!(
+        managers
+            .iter()
+            .any(|m| m.starts_with("skoala-coordinator/admin/")),
+        "applied as the operator: {managers:?}"
+    );
+    // A pre-approval is evaluated with the pause: once it is announced, the reconciler read
+    // the object after the verb and kept the pause.
+    annotate(&pf, name, "fleet.skoala.io/approved-stage=5").await?;
+    event(&pf, name, "plan.preapproved", "5").await?;
+    let p = pf.plan(name).await?;
+    assert_eq!(p["phase"], "paused", "{p:#}");
+
+    let out = pf.ctl().run(&["plan", "resume", name]).await?;
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    let o = object(kubeconfig, name).await?;
+    let a = annotations(&o);
+    assert_eq!(a["fleet.skoala.io/paused"], "false", "{o:#}");
+    assert_eq!(
+        a["fleet.skoala.io/approved-stage"], "5",
+        "the other annotations stay: {o:#}"
+    );
+    let token = a["fleet.skoala.io/resume"].clone();
+    assert!(token.is_string(), "a resume token: {o:#}");
+    assert_eq!(
+        o["status"]["control"]["observedResume"], token,
+        "the verb's token is handled already: {o:#}"
+    );
+    let p = pf.wait_phase(name, &["succeeded"], PLAN_TIMEOUT).await?;
+    let kinds: Vec<String> = pf
+        .events(name)
+        .await?
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "plan.resumed").count(),
+        1,
+        "resumed once, by skoalactl: {kinds:?}\n{p:#}"
     );
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! apply -f plan.yaml -n skoala-fleet`, their progress read with `kubectl get upgradeplans`
 //! and `kubectl get fleetclusters` (a plan's counts are of its working clusters, the control
 //! plane aside), and every verb is given once by `kubectl annotate` and once by `skoalactl`:
-//! pause, resume, approve, abort.
+//! pause, resume, approve, abort. `skoalactl`'s verbs write the object's annotations with
+//! server-side apply: refused, naming `kubectl-annotate`, where that manager owns them, taken
+//! over with `--force`; field ownership exists only on a real API server.
 //!
 //! `kubectl` speaks as the cluster's admin (the person who owns the control-plane cluster
 //! and its git repository); `skoalactl` with the operator credential read by `show
@@ -135,9 +137,13 @@ async fn accepted(
     })
 }
 
-/// `skoalactl plan <verb> <name>`, which must succeed.
+/// `skoalactl plan <verb> <name>` (`verb` may carry flags: `pause --force`), which must
+/// succeed.
 async fn ctl_verb(fleet: &RealFleet, verb: &str, name: &str) -> anyhow::Result<()> {
-    let out = fleet.ctl().run(&["plan", verb, name]).await?;
+    let mut args = vec!["plan"];
+    args.extend(verb.split_whitespace());
+    args.push(name);
+    let out = fleet.ctl().run(&args).await?;
     anyhow::ensure!(
         out.success,
         "skoalactl plan {verb} {name}: {}{}",
@@ -145,6 +151,77 @@ async fn ctl_verb(fleet: &RealFleet, verb: &str, name: &str) -> anyhow::Result<(
         out.stderr
     );
     Ok(())
+}
+
+/// `skoalactl plan <verb> <name>`, which must be refused because `manager` owns the
+/// annotation the verb writes; the plan's phase stays `phase`.
+async fn ctl_refused(
+    fleet: &RealFleet,
+    verb: &str,
+    name: &str,
+    manager: &str,
+    phase: &str,
+) -> anyhow::Result<()> {
+    let out = fleet.ctl().run(&["plan", verb, name]).await?;
+    anyhow::ensure!(
+        !out.success && out.stderr.contains(&format!("managed by {manager}")),
+        "skoalactl plan {verb} {name} is refused naming {manager}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let p = fleet.plan(name).await?;
+    anyhow::ensure!(p["phase"] == phase, "{name} unchanged: {p:#}");
+    Ok(())
+}
+
+/// The `fleet.skoala.io/*` annotations of plan `name`'s object.
+async fn annotations(fleet: &RealFleet, name: &str) -> anyhow::Result<Value> {
+    let out = fleet
+        .control_plane
+        .kubectl(&[
+            "get",
+            "upgradeplans.fleet.skoala.io",
+            name,
+            "-n",
+            FLEET_NAMESPACE,
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ])
+        .await?;
+    let all: serde_json::Map<String, Value> = serde_json::from_str(&out)?;
+    Ok(all
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("fleet.skoala.io/"))
+        .collect())
+}
+
+/// Annotates plan `name` with a pre-approval of `stage` and waits until the leader announced
+/// it: a pass of the reconciler evaluated the object after what came before.
+async fn preapproved(fleet: &RealFleet, name: &str, stage: u32) -> anyhow::Result<()> {
+    annotate(
+        fleet,
+        name,
+        &format!("fleet.skoala.io/approved-stage={stage}"),
+    )
+    .await?;
+    wait::until(
+        &format!("{name}: stage {stage} pre-approved"),
+        PLAN_TIMEOUT,
+        || async {
+            let events = fleet.events(name).await.ok()?;
+            events
+                .iter()
+                .any(|e| {
+                    e["kind"] == "plan.preapproved"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains(&format!("to {stage} ")))
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| fleet.logs())
 }
 
 /// Waits until plan `name` awaits an approval whose reason names `stage` (`canaries`,
@@ -269,8 +346,10 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
     })
     .await?;
     ctl_verb(&fleet, "pause", b).await?;
-    // The pause holds (the object carries no `paused` annotation to lift it) while the
-    // canary's upgrade finishes, and nothing else starts.
+    let a_b = annotations(&fleet, b).await?;
+    assert_eq!(a_b["fleet.skoala.io/paused"], "true", "{a_b:#}");
+    // The pause holds (the verb wrote `paused: "true"` on the object) while the canary's
+    // upgrade finishes, and nothing else starts.
     let held = wait::until(
         "the canary done, the plan still paused",
         PLAN_TIMEOUT,
@@ -289,8 +368,15 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
     assert!(running.is_empty(), "nothing starts while paused: {held:#}");
     shown(&fleet, b, &[("PHASE", "paused"), ("SUCCEEDED", "1")]).await?;
     ctl_verb(&fleet, "resume", b).await?;
+    let a_b = annotations(&fleet, b).await?;
+    assert_eq!(a_b["fleet.skoala.io/paused"], "false", "{a_b:#}");
+    assert!(a_b["fleet.skoala.io/resume"].is_string(), "{a_b:#}");
     awaiting(&fleet, b, "wave 1").await?;
-    ctl_verb(&fleet, "approve", b).await?;
+    // `kubectl annotate` owns the approval: skoalactl says so, and takes it with --force.
+    ctl_refused(&fleet, "approve", b, "kubectl-annotate", "awaitingApproval").await?;
+    ctl_verb(&fleet, "approve --force", b).await?;
+    let a_b = annotations(&fleet, b).await?;
+    assert_eq!(a_b["fleet.skoala.io/approved-stage"], "1", "{a_b:#}");
     awaiting(&fleet, b, "wave 2").await?;
     shown(
         &fleet,
@@ -333,7 +419,20 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
     shown(&fleet, c, &[("PHASE", "paused")]).await?;
     annotate(&fleet, c, "fleet.skoala.io/paused=false").await?;
     awaiting(&fleet, c, "canaries").await?;
+    // `paused: "false"` from `kubectl annotate` would lift a pause from skoalactl: refused,
+    // naming that manager; forced, the pause is the object's and outlasts two evaluations.
+    ctl_refused(&fleet, "pause", c, "kubectl-annotate", "awaitingApproval").await?;
+    ctl_verb(&fleet, "pause --force", c).await?;
+    let a_c = annotations(&fleet, c).await?;
+    assert_eq!(a_c["fleet.skoala.io/paused"], "true", "{a_c:#}");
+    for stage in [5, 6] {
+        preapproved(&fleet, c, stage).await?;
+        let p = fleet.plan(c).await?;
+        assert_eq!(p["phase"], "paused", "after pre-approving {stage}: {p:#}");
+    }
     ctl_verb(&fleet, "abort", c).await?;
+    let a_c = annotations(&fleet, c).await?;
+    assert_eq!(a_c["fleet.skoala.io/abort"], "true", "{a_c:#}");
     fleet.wait_phase(c, &["aborted"], PLAN_TIMEOUT).await?;
     shown(&fleet, c, &[("PHASE", "aborted"), ("SUCCEEDED", "0")]).await?;
     for w in workers {
