@@ -429,7 +429,7 @@ largest_objects() {
     "$KUBECTL" --kubeconfig "$WORK/admin.kubeconfig" -n "$KUBE_NS" get "$kind" -o json |
       python3 -c '
 import sys, json
-# Not ours: the namespace's CA bundle and the chart install's helm release records.
+# Not ours: the CA bundle of every namespace, and helm release records of the chart install.
 items = [i for i in json.load(sys.stdin)["items"]
          if i["metadata"]["name"] != "kube-root-ca.crt" and not i["metadata"]["name"].startswith("sh.helm.release.")]
 big = max(items, key=lambda i: len(json.dumps(i, separators=(",", ":"))), default=None)
