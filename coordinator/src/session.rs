@@ -402,7 +402,7 @@ impl<S: Store> Session<S> {
 
     /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat).
     async fn persist(&mut self, state: ClusterState) {
-        if state == self.stored {
+        if same_state(&state, &self.stored) {
             return;
         }
         match self
@@ -552,6 +552,83 @@ fn message_kind(m: &AgentMessage) -> &'static str {
 }
 
 /// Encodes an inventory for the store.
+/// Whether `a` and `b` say the same, though their inventories' bytes may differ: protobuf
+/// encodes a map (a release's image tags) in the order its `HashMap` iterates, which differs
+/// between maps, so every reconnect of an agent would otherwise write its unchanged
+/// inventory again, and a new leader's reconnect storm would be a write per cluster.
+fn same_state(a: &ClusterState, b: &ClusterState) -> bool {
+    if a == b {
+        return true;
+    }
+    a.agent_version == b.agent_version
+        && a.helm_version == b.helm_version
+        && a.release == b.release
+        && match (
+            Inventory::decode(a.inventory.as_slice()),
+            Inventory::decode(b.inventory.as_slice()),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+}
+
 fn encode_inventory(inv: &skoala_proto::v1::Inventory) -> Vec<u8> {
     inv.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use skoala_proto::v1::ReleaseInventory;
+
+    use super::*;
+
+    fn state(tags: HashMap<String, String>, version: &str) -> ClusterState {
+        let inventory = Inventory {
+            releases: vec![ReleaseInventory {
+                release: "skoala-init".into(),
+                chart_version: version.into(),
+                image_tags: tags,
+                ..Default::default()
+            }],
+        };
+        ClusterState {
+            agent_version: "1.0.0".into(),
+            inventory: encode_inventory(&inventory),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_inventory_whose_map_is_encoded_in_another_order_is_the_same_state() {
+        let tags: Vec<(String, String)> = (0..32)
+            .map(|i| (format!("image-{i}.tag"), format!("v{i}")))
+            .collect();
+        let forward: HashMap<_, _> = tags.iter().cloned().collect();
+        let backward: HashMap<_, _> = tags.iter().rev().cloned().collect();
+        let (a, b) = (state(forward.clone(), "0.19.1"), state(backward, "0.19.1"));
+        assert!(
+            same_state(&a, &b),
+            "equal inventories, whatever their bytes"
+        );
+        assert!(
+            !same_state(&a, &state(forward.clone(), "0.19.2")),
+            "another chart version is a change"
+        );
+        let mut retagged = forward;
+        retagged.insert("image-0.tag".into(), "v99".into());
+        assert!(
+            !same_state(&a, &state(retagged, "0.19.1")),
+            "another image tag is a change"
+        );
+        let newer_agent = ClusterState {
+            agent_version: "1.0.1".into(),
+            ..a.clone()
+        };
+        assert!(
+            !same_state(&a, &newer_agent),
+            "another agent version is a change"
+        );
+    }
 }

@@ -28,6 +28,9 @@ pub struct Options {
     pub etcd_compaction_interval: Duration,
     /// Where the cluster's files go; `None`: a temporary folder removed on drop.
     pub dir: Option<PathBuf>,
+    /// An audit policy for the API server (`--audit-policy-file`); the events go as JSON lines
+    /// to [`RealCluster::audit_log`]. Benchmarks count the API writes of one identity with it.
+    pub audit_policy: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -35,6 +38,7 @@ impl Default for Options {
         Options {
             etcd_compaction_interval: Duration::from_secs(300),
             dir: None,
+            audit_policy: None,
         }
     }
 }
@@ -106,6 +110,23 @@ pub enum User {
 fn base64_data(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn audit_log_path(dir: &Path) -> PathBuf {
+    dir.join("audit.log")
+}
+
+/// The API server's flags for `policy`: JSON lines to [`audit_log_path`], written before each
+/// response (the log backend's blocking mode, so a count read after a request includes it),
+/// and rotated only past 1 GiB so a benchmark's log stays one file.
+fn audit_args(policy: &Path, dir: &Path) -> Vec<String> {
+    vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit_log_path(dir).display()),
+        "--audit-log-format=json".to_string(),
+        "--audit-log-mode=blocking".to_string(),
+        "--audit-log-maxsize=1024".to_string(),
+    ]
 }
 
 impl RealCluster {
@@ -196,7 +217,7 @@ impl RealCluster {
             this.pki.service_account_key.clone(),
             this.pki.service_account_pub.clone(),
         );
-        let api_args = vec![
+        let mut api_args = vec![
             format!("--etcd-servers={etcd_url}"),
             format!(
                 "--etcd-compaction-interval={}s",
@@ -221,6 +242,9 @@ impl RealCluster {
             "--profiling=false".to_string(),
             "--v=0".to_string(),
         ];
+        if let Some(policy) = &opts.audit_policy {
+            api_args.extend(audit_args(policy, &dir));
+        }
         this.procs.push(Proc::spawn(
             "kube-apiserver",
             &bins.bin("kube-apiserver"),
@@ -319,6 +343,11 @@ impl RealCluster {
     /// The cluster's folder (logs, certificates, kubeconfigs).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the API server writes audit events when started with [`Options::audit_policy`].
+    pub fn audit_log(&self) -> PathBuf {
+        audit_log_path(&self.dir)
     }
 
     /// How long [`RealCluster::start`] took.

@@ -41,6 +41,10 @@ enum Command {
         /// Folder built by scripts/install-kube.sh [default: $SKOALA_KUBE_DIR, then .tools/kube].
         #[arg(long, value_name = "DIR", env = "SKOALA_KUBE_DIR")]
         kube_dir: Option<PathBuf>,
+        /// An audit policy file for the API server; its events go as JSON lines to
+        /// audit.log in the cluster's folder (scripts/bench-plan.sh counts API writes so).
+        #[arg(long, value_name = "FILE")]
+        audit_policy: Option<PathBuf>,
     },
 }
 
@@ -52,13 +56,18 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig_out,
             dir,
             kube_dir,
+            audit_policy,
         } => {
             let bins = match kube_dir {
                 Some(d) => Binaries::at(d)?,
                 None => Binaries::locate()?,
             };
+            // The API server runs in the cluster's folder: a relative path would miss.
+            let audit_policy = audit_policy.map(std::path::absolute).transpose()?;
+            let audited = audit_policy.is_some();
             let opts = Options {
                 dir,
+                audit_policy,
                 ..Options::default()
             };
             let cluster = RealCluster::start_with(&name, &bins, opts).await?;
@@ -70,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
                 kubeconfig_out.display(),
                 cluster.dir().display()
             );
+            if audited {
+                println!("audit log: {}", cluster.audit_log().display());
+            }
             println!("memory: {} MiB; Ctrl-C stops it", cluster.rss_bytes() >> 20);
             tokio::signal::ctrl_c().await?;
             cluster.stop().await;

@@ -151,12 +151,14 @@ pub trait PlanStore: Send + Sync + 'static {
     /// replaced by cluster id; the others stay as stored) — and appends its events, all or
     /// nothing: the coordinator acts on a target only after the write that holds it returned
     /// (invariant 2). Returns the id of the last event (0 without events). An unknown plan is
-    /// an error.
+    /// an error. A store may still be storing the events when it returns (they gate nothing;
+    /// a lost one loses history, never state), as long as a later `plan_events` returns them.
     fn save_rollout(
         &self,
         write: RolloutWrite,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Appends events (progress that changes no rollout state). Returns the last id.
+    /// Appends events (progress that changes no rollout state). Returns the last id; the
+    /// events may be stored after it returns, as for `save_rollout`.
     fn append_plan_events(
         &self,
         events: Vec<PlanEventRecord>,

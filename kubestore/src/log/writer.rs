@@ -195,7 +195,31 @@ impl<B: Body> StreamWriter<B> {
         self.send(Some(id), at_ms, body).await
     }
 
+    /// [`StreamWriter::append_as`] in two halves: the entry takes its place in the stream now
+    /// (or is refused now), and the returned future answers once its segment is stored. For a
+    /// caller that must queue in order under a lock but not hold the lock until the flush.
+    pub fn queue_as(
+        &self,
+        id: u64,
+        at_ms: i64,
+        body: B,
+    ) -> Result<impl Future<Output = Result<u64>> + Send + 'static> {
+        let answer = self.queue(Some(id), at_ms, body)?;
+        Ok(async move { answer.await.map_err(|_| Error::Closed)? })
+    }
+
     async fn send(&self, id: Option<u64>, at_ms: i64, body: B) -> Result<u64> {
+        self.queue(id, at_ms, body)?
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    fn queue(
+        &self,
+        id: Option<u64>,
+        at_ms: i64,
+        body: B,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
         // Refused here, before it takes an id or a place in a batch.
         line(&Entry {
             id: u64::MAX,
@@ -213,7 +237,7 @@ impl<B: Body> StreamWriter<B> {
                 done,
             })
             .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        Ok(answer)
     }
 
     /// The entries of the open segment as last stored, for reads of the newest entries without

@@ -190,7 +190,10 @@ impl IdentityStore for KubeStore {
         self.identity.admit(claim).await
     }
     async fn register(&self, registration: Registration) -> Result<Registered, RegisterError> {
-        self.identity.register(registration).await
+        let id = registration.claim.cluster_id.clone();
+        let registered = self.identity.register(registration).await?;
+        self.plans.cluster_exists(&id);
+        Ok(registered)
     }
     async fn allow_rejoin(&self, id: String, now_unix: i64) -> Result<bool, StoreError> {
         self.identity.allow_rejoin(id, now_unix).await

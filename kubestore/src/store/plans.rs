@@ -14,7 +14,9 @@
 //! written in the order of §3.3 (head, targets that start nothing, targets that start
 //! something, events) and, when one is refused, those already stored are written back as they
 //! were. A crash in between leaves a prefix of the write, which §3.3 shows is safe; the undo
-//! is what makes a refusal leave nothing, as the trait promises.
+//! is what makes a refusal leave nothing, as the trait promises. The events are handed to
+//! their log, not awaited (§3.3 step 6, [`events`]): they gate nothing, and a round that
+//! waited for the log's next flush would hold its tasks that long.
 //!
 //! **Invariant:** this part is the only writer of `status.plans` of every `FleetCluster`, of
 //! the status fields of `UpgradePlan` it names, and of the state ConfigMap's `activePlan` and
@@ -295,6 +297,18 @@ impl Plans {
     /// Whether `name` is a stored plan.
     pub fn is_stored(&self, name: &str) -> bool {
         self.state.lock().expect("lock").plans.contains_key(name)
+    }
+
+    /// Notes that cluster `id`'s `FleetCluster` exists (it registered), so that its first plan
+    /// entry is a status write alone: without it, each cluster registered since this replica
+    /// loaded would first cost a placeholder create refused with a conflict.
+    pub fn cluster_exists(&self, id: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .clusters
+            .entry(id.to_string())
+            .or_default();
     }
 
     /// Whether `name` was ever accepted.
@@ -743,7 +757,7 @@ impl Plans {
             self.write_heads(&write.plan, head.clone(), &write.events, &mut done)
                 .await?;
             self.write_targets(&write.plan, changes, &mut done).await?;
-            self.events.append(write.events.clone(), now_ms()).await
+            self.events.hand_off(write.events.clone(), now_ms()).await
         }
         .await;
         let result = match outcome {
@@ -829,7 +843,7 @@ impl Plans {
         let mut done = Vec::new();
         let outcome = async {
             self.write_heads("", None, &events, &mut done).await?;
-            self.events.append(events.clone(), now_ms()).await
+            self.events.hand_off(events.clone(), now_ms()).await
         }
         .await;
         if outcome.is_err() {

@@ -16,7 +16,7 @@ use skoala_kubestore::crd::{
 };
 use skoala_kubestore::store::KubeStore;
 use skoala_plan::{Phase, PhaseKind, ReleaseStatus, TargetPhase, TargetState};
-use skoala_store::conformance::Factory;
+use skoala_store::conformance::{Factory, Refusal};
 use skoala_store::{
     Cutoffs, IdentityStore, PlanEventRecord, PlanRecord, PlanStore, Retention, RolloutRecord,
     RolloutWrite, TargetRecord,
@@ -137,6 +137,53 @@ async fn a_plan_is_an_upgrade_plan_its_targets_are_cluster_entries_and_the_point
         [running],
         "read back from the cluster's entry"
     );
+}
+
+/// A round's events gate nothing (design §3.3, step 6), and the event log flushes a stream at
+/// most five times a second: a rollout write that waited for its events would hold the
+/// round's tasks until the next flush. So the write is answered once its head and targets are
+/// stored, and an event the log then refuses costs history, not the write.
+#[tokio::test]
+async fn a_rollout_write_is_answered_without_its_events_and_stands_when_the_log_refuses_them() {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    store
+        .put_plan(record("p", &["w1"]), vec![event("p", "plan.applied")])
+        .await
+        .expect("plan");
+    f.refuse(&store, Refusal::Events).await;
+    let running = TargetRecord {
+        cluster_id: "w1".into(),
+        order: 0,
+        phase: TargetPhase::Running,
+        progress: "{\"attempts\":1}".into(),
+    };
+    let last = store
+        .save_rollout(RolloutWrite {
+            plan: "p".into(),
+            head: None,
+            targets: vec![running.clone()],
+            events: vec![event("p", "task.sent")],
+        })
+        .await
+        .expect("the write stands");
+    assert!(last > 0, "the event took an id");
+
+    let cluster: FleetCluster = api(&store, Kind::FleetCluster).get("w1").await.expect("w1");
+    let entries = cluster.status.expect("status").plans;
+    assert_eq!(
+        (entries[0].plan.as_str(), entries[0].state),
+        ("p", TargetPhase::Running),
+        "the target is stored"
+    );
+    let kinds: Vec<String> = store
+        .plan_events("p".into(), 0, 10)
+        .await
+        .expect("a read waits for the refused flush, then answers")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["plan.applied"], "the refused event is not there");
 }
 
 #[tokio::test]

@@ -8,14 +8,23 @@
 //! only.
 //!
 //! **Invariant:** a reader never sees an id before every smaller id is stored or failed, or its
-//! cursor would pass an event stored a moment later. Appends are serialised (an id is taken
-//! only after every earlier append was answered), and reads stop at [`EventLog::settled`]:
-//! one call's events go to several streams at once, which may land in any order.
+//! cursor would pass an event stored a moment later. Ids are taken and queued on their streams
+//! in order (under [`EventLog::next`]), one task answers the appends in that order and only
+//! then moves [`EventLog::settled`], and reads stop there: one call's events go to several
+//! streams at once, which may land in any order.
+//!
+//! Why a rollout's events are handed off rather than awaited ([`EventLog::hand_off`]): a
+//! stream flushes at most every [`TIMING`]`.min_interval`, and a round that waited for it would
+//! hold the next task that long (design §3.3, step 6: losing them loses history, never state).
+//! Reads wait for what was handed off before them, so a caller still reads its own events.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use kube::api::{Api, DeleteParams, ListParams};
 use skoala_store::{Cutoffs, PlanEventRecord, StoreError};
@@ -41,10 +50,15 @@ pub(super) struct EventLog {
     api: Api<FleetLog>,
     /// The lanes every stream's segments are written through.
     sink: Writer<FleetLogs>,
-    /// The next id to give; held for the whole of an append.
+    /// The next id to give; held while an append takes its ids and queues its entries.
     next: tokio::sync::Mutex<u64>,
-    /// Every id up to this one is stored or failed: what reads may return.
-    settled: AtomicU64,
+    /// The last id queued.
+    queued: AtomicU64,
+    /// Every id up to this one is stored or failed: what reads may return. Moved by
+    /// [`settle`] alone.
+    settled: Arc<watch::Sender<u64>>,
+    /// Each append's answers, in id order, to [`settle`].
+    settling: mpsc::UnboundedSender<Batch>,
     /// A writer per plan whose stream exists or was appended to.
     streams: Mutex<BTreeMap<String, StreamWriter<Event>>>,
 }
@@ -81,11 +95,16 @@ impl EventLog {
                 .map_err(|e| api_error(format!("opening the event log of plan {plan}"), e))?;
             streams.insert(plan, writer);
         }
+        let settled = Arc::new(watch::Sender::new(last));
+        let (settling, batches) = mpsc::unbounded_channel();
+        tokio::spawn(settle(batches, Arc::clone(&settled)));
         Ok(EventLog {
             api: super::typed(shared, Kind::FleetLog),
             sink,
             next: tokio::sync::Mutex::new(last + 1),
-            settled: AtomicU64::new(last),
+            queued: AtomicU64::new(last),
+            settled,
+            settling,
             streams: Mutex::new(streams),
         })
     }
@@ -116,8 +135,36 @@ impl EventLog {
         events: Vec<PlanEventRecord>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
+        match self.queue(events, now_ms, true).await? {
+            (last, Some(answer)) => {
+                answer.await.map_err(|_| closed())??;
+                Ok(last)
+            }
+            (last, None) => Ok(last),
+        }
+    }
+
+    /// Queues `events` like [`EventLog::append`] and returns their last id at once, before
+    /// they are stored; a failure to store them later is logged. Refused now only when an
+    /// event cannot be queued at all.
+    pub async fn hand_off(
+        &self,
+        events: Vec<PlanEventRecord>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(self.queue(events, now_ms, false).await?.0)
+    }
+
+    /// Takes ids for `events` and queues each on its stream, in order; the answers go to
+    /// [`settle`], which tells the returned receiver (when `answered`) how they went.
+    async fn queue(
+        &self,
+        events: Vec<PlanEventRecord>,
+        now_ms: i64,
+        answered: bool,
+    ) -> Result<(i64, Option<oneshot::Receiver<Result<(), StoreError>>>), StoreError> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok((0, None));
         }
         let mut writers = Vec::with_capacity(events.len());
         for event in &events {
@@ -129,20 +176,31 @@ impl EventLog {
         // Taken whether stored or not: an id a failed write may have landed with is never
         // given to another event.
         *next = last + 1;
-        let appends = (first..).zip(writers.into_iter().zip(events)).map(
-            |(id, (writer, event))| async move {
-                writer.append_as(id, now_ms, Event::from(event)).await
-            },
-        );
-        // Polled in order, each append is queued on its stream before any is awaited: a
-        // stream stores its events in id order, in as few writes as its timing allows.
-        let outcomes = futures::future::join_all(appends).await;
-        self.settled.store(last, Ordering::SeqCst);
+        let appends: Vec<BoxFuture<'static, log::writer::Result<u64>>> = (first..)
+            .zip(writers.into_iter().zip(events))
+            .map(
+                |(id, (writer, event))| match writer.queue_as(id, now_ms, Event::from(event)) {
+                    Ok(stored) => Box::pin(stored) as BoxFuture<'static, _>,
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                },
+            )
+            .collect();
+        self.queued.store(last, Ordering::SeqCst);
+        let (reply, answer) = if answered {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.settling
+            .send(Batch {
+                last,
+                appends,
+                reply,
+            })
+            .map_err(|_| closed())?;
         drop(next);
-        for outcome in outcomes {
-            outcome.map_err(|e| api_error("appending plan events", e))?;
-        }
-        Ok(i64::try_from(last).unwrap_or(i64::MAX))
+        Ok((i64::try_from(last).unwrap_or(i64::MAX), answer))
     }
 
     /// Events with `id > after_id` of `plan` (every plan's when empty), oldest first, at most
@@ -153,7 +211,14 @@ impl EventLog {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<PlanEventRecord>, StoreError> {
-        let settled = self.settled.load(Ordering::SeqCst);
+        // What was queued before this read is read with it: a caller reads its own events.
+        let queued = self.queued.load(Ordering::SeqCst);
+        let settled = *self
+            .settled
+            .subscribe()
+            .wait_for(|s| *s >= queued)
+            .await
+            .map_err(|_| closed())?;
         let writers: Vec<StreamWriter<Event>> = {
             let streams = self.streams.lock().expect("lock");
             if plan.is_empty() {
@@ -275,6 +340,39 @@ impl EventLog {
         }
         Ok(written)
     }
+}
+
+/// One append's answers, and who wants to know how they went.
+struct Batch {
+    last: u64,
+    appends: Vec<BoxFuture<'static, log::writer::Result<u64>>>,
+    reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Answers the appends in the order their ids were taken, moving `settled` past each.
+async fn settle(mut batches: mpsc::UnboundedReceiver<Batch>, settled: Arc<watch::Sender<u64>>) {
+    while let Some(batch) = batches.recv().await {
+        let outcomes = futures::future::join_all(batch.appends).await;
+        settled.send_replace(batch.last);
+        let failure = outcomes
+            .into_iter()
+            .find_map(Result::err)
+            .map(|e| api_error("appending plan events", e));
+        match (batch.reply, failure) {
+            (Some(reply), failure) => {
+                let _ = reply.send(failure.map_or(Ok(()), Err));
+            }
+            (None, Some(e)) => {
+                tracing::error!(error = %e, "plan events handed off were not stored");
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// The event log's settling task is gone (the store is shutting down).
+fn closed() -> StoreError {
+    api_error("appending plan events", log::writer::Error::Closed)
 }
 
 /// The fleet's `FleetLog` segments, as stored.
