@@ -148,11 +148,13 @@ pub trait PlanStore: Send + Sync + 'static {
     /// Every plan, oldest first.
     fn plans(&self) -> impl Future<Output = Result<Vec<PlanRecord>, StoreError>> + Send;
     /// Applies one write of a plan's rollout — its head if given, each given target (created or
-    /// replaced by cluster id; the others stay as stored) — and appends its events, all or
-    /// nothing: the coordinator acts on a target only after the write that holds it returned
-    /// (invariant 2). Returns the id of the last event (0 without events). An unknown plan is
-    /// an error. A store may still be storing the events when it returns (they gate nothing;
-    /// a lost one loses history, never state), as long as a later `plan_events` returns them.
+    /// replaced by cluster id; the others stay as stored) — all or nothing: the coordinator
+    /// acts on a target only after the write that holds it returned (invariant 2). Appends its
+    /// events, which take their ids in the write's order but, unlike the state, may still be
+    /// being stored when it returns: they gate nothing, so a store that must wait for its log
+    /// (the kube store's group commit) does not hold the round's tasks that long. A later
+    /// `plan_events` returns them; a lost one loses history, never state. Returns the id of the
+    /// last event (0 without events). An unknown plan is an error.
     fn save_rollout(
         &self,
         write: RolloutWrite,
