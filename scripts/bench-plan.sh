@@ -139,7 +139,8 @@ fleet() {
   spawn "$WORK/coordinator" "$BIN/skoala-coordinator" serve --data-dir "$WORK/data" \
     --listen "$LISTEN" --metrics-listen "$METRICS" --kubeconfig "$WORK/cp.kubeconfig" --helm "$HELM"
   COORD=$LAST_PID
-  wait_line "$WORK/coordinator.out" "skoala-coordinator metrics on " >/dev/null
+  # The metrics port opens before the store is loaded; the agents' port only after it.
+  wait_line "$WORK/coordinator.out" "skoala-coordinator listening on " >/dev/null
   CTL=("$BIN/skoalactl" --config "$WORK/data/admin.yaml" --endpoint "https://$LISTEN")
   SKOALA_TOKEN=$("${CTL[@]}" token create --uses "${TOKEN_USES:-$n}" --ttl 2h 2>/dev/null)
   export SKOALA_TOKEN
