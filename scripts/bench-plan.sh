@@ -197,6 +197,24 @@ apply() {
 
 phase() { "${CTL[@]}" plan get "$1" -o json 2>/dev/null | jq -r .phase; }
 
+# The rollout plan (BENCH_ROLLOUT_N clusters labelled bench=rollout), applied with FORCE and
+# waited for; sets T0 (apply) and T1 (seen succeeded). Every `plan get` builds a status over the
+# whole fleet: poll once a second, not five times, so the benchmark's own polling does not
+# compete with the orchestrator at 10,000. The figures come from the plan's events, not from
+# when the poll saw `succeeded`.
+run_rollout() {
+  plan_doc rollout "$TO" "  clusters: {matchLabels: {bench: rollout}}
+  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
+  T0=$(now_us)
+  apply "$WORK/rollout.yaml" "${FORCE[@]}"
+  if ! POLL_SECS=1 wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
+    say "  the plan did not succeed: $(phase rollout)"
+    "${CTL[@]}" plan get rollout | head -20
+    exit 1
+  fi
+  T1=$(now_us)
+}
+
 # The figures of a finished rollout plan $1 of $2 clusters, applied at $3 and seen succeeded at
 # $4 (µs), from the plan's events (one clock): sets CP_MS, WORKERS_MS, RESULTS_N, IDEAL, OVER
 # and prints them.
@@ -354,19 +372,7 @@ for F in "${ROLLOUT_FLEETS[@]}"; do
     fi
     FORCE=(--force)
   fi
-  plan_doc rollout "$TO" "  clusters: {matchLabels: {bench: rollout}}
-  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
-  T0=$(now_us)
-  apply "$WORK/rollout.yaml" "${FORCE[@]}"
-  # Every `plan get` builds a status over the whole fleet: poll once a second, not five times,
-  # so the benchmark's own polling does not compete with the orchestrator at 10,000. The
-  # figures come from the plan's events, not from when the poll saw `succeeded`.
-  if ! POLL_SECS=1 wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
-    say "  the plan did not succeed: $(phase rollout)"
-    "${CTL[@]}" plan get rollout | head -20
-    exit 1
-  fi
-  T1=$(now_us)
+  run_rollout
   rollout_figures rollout "$N" "$T0" "$T1"
   SKEW=$("${CTL[@]}" skew >/dev/null 2>&1 && echo "none" || echo "SKEWED")
   figure "  skew after the plan" "$SKEW" "skoalactl skew (exit 0 = none)"
@@ -544,16 +550,7 @@ if [ "$STORE" = kube ] || [ "$STORE" = both ]; then
   # The rollout, as on SQLite, with its API writes.
   FORCE=()
   [ "$F" -gt "$N" ] && FORCE=(--force)
-  plan_doc rollout "$TO" "  clusters: {matchLabels: {bench: rollout}}
-  strategy: {canary: 0, maxConcurrency: $ROLLOUT_CONCURRENCY, maxFailures: 0}" >"$WORK/rollout.yaml"
-  T0=$(now_us)
-  apply "$WORK/rollout.yaml" "${FORCE[@]}"
-  if ! POLL_SECS=1 wait_value succeeded "$PLAN_DEADLINE" phase rollout; then
-    say "  the plan did not succeed: $(phase rollout)"
-    "${CTL[@]}" plan get rollout | head -20
-    exit 1
-  fi
-  T1=$(now_us)
+  run_rollout
   say "  (kube store)"
   rollout_figures rollout "$N" "$T0" "$T1"
   KUBE_OVER=$OVER
