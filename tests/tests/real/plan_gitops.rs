@@ -104,20 +104,7 @@ async fn accepted(
         &format!("{name}: Accepted {what}"),
         PLAN_TIMEOUT,
         || async {
-            let out = fleet
-                .control_plane
-                .kubectl(&[
-                    "get",
-                    "upgradeplans.fleet.skoala.io",
-                    name,
-                    "-n",
-                    FLEET_NAMESPACE,
-                    "-o",
-                    "json",
-                ])
-                .await
-                .ok()?;
-            let o: Value = serde_json::from_str(&out).ok()?;
+            let o = plan_object(fleet, name).await.ok()?;
             let c = o["status"]["conditions"]
                 .as_array()?
                 .iter()
@@ -174,8 +161,8 @@ async fn ctl_refused(
     Ok(())
 }
 
-/// The `fleet.skoala.io/*` annotations of plan `name`'s object.
-async fn annotations(fleet: &RealFleet, name: &str) -> anyhow::Result<Value> {
+/// Plan `name`'s `UpgradePlan` object, as `kubectl get -o json` shows it.
+async fn plan_object(fleet: &RealFleet, name: &str) -> anyhow::Result<Value> {
     let out = fleet
         .control_plane
         .kubectl(&[
@@ -185,10 +172,19 @@ async fn annotations(fleet: &RealFleet, name: &str) -> anyhow::Result<Value> {
             "-n",
             FLEET_NAMESPACE,
             "-o",
-            "jsonpath={.metadata.annotations}",
+            "json",
         ])
         .await?;
-    let all: serde_json::Map<String, Value> = serde_json::from_str(&out)?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The `fleet.skoala.io/*` annotations of plan `name`'s object.
+async fn annotations(fleet: &RealFleet, name: &str) -> anyhow::Result<Value> {
+    let object = plan_object(fleet, name).await?;
+    let all = object["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     Ok(all
         .into_iter()
         .filter(|(k, _)| k.starts_with("fleet.skoala.io/"))
