@@ -143,10 +143,7 @@ impl<S: Store> Session<S> {
         if m.cluster_id != self.cluster_id {
             return Err(self.identity_mismatch(&m.cluster_id).await);
         }
-        let now = now_ms();
-        ctx.sessions.update(&self.cluster_id, self.session, |l| {
-            l.last_heartbeat_ms = now
-        });
+        ctx.sessions.heard(&self.cluster_id, self.session, now_ms());
         match m.body {
             Some(Body::Hello(hello)) => {
                 if let Some(id) = &hello.identity
