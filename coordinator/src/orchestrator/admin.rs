@@ -212,7 +212,8 @@ impl<S: Store> Orchestrator<S> {
         events: Vec<PlanEventRecord>,
     ) -> Result<()> {
         let before = std::mem::replace(&mut active.rollout, rollout);
-        if let Err(e) = self.persist(active, events).await {
+        // Nothing is handed over here: the round the caller pokes sends what this stored.
+        if let Err(e) = self.persist(active, events, None).await {
             active.rollout = before;
             return Err(e.into());
         }

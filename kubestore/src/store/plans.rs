@@ -14,7 +14,9 @@
 //! written in the order of §3.3 (head, targets that start nothing, targets that start
 //! something, events) and, when one is refused, those already stored are written back as they
 //! were. A crash in between leaves a prefix of the write, which §3.3 shows is safe; the undo
-//! is what makes a refusal leave nothing, as the trait promises. The events are handed to
+//! is what makes a refusal leave nothing, as the trait promises. Starts alone
+//! (`start_targets`) are the exception the trait allows: each is its own request and is kept
+//! when another is refused, so each can be sent as soon as it lands. The events are handed to
 //! their log, not awaited (§3.3 step 6, [`events`]): they gate nothing, and a round that
 //! waited for the log's next flush would hold its tasks that long.
 //!
@@ -774,6 +776,57 @@ impl Plans {
         };
         self.shows.follow(&write.plan);
         result
+    }
+
+    /// Stores each of `targets` (all entering `running` or `rollingBack`) with a request of its
+    /// own, all at once under the write budget, and names each to `stored` as soon as its
+    /// request is answered: a burst of starts is as fast as the API server, and its first
+    /// task need not wait for its last write. Nothing is undone: a start stored is a start
+    /// the orchestrator may send, and one refused (or timed out, so perhaps stored) is written
+    /// again by its next round, with the same operation id.
+    pub async fn start_targets(
+        &self,
+        plan: &str,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        self.shared.check_fence()?;
+        if !self.state.lock().expect("lock").plans.contains_key(plan) {
+            return Err(invalid(format!("no plan named {plan:?}")));
+        }
+        let mut writes = futures::stream::FuturesUnordered::new();
+        for t in &targets {
+            let new = entry(plan, t)?;
+            let id = t.cluster_id.clone();
+            let before = self.state.lock().expect("lock").clusters.get(&id).cloned();
+            let after = with_entry(before.as_deref().unwrap_or_default(), plan, Some(new));
+            writes.push(async move {
+                let outcome = self
+                    .write_cluster(&id, before.is_some(), Class::Gating, &after)
+                    .await;
+                (id, after, outcome)
+            });
+        }
+        let mut failure = None;
+        while let Some((id, after, outcome)) = writes.next().await {
+            match outcome {
+                Ok(()) => {
+                    self.state
+                        .lock()
+                        .expect("lock")
+                        .clusters
+                        .insert(id.clone(), after);
+                    stored(&id);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(p) = self.state.lock().expect("lock").plans.get_mut(plan) {
+            p.updated_ms = now_ms();
+        }
+        self.shows.follow(plan);
+        failure.map_or(Ok(()), Err)
     }
 
     /// Writes `plan`'s head (when given) and the upgrade history `events` add to each stored
