@@ -854,6 +854,27 @@ impl Plans {
                 after.history.upgrade_millis += d.upgrade_millis;
             }
             let mut status = json!({ "history": history_value(&after.history) });
+            if head.is_none() || name != plan {
+                // The history alone (upgrades counted and timed, for estimates) gates nothing:
+                // queued in order behind this object's earlier writes, not awaited, so a round
+                // does not wait one more round trip before its next tasks. A refused patch
+                // leaves the stored statistic behind; the next one carries the whole of it.
+                let answer = self.shared.objects.queue(
+                    plan_key(name),
+                    Class::Durable,
+                    json!({ "status": status }),
+                );
+                let what = format!("writing the history of plan {name}");
+                tokio::spawn(async move {
+                    if let Err(e) = answer.await {
+                        tracing::warn!(error = %api_error(what, e), "a plan's upgrade history was not stored");
+                    }
+                });
+                if let Some(p) = self.state.lock().expect("lock").plans.get_mut(name) {
+                    p.history = after.history;
+                }
+                continue;
+            }
             let mut shown = None;
             if name == plan
                 && let Some(h) = &head
