@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use skoala_proto::v1::{
@@ -21,7 +22,7 @@ use skoala_proto::v1::{
     agent_message::Body, coordinator_message,
 };
 use skoala_support::names;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
 
@@ -38,14 +39,56 @@ pub(crate) struct Session<S> {
     pub cluster_id: String,
     pub peer: String,
     pub session: u64,
-    /// What the store holds for this cluster; compared before writing so only changes persist.
+    /// What the store holds for this cluster, or was handed to [`Session::writer`] to hold;
+    /// compared before writing so only changes persist.
     pub stored: ClusterState,
+    /// Stores the cluster's state off this loop (started at the first change).
+    pub writer: Option<StateWriter>,
     /// The cluster's name and labels (the operator's), and what the agent proposed instead: a
     /// Hello is compared with them so an unchanged proposal is neither written nor audited.
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub proposed: Option<Identity>,
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+}
+
+/// How long a change of a session's cluster state waits before it is stored
+/// ([`StateWriter`]).
+const STATE_WRITE_DELAY: Duration = Duration::from_millis(250);
+
+/// Stores a session's cluster state (versions, inventory) off the session's loop, newest
+/// first. An agent reports its inventory as an upgrade finishes, next to the task's result:
+/// written in the loop, the result waited for the write; written at once beside it, it took
+/// the cluster's object from the result's own entry, which the kube store writes one request
+/// at a time per object. Nothing waits for it (the orchestrator reads the live inventory, the
+/// store's copy is for `skoalactl`, `kubectl` and a restart), so a change is stored
+/// [`STATE_WRITE_DELAY`] later, a newer one in its place, and after the session ended too. A
+/// refused write is logged; the next change, or the agent's next Hello, stores the state again.
+pub(crate) struct StateWriter {
+    newest: watch::Sender<Option<ClusterState>>,
+}
+
+impl StateWriter {
+    fn spawn<S: Store>(ctx: Arc<Context<S>>, cluster_id: String) -> Self {
+        let (newest, mut handed) = watch::channel(None::<ClusterState>);
+        tokio::spawn(async move {
+            // Ends once the session dropped its end and the last state it handed is stored.
+            while handed.changed().await.is_ok() {
+                tokio::time::sleep(STATE_WRITE_DELAY).await;
+                let Some(state) = handed.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = ctx.store.set_cluster_state(cluster_id.clone(), state).await {
+                    tracing::error!(error = %e, cluster_id, "could not persist cluster state");
+                }
+            }
+        });
+        StateWriter { newest }
+    }
+
+    fn hand(&self, state: ClusterState) {
+        self.newest.send_replace(Some(state));
+    }
 }
 
 /// Why a message ended the session.
@@ -170,10 +213,10 @@ impl<S: Store> Session<S> {
                     inventory: encode_inventory(&inventory),
                     release: release_summary(&inventory),
                 };
-                self.persist(state).await;
+                self.persist(state);
             }
             Some(Body::Inventory(inventory)) => {
-                self.inventory(inventory).await;
+                self.inventory(inventory);
                 ctx.orchestrator.poke();
             }
             Some(body @ (Body::TaskAccepted(_) | Body::StepProgress(_) | Body::TaskResult(_))) => {
@@ -383,7 +426,7 @@ impl<S: Store> Session<S> {
             .await;
     }
 
-    async fn inventory(&mut self, inventory: Inventory) {
+    fn inventory(&mut self, inventory: Inventory) {
         self.ctx
             .sessions
             .update(&self.cluster_id, self.session, |l| {
@@ -394,25 +437,20 @@ impl<S: Store> Session<S> {
             release: release_summary(&inventory),
             ..self.stored.clone()
         };
-        self.persist(state).await;
+        self.persist(state);
     }
 
-    /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat).
-    async fn persist(&mut self, state: ClusterState) {
+    /// Has `state` stored if it differs from what was last handed over (a transition, not a
+    /// heartbeat), by the session's [`StateWriter`].
+    fn persist(&mut self, state: ClusterState) {
         if same_state(&state, &self.stored) {
             return;
         }
-        match self
-            .ctx
-            .store
-            .set_cluster_state(self.cluster_id.clone(), state.clone())
-            .await
-        {
-            Ok(()) => self.stored = state,
-            Err(e) => {
-                tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster state")
-            }
-        }
+        self.stored = state.clone();
+        let writer = self
+            .writer
+            .get_or_insert_with(|| StateWriter::spawn(self.ctx.clone(), self.cluster_id.clone()));
+        writer.hand(state);
     }
 
     /// Signs a renewal CSR for the session's own identity (never one named in the CSR).

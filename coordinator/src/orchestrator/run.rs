@@ -228,9 +228,11 @@ impl<S: Store> Orchestrator<S> {
             writes.push((None, settled));
         }
         let mut events = Some(events);
-        let last_write = match starting.is_empty() {
-            true => writes.len().checked_sub(1),
-            false => None,
+        // The round's events ride with its last all-or-nothing write, or follow its starts.
+        let last_write = if starting.is_empty() {
+            writes.len().checked_sub(1)
+        } else {
+            None
         };
         let mut outcome = Ok(0);
         for (i, (head, targets)) in writes.into_iter().enumerate() {
@@ -241,9 +243,10 @@ impl<S: Store> Orchestrator<S> {
                     .iter()
                     .map(saved::target_record)
                     .collect::<Result<_, _>>()?,
-                events: match Some(i) == last_write {
-                    true => events.take().unwrap_or_default(),
-                    false => Vec::new(),
+                events: if Some(i) == last_write {
+                    events.take().unwrap_or_default()
+                } else {
+                    Vec::new()
                 },
             };
             match self.store.save_rollout(write).await {
