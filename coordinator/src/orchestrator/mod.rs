@@ -301,14 +301,13 @@ impl<S: Store> Orchestrator<S> {
         }
     }
 
-    /// A copy of the fleet as it is now, for callers outside the loop.
-    async fn snapshot(&self, plan: Option<&Plan>) -> Result<Snapshot, StoreError> {
+    /// The fleet as it is now, for callers outside the loop.
+    async fn snapshot(&self, plan: Option<&Plan>) -> Result<Arc<Snapshot>, StoreError> {
         let expected = self.expected_or_default(plan).await;
         let mut fleet = self.fleet.lock().await;
-        Ok(fleet
+        fleet
             .refresh(&self.sources(), self.clock.now(), expected)
-            .await?
-            .clone())
+            .await
     }
 
     async fn expected_or_default(&self, plan: Option<&Plan>) -> SignedDuration {

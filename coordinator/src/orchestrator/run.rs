@@ -156,6 +156,9 @@ impl<S: Store> Orchestrator<S> {
                 return;
             }
         };
+        // The view is the round's own: admin reads refresh the cache meanwhile, neither
+        // waiting for the other's writes.
+        drop(fleet);
         laps.lap("refresh");
         for e in &mut events {
             e.target_name = snap.name_of(&e.target);
@@ -171,7 +174,7 @@ impl<S: Store> Orchestrator<S> {
         // after a reconnect or a restart.
         active.rollout.step(&active.plan, &SKOALA, &snap.view);
         laps.lap("step");
-        events.extend(status::diff(&before, &active.rollout, snap));
+        events.extend(status::diff(&before, &active.rollout, &snap));
         laps.lap("diff");
         // Invariant 2: nothing is sent that the store does not have. What could not be
         // stored stays in memory, ahead of the store, and the next round (a tick at most
@@ -188,7 +191,7 @@ impl<S: Store> Orchestrator<S> {
             tracing::error!(error = %e, plan = %active.plan.name, events_lost = lost, "cannot persist the rollout; sending only what is stored");
         }
         laps.lap("persist");
-        self.send(st, snap, laps, sent).await;
+        self.send(st, &snap, laps, sent).await;
     }
 
     /// Stores what changed in the rollout, per part and in the order of [`Round`] (the head,
