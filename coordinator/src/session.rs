@@ -22,7 +22,7 @@ use skoala_proto::v1::{
     agent_message::Body, coordinator_message,
 };
 use skoala_support::names;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
 
@@ -62,19 +62,27 @@ const STATE_WRITE_DELAY: Duration = Duration::from_millis(250);
 /// the cluster's object from the result's own entry, which the kube store writes one request
 /// at a time per object. Nothing waits for it (the orchestrator reads the live inventory, the
 /// store's copy is for `skoalactl`, `kubectl` and a restart), so a change is stored
-/// [`STATE_WRITE_DELAY`] later, a newer one in its place, and after the session ended too. A
-/// refused write is logged; the next change, or the agent's next Hello, stores the state again.
+/// [`STATE_WRITE_DELAY`] later, a newer one in its place, and at once when the session ends.
+/// A refused write is logged; the next change, or the agent's next Hello, stores the state
+/// again.
 pub(crate) struct StateWriter {
     newest: watch::Sender<Option<ClusterState>>,
+    /// Told when the session ends: what is pending is stored without waiting.
+    ended: Arc<Notify>,
 }
 
 impl StateWriter {
     fn spawn<S: Store>(ctx: Arc<Context<S>>, cluster_id: String) -> Self {
         let (newest, mut handed) = watch::channel(None::<ClusterState>);
+        let ended = Arc::new(Notify::new());
+        let session_ended = ended.clone();
         tokio::spawn(async move {
             // Ends once the session dropped its end and the last state it handed is stored.
             while handed.changed().await.is_ok() {
-                tokio::time::sleep(STATE_WRITE_DELAY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(STATE_WRITE_DELAY) => {}
+                    _ = session_ended.notified() => {}
+                }
                 let Some(state) = handed.borrow_and_update().clone() else {
                     continue;
                 };
@@ -83,11 +91,16 @@ impl StateWriter {
                 }
             }
         });
-        StateWriter { newest }
+        StateWriter { newest, ended }
     }
 
     fn hand(&self, state: ClusterState) {
         self.newest.send_replace(Some(state));
+    }
+
+    fn flush(self) {
+        // A permit, kept if the writer is not waiting yet.
+        self.ended.notify_one();
     }
 }
 
@@ -146,6 +159,10 @@ impl<S: Store> Session<S> {
         }
         if let Err(status) = outcome {
             let _ = self.tx.send(Err(status)).await;
+        }
+        // A cluster that left is judged on what is stored: no reason to wait any longer.
+        if let Some(writer) = self.writer.take() {
+            writer.flush();
         }
         self.ctx.sessions.remove(&self.cluster_id, self.session);
         self.ctx.orchestrator.poke();
@@ -213,7 +230,7 @@ impl<S: Store> Session<S> {
                     inventory: encode_inventory(&inventory),
                     release: release_summary(&inventory),
                 };
-                self.persist(state);
+                self.persist(state).await;
             }
             Some(Body::Inventory(inventory)) => {
                 self.inventory(inventory);
@@ -437,12 +454,32 @@ impl<S: Store> Session<S> {
             release: release_summary(&inventory),
             ..self.stored.clone()
         };
-        self.persist(state);
+        self.persist_later(state);
     }
 
-    /// Has `state` stored if it differs from what was last handed over (a transition, not a
-    /// heartbeat), by the session's [`StateWriter`].
-    fn persist(&mut self, state: ClusterState) {
+    /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat):
+    /// a Hello's, before anything else of the session, so a cluster that leaves at once is
+    /// still judged on what it said.
+    async fn persist(&mut self, state: ClusterState) {
+        if same_state(&state, &self.stored) {
+            return;
+        }
+        match self
+            .ctx
+            .store
+            .set_cluster_state(self.cluster_id.clone(), state.clone())
+            .await
+        {
+            Ok(()) => self.stored = state,
+            Err(e) => {
+                tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster state")
+            }
+        }
+    }
+
+    /// Has `state` stored by the session's [`StateWriter`] if it differs from what was last
+    /// stored or handed over: a later report, which must not hold the messages behind it.
+    fn persist_later(&mut self, state: ClusterState) {
         if same_state(&state, &self.stored) {
             return;
         }
