@@ -143,7 +143,7 @@ impl<S: Store> metrics::Source for Context<S> {
         let (snap, active_plans) = self.orchestrator.fleet_and_active_plans().await?;
         Ok(metrics::fleet::FleetState {
             skew: snap.skew(),
-            view: snap.view,
+            view: std::sync::Arc::unwrap_or_clone(snap).view,
             active_plans,
         })
     }

@@ -264,6 +264,7 @@ impl<S: Store> AgentGateway for Gateway<S> {
             peer,
             session: opened.session,
             stored: record.state,
+            writer: None,
             name: record.name,
             labels: record.labels,
             proposed: record.proposed,

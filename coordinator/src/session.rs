@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use skoala_proto::v1::{
@@ -21,7 +22,7 @@ use skoala_proto::v1::{
     agent_message::Body, coordinator_message,
 };
 use skoala_support::names;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
 
@@ -38,14 +39,69 @@ pub(crate) struct Session<S> {
     pub cluster_id: String,
     pub peer: String,
     pub session: u64,
-    /// What the store holds for this cluster; compared before writing so only changes persist.
+    /// What the store holds for this cluster, or was handed to [`Session::writer`] to hold;
+    /// compared before writing so only changes persist.
     pub stored: ClusterState,
+    /// Stores the cluster's state off this loop (started at the first change).
+    pub writer: Option<StateWriter>,
     /// The cluster's name and labels (the operator's), and what the agent proposed instead: a
     /// Hello is compared with them so an unchanged proposal is neither written nor audited.
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub proposed: Option<Identity>,
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+}
+
+/// How long a change of a session's cluster state waits before it is stored
+/// ([`StateWriter`]).
+const STATE_WRITE_DELAY: Duration = Duration::from_millis(250);
+
+/// Stores a session's cluster state (versions, inventory) off the session's loop, newest
+/// first. An agent reports its inventory as an upgrade finishes, next to the task's result:
+/// written in the loop, the result waited for the write; written at once beside it, it took
+/// the cluster's object from the result's own entry, which the kube store writes one request
+/// at a time per object. Nothing waits for it (the orchestrator reads the live inventory, the
+/// store's copy is for `skoalactl`, `kubectl` and a restart), so a change is stored
+/// [`STATE_WRITE_DELAY`] later, a newer one in its place, and at once when the session ends.
+/// A refused write is logged; the next change, or the agent's next Hello, stores the state
+/// again.
+pub(crate) struct StateWriter {
+    newest: watch::Sender<Option<ClusterState>>,
+    /// Told when the session ends: what is pending is stored without waiting.
+    ended: Arc<Notify>,
+}
+
+impl StateWriter {
+    fn spawn<S: Store>(ctx: Arc<Context<S>>, cluster_id: String) -> Self {
+        let (newest, mut handed) = watch::channel(None::<ClusterState>);
+        let ended = Arc::new(Notify::new());
+        let session_ended = ended.clone();
+        tokio::spawn(async move {
+            // Ends once the session dropped its end and the last state it handed is stored.
+            while handed.changed().await.is_ok() {
+                tokio::select! {
+                    _ = tokio::time::sleep(STATE_WRITE_DELAY) => {}
+                    _ = session_ended.notified() => {}
+                }
+                let Some(state) = handed.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = ctx.store.set_cluster_state(cluster_id.clone(), state).await {
+                    tracing::error!(error = %e, cluster_id, "could not persist cluster state");
+                }
+            }
+        });
+        StateWriter { newest, ended }
+    }
+
+    fn hand(&self, state: ClusterState) {
+        self.newest.send_replace(Some(state));
+    }
+
+    fn flush(self) {
+        // A permit, kept if the writer is not waiting yet.
+        self.ended.notify_one();
+    }
 }
 
 /// Why a message ended the session.
@@ -104,6 +160,10 @@ impl<S: Store> Session<S> {
         if let Err(status) = outcome {
             let _ = self.tx.send(Err(status)).await;
         }
+        // A cluster that left is judged on what is stored: no reason to wait any longer.
+        if let Some(writer) = self.writer.take() {
+            writer.flush();
+        }
         self.ctx.sessions.remove(&self.cluster_id, self.session);
         self.ctx.orchestrator.poke();
         self.ctx.metrics.session_closed();
@@ -143,10 +203,7 @@ impl<S: Store> Session<S> {
         if m.cluster_id != self.cluster_id {
             return Err(self.identity_mismatch(&m.cluster_id).await);
         }
-        let now = now_ms();
-        ctx.sessions.update(&self.cluster_id, self.session, |l| {
-            l.last_heartbeat_ms = now
-        });
+        ctx.sessions.heard(&self.cluster_id, self.session, now_ms());
         match m.body {
             Some(Body::Hello(hello)) => {
                 if let Some(id) = &hello.identity
@@ -176,7 +233,7 @@ impl<S: Store> Session<S> {
                 self.persist(state).await;
             }
             Some(Body::Inventory(inventory)) => {
-                self.inventory(inventory).await;
+                self.inventory(inventory);
                 ctx.orchestrator.poke();
             }
             Some(body @ (Body::TaskAccepted(_) | Body::StepProgress(_) | Body::TaskResult(_))) => {
@@ -386,7 +443,7 @@ impl<S: Store> Session<S> {
             .await;
     }
 
-    async fn inventory(&mut self, inventory: Inventory) {
+    fn inventory(&mut self, inventory: Inventory) {
         self.ctx
             .sessions
             .update(&self.cluster_id, self.session, |l| {
@@ -397,10 +454,12 @@ impl<S: Store> Session<S> {
             release: release_summary(&inventory),
             ..self.stored.clone()
         };
-        self.persist(state).await;
+        self.persist_later(state);
     }
 
-    /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat).
+    /// Writes `state` if it differs from what the store holds (a transition, not a heartbeat):
+    /// a Hello's, before anything else of the session, so a cluster that leaves at once is
+    /// still judged on what it said.
     async fn persist(&mut self, state: ClusterState) {
         if same_state(&state, &self.stored) {
             return;
@@ -416,6 +475,19 @@ impl<S: Store> Session<S> {
                 tracing::error!(error = %e, cluster_id = self.cluster_id, "could not persist cluster state")
             }
         }
+    }
+
+    /// Has `state` stored by the session's [`StateWriter`] if it differs from what was last
+    /// stored or handed over: a later report, which must not hold the messages behind it.
+    fn persist_later(&mut self, state: ClusterState) {
+        if same_state(&state, &self.stored) {
+            return;
+        }
+        self.stored = state.clone();
+        let writer = self
+            .writer
+            .get_or_insert_with(|| StateWriter::spawn(self.ctx.clone(), self.cluster_id.clone()));
+        writer.hand(state);
     }
 
     /// Signs a renewal CSR for the session's own identity (never one named in the CSR).

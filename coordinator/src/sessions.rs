@@ -34,8 +34,9 @@ pub struct Outlet {
 
 struct Entry {
     session: u64,
-    /// Changes with every write to `live` (and is new for every session): lets the
-    /// orchestrator's fleet view re-read only the clusters that changed since its last round.
+    /// Changes with every write to `live` but the time it was last heard from (and is new
+    /// for every session): lets the orchestrator's fleet view re-read only the clusters that
+    /// changed since its last round.
     version: u64,
     live: LiveAgent,
     close: Option<oneshot::Sender<Status>>,
@@ -120,6 +121,18 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .get(cluster_id)
             .copied()
+    }
+
+    /// Records that the session `session` of `cluster_id` was heard from at `now_ms` (no-op if
+    /// it was replaced). Unlike [`Sessions::update`] this keeps the entry's version: the time
+    /// is no part of the fleet view, and a round redoes every cluster whose version moved,
+    /// which at 10,000 agents was hundreds of heartbeats' worth each round.
+    pub fn heard(&self, cluster_id: &str, session: u64, now_ms: i64) {
+        if let Some(e) = self.lock().get_mut(cluster_id)
+            && e.session == session
+        {
+            e.live.last_heartbeat_ms = now_ms;
+        }
     }
 
     /// Updates the live data of a session (no-op if it was replaced).
@@ -234,5 +247,22 @@ mod tests {
             "a kicked cluster is remembered"
         );
         drop(second);
+    }
+
+    #[test]
+    fn a_heartbeat_is_recorded_without_moving_the_version_the_fleet_view_compares() {
+        let s = Sessions::default();
+        let opened = s.open("c1", LiveAgent::default());
+        let version = || s.versions(["c1"].into_iter())[0];
+        let before = version();
+        s.heard("c1", opened.session, 42);
+        assert_eq!(
+            version(),
+            before,
+            "a heartbeat changes nothing the view reads"
+        );
+        assert_eq!(s.peek("c1", |_, l| l.last_heartbeat_ms), Some(42));
+        s.update("c1", opened.session, |l| l.helm_version = "v3.17.0".into());
+        assert_ne!(version(), before, "an update does");
     }
 }

@@ -14,7 +14,8 @@ use skoala_store::sqlite::SqliteStore;
 use skoala_store::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
     Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
-    RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError, TokenRecord,
+    RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError, TargetRecord,
+    TokenRecord,
 };
 
 /// The store `serve` runs on.
@@ -130,6 +131,14 @@ impl PlanStore for AnyStore {
     }
     async fn save_rollout(&self, write: RolloutWrite) -> Result<i64, StoreError> {
         each!(self, s => s.save_rollout(write).await)
+    }
+    async fn start_targets(
+        &self,
+        plan: String,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.start_targets(plan, targets, stored).await)
     }
     async fn append_plan_events(&self, events: Vec<PlanEventRecord>) -> Result<i64, StoreError> {
         each!(self, s => s.append_plan_events(events).await)

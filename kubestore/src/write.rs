@@ -141,16 +141,32 @@ impl<S: Sink> Writer<S> {
     /// Writes `patch` (a JSON merge patch) to `key`; returns once the request that carries it
     /// is answered. Writes to one key are applied in the order they were made.
     pub async fn write(&self, key: S::Key, class: Class, patch: Value) -> Result<()> {
+        self.queue(key, class, patch).await
+    }
+
+    /// Queues `patch` for `key` now, in the order of this call, and returns its answer to be
+    /// awaited later or elsewhere: for writes that gate nothing, whose caller must not wait for
+    /// them but whose place among the key's writes must still be the order they were made in.
+    pub fn queue(
+        &self,
+        key: S::Key,
+        class: Class,
+        patch: Value,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
         let (done, answer) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(Request {
                 key,
                 class,
                 patch,
                 done,
             })
-            .map_err(|_| WriteError::Closed(Closed))?;
-        answer.await.map_err(|_| WriteError::Closed(Closed))?
+            .map_err(|_| WriteError::Closed(Closed));
+        async move {
+            sent?;
+            answer.await.map_err(|_| WriteError::Closed(Closed))?
+        }
     }
 }
 

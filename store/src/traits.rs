@@ -6,7 +6,7 @@ use std::future::Future;
 use crate::{
     AdminRecord, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs, Identity,
     NewAudit, PlanEventRecord, PlanRecord, Pruned, RegisterError, Registered, Registration,
-    RolloutWrite, Snapshot, StoreError, TokenRecord,
+    RolloutWrite, Snapshot, StoreError, TargetRecord, TokenRecord,
 };
 
 /// Who may talk to the coordinator: join tokens, registrations, clusters, their
@@ -159,6 +159,21 @@ pub trait PlanStore: Send + Sync + 'static {
         &self,
         write: RolloutWrite,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Stores targets entering `running` or `rollingBack` (what [`PlanStore::save_rollout`]
+    /// would store given these targets alone), calling `stored` with each one's cluster id as
+    /// soon as its own entry is stored. The coordinator sends a target's operation once *its*
+    /// entry is stored (invariant 2, per operation), so where each target is a request of its
+    /// own (the kube store) the first start of a burst goes out without waiting for the last.
+    /// A target named to `stored` is stored; one not named is taken as not stored and written
+    /// again by a later round. Whether a refusal keeps the others is the store's: SQLite
+    /// stores all or none, the kube store each on its own. Returns the first error; an unknown
+    /// plan is an error.
+    fn start_targets(
+        &self,
+        plan: String,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Appends events (progress that changes no rollout state). Returns the last id; the
     /// events may be stored after it returns, as for `save_rollout`.
     fn append_plan_events(

@@ -313,6 +313,17 @@ impl KubeStores {
     }
 }
 
+impl KubeStores {
+    /// Makes the emulator answer every request in `store`'s namespace whose path there
+    /// contains `path` only after `delay`, from now on: a slow write, landing late.
+    pub fn delay(&self, store: &KubeStore, path: &str, delay: std::time::Duration) {
+        let ns = store.namespace();
+        self.sim_cluster()
+            .faults()
+            .add_latency(None, &format!("/namespaces/{ns}/{path}"), delay);
+    }
+}
+
 /// An audit entry whose JSON line is about 16 KiB, so 16 of them fill a segment.
 fn bulky(n: usize) -> NewAudit {
     NewAudit {

@@ -2,6 +2,8 @@
 //! (plans, their status, skew). Errors are [`Error`]s; the admin API turns them into gRPC
 //! codes.
 
+use std::sync::Arc;
+
 use skoala_plan::{PauseOrigin, PhaseKind, Plan, Rollout, UpgradePlan, validate};
 use skoala_proto::v1::PlanStatus;
 use skoala_upgrade::Helm;
@@ -212,7 +214,8 @@ impl<S: Store> Orchestrator<S> {
         events: Vec<PlanEventRecord>,
     ) -> Result<()> {
         let before = std::mem::replace(&mut active.rollout, rollout);
-        if let Err(e) = self.persist(active, events).await {
+        // Nothing is handed over here: the round the caller pokes sends what this stored.
+        if let Err(e) = self.persist(active, events, None).await {
             active.rollout = before;
             return Err(e.into());
         }
@@ -250,7 +253,7 @@ impl<S: Store> Orchestrator<S> {
 
     /// The fleet view now and the statuses of the active plans as stored: what the metrics'
     /// scrape-time gauges are computed from, the same `skoalactl` shows.
-    pub async fn fleet_and_active_plans(&self) -> Result<(Snapshot, Vec<PlanStatus>)> {
+    pub async fn fleet_and_active_plans(&self) -> Result<(Arc<Snapshot>, Vec<PlanStatus>)> {
         let snap = self.snapshot(None).await?;
         let active = self
             .store
@@ -264,7 +267,7 @@ impl<S: Store> Orchestrator<S> {
     }
 
     /// The fleet's skew right now.
-    pub async fn skew(&self) -> Result<(skoala_plan::SkewReport, Snapshot)> {
+    pub async fn skew(&self) -> Result<(skoala_plan::SkewReport, Arc<Snapshot>)> {
         let snap = self.snapshot(None).await?;
         Ok((snap.skew(), snap))
     }

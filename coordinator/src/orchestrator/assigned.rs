@@ -40,6 +40,22 @@ impl Assigned {
             .unwrap_or_else(PoisonError::into_inner) = next;
     }
 
+    /// Adds the workers' operations among `stored`, stored since the set was last replaced.
+    pub fn add(&self, stored: &[InFlight]) {
+        let mut by_cluster = self
+            .by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for op in stored {
+            if let Target::Worker(cluster) = op.target() {
+                by_cluster
+                    .entry(cluster.clone())
+                    .or_default()
+                    .insert(op.operation_id().to_string());
+            }
+        }
+    }
+
     /// Whether `operation_id` is in flight for `cluster_id`.
     pub fn holds(&self, cluster_id: &str, operation_id: &str) -> bool {
         self.by_cluster

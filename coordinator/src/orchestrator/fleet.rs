@@ -3,6 +3,7 @@
 //! `skoala` from the coordinator's own watch. The same snapshot answers `skoalactl skew`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message;
@@ -117,7 +118,7 @@ pub struct Sources<'a, S> {
 ///   inventory it last stored, as in a full read: one row read.
 #[derive(Default)]
 pub struct FleetCache {
-    snapshot: Option<Snapshot>,
+    snapshot: Option<Arc<Snapshot>>,
     /// The [`Store::clusters_version`] the rows were read at.
     rows_version: u64,
     /// Per worker of the snapshot, in its order: the live version it was last built from
@@ -127,15 +128,20 @@ pub struct FleetCache {
 
 impl FleetCache {
     /// The fleet at `now`: refreshed as described on [`FleetCache`].
+    ///
+    /// The view is shared, not copied: a caller keeps it as long as it likes without holding
+    /// the cache (a round through its writes, an admin read through its answer), and the next
+    /// refresh copies it only if someone still does.
     pub async fn refresh<S: Store>(
         &mut self,
         src: &Sources<'_, S>,
         now: Timestamp,
         expected: SignedDuration,
-    ) -> Result<&Snapshot, StoreError> {
+    ) -> Result<Arc<Snapshot>, StoreError> {
         let rows_version = src.store.clusters_version();
         let mut snap = match self.snapshot.take() {
-            Some(mut snap) if rows_version == self.rows_version => {
+            Some(kept) if rows_version == self.rows_version => {
+                let mut snap = Arc::unwrap_or_clone(kept);
                 if self.update(src, &mut snap).await? {
                     snap
                 } else {
@@ -147,12 +153,12 @@ impl FleetCache {
         snap.view.now = now;
         snap.view.expected = expected;
         snap.view.control_plane = control_plane(src);
-        Ok(self.snapshot.insert(snap))
+        Ok(self.snapshot.insert(Arc::new(snap)).clone())
     }
 
     /// The last refresh, without refreshing: for a round that only names its events.
     pub fn last(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
+        self.snapshot.as_deref()
     }
 
     /// Every row and live session, from scratch.
@@ -350,13 +356,14 @@ mod tests {
             what: &str,
         ) -> Vec<(String, String, bool, Option<String>, String)> {
             let a = workers(
-                kept.refresh(src, now, SignedDuration::ZERO)
+                &kept
+                    .refresh(src, now, SignedDuration::ZERO)
                     .await
                     .expect("kept"),
             );
             let mut fresh = FleetCache::default();
             let b = workers(
-                fresh
+                &fresh
                     .refresh(src, now, SignedDuration::ZERO)
                     .await
                     .expect("fresh"),

@@ -8,12 +8,13 @@
 //! 1. records results into the rollout,
 //! 2. steps the rollout against a fresh [`fleet::Snapshot`],
 //! 3. persists what changed, per part (`saved.rs`): the head if it changed, then the clusters
-//!    whose entry changed and start nothing, then those entering `running` or `rollingBack`,
-//!    the round's events with the last write, and
+//!    whose entry changed and start nothing, then those entering `running` or `rollingBack`
+//!    (each on its own), then the round's events, and
 //! 4. only then sends the work: every operation in flight (`Rollout::in_flight`) whose own
 //!    entry the store holds and that is not yet delivered on its agent's *current* session
-//!    gets its `Task` (again). A crash between 3 and 4 re-sends rather than forgets; a
-//!    reconnect re-sends too. The operation ids are deterministic and the executor is
+//!    gets its `Task` (again); a start goes out as soon as its own entry is stored, while the
+//!    round's other starts are still being written. A crash between 3 and 4 re-sends rather
+//!    than forgets; a reconnect re-sends too. The operation ids are deterministic and the executor is
 //!    idempotent per id, so a duplicate is harmless (invariant 2). An operation whose write
 //!    fails is not sent: it goes out with the next round that stores it.
 //!
@@ -110,15 +111,23 @@ struct Active {
 #[derive(Default)]
 struct State {
     active: Option<Active>,
+    delivery: Delivery,
+    /// When the rollout was last stepped: progress-only rounds skip the step, but never for
+    /// longer than a [`TICK`] (windows and deadlines are judged on the step).
+    stepped: Option<std::time::Instant>,
+}
+
+/// What has reached its target: an operation is handed over once per agent session (once
+/// per run for the control plane). Apart from [`Active`] so that a round can hand over each
+/// start while it is storing the rest.
+#[derive(Default)]
+struct Delivery {
     /// Operation id → the agent session it was sent on.
     delivered: HashMap<String, u64>,
     /// Control-plane operation running in this process.
     cp_running: Option<String>,
     /// Operation id → when it was sent (real time, ms), for durations.
     sent_ms: HashMap<String, i64>,
-    /// When the rollout was last stepped: progress-only rounds skip the step, but never for
-    /// longer than a [`TICK`] (windows and deadlines are judged on the step).
-    stepped: Option<std::time::Instant>,
 }
 
 /// What the orchestrator works with, handed in by `server`.
@@ -292,14 +301,13 @@ impl<S: Store> Orchestrator<S> {
         }
     }
 
-    /// A copy of the fleet as it is now, for callers outside the loop.
-    async fn snapshot(&self, plan: Option<&Plan>) -> Result<Snapshot, StoreError> {
+    /// The fleet as it is now, for callers outside the loop.
+    async fn snapshot(&self, plan: Option<&Plan>) -> Result<Arc<Snapshot>, StoreError> {
         let expected = self.expected_or_default(plan).await;
         let mut fleet = self.fleet.lock().await;
-        Ok(fleet
+        fleet
             .refresh(&self.sources(), self.clock.now(), expected)
-            .await?
-            .clone())
+            .await
     }
 
     async fn expected_or_default(&self, plan: Option<&Plan>) -> SignedDuration {

@@ -1,21 +1,25 @@
 //! The rollout loop: one round per change, each round recording what came in, stepping the
 //! rollout, persisting it and only then sending (the order invariant 2 needs).
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use skoala_plan::profile::SKOALA;
 use skoala_plan::validate::ChartSource;
-use skoala_plan::{OperationId, Plan, Target, UpgradePlan, validate};
+use skoala_plan::{InFlight, OperationId, Plan, Target, TargetEntry, UpgradePlan, validate};
 use skoala_proto::v1::{TaskResult, agent_message::Body};
 use skoala_upgrade::Helm;
 
 use super::fleet::{CONTROL_PLANE, Snapshot};
 use super::saved::{self, Round, Saved};
-use super::{Active, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status};
+use super::{
+    Active, Delivery, Error, Input, Orchestrator, Result, State, TICK, charts, dispatch, status,
+};
 use crate::clock::now_ms;
 use skoala_store::TASK_RESULT;
 use skoala_store::{PlanEventRecord, RolloutWrite, Store, StoreError};
+use tokio::sync::mpsc;
 
 impl<S: Store> Orchestrator<S> {
     /// Runs until the process ends: loads the active plan, then steps on every change.
@@ -113,12 +117,13 @@ impl<S: Store> Orchestrator<S> {
     /// in one transaction: re-reading the whole fleet and stepping the rollout for them
     /// changes nothing and took the CPU the fan-out's deliveries needed (BENCHMARKS.md).
     async fn tick(&self, inputs: Vec<Input>) {
-        let mut st = self.state.lock().await;
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
         let mut events = Vec::new();
         let recently_stepped = st.stepped.is_some_and(|at| at.elapsed() < TICK);
         if recently_stepped && !inputs.is_empty() && inputs.iter().all(Input::is_progress) {
             for input in inputs {
-                self.take_input(&mut st, input, &mut events);
+                self.take_input(st, input, &mut events);
             }
             let fleet = self.fleet.lock().await;
             for e in &mut events {
@@ -135,7 +140,7 @@ impl<S: Store> Orchestrator<S> {
         // Before the results are recorded: their state changes are events too.
         let before = st.active.as_ref().map(|a| a.rollout.clone());
         for input in inputs {
-            self.take_input(&mut st, input, &mut events);
+            self.take_input(st, input, &mut events);
         }
         let plan = st.active.as_ref().map(|a| a.plan.clone());
         let expected = self.expected_or_default(plan.as_ref()).await;
@@ -151,6 +156,9 @@ impl<S: Store> Orchestrator<S> {
                 return;
             }
         };
+        // The view is the round's own: admin reads refresh the cache meanwhile, neither
+        // waiting for the other's writes.
+        drop(fleet);
         laps.lap("refresh");
         for e in &mut events {
             e.target_name = snap.name_of(&e.target);
@@ -161,33 +169,45 @@ impl<S: Store> Orchestrator<S> {
             return;
         };
         let before = before.unwrap_or_else(|| active.rollout.clone());
-        // What starts is recorded in the rollout itself; `send` reads it from there once it is
-        // persisted, as it does after a reconnect or a restart.
+        // What starts is recorded in the rollout itself; `persist` hands each start over once
+        // its entry is stored, and `send` whatever else is in flight and stored, as it does
+        // after a reconnect or a restart.
         active.rollout.step(&active.plan, &SKOALA, &snap.view);
         laps.lap("step");
-        events.extend(status::diff(&before, &active.rollout, snap));
+        events.extend(status::diff(&before, &active.rollout, &snap));
         laps.lap("diff");
         // Invariant 2: nothing is sent that the store does not have. What could not be
         // stored stays in memory, ahead of the store, and the next round (a tick at most
         // away) stores it and sends it; this round's events are lost, the state is not. What
         // is stored (this round or before) is sent all the same.
         let lost = events.len();
-        if let Err(e) = self.persist(active, events).await {
+        // Each start is handed over as soon as its own entry is stored, during the write.
+        let mut sent = Vec::new();
+        let hand_over = HandOver {
+            delivery: &mut st.delivery,
+            sent: &mut sent,
+        };
+        if let Err(e) = self.persist(active, events, Some(hand_over)).await {
             tracing::error!(error = %e, plan = %active.plan.name, events_lost = lost, "cannot persist the rollout; sending only what is stored");
         }
         laps.lap("persist");
-        self.send(&mut st, snap, laps).await;
+        self.send(st, &snap, laps, sent).await;
     }
 
     /// Stores what changed in the rollout, per part and in the order of [`Round`] (the head,
-    /// the targets that start nothing, the targets that start something), `events` with the
-    /// last write, then tells watchers. A failed write ends the round's writes: what it held
-    /// is written by the next round. Whatever was stored is recorded in [`Active::saved`],
-    /// which is what [`Orchestrator::send`] checks each operation against.
+    /// the targets that start nothing, then the targets that start something), then tells
+    /// watchers. The head and the settled targets are each one all-or-nothing write, the last
+    /// of them carrying `events` when nothing starts; the starts are stored each on its own
+    /// ([`Orchestrator::start`]), and `events` follow them. A failed write ends the round's
+    /// writes: what it held is written by the next round. Whatever was stored is recorded in
+    /// [`Active::saved`], which is what every hand-over checks each operation against. With
+    /// `hand_over`, each start is handed to its target as soon as its entry is stored, and
+    /// recorded there.
     pub(super) async fn persist(
         &self,
         active: &mut Active,
         events: Vec<PlanEventRecord>,
+        hand_over: Option<HandOver<'_>>,
     ) -> Result<(), StoreError> {
         let round = active.saved.round(&active.rollout);
         if round.is_empty() {
@@ -202,27 +222,31 @@ impl<S: Store> Orchestrator<S> {
             settled,
             starting,
         } = round;
-        let mut writes = Vec::with_capacity(3);
+        let plan = active.plan.name.clone();
+        let mut writes = Vec::with_capacity(2);
         if let Some(head) = head {
             writes.push((Some(head), Vec::new()));
         }
-        for targets in [settled, starting] {
-            if !targets.is_empty() {
-                writes.push((None, targets));
-            }
+        if !settled.is_empty() {
+            writes.push((None, settled));
         }
         let mut events = Some(events);
-        let last_write = writes.len() - 1;
+        // The round's events ride with its last all-or-nothing write, or follow its starts.
+        let last_write = if starting.is_empty() {
+            writes.len().checked_sub(1)
+        } else {
+            None
+        };
         let mut outcome = Ok(0);
         for (i, (head, targets)) in writes.into_iter().enumerate() {
             let write = RolloutWrite {
-                plan: active.plan.name.clone(),
+                plan: plan.clone(),
                 head: head.as_ref().map(saved::head_json).transpose()?,
                 targets: targets
                     .iter()
                     .map(saved::target_record)
                     .collect::<Result<_, _>>()?,
-                events: if i == last_write {
+                events: if Some(i) == last_write {
                     events.take().unwrap_or_default()
                 } else {
                     Vec::new()
@@ -242,6 +266,13 @@ impl<S: Store> Orchestrator<S> {
                 }
             }
         }
+        if outcome.is_ok() && !starting.is_empty() {
+            outcome = self.start(active, starting, hand_over).await.map(|()| 0);
+            if outcome.is_ok() {
+                // They gate nothing: a refusal loses history, never the stored starts.
+                self.append(events.take().unwrap_or_default()).await;
+            }
+        }
         // What the agents may report on follows the store, including a round stored in part.
         let saved = &active.saved;
         self.assigned.replace(
@@ -256,6 +287,70 @@ impl<S: Store> Orchestrator<S> {
             self.last_event.send_replace(last);
         }
         Ok(())
+    }
+
+    /// Stores a round's `starting` targets ([`PlanStore::start_targets`]) and, as each one's
+    /// entry is stored, records it in [`Active::saved`] and [`Orchestrator::sent_to`]'s set
+    /// and hands its operation over (with `hand_over`): on the kube store a burst of starts
+    /// is one request per target, and a task waiting for the burst's last write would start
+    /// the next burst in step with it.
+    async fn start(
+        &self,
+        active: &mut Active,
+        starting: Vec<TargetEntry>,
+        mut hand_over: Option<HandOver<'_>>,
+    ) -> Result<(), StoreError> {
+        let records = starting
+            .iter()
+            .map(saved::target_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries: HashMap<String, TargetEntry> = starting
+            .into_iter()
+            .map(|e| (e.cluster_id.clone(), e))
+            .collect();
+        let (acks, mut acked) = mpsc::unbounded_channel::<String>();
+        let stored = move |id: &str| {
+            let _ = acks.send(id.to_string());
+        };
+        let write = self
+            .store
+            .start_targets(active.plan.name.clone(), records, &stored);
+        tokio::pin!(write);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                outcome = &mut write => break outcome,
+                Some(id) = acked.recv() => {
+                    let more = std::iter::from_fn(|| acked.try_recv().ok());
+                    let ids: Vec<String> = std::iter::once(id).chain(more).collect();
+                    self.started(active, &mut entries, &ids, hand_over.as_mut());
+                }
+            }
+        };
+        let ids: Vec<String> = std::iter::from_fn(|| acked.try_recv().ok()).collect();
+        self.started(active, &mut entries, &ids, hand_over.as_mut());
+        outcome
+    }
+
+    /// The starts `ids` are stored: what [`Orchestrator::start`] does with each.
+    fn started(
+        &self,
+        active: &mut Active,
+        entries: &mut HashMap<String, TargetEntry>,
+        ids: &[String],
+        hand_over: Option<&mut HandOver<'_>>,
+    ) {
+        let stored: Vec<TargetEntry> = ids.iter().filter_map(|id| entries.remove(id)).collect();
+        let ops: Vec<InFlight> = stored
+            .iter()
+            .filter_map(|e| InFlight::of(Target::Worker(e.cluster_id.clone()), &e.progress.state))
+            .collect();
+        active.saved.stored(stored);
+        self.assigned.add(&ops);
+        if let Some(h) = hand_over {
+            let sent = self.hand_over(active, h.delivery, ops);
+            h.sent.extend(sent);
+        }
     }
 
     async fn append(&self, events: Vec<PlanEventRecord>) {
@@ -303,13 +398,13 @@ impl<S: Store> Orchestrator<S> {
             }),
             Body::TaskResult(r) => {
                 if target == Target::ControlPlane {
-                    st.cp_running = None;
+                    st.delivery.cp_running = None;
                 }
                 if let (Target::Worker(id), Some(release)) = (&target, r.release_after.clone()) {
                     self.sessions.set_release(id, release);
                 }
-                let started = st.sent_ms.remove(&r.operation_id);
-                st.delivered.remove(&r.operation_id);
+                let started = st.delivery.sent_ms.remove(&r.operation_id);
+                st.delivery.delivered.remove(&r.operation_id);
                 let (outcome, state) = dispatch::outcome(&r);
                 let recorded = st
                     .active
@@ -324,16 +419,23 @@ impl<S: Store> Orchestrator<S> {
         }
     }
 
-    /// Sends every operation in flight that has not reached its target: a worker's down its
-    /// agent's current session (again after a reconnect), the control plane's once per run.
-    async fn send(&self, st: &mut State, snap: &Snapshot, mut laps: Laps) {
-        let Some(active) = st.active.as_ref() else {
-            return;
-        };
-        let plan = active.plan.clone();
-        let charts = active.charts.clone();
+    /// Hands each of `ops` the store holds to its target, unless it already reached it: a
+    /// worker's down its agent's current session (again after a reconnect), the control
+    /// plane's once per run. Returns the target and operation id of each handed over.
+    fn hand_over(
+        &self,
+        active: &Active,
+        delivery: &mut Delivery,
+        ops: impl IntoIterator<Item = InFlight>,
+    ) -> Vec<(String, String)> {
+        let Delivery {
+            delivered,
+            cp_running,
+            sent_ms,
+        } = delivery;
+        let (plan, charts) = (&active.plan, active.charts.as_ref());
         let mut sent = Vec::new();
-        for op in active.rollout.in_flight() {
+        for op in ops {
             if !active.saved.holds(&op) {
                 continue; // its write failed: sent once a round stores it
             }
@@ -341,55 +443,72 @@ impl<S: Store> Orchestrator<S> {
             let id = op.operation_id().to_string();
             match op.target() {
                 Target::ControlPlane => {
-                    if st.cp_running.as_deref() == Some(id.as_str()) {
+                    if cp_running.as_deref() == Some(id.as_str()) {
                         continue;
                     }
-                    let Some(source) = charts::control_plane_source(&plan, charts.as_ref()) else {
+                    let Some(source) = charts::control_plane_source(plan, charts) else {
                         continue; // a relay plan's charts are being prepared
                     };
                     if !self
                         .dispatch
-                        .control_plane(&plan, source, &id, rollback_to, &self.inbox)
+                        .control_plane(plan, source, &id, rollback_to, &self.inbox)
                     {
                         continue; // no control plane here: plans are refused at apply
                     }
-                    st.cp_running = Some(id.clone());
+                    *cp_running = Some(id.clone());
+                    sent_ms.entry(id.clone()).or_insert_with(now_ms);
                     sent.push((CONTROL_PLANE.to_string(), id));
                 }
                 Target::Worker(cluster) => {
                     let Some(session) = self.dispatch.session(cluster) else {
                         continue; // offline: sent when it comes back
                     };
-                    if st.delivered.get(&id) == Some(&session) {
+                    if delivered.get(&id) == Some(&session) {
                         continue;
                     }
-                    let Some(source) = charts::worker_source(&plan, charts.as_ref()) else {
+                    let Some(source) = charts::worker_source(plan, charts) else {
                         continue; // a relay plan's charts are being prepared
                     };
-                    let mut task =
-                        dispatch::worker_task(&plan, &id, rollback_to, self.helm_timeout);
+                    let mut task = dispatch::worker_task(plan, &id, rollback_to, self.helm_timeout);
                     dispatch::set_source(&mut task, source);
                     if !self.dispatch.send(cluster, session, task) {
                         continue; // the session just ended; the next one gets it
                     }
-                    st.delivered.insert(id.clone(), session);
+                    delivered.insert(id.clone(), session);
+                    sent_ms.entry(id.clone()).or_insert_with(now_ms);
                     sent.push((cluster.clone(), id));
                 }
             }
         }
+        sent
+    }
+
+    /// Hands over every operation in flight that has not reached its target, and records
+    /// those and `sent` (handed over earlier in the round) as the round's `task.sent` events.
+    async fn send(
+        &self,
+        st: &mut State,
+        snap: &Snapshot,
+        mut laps: Laps,
+        mut sent: Vec<(String, String)>,
+    ) {
+        let Some(active) = st.active.as_ref() else {
+            return;
+        };
+        let plan = active.plan.name.clone();
+        sent.extend(self.hand_over(active, &mut st.delivery, active.rollout.in_flight()));
         // One line per round, not per task: 10,000 lines after a fan-out cost the CPU the
         // deliveries needed. Each task is still an event (`skoalactl events`) and a debug line.
         // scripts/bench-plan.sh times the hand-off by this line (written after the loop).
         if let Some((target, op)) = sent.first() {
             laps.lap("send");
-            tracing::info!(plan = %plan.name, tasks = sent.len(), first_target = %target, first_operation = %op, round = %laps, "tasks sent");
+            tracing::info!(plan = %plan, tasks = sent.len(), first_target = %target, first_operation = %op, round = %laps, "tasks sent");
         }
         let mut events = Vec::new();
         for (target, op) in sent {
-            st.sent_ms.entry(op.clone()).or_insert_with(now_ms);
-            tracing::debug!(plan = %plan.name, target = %target, operation = %op, "task sent");
+            tracing::debug!(plan = %plan, target = %target, operation = %op, "task sent");
             events.push(PlanEventRecord {
-                plan: plan.name.clone(),
+                plan: plan.clone(),
                 kind: "task.sent".into(),
                 target_name: snap.name_of(&target),
                 target,
@@ -399,6 +518,12 @@ impl<S: Store> Orchestrator<S> {
         }
         self.append(events).await;
     }
+}
+
+/// Where a round hands its starts over as they are stored, and records what it handed over.
+pub(super) struct HandOver<'a> {
+    pub delivery: &'a mut Delivery,
+    pub sent: &'a mut Vec<(String, String)>,
 }
 
 /// Where one round's time went, logged with its `tasks sent` line (`round="refresh=1ms

@@ -29,7 +29,8 @@ use std::sync::Arc;
 use skoala_store::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
     Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
-    RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError, TokenRecord,
+    RegisterError, Registered, Registration, Retention, RolloutWrite, StoreError, TargetRecord,
+    TokenRecord,
 };
 
 use crate::lease::Fence;
@@ -273,6 +274,14 @@ impl PlanStore for KubeStore {
     }
     async fn save_rollout(&self, write: RolloutWrite) -> Result<i64, StoreError> {
         self.plans.save_rollout(write).await
+    }
+    async fn start_targets(
+        &self,
+        plan: String,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        self.plans.start_targets(&plan, targets, stored).await
     }
     async fn append_plan_events(&self, events: Vec<PlanEventRecord>) -> Result<i64, StoreError> {
         self.plans.append_events(events).await

@@ -14,7 +14,9 @@
 //! written in the order of §3.3 (head, targets that start nothing, targets that start
 //! something, events) and, when one is refused, those already stored are written back as they
 //! were. A crash in between leaves a prefix of the write, which §3.3 shows is safe; the undo
-//! is what makes a refusal leave nothing, as the trait promises. The events are handed to
+//! is what makes a refusal leave nothing, as the trait promises. Starts alone
+//! (`start_targets`) are the exception the trait allows: each is its own request and is kept
+//! when another is refused, so each can be sent as soon as it lands. The events are handed to
 //! their log, not awaited (§3.3 step 6, [`events`]): they gate nothing, and a round that
 //! waited for the log's next flush would hold its tasks that long.
 //!
@@ -776,6 +778,57 @@ impl Plans {
         result
     }
 
+    /// Stores each of `targets` (all entering `running` or `rollingBack`) with a request of its
+    /// own, all at once under the write budget, and names each to `stored` as soon as its
+    /// request is answered: a burst of starts is as fast as the API server, and its first
+    /// task need not wait for its last write. Nothing is undone: a start stored is a start
+    /// the orchestrator may send, and one refused (or timed out, so perhaps stored) is written
+    /// again by its next round, with the same operation id.
+    pub async fn start_targets(
+        &self,
+        plan: &str,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        self.shared.check_fence()?;
+        if !self.state.lock().expect("lock").plans.contains_key(plan) {
+            return Err(invalid(format!("no plan named {plan:?}")));
+        }
+        let mut writes = futures::stream::FuturesUnordered::new();
+        for t in &targets {
+            let new = entry(plan, t)?;
+            let id = t.cluster_id.clone();
+            let before = self.state.lock().expect("lock").clusters.get(&id).cloned();
+            let after = with_entry(before.as_deref().unwrap_or_default(), plan, Some(new));
+            writes.push(async move {
+                let outcome = self
+                    .write_cluster(&id, before.is_some(), Class::Gating, &after)
+                    .await;
+                (id, after, outcome)
+            });
+        }
+        let mut failure = None;
+        while let Some((id, after, outcome)) = writes.next().await {
+            match outcome {
+                Ok(()) => {
+                    self.state
+                        .lock()
+                        .expect("lock")
+                        .clusters
+                        .insert(id.clone(), after);
+                    stored(&id);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(p) = self.state.lock().expect("lock").plans.get_mut(plan) {
+            p.updated_ms = now_ms();
+        }
+        self.shows.follow(plan);
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Writes `plan`'s head (when given) and the upgrade history `events` add to each stored
     /// plan they name, one status write per plan, and keeps the copy with them.
     async fn write_heads(
@@ -801,6 +854,27 @@ impl Plans {
                 after.history.upgrade_millis += d.upgrade_millis;
             }
             let mut status = json!({ "history": history_value(&after.history) });
+            if head.is_none() || name != plan {
+                // The history alone (upgrades counted and timed, for estimates) gates nothing:
+                // queued in order behind this object's earlier writes, not awaited, so a round
+                // does not wait one more round trip before its next tasks. A refused patch
+                // leaves the stored statistic behind; the next one carries the whole of it.
+                let answer = self.shared.objects.queue(
+                    plan_key(name),
+                    Class::Durable,
+                    json!({ "status": status }),
+                );
+                let what = format!("writing the history of plan {name}");
+                tokio::spawn(async move {
+                    if let Err(e) = answer.await {
+                        tracing::warn!(error = %api_error(what, e), "a plan's upgrade history was not stored");
+                    }
+                });
+                if let Some(p) = self.state.lock().expect("lock").plans.get_mut(name) {
+                    p.history = after.history;
+                }
+                continue;
+            }
             let mut shown = None;
             if name == plan
                 && let Some(h) = &head

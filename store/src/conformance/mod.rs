@@ -97,6 +97,7 @@ macro_rules! conformance_tests {
             one_active_plan_rollouts_and_events_persist,
             a_write_changes_the_targets_it_names_and_no_other,
             a_refused_write_stores_none_of_its_parts_and_keeps_the_earlier_ones,
+            every_start_named_is_stored_and_a_refused_one_is_not,
             a_plan_is_stored_with_its_events_or_not_at_all,
             plan_events_are_paged_by_plan_after_id_and_limit,
             audit_ids_increase_and_pages_follow_after_id_and_limit,

@@ -5,7 +5,7 @@ use super::{Factory, Refusal, plan, target, write};
 use crate::fixtures::{registration, token};
 use crate::{
     AuditLog, Cutoffs, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Retention,
-    RolloutWrite, TASK_RESULT,
+    RolloutWrite, TASK_RESULT, TargetRecord,
 };
 use skoala_plan::TargetPhase;
 
@@ -157,6 +157,88 @@ pub async fn a_refused_write_stores_none_of_its_parts_and_keeps_the_earlier_ones
             .is_empty(),
         "nor its events"
     );
+}
+
+/// Starts are stored by name: every target `start_targets` names is stored, a refused one is
+/// neither named nor stored, the targets it was not given stay as they were, and an unknown
+/// plan is an error.
+pub async fn every_start_named_is_stored_and_a_refused_one_is_not<F: Factory>(f: &F) {
+    let store = f.fresh().await;
+    let mut p = plan("p", true);
+    p.rollout.targets = vec![
+        target("w1", 0, "1"),
+        target("w2", 1, "2"),
+        target("w3", 2, "3"),
+    ];
+    store.put_plan(p, vec![]).await.expect("plan");
+    let running = |id: &str, order| TargetRecord {
+        phase: TargetPhase::Running,
+        ..target(id, order, &format!("{id} running"))
+    };
+    let named = std::sync::Mutex::new(Vec::new());
+    let name = |id: &str| named.lock().expect("named").push(id.to_string());
+    store
+        .start_targets("p".into(), vec![running("w1", 0), running("w2", 1)], &name)
+        .await
+        .expect("start");
+    let mut first = std::mem::take(&mut *named.lock().expect("named"));
+    first.sort();
+    assert_eq!(first, ["w1", "w2"], "each start is named once stored");
+    assert_eq!(
+        targets_of(&store).await,
+        [running("w1", 0), running("w2", 1), target("w3", 2, "3")],
+        "the starts, and the target not given as it was"
+    );
+
+    f.refuse(&store, Refusal::Target("w3".into())).await;
+    let refused = store
+        .start_targets("p".into(), vec![running("w2", 1), running("w3", 2)], &name)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let named = std::mem::take(&mut *named.lock().expect("named"));
+    assert!(!named.contains(&"w3".to_string()), "{named:?}");
+    let after = targets_of(&store).await;
+    assert_eq!(
+        after[2],
+        target("w3", 2, "3"),
+        "the refused start is not stored"
+    );
+    for id in &named {
+        assert!(
+            after
+                .iter()
+                .any(|t| &t.cluster_id == id && t.phase == TargetPhase::Running),
+            "{id} was named, so it is stored: {after:?}"
+        );
+    }
+
+    assert!(
+        store
+            .start_targets("nope".into(), vec![running("w1", 0)], &name)
+            .await
+            .is_err(),
+        "an unknown plan is an error, not a silent no-op"
+    );
+    let again = f.reopen(store).await;
+    assert_eq!(
+        &targets_of(&again).await[..1],
+        [running("w1", 0)],
+        "a start survives a restart"
+    );
+}
+
+/// The targets of the last plan stored, in their order.
+async fn targets_of<S: PlanStore>(store: &S) -> Vec<TargetRecord> {
+    let mut targets = store
+        .plans()
+        .await
+        .expect("plans")
+        .pop()
+        .expect("a plan")
+        .rollout
+        .targets;
+    targets.sort_by_key(|t| t.order);
+    targets
 }
 
 /// A plan whose events are refused is not stored.

@@ -21,7 +21,7 @@ use crate::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
     Identity, IdentityStore, NewAudit, PlanEventRecord, PlanRecord, PlanStore, Pruned,
     RETRY_GRACE_SECS, RegisterError, Registered, Registration, ReleaseSummary, Retention,
-    RolloutWrite, StoreError, TokenRecord,
+    RolloutWrite, StoreError, TargetRecord, TokenRecord,
 };
 
 mod migrate;
@@ -769,6 +769,28 @@ impl PlanStore for SqliteStore {
     async fn save_rollout(&self, write: RolloutWrite) -> Result<i64, StoreError> {
         self.run(move |c| plans::save_rollout(c, now_ms(), &write))
             .await
+    }
+
+    /// One transaction: every target is named once all of them are stored.
+    async fn start_targets(
+        &self,
+        plan: String,
+        targets: Vec<TargetRecord>,
+        stored: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let ids: Vec<String> = targets.iter().map(|t| t.cluster_id.clone()).collect();
+        let write = RolloutWrite {
+            plan,
+            head: None,
+            targets,
+            events: Vec::new(),
+        };
+        self.run(move |c| plans::save_rollout(c, now_ms(), &write))
+            .await?;
+        for id in &ids {
+            stored(id);
+        }
+        Ok(())
     }
 
     async fn append_plan_events(&self, events: Vec<PlanEventRecord>) -> Result<i64, StoreError> {

@@ -186,6 +186,49 @@ async fn a_rollout_write_is_answered_without_its_events_and_stands_when_the_log_
     assert_eq!(kinds, ["plan.applied"], "the refused event is not there");
 }
 
+/// Starts are one request each, and each is named as soon as its own lands: a start whose
+/// write is slow does not hold back the others' tasks.
+#[tokio::test]
+async fn each_start_is_named_as_soon_as_its_own_write_lands() {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    store
+        .put_plan(record("p", &["w1", "w2"]), vec![])
+        .await
+        .expect("plan");
+    let slow = Duration::from_millis(1500);
+    f.delay(&store, "fleetclusters/w1/status", slow);
+    let running = |id: &str, order| TargetRecord {
+        cluster_id: id.into(),
+        order,
+        phase: TargetPhase::Running,
+        progress: "{\"attempts\":1}".into(),
+    };
+    let began = Instant::now();
+    let named = std::sync::Mutex::new(Vec::new());
+    store
+        .start_targets(
+            "p".into(),
+            vec![running("w1", 0), running("w2", 1)],
+            &|id| {
+                named
+                    .lock()
+                    .expect("named")
+                    .push((id.to_string(), began.elapsed()))
+            },
+        )
+        .await
+        .expect("start");
+    let named = named.into_inner().expect("named");
+    let at = |id: &str| named.iter().find(|(n, _)| n == id).map(|(_, at)| *at);
+    let (w1, w2) = (at("w1").expect("w1 named"), at("w2").expect("w2 named"));
+    assert!(w1 >= slow, "w1's write was slowed down: {named:?}");
+    assert!(
+        w2 < slow / 2,
+        "w2 is named as its own write lands, not when w1's does: {named:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_cluster_keeps_the_entries_of_its_five_most_recent_plans() {
     let f = KubeStores::sim();

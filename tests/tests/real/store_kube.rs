@@ -9,5 +9,6 @@ use skoala_e2e::kstore::KubeStores;
 skoala_store::conformance_tests!(
     KubeStores::real();
     a_refused_write_stores_none_of_its_parts_and_keeps_the_earlier_ones,
+    every_start_named_is_stored_and_a_refused_one_is_not,
     a_plan_is_stored_with_its_events_or_not_at_all,
 );

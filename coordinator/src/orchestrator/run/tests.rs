@@ -483,7 +483,7 @@ async fn a_round_that_changes_one_target_of_a_thousand_writes_that_target_alone(
     active.rollout.workers[500].1.state = skoala_plan::TargetState::Failed {
         message: "boom".into(),
     };
-    o.persist(active, Vec::new()).await.expect("persist");
+    o.persist(active, Vec::new(), None).await.expect("persist");
     let memory = active.rollout.clone();
     drop(st);
     assert_eq!(
@@ -520,14 +520,14 @@ async fn the_head_is_stored_first_and_a_start_after_the_rounds_other_targets() {
          BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
     )
     .expect("trigger");
-    assert!(o.persist(active, Vec::new()).await.is_err());
+    assert!(o.persist(active, Vec::new(), None).await.is_err());
     assert_eq!(written(&w.db), ["head"]);
     let stored = stored_rollout(&w.db);
     assert_eq!(stored.control_plane, active.rollout.control_plane);
     assert!(stored.in_flight().is_empty(), "{:?}", stored.in_flight());
 
     c.execute_batch("DROP TRIGGER refuse;").expect("drop");
-    o.persist(active, Vec::new()).await.expect("persist");
+    o.persist(active, Vec::new(), None).await.expect("persist");
     assert_eq!(
         written(&w.db),
         ["w0001", "w0000"],
