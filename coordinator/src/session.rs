@@ -13,6 +13,7 @@
 //! is dropped and audited once per session.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +73,12 @@ pub(crate) struct StateWriter {
 }
 
 impl StateWriter {
-    fn spawn<S: Store>(ctx: Arc<Context<S>>, cluster_id: String) -> Self {
+    /// Starts the writer of `cluster_id`'s state, which `write` stores.
+    fn spawn<W, F>(cluster_id: String, write: W) -> Self
+    where
+        W: Fn(ClusterState) -> F + Send + 'static,
+        F: Future<Output = Result<(), skoala_store::StoreError>> + Send,
+    {
         let (newest, mut handed) = watch::channel(None::<ClusterState>);
         let ended = Arc::new(Notify::new());
         let session_ended = ended.clone();
@@ -86,7 +92,7 @@ impl StateWriter {
                 let Some(state) = handed.borrow_and_update().clone() else {
                     continue;
                 };
-                if let Err(e) = ctx.store.set_cluster_state(cluster_id.clone(), state).await {
+                if let Err(e) = write(state).await {
                     tracing::error!(error = %e, cluster_id, "could not persist cluster state");
                 }
             }
@@ -484,9 +490,13 @@ impl<S: Store> Session<S> {
             return;
         }
         self.stored = state.clone();
-        let writer = self
-            .writer
-            .get_or_insert_with(|| StateWriter::spawn(self.ctx.clone(), self.cluster_id.clone()));
+        let writer = self.writer.get_or_insert_with(|| {
+            let (ctx, id) = (self.ctx.clone(), self.cluster_id.clone());
+            StateWriter::spawn(self.cluster_id.clone(), move |state| {
+                let (ctx, id) = (ctx.clone(), id.clone());
+                async move { ctx.store.set_cluster_state(id, state).await }
+            })
+        });
         writer.hand(state);
     }
 
@@ -670,6 +680,60 @@ mod tests {
             inventory: encode_inventory(&inventory),
             ..Default::default()
         }
+    }
+
+    /// Each state stored: its agent version, and the (paused) time since the writer began.
+    type Stored = Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
+
+    /// A writer whose stores are recorded.
+    fn recording() -> (StateWriter, Stored) {
+        let began = tokio::time::Instant::now();
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = stored.clone();
+        let writer = StateWriter::spawn("c1".into(), move |state: ClusterState| {
+            record
+                .lock()
+                .expect("stored")
+                .push((state.agent_version, began.elapsed()));
+            async { Ok(()) }
+        });
+        (writer, stored)
+    }
+
+    fn agent(version: &str) -> ClusterState {
+        ClusterState {
+            agent_version: version.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_report_is_stored_after_the_delay_and_only_the_newest_of_those_meanwhile() {
+        let (writer, stored) = recording();
+        writer.hand(agent("1"));
+        tokio::time::sleep(STATE_WRITE_DELAY / 2).await;
+        writer.hand(agent("2"));
+        assert!(stored.lock().expect("stored").is_empty(), "nothing yet");
+        tokio::time::sleep(STATE_WRITE_DELAY).await;
+        assert_eq!(
+            *stored.lock().expect("stored"),
+            [("2".to_string(), STATE_WRITE_DELAY)],
+            "the newest, once, a delay after the first"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_session_left_pending_is_stored_at_once_when_it_ends() {
+        let (writer, stored) = recording();
+        writer.hand(agent("1"));
+        tokio::task::yield_now().await;
+        writer.flush();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *stored.lock().expect("stored"),
+            [("1".to_string(), Duration::ZERO)],
+            "not a delay later"
+        );
     }
 
     #[test]
