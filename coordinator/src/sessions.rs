@@ -5,7 +5,7 @@
 //! so they never touch the store. Each live session also holds the sender that closes it: a
 //! cluster revoked by the operator is cut off at once, not at its next reconnect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,9 +34,8 @@ pub struct Outlet {
 
 struct Entry {
     session: u64,
-    /// Changes with every write to `live` but the time it was last heard from (and is new
-    /// for every session): lets the orchestrator's fleet view re-read only the clusters that
-    /// changed since its last round.
+    /// Changes with every write to `live` but the time it was last heard from, and is new
+    /// for every session ([`Sessions::peek`] hands it out).
     version: u64,
     live: LiveAgent,
     close: Option<oneshot::Sender<Status>>,
@@ -52,6 +51,10 @@ pub struct Sessions {
     next: AtomicU64,
     /// Source of [`Entry::version`].
     versions: AtomicU64,
+    /// The clusters whose live data changed since the orchestrator's fleet view last took
+    /// them ([`Sessions::take_changed`]): a round redoes those, not a scan of every session.
+    /// Written under [`Sessions::inner`]'s lock, after it.
+    changed: Mutex<HashSet<String>>,
 }
 
 /// A handle for one session: its id and the receiver that fires when it must close.
@@ -70,12 +73,28 @@ impl Sessions {
         self.versions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    fn mark(&self, cluster_id: &str) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster_id.to_string());
+    }
+
+    /// The clusters whose live data changed (a session opened, closed, reported, a release
+    /// replaced) since the last call, and forgets them. **Invariant:** one reader, the
+    /// orchestrator's fleet view, which takes them before it reads their data, so a change
+    /// made meanwhile is in the next call.
+    pub fn take_changed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Registers a new session for `cluster_id`. An older session of the same cluster (the
     /// agent reconnected before the coordinator noticed the old connection died) is closed.
     pub fn open(&self, cluster_id: &str, live: LiveAgent) -> Opened {
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        let old = self.lock().insert(
+        let mut map = self.lock();
+        let old = map.insert(
             cluster_id.to_string(),
             Entry {
                 session,
@@ -84,6 +103,8 @@ impl Sessions {
                 close: Some(tx),
             },
         );
+        self.mark(cluster_id);
+        drop(map);
         if let Some(mut old) = old
             && let Some(close) = old.close.take()
         {
@@ -103,6 +124,7 @@ impl Sessions {
         if map.get(cluster_id).is_some_and(|e| e.session == session)
             && let Some(e) = map.remove(cluster_id)
         {
+            self.mark(cluster_id);
             self.remember(cluster_id, &e);
         }
     }
@@ -142,12 +164,18 @@ impl Sessions {
         {
             f(&mut e.live);
             e.version = self.next_version();
+            self.mark(cluster_id);
         }
     }
 
     /// Closes the live session of `cluster_id` with `status`. Returns whether there was one.
     pub fn kick(&self, cluster_id: &str, status: Status) -> bool {
-        let entry = self.lock().remove(cluster_id);
+        let mut map = self.lock();
+        let entry = map.remove(cluster_id);
+        if entry.is_some() {
+            self.mark(cluster_id);
+        }
+        drop(map);
         match entry {
             Some(mut e) => {
                 self.remember(cluster_id, &e);
@@ -162,7 +190,12 @@ impl Sessions {
 
     /// Closes every session (shutdown).
     pub fn kick_all(&self, status: &Status) {
-        let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        let mut map = self.lock();
+        for id in map.keys() {
+            self.mark(id);
+        }
+        let all: Vec<Entry> = map.drain().map(|(_, e)| e).collect();
+        drop(map);
         for mut e in all {
             if let Some(close) = e.close.take() {
                 let _ = close.send(status.clone());
@@ -180,15 +213,6 @@ impl Sessions {
     /// noticeable cost).
     pub fn peek<T>(&self, cluster_id: &str, f: impl FnOnce(u64, &LiveAgent) -> T) -> Option<T> {
         self.lock().get(cluster_id).map(|e| f(e.version, &e.live))
-    }
-
-    /// The version of each cluster's live data (`None`: not connected), under one lock and
-    /// without copying any of it: what a caller compares with the versions it saw before.
-    pub fn versions<'a>(&self, cluster_ids: impl Iterator<Item = &'a str>) -> Vec<Option<u64>> {
-        let map = self.lock();
-        cluster_ids
-            .map(|id| map.get(id).map(|e| e.version))
-            .collect()
     }
 
     /// The current session of `cluster_id`, if connected (and able to receive).
@@ -219,6 +243,7 @@ impl Sessions {
                 .retain(|r| !(r.release == release.release && r.namespace == release.namespace));
             inv.releases.push(release);
             e.version = self.next_version();
+            self.mark(cluster_id);
         }
     }
 
@@ -250,19 +275,23 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_is_recorded_without_moving_the_version_the_fleet_view_compares() {
+    fn a_heartbeat_is_recorded_without_marking_the_cluster_changed_for_the_fleet_view() {
         let s = Sessions::default();
         let opened = s.open("c1", LiveAgent::default());
-        let version = || s.versions(["c1"].into_iter())[0];
-        let before = version();
+        assert!(
+            s.take_changed().contains("c1"),
+            "a session opened is a change"
+        );
         s.heard("c1", opened.session, 42);
-        assert_eq!(
-            version(),
-            before,
+        assert!(
+            s.take_changed().is_empty(),
             "a heartbeat changes nothing the view reads"
         );
         assert_eq!(s.peek("c1", |_, l| l.last_heartbeat_ms), Some(42));
         s.update("c1", opened.session, |l| l.helm_version = "v3.17.0".into());
-        assert_ne!(version(), before, "an update does");
+        assert!(s.take_changed().contains("c1"), "an update does");
+        assert!(s.take_changed().is_empty(), "and is taken once");
+        s.remove("c1", opened.session);
+        assert!(s.take_changed().contains("c1"), "so is a session closing");
     }
 }
