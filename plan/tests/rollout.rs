@@ -780,19 +780,27 @@ impl SplitStore {
     /// The writes that store `r`, in the order a round makes them: the head first (it holds
     /// the control plane and the decisions), then the workers' entries, those that start an
     /// operation last, so a stored `running` entry is never next to a stale one that finished.
+    ///
+    /// A head that finishes the plan goes last instead, when nothing starts: a reader never
+    /// sees a finished plan beside a target whose result is not stored yet.
     fn writes(&self, r: &Rollout) -> Vec<Write> {
         let (head, targets) = r.split();
-        let mut writes = Vec::new();
-        if head != self.head {
-            writes.push(Write::Head(head));
-        }
         let (mut starts, rest): (Vec<_>, Vec<_>) = targets
             .into_iter()
             .filter(|t| self.targets.get(&t.cluster_id) != Some(t))
             .partition(|t| busy(&t.progress.state));
+        let head = (head != self.head).then_some(head);
+        let finishing = starts.is_empty() && head.as_ref().is_some_and(|h| h.phase.is_finished());
+        let mut writes = Vec::new();
+        if !finishing && let Some(head) = &head {
+            writes.push(Write::Head(head.clone()));
+        }
         let mut rest = rest;
         rest.append(&mut starts);
         writes.extend(rest.into_iter().map(Write::Target));
+        if finishing && let Some(head) = head {
+            writes.push(Write::Head(head));
+        }
         writes
     }
 

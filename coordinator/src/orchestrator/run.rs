@@ -195,7 +195,8 @@ impl<S: Store> Orchestrator<S> {
     }
 
     /// Stores what changed in the rollout, per part and in the order of [`Round`] (the head,
-    /// the targets that start nothing, then the targets that start something), then tells
+    /// the targets that start nothing, then the targets that start something; a head that
+    /// finishes the plan after the targets when nothing starts), then tells
     /// watchers. The head and the settled targets are each one all-or-nothing write, the last
     /// of them carrying `events` when nothing starts; the starts are stored each on its own
     /// ([`Orchestrator::start`]), and `events` follow them. A failed write ends the round's
@@ -223,12 +224,25 @@ impl<S: Store> Orchestrator<S> {
             starting,
         } = round;
         let plan = active.plan.name.clone();
+        // A head that finishes the plan goes after the round's settled targets when nothing
+        // starts (design §3.3): a reader never sees a finished plan beside a target whose
+        // result is not stored yet. A crash between leaves the results under the old phase,
+        // which the next step finishes again.
+        let finishing = starting.is_empty() && head.as_ref().is_some_and(|h| h.phase.is_finished());
         let mut writes = Vec::with_capacity(2);
-        if let Some(head) = head {
+        let (first, last) = if finishing {
+            (None, head)
+        } else {
+            (head, None)
+        };
+        if let Some(head) = first {
             writes.push((Some(head), Vec::new()));
         }
         if !settled.is_empty() {
             writes.push((None, settled));
+        }
+        if let Some(head) = last {
+            writes.push((Some(head), Vec::new()));
         }
         let mut events = Some(events);
         // The round's events ride with its last all-or-nothing write, or follow its starts.

@@ -537,6 +537,36 @@ async fn the_head_is_stored_first_and_a_start_after_the_rounds_other_targets() {
 }
 
 #[tokio::test]
+async fn a_round_that_finishes_the_plan_stores_its_results_before_the_head_that_says_so() {
+    let w = world_of(2).await;
+    let o = w.orchestrator.clone();
+    let mut st = o.state.lock().await;
+    let active = st.active.as_mut().expect("active");
+    let done = skoala_plan::TargetState::Succeeded {
+        revision_before: Some(1),
+    };
+    active.rollout.control_plane.state = done.clone();
+    active.rollout.workers[0].1.state = done.clone();
+    o.persist(active, Vec::new(), None).await.expect("persist");
+    assert_eq!(
+        written(&w.db),
+        ["head", "w0000"],
+        "not finishing: the head first"
+    );
+
+    // The last result finishes the plan.
+    active.rollout.workers[1].1.state = done;
+    active.rollout.phase = skoala_plan::Phase::Succeeded;
+    o.persist(active, Vec::new(), None).await.expect("persist");
+    assert_eq!(
+        written(&w.db),
+        ["w0001", "head"],
+        "a reader never sees the plan succeeded beside a result not stored yet"
+    );
+    assert_eq!(stored_rollout(&w.db), active.rollout);
+}
+
+#[tokio::test]
 async fn an_operation_stored_earlier_is_sent_even_when_this_rounds_write_fails() {
     let mut w = World::new().await;
     let o = w.orchestrator.clone();
