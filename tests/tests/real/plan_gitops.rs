@@ -311,12 +311,30 @@ async fn plans_applied_with_kubectl_run_to_the_end_and_obey_each_verb_from_kubec
         &[("PHASE", "succeeded"), ("SUCCEEDED", "3"), ("FAILED", "0")],
     )
     .await?;
-    let clusters = get(&fleet, "fleetclusters").await?;
-    for w in workers {
-        let row = ["VERSION", "RELEASE", "PLAN", "PLAN-STATE"]
-            .map(|h| cell_where(&clusters, "CLUSTER", w, h));
-        assert_eq!(row, ["0.19.1", "deployed", a, "succeeded"], "{clusters}");
-    }
+    // A session stores an agent's later inventory reports a moment after them, off its loop
+    // (ARCHITECTURE: the stored inventory lags the live one by design): waited for, bounded.
+    let want = ["0.19.1", "deployed", a, "succeeded"];
+    let last = std::sync::Mutex::new(String::new());
+    let rows = wait::until(
+        "kubectl get fleetclusters: every worker deployed",
+        PLAN_TIMEOUT,
+        || async {
+            let clusters = get(&fleet, "fleetclusters").await.ok()?;
+            let all = workers.iter().all(|w| {
+                ["VERSION", "RELEASE", "PLAN", "PLAN-STATE"]
+                    .map(|h| cell_where(&clusters, "CLUSTER", w, h))
+                    == want
+            });
+            *last.lock().ok()? = clusters;
+            all.then_some(())
+        },
+    )
+    .await;
+    assert!(
+        rows.is_ok(),
+        "{rows:?}\n{}",
+        last.lock().map(|l| l.clone()).unwrap_or_default()
+    );
 
     // 2. Approved by annotation, paused and resumed by skoalactl while the canary runs,
     // approved again by skoalactl, aborted by annotation before the last wave.
