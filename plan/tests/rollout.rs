@@ -781,8 +781,8 @@ impl SplitStore {
     /// the control plane and the decisions), then the workers' entries, those that start an
     /// operation last, so a stored `running` entry is never next to a stale one that finished.
     ///
-    /// A head that finishes the plan goes last instead, when nothing starts: a reader never
-    /// sees a finished plan beside a target whose result is not stored yet.
+    /// When nothing starts, the head goes last instead: a reader never sees a phase beside
+    /// a target whose result, which the phase follows from, is not stored yet.
     fn writes(&self, r: &Rollout) -> Vec<Write> {
         let (head, targets) = r.split();
         let (mut starts, rest): (Vec<_>, Vec<_>) = targets
@@ -790,7 +790,7 @@ impl SplitStore {
             .filter(|t| self.targets.get(&t.cluster_id) != Some(t))
             .partition(|t| busy(&t.progress.state));
         let head = (head != self.head).then_some(head);
-        let finishing = starts.is_empty() && head.as_ref().is_some_and(|h| h.phase.is_finished());
+        let finishing = starts.is_empty();
         let mut writes = Vec::new();
         if !finishing && let Some(head) = &head {
             writes.push(Write::Head(head.clone()));

@@ -224,11 +224,12 @@ impl<S: Store> Orchestrator<S> {
             starting,
         } = round;
         let plan = active.plan.name.clone();
-        // A head that finishes the plan goes after the round's settled targets when nothing
-        // starts (design §3.3): a reader never sees a finished plan beside a target whose
-        // result is not stored yet. A crash between leaves the results under the old phase,
-        // which the next step finishes again.
-        let finishing = starting.is_empty() && head.as_ref().is_some_and(|h| h.phase.is_finished());
+        // When nothing starts, the head goes after the round's settled targets (design §3.3):
+        // a reader never sees a phase (finished, paused for a failed canary) beside a target
+        // whose result, which the phase follows from, is not stored yet. A crash between
+        // leaves the results under the old head, which the next step recomputes. A start
+        // still waits for the head (invariant 5: the control plane's success comes first).
+        let finishing = starting.is_empty();
         let mut writes = Vec::with_capacity(2);
         let (first, last) = if finishing {
             (None, head)

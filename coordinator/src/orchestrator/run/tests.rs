@@ -537,7 +537,7 @@ async fn the_head_is_stored_first_and_a_start_after_the_rounds_other_targets() {
 }
 
 #[tokio::test]
-async fn a_round_that_finishes_the_plan_stores_its_results_before_the_head_that_says_so() {
+async fn a_round_that_starts_nothing_stores_its_results_before_the_head_they_lead_to() {
     let w = world_of(2).await;
     let o = w.orchestrator.clone();
     let mut st = o.state.lock().await;
@@ -550,8 +550,8 @@ async fn a_round_that_finishes_the_plan_stores_its_results_before_the_head_that_
     o.persist(active, Vec::new(), None).await.expect("persist");
     assert_eq!(
         written(&w.db),
-        ["head", "w0000"],
-        "not finishing: the head first"
+        ["w0000", "head"],
+        "nothing starts: the head after the result"
     );
 
     // The last result finishes the plan.
