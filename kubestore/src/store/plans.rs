@@ -517,29 +517,16 @@ impl Plans {
             if group.is_empty() {
                 continue;
             }
-            let writes = group.into_iter().map(|(id, new)| {
-                let before = self.state.lock().expect("lock").clusters.get(&id).cloned();
-                let after = with_entry(before.as_deref().unwrap_or_default(), plan, new);
-                let known = before.is_some();
-                async move {
-                    let outcome = self.write_cluster(&id, known, class, &after).await;
-                    (id, before, after, outcome)
-                }
-            });
+            let writes = group
+                .into_iter()
+                .map(|(id, new)| self.write_entry(plan, id, new, class));
             let mut failure = None;
-            for (id, before, after, outcome) in futures::future::join_all(writes).await {
+            for (id, before, outcome) in futures::future::join_all(writes).await {
                 match outcome {
-                    Ok(()) => {
-                        self.state
-                            .lock()
-                            .expect("lock")
-                            .clusters
-                            .insert(id.clone(), after);
-                        done.push(Done::Cluster {
-                            id,
-                            before: before.unwrap_or_default(),
-                        });
-                    }
+                    Ok(()) => done.push(Done::Cluster {
+                        id,
+                        before: before.unwrap_or_default(),
+                    }),
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
@@ -548,6 +535,31 @@ impl Plans {
             }
         }
         Ok(())
+    }
+
+    /// Sets cluster `id`'s entry of `plan` to `new` (`None`: removes it) from the copy here,
+    /// and keeps the result in the copy once stored. Returns the entries it had before (`None`:
+    /// no object was known), for an undo.
+    async fn write_entry(
+        &self,
+        plan: &str,
+        id: String,
+        new: Option<ClusterPlan>,
+        class: Class,
+    ) -> (String, Option<Vec<ClusterPlan>>, Result<(), StoreError>) {
+        let before = self.state.lock().expect("lock").clusters.get(&id).cloned();
+        let after = with_entry(before.as_deref().unwrap_or_default(), plan, new);
+        let outcome = self
+            .write_cluster(&id, before.is_some(), class, &after)
+            .await;
+        if outcome.is_ok() {
+            self.state
+                .lock()
+                .expect("lock")
+                .clusters
+                .insert(id.clone(), after);
+        }
+        (id, before, outcome)
     }
 
     /// Stores `entries` as cluster `id`'s `status.plans`, creating a placeholder object first
@@ -798,27 +810,12 @@ impl Plans {
         let mut writes = futures::stream::FuturesUnordered::new();
         for t in &targets {
             let new = entry(plan, t)?;
-            let id = t.cluster_id.clone();
-            let before = self.state.lock().expect("lock").clusters.get(&id).cloned();
-            let after = with_entry(before.as_deref().unwrap_or_default(), plan, Some(new));
-            writes.push(async move {
-                let outcome = self
-                    .write_cluster(&id, before.is_some(), Class::Gating, &after)
-                    .await;
-                (id, after, outcome)
-            });
+            writes.push(self.write_entry(plan, t.cluster_id.clone(), Some(new), Class::Gating));
         }
         let mut failure = None;
-        while let Some((id, after, outcome)) = writes.next().await {
+        while let Some((id, _, outcome)) = writes.next().await {
             match outcome {
-                Ok(()) => {
-                    self.state
-                        .lock()
-                        .expect("lock")
-                        .clusters
-                        .insert(id.clone(), after);
-                    stored(&id);
-                }
+                Ok(()) => stored(&id),
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
