@@ -229,22 +229,13 @@ impl<S: Store> Orchestrator<S> {
         // whose result, which the phase follows from, is not stored yet. A crash between
         // leaves the results under the old head, which the next step recomputes. A start
         // still waits for the head (invariant 5: the control plane's success comes first).
-        let finishing = starting.is_empty();
-        let mut writes = Vec::with_capacity(2);
-        let (first, last) = if finishing {
-            (None, head)
+        let head = head.map(|h| (Some(h), Vec::new()));
+        let settled = (!settled.is_empty()).then_some((None, settled));
+        let writes: Vec<_> = if starting.is_empty() {
+            settled.into_iter().chain(head).collect()
         } else {
-            (head, None)
+            head.into_iter().chain(settled).collect()
         };
-        if let Some(head) = first {
-            writes.push((Some(head), Vec::new()));
-        }
-        if !settled.is_empty() {
-            writes.push((None, settled));
-        }
-        if let Some(head) = last {
-            writes.push((Some(head), Vec::new()));
-        }
         let mut events = Some(events);
         // The round's events ride with its last all-or-nothing write, or follow its starts.
         let last_write = if starting.is_empty() {
