@@ -34,9 +34,6 @@ pub struct Outlet {
 
 struct Entry {
     session: u64,
-    /// Changes with every write to `live` but the time it was last heard from, and is new
-    /// for every session ([`Sessions::peek`] hands it out).
-    version: u64,
     live: LiveAgent,
     close: Option<oneshot::Sender<Status>>,
 }
@@ -49,8 +46,6 @@ pub struct Sessions {
     /// disconnected cluster has been silent (in memory only, like every heartbeat).
     last_seen: Mutex<HashMap<String, i64>>,
     next: AtomicU64,
-    /// Source of [`Entry::version`].
-    versions: AtomicU64,
     /// The clusters whose live data changed since the orchestrator's fleet view last took
     /// them ([`Sessions::take_changed`]): a round redoes those, not a scan of every session.
     /// Written under [`Sessions::inner`]'s lock, after it.
@@ -67,10 +62,6 @@ impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // The map holds plain data; a panic elsewhere cannot leave it half-updated.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn next_version(&self) -> u64 {
-        self.versions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn mark(&self, cluster_id: &str) {
@@ -98,7 +89,6 @@ impl Sessions {
             cluster_id.to_string(),
             Entry {
                 session,
-                version: self.next_version(),
                 live,
                 close: Some(tx),
             },
@@ -146,9 +136,9 @@ impl Sessions {
     }
 
     /// Records that the session `session` of `cluster_id` was heard from at `now_ms` (no-op if
-    /// it was replaced). Unlike [`Sessions::update`] this keeps the entry's version: the time
-    /// is no part of the fleet view, and a round redoes every cluster whose version moved,
-    /// which at 10,000 agents was hundreds of heartbeats' worth each round.
+    /// it was replaced). Unlike [`Sessions::update`] this marks nothing changed: the time is
+    /// no part of the fleet view, and a round redoes every cluster marked, which at 10,000
+    /// agents would be hundreds of heartbeats' worth each round.
     pub fn heard(&self, cluster_id: &str, session: u64, now_ms: i64) {
         if let Some(e) = self.lock().get_mut(cluster_id)
             && e.session == session
@@ -163,7 +153,6 @@ impl Sessions {
             && e.session == session
         {
             f(&mut e.live);
-            e.version = self.next_version();
             self.mark(cluster_id);
         }
     }
@@ -208,11 +197,10 @@ impl Sessions {
         self.lock().get(cluster_id).map(|e| e.live.clone())
     }
 
-    /// `f` of one cluster's live data and its version, if connected: for callers that need a
-    /// part of it (a whole [`LiveAgent`] is a copy of its inventory, 10,000 of them a
-    /// noticeable cost).
-    pub fn peek<T>(&self, cluster_id: &str, f: impl FnOnce(u64, &LiveAgent) -> T) -> Option<T> {
-        self.lock().get(cluster_id).map(|e| f(e.version, &e.live))
+    /// `f` of one cluster's live data, if connected: for callers that need a part of it (a
+    /// whole [`LiveAgent`] is a copy of its inventory, 10,000 of them a noticeable cost).
+    pub fn peek<T>(&self, cluster_id: &str, f: impl FnOnce(&LiveAgent) -> T) -> Option<T> {
+        self.lock().get(cluster_id).map(|e| f(&e.live))
     }
 
     /// The current session of `cluster_id`, if connected (and able to receive).
@@ -242,7 +230,6 @@ impl Sessions {
             inv.releases
                 .retain(|r| !(r.release == release.release && r.namespace == release.namespace));
             inv.releases.push(release);
-            e.version = self.next_version();
             self.mark(cluster_id);
         }
     }
@@ -287,7 +274,7 @@ mod tests {
             s.take_changed().is_empty(),
             "a heartbeat changes nothing the view reads"
         );
-        assert_eq!(s.peek("c1", |_, l| l.last_heartbeat_ms), Some(42));
+        assert_eq!(s.peek("c1", |l| l.last_heartbeat_ms), Some(42));
         s.update("c1", opened.session, |l| l.helm_version = "v3.17.0".into());
         assert!(s.take_changed().contains("c1"), "an update does");
         assert!(s.take_changed().is_empty(), "and is taken once");

@@ -179,9 +179,9 @@ impl FleetCache {
             if c.revoked_unix.is_some() {
                 continue;
             }
-            let (version, release) = match live_release(src, &c.id) {
-                Some((version, Some(release))) => (Some(version), release),
-                live => (live.map(|(v, _)| v), stored_release(&c.state.inventory)),
+            let (connected, release) = match live_release(src, &c.id) {
+                Some(Some(release)) => (true, release),
+                live => (live.is_some(), stored_release(&c.state.inventory)),
             };
             names.insert(c.id.clone(), c.name.clone());
             index.insert(c.id.clone(), workers.len());
@@ -189,7 +189,7 @@ impl FleetCache {
                 release: ClusterRelease {
                     cluster_id: c.id,
                     name: c.name,
-                    connected: version.is_some(),
+                    connected,
                     release,
                 },
                 labels: c.labels,
@@ -217,38 +217,34 @@ impl FleetCache {
         snap: &mut Snapshot,
     ) -> Result<bool, StoreError> {
         for id in src.sessions.take_changed() {
-            // Not among the rows: not registered (its row would have moved the version).
+            // Not among the rows: not registered (its row would have moved the rows' version).
             let Some(&i) = self.index.get(&id) else {
                 continue;
             };
             let worker = &mut snap.view.workers[i].release;
-            let (version, release) = match live_release(src, &worker.cluster_id) {
-                Some((version, Some(release))) => (Some(version), release),
+            let (connected, release) = match live_release(src, &worker.cluster_id) {
+                Some(Some(release)) => (true, release),
                 live => {
                     let Some(row) = src.store.cluster(worker.cluster_id.clone()).await? else {
                         return Ok(false);
                     };
-                    (live.map(|(v, _)| v), stored_release(&row.state.inventory))
+                    (live.is_some(), stored_release(&row.state.inventory))
                 }
             };
-            worker.connected = version.is_some();
+            worker.connected = connected;
             worker.release = release;
         }
         Ok(true)
     }
 }
 
-/// A connected cluster's live version and, if it reported an inventory, its release.
-fn live_release<S>(
-    src: &Sources<'_, S>,
-    cluster_id: &str,
-) -> Option<(u64, Option<Option<ReleaseState>>)> {
-    src.sessions.peek(cluster_id, |version, live| {
-        let release = live
-            .inventory
+/// A connected cluster's release as its live inventory shows it: `None` when it is not
+/// connected, `Some(None)` when it has reported no inventory yet.
+fn live_release<S>(src: &Sources<'_, S>, cluster_id: &str) -> Option<Option<Option<ReleaseState>>> {
+    src.sessions.peek(cluster_id, |live| {
+        live.inventory
             .as_ref()
-            .map(|inv| release_state(&inv.releases, &SKOALA.worker));
-        (version, release)
+            .map(|inv| release_state(&inv.releases, &SKOALA.worker))
     })
 }
 
