@@ -29,6 +29,11 @@ pub enum StoreError {
     #[error("the target store is not empty ({0}); migrate only into an empty store")]
     /// [`Migrate::import`](crate::Migrate::import) into a store that holds records.
     NotEmpty(String),
+    #[error("a migration into this store began and never committed: {0}")]
+    /// The store holds a [`Migrate::import`](crate::Migrate::import) that failed part-way:
+    /// some of a fleet's records without its commit point. Serving it would show a fleet with
+    /// pieces missing, and a plan applied there would commit it as if whole.
+    Unfinished(String),
     #[error("the records read back differ from those written: {0}")]
     /// [`Migrate::import`](crate::Migrate::import) read back other records than it wrote;
     /// it did not commit.

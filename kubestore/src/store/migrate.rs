@@ -1,9 +1,11 @@
 //! [`Migrate`] for the kube store (design §6): the export reads the leader's copies (and every
-//! log segment); the import writes into a namespace that holds no fleet records, in §6's
-//! order — tokens and admins, clusters with their certificate records, plans with their
-//! targets, events and audit with their ids — then reads every class back from the API server
-//! and compares the counts, and only then creates the state ConfigMap, the commit point: until
-//! it exists no plan is listed, and a second import is refused rather than merged.
+//! log segment); the import writes into a namespace that holds no fleet records: first the
+//! state ConfigMap marked *migrating*, then in §6's order — tokens and admins, clusters with
+//! their certificate records, plans with their targets, events and audit with their ids —
+//! then reads every class back from the API server and compares the counts, and only then
+//! writes the ConfigMap's registry and drops the mark, the commit point: until then no plan is
+//! listed, a second import is refused rather than merged, and a store opened on the namespace
+//! (a coordinator started on it) refuses it as a migration that did not finish.
 //!
 //! The import's own copies are not updated: what it wrote is read by a store opened again
 //! (as `migrate` does, and as a coordinator does at start).
@@ -40,6 +42,7 @@ impl Migrate for KubeStore {
         if let Some(what) = self.holds_records().await? {
             return Err(StoreError::NotEmpty(what));
         }
+        self.plans.begin_import(MIGRATED_FROM).await?;
         let mut plans = snapshot.plans.clone();
         plans.sort_by(|a, b| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)));
         self.identity.import(&snapshot).await?;

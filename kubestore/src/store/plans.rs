@@ -55,6 +55,10 @@ const ACTIVE_KEY: &str = "activePlan";
 const REGISTRY_KEY: &str = "plans";
 /// Its key naming the store a migration brought the fleet from (absent: none).
 const MIGRATED_FROM_KEY: &str = "migratedFrom";
+/// The state ConfigMap's key while a migration into the namespace is under way: created with
+/// it before the first record is written, removed by the commit. A store finding it refuses
+/// to open ([`StoreError::Unfinished`]).
+const MIGRATING_KEY: &str = "migrating";
 /// How many plans' entries a cluster keeps, the most recent first (design §2.2 *Plans*).
 pub const KEPT_PLANS: usize = 5;
 /// The label of a `FleetCluster` made only to hold a target's entry.
@@ -1023,30 +1027,53 @@ impl Plans {
         Ok(targets)
     }
 
+    /// Marks the namespace as a migration's target before its first record is written: the
+    /// state ConfigMap, created holding only [`MIGRATING_KEY`], so a failure part-way leaves a
+    /// namespace every store refuses to open rather than a fleet with pieces missing. A
+    /// ConfigMap already there (another migration got here first) is refused.
+    pub async fn begin_import(&self, migrated_from: &str) -> Result<(), StoreError> {
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": STATE_CONFIG_MAP },
+            "data": { MIGRATING_KEY: migrated_from },
+        }))
+        .expect("a ConfigMap");
+        let api: Api<ConfigMap> = self.shared.api();
+        self.shared.check_fence()?;
+        match api.create(&PostParams::default(), &map).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(StoreError::NotEmpty(format!(
+                "ConfigMap {STATE_CONFIG_MAP} exists"
+            ))),
+            Err(e) => Err(api_error("creating the fleet's state ConfigMap", e)),
+        }
+    }
+
     /// The commit point of a migration into this namespace: the registry of `plans` (in
-    /// their order) and the active-plan pointer, in one create of the state ConfigMap, which
-    /// notes where the fleet came from. Plans are listed only once it is stored.
+    /// their order) and the active-plan pointer, in one write of the state ConfigMap, which
+    /// notes where the fleet came from and drops [`begin_import`](Self::begin_import)'s mark.
+    /// Plans are listed only once it is stored.
     pub async fn commit_import(
         &self,
         plans: &[PlanRecord],
         migrated_from: &str,
     ) -> Result<(), StoreError> {
         let active = plans.iter().find(|p| p.active).map(|p| p.name.as_str());
-        let map: ConfigMap = serde_json::from_value(json!({
-            "metadata": { "name": STATE_CONFIG_MAP },
-            "data": {
-                ACTIVE_KEY: active.unwrap_or_default(),
-                REGISTRY_KEY: plans.iter().map(|p| format!("{}\n", p.name)).collect::<String>(),
-                MIGRATED_FROM_KEY: migrated_from,
-            },
-        }))
-        .expect("a ConfigMap");
+        let data = json!({
+            ACTIVE_KEY: active.unwrap_or_default(),
+            REGISTRY_KEY: plans.iter().map(|p| format!("{}\n", p.name)).collect::<String>(),
+            MIGRATED_FROM_KEY: migrated_from,
+            MIGRATING_KEY: null,
+        });
         let api: Api<ConfigMap> = self.shared.api();
         self.shared.check_fence()?;
-        api.create(&PostParams::default(), &map)
-            .await
-            .map(|_| ())
-            .map_err(|e| api_error("creating the fleet's state ConfigMap", e))
+        api.patch(
+            STATE_CONFIG_MAP,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": data })),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| api_error("committing the fleet's state ConfigMap", e))
     }
 
     /// Whether this part holds anything: a plan name ever accepted, or an entry of a plan in
@@ -1085,7 +1112,8 @@ fn document_text(object: &UpgradePlan) -> Result<String, StoreError> {
     })
 }
 
-/// The registry and the active plan from the state ConfigMap (none yet: empty).
+/// The registry and the active plan from the state ConfigMap (none yet: empty). A namespace
+/// a migration began to fill and never committed is refused, with how to empty it.
 async fn read_state(shared: &Shared) -> Result<(Vec<String>, Option<String>), StoreError> {
     let api: Api<ConfigMap> = shared.api();
     let map = api
@@ -1093,6 +1121,16 @@ async fn read_state(shared: &Shared) -> Result<(Vec<String>, Option<String>), St
         .await
         .map_err(|e| api_error("reading the fleet's state ConfigMap", e))?;
     let data = map.and_then(|m| m.data).unwrap_or_default();
+    if let Some(from) = data.get(MIGRATING_KEY) {
+        let ns = &shared.namespace;
+        return Err(StoreError::Unfinished(format!(
+            "ConfigMap {ns}/{STATE_CONFIG_MAP} marks a migration from {from:?} that failed \
+             part-way. The source store still holds the whole fleet: empty this namespace \
+             (kubectl -n {ns} delete upgradeplans,fleetclusters,fleetlogs --all; kubectl -n {ns} \
+             delete secrets -l 'fleet.skoala.io/kind in (join-token,admin,backup)'; kubectl -n \
+             {ns} delete configmap {STATE_CONFIG_MAP}) and run the migration again"
+        )));
+    }
     let registry = data
         .get(REGISTRY_KEY)
         .map(|r| {

@@ -3,7 +3,8 @@
 //! coordinator started on the other store at the same address takes the same agents back
 //! without any of them joining again, shows the old plans, events and audit with their ids,
 //! and runs a new plan to the end. A migration into a store that holds a fleet is refused and
-//! changes nothing.
+//! changes nothing; one that fails part-way leaves a namespace no coordinator serves, and the
+//! refusal's commands empty it for the next try.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use skoala_e2e::fleet::coordinator::migrate;
 use skoala_e2e::fleet::plans::{
     KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView, read_backups,
 };
+use skoala_e2e::sim::kubectl;
 use skoala_e2e::{kstore, kubeapi};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -153,6 +155,52 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
     let data = pf.fleet.coordinator.data_dir();
     let sqlite = format!("sqlite:{}", data.display());
     let kube = format!("kube:{NS}");
+
+    // A first try fails part-way (the API server refuses every log segment, written after
+    // the clusters and plans): no coordinator serves what it left, and the refusal says how
+    // to empty the namespace; emptied so, the next try goes through.
+    let segments = format!("/namespaces/{NS}/fleetlogs");
+    pf.control_plane
+        .faults()
+        .fail_next(Some("PATCH"), &segments, 500, 10_000);
+    let failed = migrate(&sqlite, &kube, &kubeconfig, &[]).await?;
+    pf.control_plane.faults().clear();
+    assert!(
+        !failed.status.success(),
+        "the migration failed: {}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let written: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("fleet.skoala.io", "v1alpha1", "FleetCluster"),
+            "fleetclusters",
+        ),
+    );
+    assert!(
+        !written.list(&ListParams::default()).await?.items.is_empty(),
+        "the failed try left clusters behind"
+    );
+    let refused = pf.fleet.coordinator.serve_store(Some(NS.into())).await;
+    let log = pf.fleet.coordinator.log();
+    assert!(
+        refused.is_err() && log.contains("began and never committed"),
+        "a coordinator on the half-written namespace: {refused:?}\n{log}"
+    );
+    // The commands the refusal gives, run as given.
+    let selector = "fleet.skoala.io/kind in (join-token,admin,backup)";
+    let emptying: [&[&str]; 3] = [
+        &["delete", "upgradeplans,fleetclusters,fleetlogs", "--all"],
+        &["delete", "secrets", "-l", selector],
+        &["delete", "configmap", "skoala-fleet-state"],
+    ];
+    for args in emptying {
+        let shown = format!("kubectl -n {NS} {}", args.join(" "))
+            .replace(selector, &format!("'{selector}'"));
+        assert!(log.contains(&shown), "the refusal gives `{shown}`:\n{log}");
+        kubectl(&kubeconfig, &[&["-n", NS], args].concat()).await?;
+    }
     let started = Instant::now();
     let out = migrate(&sqlite, &kube, &kubeconfig, &[]).await?;
     eprintln!("migrate sqlite -> kube: {:?}", started.elapsed());
