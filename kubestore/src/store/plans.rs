@@ -628,25 +628,13 @@ impl Plans {
         let api: Api<ConfigMap> = self.shared.api();
         self.shared.check_fence()?;
         let what = "writing the fleet's state ConfigMap";
-        match api
-            .patch(
-                STATE_CONFIG_MAP,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "data": data })),
-            )
-            .await
-        {
+        match patch_state(&api, &data).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(api_error(what, e)),
         }
-        let map: ConfigMap = serde_json::from_value(json!({
-            "metadata": { "name": STATE_CONFIG_MAP },
-            "data": data,
-        }))
-        .expect("a ConfigMap");
         self.shared.check_fence()?;
-        api.create(&PostParams::default(), &map)
+        api.create(&PostParams::default(), &state_map(data))
             .await
             .map(|_| ())
             .map_err(|e| api_error(what, e))
@@ -1032,11 +1020,7 @@ impl Plans {
     /// namespace every store refuses to open rather than a fleet with pieces missing. A
     /// ConfigMap already there (another migration got here first) is refused.
     pub async fn begin_import(&self, migrated_from: &str) -> Result<(), StoreError> {
-        let map: ConfigMap = serde_json::from_value(json!({
-            "metadata": { "name": STATE_CONFIG_MAP },
-            "data": { MIGRATING_KEY: migrated_from },
-        }))
-        .expect("a ConfigMap");
+        let map = state_map(json!({ MIGRATING_KEY: migrated_from }));
         let api: Api<ConfigMap> = self.shared.api();
         self.shared.check_fence()?;
         match api.create(&PostParams::default(), &map).await {
@@ -1066,14 +1050,10 @@ impl Plans {
         });
         let api: Api<ConfigMap> = self.shared.api();
         self.shared.check_fence()?;
-        api.patch(
-            STATE_CONFIG_MAP,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "data": data })),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| api_error("committing the fleet's state ConfigMap", e))
+        patch_state(&api, &data)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("committing the fleet's state ConfigMap", e))
     }
 
     /// Whether this part holds anything: a plan name ever accepted, or an entry of a plan in
@@ -1110,6 +1090,25 @@ fn document_text(object: &UpgradePlan) -> Result<String, StoreError> {
             object.metadata.name.as_deref().unwrap_or_default()
         ))
     })
+}
+
+/// The state ConfigMap holding `data`, to create.
+fn state_map(data: Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": { "name": STATE_CONFIG_MAP },
+        "data": data,
+    }))
+    .expect("a ConfigMap")
+}
+
+/// Merges `data` into the state ConfigMap's (a `null` removes a key).
+async fn patch_state(api: &Api<ConfigMap>, data: &Value) -> kube::Result<ConfigMap> {
+    api.patch(
+        STATE_CONFIG_MAP,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": data })),
+    )
+    .await
 }
 
 /// The registry and the active plan from the state ConfigMap (none yet: empty). A namespace

@@ -18,6 +18,7 @@ use skoala_e2e::fleet::plans::{
 };
 use skoala_e2e::sim::kubectl;
 use skoala_e2e::{kstore, kubeapi};
+use skoala_kubestore::crd::{FleetCluster, Kind};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 const NS: &str = KUBE_STORE_NAMESPACE;
@@ -170,14 +171,7 @@ async fn a_fleet_moves_to_the_kube_store_and_back_and_no_agent_joins_again() -> 
         "the migration failed: {}",
         String::from_utf8_lossy(&failed.stdout)
     );
-    let written: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        NS,
-        &kube::discovery::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("fleet.skoala.io", "v1alpha1", "FleetCluster"),
-            "fleetclusters",
-        ),
-    );
+    let written: Api<FleetCluster> = Kind::FleetCluster.api(client.clone(), NS);
     assert!(
         !written.list(&ListParams::default()).await?.items.is_empty(),
         "the failed try left clusters behind"
