@@ -409,6 +409,8 @@ async fn a_head_the_plan_crate_cannot_read_leaves_the_phase_as_it_was_while_the_
     assert_eq!(status.waiting, "approve wave 1: skoalactl plan approve");
 }
 
+/// A round of results changes the plan's counts and its upgrade history (the sums behind the
+/// mean upgrade time): neither is a write of the plan per round, and both are stored.
 #[tokio::test]
 async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_per_target() {
     let f = KubeStores::sim();
@@ -449,12 +451,20 @@ async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_
                 revision_before: Some(1),
             },
         );
+        let result = PlanEventRecord {
+            plan: "p".into(),
+            kind: "task.result".into(),
+            state: "succeeded".into(),
+            operation_id: format!("p.{id}.upgrade-1"),
+            duration_ms: 1_000,
+            ..Default::default()
+        };
         store
             .save_rollout(RolloutWrite {
                 plan: "p".into(),
                 head: None,
                 targets: vec![done],
-                events: vec![],
+                events: vec![result],
             })
             .await
             .expect("a result");
@@ -468,14 +478,22 @@ async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_
     .expect("counted");
     let elapsed = started.elapsed();
     let mut writes = 0;
-    while let Some(change) = changes.next().await {
+    let history = loop {
+        let change = tokio::time::timeout(Duration::from_secs(30), changes.next())
+            .await
+            .expect("the history within 30 s")
+            .expect("the watch goes on");
         if let WatchEvent::Modified(plan) = change.expect("a change") {
             writes += 1;
-            if plan.status.and_then(|s| s.counts).map(|c| c.succeeded) == Some(12) {
-                break;
+            let status = plan.status.unwrap_or_default();
+            let succeeded = status.counts.map(|c| c.succeeded);
+            let history = status.history.unwrap_or_default();
+            if succeeded == Some(12) && history.upgrades == 12 {
+                break history;
             }
         }
-    }
+    };
+    assert_eq!(history.upgrade_millis, 12_000, "every upgrade's time");
     let allowed = 2 + (elapsed.as_secs_f64() / 2.0).ceil() as usize;
     assert!(
         writes <= allowed && writes < ids.len(),
