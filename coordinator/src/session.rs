@@ -57,9 +57,10 @@ pub(crate) struct Session<S> {
 /// first. An agent reports its inventory as an upgrade finishes, next to the task's result:
 /// written in the loop, the result waited for the write. Nothing waits for it (the orchestrator
 /// reads the live inventory; the store's copy is for `skoalactl`, `kubectl` and a restart), so
-/// the writer hands each change to the store as a report ([`Store::report_cluster_state`]),
-/// which the kube store holds until the result's write to the same object carries it; a change
-/// made while one is being stored replaces the one waiting behind it. A refused write is logged;
+/// the writer hands each change to the store as a report ([`skoala_store::IdentityStore::report_cluster_state`]),
+/// which the kube store holds until the result's write to the same object carries it and
+/// SQLite writes a moment later, out of the result's transaction's way; a change made while
+/// one is being stored replaces the one waiting behind it. A refused write is logged;
 /// the next change, or the agent's next Hello, stores the state again.
 pub(crate) struct StateWriter {
     newest: watch::Sender<Option<ClusterState>>,
