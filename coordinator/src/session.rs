@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use skoala_proto::v1::{
@@ -23,7 +22,8 @@ use skoala_proto::v1::{
     agent_message::Body, coordinator_message,
 };
 use skoala_support::names;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tonic::{Code, Status, Streaming};
 
@@ -53,23 +53,19 @@ pub(crate) struct Session<S> {
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 }
 
-/// How long a change of a session's cluster state waits before it is stored
-/// ([`StateWriter`]).
-const STATE_WRITE_DELAY: Duration = Duration::from_millis(250);
-
 /// Stores a session's cluster state (versions, inventory) off the session's loop, newest
 /// first. An agent reports its inventory as an upgrade finishes, next to the task's result:
-/// written in the loop, the result waited for the write; written at once beside it, it took
-/// the cluster's object from the result's own entry, which the kube store writes one request
-/// at a time per object. Nothing waits for it (the orchestrator reads the live inventory, the
-/// store's copy is for `skoalactl`, `kubectl` and a restart), so a change is stored
-/// [`STATE_WRITE_DELAY`] later, a newer one in its place, and at once when the session ends.
-/// A refused write is logged; the next change, or the agent's next Hello, stores the state
-/// again.
+/// written in the loop, the result waited for the write. Nothing waits for it (the orchestrator
+/// reads the live inventory; the store's copy is for `skoalactl`, `kubectl` and a restart), so
+/// the writer hands each change to the store as a report ([`skoala_store::IdentityStore::report_cluster_state`]),
+/// which the kube store holds until the result's write to the same object carries it and
+/// SQLite writes a moment later, out of the result's transaction's way; a change made while
+/// one is being stored replaces the one waiting behind it. A refused write is logged;
+/// the next change, or the agent's next Hello, stores the state again.
 pub(crate) struct StateWriter {
     newest: watch::Sender<Option<ClusterState>>,
-    /// Told when the session ends: what is pending is stored without waiting.
-    ended: Arc<Notify>,
+    /// Ends once the sender is dropped and the last state handed is stored.
+    task: JoinHandle<()>,
 }
 
 impl StateWriter {
@@ -80,15 +76,9 @@ impl StateWriter {
         F: Future<Output = Result<(), skoala_store::StoreError>> + Send,
     {
         let (newest, mut handed) = watch::channel(None::<ClusterState>);
-        let ended = Arc::new(Notify::new());
-        let session_ended = ended.clone();
-        tokio::spawn(async move {
-            // Ends once the session dropped its end and the last state it handed is stored.
+        let task = tokio::spawn(async move {
+            // A value handed before the sender went is still seen: `changed` reports it first.
             while handed.changed().await.is_ok() {
-                tokio::select! {
-                    _ = tokio::time::sleep(STATE_WRITE_DELAY) => {}
-                    _ = session_ended.notified() => {}
-                }
                 let Some(state) = handed.borrow_and_update().clone() else {
                     continue;
                 };
@@ -97,16 +87,20 @@ impl StateWriter {
                 }
             }
         });
-        StateWriter { newest, ended }
+        StateWriter { newest, task }
     }
 
     fn hand(&self, state: ClusterState) {
         self.newest.send_replace(Some(state));
     }
 
-    fn flush(self) {
-        // A permit, kept if the writer is not waiting yet.
-        self.ended.notify_one();
+    /// Returns once the last state handed is stored (or its write failed): a cluster whose
+    /// session ended is judged on what is stored, read as the session leaves.
+    async fn finish(self) {
+        drop(self.newest);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the cluster state writer failed");
+        }
     }
 }
 
@@ -166,9 +160,9 @@ impl<S: Store> Session<S> {
         if let Err(status) = outcome {
             let _ = self.tx.send(Err(status)).await;
         }
-        // A cluster that left is judged on what is stored: no reason to wait any longer.
+        // A cluster that left is judged on what is stored, read once it leaves the sessions.
         if let Some(writer) = self.writer.take() {
-            writer.flush();
+            writer.finish().await;
         }
         self.ctx.sessions.remove(&self.cluster_id, self.session);
         self.ctx.orchestrator.poke();
@@ -494,7 +488,7 @@ impl<S: Store> Session<S> {
             let (ctx, id) = (self.ctx.clone(), self.cluster_id.clone());
             StateWriter::spawn(self.cluster_id.clone(), move |state| {
                 let (ctx, id) = (ctx.clone(), id.clone());
-                async move { ctx.store.set_cluster_state(id, state).await }
+                async move { ctx.store.report_cluster_state(id, state).await }
             })
         });
         writer.hand(state);
@@ -661,6 +655,7 @@ fn encode_inventory(inv: &skoala_proto::v1::Inventory) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::time::Duration;
 
     use skoala_proto::v1::ReleaseInventory;
 
@@ -682,20 +677,27 @@ mod tests {
         }
     }
 
+    /// How long the recording store takes for a write.
+    const WRITE: Duration = Duration::from_millis(250);
+
     /// Each state stored: its agent version, and the (paused) time since the writer began.
     type Stored = Arc<std::sync::Mutex<Vec<(String, Duration)>>>;
 
-    /// A writer whose stores are recorded.
+    /// A writer whose stores take [`WRITE`] each and are recorded as they finish.
     fn recording() -> (StateWriter, Stored) {
         let began = tokio::time::Instant::now();
         let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = stored.clone();
         let writer = StateWriter::spawn("c1".into(), move |state: ClusterState| {
-            record
-                .lock()
-                .expect("stored")
-                .push((state.agent_version, began.elapsed()));
-            async { Ok(()) }
+            let record = record.clone();
+            async move {
+                tokio::time::sleep(WRITE).await;
+                record
+                    .lock()
+                    .expect("stored")
+                    .push((state.agent_version, began.elapsed()));
+                Ok(())
+            }
         });
         (writer, stored)
     }
@@ -708,31 +710,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_later_report_is_stored_after_the_delay_and_only_the_newest_of_those_meanwhile() {
+    async fn a_report_is_stored_at_once_and_of_those_made_meanwhile_only_the_newest() {
         let (writer, stored) = recording();
         writer.hand(agent("1"));
-        tokio::time::sleep(STATE_WRITE_DELAY / 2).await;
+        tokio::task::yield_now().await;
         writer.hand(agent("2"));
-        assert!(stored.lock().expect("stored").is_empty(), "nothing yet");
-        tokio::time::sleep(STATE_WRITE_DELAY).await;
+        writer.hand(agent("3"));
+        tokio::time::sleep(WRITE * 3).await;
         assert_eq!(
             *stored.lock().expect("stored"),
-            [("2".to_string(), STATE_WRITE_DELAY)],
-            "the newest, once, a delay after the first"
+            [("1".to_string(), WRITE), ("3".to_string(), WRITE * 2)],
+            "the first at once, then the newest of those handed while it was being stored"
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn what_a_session_left_pending_is_stored_at_once_when_it_ends() {
+    async fn a_session_that_ends_waits_until_its_last_report_is_stored() {
         let (writer, stored) = recording();
         writer.hand(agent("1"));
-        tokio::task::yield_now().await;
-        writer.flush();
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        writer.finish().await;
         assert_eq!(
             *stored.lock().expect("stored"),
-            [("1".to_string(), Duration::ZERO)],
-            "not a delay later"
+            [("1".to_string(), WRITE)],
+            "stored before the session leaves the sessions"
         );
     }
 

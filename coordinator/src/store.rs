@@ -68,6 +68,13 @@ impl IdentityStore for AnyStore {
     async fn set_cluster_state(&self, id: String, state: ClusterState) -> Result<(), StoreError> {
         each!(self, s => s.set_cluster_state(id, state).await)
     }
+    async fn report_cluster_state(
+        &self,
+        id: String,
+        state: ClusterState,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.report_cluster_state(id, state).await)
+    }
     async fn set_cluster_identity(
         &self,
         id: String,

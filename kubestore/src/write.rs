@@ -8,6 +8,11 @@
 //! The sink that performs a request can therefore put the `resourceVersion` the previous
 //! request returned into the next one: nobody else of ours writes the object in between.
 //!
+//! A write nothing waits for may be *held* ([`Writer::write_held`]): it waits a little for the
+//! next write to its object, which then carries it in the same request. An agent reports its
+//! new inventory beside the result the orchestrator is about to store in the same object, so the
+//! two become one request instead of two, on an API server whose CPU a rollout is short of.
+//!
 //! Requests are served by [`Class`] (what gates the coordinator's next action first) under one
 //! process-wide [`Budget`]: kube-rs has no client-side rate limit, and a rollout's bursts must
 //! neither flood the API server nor starve what must be stored before an upgrade is sent.
@@ -44,6 +49,22 @@ pub enum Class {
     /// Display and bookkeeping, coalesced: counts, connection state, enrolment of pending
     /// targets.
     Coalesced,
+}
+
+/// When a write may go: its class, and how long it may be held for the next write to its
+/// object to carry it ([`Writer::write_held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Urgency {
+    /// The order it is served in.
+    pub class: Class,
+    /// `None`: it goes as soon as its class and the budget let it.
+    pub hold: Option<Duration>,
+}
+
+impl From<Class> for Urgency {
+    fn from(class: Class) -> Self {
+        Urgency { class, hold: None }
+    }
 }
 
 /// The process-wide limits on writes.
@@ -127,6 +148,8 @@ struct Request<K> {
     key: K,
     class: Class,
     patch: Value,
+    /// How long it may wait for another write to `key` to carry it.
+    hold: Option<Duration>,
     done: oneshot::Sender<Result<()>>,
 }
 
@@ -144,6 +167,21 @@ impl<S: Sink> Writer<S> {
         self.queue(key, class, patch).await
     }
 
+    /// [`Writer::write`] for a patch that nothing waits for: it is held up to `hold`, and the
+    /// next write to `key` made meanwhile carries it in its own request; once `hold` passes it
+    /// goes alone (at once when the lanes shut down). It never holds back a write made after
+    /// it: one that cannot be merged into it releases it. Queued in the order of this call,
+    /// like [`Writer::queue`].
+    pub fn write_held(
+        &self,
+        key: S::Key,
+        class: Class,
+        patch: Value,
+        hold: Duration,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.send(key, class, patch, Some(hold))
+    }
+
     /// Queues `patch` for `key` now, in the order of this call, and returns its answer to be
     /// awaited later or elsewhere: for writes that gate nothing, whose caller must not wait for
     /// them but whose place among the key's writes must still be the order they were made in.
@@ -153,6 +191,16 @@ impl<S: Sink> Writer<S> {
         class: Class,
         patch: Value,
     ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.send(key, class, patch, None)
+    }
+
+    fn send(
+        &self,
+        key: S::Key,
+        class: Class,
+        patch: Value,
+        hold: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
         let (done, answer) = oneshot::channel();
         let sent = self
             .tx
@@ -160,6 +208,7 @@ impl<S: Sink> Writer<S> {
                 key,
                 class,
                 patch,
+                hold,
                 done,
             })
             .map_err(|_| WriteError::Closed(Closed));
@@ -182,8 +231,51 @@ struct Pending {
     class: Class,
     /// When the first write merged into it was made: the order within a class.
     seq: u64,
+    /// Not sent before this unless a write that is not held is merged into it.
+    held: Option<Instant>,
     patch: Value,
     waiters: Vec<oneshot::Sender<Result<()>>>,
+}
+
+/// The lanes whose first request waits, filed by when it may go.
+struct Waiting<K> {
+    /// Keys whose first request may go now, by (class, seq).
+    ready: BTreeMap<(Class, u64), K>,
+    /// Keys whose first request is held, by (until, seq).
+    holding: BTreeMap<(Instant, u64), K>,
+}
+
+impl<K: Ord> Waiting<K> {
+    fn file(&mut self, key: K, p: &Pending) {
+        match p.held {
+            Some(until) => self.holding.insert((until, p.seq), key),
+            None => self.ready.insert((p.class, p.seq), key),
+        };
+    }
+
+    /// Takes `key` out of where it was filed as `was` (its first request's class and hold
+    /// before a change) and files it again as `p` is now.
+    fn refile(&mut self, was: (Class, Option<Instant>), p: &Pending) {
+        let key = match was {
+            (_, Some(until)) => self.holding.remove(&(until, p.seq)),
+            (class, None) => self.ready.remove(&(class, p.seq)),
+        };
+        if let Some(key) = key {
+            self.file(key, p);
+        }
+    }
+
+    /// The keys whose hold ended by `now` (every held one when `now` is `None`).
+    fn due(&mut self, now: Option<Instant>) -> Vec<K> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.holding.first_entry() {
+            if now.is_some_and(|now| entry.key().0 > now) {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        due
+    }
 }
 
 /// A finished request: its key, and the waiters to answer.
@@ -193,8 +285,8 @@ struct Lanes<S: Sink> {
     sink: Arc<S>,
     budget: Budget,
     lanes: HashMap<S::Key, Lane>,
-    /// Keys whose first queued request may go now, by (class, seq).
-    ready: BTreeMap<(Class, u64), S::Key>,
+    /// Keys whose first queued request is not in flight.
+    waiting: Waiting<S::Key>,
     seq: u64,
     bucket: TokenBucket,
 }
@@ -206,7 +298,10 @@ impl<S: Sink> Lanes<S> {
             bucket: TokenBucket::new(budget.qps, budget.burst),
             budget,
             lanes: HashMap::new(),
-            ready: BTreeMap::new(),
+            waiting: Waiting {
+                ready: BTreeMap::new(),
+                holding: BTreeMap::new(),
+            },
             seq: 0,
         }
     }
@@ -215,9 +310,11 @@ impl<S: Sink> Lanes<S> {
         let mut flying: JoinSet<Finished<S::Key>> = JoinSet::new();
         let mut open = true;
         loop {
+            // Holds end on time, and all at once when no more writes can come to carry them.
+            self.release(open.then(Instant::now));
             // Send what the budget allows now.
             let mut wait_for_token = None;
-            while flying.len() < self.budget.concurrency && !self.ready.is_empty() {
+            while flying.len() < self.budget.concurrency && !self.waiting.ready.is_empty() {
                 match self.bucket.take(Instant::now()) {
                     Ok(()) => self.send_next(&mut flying),
                     Err(at) => {
@@ -226,10 +323,19 @@ impl<S: Sink> Lanes<S> {
                     }
                 }
             }
-            if !open && flying.is_empty() && self.ready.is_empty() {
+            if !open && flying.is_empty() && self.waiting.ready.is_empty() {
                 return;
             }
-            let token: Pin<Box<dyn Future<Output = ()> + Send>> = match wait_for_token {
+            let hold_ends = self
+                .waiting
+                .holding
+                .first_key_value()
+                .map(|((at, _), _)| *at);
+            let wake = match (wait_for_token, hold_ends) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let token: Pin<Box<dyn Future<Output = ()> + Send>> = match wake {
                 Some(at) => Box::pin(tokio::time::sleep_until(at)),
                 None => Box::pin(std::future::pending()),
             };
@@ -254,40 +360,57 @@ impl<S: Sink> Lanes<S> {
     fn enqueue(&mut self, r: Request<S::Key>) {
         self.seq += 1;
         let seq = self.seq;
+        let held = r.hold.map(|hold| Instant::now() + hold);
         let lane = self.lanes.entry(r.key.clone()).or_default();
-        let waiting_alone = lane.queued.len() == 1 && !lane.in_flight;
+        // The last queued request is the first, filed in `waiting`: a change of its class or
+        // hold files it again.
+        let filed = lane.queued.len() == 1 && !lane.in_flight;
         // Merge into the last queued request when that keeps the order of effects: earlier
         // requests stay ahead of it, so the object sees the same sequence of patches.
-        if let Some(last) = lane.queued.back_mut()
-            && let Some(merged) = compose(&last.patch, &r.patch)
-        {
-            last.patch = merged;
-            last.waiters.push(r.done);
-            if r.class < last.class {
-                let was = last.class;
-                last.class = r.class;
-                if waiting_alone {
-                    let key = self.ready.remove(&(was, last.seq));
-                    if let Some(key) = key {
-                        self.ready.insert((last.class, last.seq), key);
-                    }
+        if let Some(last) = lane.queued.back_mut() {
+            let was = (last.class, last.held);
+            if let Some(merged) = compose(&last.patch, &r.patch) {
+                last.patch = merged;
+                last.waiters.push(r.done);
+                last.class = last.class.min(r.class);
+                // Held only while everything in it may wait: a write that may not takes the
+                // held ones along now.
+                last.held = last.held.zip(held).map(|(a, b)| a.min(b));
+                if filed && (last.class, last.held) != was {
+                    self.waiting.refile(was, last);
                 }
+                return;
             }
-            return;
+            // A held request must not hold back the write behind it.
+            if last.held.take().is_some() && filed {
+                self.waiting.refile(was, last);
+            }
         }
-        lane.queued.push_back(Pending {
+        let pending = Pending {
             class: r.class,
             seq,
+            held,
             patch: r.patch,
             waiters: vec![r.done],
-        });
-        if lane.queued.len() == 1 && !lane.in_flight {
-            self.ready.insert((r.class, seq), r.key);
+        };
+        if lane.queued.is_empty() && !lane.in_flight {
+            self.waiting.file(r.key, &pending);
+        }
+        lane.queued.push_back(pending);
+    }
+
+    /// Ends the holds due by `now` (every hold when `None`): their lanes' requests may go.
+    fn release(&mut self, now: Option<Instant>) {
+        for key in self.waiting.due(now) {
+            if let Some(first) = self.lanes.get_mut(&key).and_then(|l| l.queued.front_mut()) {
+                first.held = None;
+                self.waiting.file(key, first);
+            }
         }
     }
 
     fn send_next(&mut self, flying: &mut JoinSet<Finished<S::Key>>) {
-        let Some((_, key)) = self.ready.pop_first() else {
+        let Some((_, key)) = self.waiting.ready.pop_first() else {
             return;
         };
         let lane = self.lanes.get_mut(&key).expect("a ready key has a lane");
@@ -312,9 +435,7 @@ impl<S: Sink> Lanes<S> {
         };
         lane.in_flight = false;
         match lane.queued.front() {
-            Some(next) => {
-                self.ready.insert((next.class, next.seq), key);
-            }
+            Some(next) => self.waiting.file(key, next),
             None => {
                 self.lanes.remove(&key);
             }
@@ -687,6 +808,126 @@ mod tests {
                 ("c1".to_string(), json!({"s": null})),
                 ("c1".to_string(), json!({"s": {"x": 1}, "t": 1})),
             ]
+        );
+    }
+
+    const HOLD: Duration = Duration::from_millis(250);
+
+    /// Starts `write_held` of `patch` to `key` on its own task.
+    fn held(
+        writer: &Writer<Recorder>,
+        key: &str,
+        patch: Value,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        tokio::spawn(writer.write_held(key.to_string(), Class::Durable, patch, HOLD))
+    }
+
+    /// When each request went, after `began`.
+    fn sent_after(sink: &Recorder, began: Instant) -> Vec<(String, Value, Duration)> {
+        let sent = sink.sent.lock().expect("lock");
+        sent.iter()
+            .map(|(k, v, at)| (k.clone(), v.clone(), *at - began))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_write_rides_in_the_request_of_the_next_write_to_its_object() {
+        let sink = Recorder::default();
+        let writer = Writer::start(sink.clone(), budget());
+        let began = Instant::now();
+        let inventory = held(&writer, "c1", json!({"inventory": "v2"}));
+        let other = held(&writer, "c2", json!({"inventory": "v2"}));
+        settle().await;
+        tokio::time::sleep(HOLD / 5).await;
+        assert!(sink.sent().is_empty(), "held: nothing sent yet");
+        writer
+            .write("c1".into(), Class::Durable, json!({"plans": ["done"]}))
+            .await
+            .expect("the result");
+        inventory
+            .await
+            .expect("join")
+            .expect("the inventory, answered with it");
+        assert_eq!(
+            sent_after(&sink, began),
+            [(
+                "c1".to_string(),
+                json!({"inventory": "v2", "plans": ["done"]}),
+                HOLD / 5
+            )],
+            "one request for both, sent with the write that carried the held one"
+        );
+        other.await.expect("join").expect("the other");
+        assert_eq!(
+            sent_after(&sink, began)[1],
+            ("c2".to_string(), json!({"inventory": "v2"}), HOLD),
+            "a held write nothing carries goes alone once its hold ends"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_writes_to_one_object_merge_and_go_when_the_first_hold_ends() {
+        let sink = Recorder::default();
+        let writer = Writer::start(sink.clone(), budget());
+        let began = Instant::now();
+        let first = held(&writer, "c1", json!({"release": {"status": "pending"}}));
+        settle().await;
+        tokio::time::sleep(HOLD / 2).await;
+        let second = held(&writer, "c1", json!({"release": {"status": "deployed"}}));
+        first.await.expect("join").expect("first");
+        second.await.expect("join").expect("second");
+        assert_eq!(
+            sent_after(&sink, began),
+            [(
+                "c1".to_string(),
+                json!({"release": {"status": "deployed"}}),
+                HOLD
+            )]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_cannot_ride_with_a_held_one_is_not_held_back_by_it() {
+        let sink = Recorder::default();
+        let writer = Writer::start(sink.clone(), budget());
+        let began = Instant::now();
+        let first = held(&writer, "c1", json!({"release": null}));
+        settle().await;
+        writer
+            .write(
+                "c1".into(),
+                Class::Gating,
+                json!({"release": {"status": "deployed"}}),
+            )
+            .await
+            .expect("the write behind it");
+        first.await.expect("join").expect("the held one");
+        assert_eq!(
+            sent_after(&sink, began),
+            [
+                ("c1".to_string(), json!({"release": null}), Duration::ZERO),
+                (
+                    "c1".to_string(),
+                    json!({"release": {"status": "deployed"}}),
+                    Duration::ZERO
+                ),
+            ],
+            "both at once, in the order they were made"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_write_goes_at_once_when_the_lanes_shut_down() {
+        let sink = Recorder::default();
+        let writer = Writer::start(sink.clone(), budget());
+        let began = Instant::now();
+        let inventory = held(&writer, "c1", json!({"inventory": "v2"}));
+        settle().await;
+        drop(writer);
+        inventory.await.expect("join").expect("stored");
+        assert_eq!(
+            sent_after(&sink, began),
+            [("c1".to_string(), json!({"inventory": "v2"}), Duration::ZERO)]
         );
     }
 

@@ -60,6 +60,17 @@ pub trait IdentityStore: Send + Sync + 'static {
         id: String,
         state: ClusterState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// [`IdentityStore::set_cluster_state`] for a report nobody waits for (an agent's inventory
+    /// after a change, stored off its session's loop): a store may hold it a moment so the
+    /// cluster's next write carries it, which is usually the result of the task that changed
+    /// it. A store that has nothing to gain writes it as `set_cluster_state` does.
+    fn report_cluster_state(
+        &self,
+        id: String,
+        state: ClusterState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.set_cluster_state(id, state)
+    }
     /// An operator's change of a cluster's name or labels. Names are unique: returns the id of
     /// the cluster that already has `name`, and writes nothing, when it is taken. A proposal
     /// equal to the new identity is cleared (it has been applied).

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -36,7 +37,7 @@ use skoala_store::{
 
 use super::shared::{Key, KindKey, Shared, Target, api_error, list_all};
 use crate::crd::{self, Agent, CertificateRecord, FleetCluster, FleetClusterSpec, Kind, Release};
-use crate::write::{Class, diff};
+use crate::write::{Class, Urgency, diff};
 
 mod cache;
 mod locks;
@@ -377,8 +378,9 @@ impl Identities {
         id: &str,
         old: &Cluster,
         mut new: Cluster,
-        class: Class,
+        urgency: impl Into<Urgency>,
     ) -> Result<(), StoreError> {
+        let urgency = urgency.into();
         // The lanes check the fence too; checked here, a deposed leader's caller is told so.
         self.shared.check_fence()?;
         new.settle_conditions(jiff::Timestamp::now());
@@ -397,7 +399,9 @@ impl Identities {
             if let Some(labels) = labels {
                 patch["metadata"] = json!({ "labels": labels });
             }
-            self.shared.patch(key(Target::Object), class, patch).await?;
+            self.shared
+                .patch(key(Target::Object), urgency, patch)
+                .await?;
             let written = Cluster {
                 spec: new.spec.clone(),
                 status: old.status.clone(),
@@ -406,7 +410,9 @@ impl Identities {
         }
         if let Some(status) = diff(&json!(old.status), &json!(new.status)) {
             let patch = json!({ "status": status });
-            self.shared.patch(key(Target::Status), class, patch).await?;
+            self.shared
+                .patch(key(Target::Status), urgency, patch)
+                .await?;
         }
         self.cache().put_cluster(id, new);
         Ok(())
@@ -417,7 +423,7 @@ impl Identities {
     async fn update_cluster<T>(
         &self,
         id: &str,
-        class: Class,
+        urgency: impl Into<Urgency>,
         change: impl FnOnce(&mut Cluster) -> T,
     ) -> Result<Option<T>, StoreError> {
         let _cluster = self.locks.lock(lock_key("cluster", id)).await;
@@ -426,7 +432,7 @@ impl Identities {
         };
         let mut new = old.clone();
         let answer = change(&mut new);
-        self.write_cluster(id, &old, new, class).await?;
+        self.write_cluster(id, &old, new, urgency).await?;
         Ok(Some(answer))
     }
 
@@ -477,8 +483,19 @@ impl Identities {
         self.version.load(Ordering::Acquire)
     }
 
-    pub async fn set_cluster_state(&self, id: String, s: ClusterState) -> Result<(), StoreError> {
-        self.update_cluster(&id, Class::Durable, |c| {
+    /// Stores cluster `id`'s versions and inventory; `hold`: the write may wait that long for
+    /// the cluster's next write to carry it ([`crate::write::Writer::write_held`]).
+    pub async fn set_cluster_state(
+        &self,
+        id: String,
+        s: ClusterState,
+        hold: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let urgency = Urgency {
+            class: Class::Durable,
+            hold,
+        };
+        self.update_cluster(&id, urgency, |c| {
             let agent = Agent {
                 agent_version: s.agent_version,
                 helm_version: s.helm_version,

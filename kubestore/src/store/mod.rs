@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use skoala_store::{
     AdminRecord, AuditLog, AuditRecord, CertRecord, Claim, ClusterRecord, ClusterState, Cutoffs,
@@ -177,6 +178,15 @@ impl Default for Options {
     }
 }
 
+/// How long an agent's report of its cluster's state (its inventory after an upgrade) waits
+/// for the cluster's next write: the agent sends it beside the task's result, which the
+/// orchestrator stores in the same object a round later, a few milliseconds; carried by that
+/// request, the rollout writes one `FleetCluster` patch fewer per upgrade. A report nothing
+/// carries goes alone when the hold ends; nothing reads it sooner (the orchestrator judges a
+/// connected cluster on its live inventory; the stored copy is for `kubectl`, `skoalactl`, a
+/// cluster that left, and a restart, and a session that ends waits for it).
+const REPORT_HOLD: Duration = Duration::from_millis(250);
+
 impl IdentityStore for KubeStore {
     async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
         self.identity.insert_token(token).await
@@ -209,7 +219,16 @@ impl IdentityStore for KubeStore {
         self.identity.clusters_version()
     }
     async fn set_cluster_state(&self, id: String, state: ClusterState) -> Result<(), StoreError> {
-        self.identity.set_cluster_state(id, state).await
+        self.identity.set_cluster_state(id, state, None).await
+    }
+    async fn report_cluster_state(
+        &self,
+        id: String,
+        state: ClusterState,
+    ) -> Result<(), StoreError> {
+        self.identity
+            .set_cluster_state(id, state, Some(REPORT_HOLD))
+            .await
     }
     async fn set_cluster_identity(
         &self,

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -213,6 +214,12 @@ fn merge(into: &mut Value, fields: &Value) {
 fn history_value(h: &History) -> Value {
     serde_json::to_value(h).expect("history serializes")
 }
+
+/// How long a plan's upgrade history waits for the plan object's next write to carry it: a
+/// rollout's rounds come milliseconds apart, each adding to the history, and the counts the
+/// plan shows are written at most every [`display::INTERVAL`] while they change. A leader that
+/// dies loses at most this much of the statistic (estimates read it), never a result.
+const HISTORY_HOLD: Duration = display::INTERVAL;
 
 fn plan_key(name: &str) -> Key {
     Key {
@@ -846,12 +853,15 @@ impl Plans {
             if head.is_none() || name != plan {
                 // The history alone (upgrades counted and timed, for estimates) gates nothing:
                 // queued in order behind this object's earlier writes, not awaited, so a round
-                // does not wait one more round trip before its next tasks. A refused patch
-                // leaves the stored statistic behind; the next one carries the whole of it.
-                let answer = self.shared.objects.queue(
+                // does not wait one more round trip before its next tasks; and held for the
+                // object's next write (the counts, at most `HISTORY_HOLD` later), so a rollout
+                // does not patch its plan once per round besides. A refused patch leaves the stored
+                // statistic behind; the next one carries the whole of it.
+                let answer = self.shared.objects.write_held(
                     plan_key(name),
                     Class::Durable,
                     json!({ "status": status }),
+                    HISTORY_HOLD,
                 );
                 let what = format!("writing the history of plan {name}");
                 tokio::spawn(async move {

@@ -10,7 +10,7 @@ use skoala_store::StoreError;
 
 use crate::crd::Kind;
 use crate::lease::Fence;
-use crate::write::{self, Budget, Class, SinkError, Writer};
+use crate::write::{self, Budget, SinkError, Urgency, Writer};
 
 /// How a [`KubeStore`](super::KubeStore) is set up.
 #[derive(Debug, Clone)]
@@ -140,18 +140,26 @@ impl Shared {
             .map_err(|e| StoreError::Fenced(Box::new(e)))
     }
 
-    /// Merge-patches `key` as a write of `class`; returns once stored.
-    pub async fn patch(&self, key: Key, class: Class, patch: Value) -> Result<(), StoreError> {
+    /// Merge-patches `key` as a write of that urgency (a [`write::Class`], or one with a
+    /// hold); returns once stored.
+    pub async fn patch(
+        &self,
+        key: Key,
+        urgency: impl Into<Urgency>,
+        patch: Value,
+    ) -> Result<(), StoreError> {
         let what = format!(
             "writing {} {} ({:?})",
             key.kind.kind().name(),
             key.name,
             key.target
         );
-        self.objects
-            .write(key, class, patch)
-            .await
-            .map_err(|e| api_error(what, e))
+        let Urgency { class, hold } = urgency.into();
+        let written = match hold {
+            Some(hold) => self.objects.write_held(key, class, patch, hold).await,
+            None => self.objects.write(key, class, patch).await,
+        };
+        written.map_err(|e| api_error(what, e))
     }
 }
 

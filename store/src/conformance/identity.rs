@@ -577,6 +577,17 @@ pub async fn clusters_version_moves_on_identity_changes_and_not_on_state<F: Fact
     );
     let c1 = store.cluster("c1".into()).await.expect("get").expect("c1");
     assert_eq!(c1.state, state, "the state was written whole");
+    let reported = ClusterState {
+        agent_version: "0.2.1".into(),
+        ..state
+    };
+    store
+        .report_cluster_state("c1".into(), reported.clone())
+        .await
+        .expect("a report");
+    let c1 = store.cluster("c1".into()).await.expect("get").expect("c1");
+    assert_eq!(c1.state, reported, "a report is stored once it is answered");
+    assert_eq!(store.clusters_version(), still, "nor does a report");
 
     store
         .revoke_cluster("c1".into(), 1_100)

@@ -93,6 +93,9 @@ fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
+/// How long [`IdentityStore::report_cluster_state`] waits before it writes.
+const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 const TOKEN_COLUMNS: &str =
     "id, secret_sha256, created_unix, expires_unix, uses_allowed, uses_left, revoked, description";
 
@@ -547,6 +550,18 @@ impl IdentityStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// A moment later (`REPORT_DELAY`): the agent sends the report beside the task's result,
+    /// and written at once it takes the one connection from the result's transaction; nothing
+    /// reads it sooner (the orchestrator judges a connected cluster on its live inventory).
+    async fn report_cluster_state(
+        &self,
+        id: String,
+        state: ClusterState,
+    ) -> Result<(), StoreError> {
+        tokio::time::sleep(REPORT_DELAY).await;
+        self.set_cluster_state(id, state).await
     }
 
     async fn set_cluster_identity(

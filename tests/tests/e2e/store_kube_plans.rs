@@ -409,6 +409,8 @@ async fn a_head_the_plan_crate_cannot_read_leaves_the_phase_as_it_was_while_the_
     assert_eq!(status.waiting, "approve wave 1: skoalactl plan approve");
 }
 
+/// A round of results changes the plan's counts and its upgrade history (the sums behind the
+/// mean upgrade time): neither is a write of the plan per round, and both are stored.
 #[tokio::test]
 async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_per_target() {
     let f = KubeStores::sim();
@@ -449,12 +451,20 @@ async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_
                 revision_before: Some(1),
             },
         );
+        let result = PlanEventRecord {
+            plan: "p".into(),
+            kind: "task.result".into(),
+            state: "succeeded".into(),
+            operation_id: format!("p.{id}.upgrade-1"),
+            duration_ms: 1_000,
+            ..Default::default()
+        };
         store
             .save_rollout(RolloutWrite {
                 plan: "p".into(),
                 head: None,
                 targets: vec![done],
-                events: vec![],
+                events: vec![result],
             })
             .await
             .expect("a result");
@@ -468,18 +478,145 @@ async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_
     .expect("counted");
     let elapsed = started.elapsed();
     let mut writes = 0;
-    while let Some(change) = changes.next().await {
+    let history = loop {
+        let change = tokio::time::timeout(Duration::from_secs(30), changes.next())
+            .await
+            .expect("the history within 30 s")
+            .expect("the watch goes on");
         if let WatchEvent::Modified(plan) = change.expect("a change") {
             writes += 1;
-            if plan.status.and_then(|s| s.counts).map(|c| c.succeeded) == Some(12) {
-                break;
+            let status = plan.status.unwrap_or_default();
+            let succeeded = status.counts.map(|c| c.succeeded);
+            let history = status.history.unwrap_or_default();
+            if succeeded == Some(12) && history.upgrades == 12 {
+                break history;
             }
         }
-    }
+    };
+    assert_eq!(history.upgrade_millis, 12_000, "every upgrade's time");
     let allowed = 2 + (elapsed.as_secs_f64() / 2.0).ceil() as usize;
     assert!(
         writes <= allowed && writes < ids.len(),
         "{writes} writes of the plan in {elapsed:?} for {} results",
         ids.len()
+    );
+}
+
+/// An agent reports its new inventory beside the task's result, and both go to the cluster's
+/// `FleetCluster`: the report is held until the result's write carries it, so the rollout
+/// costs the API server one patch per upgrade, not two; a report nothing carries is stored
+/// alone a moment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_reported_state_rides_in_the_request_that_stores_its_result() {
+    use skoala_store::fixtures::{registration, token};
+    use skoala_store::{ClusterState, ReleaseSummary};
+
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    let mut t = token(5);
+    t.expires_unix = i64::MAX;
+    store.insert_token(t.clone()).await.expect("token");
+    store
+        .register(registration(&t, "w1", "01"))
+        .await
+        .expect("w1");
+    store
+        .put_plan(record("p", &["w1"]), vec![])
+        .await
+        .expect("plan");
+    let target = |state| kstore::target("w1", 0, state);
+    store
+        .start_targets(
+            "p".into(),
+            vec![target(TargetState::Running {
+                operation_id: "p-w1-1".into(),
+                started: jiff::Timestamp::now(),
+            })],
+            &|_| {},
+        )
+        .await
+        .expect("start");
+    let clusters: Api<FleetCluster> = api(&store, Kind::FleetCluster);
+    let version = clusters
+        .get("w1")
+        .await
+        .expect("w1")
+        .metadata
+        .resource_version
+        .expect("a version");
+    let mut changes = clusters
+        .watch(&WatchParams::default(), &version)
+        .await
+        .expect("a watch")
+        .boxed();
+
+    let state = |version: &str| ClusterState {
+        agent_version: "0.2.0".into(),
+        helm_version: "v3.17.0".into(),
+        inventory: vec![1, 2, 3],
+        release: Some(ReleaseSummary {
+            chart_version: version.into(),
+            status: ReleaseStatus::Deployed,
+            revision: 2,
+        }),
+    };
+    let report = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .report_cluster_state("w1".into(), state("1.2.3"))
+                .await
+        }
+    });
+    // The result reaches the orchestrator beside the report, and its round writes it a few
+    // milliseconds later.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store
+        .save_rollout(RolloutWrite {
+            plan: "p".into(),
+            head: None,
+            targets: vec![target(TargetState::Succeeded {
+                revision_before: Some(1),
+            })],
+            events: vec![],
+        })
+        .await
+        .expect("the result");
+    report.await.expect("join").expect("the report");
+
+    let first = loop {
+        let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s")
+            .expect("the watch goes on")
+            .expect("a change");
+        if let WatchEvent::Modified(c) = change {
+            break c;
+        }
+    };
+    let status = first.status.expect("a status");
+    assert_eq!(
+        (
+            status.release.as_ref().map(|r| r.chart_version.as_str()),
+            status.plans.first().map(|e| e.state),
+        ),
+        (Some("1.2.3"), Some(TargetPhase::Succeeded)),
+        "the first write after the start carries both the report and the result"
+    );
+
+    store
+        .report_cluster_state("w1".into(), state("1.2.4"))
+        .await
+        .expect("a report alone");
+    let stored = clusters
+        .get("w1")
+        .await
+        .expect("w1")
+        .status
+        .expect("status");
+    assert_eq!(
+        stored.release.map(|r| r.chart_version).as_deref(),
+        Some("1.2.4"),
+        "a report nothing carries is stored when its hold ends"
     );
 }
