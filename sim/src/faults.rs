@@ -113,6 +113,9 @@ struct State {
     cut: CancellationToken,
     /// Cancelled (and replaced) on every resume: held requests wait for it.
     resumed: CancellationToken,
+    /// Requests a latency rule has delayed, by path: a test waits for a slow request to be in
+    /// flight.
+    delayed: std::collections::HashMap<String, u64>,
 }
 
 /// Handle to one cluster's fault injector; cheap to clone.
@@ -142,6 +145,7 @@ impl Faults {
                 snapshot: FaultsSnapshot::default(),
                 cut: CancellationToken::new(),
                 resumed: CancellationToken::new(),
+                delayed: Default::default(),
             })),
         }
     }
@@ -222,6 +226,17 @@ impl Faults {
         self.lock().snapshot.stopped
     }
 
+    /// How many requests whose path contains `path` latency rules have delayed so far: one
+    /// that is counted has reached the server and is being held there.
+    pub fn delayed(&self, path: &str) -> u64 {
+        self.lock()
+            .delayed
+            .iter()
+            .filter(|(p, _)| p.contains(path))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Every fault in force now.
     pub fn snapshot(&self) -> FaultsSnapshot {
         self.lock().snapshot.clone()
@@ -284,6 +299,7 @@ impl Faults {
             .map(|r| r.millis)
             .sum();
         if delay > 0 {
+            *s.delayed.entry(path.to_string()).or_default() += 1;
             Verdict::Delay(Duration::from_millis(delay))
         } else {
             Verdict::Pass
@@ -331,6 +347,20 @@ mod tests {
             f.verdict("GET", "/api"),
             Verdict::Delay(Duration::from_millis(5))
         );
+    }
+
+    #[test]
+    fn only_the_requests_a_latency_rule_delays_are_counted() {
+        let f = Faults::new();
+        f.add_latency(None, "/upgradeplans/p/status", Duration::from_millis(5));
+        assert_eq!(f.verdict("GET", "/upgradeplans/p"), Verdict::Pass);
+        assert_eq!(f.delayed("upgradeplans"), 0);
+        assert_eq!(
+            f.verdict("PATCH", "/namespaces/a/upgradeplans/p/status"),
+            Verdict::Delay(Duration::from_millis(5))
+        );
+        assert_eq!(f.delayed("/namespaces/a/upgradeplans/p/status"), 1);
+        assert_eq!(f.delayed("/namespaces/b/"), 0);
     }
 
     #[test]

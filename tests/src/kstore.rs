@@ -322,6 +322,15 @@ impl KubeStores {
             .faults()
             .add_latency(None, &format!("/namespaces/{ns}/{path}"), delay);
     }
+
+    /// How many requests in `store`'s namespace whose path there contains `path`
+    /// [`KubeStores::delay`] has slowed down so far.
+    pub fn delayed(&self, store: &KubeStore, path: &str) -> u64 {
+        let ns = store.namespace();
+        self.sim_cluster()
+            .faults()
+            .delayed(&format!("/namespaces/{ns}/{path}"))
+    }
 }
 
 /// An audit entry whose JSON line is about 16 KiB, so 16 of them fill a segment.

@@ -502,6 +502,84 @@ async fn a_round_of_many_target_writes_shows_the_counts_in_a_few_writes_not_one_
     );
 }
 
+/// A plan's display (its counts) is written by a timer, the lowest class of write; the API
+/// server may be slow to answer it, and the rounds writing results and starts meanwhile go on:
+/// the timer holds the plan part's lock only while it queues its write, not while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_display_write_the_api_server_is_slow_to_answer_holds_back_no_start() {
+    let f = KubeStores::sim();
+    let store = f.fresh().await;
+    store
+        .put_plan(record("p", &["w1", "w2"]), vec![])
+        .await
+        .expect("plan");
+    let plans: Api<UpgradePlan> = api(&store, Kind::UpgradePlan);
+    let counted = |succeeded: u32| {
+        let plans = plans.clone();
+        async move {
+            let plan = plans.get("p").await.ok()?;
+            let counts = plan.status?.counts?;
+            (counts.total == 2 && counts.succeeded == succeeded).then_some(())
+        }
+    };
+    wait::until("the targets to be counted", Duration::from_secs(30), || {
+        counted(0)
+    })
+    .await
+    .expect("counted");
+
+    // Under the store's 2 s write timeout: the write is slow, not failed.
+    let slow = Duration::from_millis(1_500);
+    let status = "upgradeplans/p/status";
+    f.delay(&store, status, slow);
+    let done = kstore::target(
+        "w1",
+        0,
+        TargetState::Succeeded {
+            revision_before: Some(1),
+        },
+    );
+    store
+        .save_rollout(RolloutWrite {
+            plan: "p".into(),
+            head: None,
+            targets: vec![done],
+            events: vec![],
+        })
+        .await
+        .expect("a result");
+    // The counts changed: the timer writes them within its interval, and the server holds it.
+    wait::until(
+        "the display write to reach the server",
+        Duration::from_secs(10),
+        || async { (f.delayed(&store, status) > 0).then_some(()) },
+    )
+    .await
+    .expect("the display write in flight");
+
+    let began = Instant::now();
+    let running = TargetRecord {
+        cluster_id: "w2".into(),
+        order: 1,
+        phase: TargetPhase::Running,
+        progress: "{\"attempts\":1}".into(),
+    };
+    store
+        .start_targets("p".into(), vec![running], &|_| {})
+        .await
+        .expect("start");
+    let took = began.elapsed();
+    assert!(
+        took < slow / 3,
+        "the start waited {took:?} while the display write was held for {slow:?}"
+    );
+    wait::until("the result to be counted", Duration::from_secs(30), || {
+        counted(1)
+    })
+    .await
+    .expect("the display follows once the server answers");
+}
+
 /// An agent reports its new inventory beside the task's result, and both go to the cluster's
 /// `FleetCluster`: the report is held until the result's write carries it, so the rollout
 /// costs the API server one patch per upgrade, not two; a report nothing carries is stored

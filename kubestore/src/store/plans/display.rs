@@ -6,9 +6,11 @@
 //! most once per [`INTERVAL`] per plan: a rollout round that changes a hundred targets changes
 //! the counts a hundred times, and a display must not cost a write per target.
 //!
-//! **Invariant:** a display write is computed and sent under the plan part's `writing` lock,
-//! the same lock every head write holds, so a display computed from an older copy is never
-//! stored after one computed from a newer copy.
+//! **Invariant:** a display write is computed and queued on its object's lane under the plan
+//! part's `writing` lock, the same lock every head write holds, and the lane sends its object's
+//! writes in the order they were queued, so a display computed from an older copy is never
+//! stored after one computed from a newer copy. The lock is not held while the write is in
+//! flight: a round's writes would wait for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{State, plan_key};
 use crate::crd::{ClusterPlan, Counts, UpgradePlanStatus};
-use crate::store::shared::Shared;
+use crate::store::shared::{Shared, api_error};
 use crate::write::Class;
 
 /// The shortest time between two display writes of one plan that ride along nothing.
@@ -155,17 +157,19 @@ impl Shows {
         plans.entry(plan.to_string()).or_default().written = Some(fields);
     }
 
-    /// Makes `plan`'s display follow what the store now holds: nothing when it does already,
-    /// else a write as soon as [`INTERVAL`] has passed since the last one. Called after every
-    /// write of the plan's head or targets.
+    /// Makes `plan`'s display follow what the store now holds: a write of its fields as soon
+    /// as [`INTERVAL`] has passed since the last one, if they differ from what is shown then.
+    /// Called after every write of the plan's head or targets, under the `writing` lock, so it
+    /// counts nothing itself: the fields are counted over every cluster's entries (10,000 at
+    /// scale, each one's progress parsed), and an orchestrator round waits for this call twice;
+    /// the timer counts once per [`INTERVAL`], when it fires.
     pub fn follow(&self, plan: &str) {
         if !self.state.lock().expect("lock").plans.contains_key(plan) {
             return;
         }
-        let current = self.current(plan);
         let mut plans = self.plans.lock().expect("lock");
         let shown = plans.entry(plan.to_string()).or_default();
-        if shown.timer || shown.written.as_ref() == Some(&current) {
+        if shown.timer {
             return;
         }
         shown.timer = true;
@@ -208,7 +212,7 @@ impl Shows {
         let mut failures = 0;
         loop {
             tokio::time::sleep_until(at).await;
-            let _writing = self.writing.lock().await;
+            let writing = self.writing.lock().await;
             let current = self.current(&plan);
             {
                 let mut plans = self.plans.lock().expect("lock");
@@ -221,14 +225,17 @@ impl Shows {
                     return;
                 }
             }
-            let outcome = self
-                .shared
-                .patch(
-                    plan_key(&plan),
-                    Class::Coalesced,
-                    json!({ "status": current }),
-                )
-                .await;
+            // Queued under the lock, in the order it was computed, and awaited without it: the
+            // object's lane keeps the order, and a round's writes do not wait for a display
+            // write (the lowest class, so the last served) to come back.
+            let answer = self.shared.objects.queue(
+                plan_key(&plan),
+                Class::Coalesced,
+                json!({ "status": current }),
+            );
+            drop(writing);
+            let what = format!("writing the display of plan {plan}");
+            let outcome = answer.await.map_err(|e| api_error(what, e));
             let now = Instant::now();
             let mut plans = self.plans.lock().expect("lock");
             let shown = plans.entry(plan.clone()).or_default();
