@@ -148,12 +148,7 @@ impl Shared {
         urgency: impl Into<Urgency>,
         patch: Value,
     ) -> Result<(), StoreError> {
-        let what = format!(
-            "writing {} {} ({:?})",
-            key.kind.kind().name(),
-            key.name,
-            key.target
-        );
+        let what = writing(&key);
         let Urgency { class, hold } = urgency.into();
         let written = match hold {
             Some(hold) => self.objects.write_held(key, class, patch, hold).await,
@@ -161,6 +156,30 @@ impl Shared {
         };
         written.map_err(|e| api_error(what, e))
     }
+
+    /// Queues a merge patch of `key` now, behind the object's earlier writes, and returns its
+    /// answer to be awaited later: for a caller that must queue it under a lock (which keeps
+    /// the order) but not wait for the API server while holding it.
+    pub fn queue(
+        &self,
+        key: Key,
+        class: write::Class,
+        patch: Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let what = writing(&key);
+        let answer = self.objects.queue(key, class, patch);
+        async move { answer.await.map_err(|e| api_error(what, e)) }
+    }
+}
+
+/// What a write of `key` is doing, for its error.
+fn writing(key: &Key) -> String {
+    format!(
+        "writing {} {} ({:?})",
+        key.kind.kind().name(),
+        key.name,
+        key.target
+    )
 }
 
 /// A [`StoreError::Api`] saying what was being done.

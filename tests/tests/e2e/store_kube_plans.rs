@@ -186,6 +186,16 @@ async fn a_rollout_write_is_answered_without_its_events_and_stands_when_the_log_
     assert_eq!(kinds, ["plan.applied"], "the refused event is not there");
 }
 
+/// Cluster `id`'s entry entering `running` as the `order`th target.
+fn running(id: &str, order: u32) -> TargetRecord {
+    TargetRecord {
+        cluster_id: id.into(),
+        order,
+        phase: TargetPhase::Running,
+        progress: "{\"attempts\":1}".into(),
+    }
+}
+
 /// Starts are one request each, and each is named as soon as its own lands: a start whose
 /// write is slow does not hold back the others' tasks.
 #[tokio::test]
@@ -198,12 +208,6 @@ async fn each_start_is_named_as_soon_as_its_own_write_lands() {
         .expect("plan");
     let slow = Duration::from_millis(1500);
     f.delay(&store, "fleetclusters/w1/status", slow);
-    let running = |id: &str, order| TargetRecord {
-        cluster_id: id.into(),
-        order,
-        phase: TargetPhase::Running,
-        progress: "{\"attempts\":1}".into(),
-    };
     let began = Instant::now();
     let named = std::sync::Mutex::new(Vec::new());
     store
@@ -558,14 +562,8 @@ async fn a_display_write_the_api_server_is_slow_to_answer_holds_back_no_start() 
     .expect("the display write in flight");
 
     let began = Instant::now();
-    let running = TargetRecord {
-        cluster_id: "w2".into(),
-        order: 1,
-        phase: TargetPhase::Running,
-        progress: "{\"attempts\":1}".into(),
-    };
     store
-        .start_targets("p".into(), vec![running], &|_| {})
+        .start_targets("p".into(), vec![running("w2", 1)], &|_| {})
         .await
         .expect("start");
     let took = began.elapsed();

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{State, plan_key};
 use crate::crd::{ClusterPlan, Counts, UpgradePlanStatus};
-use crate::store::shared::{Shared, api_error};
+use crate::store::shared::Shared;
 use crate::write::Class;
 
 /// The shortest time between two display writes of one plan that ride along nothing.
@@ -160,9 +160,9 @@ impl Shows {
     /// Makes `plan`'s display follow what the store now holds: a write of its fields as soon
     /// as [`INTERVAL`] has passed since the last one, if they differ from what is shown then.
     /// Called after every write of the plan's head or targets, under the `writing` lock, so it
-    /// counts nothing itself: the fields are counted over every cluster's entries (10,000 at
-    /// scale, each one's progress parsed), and an orchestrator round waits for this call twice;
-    /// the timer counts once per [`INTERVAL`], when it fires.
+    /// counts nothing itself: the fields are counted over every cluster's entries, each one's
+    /// progress parsed, and an orchestrator round waits for this call twice; the timer counts
+    /// once per [`INTERVAL`], when it fires.
     pub fn follow(&self, plan: &str) {
         if !self.state.lock().expect("lock").plans.contains_key(plan) {
             return;
@@ -228,14 +228,13 @@ impl Shows {
             // Queued under the lock, in the order it was computed, and awaited without it: the
             // object's lane keeps the order, and a round's writes do not wait for a display
             // write (the lowest class, so the last served) to come back.
-            let answer = self.shared.objects.queue(
+            let answer = self.shared.queue(
                 plan_key(&plan),
                 Class::Coalesced,
                 json!({ "status": current }),
             );
             drop(writing);
-            let what = format!("writing the display of plan {plan}");
-            let outcome = answer.await.map_err(|e| api_error(what, e));
+            let outcome = answer.await;
             let now = Instant::now();
             let mut plans = self.plans.lock().expect("lock");
             let shown = plans.entry(plan.clone()).or_default();
