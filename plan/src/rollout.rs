@@ -515,6 +515,10 @@ pub struct Rollout {
     /// For a rollback: also roll back clusters whose window is closed.
     #[serde(default)]
     pub rollback_ignores_windows: bool,
+    /// Whether the plan is being rolled back: a pause in the middle of a rollback resumes
+    /// the rollback, never the upgrade (which would upgrade the clusters not reached yet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_back: bool,
 }
 
 impl Rollout {
@@ -528,6 +532,7 @@ impl Rollout {
             failures_acknowledged: 0,
             enrolled_once: false,
             rollback_ignores_windows: false,
+            rolling_back: false,
         }
     }
 
@@ -641,9 +646,12 @@ impl Rollout {
         }
     }
 
-    /// Where a paused plan goes on: the workers once the control plane is done.
+    /// Where a paused plan goes on: its rollback if one was started, else the workers once the
+    /// control plane is done.
     fn unpaused_phase(&self) -> Phase {
-        if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
+        if self.rolling_back {
+            Phase::RollingBack
+        } else if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
             Phase::Workers
         } else {
             Phase::ControlPlane
@@ -674,6 +682,7 @@ impl Rollout {
         }
         self.phase = Phase::RollingBack;
         self.rollback_ignores_windows = ignore_windows;
+        self.rolling_back = true;
         Ok(())
     }
 

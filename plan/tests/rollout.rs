@@ -540,6 +540,50 @@ fn rollback_returns_workers_first_then_the_control_plane() {
 }
 
 #[test]
+fn a_rollback_paused_and_resumed_goes_on_rolling_back_and_upgrades_nothing() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 1}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(2);
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+    // A cluster joins on the old version just as the plan is rolled back.
+    let mut late = sim.fleet.workers[0].clone();
+    late.release.cluster_id = "uid-late".into();
+    late.release.name = "late".into();
+    late.release.release = Some(release(OLD));
+    sim.fleet.workers.push(late);
+
+    r.start_rollback(false).expect("can roll back");
+    let a = sim.step(&mut r, &plan);
+    assert!(matches!(&a[..], [InFlight::Rollback { .. }]), "{a:?}");
+    r.pause("looking at it", PauseOrigin::Operator)
+        .expect("pauses");
+    r.resume().expect("resumes");
+    for resumed in [r.clone(), {
+        let mut level = r.clone();
+        level.pause("again", PauseOrigin::Operator).expect("pauses");
+        level.unpause().expect("unpauses");
+        level
+    }] {
+        let mut resumed = resumed;
+        let a = sim.step(&mut resumed, &plan);
+        assert_eq!(
+            resumed.phase,
+            Phase::RollingBack,
+            "{}",
+            resumed.phase.as_str()
+        );
+        assert!(
+            !resumed
+                .in_flight()
+                .iter()
+                .any(|op| matches!(op, InFlight::Upgrade { .. })),
+            "a resumed rollback started an upgrade: {a:?}"
+        );
+    }
+}
+
+#[test]
 fn results_for_unknown_or_repeated_operations_are_ignored() {
     let plan = plan("");
     let mut r = Rollout::new(&plan);

@@ -26,6 +26,8 @@ pub struct RolloutHead {
     pub enrolled_once: bool,
     #[serde(default)]
     pub rollback_ignores_windows: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_back: bool,
     /// How many workers were enrolled when the head was written: the entries with an order
     /// below it are what [`Rollout::join`] expects. Fewer means a crash lost entries that
     /// were never sent anything (a newly enrolled `pending` one, or one whose start was not
@@ -55,6 +57,7 @@ impl Rollout {
             failures_acknowledged: self.failures_acknowledged,
             enrolled_once: self.enrolled_once,
             rollback_ignores_windows: self.rollback_ignores_windows,
+            rolling_back: self.rolling_back,
             next_order: order(self.workers.len()),
         }
     }
@@ -106,6 +109,7 @@ impl Rollout {
             failures_acknowledged: head.failures_acknowledged,
             enrolled_once: head.enrolled_once && complete,
             rollback_ignores_windows: head.rollback_ignores_windows,
+            rolling_back: head.rolling_back,
         }
     }
 }
