@@ -31,7 +31,7 @@ use crate::validate::{Approval, Convergence, Plan};
 use crate::window::StartDecision;
 
 mod split;
-pub use split::{RolloutHead, TargetEntry};
+pub use split::{Carried, RolloutHead, TargetEntry, carry};
 
 /// An operation the rollout started and has not seen finish: what the coordinator must have
 /// running. The rollout as persisted is the whole truth of it, so the same list serves right
@@ -464,6 +464,15 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The operation it is running (an upgrade or a rollback), if any.
+    pub fn operation_id(&self) -> Option<&str> {
+        match &self.state {
+            TargetState::Running { operation_id, .. }
+            | TargetState::RollingBack { operation_id, .. } => Some(operation_id),
+            _ => None,
+        }
+    }
+
     fn pending() -> Self {
         Progress {
             state: TargetState::Pending,
