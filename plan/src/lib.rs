@@ -68,8 +68,8 @@ pub use document::UpgradePlan;
 pub use operation::{OperationId, OperationKind};
 pub use release_status::ReleaseStatus;
 pub use rollout::{
-    FleetView, InFlight, Outcome, PauseOrigin, Phase, PhaseKind, Rollout, RolloutHead, Target,
-    TargetEntry, TargetPhase, TargetState, TransitionError, WorkerView,
+    Carried, FleetView, InFlight, Outcome, PauseOrigin, Phase, PhaseKind, Rollout, RolloutHead,
+    Target, TargetEntry, TargetPhase, TargetState, TransitionError, WorkerView,
 };
 pub use skew::{ClusterRelease, ReleaseState, SkewReport, skew};
 pub use validate::{Plan, PlanErrors, validate};

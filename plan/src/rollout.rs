@@ -31,7 +31,7 @@ use crate::validate::{Approval, Convergence, Plan};
 use crate::window::StartDecision;
 
 mod split;
-pub use split::{RolloutHead, TargetEntry};
+pub use split::{Carried, RolloutHead, TargetEntry, carry};
 
 /// An operation the rollout started and has not seen finish: what the coordinator must have
 /// running. The rollout as persisted is the whole truth of it, so the same list serves right
@@ -464,6 +464,15 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The operation it is running (an upgrade or a rollback), if any.
+    pub fn operation_id(&self) -> Option<&str> {
+        match &self.state {
+            TargetState::Running { operation_id, .. }
+            | TargetState::RollingBack { operation_id, .. } => Some(operation_id),
+            _ => None,
+        }
+    }
+
     fn pending() -> Self {
         Progress {
             state: TargetState::Pending,
@@ -515,6 +524,10 @@ pub struct Rollout {
     /// For a rollback: also roll back clusters whose window is closed.
     #[serde(default)]
     pub rollback_ignores_windows: bool,
+    /// Whether the plan is being rolled back: a pause in the middle of a rollback resumes
+    /// the rollback, never the upgrade (which would upgrade the clusters not reached yet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_back: bool,
 }
 
 impl Rollout {
@@ -528,6 +541,7 @@ impl Rollout {
             failures_acknowledged: 0,
             enrolled_once: false,
             rollback_ignores_windows: false,
+            rolling_back: false,
         }
     }
 
@@ -641,9 +655,12 @@ impl Rollout {
         }
     }
 
-    /// Where a paused plan goes on: the workers once the control plane is done.
+    /// Where a paused plan goes on: its rollback if one was started, else the workers once the
+    /// control plane is done.
     fn unpaused_phase(&self) -> Phase {
-        if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
+        if self.rolling_back {
+            Phase::RollingBack
+        } else if matches!(self.control_plane.state, TargetState::Succeeded { .. }) {
             Phase::Workers
         } else {
             Phase::ControlPlane
@@ -674,6 +691,7 @@ impl Rollout {
         }
         self.phase = Phase::RollingBack;
         self.rollback_ignores_windows = ignore_windows;
+        self.rolling_back = true;
         Ok(())
     }
 

@@ -67,6 +67,7 @@ fn head(phase: Phase) -> RolloutHead {
         failures_acknowledged: 0,
         enrolled_once: true,
         rollback_ignores_windows: false,
+        rolling_back: false,
         next_order: 0,
     }
 }

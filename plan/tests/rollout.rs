@@ -540,6 +540,50 @@ fn rollback_returns_workers_first_then_the_control_plane() {
 }
 
 #[test]
+fn a_rollback_paused_and_resumed_goes_on_rolling_back_and_upgrades_nothing() {
+    let plan = plan("  strategy: {canary: 0, maxConcurrency: 1}\n");
+    let mut r = Rollout::new(&plan);
+    let mut sim = Sim::new(2);
+    sim.run(&mut r, &plan);
+    assert_eq!(r.phase, Phase::Succeeded);
+    // A cluster joins on the old version just as the plan is rolled back.
+    let mut late = sim.fleet.workers[0].clone();
+    late.release.cluster_id = "uid-late".into();
+    late.release.name = "late".into();
+    late.release.release = Some(release(OLD));
+    sim.fleet.workers.push(late);
+
+    r.start_rollback(false).expect("can roll back");
+    let a = sim.step(&mut r, &plan);
+    assert!(matches!(&a[..], [InFlight::Rollback { .. }]), "{a:?}");
+    r.pause("looking at it", PauseOrigin::Operator)
+        .expect("pauses");
+    r.resume().expect("resumes");
+    for resumed in [r.clone(), {
+        let mut level = r.clone();
+        level.pause("again", PauseOrigin::Operator).expect("pauses");
+        level.unpause().expect("unpauses");
+        level
+    }] {
+        let mut resumed = resumed;
+        let a = sim.step(&mut resumed, &plan);
+        assert_eq!(
+            resumed.phase,
+            Phase::RollingBack,
+            "{}",
+            resumed.phase.as_str()
+        );
+        assert!(
+            !resumed
+                .in_flight()
+                .iter()
+                .any(|op| matches!(op, InFlight::Upgrade { .. })),
+            "a resumed rollback started an upgrade: {a:?}"
+        );
+    }
+}
+
+#[test]
 fn results_for_unknown_or_repeated_operations_are_ignored() {
     let plan = plan("");
     let mut r = Rollout::new(&plan);
@@ -780,28 +824,66 @@ impl SplitStore {
     /// The writes that store `r`, in the order a round makes them: the head first (it holds
     /// the control plane and the decisions), then the workers' entries, those that start an
     /// operation last, so a stored `running` entry is never next to a stale one that finished.
+    /// When `carry` attaches to each start the result whose slot it takes, the entries go in
+    /// any order instead (the kube store sends them all at once), shuffled here.
     ///
     /// When nothing starts, the head goes last instead: a reader never sees a phase beside
     /// a target whose result, which the phase follows from, is not stored yet.
-    fn writes(&self, r: &Rollout) -> Vec<Write> {
+    fn writes(&self, r: &Rollout, plan: &Plan, rng: &mut Rng) -> (Vec<Write>, bool) {
         let (head, targets) = r.split();
-        let (mut starts, rest): (Vec<_>, Vec<_>) = targets
+        // What changed is judged on the progress alone, as the orchestrator's `Saved` does: a
+        // stored start's carried results are not a difference.
+        let (mut starts, mut rest): (Vec<_>, Vec<_>) = targets
             .into_iter()
-            .filter(|t| self.targets.get(&t.cluster_id) != Some(t))
+            .filter(|t| {
+                self.targets
+                    .get(&t.cluster_id)
+                    .is_none_or(|s| (s.order, &s.progress) != (t.order, &t.progress))
+            })
             .partition(|t| busy(&t.progress.state));
         let head = (head != self.head).then_some(head);
         let finishing = starts.is_empty();
+        let picture = self.picture();
+        let carried = skoala_plan::rollout::carry(plan, |id| picture.get(id), &rest, &mut starts);
         let mut writes = Vec::new();
         if !finishing && let Some(head) = &head {
             writes.push(Write::Head(head.clone()));
         }
-        let mut rest = rest;
         rest.append(&mut starts);
+        if carried {
+            rng.shuffle(&mut rest);
+        }
         writes.extend(rest.into_iter().map(Write::Target));
         if finishing && let Some(head) = head {
             writes.push(Write::Head(head));
         }
-        writes
+        (writes, carried)
+    }
+
+    /// Whether `op` is in flight in its own stored entry (or the head): only then is it sent.
+    fn holds(&self, op: &InFlight) -> bool {
+        let state = match op.target() {
+            Target::ControlPlane => Some(&self.head.control_plane.state),
+            Target::Worker(id) => self.targets.get(id).map(|t| &t.progress.state),
+        };
+        state
+            .and_then(|s| InFlight::of(op.target().clone(), s))
+            .is_some_and(|stored| stored.operation_id() == op.operation_id())
+    }
+
+    /// Whether some worker's stored progress is a result another entry carries, its own entry
+    /// still running the operation that result ends.
+    fn leans_on_a_carried_result(&self) -> bool {
+        let picture = self.picture();
+        self.targets
+            .values()
+            .any(|t| picture.get(&t.cluster_id) != Some(&t.progress))
+    }
+
+    /// Each worker's progress as a new leader would join it.
+    fn picture(&self) -> BTreeMap<String, skoala_plan::rollout::Progress> {
+        let joined = Rollout::join(self.head.clone(), self.targets.values().cloned().collect());
+        joined.workers.into_iter().collect()
     }
 
     fn apply(&mut self, w: Write) {
@@ -820,13 +902,11 @@ impl SplitStore {
         Rollout::join(self.head.clone(), targets)
     }
 
-    /// The rules a stored state must keep at every point, crash or not.
-    fn check(&self, canary: usize, concurrency: usize, why: &str) {
-        let running: Vec<_> = self
-            .targets
-            .values()
-            .filter(|t| busy(&t.progress.state))
-            .collect();
+    /// The rules a stored state must keep at every point, crash or not, as a new leader would
+    /// join it.
+    fn check(&self, canary: usize, concurrency: usize, each_wave: bool, why: &str) {
+        let picture = self.picture();
+        let running: Vec<_> = picture.values().filter(|p| busy(&p.state)).collect();
         assert!(
             running.len() <= canary.max(concurrency),
             "{why}: {} stored running, canary {canary}, maxConcurrency {concurrency}",
@@ -835,12 +915,21 @@ impl SplitStore {
         let upgrading = || {
             running
                 .iter()
-                .filter(|t| matches!(t.progress.state, TargetState::Running { .. }))
+                .filter(|p| matches!(p.state, TargetState::Running { .. }))
         };
-        if upgrading().any(|t| t.progress.stage == Some(0)) {
+        if upgrading().any(|p| p.stage == Some(0)) {
             assert!(
-                upgrading().all(|t| t.progress.stage == Some(0)),
+                upgrading().all(|p| p.stage == Some(0)),
                 "{why}: a wave is stored running next to a running canary"
+            );
+        }
+        if each_wave {
+            let mut waves: Vec<_> = upgrading().filter_map(|p| p.stage).collect();
+            waves.sort_unstable();
+            waves.dedup();
+            assert!(
+                waves.len() <= 1,
+                "{why}: waves {waves:?} are stored running at once under beforeEachWave"
             );
         }
         if upgrading().next().is_some() {
@@ -929,7 +1018,10 @@ impl Executor {
 
 #[test]
 fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_many_at_once() {
-    for seed in 0..300 {
+    // Crashes that left a start stored with the result it carries, but not that result's own
+    // entry: what the carried results must make safe.
+    let mut total_carried_crashes = 0;
+    for seed in 0..1000 {
         let mut rng = Rng(seed);
         let canary = rng.below(3);
         let concurrency = 1 + rng.below(3);
@@ -951,7 +1043,7 @@ fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_ma
             targets: BTreeMap::new(),
         };
         let mut executor = Executor::default();
-        let (mut late, mut crashes) = (0, 0);
+        let (mut late, mut crashes, mut carried_crashes) = (0, 0, 0);
         for round in 0..80 {
             let why = format!("seed {seed} round {round}");
             random_event(&mut rng, &mut r, &mut sim, &mut late);
@@ -962,22 +1054,28 @@ fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_ma
                 }
             }
             r.step(&plan, &SKOALA, &sim.fleet);
-            let mut writes = store.writes(&r);
+            let (mut writes, carried) = store.writes(&r, &plan, &mut rng);
             let crash = rng.one_in(5);
-            if crash {
+            // A refused write: the round stops there, the leader goes on with the rollout in
+            // memory ahead of the store, and sends only what the store holds.
+            let refused = !crash && rng.one_in(6);
+            if crash || refused {
                 writes.truncate(rng.below(writes.len() + 1));
             }
             for w in writes {
                 store.apply(w);
-                store.check(canary, concurrency, &why);
+                store.check(canary, concurrency, approval == "beforeEachWave", &why);
             }
             if crash {
                 crashes += 1;
+                if carried && store.leans_on_a_carried_result() {
+                    carried_crashes += 1;
+                }
                 r = store.load(&mut rng);
                 continue;
             }
-            // Persisted: now send what is in flight, to agents that are connected.
-            for op in r.in_flight() {
+            // Persisted: now send what is in flight and stored, to agents that are connected.
+            for op in r.in_flight().into_iter().filter(|op| store.holds(op)) {
                 let connected = match op.target() {
                     Target::ControlPlane => sim.fleet.control_plane.connected,
                     Target::Worker(id) => sim
@@ -992,6 +1090,7 @@ fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_ma
             }
         }
         assert!(crashes > 0, "seed {seed}: no crash was tried");
+        total_carried_crashes += carried_crashes;
         // No cluster is lost: one more step enrols every one the plan selected, even a
         // cluster whose pending entry a crash never let it store (`convergence: manual`).
         r.step(&plan, &SKOALA, &sim.fleet);
@@ -1008,6 +1107,134 @@ fn a_crash_between_the_writes_of_a_round_never_runs_an_operation_twice_or_too_ma
             );
         }
     }
+    assert!(
+        total_carried_crashes >= 10,
+        "only {total_carried_crashes} crashes left a result stored only as carried"
+    );
+}
+
+/// A target entry in `state` that started in `stage`.
+fn entry(id: &str, stage: u32, state: TargetState) -> skoala_plan::TargetEntry {
+    skoala_plan::TargetEntry {
+        cluster_id: id.into(),
+        order: 0,
+        progress: skoala_plan::rollout::Progress {
+            state,
+            attempts: 1,
+            stage: Some(stage),
+        },
+        carries: Vec::new(),
+    }
+}
+
+fn upgrading(id: &str) -> TargetState {
+    TargetState::Running {
+        operation_id: format!("p.{id}.upgrade-1"),
+        started: "2026-11-25T12:00:00Z".parse().expect("literal"),
+    }
+}
+
+fn succeeded() -> TargetState {
+    TargetState::Succeeded {
+        revision_before: Some(1),
+    }
+}
+
+#[test]
+fn a_start_carries_the_result_whose_slot_it_takes_and_only_when_that_is_all_it_waits_for() {
+    let slots = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
+    let each_wave =
+        plan("  strategy: {canary: 1, maxConcurrency: 2}\n  requireApproval: beforeEachWave\n");
+    let carry = |plan: &Plan, stored: &[skoala_plan::TargetEntry], settled, starting| {
+        let stored: BTreeMap<_, _> = stored
+            .iter()
+            .map(|t| (t.cluster_id.clone(), t.progress.clone()))
+            .collect();
+        let settled: Vec<_> = settled;
+        let mut starting: Vec<skoala_plan::TargetEntry> = starting;
+        let carried =
+            skoala_plan::rollout::carry(plan, |id| stored.get(id), &settled, &mut starting);
+        let carries: Vec<Vec<(String, String)>> = starting
+            .iter()
+            .map(|t| {
+                t.carries
+                    .iter()
+                    .map(|c| (c.cluster_id.clone(), c.follows.clone()))
+                    .collect()
+            })
+            .collect();
+        (carried, carries)
+    };
+    let wave_1 = [entry("a", 1, upgrading("a")), entry("b", 1, upgrading("b"))];
+
+    // A wave's result hands its slot to the next start: carried, one result per start.
+    assert_eq!(
+        carry(
+            &slots,
+            &wave_1,
+            vec![entry("a", 1, succeeded()), entry("b", 1, succeeded())],
+            vec![
+                entry("c", 2, upgrading("c")),
+                entry("d", 2, upgrading("d")),
+                entry("e", 3, upgrading("e"))
+            ],
+        ),
+        (
+            true,
+            vec![
+                vec![("a".into(), "p.a.upgrade-1".into())],
+                vec![("b".into(), "p.b.upgrade-1".into())],
+                vec![]
+            ]
+        )
+    );
+    let nothing = |n: usize| (false, vec![vec![]; n]);
+    // Under beforeEachWave the next wave waits for all of this one, not for one slot.
+    assert_eq!(
+        carry(
+            &each_wave,
+            &wave_1,
+            vec![entry("a", 1, succeeded())],
+            vec![entry("c", 2, upgrading("c"))],
+        ),
+        nothing(1)
+    );
+    // Every wave waits for all of the canaries' results.
+    assert_eq!(
+        carry(
+            &slots,
+            &[entry("a", 0, upgrading("a"))],
+            vec![entry("a", 0, succeeded())],
+            vec![entry("c", 1, upgrading("c"))],
+        ),
+        nothing(1)
+    );
+    // A result stored so far only as carried has freed its slot already; its own entry's
+    // write must land before a start that could drop the carrier's copy.
+    assert_eq!(
+        carry(
+            &slots,
+            &[entry("a", 1, succeeded()), entry("b", 1, upgrading("b"))],
+            vec![entry("a", 1, succeeded()), entry("b", 1, succeeded())],
+            vec![entry("c", 2, upgrading("c"))],
+        ),
+        nothing(1)
+    );
+    // A rollback is not carried.
+    let rolling_back = TargetState::RollingBack {
+        operation_id: "p.c.rollback-1".into(),
+        started: "2026-11-25T12:00:00Z".parse().expect("literal"),
+        to_revision: Some(1),
+    };
+    assert_eq!(
+        carry(
+            &slots,
+            &wave_1,
+            vec![entry("a", 1, succeeded())],
+            vec![entry("c", 1, rolling_back)],
+        ),
+        nothing(1)
+    );
 }
 
 #[test]

@@ -170,9 +170,10 @@ pub trait PlanStore: Send + Sync + 'static {
         &self,
         write: RolloutWrite,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Stores targets entering `running` or `rollingBack` (what [`PlanStore::save_rollout`]
-    /// would store given these targets alone), calling `stored` with each one's cluster id as
-    /// soon as its own entry is stored. The coordinator sends a target's operation once *its*
+    /// Stores targets entering `running` or `rollingBack`, and beside them the results those
+    /// starts carry the copies of (what [`PlanStore::save_rollout`] would store given these
+    /// targets alone), calling `stored` with each one's cluster id as soon as its own entry is
+    /// stored. The coordinator sends a target's operation once *its*
     /// entry is stored (invariant 2, per operation), so where each target is a request of its
     /// own (the kube store) the first start of a burst goes out without waiting for the last.
     /// A target named to `stored` is stored; one not named is taken as not stored and written

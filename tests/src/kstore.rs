@@ -577,6 +577,7 @@ pub fn head(plan: &str, phase: skoala_plan::Phase, next_order: u32) -> String {
         failures_acknowledged: 0,
         enrolled_once: true,
         rollback_ignores_windows: false,
+        rolling_back: false,
         next_order,
     };
     serde_json::to_string(&head).expect("a head serializes")

@@ -197,7 +197,9 @@ impl<S: Store> Orchestrator<S> {
     /// Stores what changed in the rollout, per part and in the order of [`Round`] (the head,
     /// the targets that start nothing, then the targets that start something; a head that
     /// finishes the plan after the targets when nothing starts), then tells
-    /// watchers. The head and the settled targets are each one all-or-nothing write, the last
+    /// watchers. When the starts take only the slots the round's results free
+    /// ([`saved::Saved::carry`]), the results go with the starts, each start carrying the
+    /// result whose slot it takes: one round trip for a hand-off instead of two. The head and the settled targets are each one all-or-nothing write, the last
     /// of them carrying `events` when nothing starts; the starts are stored each on its own
     /// ([`Orchestrator::start`]), and `events` follow them. A failed write ends the round's
     /// writes: what it held is written by the next round. Whatever was stored is recorded in
@@ -210,7 +212,8 @@ impl<S: Store> Orchestrator<S> {
         events: Vec<PlanEventRecord>,
         hand_over: Option<HandOver<'_>>,
     ) -> Result<(), StoreError> {
-        let round = active.saved.round(&active.rollout);
+        let mut round = active.saved.round(&active.rollout);
+        active.saved.carry(&active.plan, &mut round);
         if round.is_empty() {
             if !events.is_empty() {
                 let last = self.store.append_plan_events(events).await?;

@@ -6,18 +6,28 @@
 //! the clusters that changed: at 10,000 clusters the whole rollout is about 1.5 MB, a round
 //! usually changes a handful of entries. What was stored is tracked per part, and an operation
 //! is sent once *its own* part holds it ([`Saved::holds`]), which is invariant 2 per operation.
+//!
+//! A round whose starts take only the slots its results free stores them all at once, each
+//! start carrying the result it follows (`skoala_plan::rollout::carry`, design §3.3): one
+//! round trip per hand-off instead of two. What a new leader would read is then not only each
+//! cluster's own entry, so [`Saved`] keeps both: the own entries, which say what to write, and
+//! the results stored so far only as carried, which say what the stored picture shows.
 
 use std::collections::HashMap;
 
-use skoala_plan::rollout::Progress;
-use skoala_plan::{InFlight, Rollout, RolloutHead, Target, TargetEntry, TargetPhase};
+use serde::{Deserialize, Serialize};
+use skoala_plan::rollout::{Carried, Progress};
+use skoala_plan::{InFlight, Plan, Rollout, RolloutHead, Target, TargetEntry, TargetPhase};
 use skoala_store::{RolloutRecord, StoreError, TargetRecord};
 
 /// The parts of the active plan's rollout as last stored.
 pub(super) struct Saved {
     head: RolloutHead,
-    /// Cluster id → its stored order and progress.
+    /// Cluster id → its own stored entry's order and progress.
     targets: HashMap<String, (u32, Progress)>,
+    /// Cluster id → a result stored only as carried by another cluster's start, its own entry
+    /// still running the operation the result ends: what a new leader would join for it.
+    carried: HashMap<String, Progress>,
 }
 
 /// What one round must write, in the order it must be stored: the head first (it holds the
@@ -49,6 +59,7 @@ impl Saved {
         let mut saved = Saved {
             head,
             targets: HashMap::with_capacity(targets.len()),
+            carried: HashMap::new(),
         };
         saved.stored(targets);
         saved
@@ -60,6 +71,7 @@ impl Saved {
         let mut saved = Saved {
             head: head.clone(),
             targets: HashMap::with_capacity(entries.len()),
+            carried: HashMap::new(),
         };
         saved.stored(entries.iter().cloned());
         Ok((Rollout::join(head, entries), saved))
@@ -98,9 +110,45 @@ impl Saved {
         self.head = head;
     }
 
+    /// Lets `round`'s starts be stored with its settled targets in one go, each carrying the
+    /// result whose slot it takes, when that is all they wait for (`carry`): then
+    /// `round.settled` is empty and `round.starting` holds every target to write. Whether it
+    /// did.
+    pub fn carry(&self, plan: &Plan, round: &mut Round) -> bool {
+        if round.starting.is_empty()
+            || !skoala_plan::rollout::carry(
+                plan,
+                |id| self.picture(id),
+                &round.settled,
+                &mut round.starting,
+            )
+        {
+            return false;
+        }
+        let mut all = std::mem::take(&mut round.settled);
+        all.append(&mut round.starting);
+        round.starting = all;
+        true
+    }
+
+    /// What a new leader would join for cluster `id`.
+    fn picture(&self, id: &str) -> Option<&Progress> {
+        self.carried
+            .get(id)
+            .or_else(|| self.targets.get(id).map(|(_, p)| p))
+    }
+
     /// The store acknowledged `entries`.
     pub fn stored(&mut self, entries: impl IntoIterator<Item = TargetEntry>) {
         for e in entries {
+            // An entry's own write is newer than any result carried for it.
+            self.carried.remove(&e.cluster_id);
+            for c in e.carries {
+                let own = self.targets.get(&c.cluster_id);
+                if own.and_then(|(_, p)| p.operation_id()) == Some(c.follows.as_str()) {
+                    self.carried.insert(c.cluster_id, c.progress);
+                }
+            }
             self.targets.insert(e.cluster_id, (e.order, e.progress));
         }
     }
@@ -136,11 +184,13 @@ fn parts(
         .targets
         .iter()
         .map(|t| {
+            let read: ReadProgress = serde_json::from_str(&t.progress)
+                .map_err(|e| corrupt(&format!("target {}", t.cluster_id), e))?;
             Ok(TargetEntry {
                 cluster_id: t.cluster_id.clone(),
                 order: t.order,
-                progress: serde_json::from_str(&t.progress)
-                    .map_err(|e| corrupt(&format!("target {}", t.cluster_id), e))?,
+                progress: read.progress,
+                carries: read.carries,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -171,11 +221,34 @@ pub(super) fn target_record(entry: &TargetEntry) -> Result<TargetRecord, StoreEr
         cluster_id: entry.cluster_id.clone(),
         order: entry.order,
         phase: TargetPhase::from(&entry.progress.state),
-        progress: serde_json::to_string(&entry.progress).map_err(|e| {
+        progress: serde_json::to_string(&WrittenProgress {
+            progress: &entry.progress,
+            carries: &entry.carries,
+        })
+        .map_err(|e| {
             StoreError::Corrupt(format!(
                 "cannot serialize the progress of {}: {e}",
                 entry.cluster_id
             ))
         })?,
     })
+}
+
+/// A target's stored progress: the plan crate's `Progress`, and beside its fields the results
+/// its start carries, so either store keeps them without knowing them.
+#[derive(Serialize)]
+struct WrittenProgress<'a> {
+    #[serde(flatten)]
+    progress: &'a Progress,
+    #[serde(skip_serializing_if = "<[Carried]>::is_empty")]
+    carries: &'a [Carried],
+}
+
+/// [`WrittenProgress`] read back.
+#[derive(Deserialize)]
+struct ReadProgress {
+    #[serde(flatten)]
+    progress: Progress,
+    #[serde(default)]
+    carries: Vec<Carried>,
 }

@@ -14,9 +14,11 @@
 //! written in the order of §3.3 (head, targets that start nothing, targets that start
 //! something, events) and, when one is refused, those already stored are written back as they
 //! were. A crash in between leaves a prefix of the write, which §3.3 shows is safe; the undo
-//! is what makes a refusal leave nothing, as the trait promises. Starts alone
-//! (`start_targets`) are the exception the trait allows: each is its own request and is kept
-//! when another is refused, so each can be sent as soon as it lands. The events are handed to
+//! is what makes a refusal leave nothing, as the trait promises. Starts
+//! (`start_targets`, with the results they carry copies of) are the exception the trait allows:
+//! each is its own request and is kept when another is refused, so each can be sent as soon as
+//! it lands; what lands in part is safe, as the results a start follows are stored before it
+//! or carried by it (design §3.3, *as built*). The events are handed to
 //! their log, not awaited (§3.3 step 6, [`events`]): they gate nothing, and a round that
 //! waited for the log's next flush would hold its tasks that long.
 //!

@@ -1,7 +1,8 @@
 //! SIGKILL the coordinator in the middle of a plan and start it again: the plan completes from
 //! its persisted rollout, and `helm history` proves every release was upgraded exactly once
 //! (a re-sent task is recognised by its operation id, never run twice). On the kube store, the
-//! plan is finished by the standby replica instead.
+//! plan is finished by the standby replica instead, and a start is written beside the result
+//! whose slot it takes, carrying it, so that no crash between the two shows more running.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use kube::api::{Api, ListParams};
 
 use skoala_e2e::fleet::Coordinator;
 use skoala_e2e::fleet::plans::{KUBE_STORE_NAMESPACE, PlanFleet, PlanFleetOptions, PlanView};
+use skoala_e2e::sim::kubectl;
 use skoala_e2e::{real, wait};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -153,5 +155,79 @@ async fn on_the_kube_store_the_standby_finishes_a_killed_leaders_plan_upgrading_
         "one backup per upgraded release, the control plane's and each worker's: {clusters:?}"
     );
     drop(old);
+    Ok(())
+}
+
+/// On the kube store each entry is its own request, so a start that waited for the result
+/// whose slot it takes cost a hand-off two API writes in sequence; it now goes at once with
+/// that result and carries it (design §3.3, *as built*). Seen on the API server: a running
+/// worker's entry holds the result of the worker it followed, that worker's operation named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_kube_store_a_start_carries_the_result_whose_slot_it_takes() -> anyhow::Result<()> {
+    let mut pf = PlanFleet::start(PlanFleetOptions {
+        workers: 4,
+        kube_store: true,
+        ..Default::default()
+    })
+    .await?;
+    let yaml = pf.plan_yaml(
+        "carry",
+        "0.19.2",
+        "strategy: {canary: 0, maxConcurrency: 1}",
+    );
+    let applied = pf.apply(&yaml).await?;
+    assert!(applied.success, "apply: {}", applied.stderr);
+    let kubeconfig = pf.control_plane.kubeconfig_path().to_path_buf();
+    // Looked for until the plan ends: a plan that finished without one never carried.
+    let seen = wait::until(
+        "a running worker's entry carrying the result it followed, or the plan's end",
+        PLAN_TIMEOUT,
+        || async {
+            let out = kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "fleetclusters.fleet.skoala.io",
+                    "-n",
+                    KUBE_STORE_NAMESPACE,
+                    "-o",
+                    "json",
+                ],
+            )
+            .await
+            .ok()?;
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let found = list["items"].as_array()?.iter().find_map(|c| {
+                let entry = c["status"]["plans"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["plan"] == "carry" && e["state"] == "running")?;
+                let carried = entry["progress"]["carries"].get(0)?.clone();
+                Some((c["metadata"]["name"].as_str()?.to_string(), carried))
+            });
+            if found.is_some() {
+                return Some(found);
+            }
+            let ended = pf.plan("carry").await.ok()?["phase"] == "succeeded";
+            ended.then_some(None)
+        },
+    )
+    .await?;
+    let Some((carrier, carried)) = seen else {
+        panic!("the plan ended and no start carried the result whose slot it took");
+    };
+    let freed = carried["cluster_id"].as_str().expect("a cluster id");
+    assert_ne!(freed, carrier, "{carried:#}");
+    assert_eq!(
+        carried["follows"],
+        format!("carry.{freed}.upgrade-1"),
+        "the freed worker's operation: {carried:#}"
+    );
+    assert_eq!(
+        carried["progress"]["state"]["state"], "succeeded",
+        "{carried:#}"
+    );
+    succeeds_upgrading_each_release_once(&pf, "carry").await?;
+    pf.fleet.coordinator.kill();
     Ok(())
 }

@@ -636,3 +636,107 @@ async fn a_round_stored_in_part_before_a_crash_is_taken_up_again() {
         "c2 is enrolled again and starts with its first attempt"
     );
 }
+
+/// An upgrade `operation_id` running since stage `stage`, its first attempt.
+fn upgrading(operation_id: &str, stage: u32) -> skoala_plan::rollout::Progress {
+    skoala_plan::rollout::Progress {
+        state: running(operation_id),
+        attempts: 1,
+        stage: Some(stage),
+    }
+}
+
+/// Target `id`'s progress as the store keeps it, read on a connection of its own.
+fn stored_progress(db: &Path, id: &str) -> serde_json::Value {
+    let c = rusqlite::Connection::open(db).expect("a second connection");
+    let json: String = c
+        .query_row(
+            "SELECT progress FROM rollout_targets WHERE cluster_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("the target");
+    serde_json::from_str(&json).expect("json")
+}
+
+#[tokio::test]
+async fn a_start_taking_a_finished_targets_slot_carries_its_result_and_a_new_leader_reads_it() {
+    let w = world_of(4).await;
+    let o = w.orchestrator.clone();
+    let mut st = o.state.lock().await;
+    let active = st.active.as_mut().expect("active");
+    let done = skoala_plan::TargetState::Succeeded {
+        revision_before: Some(1),
+    };
+    active.rollout.control_plane.state = done.clone();
+    active.rollout.workers[0].1 = upgrading("p.w0000.upgrade-1", 1);
+    active.rollout.workers[1].1 = upgrading("p.w0001.upgrade-1", 1);
+    o.persist(active, Vec::new(), None).await.expect("persist");
+    written(&w.db);
+
+    // w0000 finishes and w0002 takes its slot: one write of both, the start carrying the
+    // result, so it need not wait for the result's own write.
+    active.rollout.workers[0].1.state = done.clone();
+    active.rollout.workers[2].1 = upgrading("p.w0002.upgrade-1", 2);
+    o.persist(active, Vec::new(), None).await.expect("persist");
+    assert_eq!(written(&w.db), ["w0000", "w0002"]);
+    let carried = &stored_progress(&w.db, "w0002")["carries"];
+    assert_eq!(carried[0]["cluster_id"], "w0000", "{carried:#}");
+    assert_eq!(carried[0]["follows"], "p.w0000.upgrade-1", "{carried:#}");
+    assert_eq!(
+        carried[0]["progress"]["state"]["state"], "succeeded",
+        "{carried:#}"
+    );
+    let memory = active.rollout.clone();
+    drop(st);
+
+    // Suppose w0000's own write had not landed (the kube store sends them apart): the start
+    // still brings the result, and a new leader reads w0000 finished, not running.
+    let c = rusqlite::Connection::open(&w.db).expect("a second connection");
+    let own = serde_json::to_string(&upgrading("p.w0000.upgrade-1", 1)).expect("json");
+    c.execute(
+        "UPDATE rollout_targets SET progress = ?1, phase = 'running' WHERE cluster_id = 'w0000'",
+        [&own],
+    )
+    .expect("update");
+    written(&w.db);
+    assert_eq!(
+        stored_rollout(&w.db),
+        memory,
+        "joined with the carried result"
+    );
+    let again = Orchestrator::new(Parts {
+        store: SqliteStore::open(&w.db).expect("open"),
+        sessions: w.sessions.clone(),
+        control_plane: o.control_plane.clone(),
+        runner: None,
+        dispatch: w.recorder.clone(),
+        data_dir: DataDir::new(w.db.parent().expect("dir")),
+        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
+        helm_timeout: Duration::from_secs(60),
+    });
+    again.load().await.expect("load");
+    assert!(!again.sent_to("w0000", "p.w0000.upgrade-1"), "finished");
+    assert!(again.sent_to("w0002", "p.w0002.upgrade-1"), "running");
+
+    // Its next round writes w0000's own entry, and a start in that round carries nothing: it
+    // waits until the results are stored (w0000's slot is free in the stored picture already,
+    // and a carried copy could be dropped with its carrier's next write).
+    let mut st = again.state.lock().await;
+    let active = st.active.as_mut().expect("active");
+    active.rollout.workers[1].1.state = done;
+    active.rollout.workers[3].1 = upgrading("p.w0003.upgrade-1", 2);
+    again
+        .persist(active, Vec::new(), None)
+        .await
+        .expect("persist");
+    assert_eq!(written(&w.db), ["w0000", "w0001", "w0003"]);
+    assert_eq!(
+        stored_progress(&w.db, "w0000")["state"]["state"],
+        "succeeded"
+    );
+    let start = stored_progress(&w.db, "w0003");
+    assert!(start.get("carries").is_none(), "{start}");
+}

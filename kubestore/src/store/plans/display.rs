@@ -286,6 +286,7 @@ mod tests {
             failures_acknowledged: 0,
             enrolled_once: true,
             rollback_ignores_windows: false,
+            rolling_back: false,
             next_order: 2,
         })
     }
