@@ -65,6 +65,15 @@ impl Sim {
         }
     }
 
+    /// A cluster `late` joins, on the old version.
+    fn join_late(&mut self) {
+        let mut late = self.fleet.workers[0].clone();
+        late.release.cluster_id = "uid-late".into();
+        late.release.name = "late".into();
+        late.release.release = Some(release(OLD));
+        self.fleet.workers.push(late);
+    }
+
     fn worker(&mut self, name: &str) -> &mut WorkerView {
         self.fleet
             .workers
@@ -392,11 +401,7 @@ fn a_cluster_joining_later_on_an_old_version_is_upgraded_too() {
     sim.run(&mut r, &plan);
     assert_eq!(r.phase, Phase::Succeeded);
 
-    let mut late = sim.fleet.workers[0].clone();
-    late.release.cluster_id = "uid-late".into();
-    late.release.name = "late".into();
-    late.release.release = Some(release(OLD));
-    sim.fleet.workers.push(late);
+    sim.join_late();
     sim.run(&mut r, &plan);
     assert_eq!(sim.names_started().last().map(String::as_str), Some("late"));
     assert_eq!(r.phase, Phase::Succeeded);
@@ -547,11 +552,7 @@ fn a_rollback_paused_and_resumed_goes_on_rolling_back_and_upgrades_nothing() {
     sim.run(&mut r, &plan);
     assert_eq!(r.phase, Phase::Succeeded);
     // A cluster joins on the old version just as the plan is rolled back.
-    let mut late = sim.fleet.workers[0].clone();
-    late.release.cluster_id = "uid-late".into();
-    late.release.name = "late".into();
-    late.release.release = Some(release(OLD));
-    sim.fleet.workers.push(late);
+    sim.join_late();
 
     r.start_rollback(false).expect("can roll back");
     let a = sim.step(&mut r, &plan);
@@ -1145,13 +1146,14 @@ fn a_start_carries_the_result_whose_slot_it_takes_and_only_when_that_is_all_it_w
     let slots = plan("  strategy: {canary: 1, maxConcurrency: 2}\n");
     let each_wave =
         plan("  strategy: {canary: 1, maxConcurrency: 2}\n  requireApproval: beforeEachWave\n");
-    let carry = |plan: &Plan, stored: &[skoala_plan::TargetEntry], settled, starting| {
+    let carry = |plan: &Plan,
+                 stored: &[skoala_plan::TargetEntry],
+                 settled: Vec<skoala_plan::TargetEntry>,
+                 mut starting: Vec<skoala_plan::TargetEntry>| {
         let stored: BTreeMap<_, _> = stored
             .iter()
             .map(|t| (t.cluster_id.clone(), t.progress.clone()))
             .collect();
-        let settled: Vec<_> = settled;
-        let mut starting: Vec<skoala_plan::TargetEntry> = starting;
         let carried =
             skoala_plan::rollout::carry(plan, |id| stored.get(id), &settled, &mut starting);
         let carries: Vec<Vec<(String, String)>> = starting

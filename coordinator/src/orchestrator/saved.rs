@@ -112,23 +112,14 @@ impl Saved {
 
     /// Lets `round`'s starts be stored with its settled targets in one go, each carrying the
     /// result whose slot it takes, when that is all they wait for (`carry`): then
-    /// `round.settled` is empty and `round.starting` holds every target to write. Whether it
-    /// did.
-    pub fn carry(&self, plan: &Plan, round: &mut Round) -> bool {
-        if round.starting.is_empty()
-            || !skoala_plan::rollout::carry(
-                plan,
-                |id| self.picture(id),
-                &round.settled,
-                &mut round.starting,
-            )
-        {
-            return false;
+    /// `round.settled` is empty and `round.starting` holds every target to write.
+    pub fn carry(&self, plan: &Plan, round: &mut Round) {
+        let picture = |id: &str| self.picture(id);
+        if skoala_plan::rollout::carry(plan, picture, &round.settled, &mut round.starting) {
+            let mut all = std::mem::take(&mut round.settled);
+            all.append(&mut round.starting);
+            round.starting = all;
         }
-        let mut all = std::mem::take(&mut round.settled);
-        all.append(&mut round.starting);
-        round.starting = all;
-        true
     }
 
     /// What a new leader would join for cluster `id`.

@@ -123,17 +123,10 @@ impl Rollout {
         });
         let mut seen = std::collections::HashSet::new();
         targets.retain(|t| seen.insert(t.cluster_id.clone()));
-        let carried: HashMap<&str, &Carried> = targets
-            .iter()
-            .flat_map(|t| &t.carries)
-            .map(|c| (c.cluster_id.as_str(), c))
-            .collect();
-        let later: Vec<Option<Progress>> = targets
-            .iter()
-            .map(|t| {
-                let c = carried.get(t.cluster_id.as_str())?;
-                (t.progress.operation_id() == Some(c.follows.as_str())).then(|| c.progress.clone())
-            })
+        let mut carried: HashMap<String, Carried> = targets
+            .iter_mut()
+            .flat_map(|t| std::mem::take(&mut t.carries))
+            .map(|c| (c.cluster_id.clone(), c))
             .collect();
         let complete = targets.len() >= head.next_order as usize;
         Rollout {
@@ -142,8 +135,15 @@ impl Rollout {
             control_plane: head.control_plane,
             workers: targets
                 .into_iter()
-                .zip(later)
-                .map(|(t, later)| (t.cluster_id, later.unwrap_or(t.progress)))
+                .map(|t| {
+                    let progress = match carried.remove(&t.cluster_id) {
+                        Some(c) if t.progress.operation_id() == Some(c.follows.as_str()) => {
+                            c.progress
+                        }
+                        _ => t.progress,
+                    };
+                    (t.cluster_id, progress)
+                })
                 .collect(),
             approved: head.approved,
             failures_acknowledged: head.failures_acknowledged,

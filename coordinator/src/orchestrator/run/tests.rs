@@ -276,6 +276,29 @@ impl World {
         world
     }
 
+    /// A coordinator started again on this world's store (the same sessions and dispatcher),
+    /// its plan loaded, as after a crash or a failover.
+    async fn restarted(
+        &self,
+        control_plane: Option<Arc<ControlPlane>>,
+    ) -> Arc<Orchestrator<SqliteStore>> {
+        let dir = self.db.parent().expect("dir");
+        let again = Orchestrator::new(Parts {
+            store: SqliteStore::open(&self.db).expect("open"),
+            sessions: self.sessions.clone(),
+            control_plane,
+            runner: None,
+            dispatch: self.recorder.clone(),
+            data_dir: DataDir::new(dir),
+            backups: Backups::Files(DataDir::new(dir)),
+            metrics: Arc::new(Metrics::default()),
+            clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
+            helm_timeout: Duration::from_secs(60),
+        });
+        again.load().await.expect("load");
+        again
+    }
+
     /// Opens a (new) session for `cluster`; returns its id.
     fn connect(&mut self, cluster: &str) -> u64 {
         let (tx, rx) = mpsc::channel(32);
@@ -423,19 +446,7 @@ async fn an_agent_may_report_only_on_its_own_operations_in_flight() {
     assert!(o.sent_to("c2", "p.c2.upgrade-1"), "c2's still runs");
 
     // A restarted coordinator takes the stored rollout's operations as sent.
-    let again = Orchestrator::new(Parts {
-        store: SqliteStore::open(&w.db).expect("open"),
-        sessions: w.sessions.clone(),
-        control_plane: None,
-        runner: None,
-        dispatch: w.recorder.clone(),
-        data_dir: DataDir::new(w.db.parent().expect("dir")),
-        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
-        metrics: Arc::new(Metrics::default()),
-        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
-        helm_timeout: Duration::from_secs(60),
-    });
-    again.load().await.expect("load");
+    let again = w.restarted(None).await;
     assert!(again.sent_to("c2", "p.c2.upgrade-1"));
     assert!(!again.sent_to("c1", "p.c1.upgrade-1"));
 }
@@ -613,19 +624,7 @@ async fn a_round_stored_in_part_before_a_crash_is_taken_up_again() {
         .expect("manual");
     assert_eq!(stored_rollout(&w.db).workers.len(), 1);
 
-    let again = Orchestrator::new(Parts {
-        store: SqliteStore::open(&w.db).expect("open"),
-        sessions: w.sessions.clone(),
-        control_plane: o.control_plane.clone(),
-        runner: None,
-        dispatch: w.recorder.clone(),
-        data_dir: DataDir::new(w.db.parent().expect("dir")),
-        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
-        metrics: Arc::new(Metrics::default()),
-        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
-        helm_timeout: Duration::from_secs(60),
-    });
-    again.load().await.expect("load");
+    let again = w.restarted(o.control_plane.clone()).await;
     again.tick(vec![succeeded(CP_UPGRADE)]).await;
     assert_eq!(
         w.recorder.take(),
@@ -705,19 +704,7 @@ async fn a_start_taking_a_finished_targets_slot_carries_its_result_and_a_new_lea
         memory,
         "joined with the carried result"
     );
-    let again = Orchestrator::new(Parts {
-        store: SqliteStore::open(&w.db).expect("open"),
-        sessions: w.sessions.clone(),
-        control_plane: o.control_plane.clone(),
-        runner: None,
-        dispatch: w.recorder.clone(),
-        data_dir: DataDir::new(w.db.parent().expect("dir")),
-        backups: Backups::Files(DataDir::new(w.db.parent().expect("dir"))),
-        metrics: Arc::new(Metrics::default()),
-        clock: Arc::new(ManualClock::new(Timestamp::UNIX_EPOCH)),
-        helm_timeout: Duration::from_secs(60),
-    });
-    again.load().await.expect("load");
+    let again = w.restarted(o.control_plane.clone()).await;
     assert!(!again.sent_to("w0000", "p.w0000.upgrade-1"), "finished");
     assert!(again.sent_to("w0002", "p.w0002.upgrade-1"), "running");
 
